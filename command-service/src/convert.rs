@@ -1,0 +1,277 @@
+//! The wire boundary: `accrual.v1` requests parsed into domain commands (every bad field
+//! reported at once as a BadRequest violation), and domain results turned into replies.
+
+use std::str::FromStr;
+
+use domain::calendar::{Anchor, Interval};
+use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
+use domain::commands::{Command, PaymentOutcome};
+use domain::error::{DomainError, Violations};
+use domain::events::Usage;
+use domain::invoice::InvoiceAccount;
+use domain::money::Currency;
+use domain::rating::{Aggregation, ChargeModel, PercentTier, Tier};
+use jiff::civil::Date;
+use jiff::Timestamp;
+use proto::v1 as pb;
+use rust_decimal::Decimal;
+
+type Parsed<T> = Result<T, DomainError>;
+
+/// Parses a decimal string; empty is `None` (a violation if `required`).
+fn dec(v: &mut Violations, field: &str, s: &str, required: bool) -> Option<Decimal> {
+    if s.is_empty() {
+        if required {
+            v.push(field, "is required");
+        }
+        return None;
+    }
+    match Decimal::from_str(s) {
+        Ok(d) => Some(d),
+        Err(_) => {
+            v.push(field, format!("{s:?} is not a decimal number"));
+            None
+        }
+    }
+}
+
+fn dec_or_zero(v: &mut Violations, field: &str, s: &str) -> Decimal {
+    dec(v, field, s, false).unwrap_or_default()
+}
+
+fn parse_enum<T>(v: &mut Violations, r: Result<T, DomainError>) -> Option<T> {
+    match r {
+        Ok(t) => Some(t),
+        Err(DomainError::Invalid(list)) => {
+            v.0.extend(list);
+            None
+        }
+        Err(other) => {
+            v.push("request", other.to_string());
+            None
+        }
+    }
+}
+
+fn date(v: &mut Violations, field: &str, s: &str) -> Option<Date> {
+    if s.is_empty() {
+        return None;
+    }
+    Date::from_str(s).map_err(|_| v.push(field, format!("{s:?} is not a date YYYY-MM-DD"))).ok()
+}
+
+pub fn timestamp(field: &str, t: Option<&prost_types::Timestamp>) -> Parsed<Timestamp> {
+    let t = t.ok_or_else(|| DomainError::invalid(field, "is required"))?;
+    let nanos = i32::try_from(t.nanos).unwrap_or(-1);
+    Timestamp::new(t.seconds, nanos)
+        .map_err(|_| DomainError::invalid(field, "is not a valid instant (years -9999..9999)"))
+}
+
+pub fn to_timestamp(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.as_second(), nanos: t.subsec_nanosecond() }
+}
+
+pub fn register_customer(r: &pb::RegisterCustomerRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let currency = parse_enum(&mut v, Currency::parse(&r.currency));
+    let tax_rate = dec_or_zero(&mut v, "tax_rate", &r.tax_rate);
+    v.into_result()?;
+    let time_zone = if r.time_zone.is_empty() { "UTC".to_string() } else { r.time_zone.clone() };
+    Ok(Command::RegisterCustomer(Customer {
+        customer_id: r.customer_id.clone(),
+        name: r.name.clone(),
+        currency: currency.expect("checked"),
+        time_zone,
+        tax_rate,
+    }))
+}
+
+pub fn update_customer(r: &pb::UpdateCustomerRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let tax_rate = r.tax_rate.as_deref().and_then(|s| dec(&mut v, "tax_rate", s, true));
+    v.into_result()?;
+    Ok(Command::UpdateCustomer { customer_id: r.customer_id.clone(), name: r.name.clone(), tax_rate })
+}
+
+pub fn define_metric(r: &pb::DefineMetricRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let aggregation = parse_enum(&mut v, Aggregation::parse(&r.aggregation));
+    v.into_result()?;
+    let property = (!r.property.is_empty()).then(|| r.property.clone());
+    Ok(Command::DefineMetric(Metric {
+        code: r.code.clone(),
+        name: r.name.clone(),
+        aggregation: aggregation.expect("checked"),
+        property,
+    }))
+}
+
+pub fn publish_plan(r: &pb::PublishPlanRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let currency = parse_enum(&mut v, Currency::parse(&r.currency));
+    let interval = parse_enum(&mut v, Interval::parse(&r.interval));
+    let base_fee = dec_or_zero(&mut v, "base_fee", &r.base_fee);
+    let minimum_commitment = dec(&mut v, "minimum_commitment", &r.minimum_commitment, false);
+    let charges: Vec<Option<Charge>> =
+        r.charges.iter().enumerate().map(|(i, c)| charge(&mut v, &format!("charges[{i}]."), c)).collect();
+    v.into_result()?;
+    Ok(Command::PublishPlan(Plan {
+        code: r.code.clone(),
+        version: 0,
+        name: r.name.clone(),
+        currency: currency.expect("checked"),
+        interval: interval.expect("checked"),
+        base_fee,
+        fee_timing: if r.base_fee_in_advance { FeeTiming::Advance } else { FeeTiming::Arrears },
+        trial_days: r.trial_days,
+        minimum_commitment,
+        charges: charges.into_iter().map(|c| c.expect("checked")).collect(),
+    }))
+}
+
+fn charge(v: &mut Violations, prefix: &str, c: &pb::Charge) -> Option<Charge> {
+    use pb::charge::Model;
+    let f = |name: &str| format!("{prefix}{name}");
+    let model = match c.model.as_ref() {
+        None => {
+            v.push(f("model"), "one charge model is required");
+            return None;
+        }
+        Some(Model::Standard(m)) => {
+            ChargeModel::Standard { unit_price: dec_or_zero(v, &f("standard.unit_price"), &m.unit_price) }
+        }
+        Some(Model::Graduated(m)) => ChargeModel::Graduated { tiers: tiers(v, &f("graduated."), m) },
+        Some(Model::Volume(m)) => ChargeModel::Volume { tiers: tiers(v, &f("volume."), m) },
+        Some(Model::Package(m)) => ChargeModel::Package {
+            package_size: dec_or_zero(v, &f("package.package_size"), &m.package_size),
+            package_price: dec_or_zero(v, &f("package.package_price"), &m.package_price),
+            free_units: dec_or_zero(v, &f("package.free_units"), &m.free_units),
+        },
+        Some(Model::Percentage(m)) => percentage(v, &f("percentage."), m),
+        Some(Model::GraduatedPercentage(m)) => ChargeModel::GraduatedPercentage {
+            tiers: tiers(v, &f("graduated_percentage."), m)
+                .into_iter()
+                .map(|t| PercentTier { up_to: t.up_to, rate: t.unit_price, flat_fee: t.flat_fee })
+                .collect(),
+        },
+    };
+    Some(Charge { metric_code: c.metric_code.clone(), model, pay_in_advance: c.pay_in_advance })
+}
+
+fn tiers(v: &mut Violations, prefix: &str, m: &pb::TieredModel) -> Vec<Tier> {
+    let bound = domain::rating::TIERS_MAX;
+    if m.tiers.len() > bound {
+        v.push(format!("{prefix}tiers"), format!("at most {bound} tiers"));
+        return Vec::new();
+    }
+    m.tiers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let f = |name: &str| format!("{prefix}tiers[{i}].{name}");
+            Tier {
+                up_to: dec(v, &f("up_to"), &t.up_to, false),
+                unit_price: dec_or_zero(v, &f("unit_price"), &t.unit_price),
+                flat_fee: dec_or_zero(v, &f("flat_fee"), &t.flat_fee),
+            }
+        })
+        .collect()
+}
+
+fn percentage(v: &mut Violations, prefix: &str, m: &pb::PercentageModel) -> ChargeModel {
+    let f = |name: &str| format!("{prefix}{name}");
+    let opt = |v: &mut Violations, name: &str, s: &Option<String>| {
+        s.as_deref().and_then(|s| dec(v, &f(name), s, true))
+    };
+    ChargeModel::Percentage {
+        rate: dec_or_zero(v, &f("rate"), &m.rate),
+        fixed_amount: dec_or_zero(v, &f("fixed_amount"), &m.fixed_amount),
+        free_events: m.free_events,
+        free_amount: opt(v, "free_amount", &m.free_amount),
+        min_per_event: opt(v, "min_per_event", &m.min_per_event),
+        max_per_event: opt(v, "max_per_event", &m.max_per_event),
+    }
+}
+
+pub fn start_subscription(r: &pb::StartSubscriptionRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let anchor = match r.billing_anchor.as_str() {
+        "" => Some(Anchor::Anniversary),
+        s => parse_enum(&mut v, Anchor::parse(s)),
+    };
+    let start_date = date(&mut v, "start_date", &r.start_date);
+    v.into_result()?;
+    Ok(Command::StartSubscription {
+        subscription_id: r.subscription_id.clone(),
+        customer_id: r.customer_id.clone(),
+        plan_code: r.plan_code.clone(),
+        plan_version: (r.plan_version > 0).then_some(r.plan_version),
+        anchor: anchor.expect("checked"),
+        start_date,
+    })
+}
+
+pub fn usage(r: &pb::UsageEvent) -> Parsed<Usage> {
+    Ok(Usage {
+        subscription_id: r.subscription_id.clone(),
+        transaction_id: r.transaction_id.clone(),
+        metric_code: r.metric_code.clone(),
+        occurred_at: timestamp("occurred_at", r.occurred_at.as_ref())?,
+        properties: r.properties.clone(),
+    })
+}
+
+pub fn record_payment(r: &pb::RecordPaymentRequest, now: Timestamp) -> Parsed<Command> {
+    let occurred_at = match r.occurred_at.as_ref() {
+        Some(t) => timestamp("occurred_at", Some(t))?,
+        None => now,
+    };
+    let outcome = if r.succeeded {
+        let mut v = Violations::default();
+        let amount = dec(&mut v, "amount", &r.amount, true);
+        v.into_result()?;
+        PaymentOutcome::Succeeded { amount: amount.expect("checked") }
+    } else {
+        if r.reason.trim().is_empty() || r.reason.len() > 256 {
+            return Err(DomainError::invalid("reason", "a failed payment needs a reason (1 to 256 characters)"));
+        }
+        PaymentOutcome::Failed { reason: r.reason.clone() }
+    };
+    Ok(Command::RecordPayment { invoice_id: r.invoice_id.clone(), outcome, occurred_at })
+}
+
+pub fn invoice(acc: &InvoiceAccount) -> pb::Invoice {
+    let i = &acc.invoice;
+    pb::Invoice {
+        invoice_id: i.invoice_id.clone(),
+        customer_id: i.customer_id.clone(),
+        subscription_id: i.subscription_id.clone(),
+        currency: i.currency.code().to_string(),
+        period_start: i.period.start.to_string(),
+        period_end: i.period.end.to_string(),
+        issued_at: Some(to_timestamp(i.issued_at)),
+        lines: i.lines.iter().map(line).collect(),
+        subtotal: i.subtotal.to_string(),
+        tax_rate: i.tax_rate.to_string(),
+        tax: i.tax.to_string(),
+        total: i.total.to_string(),
+        amount_paid: acc.amount_paid.to_string(),
+        amount_due: acc.amount_due().to_string(),
+        status: acc.status.as_str().to_string(),
+        failed_attempts: acc.failed_attempts,
+        reason: i.reason.as_str().to_string(),
+    }
+}
+
+fn line(l: &domain::invoice::InvoiceLine) -> pb::InvoiceLine {
+    pb::InvoiceLine {
+        kind: l.kind.as_str().to_string(),
+        description: l.description.clone(),
+        metric_code: l.metric_code.clone().unwrap_or_default(),
+        charge_model: l.charge_model.clone().unwrap_or_default(),
+        units: l.units.map(|u| u.normalize().to_string()).unwrap_or_default(),
+        service_start: l.service_period.start.to_string(),
+        service_end: l.service_period.end.to_string(),
+        amount: l.amount.to_string(),
+    }
+}

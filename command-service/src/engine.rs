@@ -1,0 +1,292 @@
+//! The write engine: the in-memory write model (a [`Ledger`] folded from the log, the stream
+//! versions, the idempotency keys), and the one path every command takes:
+//! validate → decide/evolve under the write lock → submit to the store in decision order →
+//! reply once the store has fsync'd the commit.
+//!
+//! Group commit: the lock is held only while deciding and *submitting* (an ordered, non-blocking
+//! enqueue); the wait for fsync happens outside it, so many commands share one fsync.
+//! If an append fails, the model may be ahead of the log: it is marked stale and rebuilt from
+//! the log before the next command.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use domain::commands::{Command, Context, Policy};
+use domain::events::{Event, Usage};
+use domain::ledger::{Ledger, UsageOutcome};
+use event_store::{
+    AppendRequest, Committed, EventStore, ExpectedVersion, Idempotency, NewEvent, Position,
+    StreamWrite,
+};
+use jiff::Timestamp;
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::status::{from_domain, from_store, unavailable};
+
+/// Events read per call while rebuilding the write model from the log.
+pub const REBUILD_CHUNK_EVENTS: usize = 10_000;
+
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+#[derive(Clone, Debug)]
+struct KeyedCommand {
+    digest: [u8; 32],
+    first: Position,
+    last: Position,
+}
+
+/// Everything the deciders need, behind one lock.
+#[derive(Default)]
+struct WriteModel {
+    ledger: Ledger,
+    stream_versions: HashMap<String, u64>,
+    next_position: Position,
+    idempotency: HashMap<String, KeyedCommand>,
+    stale: bool,
+}
+
+/// What a command came to.
+#[derive(Debug)]
+pub struct Executed {
+    pub events: Vec<Event>,
+    /// Position of the last event (of the original append for a duplicate); `None` if nothing
+    /// was appended by a no-op.
+    pub last_position: Option<Position>,
+    pub duplicate: bool,
+}
+
+/// The result of one usage item.
+#[derive(Debug)]
+pub enum UsageItem {
+    Accepted { position: Position, invoice_id: Option<String> },
+    Duplicate { position: Position },
+    Rejected(Status),
+}
+
+pub struct Engine {
+    store: Arc<dyn EventStore>,
+    model: tokio::sync::Mutex<WriteModel>,
+    clock: Clock,
+    policy: Policy,
+    closing: AtomicBool,
+}
+
+impl Engine {
+    /// Opens the engine over a store, folding the whole log into the write model.
+    pub async fn open(store: Arc<dyn EventStore>, policy: Policy, clock: Clock) -> Result<Self, Status> {
+        let mut model = WriteModel::default();
+        rebuild(&*store, &mut model).await?;
+        Ok(Engine { store, model: tokio::sync::Mutex::new(model), clock, policy, closing: AtomicBool::new(false) })
+    }
+
+    pub fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    /// Current version of a stream, if it exists.
+    pub async fn stream_version(&self, stream: &str) -> Option<u64> {
+        self.model.lock().await.stream_versions.get(stream).copied()
+    }
+
+    /// Read access to the write model (for replies and the invoice lookup).
+    pub async fn read<T>(&self, f: impl FnOnce(&Ledger) -> T) -> T {
+        f(&self.model.lock().await.ledger)
+    }
+
+    /// Runs one command. `key` is the caller's idempotency key with the digest of its request.
+    /// `guard` is an optional (stream, expected version) check: ABORTED when it does not hold.
+    pub async fn execute(
+        &self,
+        cmd: Command,
+        key: Option<(String, [u8; 32])>,
+        guard: Option<(String, u64)>,
+    ) -> Result<Executed, Status> {
+        let mut model = self.lock_model().await?;
+        if let Some((k, digest)) = &key {
+            if let Some(prev) = model.idempotency.get(k).cloned() {
+                drop(model);
+                return self.replay_keyed(k, digest, prev).await;
+            }
+        }
+        if let Some((stream, expected)) = guard {
+            let actual = model.stream_versions.get(&stream).copied();
+            if actual != Some(expected) {
+                return Err(from_store(event_store::StoreError::WrongExpectedVersion {
+                    stream,
+                    expected: ExpectedVersion::Exact(expected),
+                    actual,
+                }));
+            }
+        }
+        let ctx = Context { now: self.now(), policy: self.policy.clone() };
+        let first = model.next_position;
+        let events = model.ledger.execute(&cmd, &ctx, first).map_err(from_domain)?;
+        if events.is_empty() {
+            let last_position = first.checked_sub(1);
+            return Ok(Executed { events, last_position, duplicate: false });
+        }
+        let idempotency = key.map(|(key, digest)| Idempotency { key, digest });
+        let ticket = self.submit(&mut model, &events, idempotency, ctx.now);
+        drop(model);
+        let committed = self.settle(ticket, first).await?;
+        Ok(Executed { events, last_position: Some(committed.last_position), duplicate: false })
+    }
+
+    /// Records a batch of usage events: each item accepted, duplicate or rejected on its own;
+    /// all accepted ones share one append (one fsync).
+    pub async fn record_usage(&self, items: Vec<Result<Usage, Status>>) -> Result<Vec<UsageItem>, Status> {
+        let mut model = self.lock_model().await?;
+        let ctx = Context { now: self.now(), policy: self.policy.clone() };
+        let first = model.next_position;
+        let mut events = Vec::with_capacity(items.len());
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            let position = first + events.len() as u64;
+            let result = match item.and_then(|u| model.ledger.record_usage(&u, &ctx, position).map_err(from_domain)) {
+                Ok(UsageOutcome::Accepted(mut evs)) => {
+                    let invoice_id = evs.iter().find_map(|e| match e {
+                        Event::InvoiceIssued(i) => Some(i.invoice_id.clone()),
+                        _ => None,
+                    });
+                    events.append(&mut evs);
+                    UsageItem::Accepted { position, invoice_id }
+                }
+                Ok(UsageOutcome::Duplicate { position }) => UsageItem::Duplicate { position },
+                Err(status) => UsageItem::Rejected(status),
+            };
+            results.push(result);
+        }
+        if events.is_empty() {
+            return Ok(results);
+        }
+        let ticket = self.submit(&mut model, &events, None, ctx.now);
+        drop(model);
+        self.settle(ticket, first).await?;
+        Ok(results)
+    }
+
+    /// Stops taking commands, waits for the decider, and flushes what the store holds.
+    pub async fn close(&self) -> Result<(), Status> {
+        self.closing.store(true, Ordering::SeqCst);
+        let _model = self.model.lock().await;
+        self.store.close().await.map_err(from_store)
+    }
+
+    async fn lock_model(&self) -> Result<tokio::sync::MutexGuard<'_, WriteModel>, Status> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(unavailable("the server is shutting down"));
+        }
+        let mut model = self.model.lock().await;
+        if model.stale {
+            tracing::warn!("write model is stale after a failed append; rebuilding from the log");
+            *model = WriteModel::default();
+            rebuild(&*self.store, &mut model).await?;
+        }
+        Ok(model)
+    }
+
+    /// Turns decided events into one ordered append and enqueues it (no await: the order of
+    /// submission is the order of decision, which the positions in the model assume).
+    fn submit(
+        &self,
+        model: &mut WriteModel,
+        events: &[Event],
+        idempotency: Option<Idempotency>,
+        now: Timestamp,
+    ) -> event_store::AppendTicket {
+        let mut writes: Vec<StreamWrite> = Vec::new();
+        let mut seen_in_request: HashMap<String, ()> = HashMap::new();
+        for event in events {
+            let stream = event.stream();
+            let new = new_event(event, now);
+            if let Some(last) = writes.last_mut().filter(|w| w.stream == stream) {
+                last.events.push(new);
+                continue;
+            }
+            let expected = if seen_in_request.insert(stream.clone(), ()).is_some() {
+                ExpectedVersion::Any
+            } else {
+                model.stream_versions.get(&stream).map_or(ExpectedVersion::NoStream, |v| ExpectedVersion::Exact(*v))
+            };
+            writes.push(StreamWrite { stream, expected, events: vec![new] });
+        }
+        for w in &writes {
+            let v = model.stream_versions.entry(w.stream.clone()).or_insert(u64::MAX);
+            *v = v.wrapping_add(w.events.len() as u64);
+        }
+        let first = model.next_position;
+        model.next_position += events.len() as u64;
+        if let Some(i) = &idempotency {
+            let keyed = KeyedCommand { digest: i.digest, first, last: model.next_position - 1 };
+            model.idempotency.insert(i.key.clone(), keyed);
+        }
+        self.store.submit(AppendRequest { writes, idempotency })
+    }
+
+    async fn settle(&self, ticket: event_store::AppendTicket, first: Position) -> Result<Committed, Status> {
+        match ticket.await {
+            Ok(c) => {
+                assert_eq!(c.first_position, first, "the log assigned the positions the model assumed");
+                Ok(c)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "append failed");
+                self.model.lock().await.stale = true;
+                Err(from_store(e))
+            }
+        }
+    }
+
+    async fn replay_keyed(&self, key: &str, digest: &[u8; 32], prev: KeyedCommand) -> Result<Executed, Status> {
+        if &prev.digest != digest {
+            return Err(from_store(event_store::StoreError::IdempotencyConflict { key: key.to_string() }));
+        }
+        let count = (prev.last - prev.first + 1) as usize;
+        let recorded = self.store.read_all(prev.first, count).await.map_err(from_store)?;
+        let events = recorded.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        Ok(Executed { events, last_position: Some(prev.last), duplicate: true })
+    }
+}
+
+fn new_event(event: &Event, now: Timestamp) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::new_v4(),
+        event_type: event.type_name().to_string(),
+        schema_version: domain::events::SCHEMA_VERSION,
+        occurred_at_us: event.occurred_at().unwrap_or(now).as_microsecond(),
+        causation_id: None,
+        correlation_id: None,
+        payload: event.encode(),
+    }
+}
+
+fn decode(r: &event_store::RecordedEvent) -> Result<Event, Status> {
+    Event::decode(&r.event_type, r.schema_version, &r.payload)
+        .map_err(|e| Status::data_loss(format!("event at position {}: {e}", r.position)))
+}
+
+/// Folds the whole log into `model`, in bounded chunks.
+async fn rebuild(store: &dyn EventStore, model: &mut WriteModel) -> Result<(), Status> {
+    let started = std::time::Instant::now();
+    loop {
+        let chunk = store.read_all(model.next_position, REBUILD_CHUNK_EVENTS).await.map_err(from_store)?;
+        let Some(last) = chunk.last() else { break };
+        let last_position = last.position;
+        for r in &chunk {
+            assert_eq!(r.position, model.next_position, "the log is contiguous");
+            let event = decode(r)?;
+            model.ledger.evolve(&event, r.position);
+            model.stream_versions.insert(r.stream.clone(), r.stream_version);
+            if let (Some(key), Some(digest)) = (&r.idempotency_key, r.idempotency_digest) {
+                let entry = model.idempotency.entry(key.clone()).or_insert(KeyedCommand { digest, first: r.position, last: r.position });
+                entry.last = r.position;
+            }
+            model.next_position += 1;
+        }
+        debug_assert_eq!(model.next_position, last_position + 1);
+    }
+    tracing::info!(events = model.next_position, ms = started.elapsed().as_millis() as u64, "write model rebuilt from the log");
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! `accrual.v1.CommandService`: the write side's gRPC shell around the pure `domain`.
+//!
+//! - [`convert`]: wire ⇄ domain (the proto boundary);
+//! - [`engine`]: the write model, decide/evolve under one lock, group-committed appends;
+//! - [`service`]: the gRPC handlers and per-call limits;
+//! - [`status`]: the SPEC §3 error contract;
+//! - [`server`]: transport, health, reflection, graceful shutdown.
+
+pub mod convert;
+pub mod engine;
+pub mod server;
+pub mod service;
+pub mod status;

@@ -1,0 +1,74 @@
+//! The gRPC server: the command service plus health and reflection (so grpcurl, grpcui and
+//! Postman work with no proto files), with explicit transport limits and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::v1::command_service_server::CommandServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::engine::Engine;
+use crate::service::{CommandApi, Limits};
+
+/// Transport bounds of the server.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    /// Largest request message accepted (decoded size).
+    pub message_bytes_max: usize,
+    /// HTTP/2 streams (concurrent calls) one connection may open.
+    pub concurrent_streams_max: u32,
+    /// Calls one connection may have in progress at once; more wait.
+    pub concurrency_per_connection_max: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            message_bytes_max: 16 * 1024 * 1024,
+            concurrent_streams_max: 256,
+            concurrency_per_connection_max: 256,
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets calls in flight finish, and
+/// flushes the engine (every acknowledged command is already durable; this drains the rest).
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    limits: Limits,
+    server: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<CommandServiceServer<CommandApi>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let commands = CommandServiceServer::new(CommandApi::new(engine.clone(), limits))
+        .max_decoding_message_size(server.message_bytes_max);
+    tracing::info!(addr = %listener.local_addr()?, "accrual command service listening");
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(server.concurrent_streams_max)
+        .concurrency_limit_per_connection(server.concurrency_per_connection_max)
+        .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(commands)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    health.set_not_serving::<CommandServiceServer<CommandApi>>().await;
+    tracing::info!("server stopped accepting; flushing");
+    engine.close().await?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}

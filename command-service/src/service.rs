@@ -1,0 +1,342 @@
+//! `accrual.v1.CommandService`: each call parses its request (convert), runs it through the
+//! engine, and shapes the reply. Every call is one tracing span.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use domain::commands::Command;
+use domain::events::Event;
+use domain::ledger::Ledger;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use proto::v1 as pb;
+use proto::v1::command_service_server::CommandService;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::convert;
+use crate::engine::{Engine, Executed, UsageItem};
+use crate::status::{bad_field, from_domain};
+
+/// Bounds on what one call may ask for.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Most usage events in one `UsageBatch` (IngestUsage) and per append in StreamUsage.
+    pub batch_events_max: usize,
+    /// Most usage events in one StreamUsage call.
+    pub stream_events_max: usize,
+    /// Batch results IngestUsage may hold for a slow reader before it stops reading.
+    pub ingest_replies_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { batch_events_max: 10_000, stream_events_max: 1_000_000, ingest_replies_max: 16 }
+    }
+}
+
+pub struct CommandApi {
+    engine: Arc<Engine>,
+    limits: Limits,
+}
+
+impl CommandApi {
+    pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
+        CommandApi { engine, limits }
+    }
+
+    async fn run<R: Message + Clone>(
+        &self,
+        method: &str,
+        req: &R,
+        key: &str,
+        cmd: Result<Command, domain::DomainError>,
+        guard: Option<(String, u64)>,
+    ) -> Result<Executed, Status> {
+        let cmd = cmd.map_err(from_domain)?;
+        let key = idempotency(method, req, key)?;
+        self.engine.execute(cmd, key, guard).await
+    }
+
+    async fn subscription_reply(&self, id: &str, done: Executed) -> Result<Response<pb::SubscriptionResponse>, Status> {
+        let stream_version = self.engine.stream_version(&format!("subscription-{id}")).await.unwrap_or_default();
+        let now = self.engine.now();
+        let reply = self.engine.read(|l| {
+            let sub = &l.subscriptions[id];
+            let today = domain::calendar::local_date(now, &sub.time_zone);
+            let plan = sub.current_plan();
+            let period = sub.next_close.and_then(|_| sub.period_of(today.max(sub.start_date())));
+            pb::SubscriptionResponse {
+                ack: Some(ack(&done)),
+                subscription_id: id.to_string(),
+                status: l.subscription_status(sub, today).to_string(),
+                plan_code: plan.code.clone(),
+                plan_version: plan.version,
+                current_period_start: period.map(|p| p.start.to_string()).unwrap_or_default(),
+                current_period_end: period.map(|p| p.end.to_string()).unwrap_or_default(),
+                invoices: issued(l, &done.events),
+                stream_version,
+            }
+        });
+        Ok(Response::new(reply.await))
+    }
+
+    async fn invoice_reply(&self, id: &str, done: Executed) -> Result<Response<pb::InvoiceResponse>, Status> {
+        let invoice = self.engine.read(|l| l.invoices.get(id).map(convert::invoice)).await;
+        Ok(Response::new(pb::InvoiceResponse { ack: Some(ack(&done)), invoice }))
+    }
+
+    async fn usage_chunk(&self, events: Vec<pb::UsageEvent>) -> Result<pb::UsageBatchResult, Status> {
+        let items = events.iter().map(|e| convert::usage(e).map_err(from_domain)).collect();
+        let results = self.engine.record_usage(items).await?;
+        Ok(batch_result(results))
+    }
+}
+
+/// The idempotency key with the SHA-256 of the method and the request without its key.
+fn idempotency<R: Message + Clone>(method: &str, req: &R, key: &str) -> Result<Option<(String, [u8; 32])>, Status> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > 128 {
+        return Err(bad_field("idempotency_key", "at most 128 characters"));
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_bytes());
+    hasher.update(req.encode_to_vec());
+    Ok(Some((key.to_string(), hasher.finalize().into())))
+}
+
+/// Clears the idempotency key so the digest covers only the request's content.
+macro_rules! without_key {
+    ($req:expr) => {{
+        let mut r = $req.clone();
+        let key = std::mem::take(&mut r.idempotency_key);
+        (r, key)
+    }};
+}
+
+fn ack(done: &Executed) -> pb::CommandAck {
+    pb::CommandAck {
+        position: done.last_position.unwrap_or_default(),
+        events_appended: if done.duplicate { 0 } else { done.events.len() as u32 },
+        duplicate: done.duplicate,
+    }
+}
+
+fn issued(l: &Ledger, events: &[Event]) -> Vec<pb::Invoice> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::InvoiceIssued(i) => l.invoices.get(&i.invoice_id).map(convert::invoice),
+            _ => None,
+        })
+        .collect()
+}
+
+fn usage_result(item: UsageItem) -> pb::UsageResult {
+    match item {
+        UsageItem::Accepted { position, invoice_id } => pb::UsageResult {
+            status: "accepted".into(),
+            position,
+            invoice_id: invoice_id.unwrap_or_default(),
+            ..Default::default()
+        },
+        UsageItem::Duplicate { position } => {
+            pb::UsageResult { status: "duplicate".into(), position, ..Default::default() }
+        }
+        UsageItem::Rejected(s) => pb::UsageResult {
+            status: "rejected".into(),
+            code: s.code() as i32,
+            message: s.message().to_string(),
+            ..Default::default()
+        },
+    }
+}
+
+fn batch_result(items: Vec<UsageItem>) -> pb::UsageBatchResult {
+    let mut out = pb::UsageBatchResult::default();
+    for item in items {
+        match &item {
+            UsageItem::Accepted { .. } => out.accepted += 1,
+            UsageItem::Duplicate { .. } => out.duplicates += 1,
+            UsageItem::Rejected(_) => out.rejected += 1,
+        }
+        out.results.push(usage_result(item));
+    }
+    out
+}
+
+type IngestStream = Pin<Box<dyn Stream<Item = Result<pb::UsageBatchResult, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CommandService for CommandApi {
+    #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
+    async fn register_customer(&self, request: Request<pb::RegisterCustomerRequest>) -> Result<Response<pb::CommandAck>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        let done = self.run("RegisterCustomer", &r, &key, convert::register_customer(&r), None).await?;
+        Ok(Response::new(ack(&done)))
+    }
+
+    #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
+    async fn update_customer(&self, request: Request<pb::UpdateCustomerRequest>) -> Result<Response<pb::CommandAck>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        let done = self.run("UpdateCustomer", &r, &key, convert::update_customer(&r), None).await?;
+        Ok(Response::new(ack(&done)))
+    }
+
+    #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
+    async fn define_metric(&self, request: Request<pb::DefineMetricRequest>) -> Result<Response<pb::CommandAck>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        let done = self.run("DefineMetric", &r, &key, convert::define_metric(&r), None).await?;
+        Ok(Response::new(ack(&done)))
+    }
+
+    #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
+    async fn publish_plan(&self, request: Request<pb::PublishPlanRequest>) -> Result<Response<pb::PublishPlanResponse>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        let done = self.run("PublishPlan", &r, &key, convert::publish_plan(&r), None).await?;
+        let version = done.events.iter().find_map(|e| match e {
+            Event::PlanPublished(p) => Some(p.version),
+            _ => None,
+        });
+        Ok(Response::new(pb::PublishPlanResponse { ack: Some(ack(&done)), version: version.unwrap_or_default() }))
+    }
+
+    #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
+    async fn start_subscription(&self, request: Request<pb::StartSubscriptionRequest>) -> Result<Response<pb::SubscriptionResponse>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        let done = self.run("StartSubscription", &r, &key, convert::start_subscription(&r), None).await?;
+        self.subscription_reply(&r.subscription_id, done).await
+    }
+
+    #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
+    async fn change_plan(&self, request: Request<pb::ChangePlanRequest>) -> Result<Response<pb::SubscriptionResponse>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        let cmd = Command::ChangePlan {
+            subscription_id: r.subscription_id.clone(),
+            plan_code: r.plan_code.clone(),
+            plan_version: (r.plan_version > 0).then_some(r.plan_version),
+        };
+        let guard = r.expected_version.map(|v| (format!("subscription-{}", r.subscription_id), v));
+        let done = self.run("ChangePlan", &r, &key, Ok(cmd), guard).await?;
+        self.subscription_reply(&r.subscription_id, done).await
+    }
+
+    #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
+    async fn cancel_subscription(&self, request: Request<pb::CancelSubscriptionRequest>) -> Result<Response<pb::SubscriptionResponse>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        let cmd = Command::CancelSubscription { subscription_id: r.subscription_id.clone(), immediately: r.immediately };
+        let guard = r.expected_version.map(|v| (format!("subscription-{}", r.subscription_id), v));
+        let done = self.run("CancelSubscription", &r, &key, Ok(cmd), guard).await?;
+        self.subscription_reply(&r.subscription_id, done).await
+    }
+
+    #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
+    async fn record_usage(&self, request: Request<pb::UsageEvent>) -> Result<Response<pb::UsageResult>, Status> {
+        let usage = convert::usage(request.get_ref()).map_err(from_domain)?;
+        let item = self.engine.record_usage(vec![Ok(usage)]).await?.pop().expect("one result per item");
+        match item {
+            UsageItem::Rejected(status) => Err(status),
+            other => Ok(Response::new(usage_result(other))),
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn stream_usage(&self, request: Request<Streaming<pb::UsageEvent>>) -> Result<Response<pb::UsageBatchResult>, Status> {
+        let mut inbound = request.into_inner();
+        let mut total = pb::UsageBatchResult::default();
+        let mut chunk = Vec::with_capacity(self.limits.batch_events_max);
+        let mut seen = 0usize;
+        loop {
+            let next = inbound.next().await.transpose()?;
+            let end = next.is_none();
+            if let Some(event) = next {
+                seen += 1;
+                if seen > self.limits.stream_events_max {
+                    return Err(Status::resource_exhausted(format!(
+                        "at most {} events per StreamUsage call; use IngestUsage for more",
+                        self.limits.stream_events_max
+                    )));
+                }
+                chunk.push(event);
+            }
+            if (end && !chunk.is_empty()) || chunk.len() >= self.limits.batch_events_max {
+                let part = self.usage_chunk(std::mem::take(&mut chunk)).await?;
+                total.accepted += part.accepted;
+                total.duplicates += part.duplicates;
+                total.rejected += part.rejected;
+                total.results.extend(part.results);
+            }
+            if end {
+                return Ok(Response::new(total));
+            }
+        }
+    }
+
+    type IngestUsageStream = IngestStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn ingest_usage(&self, request: Request<Streaming<pb::UsageBatch>>) -> Result<Response<IngestStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(self.limits.ingest_replies_max);
+        let engine = self.engine.clone();
+        let limit = self.limits.batch_events_max;
+        let api = CommandApi { engine, limits: self.limits.clone() };
+        tokio::spawn(async move {
+            while let Some(batch) = inbound.next().await {
+                let reply = match batch {
+                    Ok(b) if b.events.len() > limit => Err(Status::new(
+                        Code::ResourceExhausted,
+                        format!("a batch holds at most {limit} events; this one has {}", b.events.len()),
+                    )),
+                    Ok(b) => api.usage_chunk(b.events).await,
+                    Err(e) => Err(e),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn run_billing(&self, request: Request<pb::RunBillingRequest>) -> Result<Response<pb::RunBillingResponse>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        let as_of = convert::timestamp("as_of", r.as_of.as_ref()).map(|as_of| Command::RunBilling { as_of });
+        let done = self.run("RunBilling", &r, &key, as_of, None).await?;
+        let periods_closed = done.events.iter().filter(|e| matches!(e, Event::BillingPeriodClosed { .. })).count() as u32;
+        let invoices = self.engine.read(|l| issued(l, &done.events)).await;
+        Ok(Response::new(pb::RunBillingResponse { ack: Some(ack(&done)), invoices, periods_closed }))
+    }
+
+    #[tracing::instrument(skip_all, fields(invoice_id = %request.get_ref().invoice_id))]
+    async fn record_payment(&self, request: Request<pb::RecordPaymentRequest>) -> Result<Response<pb::InvoiceResponse>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        let cmd = convert::record_payment(&r, self.engine.now());
+        let done = self.run("RecordPayment", &r, &key, cmd, None).await?;
+        self.invoice_reply(&r.invoice_id, done).await
+    }
+
+    #[tracing::instrument(skip_all, fields(invoice_id = %request.get_ref().invoice_id))]
+    async fn void_invoice(&self, request: Request<pb::VoidInvoiceRequest>) -> Result<Response<pb::InvoiceResponse>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        if r.reason.trim().is_empty() || r.reason.len() > 256 {
+            return Err(bad_field("reason", "1 to 256 characters"));
+        }
+        let cmd = Command::VoidInvoice { invoice_id: r.invoice_id.clone(), reason: r.reason.clone() };
+        let done = self.run("VoidInvoice", &r, &key, Ok(cmd), None).await?;
+        self.invoice_reply(&r.invoice_id, done).await
+    }
+
+    #[tracing::instrument(skip_all, fields(invoice_id = %request.get_ref().invoice_id))]
+    async fn get_invoice(&self, request: Request<pb::GetInvoiceRequest>) -> Result<Response<pb::Invoice>, Status> {
+        let id = &request.get_ref().invoice_id;
+        let invoice = self.engine.read(|l| l.invoices.get(id).map(convert::invoice)).await;
+        invoice.map(Response::new).ok_or_else(|| from_domain(domain::DomainError::not_found("invoice", id)))
+    }
+}

@@ -1,0 +1,176 @@
+//! Catalog entities: customers, billable metrics and plans, with their validation.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::calendar::Interval;
+use crate::error::{DomainError, Violations};
+use crate::money::{check_amount, Currency};
+use crate::rating::{Aggregation, ChargeModel};
+
+/// Longest id or code a caller may choose.
+pub const ID_LEN_MAX: usize = 128;
+/// Most charges one plan may carry.
+pub const CHARGES_MAX: usize = 50;
+/// Longest trial a plan may offer.
+pub const TRIAL_DAYS_MAX: u32 = 3_650;
+/// Largest tax rate in percent.
+pub const TAX_RATE_MAX: Decimal = Decimal::ONE_HUNDRED;
+
+/// Checks a caller-chosen id: 1..=128 chars of `[A-Za-z0-9._:-]`.
+pub fn check_id(v: &mut Violations, field: &str, id: &str) {
+    let ok_chars = id.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c));
+    if id.is_empty() || id.len() > ID_LEN_MAX || !ok_chars {
+        v.push(field, format!("must be 1 to {ID_LEN_MAX} characters of A-Z a-z 0-9 . _ : -"));
+    }
+}
+
+fn check_text(v: &mut Violations, field: &str, text: &str, required: bool) {
+    if (required && text.trim().is_empty()) || text.len() > 256 {
+        v.push(field, "must be 1 to 256 characters");
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    pub customer_id: String,
+    pub name: String,
+    pub currency: Currency,
+    /// IANA time zone name; billing days are local midnights there.
+    pub time_zone: String,
+    /// Percent, e.g. 20 for 20 %.
+    pub tax_rate: Decimal,
+}
+
+impl Customer {
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let mut v = Violations::default();
+        check_id(&mut v, "customer_id", &self.customer_id);
+        check_text(&mut v, "name", &self.name, true);
+        check_tax_rate(&mut v, self.tax_rate);
+        if crate::calendar::parse_time_zone(&self.time_zone).is_err() {
+            v.push("time_zone", format!("{:?} is not an IANA time zone", self.time_zone));
+        }
+        v.into_result()
+    }
+}
+
+pub fn check_tax_rate(v: &mut Violations, rate: Decimal) {
+    if let Err(f) = check_amount("tax_rate", rate, false) {
+        v.0.push(f);
+    } else if rate > TAX_RATE_MAX {
+        v.push("tax_rate", "must be at most 100 (percent)");
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metric {
+    pub code: String,
+    pub name: String,
+    pub aggregation: Aggregation,
+    /// The usage property the aggregation reads; `None` for `count`.
+    pub property: Option<String>,
+}
+
+impl Metric {
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let mut v = Violations::default();
+        check_id(&mut v, "code", &self.code);
+        check_text(&mut v, "name", &self.name, true);
+        match (&self.property, self.aggregation.needs_property()) {
+            (None, true) => v.push("property", "required for this aggregation"),
+            (Some(p), _) if p.is_empty() || p.len() > ID_LEN_MAX => {
+                v.push("property", "must be 1 to 128 characters")
+            }
+            _ => {}
+        }
+        v.into_result()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeeTiming {
+    Advance,
+    Arrears,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charge {
+    pub metric_code: String,
+    pub model: ChargeModel,
+    pub pay_in_advance: bool,
+}
+
+/// A published plan version. Subscriptions pin (code, version); versions never change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub code: String,
+    pub version: u32,
+    pub name: String,
+    pub currency: Currency,
+    pub interval: Interval,
+    pub base_fee: Decimal,
+    pub fee_timing: FeeTiming,
+    pub trial_days: u32,
+    pub minimum_commitment: Option<Decimal>,
+    pub charges: Vec<Charge>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PlanRef {
+    pub code: String,
+    pub version: u32,
+}
+
+impl Plan {
+    pub fn plan_ref(&self) -> PlanRef {
+        PlanRef { code: self.code.clone(), version: self.version }
+    }
+
+    /// The base fee normalized to a month (SPEC §5 MRR rule), unrounded.
+    pub fn monthly_fee(&self) -> Decimal {
+        let (num, den) = self.interval.monthly_ratio();
+        self.base_fee * num / den
+    }
+
+    /// Validates everything but the metric references (the ledger checks those).
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let mut v = Violations::default();
+        check_id(&mut v, "code", &self.code);
+        check_text(&mut v, "name", &self.name, true);
+        if let Err(f) = check_amount("base_fee", self.base_fee, false) {
+            v.0.push(f);
+        }
+        if self.trial_days > TRIAL_DAYS_MAX {
+            v.push("trial_days", format!("must be at most {TRIAL_DAYS_MAX}"));
+        }
+        if let Some(m) = self.minimum_commitment {
+            if let Err(f) = check_amount("minimum_commitment", m, false) {
+                v.0.push(f);
+            }
+        }
+        if self.charges.len() > CHARGES_MAX {
+            v.push("charges", format!("at most {CHARGES_MAX} charges"));
+        }
+        for (i, c) in self.charges.iter().enumerate() {
+            check_charge(&mut v, i, c)?;
+        }
+        v.into_result()
+    }
+}
+
+fn check_charge(v: &mut Violations, i: usize, c: &Charge) -> Result<(), DomainError> {
+    let prefix = format!("charges[{i}].");
+    check_id(v, &format!("{prefix}metric_code"), &c.metric_code);
+    if let Err(e) = c.model.validate() {
+        v.extend_prefixed(&prefix, e)?;
+    }
+    if c.pay_in_advance && !c.model.allows_pay_in_advance() {
+        v.push(
+            format!("{prefix}pay_in_advance"),
+            format!("the {} model cannot be paid in advance", c.model.name()),
+        );
+    }
+    Ok(())
+}

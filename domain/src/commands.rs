@@ -1,0 +1,72 @@
+//! Commands: what callers ask for, already parsed from the wire into domain types, plus the
+//! [`Context`] (time and policy) the shell passes in, so decisions replay deterministically.
+
+use jiff::civil::Date;
+use jiff::Timestamp;
+use rust_decimal::Decimal;
+
+use crate::calendar::Anchor;
+use crate::catalog::{Customer, Metric, Plan};
+use crate::events::Usage;
+
+/// Billing policy; set by configuration, passed in with every command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Failed payment attempts after which an invoice is uncollectible (SPEC default 3).
+    pub max_payment_attempts: u32,
+    /// A period is closed only once `as_of - grace_period_secs` has passed its end.
+    pub grace_period_secs: i64,
+    /// How far past `now` a usage event's `occurred_at` may lie (clock skew allowance).
+    pub usage_future_tolerance_secs: i64,
+    /// Bound on billing steps (trial ends, period closes) one subscription takes in one run.
+    pub billing_steps_max: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_payment_attempts: 3,
+            grace_period_secs: 0,
+            usage_future_tolerance_secs: 300,
+            billing_steps_max: 1_000,
+        }
+    }
+}
+
+/// What the shell passes in with a command: the time and the policy. Never read inside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Context {
+    pub now: Timestamp,
+    pub policy: Policy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    Succeeded { amount: Decimal },
+    Failed { reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    RegisterCustomer(Customer),
+    UpdateCustomer { customer_id: String, name: Option<String>, tax_rate: Option<Decimal> },
+    DefineMetric(Metric),
+    /// `plan.version` is ignored: the ledger assigns the next version of the code.
+    PublishPlan(Plan),
+    StartSubscription {
+        subscription_id: String,
+        customer_id: String,
+        plan_code: String,
+        /// `None` = latest version.
+        plan_version: Option<u32>,
+        anchor: Anchor,
+        /// `None` = today in the customer's time zone.
+        start_date: Option<Date>,
+    },
+    ChangePlan { subscription_id: String, plan_code: String, plan_version: Option<u32> },
+    CancelSubscription { subscription_id: String, immediately: bool },
+    RecordUsage(Usage),
+    RunBilling { as_of: Timestamp },
+    RecordPayment { invoice_id: String, outcome: PaymentOutcome, occurred_at: Timestamp },
+    VoidInvoice { invoice_id: String, reason: String },
+}

@@ -1,0 +1,210 @@
+//! The event catalog (SPEC §2). Events are facts: never updated or deleted; corrections are
+//! new events. The persisted encoding is JSON of this enum (tagged by `type`), versioned by
+//! [`SCHEMA_VERSION`]; [`Event::decode`] is where older versions get upcast.
+
+use std::collections::BTreeMap;
+
+use jiff::civil::Date;
+use jiff::Timestamp;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::calendar::{Anchor, Period};
+use crate::catalog::{Customer, Metric, Plan, PlanRef};
+use crate::invoice::Invoice;
+
+/// Current schema version of every event type.
+pub const SCHEMA_VERSION: u16 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanChangeKind {
+    Upgrade,
+    Downgrade,
+}
+
+/// One usage event as recorded: the caller's properties, kept whole for audit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub subscription_id: String,
+    pub transaction_id: String,
+    pub metric_code: String,
+    pub occurred_at: Timestamp,
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    CustomerRegistered(Customer),
+    CustomerUpdated {
+        customer_id: String,
+        name: Option<String>,
+        tax_rate: Option<Decimal>,
+        occurred_at: Timestamp,
+    },
+    BillableMetricDefined(Metric),
+    PlanPublished(Plan),
+    SubscriptionStarted {
+        subscription_id: String,
+        customer_id: String,
+        plan: PlanRef,
+        anchor: Anchor,
+        start_date: Date,
+        trial_end: Option<Date>,
+        occurred_at: Timestamp,
+    },
+    TrialEnded {
+        subscription_id: String,
+        date: Date,
+    },
+    PlanChangeScheduled {
+        subscription_id: String,
+        plan: PlanRef,
+        effective_date: Date,
+        occurred_at: Timestamp,
+    },
+    PlanChanged {
+        subscription_id: String,
+        plan: PlanRef,
+        kind: PlanChangeKind,
+        effective_date: Date,
+    },
+    SubscriptionCanceled {
+        subscription_id: String,
+        effective_date: Date,
+        immediately: bool,
+        occurred_at: Timestamp,
+    },
+    UsageRecorded(Usage),
+    BillingPeriodClosed {
+        subscription_id: String,
+        period: Period,
+        closed_at: Timestamp,
+    },
+    InvoiceIssued(Invoice),
+    InvoiceVoided {
+        invoice_id: String,
+        reason: String,
+        occurred_at: Timestamp,
+    },
+    PaymentSucceeded {
+        invoice_id: String,
+        amount: Decimal,
+        occurred_at: Timestamp,
+    },
+    PaymentFailed {
+        invoice_id: String,
+        reason: String,
+        attempt: u32,
+        occurred_at: Timestamp,
+    },
+    InvoiceMarkedUncollectible {
+        invoice_id: String,
+        occurred_at: Timestamp,
+    },
+}
+
+/// Why stored bytes could not be read as an event.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown schema version {version} of {event_type}")]
+    UnknownVersion { event_type: String, version: u16 },
+    #[error("payload of {event_type} does not decode: {detail}")]
+    Malformed { event_type: String, detail: String },
+}
+
+impl Event {
+    /// The aggregate stream the event belongs to.
+    pub fn stream(&self) -> String {
+        match self {
+            Event::CustomerRegistered(c) => format!("customer-{}", c.customer_id),
+            Event::CustomerUpdated { customer_id, .. } => format!("customer-{customer_id}"),
+            Event::BillableMetricDefined(m) => format!("metric-{}", m.code),
+            Event::PlanPublished(p) => format!("plan-{}", p.code),
+            Event::SubscriptionStarted { subscription_id, .. }
+            | Event::TrialEnded { subscription_id, .. }
+            | Event::PlanChangeScheduled { subscription_id, .. }
+            | Event::PlanChanged { subscription_id, .. }
+            | Event::SubscriptionCanceled { subscription_id, .. }
+            | Event::BillingPeriodClosed { subscription_id, .. } => {
+                format!("subscription-{subscription_id}")
+            }
+            Event::UsageRecorded(u) => format!("usage-{}", u.subscription_id),
+            Event::InvoiceIssued(i) => format!("invoice-{}", i.invoice_id),
+            Event::InvoiceVoided { invoice_id, .. }
+            | Event::PaymentSucceeded { invoice_id, .. }
+            | Event::PaymentFailed { invoice_id, .. }
+            | Event::InvoiceMarkedUncollectible { invoice_id, .. } => format!("invoice-{invoice_id}"),
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::CustomerRegistered(_) => "CustomerRegistered",
+            Event::CustomerUpdated { .. } => "CustomerUpdated",
+            Event::BillableMetricDefined(_) => "BillableMetricDefined",
+            Event::PlanPublished(_) => "PlanPublished",
+            Event::SubscriptionStarted { .. } => "SubscriptionStarted",
+            Event::TrialEnded { .. } => "TrialEnded",
+            Event::PlanChangeScheduled { .. } => "PlanChangeScheduled",
+            Event::PlanChanged { .. } => "PlanChanged",
+            Event::SubscriptionCanceled { .. } => "SubscriptionCanceled",
+            Event::UsageRecorded(_) => "UsageRecorded",
+            Event::BillingPeriodClosed { .. } => "BillingPeriodClosed",
+            Event::InvoiceIssued(_) => "InvoiceIssued",
+            Event::InvoiceVoided { .. } => "InvoiceVoided",
+            Event::PaymentSucceeded { .. } => "PaymentSucceeded",
+            Event::PaymentFailed { .. } => "PaymentFailed",
+            Event::InvoiceMarkedUncollectible { .. } => "InvoiceMarkedUncollectible",
+        }
+    }
+
+    /// Business (effective) time of the event, for the envelope's `occurred_at`; `None` for
+    /// events whose effect has no business time of its own (the caller uses the command's time).
+    pub fn occurred_at(&self) -> Option<Timestamp> {
+        match self {
+            Event::CustomerUpdated { occurred_at, .. }
+            | Event::SubscriptionStarted { occurred_at, .. }
+            | Event::PlanChangeScheduled { occurred_at, .. }
+            | Event::SubscriptionCanceled { occurred_at, .. }
+            | Event::InvoiceVoided { occurred_at, .. }
+            | Event::PaymentSucceeded { occurred_at, .. }
+            | Event::PaymentFailed { occurred_at, .. }
+            | Event::InvoiceMarkedUncollectible { occurred_at, .. } => Some(*occurred_at),
+            Event::UsageRecorded(u) => Some(u.occurred_at),
+            Event::BillingPeriodClosed { closed_at, .. } => Some(*closed_at),
+            Event::InvoiceIssued(i) => Some(i.issued_at),
+            Event::TrialEnded { .. }
+            | Event::PlanChanged { .. }
+            | Event::CustomerRegistered(_)
+            | Event::BillableMetricDefined(_)
+            | Event::PlanPublished(_) => None,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("events always serialize")
+    }
+
+    /// Reads a stored payload, upcasting older schema versions (none exist yet).
+    pub fn decode(event_type: &str, schema_version: u16, bytes: &[u8]) -> Result<Event, DecodeError> {
+        if schema_version != SCHEMA_VERSION {
+            return Err(DecodeError::UnknownVersion {
+                event_type: event_type.to_string(),
+                version: schema_version,
+            });
+        }
+        let event: Event = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed {
+            event_type: event_type.to_string(),
+            detail: e.to_string(),
+        })?;
+        if event.type_name() != event_type {
+            return Err(DecodeError::Malformed {
+                event_type: event_type.to_string(),
+                detail: format!("payload is a {}", event.type_name()),
+            });
+        }
+        Ok(event)
+    }
+}

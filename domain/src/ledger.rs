@@ -1,0 +1,926 @@
+//! The whole write-side state and its two pure functions: [`Ledger::decide`] (command → events,
+//! or an error, changing nothing) and [`Ledger::evolve`] (apply one event). [`Ledger::execute`]
+//! runs multi-step commands (billing runs, immediate cancellation) as decide/evolve steps.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use rust_decimal::Decimal;
+
+use crate::calendar::{local_date, parse_time_zone, Cycle, Period};
+use crate::catalog::{check_id, check_tax_rate, Customer, FeeTiming, Metric, Plan, PlanRef};
+use crate::commands::{Command, Context, PaymentOutcome};
+use crate::error::{DomainError, Violations};
+use crate::events::{Event, PlanChangeKind, Usage};
+use crate::invoice::{
+    build_invoice, Invoice, InvoiceAccount, InvoiceHeader, InvoiceStatus, IssueReason, LineDraft,
+    LineKind,
+};
+use crate::rating::{in_advance_fee, RatingInput, RunningAggregate, UsagePoint};
+use crate::subscription::{
+    add_usage, arrears_lines, base_fee_line, credit_line, Subscription,
+};
+
+/// Largest absolute numeric usage value accepted (keeps rating far from Decimal overflow).
+pub const USAGE_VALUE_ABS_MAX: Decimal = Decimal::from_parts(0x4A51_0000, 0x0003_8D7E, 0, false, 0); // 10^15
+/// Most properties one usage event may carry.
+pub const USAGE_PROPERTIES_MAX: usize = 32;
+/// Longest property key or value.
+pub const USAGE_PROPERTY_LEN_MAX: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct CustomerState {
+    pub customer: Customer,
+    pub time_zone: TimeZone,
+}
+
+/// What a usage command came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UsageOutcome {
+    Accepted(Vec<Event>),
+    /// Same transaction id and payload as the event at this position: nothing to append.
+    Duplicate { position: u64 },
+}
+
+/// The write model: every aggregate, folded from the log.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    pub customers: HashMap<String, CustomerState>,
+    pub metrics: HashMap<String, Metric>,
+    /// Plan versions by code; `plans[code][v - 1]` is version v.
+    pub plans: HashMap<String, Vec<Plan>>,
+    /// Ordered, so billing runs emit events in a deterministic order.
+    pub subscriptions: BTreeMap<String, Subscription>,
+    pub invoices: HashMap<String, InvoiceAccount>,
+    /// Metrics some plan rates with a percentage model: their event amounts are kept.
+    pub percentage_metrics: BTreeSet<String>,
+}
+
+impl Ledger {
+    pub fn plan(&self, r: &PlanRef) -> &Plan {
+        &self.plans[&r.code][r.version as usize - 1]
+    }
+
+    fn find_plan(&self, code: &str, version: Option<u32>) -> Result<&Plan, DomainError> {
+        let versions = self.plans.get(code).ok_or_else(|| DomainError::not_found("plan", code))?;
+        match version {
+            None => Ok(versions.last().expect("published plans have a version")),
+            Some(v) => versions
+                .get((v as usize).wrapping_sub(1))
+                .ok_or_else(|| DomainError::not_found("plan", format!("{code} version {v}"))),
+        }
+    }
+
+    fn subscription(&self, id: &str) -> Result<&Subscription, DomainError> {
+        self.subscriptions.get(id).ok_or_else(|| DomainError::not_found("subscription", id))
+    }
+
+    fn customer(&self, id: &str) -> Result<&CustomerState, DomainError> {
+        self.customers.get(id).ok_or_else(|| DomainError::not_found("customer", id))
+    }
+
+    fn invoice(&self, id: &str) -> Result<&InvoiceAccount, DomainError> {
+        self.invoices.get(id).ok_or_else(|| DomainError::not_found("invoice", id))
+    }
+
+    /// Subscription status at `today` (local date): pending, trialing, active, past_due, canceled.
+    pub fn subscription_status(&self, sub: &Subscription, today: Date) -> &'static str {
+        if sub.ends_on.is_some_and(|e| today >= e) || sub.next_close.is_none() {
+            return "canceled";
+        }
+        if today < sub.start_date() {
+            return "pending";
+        }
+        let past_due = sub.invoice_ids.iter().any(|id| {
+            let inv = &self.invoices[id];
+            inv.status == InvoiceStatus::Open && inv.failed_attempts > 0
+        });
+        match (past_due, sub.in_trial(today)) {
+            (true, _) => "past_due",
+            (false, true) => "trialing",
+            (false, false) => "active",
+        }
+    }
+
+    // ---------------------------------------------------------------- decide
+
+    /// Decides a single-step command. Multi-step commands go through [`Ledger::execute`].
+    pub fn decide(&self, cmd: &Command, ctx: &Context) -> Result<Vec<Event>, DomainError> {
+        match cmd {
+            Command::RegisterCustomer(c) => self.decide_register_customer(c),
+            Command::UpdateCustomer { customer_id, name, tax_rate } => {
+                self.decide_update_customer(customer_id, name, *tax_rate, ctx)
+            }
+            Command::DefineMetric(m) => self.decide_define_metric(m),
+            Command::PublishPlan(p) => self.decide_publish_plan(p),
+            Command::StartSubscription { .. } => self.decide_start(cmd, ctx),
+            Command::ChangePlan { subscription_id, plan_code, plan_version } => {
+                self.decide_change_plan(subscription_id, plan_code, *plan_version, ctx)
+            }
+            Command::CancelSubscription { subscription_id, immediately } => {
+                self.decide_cancel(subscription_id, *immediately, ctx)
+            }
+            Command::RecordUsage(u) => match self.decide_usage(u, ctx)? {
+                UsageOutcome::Accepted(events) => Ok(events),
+                UsageOutcome::Duplicate { .. } => Ok(Vec::new()),
+            },
+            Command::RunBilling { as_of } => {
+                let mut events = Vec::new();
+                for sub in self.subscriptions.values() {
+                    if let Some(step) = self.billing_step(sub, *as_of, ctx)? {
+                        events.extend(step);
+                    }
+                }
+                Ok(events)
+            }
+            Command::RecordPayment { invoice_id, outcome, occurred_at } => {
+                self.decide_payment(invoice_id, outcome, *occurred_at, ctx)
+            }
+            Command::VoidInvoice { invoice_id, reason } => self.decide_void(invoice_id, reason, ctx),
+        }
+    }
+
+    /// Decides and applies a command, running billing steps until none is due (bounded by
+    /// `policy.billing_steps_max` per subscription). `next_position` is the log position the
+    /// first event will take. On error nothing has been applied.
+    pub fn execute(&mut self, cmd: &Command, ctx: &Context, next_position: u64) -> Result<Vec<Event>, DomainError> {
+        match cmd {
+            Command::RunBilling { as_of } => self.execute_billing(*as_of, ctx, next_position),
+            Command::CancelSubscription { subscription_id, immediately: true } => {
+                let mut events = self.decide(cmd, ctx)?;
+                self.apply_all(&events, next_position);
+                let more = self.run_subscription(subscription_id, Timestamp::MAX, ctx, next_position + events.len() as u64);
+                events.extend(more);
+                Ok(events)
+            }
+            Command::RecordUsage(u) => match self.decide_usage(u, ctx)? {
+                UsageOutcome::Accepted(events) => {
+                    self.apply_all(&events, next_position);
+                    Ok(events)
+                }
+                UsageOutcome::Duplicate { .. } => Ok(Vec::new()),
+            },
+            _ => {
+                let events = self.decide(cmd, ctx)?;
+                self.apply_all(&events, next_position);
+                Ok(events)
+            }
+        }
+    }
+
+    /// Decides one usage event and, when accepted, applies it (the ingest hot path: one
+    /// validation, no second decide).
+    pub fn record_usage(&mut self, u: &Usage, ctx: &Context, next_position: u64) -> Result<UsageOutcome, DomainError> {
+        let outcome = self.decide_usage(u, ctx)?;
+        if let UsageOutcome::Accepted(events) = &outcome {
+            self.apply_all(events, next_position);
+        }
+        Ok(outcome)
+    }
+
+    fn apply_all(&mut self, events: &[Event], first_position: u64) {
+        for (i, e) in events.iter().enumerate() {
+            self.evolve(e, first_position + i as u64);
+        }
+    }
+
+    fn execute_billing(&mut self, as_of: Timestamp, ctx: &Context, next_position: u64) -> Result<Vec<Event>, DomainError> {
+        let ids: Vec<String> = self.subscriptions.keys().cloned().collect();
+        let mut events = Vec::new();
+        for id in ids {
+            let more = self.run_subscription(&id, as_of, ctx, next_position + events.len() as u64);
+            events.extend(more);
+        }
+        Ok(events)
+    }
+
+    /// Applies billing steps of one subscription until none is due. A step that fails (an
+    /// amount overflow) stops this subscription's run; its earlier steps stand.
+    fn run_subscription(&mut self, id: &str, as_of: Timestamp, ctx: &Context, mut position: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        for _ in 0..ctx.policy.billing_steps_max {
+            let Some(sub) = self.subscriptions.get(id) else { break };
+            match self.billing_step(sub, as_of, ctx) {
+                Ok(Some(step)) => {
+                    self.apply_all(&step, position);
+                    position += step.len() as u64;
+                    events.extend(step);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        events
+    }
+
+    fn decide_register_customer(&self, c: &Customer) -> Result<Vec<Event>, DomainError> {
+        c.validate()?;
+        if self.customers.contains_key(&c.customer_id) {
+            return Err(DomainError::precondition(
+                "CUSTOMER_EXISTS",
+                format!("customer-{}", c.customer_id),
+                format!("customer {} is already registered", c.customer_id),
+            ));
+        }
+        Ok(vec![Event::CustomerRegistered(c.clone())])
+    }
+
+    fn decide_update_customer(
+        &self,
+        id: &str,
+        name: &Option<String>,
+        tax_rate: Option<Decimal>,
+        ctx: &Context,
+    ) -> Result<Vec<Event>, DomainError> {
+        let mut v = Violations::default();
+        if let Some(n) = name {
+            if n.trim().is_empty() || n.len() > 256 {
+                v.push("name", "must be 1 to 256 characters");
+            }
+        }
+        if let Some(r) = tax_rate {
+            check_tax_rate(&mut v, r);
+        }
+        if name.is_none() && tax_rate.is_none() {
+            v.push("name", "nothing to update: give name and/or tax_rate");
+        }
+        v.into_result()?;
+        self.customer(id)?;
+        Ok(vec![Event::CustomerUpdated {
+            customer_id: id.to_string(),
+            name: name.clone(),
+            tax_rate,
+            occurred_at: ctx.now,
+        }])
+    }
+
+    fn decide_define_metric(&self, m: &Metric) -> Result<Vec<Event>, DomainError> {
+        m.validate()?;
+        if self.metrics.contains_key(&m.code) {
+            return Err(DomainError::precondition(
+                "METRIC_EXISTS",
+                format!("metric-{}", m.code),
+                format!("metric {} is already defined (metrics are immutable)", m.code),
+            ));
+        }
+        Ok(vec![Event::BillableMetricDefined(m.clone())])
+    }
+
+    fn decide_publish_plan(&self, p: &Plan) -> Result<Vec<Event>, DomainError> {
+        p.validate()?;
+        for (i, c) in p.charges.iter().enumerate() {
+            if !self.metrics.contains_key(&c.metric_code) {
+                return Err(DomainError::not_found("metric", &c.metric_code))
+                    .map_err(|e| with_field(e, &format!("charges[{i}].metric_code")));
+            }
+        }
+        let version = self.plans.get(&p.code).map_or(0, |v| v.len() as u32) + 1;
+        let mut plan = p.clone();
+        plan.version = version;
+        Ok(vec![Event::PlanPublished(plan)])
+    }
+
+    fn decide_start(&self, cmd: &Command, ctx: &Context) -> Result<Vec<Event>, DomainError> {
+        let Command::StartSubscription { subscription_id, customer_id, plan_code, plan_version, anchor, start_date } = cmd else {
+            unreachable!("called with StartSubscription")
+        };
+        let mut v = Violations::default();
+        check_id(&mut v, "subscription_id", subscription_id);
+        v.into_result()?;
+        let customer = self.customer(customer_id)?;
+        let plan = self.find_plan(plan_code, *plan_version)?;
+        if self.subscriptions.contains_key(subscription_id) {
+            return Err(DomainError::precondition(
+                "SUBSCRIPTION_EXISTS",
+                format!("subscription-{subscription_id}"),
+                format!("subscription {subscription_id} already exists"),
+            ));
+        }
+        check_currency(customer, plan)?;
+        let today = local_date(ctx.now, &customer.time_zone);
+        let start = start_date.unwrap_or(today);
+        if start < today {
+            return Err(DomainError::invalid("start_date", "must be today or later"));
+        }
+        let trial_end = (plan.trial_days > 0)
+            .then(|| start.checked_add(jiff::Span::new().days(i64::from(plan.trial_days))))
+            .transpose()
+            .map_err(|_| DomainError::invalid("start_date", "trial end out of range"))?;
+        let mut events = vec![Event::SubscriptionStarted {
+            subscription_id: subscription_id.clone(),
+            customer_id: customer_id.clone(),
+            plan: plan.plan_ref(),
+            anchor: *anchor,
+            start_date: start,
+            trial_end,
+            occurred_at: ctx.now,
+        }];
+        if plan.fee_timing == FeeTiming::Advance && trial_end.is_none() {
+            let sub = preview_subscription(self, &events[0]);
+            let first = sub.cycle.first();
+            let lines: Vec<_> = base_fee_line(&sub, plan, &first, first.start, first.end).into_iter().collect();
+            if !lines.is_empty() {
+                events.push(Event::InvoiceIssued(self.invoice_for(&sub, first, IssueReason::SubscriptionStart, lines, ctx.now)));
+            }
+        }
+        Ok(events)
+    }
+
+    fn decide_change_plan(
+        &self,
+        id: &str,
+        plan_code: &str,
+        plan_version: Option<u32>,
+        ctx: &Context,
+    ) -> Result<Vec<Event>, DomainError> {
+        let sub = self.subscription(id)?;
+        let new_plan = self.find_plan(plan_code, plan_version)?;
+        let customer = self.customer(&sub.customer_id)?;
+        let today = local_date(ctx.now, &sub.time_zone);
+        check_active(self, sub, today)?;
+        check_currency(customer, new_plan)?;
+        let old_plan = self.plan(sub.current_plan());
+        if old_plan.plan_ref() == new_plan.plan_ref() {
+            return Err(precondition(sub, "SAME_PLAN", "the subscription is already on this plan version"));
+        }
+        if old_plan.interval != new_plan.interval {
+            return Err(precondition(sub, "INTERVAL_CHANGE", "changing the billing interval is not supported; cancel and start a new subscription"));
+        }
+        let date = today.max(sub.start_date());
+        if new_plan.monthly_fee() < old_plan.monthly_fee() {
+            let period = sub.period_of(date).expect("in service");
+            return Ok(vec![Event::PlanChangeScheduled {
+                subscription_id: id.to_string(),
+                plan: new_plan.plan_ref(),
+                effective_date: period.end,
+                occurred_at: ctx.now,
+            }]);
+        }
+        let mut events = vec![Event::PlanChanged {
+            subscription_id: id.to_string(),
+            plan: new_plan.plan_ref(),
+            kind: PlanChangeKind::Upgrade,
+            effective_date: date,
+        }];
+        let period = sub.period_of(date).expect("in service");
+        let mut lines = Vec::new();
+        if sub.fee_billed_until >= period.end {
+            if old_plan.fee_timing == FeeTiming::Advance {
+                lines.extend(credit_line(sub, old_plan, &period, date, period.end));
+            }
+            if new_plan.fee_timing == FeeTiming::Advance {
+                lines.extend(base_fee_line(sub, new_plan, &period, date, period.end));
+            }
+        }
+        if !lines.is_empty() {
+            events.push(Event::InvoiceIssued(self.invoice_for(sub, period, IssueReason::PlanUpgrade, lines, ctx.now)));
+        }
+        Ok(events)
+    }
+
+    fn decide_cancel(&self, id: &str, immediately: bool, ctx: &Context) -> Result<Vec<Event>, DomainError> {
+        let sub = self.subscription(id)?;
+        let today = local_date(ctx.now, &sub.time_zone);
+        check_active(self, sub, today)?;
+        let date = today.max(sub.start_date());
+        let effective_date = if immediately { date } else { sub.period_of(date).expect("in service").end };
+        Ok(vec![Event::SubscriptionCanceled {
+            subscription_id: id.to_string(),
+            effective_date,
+            immediately,
+            occurred_at: ctx.now,
+        }])
+    }
+
+    /// Validates one usage event against the subscription, metric and open periods.
+    pub fn decide_usage(&self, u: &Usage, ctx: &Context) -> Result<UsageOutcome, DomainError> {
+        check_usage_shape(u)?;
+        let sub = self.subscription(&u.subscription_id)?;
+        let metric = self.metrics.get(&u.metric_code).ok_or_else(|| DomainError::not_found("metric", &u.metric_code))?;
+        let point_value = usage_value(metric, u)?;
+        if u.occurred_at > ctx.now + jiff::SignedDuration::from_secs(ctx.policy.usage_future_tolerance_secs) {
+            return Err(DomainError::invalid("occurred_at", "lies in the future"));
+        }
+        let date = local_date(u.occurred_at, &sub.time_zone);
+        if !sub.is_in_service(date) {
+            return Err(precondition(sub, "OUT_OF_SERVICE", format!("usage on {date} is outside the subscription's service")));
+        }
+        let period = sub.period_of(date).expect("in service");
+        if sub.next_close.is_none_or(|n| period.start < n.start) {
+            return Err(precondition(sub, "PERIOD_CLOSED", format!("the billing period {}..{} is already invoiced", period.start, period.end)));
+        }
+        let digest = usage_digest(u);
+        if let Some((original, position)) = find_transaction(sub, &u.transaction_id) {
+            if original == digest {
+                return Ok(UsageOutcome::Duplicate { position });
+            }
+            return Err(DomainError::Conflict(format!(
+                "transaction {} of subscription {} was recorded with a different payload",
+                u.transaction_id, u.subscription_id
+            )));
+        }
+        let mut events = vec![Event::UsageRecorded(u.clone())];
+        if let Some(invoice) = self.in_advance_invoice(sub, metric, &period, u, point_value, ctx)? {
+            events.push(Event::InvoiceIssued(invoice));
+        }
+        Ok(UsageOutcome::Accepted(events))
+    }
+
+    fn in_advance_invoice(
+        &self,
+        sub: &Subscription,
+        metric: &Metric,
+        period: &Period,
+        u: &Usage,
+        value: Decimal,
+        ctx: &Context,
+    ) -> Result<Option<Invoice>, DomainError> {
+        let plan = self.plan(sub.plan_at(local_date(u.occurred_at, &sub.time_zone)));
+        let mut lines = Vec::new();
+        for charge in plan.charges.iter().filter(|c| c.pay_in_advance && c.metric_code == metric.code) {
+            let open = sub.open.get(&period.start);
+            let mut before = open
+                .and_then(|o| o.usage.get(&metric.code))
+                .map_or_else(|| RunningAggregate::new(metric.aggregation), |m| m.aggregate.clone());
+            let (start, end) = (period.start_instant(&sub.time_zone), period.end_instant(&sub.time_zone));
+            let units_before = before.units(start, end)?;
+            let mut amounts = open.and_then(|o| o.usage.get(&metric.code)).map(|m| m.amounts.clone()).unwrap_or_default();
+            let amounts_before: Vec<Decimal> = amounts.values().copied().collect();
+            let distinct = metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
+            before.add(&UsagePoint { occurred_at: u.occurred_at, seq: u64::MAX, value, distinct })?;
+            // The new event sorts after every recorded one at the same instant (its position is larger).
+            amounts.insert((u.occurred_at, u64::MAX), value);
+            let amounts_after: Vec<Decimal> = amounts.values().copied().collect();
+            let fee = in_advance_fee(
+                &charge.model,
+                &RatingInput { units: units_before, event_amounts: &amounts_before },
+                &RatingInput { units: before.units(start, end)?, event_amounts: &amounts_after },
+            )?;
+            if !fee.is_zero() {
+                lines.push(LineDraft {
+                    kind: LineKind::UsageInAdvance,
+                    description: format!("{} ({}, paid in advance)", metric.name, charge.model.name()),
+                    metric_code: Some(metric.code.clone()),
+                    charge_model: Some(charge.model.name().to_string()),
+                    units: Some(value),
+                    service_period: *period,
+                    unrounded: fee,
+                });
+            }
+        }
+        if lines.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.invoice_for(sub, *period, IssueReason::UsageInAdvance, lines, ctx.now)))
+    }
+
+    /// The next billing step of a subscription due at `as_of`, if any: a trial end, or the
+    /// close of its oldest open period (with the period's invoice).
+    pub fn billing_step(&self, sub: &Subscription, as_of: Timestamp, ctx: &Context) -> Result<Option<Vec<Event>>, DomainError> {
+        let Some(next) = sub.next_close else { return Ok(None) };
+        let tz = &sub.time_zone;
+        if let (Some(t), false) = (sub.trial_end, sub.trial_ended) {
+            let ends_first = sub.ends_on.is_none_or(|e| t < e);
+            if ends_first && t <= next.end && crate::calendar::local_midnight(t, tz) <= as_of {
+                return Ok(Some(self.trial_end_events(sub, t, ctx)));
+            }
+        }
+        let grace = jiff::SignedDuration::from_secs(ctx.policy.grace_period_secs);
+        let cutoff = if as_of == Timestamp::MAX { as_of } else { as_of.checked_sub(grace).unwrap_or(Timestamp::MIN) };
+        if next.end_instant(tz) > cutoff {
+            return Ok(None);
+        }
+        self.close_period(sub, next, ctx).map(Some)
+    }
+
+    fn trial_end_events(&self, sub: &Subscription, t: Date, ctx: &Context) -> Vec<Event> {
+        let mut events = vec![Event::TrialEnded { subscription_id: sub.subscription_id.clone(), date: t }];
+        let plan = self.plan(sub.plan_at(t));
+        let period = sub.period_of(t).expect("trial ends in service");
+        if plan.fee_timing == FeeTiming::Advance && t > period.start {
+            if let Some(line) = base_fee_line(sub, plan, &period, t, period.end) {
+                events.push(Event::InvoiceIssued(self.invoice_for(sub, period, IssueReason::TrialEnd, vec![line], ctx.now)));
+            }
+        }
+        events
+    }
+
+    /// Closes period `p` (cut at the end of service): applies a due downgrade, rates usage,
+    /// bills the base fee (arrears for `p`, or in advance for the next period), credits unused
+    /// in-advance days on cancellation, and adds the minimum-commitment true-up.
+    fn close_period(&self, sub: &Subscription, p: Period, ctx: &Context) -> Result<Vec<Event>, DomainError> {
+        let mut events = Vec::new();
+        let mut sub_after = None;
+        if let Some((plan, date)) = &sub.pending_change {
+            if *date == p.end && sub.ends_on.is_none_or(|e| e > p.end) {
+                let change = Event::PlanChanged {
+                    subscription_id: sub.subscription_id.clone(),
+                    plan: plan.clone(),
+                    kind: PlanChangeKind::Downgrade,
+                    effective_date: *date,
+                };
+                sub_after = Some(preview_change(sub, plan.clone(), *date));
+                events.push(change);
+            }
+        }
+        let last_day = p.end.yesterday().unwrap_or(p.end).max(p.start);
+        let rating_plan = self.plan(sub.plan_at(last_day));
+        let mut lines = arrears_lines(sub, &p, |r| self.plan(r).clone());
+        lines.extend(self.usage_lines(sub, rating_plan, &p)?);
+        let cut_short = sub.ends_on.is_some_and(|e| e < sub.cycle.period_containing(p.start).expect("in service").end);
+        if cut_short && sub.fee_billed_until > p.end {
+            let full = sub.cycle.period_containing(p.start).expect("in service");
+            let plan = self.plan(sub.plan_at(last_day));
+            if plan.fee_timing == FeeTiming::Advance {
+                lines.extend(credit_line(sub, plan, &full, p.end, full.end));
+            }
+        }
+        lines.extend(self.true_up_line(sub, rating_plan, &p, &lines));
+        let continues = sub.ends_on.is_none_or(|e| e > p.end);
+        if continues {
+            let after = sub_after.as_ref().unwrap_or(sub);
+            let next = sub.cycle.next(&sub.cycle.period_containing(p.start).expect("in service"));
+            let next = after.truncate(next);
+            let next_plan = self.plan(after.plan_at(next.start));
+            let trial_over = sub.trial_end.is_none_or(|t| t <= next.start);
+            if next_plan.fee_timing == FeeTiming::Advance && trial_over {
+                lines.extend(base_fee_line(after, next_plan, &next, next.start, next.end));
+            }
+        }
+        let reason = if cut_short { IssueReason::Cancellation } else { IssueReason::PeriodClose };
+        events.push(Event::InvoiceIssued(self.invoice_for(sub, p, reason, lines, ctx.now)));
+        events.push(Event::BillingPeriodClosed { subscription_id: sub.subscription_id.clone(), period: p, closed_at: ctx.now });
+        Ok(events)
+    }
+
+    fn usage_lines(&self, sub: &Subscription, plan: &Plan, p: &Period) -> Result<Vec<LineDraft>, DomainError> {
+        let open = sub.open.get(&p.start);
+        let (start, end) = (p.start_instant(&sub.time_zone), p.end_instant(&sub.time_zone));
+        let mut lines = Vec::new();
+        for charge in plan.charges.iter().filter(|c| !c.pay_in_advance) {
+            let metric = &self.metrics[&charge.metric_code];
+            let usage = open.and_then(|o| o.usage.get(&metric.code));
+            let units = match usage {
+                Some(u) => u.aggregate.units(start, end)?,
+                None => Decimal::ZERO,
+            };
+            let amounts: Vec<Decimal> = usage.map(|u| u.amounts.values().copied().collect()).unwrap_or_default();
+            let amount = charge.model.rate(&RatingInput { units, event_amounts: &amounts })?;
+            lines.push(LineDraft {
+                kind: LineKind::Usage,
+                description: format!("{} ({})", metric.name, charge.model.name()),
+                metric_code: Some(metric.code.clone()),
+                charge_model: Some(charge.model.name().to_string()),
+                units: Some(units),
+                service_period: *p,
+                unrounded: amount,
+            });
+        }
+        Ok(lines)
+    }
+
+    /// If the period's charges (this invoice's lines for `p` plus what was invoiced for `p`
+    /// earlier) are below the plan's minimum commitment, prorated to the days of service, a
+    /// true-up line adds the difference.
+    fn true_up_line(&self, sub: &Subscription, plan: &Plan, p: &Period, lines: &[LineDraft]) -> Option<LineDraft> {
+        let minimum = plan.minimum_commitment?;
+        let full = sub.full_days(p);
+        let committed = sub.cycle.period_containing(p.start).map(|_| crate::calendar::prorate(minimum, p.days(), full))?;
+        let earlier = sub.billed_by_period.get(&p.start).copied().unwrap_or_default();
+        let spent: Decimal = lines.iter().map(|l| plan.currency_round(l.unrounded)).sum::<Decimal>() + earlier;
+        (spent < committed).then(|| LineDraft {
+            kind: LineKind::MinimumCommitmentTrueUp,
+            description: format!("Minimum commitment true-up ({} committed)", plan.currency.round(committed)),
+            metric_code: None,
+            charge_model: None,
+            units: None,
+            service_period: *p,
+            unrounded: committed - spent,
+        })
+    }
+
+    fn invoice_for(&self, sub: &Subscription, period: Period, reason: IssueReason, lines: Vec<LineDraft>, now: Timestamp) -> Invoice {
+        let customer = &self.customers[&sub.customer_id].customer;
+        let header = InvoiceHeader {
+            invoice_id: format!("inv-{}-{}", sub.subscription_id, sub.invoice_ids.len() + 1),
+            customer_id: sub.customer_id.clone(),
+            subscription_id: sub.subscription_id.clone(),
+            currency: customer.currency,
+            period,
+            issued_at: now,
+            reason,
+            tax_rate: customer.tax_rate,
+        };
+        build_invoice(header, lines)
+    }
+
+    fn decide_payment(&self, id: &str, outcome: &PaymentOutcome, at: Timestamp, ctx: &Context) -> Result<Vec<Event>, DomainError> {
+        let inv = self.invoice(id)?;
+        let subject = format!("invoice-{id}");
+        match outcome {
+            PaymentOutcome::Succeeded { amount } => {
+                let currency = inv.invoice.currency;
+                if *amount <= Decimal::ZERO || amount.scale() > currency.minor_units() {
+                    return Err(DomainError::invalid("amount", format!("must be positive with at most {} decimal places", currency.minor_units())));
+                }
+                if matches!(inv.status, InvoiceStatus::Paid | InvoiceStatus::Void) {
+                    return Err(DomainError::precondition("INVOICE_NOT_PAYABLE", subject, format!("invoice {id} is {}", inv.status.as_str())));
+                }
+                if *amount > inv.amount_due() {
+                    return Err(DomainError::precondition("OVERPAYMENT", subject, format!("amount {amount} exceeds the amount due {}", inv.amount_due())));
+                }
+                Ok(vec![Event::PaymentSucceeded { invoice_id: id.to_string(), amount: *amount, occurred_at: at }])
+            }
+            PaymentOutcome::Failed { reason } => {
+                if inv.status != InvoiceStatus::Open {
+                    return Err(DomainError::precondition("INVOICE_NOT_OPEN", subject, format!("invoice {id} is {}", inv.status.as_str())));
+                }
+                let attempt = inv.failed_attempts + 1;
+                let mut events = vec![Event::PaymentFailed { invoice_id: id.to_string(), reason: reason.clone(), attempt, occurred_at: at }];
+                if attempt >= ctx.policy.max_payment_attempts {
+                    events.push(Event::InvoiceMarkedUncollectible { invoice_id: id.to_string(), occurred_at: at });
+                }
+                Ok(events)
+            }
+        }
+    }
+
+    fn decide_void(&self, id: &str, reason: &str, ctx: &Context) -> Result<Vec<Event>, DomainError> {
+        let inv = self.invoice(id)?;
+        if inv.status != InvoiceStatus::Open || !inv.amount_paid.is_zero() {
+            return Err(DomainError::precondition(
+                "INVOICE_NOT_VOIDABLE",
+                format!("invoice-{id}"),
+                format!("only an open invoice with no payment can be voided; invoice {id} is {}", inv.status.as_str()),
+            ));
+        }
+        Ok(vec![Event::InvoiceVoided { invoice_id: id.to_string(), reason: reason.to_string(), occurred_at: ctx.now }])
+    }
+
+    // ---------------------------------------------------------------- evolve
+
+    /// Applies one event. Events come from the log, so they are valid by construction; a
+    /// violated expectation here is a bug or a corrupt log, and panics.
+    pub fn evolve(&mut self, event: &Event, position: u64) {
+        match event {
+            Event::CustomerRegistered(c) => {
+                let time_zone = parse_time_zone(&c.time_zone).expect("validated at decide");
+                self.customers.insert(c.customer_id.clone(), CustomerState { customer: c.clone(), time_zone });
+            }
+            Event::CustomerUpdated { customer_id, name, tax_rate, .. } => {
+                let c = &mut self.customers.get_mut(customer_id).expect("customer exists").customer;
+                if let Some(n) = name {
+                    c.name = n.clone();
+                }
+                if let Some(r) = tax_rate {
+                    c.tax_rate = *r;
+                }
+            }
+            Event::BillableMetricDefined(m) => {
+                self.metrics.insert(m.code.clone(), m.clone());
+            }
+            Event::PlanPublished(p) => self.evolve_plan(p),
+            Event::SubscriptionStarted { .. } => {
+                let sub = preview_subscription(self, event);
+                self.subscriptions.insert(sub.subscription_id.clone(), sub);
+            }
+            Event::InvoiceIssued(inv) => self.evolve_invoice(inv),
+            Event::UsageRecorded(u) => self.evolve_usage(u, position),
+            Event::InvoiceVoided { invoice_id, .. } => self.invoice_mut(invoice_id).status = InvoiceStatus::Void,
+            Event::PaymentSucceeded { invoice_id, amount, .. } => {
+                let inv = self.invoice_mut(invoice_id);
+                inv.amount_paid += *amount;
+                assert!(inv.amount_paid <= inv.invoice.total, "overpaid invoice {invoice_id}");
+                if inv.amount_paid == inv.invoice.total {
+                    inv.status = InvoiceStatus::Paid;
+                }
+            }
+            Event::PaymentFailed { invoice_id, attempt, .. } => {
+                let inv = self.invoice_mut(invoice_id);
+                inv.failed_attempts = *attempt;
+            }
+            Event::InvoiceMarkedUncollectible { invoice_id, .. } => {
+                self.invoice_mut(invoice_id).status = InvoiceStatus::Uncollectible;
+            }
+            _ => self.evolve_subscription(event),
+        }
+    }
+
+    fn invoice_mut(&mut self, id: &str) -> &mut InvoiceAccount {
+        self.invoices.get_mut(id).expect("invoice exists")
+    }
+
+    fn evolve_plan(&mut self, p: &Plan) {
+        let versions = self.plans.entry(p.code.clone()).or_default();
+        assert_eq!(versions.len() as u32 + 1, p.version, "plan versions are contiguous");
+        versions.push(p.clone());
+        for c in p.charges.iter().filter(|c| c.model.needs_event_amounts()) {
+            self.percentage_metrics.insert(c.metric_code.clone());
+        }
+    }
+
+    fn evolve_invoice(&mut self, inv: &Invoice) {
+        let sub = self.subscriptions.get_mut(&inv.subscription_id).expect("subscription exists");
+        sub.invoice_ids.push(inv.invoice_id.clone());
+        for line in &inv.lines {
+            let ahead = matches!(line.kind, LineKind::BaseFee | LineKind::Credit | LineKind::UsageInAdvance);
+            if line.kind == LineKind::BaseFee {
+                sub.fee_billed_until = sub.fee_billed_until.max(line.service_period.end);
+            }
+            if ahead && line.service_period.start >= inv.period.end || line.kind == LineKind::UsageInAdvance || inv.reason != IssueReason::PeriodClose && ahead {
+                let key = sub.cycle.period_containing(line.service_period.start).map_or(line.service_period.start, |p| p.start);
+                *sub.billed_by_period.entry(key).or_default() += line.amount;
+            }
+        }
+        let previous = self.invoices.insert(inv.invoice_id.clone(), InvoiceAccount::issued(inv.clone()));
+        assert!(previous.is_none(), "invoice ids are unique");
+    }
+
+    fn evolve_usage(&mut self, u: &Usage, position: u64) {
+        let metric = &self.metrics[&u.metric_code];
+        let keep = self.percentage_metrics.contains(&u.metric_code);
+        let sub = self.subscriptions.get_mut(&u.subscription_id).expect("subscription exists");
+        let date = local_date(u.occurred_at, &sub.time_zone);
+        let period = sub.period_of(date).expect("usage in service");
+        let value = usage_value(metric, u).expect("validated at decide");
+        let distinct = metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
+        let open = sub.open.entry(period.start).or_default();
+        let point = UsagePoint { occurred_at: u.occurred_at, seq: position, value, distinct };
+        add_usage(open, metric, keep, &point).expect("validated at decide");
+        open.transactions.insert(u.transaction_id.clone(), (usage_digest(u), position));
+    }
+
+    fn evolve_subscription(&mut self, event: &Event) {
+        match event {
+            Event::TrialEnded { subscription_id, .. } => self.sub_mut(subscription_id).trial_ended = true,
+            Event::PlanChangeScheduled { subscription_id, plan, effective_date, .. } => {
+                self.sub_mut(subscription_id).pending_change = Some((plan.clone(), *effective_date));
+            }
+            Event::PlanChanged { subscription_id, plan, effective_date, .. } => {
+                let sub = self.sub_mut(subscription_id);
+                *sub = preview_change(sub, plan.clone(), *effective_date);
+            }
+            Event::SubscriptionCanceled { subscription_id, effective_date, .. } => {
+                let sub = self.sub_mut(subscription_id);
+                sub.ends_on = Some(*effective_date);
+                sub.pending_change = None;
+                sub.next_close = sub.next_close.map(|p| sub.truncate(p));
+            }
+            Event::BillingPeriodClosed { subscription_id, period, .. } => {
+                let sub = self.sub_mut(subscription_id);
+                assert_eq!(sub.next_close.map(|p| p.start), Some(period.start), "periods close in order");
+                sub.open.remove(&period.start);
+                sub.billed_by_period.remove(&period.start);
+                let full = sub.cycle.period_containing(period.start).expect("in service");
+                let ended = sub.ends_on.is_some_and(|e| e <= full.end);
+                sub.next_close = if ended { None } else { Some(sub.truncate(sub.cycle.next(&full))) };
+            }
+            other => unreachable!("not a subscription event: {}", other.type_name()),
+        }
+    }
+
+    fn sub_mut(&mut self, id: &str) -> &mut Subscription {
+        self.subscriptions.get_mut(id).expect("subscription exists")
+    }
+}
+
+/// The subscription a `SubscriptionStarted` event creates.
+fn preview_subscription(ledger: &Ledger, started: &Event) -> Subscription {
+    let Event::SubscriptionStarted { subscription_id, customer_id, plan, anchor, start_date, trial_end, .. } = started else {
+        unreachable!("called with SubscriptionStarted")
+    };
+    let interval = ledger.plan(plan).interval;
+    let cycle = Cycle { interval, anchor: *anchor, start_date: *start_date };
+    Subscription {
+        subscription_id: subscription_id.clone(),
+        customer_id: customer_id.clone(),
+        time_zone: ledger.customers[customer_id].time_zone.clone(),
+        next_close: Some(cycle.first()),
+        cycle,
+        plans: vec![(*start_date, plan.clone())],
+        trial_end: *trial_end,
+        trial_ended: false,
+        pending_change: None,
+        ends_on: None,
+        fee_billed_until: *start_date,
+        billed_by_period: BTreeMap::new(),
+        open: BTreeMap::new(),
+        invoice_ids: Vec::new(),
+    }
+}
+
+fn preview_change(sub: &Subscription, plan: PlanRef, date: Date) -> Subscription {
+    let mut after = sub.clone_without_usage();
+    after.plans.retain(|(d, _)| *d < date);
+    after.plans.push((date, plan));
+    after.pending_change = None;
+    after.open = std::mem::take(&mut after.open);
+    after
+}
+
+impl Subscription {
+    /// A copy for previews. Usage maps are moved by the caller where it owns the subscription.
+    fn clone_without_usage(&self) -> Subscription {
+        Subscription { open: self.open.clone(), ..self.clone_header() }
+    }
+
+    fn clone_header(&self) -> Subscription {
+        Subscription {
+            subscription_id: self.subscription_id.clone(),
+            customer_id: self.customer_id.clone(),
+            time_zone: self.time_zone.clone(),
+            cycle: self.cycle.clone(),
+            plans: self.plans.clone(),
+            trial_end: self.trial_end,
+            trial_ended: self.trial_ended,
+            pending_change: self.pending_change.clone(),
+            ends_on: self.ends_on,
+            next_close: self.next_close,
+            fee_billed_until: self.fee_billed_until,
+            billed_by_period: self.billed_by_period.clone(),
+            open: BTreeMap::new(),
+            invoice_ids: self.invoice_ids.clone(),
+        }
+    }
+}
+
+impl Plan {
+    fn currency_round(&self, amount: Decimal) -> Decimal {
+        self.currency.round(amount)
+    }
+}
+
+fn with_field(e: DomainError, _field: &str) -> DomainError {
+    e
+}
+
+fn precondition(sub: &Subscription, kind: &'static str, description: impl Into<String>) -> DomainError {
+    DomainError::precondition(kind, format!("subscription-{}", sub.subscription_id), description)
+}
+
+fn check_currency(customer: &CustomerState, plan: &Plan) -> Result<(), DomainError> {
+    if customer.customer.currency != plan.currency {
+        return Err(DomainError::precondition(
+            "CURRENCY_MISMATCH",
+            format!("plan-{}", plan.code),
+            format!("plan {} bills in {}, customer {} in {}", plan.code, plan.currency, customer.customer.customer_id, customer.customer.currency),
+        ));
+    }
+    Ok(())
+}
+
+fn check_active(ledger: &Ledger, sub: &Subscription, today: Date) -> Result<(), DomainError> {
+    if sub.ends_on.is_some() || ledger.subscription_status(sub, today) == "canceled" {
+        return Err(precondition(sub, "SUBSCRIPTION_CANCELED", format!("subscription {} is canceled", sub.subscription_id)));
+    }
+    if sub.pending_change.is_some() {
+        return Err(precondition(sub, "CHANGE_PENDING", "a downgrade is already scheduled for the end of the period"));
+    }
+    Ok(())
+}
+
+fn check_usage_shape(u: &Usage) -> Result<(), DomainError> {
+    let mut v = Violations::default();
+    check_id(&mut v, "subscription_id", &u.subscription_id);
+    check_id(&mut v, "transaction_id", &u.transaction_id);
+    check_id(&mut v, "metric_code", &u.metric_code);
+    if u.properties.len() > USAGE_PROPERTIES_MAX {
+        v.push("properties", format!("at most {USAGE_PROPERTIES_MAX} properties"));
+    }
+    for (k, val) in &u.properties {
+        if k.is_empty() || k.len() > USAGE_PROPERTY_LEN_MAX || val.len() > USAGE_PROPERTY_LEN_MAX {
+            v.push(format!("properties[{k}]"), format!("keys 1 to {USAGE_PROPERTY_LEN_MAX} characters, values at most {USAGE_PROPERTY_LEN_MAX}"));
+        }
+    }
+    v.into_result()
+}
+
+/// The numeric value a metric reads from a usage event (1 for count; 0 for unique_count).
+pub fn usage_value(metric: &Metric, u: &Usage) -> Result<Decimal, DomainError> {
+    let Some(property) = &metric.property else { return Ok(Decimal::ONE) };
+    let field = format!("properties[{property}]");
+    let raw = u.properties.get(property).ok_or_else(|| DomainError::invalid(&field, format!("metric {} needs this property", metric.code)))?;
+    if !metric.aggregation.is_numeric() {
+        return Ok(Decimal::ZERO);
+    }
+    let value: Decimal = raw.parse().map_err(|_| DomainError::invalid(&field, format!("{raw:?} is not a decimal number")))?;
+    if value.abs() > USAGE_VALUE_ABS_MAX || value.scale() > crate::money::PRICE_SCALE_MAX {
+        return Err(DomainError::invalid(&field, "must be at most 10^15 in magnitude with at most 12 decimal places"));
+    }
+    Ok(value)
+}
+
+fn usage_digest(u: &Usage) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (&u.metric_code, u.occurred_at.as_microsecond(), &u.properties).hash(&mut h);
+    h.finish()
+}
+
+fn find_transaction(sub: &Subscription, txn: &str) -> Option<(u64, u64)> {
+    sub.open.values().find_map(|o| o.transactions.get(txn).copied())
+}
+
+#[cfg(test)]
+mod tests;

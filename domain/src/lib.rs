@@ -1,0 +1,19 @@
+//! Accrual's billing core: pure and deterministic. Money, calendars, the rating engine,
+//! catalog entities, events, commands and the write model ([`ledger::Ledger`]) with its
+//! `decide` / `evolve` functions.
+//!
+//! Architecture invariant: no I/O, no clock reads, no tokio, no gRPC types. Time and ids come
+//! in as arguments ([`commands::Context`]), so every decision replays the same way.
+
+pub mod calendar;
+pub mod catalog;
+pub mod commands;
+pub mod error;
+pub mod events;
+pub mod invoice;
+pub mod ledger;
+pub mod money;
+pub mod rating;
+pub mod subscription;
+
+pub use error::{DomainError, FieldViolation};

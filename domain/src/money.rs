@@ -1,0 +1,124 @@
+//! Money: ISO 4217 currencies and the one rounding rule of SPEC §4 (half away from zero,
+//! to the currency's minor unit, once per invoice line).
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+
+use crate::error::DomainError;
+
+/// Most decimal places a price, rate or amount given by a caller may carry (SPEC §4).
+pub const PRICE_SCALE_MAX: u32 = 12;
+
+/// An ISO 4217 currency that has a minor unit (so XAU, XDR... are refused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency(iso_currency::Currency);
+
+impl Currency {
+    pub fn parse(code: &str) -> Result<Self, DomainError> {
+        let currency = iso_currency::Currency::from_code(code)
+            .filter(|c| c.exponent().is_some())
+            .ok_or_else(|| {
+                DomainError::invalid(
+                    "currency",
+                    format!("{code:?} is not an ISO 4217 currency code with a minor unit"),
+                )
+            })?;
+        Ok(Currency(currency))
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.0.code()
+    }
+
+    /// Digits after the decimal point of the minor unit (USD 2, JPY 0, KWD 3).
+    pub fn minor_units(&self) -> u32 {
+        u32::from(self.0.exponent().expect("checked at parse"))
+    }
+
+    /// Rounds once to the minor unit, half away from zero (0.175 → 0.18, −0.175 → −0.18).
+    pub fn round(&self, amount: Decimal) -> Decimal {
+        amount.round_dp_with_strategy(self.minor_units(), RoundingStrategy::MidpointAwayFromZero)
+    }
+}
+
+impl TryFrom<String> for Currency {
+    type Error = DomainError;
+    fn try_from(code: String) -> Result<Self, Self::Error> {
+        Currency::parse(&code)
+    }
+}
+
+impl From<Currency> for String {
+    fn from(c: Currency) -> String {
+        c.code().to_string()
+    }
+}
+
+impl std::fmt::Display for Currency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Checks that a caller-given decimal is within the allowed precision and sign.
+pub fn check_amount(
+    field: &str,
+    value: Decimal,
+    allow_negative: bool,
+) -> Result<(), crate::error::FieldViolation> {
+    if value.scale() > PRICE_SCALE_MAX {
+        return Err(crate::error::FieldViolation::new(
+            field,
+            format!("at most {PRICE_SCALE_MAX} decimal places"),
+        ));
+    }
+    if !allow_negative && value.is_sign_negative() && !value.is_zero() {
+        return Err(crate::error::FieldViolation::new(field, "must not be negative"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    #[test]
+    fn rounding_table() {
+        let cases = [
+            ("USD", dec!(0.175), dec!(0.18)),
+            ("USD", dec!(0.174), dec!(0.17)),
+            ("USD", dec!(-0.175), dec!(-0.18)),
+            ("USD", dec!(15.483870967741935483870967742), dec!(15.48)),
+            ("JPY", dec!(100.5), dec!(101)),
+            ("JPY", dec!(100.49), dec!(100)),
+            ("KWD", dec!(1.0005), dec!(1.001)),
+            ("KWD", dec!(1.0004), dec!(1.000)),
+            ("EUR", dec!(0), dec!(0)),
+        ];
+        for (code, amount, want) in cases {
+            let c = Currency::parse(code).unwrap();
+            assert_eq!(c.round(amount), want, "{code} {amount}");
+        }
+    }
+
+    #[test]
+    fn minor_units_and_bad_codes() {
+        assert_eq!(Currency::parse("USD").unwrap().minor_units(), 2);
+        assert_eq!(Currency::parse("JPY").unwrap().minor_units(), 0);
+        assert_eq!(Currency::parse("KWD").unwrap().minor_units(), 3);
+        for bad in ["", "usd", "XXX1", "ZZZ", "XAU"] {
+            assert!(matches!(Currency::parse(bad), Err(DomainError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn serde_round_trip_as_code() {
+        let c = Currency::parse("EUR").unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(json, "\"EUR\"");
+        assert_eq!(serde_json::from_str::<Currency>(&json).unwrap(), c);
+        assert!(serde_json::from_str::<Currency>("\"NOPE\"").is_err());
+    }
+}

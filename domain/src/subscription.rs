@@ -1,0 +1,183 @@
+//! The subscription aggregate: its plan history, trial, cancellation, open billing periods with
+//! their running usage aggregates (write-side state, rebuilt from the log), and the base-fee
+//! billing rules (in advance or in arrears, prorated by whole local days).
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use rust_decimal::Decimal;
+
+use crate::calendar::{days_between, prorate, Anchor, Cycle, Interval, Period};
+use crate::catalog::{FeeTiming, Plan, PlanRef};
+use crate::invoice::{LineDraft, LineKind};
+use crate::rating::{RunningAggregate, UsagePoint};
+
+/// Usage of one metric in one open period.
+#[derive(Clone, Debug)]
+pub struct MetricUsage {
+    pub aggregate: RunningAggregate,
+    /// Each event's amount by (occurred_at, position), kept only for metrics that some plan rates
+    /// with a percentage model (those need every event's amount in order).
+    pub amounts: BTreeMap<(Timestamp, u64), Decimal>,
+}
+
+/// A billing period that is not closed yet.
+#[derive(Clone, Debug, Default)]
+pub struct OpenPeriod {
+    pub usage: BTreeMap<String, MetricUsage>,
+    /// transaction id → (payload digest, log position), for duplicate detection.
+    pub transactions: HashMap<String, (u64, u64)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    pub subscription_id: String,
+    pub customer_id: String,
+    pub time_zone: TimeZone,
+    pub cycle: Cycle,
+    /// Plan history: (effective local date, plan), ascending.
+    pub plans: Vec<(Date, PlanRef)>,
+    pub trial_end: Option<Date>,
+    pub trial_ended: bool,
+    /// A downgrade waiting for the end of the current period.
+    pub pending_change: Option<(PlanRef, Date)>,
+    /// Service ends at this local date (exclusive), once canceled.
+    pub ends_on: Option<Date>,
+    /// The oldest period not yet closed; `None` once service has ended and all is closed.
+    pub next_close: Option<Period>,
+    /// Base fee is invoiced for every day before this date.
+    pub fee_billed_until: Date,
+    /// Amounts invoiced ahead of close per period start (base fee in advance, credits, in-advance
+    /// usage fees), counted against the minimum commitment.
+    pub billed_by_period: BTreeMap<Date, Decimal>,
+    pub open: BTreeMap<Date, OpenPeriod>,
+    pub invoice_ids: Vec<String>,
+}
+
+impl Subscription {
+    pub fn start_date(&self) -> Date {
+        self.cycle.start_date
+    }
+
+    pub fn plan_at(&self, date: Date) -> &PlanRef {
+        let i = self.plans.partition_point(|(d, _)| *d <= date);
+        &self.plans[i.saturating_sub(1)].1
+    }
+
+    pub fn current_plan(&self) -> &PlanRef {
+        &self.plans.last().expect("a subscription always has a plan").1
+    }
+
+    /// The billing period containing `date`, cut at the end of service.
+    pub fn period_of(&self, date: Date) -> Option<Period> {
+        let p = self.cycle.period_containing(date)?;
+        Some(self.truncate(p))
+    }
+
+    pub fn truncate(&self, p: Period) -> Period {
+        match self.ends_on {
+            Some(end) if end < p.end => Period { start: p.start, end: end.max(p.start) },
+            _ => p,
+        }
+    }
+
+    pub fn is_in_service(&self, date: Date) -> bool {
+        date >= self.start_date() && self.ends_on.is_none_or(|e| date < e)
+    }
+
+    /// Whole days of the full period a (possibly shortened) period belongs to: the divisor of
+    /// every proration in it. A calendar-anchored first period is short: its full period runs
+    /// from the previous boundary.
+    pub fn full_days(&self, p: &Period) -> i32 {
+        let full = self.cycle.period_containing(p.start).expect("p starts in service");
+        match self.cycle.anchor {
+            Anchor::Calendar => days_between(interval_before(full.end, self.cycle.interval), full.end),
+            Anchor::Anniversary => full.days(),
+        }
+    }
+
+    /// Days of [from, to) that are billable (not in the trial).
+    pub fn billable_days(&self, from: Date, to: Date) -> i32 {
+        let from = self.trial_end.map_or(from, |t| from.max(t));
+        days_between(from, to).max(0)
+    }
+
+    pub fn in_trial(&self, date: Date) -> bool {
+        self.trial_end.is_some_and(|t| date < t)
+    }
+}
+
+fn interval_before(date: Date, interval: Interval) -> Date {
+    let span = match interval {
+        Interval::Weekly => jiff::Span::new().weeks(1),
+        Interval::Monthly => jiff::Span::new().months(1),
+        Interval::Quarterly => jiff::Span::new().months(3),
+        Interval::Semiannual => jiff::Span::new().months(6),
+        Interval::Yearly => jiff::Span::new().years(1),
+    };
+    date.checked_sub(span).expect("dates in range")
+}
+
+/// A base-fee line for days [from, to) of period `p` on `plan`, prorated by the full period.
+pub fn base_fee_line(sub: &Subscription, plan: &Plan, p: &Period, from: Date, to: Date) -> Option<LineDraft> {
+    let days = sub.billable_days(from, to);
+    if days == 0 {
+        return None;
+    }
+    let full = sub.full_days(p);
+    Some(LineDraft {
+        kind: LineKind::BaseFee,
+        description: format!("{} base fee ({days} of {full} days)", plan.name),
+        metric_code: None,
+        charge_model: None,
+        units: None,
+        service_period: Period { start: from.max(sub.trial_end.unwrap_or(from)), end: to },
+        unrounded: prorate(plan.base_fee, days, full),
+    })
+}
+
+/// Credit for the unused days [from, to) of an in-advance fee already invoiced for period `p`.
+pub fn credit_line(sub: &Subscription, plan: &Plan, p: &Period, from: Date, to: Date) -> Option<LineDraft> {
+    let mut line = base_fee_line(sub, plan, p, from, to)?;
+    line.kind = LineKind::Credit;
+    line.description = format!("Credit for unused days of {}", plan.name);
+    line.unrounded = -line.unrounded;
+    Some(line)
+}
+
+/// In-arrears base-fee lines of (possibly cut) period `p`: one per plan segment in it.
+pub fn arrears_lines(sub: &Subscription, p: &Period, plan_of: impl Fn(&PlanRef) -> Plan) -> Vec<LineDraft> {
+    let mut lines = Vec::new();
+    for (i, (from, plan_ref)) in sub.plans.iter().enumerate() {
+        let to = sub.plans.get(i + 1).map_or(p.end, |(d, _)| *d);
+        let (from, to) = ((*from).max(p.start), to.min(p.end));
+        if from >= to {
+            continue;
+        }
+        let plan = plan_of(plan_ref);
+        if plan.fee_timing == FeeTiming::Arrears {
+            lines.extend(base_fee_line(sub, &plan, p, from, to));
+        }
+    }
+    lines
+}
+
+/// Adds one usage point to the open period's aggregate of `metric`.
+pub fn add_usage(
+    open: &mut OpenPeriod,
+    metric: &crate::catalog::Metric,
+    keep_amounts: bool,
+    point: &UsagePoint,
+) -> Result<(), crate::error::DomainError> {
+    let usage = open.usage.entry(metric.code.clone()).or_insert_with(|| MetricUsage {
+        aggregate: RunningAggregate::new(metric.aggregation),
+        amounts: BTreeMap::new(),
+    });
+    usage.aggregate.add(point)?;
+    if keep_amounts {
+        usage.amounts.insert((point.occurred_at, point.seq), point.value);
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Planning one group commit: idempotency and expected-version checks request by request, then
+//! position assignment, `recorded_at` stamping, encoding and hash chaining.
+//!
+//! The planner reads the index but changes nothing: the resulting [`Delta`] is applied by the
+//! backend only after the commit bytes are durable.
+
+use std::collections::HashMap;
+
+use crate::envelope::{CommitWriter, EnvelopeRef};
+use crate::index::{Delta, IdemEntry, Index};
+use crate::{AppendRequest, Committed, ExpectedVersion, NewEvent, Position, StoreError};
+
+/// A planned commit: the value to store under `delta.first_position` and the index changes.
+pub(crate) struct Commit {
+    pub bytes: Vec<u8>,
+    pub delta: Delta,
+}
+
+pub(crate) struct Planner<'a> {
+    index: &'a Index,
+    writer: CommitWriter,
+    recorded_at: i64,
+    next_position: Position,
+    last_hash: [u8; 32],
+    /// Last version of every stream written earlier in this group.
+    versions: HashMap<String, u64>,
+    pending_idem: HashMap<String, IdemEntry>,
+    runs: Vec<(String, u64, Position, u64)>,
+}
+
+impl<'a> Planner<'a> {
+    /// `now` is the clock reading for the whole group; `recorded_at = max(now, last)`.
+    pub(crate) fn new(index: &'a Index, now: i64) -> Self {
+        Planner {
+            index,
+            writer: CommitWriter::new(index.head()),
+            recorded_at: now.max(index.last_recorded_at()),
+            next_position: index.head(),
+            last_hash: index.last_hash(),
+            versions: HashMap::new(),
+            pending_idem: HashMap::new(),
+            runs: Vec::new(),
+        }
+    }
+
+    /// Adds a validated request to the group, or rejects it without effect.
+    pub(crate) fn add(&mut self, req: &AppendRequest) -> Result<Committed, StoreError> {
+        if req.writes.iter().all(|w| w.events.is_empty()) {
+            return Err(StoreError::Invalid("an append must carry at least one event".into()));
+        }
+        if let Some(idem) = &req.idempotency {
+            if let Some(seen) = self.seen_idempotency(&idem.key) {
+                if seen.digest != idem.digest {
+                    return Err(StoreError::IdempotencyConflict { key: idem.key.clone() });
+                }
+                return Ok(seen.duplicate());
+            }
+        }
+        self.check_versions(req)?;
+        let first = self.next_position;
+        for write in &req.writes {
+            self.encode_write(&write.stream, &write.events, req);
+        }
+        let last = self.next_position - 1;
+        if let Some(idem) = &req.idempotency {
+            let entry = IdemEntry { digest: idem.digest, first, last };
+            self.pending_idem.insert(idem.key.clone(), entry);
+        }
+        Ok(Committed { first_position: first, last_position: last, duplicate: false })
+    }
+
+    fn seen_idempotency(&self, key: &str) -> Option<&IdemEntry> {
+        self.pending_idem.get(key).or_else(|| self.index.idempotency(key))
+    }
+
+    fn current_version(&self, stream: &str) -> Option<u64> {
+        self.versions.get(stream).copied().or_else(|| self.index.stream_version(stream))
+    }
+
+    /// Checks every write in order (a stream written twice sees its first write).
+    fn check_versions(&self, req: &AppendRequest) -> Result<(), StoreError> {
+        let mut local: HashMap<&str, u64> = HashMap::new();
+        for write in &req.writes {
+            let stream = write.stream.as_str();
+            let actual = local.get(stream).copied().or_else(|| self.current_version(stream));
+            let ok = match write.expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::NoStream => actual.is_none(),
+                ExpectedVersion::Exact(v) => actual == Some(v),
+            };
+            if !ok {
+                let (stream, expected) = (write.stream.clone(), write.expected);
+                return Err(StoreError::WrongExpectedVersion { stream, expected, actual });
+            }
+            if !write.events.is_empty() {
+                let next = actual.map_or(0, |v| v + 1);
+                local.insert(stream, next + write.events.len() as u64 - 1);
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_write(&mut self, stream: &str, events: &[NewEvent], req: &AppendRequest) {
+        if events.is_empty() {
+            return;
+        }
+        let first_version = self.current_version(stream).map_or(0, |v| v + 1);
+        let first_position = self.next_position;
+        for (i, event) in events.iter().enumerate() {
+            let env = self.envelope(stream, first_version + i as u64, event, req);
+            self.last_hash = self.writer.push(&env);
+            self.next_position += 1;
+        }
+        let len = events.len() as u64;
+        self.versions.insert(stream.to_owned(), first_version + len - 1);
+        self.runs.push((stream.to_owned(), first_version, first_position, len));
+    }
+
+    fn envelope<'e>(
+        &self,
+        stream: &'e str,
+        stream_version: u64,
+        event: &'e NewEvent,
+        req: &'e AppendRequest,
+    ) -> EnvelopeRef<'e> {
+        EnvelopeRef {
+            event_id: event.event_id,
+            stream,
+            stream_version,
+            position: self.next_position,
+            event_type: &event.event_type,
+            schema_version: event.schema_version,
+            occurred_at_us: event.occurred_at_us,
+            recorded_at_us: self.recorded_at,
+            causation_id: event.causation_id,
+            correlation_id: event.correlation_id,
+            idempotency_key: req.idempotency.as_ref().map(|i| i.key.as_str()),
+            idempotency_digest: req.idempotency.as_ref().map(|i| i.digest),
+            payload: &event.payload,
+            prev_hash: self.last_hash,
+        }
+    }
+
+    /// The commit to persist, or `None` when no request of the group added events.
+    pub(crate) fn finish(self) -> Option<Commit> {
+        if self.writer.count() == 0 {
+            return None;
+        }
+        let first_position = self.index.head();
+        debug_assert_eq!(first_position + u64::from(self.writer.count()), self.next_position);
+        let delta = Delta {
+            first_position,
+            end_position: self.next_position,
+            runs: self.runs,
+            idempotency: self.pending_idem.into_iter().collect(),
+            last_hash: self.last_hash,
+            last_recorded_at: self.recorded_at,
+        };
+        Some(Commit { bytes: self.writer.finish(), delta })
+    }
+}

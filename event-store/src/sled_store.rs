@@ -1,0 +1,491 @@
+//! Durable backend on sled 0.34 with group commit (see the crate docs for the layout).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::envelope::CommitView;
+use crate::group::{Commit, Planner};
+use crate::index::{read_slices, CommitLog, Index, Slice};
+use crate::{
+    system_clock, validate, AppendRequest, Clock, Committed, EventStore, Position, RecordedEvent,
+    RequestSize, StoreError, DEFAULT_COMMIT_EVENTS_MAX,
+};
+
+const LOG_TREE: &str = "log";
+const FORMAT_KEY: &str = "event-store-format";
+const STORE_FORMAT: u8 = 1;
+/// A group stops taking requests once it holds this many request bytes.
+const GROUP_BYTES_TARGET: usize = 8 << 20;
+/// Reads of more events than this run on the blocking pool.
+const INLINE_READ_EVENTS: u64 = 4_096;
+
+/// Configuration of [`SledStore::open`].
+#[derive(Clone)]
+pub struct SledConfig {
+    /// Directory of the sled database (created if missing).
+    pub path: PathBuf,
+    /// Maximum events per group commit, and per request.
+    pub commit_events_max: usize,
+    /// Capacity of the bounded queue of append requests waiting for the writer.
+    pub queue_requests_max: usize,
+    /// Source of `recorded_at` (unix micros).
+    pub clock: Clock,
+}
+
+impl SledConfig {
+    /// Defaults: 16,384 events per commit, 1,024 queued requests, system clock.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SledConfig {
+            path: path.into(),
+            commit_events_max: DEFAULT_COMMIT_EVENTS_MAX,
+            queue_requests_max: 1_024,
+            clock: system_clock(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SledConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledConfig")
+            .field("path", &self.path)
+            .field("commit_events_max", &self.commit_events_max)
+            .field("queue_requests_max", &self.queue_requests_max)
+            .finish_non_exhaustive()
+    }
+}
+
+type Reply = oneshot::Sender<Result<Committed, StoreError>>;
+
+struct Job {
+    req: AppendRequest,
+    size: RequestSize,
+    reply: Reply,
+}
+
+/// State shared by the store handle and the writer thread.
+struct Shared {
+    db: sled::Db,
+    log: sled::Tree,
+    index: RwLock<Index>,
+    head_tx: watch::Sender<Position>,
+    /// Set on a storage failure; appends are refused from then on.
+    failure: Mutex<Option<String>>,
+    clock: Clock,
+    /// Test hook: the next flush fails.
+    #[cfg(test)]
+    fail_next_flush: std::sync::atomic::AtomicBool,
+}
+
+/// Durable [`EventStore`] on sled: one key per group commit, one `Db::flush` per group.
+pub struct SledStore {
+    shared: Arc<Shared>,
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    commit_events_max: usize,
+}
+
+fn io_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("storage error: {e}"))
+}
+
+impl SledStore {
+    /// Opens (or creates) the store and rebuilds the in-memory index by scanning the log.
+    pub fn open(config: SledConfig) -> Result<SledStore, StoreError> {
+        if config.commit_events_max == 0 || config.queue_requests_max == 0 {
+            return Err(StoreError::Invalid("commit_events_max and queue_requests_max ≥ 1".into()));
+        }
+        let db = sled::Config::new().path(&config.path).flush_every_ms(None).open();
+        let db = db.map_err(io_error)?;
+        let log = db.open_tree(LOG_TREE).map_err(io_error)?;
+        check_format(&db, &log)?;
+        let index = rebuild(&log)?;
+        let shared = Arc::new(Shared {
+            head_tx: watch::channel(index.head()).0,
+            index: RwLock::new(index),
+            failure: Mutex::new(None),
+            clock: config.clock,
+            #[cfg(test)]
+            fail_next_flush: Default::default(),
+            db,
+            log,
+        });
+        let (sender, receiver) = mpsc::channel(config.queue_requests_max);
+        let writer_shared = shared.clone();
+        let events_max = config.commit_events_max;
+        let writer = std::thread::Builder::new()
+            .name("event-store-writer".into())
+            .spawn(move || writer_loop(&writer_shared, receiver, events_max))
+            .map_err(io_error)?;
+        Ok(SledStore {
+            shared,
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+            commit_events_max: events_max,
+        })
+    }
+
+    /// Head position and the hash of the last event (`GENESIS_HASH` when empty).
+    pub fn head_hash(&self) -> (Position, [u8; 32]) {
+        let index = self.shared.index.read();
+        (index.head(), index.last_hash())
+    }
+
+    fn unavailable_reason(&self) -> Option<String> {
+        self.shared.failure.lock().clone()
+    }
+
+    async fn read(&self, slices: Vec<Slice>) -> Result<Vec<RecordedEvent>, StoreError> {
+        let total: u64 = slices.iter().map(|s| s.len).sum();
+        if total <= INLINE_READ_EVENTS {
+            return read_slices(&SledLog(&self.shared.log), &slices);
+        }
+        let shared = self.shared.clone();
+        let task = tokio::task::spawn_blocking(move || read_slices(&SledLog(&shared.log), &slices));
+        task.await.map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+
+    /// Stops the writer (it drains the queue first) and waits for it.
+    fn stop_writer(&self) -> Option<JoinHandle<()>> {
+        drop(self.sender.lock().take());
+        self.writer.lock().take()
+    }
+}
+
+impl Drop for SledStore {
+    /// Finishes queued appends and waits for the writer, so the database is closed (and its
+    /// lock released) when the drop returns.
+    fn drop(&mut self) {
+        if let Some(handle) = self.stop_writer() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn check_format(db: &sled::Db, log: &sled::Tree) -> Result<(), StoreError> {
+    match db.get(FORMAT_KEY).map_err(io_error)? {
+        Some(v) if v.as_ref() == [STORE_FORMAT] => Ok(()),
+        Some(v) => Err(StoreError::Unavailable(format!("unsupported store format {v:?}"))),
+        None if log.is_empty() => {
+            db.insert(FORMAT_KEY, &[STORE_FORMAT]).map_err(io_error)?;
+            db.flush().map_err(io_error)?;
+            Ok(())
+        }
+        None => {
+            Err(StoreError::Corrupt { position: 0, detail: "store format marker missing".into() })
+        }
+    }
+}
+
+/// Scans the whole log, checking its links, and rebuilds the in-memory index.
+fn rebuild(log: &sled::Tree) -> Result<Index, StoreError> {
+    let started = Instant::now();
+    let mut index = Index::default();
+    for item in log.iter() {
+        let (key, value) = item.map_err(io_error)?;
+        let position = key_position(&key)?;
+        let view = CommitView::parse(position, &value)?;
+        index.begin_commit(&view)?;
+        let mut records = view.records();
+        while let Some(raw) = records.next_raw()? {
+            index.observe(&raw.decode()?, raw.hash)?;
+        }
+    }
+    tracing::info!(
+        events = index.head(),
+        commits = index.commit_count(),
+        streams = index.stream_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "event store index rebuilt from the log"
+    );
+    Ok(index)
+}
+
+fn key_position(key: &[u8]) -> Result<Position, StoreError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::Corrupt {
+        position: 0,
+        detail: format!("log key of {} bytes", key.len()),
+    })?;
+    Ok(Position::from_be_bytes(bytes))
+}
+
+struct SledLog<'a>(&'a sled::Tree);
+
+impl CommitLog for SledLog<'_> {
+    type Bytes = sled::IVec;
+
+    fn commit(&self, first: Position) -> Result<sled::IVec, StoreError> {
+        let missing = || StoreError::Corrupt { position: first, detail: "commit missing".into() };
+        self.0.get(first.to_be_bytes()).map_err(io_error)?.ok_or_else(missing)
+    }
+}
+
+/// The single writer: forms groups from the queue and commits them until every sender is gone.
+fn writer_loop(shared: &Shared, mut receiver: mpsc::Receiver<Job>, events_max: usize) {
+    let _guard = FailOnPanic(shared);
+    let mut carry = None;
+    while let Some(first) = carry.take().or_else(|| receiver.blocking_recv()) {
+        let group = collect_group(first, &mut receiver, &mut carry, events_max);
+        shared.commit_group(group);
+    }
+}
+
+/// Marks the store failed if the writer panics (a violated invariant), so appends are refused.
+struct FailOnPanic<'a>(&'a Shared);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let reason = "event store writer panicked (invariant violated)".to_owned();
+            tracing::error!(%reason);
+            *self.0.failure.lock() = Some(reason);
+        }
+    }
+}
+
+/// Takes what is waiting, up to `events_max` events; a request that does not fit is carried
+/// over to the next group.
+fn collect_group(
+    first: Job,
+    receiver: &mut mpsc::Receiver<Job>,
+    carry: &mut Option<Job>,
+    events_max: usize,
+) -> Vec<Job> {
+    let (mut events, mut bytes) = (first.size.events, first.size.bytes);
+    let mut group = vec![first];
+    while events < events_max && bytes < GROUP_BYTES_TARGET {
+        let Ok(job) = receiver.try_recv() else { break };
+        if events + job.size.events > events_max {
+            *carry = Some(job);
+            break;
+        }
+        events += job.size.events;
+        bytes += job.size.bytes;
+        group.push(job);
+    }
+    group
+}
+
+impl Shared {
+    fn commit_group(&self, jobs: Vec<Job>) {
+        if let Some(reason) = self.failure.lock().clone() {
+            return reply_all(jobs, &reason);
+        }
+        let (outcomes, commit) = self.plan(&jobs);
+        if let Some(commit) = commit {
+            if let Err(e) = self.persist(&commit) {
+                let reason = format!("storage failure, appends stopped: {e}");
+                tracing::error!(%reason, position = commit.delta.first_position, "group commit failed");
+                *self.failure.lock() = Some(reason.clone());
+                return reply_all(jobs, &reason);
+            }
+            let head = commit.delta.end_position;
+            tracing::trace!(
+                requests = jobs.len(),
+                first = commit.delta.first_position,
+                head,
+                "group committed"
+            );
+            self.index.write().apply(commit.delta);
+            self.head_tx.send_replace(head);
+        }
+        for (job, outcome) in jobs.into_iter().zip(outcomes) {
+            let _ = job.reply.send(outcome); // the caller may have gone away
+        }
+    }
+
+    fn plan(&self, jobs: &[Job]) -> (Vec<Result<Committed, StoreError>>, Option<Commit>) {
+        let index = self.index.read();
+        let mut planner = Planner::new(&index, (self.clock)());
+        let outcomes = jobs.iter().map(|job| planner.add(&job.req)).collect();
+        (outcomes, planner.finish())
+    }
+
+    /// Inserts the commit under a fresh key (never overwriting) and fsyncs.
+    fn persist(&self, commit: &Commit) -> Result<(), String> {
+        let key = commit.delta.first_position.to_be_bytes();
+        let value: &[u8] = &commit.bytes;
+        match self.log.compare_and_swap(key, None::<&[u8]>, Some(value)) {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(format!("log key {} already exists", commit.delta.first_position))
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        #[cfg(test)]
+        if self.fail_next_flush.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.log.remove(key);
+            return Err("injected flush failure".into());
+        }
+        self.db.flush().map(drop).map_err(|e| {
+            let _ = self.log.remove(key); // best effort: never acknowledged
+            e.to_string()
+        })
+    }
+}
+
+fn reply_all(jobs: Vec<Job>, reason: &str) {
+    for job in jobs {
+        let _ = job.reply.send(Err(StoreError::Unavailable(reason.to_owned())));
+    }
+}
+
+#[async_trait]
+impl EventStore for SledStore {
+    async fn append(&self, req: AppendRequest) -> Result<Committed, StoreError> {
+        let size = validate(&req, self.commit_events_max)?;
+        if let Some(reason) = self.unavailable_reason() {
+            return Err(StoreError::Unavailable(reason));
+        }
+        let closed = || StoreError::Unavailable("store is closed or its writer stopped".into());
+        let sender = self.sender.lock().clone().ok_or_else(closed)?;
+        let (reply, response) = oneshot::channel();
+        sender.send(Job { req, size, reply }).await.map_err(|_| closed())?;
+        drop(sender);
+        let stopped = |_| StoreError::Unavailable("event store writer stopped".into());
+        response.await.map_err(stopped)?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let slices = {
+            let index = self.shared.index.read();
+            index.slices(&index.stream_ranges(stream, from_version, max_count))
+        };
+        self.read(slices).await
+    }
+
+    async fn read_all(
+        &self,
+        from: Position,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let slices = {
+            let index = self.shared.index.read();
+            index.slices(&[index.all_range(from, max_count)])
+        };
+        self.read(slices).await
+    }
+
+    fn head(&self) -> Position {
+        self.shared.index.read().head()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Position> {
+        self.shared.head_tx.subscribe()
+    }
+
+    fn stream_version(&self, stream: &str) -> Option<u64> {
+        self.shared.index.read().stream_version(stream)
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let join_failed = |e| StoreError::Unavailable(format!("writer join failed: {e}"));
+        if let Some(handle) = self.stop_writer() {
+            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+            joined.map_err(join_failed)?.map_err(|_| io_error("event store writer panicked"))?;
+        }
+        let shared = self.shared.clone();
+        let flushed = tokio::task::spawn_blocking(move || shared.db.flush()).await;
+        flushed.map_err(join_failed)?.map_err(io_error)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::conformance::new_event;
+    use crate::{ExpectedVersion, StreamWrite};
+
+    fn req(stream: &str, n: usize) -> AppendRequest {
+        let events = (0..n).map(|i| new_event("T", &[i as u8])).collect();
+        let write = StreamWrite { stream: stream.into(), expected: ExpectedVersion::Any, events };
+        AppendRequest { writes: vec![write], idempotency: None }
+    }
+
+    fn commit_sizes(store: &SledStore) -> Vec<u32> {
+        let commits = store.shared.log.iter().map(Result::unwrap);
+        let parse = |(k, v): (sled::IVec, sled::IVec)| {
+            CommitView::parse(key_position(&k).unwrap(), &v).unwrap().count
+        };
+        commits.map(parse).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_commits_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SledConfig { commit_events_max: 100, ..SledConfig::new(dir.path()) };
+        let store = Arc::new(SledStore::open(config).unwrap());
+        let r = store.append(req("big", 101)).await;
+        assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
+        let tasks: Vec<_> = (0..64)
+            .map(|t| {
+                let store = store.clone();
+                tokio::spawn(async move { store.append(req(&format!("s-{t}"), 30)).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let sizes = commit_sizes(&store);
+        assert_eq!(sizes.iter().map(|&n| u64::from(n)).sum::<u64>(), 64 * 30);
+        assert!(sizes.len() < 64, "requests were grouped: {sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= 100), "commit_events_max respected: {sizes:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_failure_stops_appends_and_claims_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(SledConfig::new(dir.path())).unwrap();
+        store.append(req("a", 2)).await.unwrap();
+        store.shared.fail_next_flush.store(true, Ordering::SeqCst);
+        let failed = store.append(req("a", 3)).await;
+        assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
+        let after = store.append(req("a", 1)).await;
+        assert!(matches!(after, Err(StoreError::Unavailable(_))), "store is failed: {after:?}");
+        assert_eq!((store.head(), store.stream_version("a")), (2, Some(1)));
+        assert_eq!(store.read_all(0, 100).await.unwrap().len(), 2);
+        drop(store);
+        let store = SledStore::open(SledConfig::new(dir.path())).unwrap();
+        assert_eq!(store.head(), 2);
+        store.append(req("a", 1)).await.unwrap();
+        assert_eq!(store.stream_version("a"), Some(2));
+    }
+
+    #[tokio::test]
+    async fn corrupt_log_fails_open_with_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(SledConfig::new(dir.path())).unwrap();
+        store.append(req("a", 2)).await.unwrap();
+        drop(store);
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let log = db.open_tree(LOG_TREE).unwrap();
+            log.insert(2u64.to_be_bytes(), &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1, 0xff][..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let r = SledStore::open(SledConfig::new(dir.path()));
+        assert!(matches!(r, Err(StoreError::Corrupt { position: 2, .. })), "{:?}", r.err());
+    }
+
+    #[tokio::test]
+    async fn a_store_opened_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = SledStore::open(SledConfig::new(dir.path())).unwrap();
+        let second = SledStore::open(SledConfig::new(dir.path()));
+        assert!(matches!(second, Err(StoreError::Unavailable(_))));
+    }
+}

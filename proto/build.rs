@@ -1,0 +1,16 @@
+//! Compiles `accrual/v1/*.proto` with protox (pure Rust, no system protoc) into tonic code,
+//! and writes the descriptor set used by gRPC server reflection.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["accrual/v1/common.proto", "accrual/v1/command.proto"];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["."])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("accrual_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_build::configure()
+        .btree_map(["."])
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! `accrual bench ingest`: streams realistic usage over gRPC with every ack durable and prints
+//! `ingest events=N secs=S events_per_s=X p50_ms=A p99_ms=B` as its last line.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use proto::v1 as pb;
+use proto::v1::command_service_client::CommandServiceClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Usage ingestion throughput and per-batch (or per-call) durable-ack latency.
+    Ingest(IngestArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct IngestArgs {
+    /// Usage events to send in all.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Events per IngestUsage batch.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: u64,
+    /// Concurrent clients (each its own connection for streaming; shared connections for --unary).
+    #[arg(long, default_value_t = 4)]
+    pub clients: u64,
+    /// Send one event per RecordUsage call instead of streaming batches.
+    #[arg(long)]
+    pub unary: bool,
+    /// Subscriptions the events are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    pub subscriptions: u64,
+    /// Use a running server at this URL (e.g. http://127.0.0.1:50051) instead of starting one.
+    #[arg(long)]
+    pub addr: Option<String>,
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Ingest(args) => ingest(args).await,
+    }
+}
+
+const METRICS: [(&str, &str, &str); 3] =
+    [("api_calls", "sum", "calls"), ("storage_gb", "max", "gb"), ("active_users", "unique_count", "user")];
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.events > 0 && args.batch > 0 && args.clients > 0 && args.subscriptions > 0, "all counts must be positive");
+    let (url, _server, _dir) = match &args.addr {
+        Some(a) => (a.clone(), None, None),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let (url, handle) = start_server(dir.path()).await?;
+            (url, Some(handle), Some(dir))
+        }
+    };
+    let channel = Channel::from_shared(url.clone())?.connect().await.with_context(|| format!("connecting to {url}"))?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    setup(CommandServiceClient::new(channel), &run_id, args.subscriptions).await?;
+    let latencies = Arc::new(latency::Hist::new());
+    let accepted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..args.clients {
+        let range = share(args.events, args.clients, client);
+        let channel = Channel::from_shared(url.clone())?.connect().await?;
+        let ctx = Worker { run_id: run_id.clone(), args: args.clone(), latencies: latencies.clone(), accepted: accepted.clone() };
+        tasks.push(tokio::spawn(async move {
+            if ctx.args.unary { ctx.unary(channel, range).await } else { ctx.stream(channel, range).await }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let accepted = accepted.load(Ordering::SeqCst);
+    anyhow::ensure!(accepted == args.events, "only {accepted} of {} events were accepted", args.events);
+    let h = latencies.snapshot();
+    println!("peak_rss_mb={:.0} (server and client in one process unless --addr)", peak_rss_mb());
+    println!(
+        "ingest events={} secs={secs:.2} events_per_s={:.0} p50_ms={:.2} p99_ms={:.2}",
+        args.events,
+        args.events as f64 / secs,
+        h.value_at_quantile(0.50) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    Ok(())
+}
+
+/// The client's share [start, end) of `total` events.
+fn share(total: u64, clients: u64, i: u64) -> std::ops::Range<u64> {
+    let per = total / clients;
+    let start = i * per;
+    let end = if i + 1 == clients { total } else { start + per };
+    start..end
+}
+
+async fn start_server(dir: &std::path::Path) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let engine = crate::serve::open_engine(dir, domain::commands::Policy::default()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let handle = tokio::spawn(async move {
+        let limits = command_service::service::Limits::default();
+        let server = command_service::server::ServerLimits::default();
+        if let Err(e) = command_service::server::serve(listener, engine, limits, server, std::future::pending()).await {
+            eprintln!("bench server failed: {e}");
+        }
+    });
+    Ok((url, handle))
+}
+
+async fn setup(mut c: CommandServiceClient<Channel>, run: &str, subscriptions: u64) -> anyhow::Result<()> {
+    let customer_id = format!("bench-{run}");
+    c.register_customer(pb::RegisterCustomerRequest {
+        customer_id: customer_id.clone(),
+        name: "Bench Co".into(),
+        currency: "USD".into(),
+        ..Default::default()
+    })
+    .await?;
+    let mut charges = Vec::new();
+    for (code, aggregation, property) in METRICS {
+        let code = format!("{code}-{run}");
+        c.define_metric(pb::DefineMetricRequest {
+            code: code.clone(),
+            name: code.clone(),
+            aggregation: aggregation.into(),
+            property: property.into(),
+            ..Default::default()
+        })
+        .await?;
+        let model = pb::charge::Model::Standard(pb::StandardModel { unit_price: "0.001".into() });
+        charges.push(pb::Charge { metric_code: code, pay_in_advance: false, model: Some(model) });
+    }
+    let plan_code = format!("bench-plan-{run}");
+    c.publish_plan(pb::PublishPlanRequest {
+        code: plan_code.clone(),
+        name: "Bench".into(),
+        currency: "USD".into(),
+        interval: "monthly".into(),
+        base_fee: "49".into(),
+        charges,
+        ..Default::default()
+    })
+    .await?;
+    for s in 0..subscriptions {
+        c.start_subscription(pb::StartSubscriptionRequest {
+            subscription_id: format!("sub-{run}-{s:06}"),
+            customer_id: customer_id.clone(),
+            plan_code: plan_code.clone(),
+            ..Default::default()
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+struct Worker {
+    run_id: String,
+    args: IngestArgs,
+    latencies: Arc<latency::Hist>,
+    accepted: Arc<AtomicU64>,
+}
+
+impl Worker {
+    /// Event number `n`: ~150 bytes on the wire, spread over subscriptions and metrics.
+    fn event(&self, n: u64, now: &prost_types::Timestamp) -> pb::UsageEvent {
+        let (metric, _, property) = METRICS[(n % 3) as usize];
+        let value = match n % 3 {
+            0 => (n % 97 + 1).to_string(),
+            1 => format!("{}.{}", n % 500, n % 10),
+            _ => format!("user-{}", n % 5_000),
+        };
+        pb::UsageEvent {
+            subscription_id: format!("sub-{}-{:06}", self.run_id, n % self.args.subscriptions),
+            transaction_id: format!("tx-{}-{n:012}", self.run_id),
+            metric_code: format!("{metric}-{}", self.run_id),
+            occurred_at: Some(*now),
+            properties: [(property.to_string(), value), ("region".to_string(), "eu-west-1".to_string())].into(),
+        }
+    }
+
+    async fn stream(self, channel: Channel, range: std::ops::Range<u64>) -> anyhow::Result<()> {
+        let mut client = CommandServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        let (tx, rx) = mpsc::channel::<pb::UsageBatch>(1);
+        let mut replies = client.ingest_usage(ReceiverStream::new(rx)).await?.into_inner();
+        let mut n = range.start;
+        while n < range.end {
+            let now = now_ts();
+            let end = (n + self.args.batch).min(range.end);
+            let batch = pb::UsageBatch { events: (n..end).map(|i| self.event(i, &now)).collect() };
+            let sent = Instant::now();
+            tx.send(batch).await.context("server closed the stream")?;
+            let reply = replies.message().await?.context("stream ended early")?;
+            self.latencies.record(sent.elapsed());
+            anyhow::ensure!(reply.rejected == 0, "rejected items: {:?}", reply.results.iter().find(|r| r.status == "rejected"));
+            self.accepted.fetch_add(u64::from(reply.accepted), Ordering::Relaxed);
+            n = end;
+        }
+        Ok(())
+    }
+
+    async fn unary(self, channel: Channel, range: std::ops::Range<u64>) -> anyhow::Result<()> {
+        let mut client = CommandServiceClient::new(channel);
+        for n in range {
+            let event = self.event(n, &now_ts());
+            let sent = Instant::now();
+            let reply = client.record_usage(event).await?.into_inner();
+            self.latencies.record(sent.elapsed());
+            anyhow::ensure!(reply.status == "accepted", "event {n}: {}", reply.status);
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+fn now_ts() -> prost_types::Timestamp {
+    command_service::convert::to_timestamp(jiff::Timestamp::now())
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB.
+pub fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+/// A latency histogram shared by the workers (microseconds, 1 µs .. 60 s, 3 digits).
+mod latency {
+    use super::*;
+
+    pub struct Hist(std::sync::Mutex<Histogram<u64>>);
+
+    impl Hist {
+        pub fn new() -> Self {
+            Hist(std::sync::Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")))
+        }
+
+        pub fn record(&self, d: Duration) {
+            let us = (d.as_micros() as u64).clamp(1, 60_000_000);
+            self.0.lock().expect("not poisoned").record(us).expect("in bounds");
+        }
+
+        pub fn snapshot(&self) -> Histogram<u64> {
+            self.0.lock().expect("not poisoned").clone()
+        }
+    }
+}

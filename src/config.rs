@@ -1,0 +1,132 @@
+//! `accrual serve` settings: flags > environment variables > TOML file > defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, Deserialize, ValueEnum, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of: data_dir, listen, log_format, log_level, grace_period_secs,
+    /// scheduler_interval_secs, max_payment_attempts. Flags and env vars override it.
+    #[arg(long, env = "ACCRUAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded sled store [default: ./accrual-data]
+    #[arg(long, env = "ACCRUAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:50051]
+    #[arg(long, env = "ACCRUAL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Log format [default: pretty]
+    #[arg(long, env = "ACCRUAL_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or accrual=debug,info [default: info]
+    #[arg(long, env = "ACCRUAL_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Seconds after a period's end before a billing run closes it [default: 0]
+    #[arg(long, env = "ACCRUAL_GRACE_PERIOD_SECS")]
+    pub grace_period_secs: Option<i64>,
+    /// Seconds between scheduled billing runs; 0 disables the scheduler [default: 60]
+    #[arg(long, env = "ACCRUAL_SCHEDULER_INTERVAL_SECS")]
+    pub scheduler_interval_secs: Option<u64>,
+    /// Failed payment attempts after which an invoice is uncollectible [default: 3]
+    #[arg(long, env = "ACCRUAL_MAX_PAYMENT_ATTEMPTS")]
+    pub max_payment_attempts: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    grace_period_secs: Option<i64>,
+    scheduler_interval_secs: Option<u64>,
+    max_payment_attempts: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub grace_period_secs: i64,
+    pub scheduler_interval_secs: u64,
+    pub max_payment_attempts: u32,
+}
+
+impl Settings {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let settings = Settings {
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("accrual-data")),
+            listen: args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid")),
+            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Pretty),
+            log_level: args.log_level.or(file.log_level).unwrap_or_else(|| "info".to_string()),
+            grace_period_secs: args.grace_period_secs.or(file.grace_period_secs).unwrap_or(0),
+            scheduler_interval_secs: args.scheduler_interval_secs.or(file.scheduler_interval_secs).unwrap_or(60),
+            max_payment_attempts: args.max_payment_attempts.or(file.max_payment_attempts).unwrap_or(3),
+        };
+        anyhow::ensure!(settings.grace_period_secs >= 0, "grace_period_secs must not be negative");
+        anyhow::ensure!(settings.max_payment_attempts >= 1, "max_payment_attempts must be at least 1");
+        Ok(settings)
+    }
+}
+
+pub fn init_tracing(s: &Settings) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&s.log_level)
+        .with_context(|| format!("bad log level {:?}", s.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match s.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accrual.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:6000\"\ngrace_period_secs = 30\nlog_format = \"json\"\n").unwrap();
+        let args = ServeArgs { config: Some(path), grace_period_secs: Some(5), ..Default::default() };
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(s.listen.port(), 6000);
+        assert_eq!(s.grace_period_secs, 5);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.data_dir, PathBuf::from("accrual-data"));
+        assert_eq!(s.scheduler_interval_secs, 60);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "listne = \"x\"\n").unwrap();
+        assert!(Settings::resolve(ServeArgs { config: Some(path), ..Default::default() }).is_err());
+        let args = ServeArgs { max_payment_attempts: Some(0), ..Default::default() };
+        assert!(Settings::resolve(args).is_err());
+    }
+}

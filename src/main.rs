@@ -1,0 +1,36 @@
+//! `accrual`: the one binary. `serve` runs the service on embedded sled; `bench` measures it.
+
+mod bench;
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "accrual", version, about = "Event-sourced, usage-based billing ledger")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run the gRPC service (command API, health, reflection) on an embedded sled store.
+    Serve(config::ServeArgs),
+    /// Benchmarks that print figures (never pass/fail).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Commands::Serve(args) => {
+            let settings = config::Settings::resolve(args)?;
+            config::init_tracing(&settings)?;
+            runtime.block_on(serve::run(settings))
+        }
+        Commands::Bench(cmd) => runtime.block_on(bench::run(cmd)),
+    }
+}
