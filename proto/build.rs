@@ -9,8 +9,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["."])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("accrual_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_build::configure()
-        .btree_map(["."])
-        .compile_fds(fds)?;
+    tonic_build::configure().btree_map(["."]).compile_fds(fds)?;
     Ok(())
 }

@@ -48,11 +48,17 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-const METRICS: [(&str, &str, &str); 3] =
-    [("api_calls", "sum", "calls"), ("storage_gb", "max", "gb"), ("active_users", "unique_count", "user")];
+const METRICS: [(&str, &str, &str); 3] = [
+    ("api_calls", "sum", "calls"),
+    ("storage_gb", "max", "gb"),
+    ("active_users", "unique_count", "user"),
+];
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.events > 0 && args.batch > 0 && args.clients > 0 && args.subscriptions > 0, "all counts must be positive");
+    anyhow::ensure!(
+        args.events > 0 && args.batch > 0 && args.clients > 0 && args.subscriptions > 0,
+        "all counts must be positive"
+    );
     let (url, _server, _dir) = match &args.addr {
         Some(a) => (a.clone(), None, None),
         None => {
@@ -61,7 +67,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             (url, Some(handle), Some(dir))
         }
     };
-    let channel = Channel::from_shared(url.clone())?.connect().await.with_context(|| format!("connecting to {url}"))?;
+    let channel = Channel::from_shared(url.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     setup(CommandServiceClient::new(channel), &run_id, args.subscriptions).await?;
     let latencies = Arc::new(latency::Hist::new());
@@ -71,9 +80,18 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     for client in 0..args.clients {
         let range = share(args.events, args.clients, client);
         let channel = Channel::from_shared(url.clone())?.connect().await?;
-        let ctx = Worker { run_id: run_id.clone(), args: args.clone(), latencies: latencies.clone(), accepted: accepted.clone() };
+        let ctx = Worker {
+            run_id: run_id.clone(),
+            args: args.clone(),
+            latencies: latencies.clone(),
+            accepted: accepted.clone(),
+        };
         tasks.push(tokio::spawn(async move {
-            if ctx.args.unary { ctx.unary(channel, range).await } else { ctx.stream(channel, range).await }
+            if ctx.args.unary {
+                ctx.unary(channel, range).await
+            } else {
+                ctx.stream(channel, range).await
+            }
         }));
     }
     for t in tasks {
@@ -81,7 +99,11 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     let accepted = accepted.load(Ordering::SeqCst);
-    anyhow::ensure!(accepted == args.events, "only {accepted} of {} events were accepted", args.events);
+    anyhow::ensure!(
+        accepted == args.events,
+        "only {accepted} of {} events were accepted",
+        args.events
+    );
     let h = latencies.snapshot();
     println!("peak_rss_mb={:.0} (server and client in one process unless --addr)", peak_rss_mb());
     println!(
@@ -102,21 +124,30 @@ fn share(total: u64, clients: u64, i: u64) -> std::ops::Range<u64> {
     start..end
 }
 
-async fn start_server(dir: &std::path::Path) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+async fn start_server(
+    dir: &std::path::Path,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     let engine = crate::serve::open_engine(dir, domain::commands::Policy::default()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let handle = tokio::spawn(async move {
         let limits = command_service::service::Limits::default();
         let server = command_service::server::ServerLimits::default();
-        if let Err(e) = command_service::server::serve(listener, engine, limits, server, std::future::pending()).await {
+        if let Err(e) =
+            command_service::server::serve(listener, engine, limits, server, std::future::pending())
+                .await
+        {
             eprintln!("bench server failed: {e}");
         }
     });
     Ok((url, handle))
 }
 
-async fn setup(mut c: CommandServiceClient<Channel>, run: &str, subscriptions: u64) -> anyhow::Result<()> {
+async fn setup(
+    mut c: CommandServiceClient<Channel>,
+    run: &str,
+    subscriptions: u64,
+) -> anyhow::Result<()> {
     let customer_id = format!("bench-{run}");
     c.register_customer(pb::RegisterCustomerRequest {
         customer_id: customer_id.clone(),
@@ -183,7 +214,11 @@ impl Worker {
             transaction_id: format!("tx-{}-{n:012}", self.run_id),
             metric_code: format!("{metric}-{}", self.run_id),
             occurred_at: Some(*now),
-            properties: [(property.to_string(), value), ("region".to_string(), "eu-west-1".to_string())].into(),
+            properties: [
+                (property.to_string(), value),
+                ("region".to_string(), "eu-west-1".to_string()),
+            ]
+            .into(),
         }
     }
 
@@ -200,7 +235,11 @@ impl Worker {
             tx.send(batch).await.context("server closed the stream")?;
             let reply = replies.message().await?.context("stream ended early")?;
             self.latencies.record(sent.elapsed());
-            anyhow::ensure!(reply.rejected == 0, "rejected items: {:?}", reply.results.iter().find(|r| r.status == "rejected"));
+            anyhow::ensure!(
+                reply.rejected == 0,
+                "rejected items: {:?}",
+                reply.results.iter().find(|r| r.status == "rejected")
+            );
             self.accepted.fetch_add(u64::from(reply.accepted), Ordering::Relaxed);
             n = end;
         }
@@ -244,7 +283,9 @@ mod latency {
 
     impl Hist {
         pub fn new() -> Self {
-            Hist(std::sync::Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")))
+            Hist(std::sync::Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            ))
         }
 
         pub fn record(&self, d: Duration) {

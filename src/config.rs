@@ -72,21 +72,37 @@ impl Settings {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => FileConfig::default(),
         };
         let settings = Settings {
-            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("accrual-data")),
-            listen: args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid")),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("accrual-data")),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid")),
             log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Pretty),
             log_level: args.log_level.or(file.log_level).unwrap_or_else(|| "info".to_string()),
             grace_period_secs: args.grace_period_secs.or(file.grace_period_secs).unwrap_or(0),
-            scheduler_interval_secs: args.scheduler_interval_secs.or(file.scheduler_interval_secs).unwrap_or(60),
-            max_payment_attempts: args.max_payment_attempts.or(file.max_payment_attempts).unwrap_or(3),
+            scheduler_interval_secs: args
+                .scheduler_interval_secs
+                .or(file.scheduler_interval_secs)
+                .unwrap_or(60),
+            max_payment_attempts: args
+                .max_payment_attempts
+                .or(file.max_payment_attempts)
+                .unwrap_or(3),
         };
         anyhow::ensure!(settings.grace_period_secs >= 0, "grace_period_secs must not be negative");
-        anyhow::ensure!(settings.max_payment_attempts >= 1, "max_payment_attempts must be at least 1");
+        anyhow::ensure!(
+            settings.max_payment_attempts >= 1,
+            "max_payment_attempts must be at least 1"
+        );
         Ok(settings)
     }
 }
@@ -110,8 +126,13 @@ mod tests {
     fn flags_override_file_and_defaults_fill_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("accrual.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:6000\"\ngrace_period_secs = 30\nlog_format = \"json\"\n").unwrap();
-        let args = ServeArgs { config: Some(path), grace_period_secs: Some(5), ..Default::default() };
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:6000\"\ngrace_period_secs = 30\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let args =
+            ServeArgs { config: Some(path), grace_period_secs: Some(5), ..Default::default() };
         let s = Settings::resolve(args).unwrap();
         assert_eq!(s.listen.port(), 6000);
         assert_eq!(s.grace_period_secs, 5);

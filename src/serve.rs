@@ -18,10 +18,15 @@ pub fn system_clock() -> Clock {
     Arc::new(jiff::Timestamp::now)
 }
 
-pub async fn open_engine(data_dir: &std::path::Path, policy: Policy) -> anyhow::Result<Arc<Engine>> {
+pub async fn open_engine(
+    data_dir: &std::path::Path,
+    policy: Policy,
+) -> anyhow::Result<Arc<Engine>> {
     let store = SledStore::open(SledConfig::new(data_dir))?;
     let store: Arc<dyn EventStore> = Arc::new(store);
-    let engine = Engine::open(store, policy, system_clock()).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let engine = Engine::open(store, policy, system_clock())
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     Ok(Arc::new(engine))
 }
 
@@ -35,7 +40,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(s.listen).await?;
     tracing::info!(data_dir = %s.data_dir.display(), listen = %listener.local_addr()?, "accrual serving");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let scheduler = tokio::spawn(scheduler(engine.clone(), s.scheduler_interval_secs, stop_rx.clone()));
+    let scheduler =
+        tokio::spawn(scheduler(engine.clone(), s.scheduler_interval_secs, stop_rx.clone()));
     let shutdown = async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested");
@@ -63,7 +69,9 @@ async fn scheduler(engine: Arc<Engine>, interval_secs: u64, mut stop: watch::Rec
                 tracing::info!(events = done.events.len(), "scheduled billing run")
             }
             Ok(_) => {}
-            Err(status) => tracing::warn!(code = ?status.code(), message = status.message(), "scheduled billing run failed"),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "scheduled billing run failed")
+            }
         }
     }
 }

@@ -62,8 +62,7 @@ fn date(v: &mut Violations, field: &str, s: &str) -> Option<Date> {
 
 pub fn timestamp(field: &str, t: Option<&prost_types::Timestamp>) -> Parsed<Timestamp> {
     let t = t.ok_or_else(|| DomainError::invalid(field, "is required"))?;
-    let nanos = i32::try_from(t.nanos).unwrap_or(-1);
-    Timestamp::new(t.seconds, nanos)
+    Timestamp::new(t.seconds, t.nanos)
         .map_err(|_| DomainError::invalid(field, "is not a valid instant (years -9999..9999)"))
 }
 
@@ -75,22 +74,27 @@ pub fn register_customer(r: &pb::RegisterCustomerRequest) -> Parsed<Command> {
     let mut v = Violations::default();
     let currency = parse_enum(&mut v, Currency::parse(&r.currency));
     let tax_rate = dec_or_zero(&mut v, "tax_rate", &r.tax_rate);
-    v.into_result()?;
     let time_zone = if r.time_zone.is_empty() { "UTC".to_string() } else { r.time_zone.clone() };
-    Ok(Command::RegisterCustomer(Customer {
+    let customer = Customer {
         customer_id: r.customer_id.clone(),
         name: r.name.clone(),
-        currency: currency.expect("checked"),
+        currency: currency.unwrap_or_else(placeholder_currency),
         time_zone,
         tax_rate,
-    }))
+    };
+    also_validate(v, customer.validate())?;
+    Ok(Command::RegisterCustomer(customer))
 }
 
 pub fn update_customer(r: &pb::UpdateCustomerRequest) -> Parsed<Command> {
     let mut v = Violations::default();
     let tax_rate = r.tax_rate.as_deref().and_then(|s| dec(&mut v, "tax_rate", s, true));
     v.into_result()?;
-    Ok(Command::UpdateCustomer { customer_id: r.customer_id.clone(), name: r.name.clone(), tax_rate })
+    Ok(Command::UpdateCustomer {
+        customer_id: r.customer_id.clone(),
+        name: r.name.clone(),
+        tax_rate,
+    })
 }
 
 pub fn define_metric(r: &pb::DefineMetricRequest) -> Parsed<Command> {
@@ -112,21 +116,45 @@ pub fn publish_plan(r: &pb::PublishPlanRequest) -> Parsed<Command> {
     let interval = parse_enum(&mut v, Interval::parse(&r.interval));
     let base_fee = dec_or_zero(&mut v, "base_fee", &r.base_fee);
     let minimum_commitment = dec(&mut v, "minimum_commitment", &r.minimum_commitment, false);
-    let charges: Vec<Option<Charge>> =
-        r.charges.iter().enumerate().map(|(i, c)| charge(&mut v, &format!("charges[{i}]."), c)).collect();
-    v.into_result()?;
-    Ok(Command::PublishPlan(Plan {
+    let charges: Vec<Option<Charge>> = r
+        .charges
+        .iter()
+        .enumerate()
+        .map(|(i, c)| charge(&mut v, &format!("charges[{i}]."), c))
+        .collect();
+    let all_parsed = charges.iter().all(Option::is_some);
+    let plan = Plan {
         code: r.code.clone(),
         version: 0,
         name: r.name.clone(),
-        currency: currency.expect("checked"),
-        interval: interval.expect("checked"),
+        currency: currency.unwrap_or_else(placeholder_currency),
+        interval: interval.unwrap_or(Interval::Monthly),
         base_fee,
         fee_timing: if r.base_fee_in_advance { FeeTiming::Advance } else { FeeTiming::Arrears },
         trial_days: r.trial_days,
         minimum_commitment,
-        charges: charges.into_iter().map(|c| c.expect("checked")).collect(),
-    }))
+        charges: charges.into_iter().flatten().collect(),
+    };
+    // With a charge missing its model the indices no longer match: report the parse errors only.
+    let checked = if all_parsed { plan.validate() } else { Ok(()) };
+    also_validate(v, checked)?;
+    Ok(Command::PublishPlan(plan))
+}
+
+/// Stands in for an unparsable currency so the rest of the request is still validated and every
+/// bad field is reported at once; the request is refused either way.
+fn placeholder_currency() -> Currency {
+    Currency::parse("USD").expect("USD is a currency")
+}
+
+/// Adds the domain's own violations to the wire parser's, and fails if there are any.
+fn also_validate(mut v: Violations, domain: Result<(), DomainError>) -> Parsed<()> {
+    match domain {
+        Err(DomainError::Invalid(list)) => v.0.extend(list),
+        Err(other) => return Err(other),
+        Ok(()) => {}
+    }
+    v.into_result()
 }
 
 fn charge(v: &mut Violations, prefix: &str, c: &pb::Charge) -> Option<Charge> {
@@ -137,10 +165,12 @@ fn charge(v: &mut Violations, prefix: &str, c: &pb::Charge) -> Option<Charge> {
             v.push(f("model"), "one charge model is required");
             return None;
         }
-        Some(Model::Standard(m)) => {
-            ChargeModel::Standard { unit_price: dec_or_zero(v, &f("standard.unit_price"), &m.unit_price) }
+        Some(Model::Standard(m)) => ChargeModel::Standard {
+            unit_price: dec_or_zero(v, &f("standard.unit_price"), &m.unit_price),
+        },
+        Some(Model::Graduated(m)) => {
+            ChargeModel::Graduated { tiers: tiers(v, &f("graduated."), m) }
         }
-        Some(Model::Graduated(m)) => ChargeModel::Graduated { tiers: tiers(v, &f("graduated."), m) },
         Some(Model::Volume(m)) => ChargeModel::Volume { tiers: tiers(v, &f("volume."), m) },
         Some(Model::Package(m)) => ChargeModel::Package {
             package_size: dec_or_zero(v, &f("package.package_size"), &m.package_size),
@@ -233,7 +263,10 @@ pub fn record_payment(r: &pb::RecordPaymentRequest, now: Timestamp) -> Parsed<Co
         PaymentOutcome::Succeeded { amount: amount.expect("checked") }
     } else {
         if r.reason.trim().is_empty() || r.reason.len() > 256 {
-            return Err(DomainError::invalid("reason", "a failed payment needs a reason (1 to 256 characters)"));
+            return Err(DomainError::invalid(
+                "reason",
+                "a failed payment needs a reason (1 to 256 characters)",
+            ));
         }
         PaymentOutcome::Failed { reason: r.reason.clone() }
     };

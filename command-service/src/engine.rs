@@ -75,10 +75,20 @@ pub struct Engine {
 
 impl Engine {
     /// Opens the engine over a store, folding the whole log into the write model.
-    pub async fn open(store: Arc<dyn EventStore>, policy: Policy, clock: Clock) -> Result<Self, Status> {
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        policy: Policy,
+        clock: Clock,
+    ) -> Result<Self, Status> {
         let mut model = WriteModel::default();
         rebuild(&*store, &mut model).await?;
-        Ok(Engine { store, model: tokio::sync::Mutex::new(model), clock, policy, closing: AtomicBool::new(false) })
+        Ok(Engine {
+            store,
+            model: tokio::sync::Mutex::new(model),
+            clock,
+            policy,
+            closing: AtomicBool::new(false),
+        })
     }
 
     pub fn now(&self) -> Timestamp {
@@ -128,7 +138,7 @@ impl Engine {
             return Ok(Executed { events, last_position, duplicate: false });
         }
         let idempotency = key.map(|(key, digest)| Idempotency { key, digest });
-        let ticket = self.submit(&mut model, &events, idempotency, ctx.now);
+        let ticket = self.submit(&mut model, &events, idempotency, ctx.now).await;
         drop(model);
         let committed = self.settle(ticket, first).await?;
         Ok(Executed { events, last_position: Some(committed.last_position), duplicate: false })
@@ -136,7 +146,10 @@ impl Engine {
 
     /// Records a batch of usage events: each item accepted, duplicate or rejected on its own;
     /// all accepted ones share one append (one fsync).
-    pub async fn record_usage(&self, items: Vec<Result<Usage, Status>>) -> Result<Vec<UsageItem>, Status> {
+    pub async fn record_usage(
+        &self,
+        items: Vec<Result<Usage, Status>>,
+    ) -> Result<Vec<UsageItem>, Status> {
         let mut model = self.lock_model().await?;
         let ctx = Context { now: self.now(), policy: self.policy.clone() };
         let first = model.next_position;
@@ -144,7 +157,9 @@ impl Engine {
         let mut results = Vec::with_capacity(items.len());
         for item in items {
             let position = first + events.len() as u64;
-            let result = match item.and_then(|u| model.ledger.record_usage(&u, &ctx, position).map_err(from_domain)) {
+            let result = match item
+                .and_then(|u| model.ledger.record_usage(&u, &ctx, position).map_err(from_domain))
+            {
                 Ok(UsageOutcome::Accepted(mut evs)) => {
                     let invoice_id = evs.iter().find_map(|e| match e {
                         Event::InvoiceIssued(i) => Some(i.invoice_id.clone()),
@@ -161,7 +176,7 @@ impl Engine {
         if events.is_empty() {
             return Ok(results);
         }
-        let ticket = self.submit(&mut model, &events, None, ctx.now);
+        let ticket = self.submit(&mut model, &events, None, ctx.now).await;
         drop(model);
         self.settle(ticket, first).await?;
         Ok(results)
@@ -187,9 +202,10 @@ impl Engine {
         Ok(model)
     }
 
-    /// Turns decided events into one ordered append and enqueues it (no await: the order of
-    /// submission is the order of decision, which the positions in the model assume).
-    fn submit(
+    /// Turns decided events into one append and enqueues it while the caller holds the model
+    /// lock, so the order of enqueueing is the order of decision, which the positions in the
+    /// model assume. The returned ticket resolves once the commit is durable.
+    async fn submit(
         &self,
         model: &mut WriteModel,
         events: &[Event],
@@ -208,7 +224,10 @@ impl Engine {
             let expected = if seen_in_request.insert(stream.clone(), ()).is_some() {
                 ExpectedVersion::Any
             } else {
-                model.stream_versions.get(&stream).map_or(ExpectedVersion::NoStream, |v| ExpectedVersion::Exact(*v))
+                model
+                    .stream_versions
+                    .get(&stream)
+                    .map_or(ExpectedVersion::NoStream, |v| ExpectedVersion::Exact(*v))
             };
             writes.push(StreamWrite { stream, expected, events: vec![new] });
         }
@@ -222,13 +241,26 @@ impl Engine {
             let keyed = KeyedCommand { digest: i.digest, first, last: model.next_position - 1 };
             model.idempotency.insert(i.key.clone(), keyed);
         }
-        self.store.submit(AppendRequest { writes, idempotency })
+        self.store.enqueue(AppendRequest { writes, idempotency }).await
     }
 
-    async fn settle(&self, ticket: event_store::AppendTicket, first: Position) -> Result<Committed, Status> {
+    async fn settle(
+        &self,
+        ticket: event_store::AppendTicket,
+        first: Position,
+    ) -> Result<Committed, Status> {
         match ticket.await {
             Ok(c) => {
-                assert_eq!(c.first_position, first, "the log assigned the positions the model assumed");
+                if c.first_position != first {
+                    // An earlier enqueued append was refused, so this one landed elsewhere than
+                    // the model assumed: it is durable, but the model must be rebuilt.
+                    tracing::warn!(
+                        expected = first,
+                        actual = c.first_position,
+                        "positions shifted"
+                    );
+                    self.model.lock().await.stale = true;
+                }
                 Ok(c)
             }
             Err(e) => {
@@ -239,9 +271,16 @@ impl Engine {
         }
     }
 
-    async fn replay_keyed(&self, key: &str, digest: &[u8; 32], prev: KeyedCommand) -> Result<Executed, Status> {
+    async fn replay_keyed(
+        &self,
+        key: &str,
+        digest: &[u8; 32],
+        prev: KeyedCommand,
+    ) -> Result<Executed, Status> {
         if &prev.digest != digest {
-            return Err(from_store(event_store::StoreError::IdempotencyConflict { key: key.to_string() }));
+            return Err(from_store(event_store::StoreError::IdempotencyConflict {
+                key: key.to_string(),
+            }));
         }
         let count = (prev.last - prev.first + 1) as usize;
         let recorded = self.store.read_all(prev.first, count).await.map_err(from_store)?;
@@ -271,7 +310,8 @@ fn decode(r: &event_store::RecordedEvent) -> Result<Event, Status> {
 async fn rebuild(store: &dyn EventStore, model: &mut WriteModel) -> Result<(), Status> {
     let started = std::time::Instant::now();
     loop {
-        let chunk = store.read_all(model.next_position, REBUILD_CHUNK_EVENTS).await.map_err(from_store)?;
+        let chunk =
+            store.read_all(model.next_position, REBUILD_CHUNK_EVENTS).await.map_err(from_store)?;
         let Some(last) = chunk.last() else { break };
         let last_position = last.position;
         for r in &chunk {
@@ -280,13 +320,21 @@ async fn rebuild(store: &dyn EventStore, model: &mut WriteModel) -> Result<(), S
             model.ledger.evolve(&event, r.position);
             model.stream_versions.insert(r.stream.clone(), r.stream_version);
             if let (Some(key), Some(digest)) = (&r.idempotency_key, r.idempotency_digest) {
-                let entry = model.idempotency.entry(key.clone()).or_insert(KeyedCommand { digest, first: r.position, last: r.position });
+                let entry = model.idempotency.entry(key.clone()).or_insert(KeyedCommand {
+                    digest,
+                    first: r.position,
+                    last: r.position,
+                });
                 entry.last = r.position;
             }
             model.next_position += 1;
         }
         debug_assert_eq!(model.next_position, last_position + 1);
     }
-    tracing::info!(events = model.next_position, ms = started.elapsed().as_millis() as u64, "write model rebuilt from the log");
+    tracing::info!(
+        events = model.next_position,
+        ms = started.elapsed().as_millis() as u64,
+        "write model rebuilt from the log"
+    );
     Ok(())
 }

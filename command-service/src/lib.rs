@@ -6,6 +6,9 @@
 //! - [`status`]: the SPEC §3 error contract;
 //! - [`server`]: transport, health, reflection, graceful shutdown.
 
+// tonic::Status is this crate's error type; boxing it everywhere would only add noise.
+#![allow(clippy::result_large_err)]
+
 pub mod convert;
 pub mod engine;
 pub mod server;

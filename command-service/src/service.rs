@@ -60,8 +60,13 @@ impl CommandApi {
         self.engine.execute(cmd, key, guard).await
     }
 
-    async fn subscription_reply(&self, id: &str, done: Executed) -> Result<Response<pb::SubscriptionResponse>, Status> {
-        let stream_version = self.engine.stream_version(&format!("subscription-{id}")).await.unwrap_or_default();
+    async fn subscription_reply(
+        &self,
+        id: &str,
+        done: Executed,
+    ) -> Result<Response<pb::SubscriptionResponse>, Status> {
+        let stream_version =
+            self.engine.stream_version(&format!("subscription-{id}")).await.unwrap_or_default();
         let now = self.engine.now();
         let reply = self.engine.read(|l| {
             let sub = &l.subscriptions[id];
@@ -83,12 +88,19 @@ impl CommandApi {
         Ok(Response::new(reply.await))
     }
 
-    async fn invoice_reply(&self, id: &str, done: Executed) -> Result<Response<pb::InvoiceResponse>, Status> {
+    async fn invoice_reply(
+        &self,
+        id: &str,
+        done: Executed,
+    ) -> Result<Response<pb::InvoiceResponse>, Status> {
         let invoice = self.engine.read(|l| l.invoices.get(id).map(convert::invoice)).await;
         Ok(Response::new(pb::InvoiceResponse { ack: Some(ack(&done)), invoice }))
     }
 
-    async fn usage_chunk(&self, events: Vec<pb::UsageEvent>) -> Result<pb::UsageBatchResult, Status> {
+    async fn usage_chunk(
+        &self,
+        events: Vec<pb::UsageEvent>,
+    ) -> Result<pb::UsageBatchResult, Status> {
         let items = events.iter().map(|e| convert::usage(e).map_err(from_domain)).collect();
         let results = self.engine.record_usage(items).await?;
         Ok(batch_result(results))
@@ -96,7 +108,11 @@ impl CommandApi {
 }
 
 /// The idempotency key with the SHA-256 of the method and the request without its key.
-fn idempotency<R: Message + Clone>(method: &str, req: &R, key: &str) -> Result<Option<(String, [u8; 32])>, Status> {
+fn idempotency<R: Message + Clone>(
+    method: &str,
+    req: &R,
+    key: &str,
+) -> Result<Option<(String, [u8; 32])>, Status> {
     if key.is_empty() {
         return Ok(None);
     }
@@ -174,46 +190,69 @@ type IngestStream = Pin<Box<dyn Stream<Item = Result<pb::UsageBatchResult, Statu
 #[tonic::async_trait]
 impl CommandService for CommandApi {
     #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
-    async fn register_customer(&self, request: Request<pb::RegisterCustomerRequest>) -> Result<Response<pb::CommandAck>, Status> {
+    async fn register_customer(
+        &self,
+        request: Request<pb::RegisterCustomerRequest>,
+    ) -> Result<Response<pb::CommandAck>, Status> {
         let (r, key) = without_key!(request.get_ref());
-        let done = self.run("RegisterCustomer", &r, &key, convert::register_customer(&r), None).await?;
+        let done =
+            self.run("RegisterCustomer", &r, &key, convert::register_customer(&r), None).await?;
         Ok(Response::new(ack(&done)))
     }
 
     #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
-    async fn update_customer(&self, request: Request<pb::UpdateCustomerRequest>) -> Result<Response<pb::CommandAck>, Status> {
+    async fn update_customer(
+        &self,
+        request: Request<pb::UpdateCustomerRequest>,
+    ) -> Result<Response<pb::CommandAck>, Status> {
         let (r, key) = without_key!(request.get_ref());
         let done = self.run("UpdateCustomer", &r, &key, convert::update_customer(&r), None).await?;
         Ok(Response::new(ack(&done)))
     }
 
     #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
-    async fn define_metric(&self, request: Request<pb::DefineMetricRequest>) -> Result<Response<pb::CommandAck>, Status> {
+    async fn define_metric(
+        &self,
+        request: Request<pb::DefineMetricRequest>,
+    ) -> Result<Response<pb::CommandAck>, Status> {
         let (r, key) = without_key!(request.get_ref());
         let done = self.run("DefineMetric", &r, &key, convert::define_metric(&r), None).await?;
         Ok(Response::new(ack(&done)))
     }
 
     #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
-    async fn publish_plan(&self, request: Request<pb::PublishPlanRequest>) -> Result<Response<pb::PublishPlanResponse>, Status> {
+    async fn publish_plan(
+        &self,
+        request: Request<pb::PublishPlanRequest>,
+    ) -> Result<Response<pb::PublishPlanResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
         let done = self.run("PublishPlan", &r, &key, convert::publish_plan(&r), None).await?;
         let version = done.events.iter().find_map(|e| match e {
             Event::PlanPublished(p) => Some(p.version),
             _ => None,
         });
-        Ok(Response::new(pb::PublishPlanResponse { ack: Some(ack(&done)), version: version.unwrap_or_default() }))
+        Ok(Response::new(pb::PublishPlanResponse {
+            ack: Some(ack(&done)),
+            version: version.unwrap_or_default(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
-    async fn start_subscription(&self, request: Request<pb::StartSubscriptionRequest>) -> Result<Response<pb::SubscriptionResponse>, Status> {
+    async fn start_subscription(
+        &self,
+        request: Request<pb::StartSubscriptionRequest>,
+    ) -> Result<Response<pb::SubscriptionResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
-        let done = self.run("StartSubscription", &r, &key, convert::start_subscription(&r), None).await?;
+        let done =
+            self.run("StartSubscription", &r, &key, convert::start_subscription(&r), None).await?;
         self.subscription_reply(&r.subscription_id, done).await
     }
 
     #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
-    async fn change_plan(&self, request: Request<pb::ChangePlanRequest>) -> Result<Response<pb::SubscriptionResponse>, Status> {
+    async fn change_plan(
+        &self,
+        request: Request<pb::ChangePlanRequest>,
+    ) -> Result<Response<pb::SubscriptionResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
         let cmd = Command::ChangePlan {
             subscription_id: r.subscription_id.clone(),
@@ -226,18 +265,28 @@ impl CommandService for CommandApi {
     }
 
     #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
-    async fn cancel_subscription(&self, request: Request<pb::CancelSubscriptionRequest>) -> Result<Response<pb::SubscriptionResponse>, Status> {
+    async fn cancel_subscription(
+        &self,
+        request: Request<pb::CancelSubscriptionRequest>,
+    ) -> Result<Response<pb::SubscriptionResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
-        let cmd = Command::CancelSubscription { subscription_id: r.subscription_id.clone(), immediately: r.immediately };
+        let cmd = Command::CancelSubscription {
+            subscription_id: r.subscription_id.clone(),
+            immediately: r.immediately,
+        };
         let guard = r.expected_version.map(|v| (format!("subscription-{}", r.subscription_id), v));
         let done = self.run("CancelSubscription", &r, &key, Ok(cmd), guard).await?;
         self.subscription_reply(&r.subscription_id, done).await
     }
 
     #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
-    async fn record_usage(&self, request: Request<pb::UsageEvent>) -> Result<Response<pb::UsageResult>, Status> {
+    async fn record_usage(
+        &self,
+        request: Request<pb::UsageEvent>,
+    ) -> Result<Response<pb::UsageResult>, Status> {
         let usage = convert::usage(request.get_ref()).map_err(from_domain)?;
-        let item = self.engine.record_usage(vec![Ok(usage)]).await?.pop().expect("one result per item");
+        let item =
+            self.engine.record_usage(vec![Ok(usage)]).await?.pop().expect("one result per item");
         match item {
             UsageItem::Rejected(status) => Err(status),
             other => Ok(Response::new(usage_result(other))),
@@ -245,7 +294,10 @@ impl CommandService for CommandApi {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn stream_usage(&self, request: Request<Streaming<pb::UsageEvent>>) -> Result<Response<pb::UsageBatchResult>, Status> {
+    async fn stream_usage(
+        &self,
+        request: Request<Streaming<pb::UsageEvent>>,
+    ) -> Result<Response<pb::UsageBatchResult>, Status> {
         let mut inbound = request.into_inner();
         let mut total = pb::UsageBatchResult::default();
         let mut chunk = Vec::with_capacity(self.limits.batch_events_max);
@@ -279,7 +331,10 @@ impl CommandService for CommandApi {
     type IngestUsageStream = IngestStream;
 
     #[tracing::instrument(skip_all)]
-    async fn ingest_usage(&self, request: Request<Streaming<pb::UsageBatch>>) -> Result<Response<IngestStream>, Status> {
+    async fn ingest_usage(
+        &self,
+        request: Request<Streaming<pb::UsageBatch>>,
+    ) -> Result<Response<IngestStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(self.limits.ingest_replies_max);
         let engine = self.engine.clone();
@@ -290,7 +345,10 @@ impl CommandService for CommandApi {
                 let reply = match batch {
                     Ok(b) if b.events.len() > limit => Err(Status::new(
                         Code::ResourceExhausted,
-                        format!("a batch holds at most {limit} events; this one has {}", b.events.len()),
+                        format!(
+                            "a batch holds at most {limit} events; this one has {}",
+                            b.events.len()
+                        ),
                     )),
                     Ok(b) => api.usage_chunk(b.events).await,
                     Err(e) => Err(e),
@@ -305,17 +363,30 @@ impl CommandService for CommandApi {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn run_billing(&self, request: Request<pb::RunBillingRequest>) -> Result<Response<pb::RunBillingResponse>, Status> {
+    async fn run_billing(
+        &self,
+        request: Request<pb::RunBillingRequest>,
+    ) -> Result<Response<pb::RunBillingResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
-        let as_of = convert::timestamp("as_of", r.as_of.as_ref()).map(|as_of| Command::RunBilling { as_of });
+        let as_of = convert::timestamp("as_of", r.as_of.as_ref())
+            .map(|as_of| Command::RunBilling { as_of });
         let done = self.run("RunBilling", &r, &key, as_of, None).await?;
-        let periods_closed = done.events.iter().filter(|e| matches!(e, Event::BillingPeriodClosed { .. })).count() as u32;
+        let periods_closed =
+            done.events.iter().filter(|e| matches!(e, Event::BillingPeriodClosed { .. })).count()
+                as u32;
         let invoices = self.engine.read(|l| issued(l, &done.events)).await;
-        Ok(Response::new(pb::RunBillingResponse { ack: Some(ack(&done)), invoices, periods_closed }))
+        Ok(Response::new(pb::RunBillingResponse {
+            ack: Some(ack(&done)),
+            invoices,
+            periods_closed,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(invoice_id = %request.get_ref().invoice_id))]
-    async fn record_payment(&self, request: Request<pb::RecordPaymentRequest>) -> Result<Response<pb::InvoiceResponse>, Status> {
+    async fn record_payment(
+        &self,
+        request: Request<pb::RecordPaymentRequest>,
+    ) -> Result<Response<pb::InvoiceResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
         let cmd = convert::record_payment(&r, self.engine.now());
         let done = self.run("RecordPayment", &r, &key, cmd, None).await?;
@@ -323,20 +394,29 @@ impl CommandService for CommandApi {
     }
 
     #[tracing::instrument(skip_all, fields(invoice_id = %request.get_ref().invoice_id))]
-    async fn void_invoice(&self, request: Request<pb::VoidInvoiceRequest>) -> Result<Response<pb::InvoiceResponse>, Status> {
+    async fn void_invoice(
+        &self,
+        request: Request<pb::VoidInvoiceRequest>,
+    ) -> Result<Response<pb::InvoiceResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
         if r.reason.trim().is_empty() || r.reason.len() > 256 {
             return Err(bad_field("reason", "1 to 256 characters"));
         }
-        let cmd = Command::VoidInvoice { invoice_id: r.invoice_id.clone(), reason: r.reason.clone() };
+        let cmd =
+            Command::VoidInvoice { invoice_id: r.invoice_id.clone(), reason: r.reason.clone() };
         let done = self.run("VoidInvoice", &r, &key, Ok(cmd), None).await?;
         self.invoice_reply(&r.invoice_id, done).await
     }
 
     #[tracing::instrument(skip_all, fields(invoice_id = %request.get_ref().invoice_id))]
-    async fn get_invoice(&self, request: Request<pb::GetInvoiceRequest>) -> Result<Response<pb::Invoice>, Status> {
+    async fn get_invoice(
+        &self,
+        request: Request<pb::GetInvoiceRequest>,
+    ) -> Result<Response<pb::Invoice>, Status> {
         let id = &request.get_ref().invoice_id;
         let invoice = self.engine.read(|l| l.invoices.get(id).map(convert::invoice)).await;
-        invoice.map(Response::new).ok_or_else(|| from_domain(domain::DomainError::not_found("invoice", id)))
+        invoice
+            .map(Response::new)
+            .ok_or_else(|| from_domain(domain::DomainError::not_found("invoice", id)))
     }
 }

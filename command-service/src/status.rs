@@ -43,16 +43,17 @@ pub fn from_store(err: StoreError) -> Status {
                 ("expected".to_string(), format!("{expected:?}")),
                 ("actual".to_string(), format!("{actual:?}")),
             ]);
-            let details = ErrorDetails::with_error_info("WRONG_EXPECTED_VERSION", "accrual", metadata);
+            let details =
+                ErrorDetails::with_error_info("WRONG_EXPECTED_VERSION", "accrual", metadata);
             Status::with_error_details(
                 Code::Aborted,
                 format!("stream {stream}: expected version {expected:?}, actual {actual:?}"),
                 details,
             )
         }
-        StoreError::IdempotencyConflict { key } => {
-            Status::already_exists(format!("idempotency key {key:?} was used with a different request"))
-        }
+        StoreError::IdempotencyConflict { key } => Status::already_exists(format!(
+            "idempotency key {key:?} was used with a different request"
+        )),
         StoreError::Invalid(m) => Status::invalid_argument(m),
         other => unavailable(other.to_string()),
     }

@@ -164,7 +164,8 @@ fn check_charge(v: &mut Violations, i: usize, c: &Charge) -> Result<(), DomainEr
     let prefix = format!("charges[{i}].");
     check_id(v, &format!("{prefix}metric_code"), &c.metric_code);
     if let Err(e) = c.model.validate() {
-        v.extend_prefixed(&prefix, e)?;
+        // Wire paths name the model's oneof field: charges[i].<model>.<field>.
+        v.extend_prefixed(&format!("{prefix}{}.", c.model.name()), e)?;
     }
     if c.pay_in_advance && !c.model.allows_pay_in_advance() {
         v.push(

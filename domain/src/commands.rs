@@ -49,7 +49,11 @@ pub enum PaymentOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     RegisterCustomer(Customer),
-    UpdateCustomer { customer_id: String, name: Option<String>, tax_rate: Option<Decimal> },
+    UpdateCustomer {
+        customer_id: String,
+        name: Option<String>,
+        tax_rate: Option<Decimal>,
+    },
     DefineMetric(Metric),
     /// `plan.version` is ignored: the ledger assigns the next version of the code.
     PublishPlan(Plan),
@@ -63,10 +67,26 @@ pub enum Command {
         /// `None` = today in the customer's time zone.
         start_date: Option<Date>,
     },
-    ChangePlan { subscription_id: String, plan_code: String, plan_version: Option<u32> },
-    CancelSubscription { subscription_id: String, immediately: bool },
+    ChangePlan {
+        subscription_id: String,
+        plan_code: String,
+        plan_version: Option<u32>,
+    },
+    CancelSubscription {
+        subscription_id: String,
+        immediately: bool,
+    },
     RecordUsage(Usage),
-    RunBilling { as_of: Timestamp },
-    RecordPayment { invoice_id: String, outcome: PaymentOutcome, occurred_at: Timestamp },
-    VoidInvoice { invoice_id: String, reason: String },
+    RunBilling {
+        as_of: Timestamp,
+    },
+    RecordPayment {
+        invoice_id: String,
+        outcome: PaymentOutcome,
+        occurred_at: Timestamp,
+    },
+    VoidInvoice {
+        invoice_id: String,
+        reason: String,
+    },
 }

@@ -135,7 +135,9 @@ impl Event {
             Event::InvoiceVoided { invoice_id, .. }
             | Event::PaymentSucceeded { invoice_id, .. }
             | Event::PaymentFailed { invoice_id, .. }
-            | Event::InvoiceMarkedUncollectible { invoice_id, .. } => format!("invoice-{invoice_id}"),
+            | Event::InvoiceMarkedUncollectible { invoice_id, .. } => {
+                format!("invoice-{invoice_id}")
+            }
         }
     }
 
@@ -188,7 +190,11 @@ impl Event {
     }
 
     /// Reads a stored payload, upcasting older schema versions (none exist yet).
-    pub fn decode(event_type: &str, schema_version: u16, bytes: &[u8]) -> Result<Event, DecodeError> {
+    pub fn decode(
+        event_type: &str,
+        schema_version: u16,
+        bytes: &[u8],
+    ) -> Result<Event, DecodeError> {
         if schema_version != SCHEMA_VERSION {
             return Err(DecodeError::UnknownVersion {
                 event_type: event_type.to_string(),

@@ -222,12 +222,26 @@ mod tests {
         // (currency, tax %, unrounded lines, subtotal, tax, total)
         let cases = [
             ("USD", dec!(0), vec![dec!(0.175), dec!(0.174)], dec!(0.35), dec!(0), dec!(0.35)),
-            ("USD", dec!(20), vec![dec!(10.005), dec!(0.004)], dec!(10.01), dec!(2.00), dec!(12.01)),
+            (
+                "USD",
+                dec!(20),
+                vec![dec!(10.005), dec!(0.004)],
+                dec!(10.01),
+                dec!(2.00),
+                dec!(12.01),
+            ),
             // tax on rounded lines: 3 × 0.33 × 7.5 % = 0.07425 → 0.07
             ("USD", dec!(7.5), vec![dec!(0.333); 3], dec!(0.99), dec!(0.07), dec!(1.06)),
             ("JPY", dec!(10), vec![dec!(100.5), dec!(0.4)], dec!(101), dec!(10), dec!(111)),
             ("KWD", dec!(5), vec![dec!(1.0005)], dec!(1.001), dec!(0.050), dec!(1.051)),
-            ("USD", dec!(10), vec![dec!(32.0), dec!(-15.483870967)], dec!(16.52), dec!(1.65), dec!(18.17)),
+            (
+                "USD",
+                dec!(10),
+                vec![dec!(32.0), dec!(-15.483870967)],
+                dec!(16.52),
+                dec!(1.65),
+                dec!(18.17),
+            ),
         ];
         for (cur, rate, lines, subtotal, tax, total) in cases {
             let inv = build_invoice(header(cur, rate), lines.into_iter().map(draft).collect());

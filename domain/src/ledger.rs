@@ -20,9 +20,7 @@ use crate::invoice::{
     LineKind,
 };
 use crate::rating::{in_advance_fee, RatingInput, RunningAggregate, UsagePoint};
-use crate::subscription::{
-    add_usage, arrears_lines, base_fee_line, credit_line, Subscription,
-};
+use crate::subscription::{add_usage, arrears_lines, base_fee_line, credit_line, Subscription};
 
 /// Largest absolute numeric usage value accepted (keeps rating far from Decimal overflow).
 pub const USAGE_VALUE_ABS_MAX: Decimal = Decimal::from_parts(0x4A51_0000, 0x0003_8D7E, 0, false, 0); // 10^15
@@ -42,7 +40,9 @@ pub struct CustomerState {
 pub enum UsageOutcome {
     Accepted(Vec<Event>),
     /// Same transaction id and payload as the event at this position: nothing to append.
-    Duplicate { position: u64 },
+    Duplicate {
+        position: u64,
+    },
 }
 
 /// The write model: every aggregate, folded from the log.
@@ -139,20 +139,32 @@ impl Ledger {
             Command::RecordPayment { invoice_id, outcome, occurred_at } => {
                 self.decide_payment(invoice_id, outcome, *occurred_at, ctx)
             }
-            Command::VoidInvoice { invoice_id, reason } => self.decide_void(invoice_id, reason, ctx),
+            Command::VoidInvoice { invoice_id, reason } => {
+                self.decide_void(invoice_id, reason, ctx)
+            }
         }
     }
 
     /// Decides and applies a command, running billing steps until none is due (bounded by
     /// `policy.billing_steps_max` per subscription). `next_position` is the log position the
     /// first event will take. On error nothing has been applied.
-    pub fn execute(&mut self, cmd: &Command, ctx: &Context, next_position: u64) -> Result<Vec<Event>, DomainError> {
+    pub fn execute(
+        &mut self,
+        cmd: &Command,
+        ctx: &Context,
+        next_position: u64,
+    ) -> Result<Vec<Event>, DomainError> {
         match cmd {
             Command::RunBilling { as_of } => self.execute_billing(*as_of, ctx, next_position),
             Command::CancelSubscription { subscription_id, immediately: true } => {
                 let mut events = self.decide(cmd, ctx)?;
                 self.apply_all(&events, next_position);
-                let more = self.run_subscription(subscription_id, Timestamp::MAX, ctx, next_position + events.len() as u64);
+                let more = self.run_subscription(
+                    subscription_id,
+                    Timestamp::MAX,
+                    ctx,
+                    next_position + events.len() as u64,
+                );
                 events.extend(more);
                 Ok(events)
             }
@@ -173,7 +185,12 @@ impl Ledger {
 
     /// Decides one usage event and, when accepted, applies it (the ingest hot path: one
     /// validation, no second decide).
-    pub fn record_usage(&mut self, u: &Usage, ctx: &Context, next_position: u64) -> Result<UsageOutcome, DomainError> {
+    pub fn record_usage(
+        &mut self,
+        u: &Usage,
+        ctx: &Context,
+        next_position: u64,
+    ) -> Result<UsageOutcome, DomainError> {
         let outcome = self.decide_usage(u, ctx)?;
         if let UsageOutcome::Accepted(events) = &outcome {
             self.apply_all(events, next_position);
@@ -187,7 +204,12 @@ impl Ledger {
         }
     }
 
-    fn execute_billing(&mut self, as_of: Timestamp, ctx: &Context, next_position: u64) -> Result<Vec<Event>, DomainError> {
+    fn execute_billing(
+        &mut self,
+        as_of: Timestamp,
+        ctx: &Context,
+        next_position: u64,
+    ) -> Result<Vec<Event>, DomainError> {
         let ids: Vec<String> = self.subscriptions.keys().cloned().collect();
         let mut events = Vec::new();
         for id in ids {
@@ -199,7 +221,13 @@ impl Ledger {
 
     /// Applies billing steps of one subscription until none is due. A step that fails (an
     /// amount overflow) stops this subscription's run; its earlier steps stand.
-    fn run_subscription(&mut self, id: &str, as_of: Timestamp, ctx: &Context, mut position: u64) -> Vec<Event> {
+    fn run_subscription(
+        &mut self,
+        id: &str,
+        as_of: Timestamp,
+        ctx: &Context,
+        mut position: u64,
+    ) -> Vec<Event> {
         let mut events = Vec::new();
         for _ in 0..ctx.policy.billing_steps_max {
             let Some(sub) = self.subscriptions.get(id) else { break };
@@ -283,7 +311,15 @@ impl Ledger {
     }
 
     fn decide_start(&self, cmd: &Command, ctx: &Context) -> Result<Vec<Event>, DomainError> {
-        let Command::StartSubscription { subscription_id, customer_id, plan_code, plan_version, anchor, start_date } = cmd else {
+        let Command::StartSubscription {
+            subscription_id,
+            customer_id,
+            plan_code,
+            plan_version,
+            anchor,
+            start_date,
+        } = cmd
+        else {
             unreachable!("called with StartSubscription")
         };
         let mut v = Violations::default();
@@ -320,9 +356,16 @@ impl Ledger {
         if plan.fee_timing == FeeTiming::Advance && trial_end.is_none() {
             let sub = preview_subscription(self, &events[0]);
             let first = sub.cycle.first();
-            let lines: Vec<_> = base_fee_line(&sub, plan, &first, first.start, first.end).into_iter().collect();
+            let lines: Vec<_> =
+                base_fee_line(&sub, plan, &first, first.start, first.end).into_iter().collect();
             if !lines.is_empty() {
-                events.push(Event::InvoiceIssued(self.invoice_for(&sub, first, IssueReason::SubscriptionStart, lines, ctx.now)));
+                events.push(Event::InvoiceIssued(self.invoice_for(
+                    &sub,
+                    first,
+                    IssueReason::SubscriptionStart,
+                    lines,
+                    ctx.now,
+                )));
             }
         }
         Ok(events)
@@ -343,7 +386,11 @@ impl Ledger {
         check_currency(customer, new_plan)?;
         let old_plan = self.plan(sub.current_plan());
         if old_plan.plan_ref() == new_plan.plan_ref() {
-            return Err(precondition(sub, "SAME_PLAN", "the subscription is already on this plan version"));
+            return Err(precondition(
+                sub,
+                "SAME_PLAN",
+                "the subscription is already on this plan version",
+            ));
         }
         if old_plan.interval != new_plan.interval {
             return Err(precondition(sub, "INTERVAL_CHANGE", "changing the billing interval is not supported; cancel and start a new subscription"));
@@ -375,17 +422,29 @@ impl Ledger {
             }
         }
         if !lines.is_empty() {
-            events.push(Event::InvoiceIssued(self.invoice_for(sub, period, IssueReason::PlanUpgrade, lines, ctx.now)));
+            events.push(Event::InvoiceIssued(self.invoice_for(
+                sub,
+                period,
+                IssueReason::PlanUpgrade,
+                lines,
+                ctx.now,
+            )));
         }
         Ok(events)
     }
 
-    fn decide_cancel(&self, id: &str, immediately: bool, ctx: &Context) -> Result<Vec<Event>, DomainError> {
+    fn decide_cancel(
+        &self,
+        id: &str,
+        immediately: bool,
+        ctx: &Context,
+    ) -> Result<Vec<Event>, DomainError> {
         let sub = self.subscription(id)?;
         let today = local_date(ctx.now, &sub.time_zone);
         check_active(self, sub, today)?;
         let date = today.max(sub.start_date());
-        let effective_date = if immediately { date } else { sub.period_of(date).expect("in service").end };
+        let effective_date =
+            if immediately { date } else { sub.period_of(date).expect("in service").end };
         Ok(vec![Event::SubscriptionCanceled {
             subscription_id: id.to_string(),
             effective_date,
@@ -398,18 +457,31 @@ impl Ledger {
     pub fn decide_usage(&self, u: &Usage, ctx: &Context) -> Result<UsageOutcome, DomainError> {
         check_usage_shape(u)?;
         let sub = self.subscription(&u.subscription_id)?;
-        let metric = self.metrics.get(&u.metric_code).ok_or_else(|| DomainError::not_found("metric", &u.metric_code))?;
+        let metric = self
+            .metrics
+            .get(&u.metric_code)
+            .ok_or_else(|| DomainError::not_found("metric", &u.metric_code))?;
         let point_value = usage_value(metric, u)?;
-        if u.occurred_at > ctx.now + jiff::SignedDuration::from_secs(ctx.policy.usage_future_tolerance_secs) {
+        if u.occurred_at
+            > ctx.now + jiff::SignedDuration::from_secs(ctx.policy.usage_future_tolerance_secs)
+        {
             return Err(DomainError::invalid("occurred_at", "lies in the future"));
         }
         let date = local_date(u.occurred_at, &sub.time_zone);
         if !sub.is_in_service(date) {
-            return Err(precondition(sub, "OUT_OF_SERVICE", format!("usage on {date} is outside the subscription's service")));
+            return Err(precondition(
+                sub,
+                "OUT_OF_SERVICE",
+                format!("usage on {date} is outside the subscription's service"),
+            ));
         }
         let period = sub.period_of(date).expect("in service");
         if sub.next_close.is_none_or(|n| period.start < n.start) {
-            return Err(precondition(sub, "PERIOD_CLOSED", format!("the billing period {}..{} is already invoiced", period.start, period.end)));
+            return Err(precondition(
+                sub,
+                "PERIOD_CLOSED",
+                format!("the billing period {}..{} is already invoiced", period.start, period.end),
+            ));
         }
         let digest = usage_digest(u);
         if let Some((original, position)) = find_transaction(sub, &u.transaction_id) {
@@ -439,17 +511,29 @@ impl Ledger {
     ) -> Result<Option<Invoice>, DomainError> {
         let plan = self.plan(sub.plan_at(local_date(u.occurred_at, &sub.time_zone)));
         let mut lines = Vec::new();
-        for charge in plan.charges.iter().filter(|c| c.pay_in_advance && c.metric_code == metric.code) {
+        for charge in
+            plan.charges.iter().filter(|c| c.pay_in_advance && c.metric_code == metric.code)
+        {
             let open = sub.open.get(&period.start);
             let mut before = open
                 .and_then(|o| o.usage.get(&metric.code))
                 .map_or_else(|| RunningAggregate::new(metric.aggregation), |m| m.aggregate.clone());
-            let (start, end) = (period.start_instant(&sub.time_zone), period.end_instant(&sub.time_zone));
+            let (start, end) =
+                (period.start_instant(&sub.time_zone), period.end_instant(&sub.time_zone));
             let units_before = before.units(start, end)?;
-            let mut amounts = open.and_then(|o| o.usage.get(&metric.code)).map(|m| m.amounts.clone()).unwrap_or_default();
+            let mut amounts = open
+                .and_then(|o| o.usage.get(&metric.code))
+                .map(|m| m.amounts.clone())
+                .unwrap_or_default();
             let amounts_before: Vec<Decimal> = amounts.values().copied().collect();
-            let distinct = metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
-            before.add(&UsagePoint { occurred_at: u.occurred_at, seq: u64::MAX, value, distinct })?;
+            let distinct =
+                metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
+            before.add(&UsagePoint {
+                occurred_at: u.occurred_at,
+                seq: u64::MAX,
+                value,
+                distinct,
+            })?;
             // The new event sorts after every recorded one at the same instant (its position is larger).
             amounts.insert((u.occurred_at, u64::MAX), value);
             let amounts_after: Vec<Decimal> = amounts.values().copied().collect();
@@ -461,7 +545,11 @@ impl Ledger {
             if !fee.is_zero() {
                 lines.push(LineDraft {
                     kind: LineKind::UsageInAdvance,
-                    description: format!("{} ({}, paid in advance)", metric.name, charge.model.name()),
+                    description: format!(
+                        "{} ({}, paid in advance)",
+                        metric.name,
+                        charge.model.name()
+                    ),
                     metric_code: Some(metric.code.clone()),
                     charge_model: Some(charge.model.name().to_string()),
                     units: Some(value),
@@ -478,7 +566,12 @@ impl Ledger {
 
     /// The next billing step of a subscription due at `as_of`, if any: a trial end, or the
     /// close of its oldest open period (with the period's invoice).
-    pub fn billing_step(&self, sub: &Subscription, as_of: Timestamp, ctx: &Context) -> Result<Option<Vec<Event>>, DomainError> {
+    pub fn billing_step(
+        &self,
+        sub: &Subscription,
+        as_of: Timestamp,
+        ctx: &Context,
+    ) -> Result<Option<Vec<Event>>, DomainError> {
         let Some(next) = sub.next_close else { return Ok(None) };
         let tz = &sub.time_zone;
         if let (Some(t), false) = (sub.trial_end, sub.trial_ended) {
@@ -488,7 +581,11 @@ impl Ledger {
             }
         }
         let grace = jiff::SignedDuration::from_secs(ctx.policy.grace_period_secs);
-        let cutoff = if as_of == Timestamp::MAX { as_of } else { as_of.checked_sub(grace).unwrap_or(Timestamp::MIN) };
+        let cutoff = if as_of == Timestamp::MAX {
+            as_of
+        } else {
+            as_of.checked_sub(grace).unwrap_or(Timestamp::MIN)
+        };
         if next.end_instant(tz) > cutoff {
             return Ok(None);
         }
@@ -496,12 +593,19 @@ impl Ledger {
     }
 
     fn trial_end_events(&self, sub: &Subscription, t: Date, ctx: &Context) -> Vec<Event> {
-        let mut events = vec![Event::TrialEnded { subscription_id: sub.subscription_id.clone(), date: t }];
+        let mut events =
+            vec![Event::TrialEnded { subscription_id: sub.subscription_id.clone(), date: t }];
         let plan = self.plan(sub.plan_at(t));
         let period = sub.period_of(t).expect("trial ends in service");
         if plan.fee_timing == FeeTiming::Advance && t > period.start {
             if let Some(line) = base_fee_line(sub, plan, &period, t, period.end) {
-                events.push(Event::InvoiceIssued(self.invoice_for(sub, period, IssueReason::TrialEnd, vec![line], ctx.now)));
+                events.push(Event::InvoiceIssued(self.invoice_for(
+                    sub,
+                    period,
+                    IssueReason::TrialEnd,
+                    vec![line],
+                    ctx.now,
+                )));
             }
         }
         events
@@ -510,7 +614,12 @@ impl Ledger {
     /// Closes period `p` (cut at the end of service): applies a due downgrade, rates usage,
     /// bills the base fee (arrears for `p`, or in advance for the next period), credits unused
     /// in-advance days on cancellation, and adds the minimum-commitment true-up.
-    fn close_period(&self, sub: &Subscription, p: Period, ctx: &Context) -> Result<Vec<Event>, DomainError> {
+    fn close_period(
+        &self,
+        sub: &Subscription,
+        p: Period,
+        ctx: &Context,
+    ) -> Result<Vec<Event>, DomainError> {
         let mut events = Vec::new();
         let mut sub_after = None;
         if let Some((plan, date)) = &sub.pending_change {
@@ -529,7 +638,9 @@ impl Ledger {
         let rating_plan = self.plan(sub.plan_at(last_day));
         let mut lines = arrears_lines(sub, &p, |r| self.plan(r).clone());
         lines.extend(self.usage_lines(sub, rating_plan, &p)?);
-        let cut_short = sub.ends_on.is_some_and(|e| e < sub.cycle.period_containing(p.start).expect("in service").end);
+        let cut_short = sub
+            .ends_on
+            .is_some_and(|e| e < sub.cycle.period_containing(p.start).expect("in service").end);
         if cut_short && sub.fee_billed_until > p.end {
             let full = sub.cycle.period_containing(p.start).expect("in service");
             let plan = self.plan(sub.plan_at(last_day));
@@ -551,11 +662,20 @@ impl Ledger {
         }
         let reason = if cut_short { IssueReason::Cancellation } else { IssueReason::PeriodClose };
         events.push(Event::InvoiceIssued(self.invoice_for(sub, p, reason, lines, ctx.now)));
-        events.push(Event::BillingPeriodClosed { subscription_id: sub.subscription_id.clone(), period: p, closed_at: ctx.now });
+        events.push(Event::BillingPeriodClosed {
+            subscription_id: sub.subscription_id.clone(),
+            period: p,
+            closed_at: ctx.now,
+        });
         Ok(events)
     }
 
-    fn usage_lines(&self, sub: &Subscription, plan: &Plan, p: &Period) -> Result<Vec<LineDraft>, DomainError> {
+    fn usage_lines(
+        &self,
+        sub: &Subscription,
+        plan: &Plan,
+        p: &Period,
+    ) -> Result<Vec<LineDraft>, DomainError> {
         let open = sub.open.get(&p.start);
         let (start, end) = (p.start_instant(&sub.time_zone), p.end_instant(&sub.time_zone));
         let mut lines = Vec::new();
@@ -566,7 +686,8 @@ impl Ledger {
                 Some(u) => u.aggregate.units(start, end)?,
                 None => Decimal::ZERO,
             };
-            let amounts: Vec<Decimal> = usage.map(|u| u.amounts.values().copied().collect()).unwrap_or_default();
+            let amounts: Vec<Decimal> =
+                usage.map(|u| u.amounts.values().copied().collect()).unwrap_or_default();
             let amount = charge.model.rate(&RatingInput { units, event_amounts: &amounts })?;
             lines.push(LineDraft {
                 kind: LineKind::Usage,
@@ -584,15 +705,28 @@ impl Ledger {
     /// If the period's charges (this invoice's lines for `p` plus what was invoiced for `p`
     /// earlier) are below the plan's minimum commitment, prorated to the days of service, a
     /// true-up line adds the difference.
-    fn true_up_line(&self, sub: &Subscription, plan: &Plan, p: &Period, lines: &[LineDraft]) -> Option<LineDraft> {
+    fn true_up_line(
+        &self,
+        sub: &Subscription,
+        plan: &Plan,
+        p: &Period,
+        lines: &[LineDraft],
+    ) -> Option<LineDraft> {
         let minimum = plan.minimum_commitment?;
         let full = sub.full_days(p);
-        let committed = sub.cycle.period_containing(p.start).map(|_| crate::calendar::prorate(minimum, p.days(), full))?;
+        let committed = sub
+            .cycle
+            .period_containing(p.start)
+            .map(|_| crate::calendar::prorate(minimum, p.days(), full))?;
         let earlier = sub.billed_by_period.get(&p.start).copied().unwrap_or_default();
-        let spent: Decimal = lines.iter().map(|l| plan.currency_round(l.unrounded)).sum::<Decimal>() + earlier;
+        let spent: Decimal =
+            lines.iter().map(|l| plan.currency_round(l.unrounded)).sum::<Decimal>() + earlier;
         (spent < committed).then(|| LineDraft {
             kind: LineKind::MinimumCommitmentTrueUp,
-            description: format!("Minimum commitment true-up ({} committed)", plan.currency.round(committed)),
+            description: format!(
+                "Minimum commitment true-up ({} committed)",
+                plan.currency.round(committed)
+            ),
             metric_code: None,
             charge_model: None,
             units: None,
@@ -601,7 +735,14 @@ impl Ledger {
         })
     }
 
-    fn invoice_for(&self, sub: &Subscription, period: Period, reason: IssueReason, lines: Vec<LineDraft>, now: Timestamp) -> Invoice {
+    fn invoice_for(
+        &self,
+        sub: &Subscription,
+        period: Period,
+        reason: IssueReason,
+        lines: Vec<LineDraft>,
+        now: Timestamp,
+    ) -> Invoice {
         let customer = &self.customers[&sub.customer_id].customer;
         let header = InvoiceHeader {
             invoice_id: format!("inv-{}-{}", sub.subscription_id, sub.invoice_ids.len() + 1),
@@ -616,47 +757,95 @@ impl Ledger {
         build_invoice(header, lines)
     }
 
-    fn decide_payment(&self, id: &str, outcome: &PaymentOutcome, at: Timestamp, ctx: &Context) -> Result<Vec<Event>, DomainError> {
+    fn decide_payment(
+        &self,
+        id: &str,
+        outcome: &PaymentOutcome,
+        at: Timestamp,
+        ctx: &Context,
+    ) -> Result<Vec<Event>, DomainError> {
         let inv = self.invoice(id)?;
         let subject = format!("invoice-{id}");
         match outcome {
             PaymentOutcome::Succeeded { amount } => {
                 let currency = inv.invoice.currency;
                 if *amount <= Decimal::ZERO || amount.scale() > currency.minor_units() {
-                    return Err(DomainError::invalid("amount", format!("must be positive with at most {} decimal places", currency.minor_units())));
+                    return Err(DomainError::invalid(
+                        "amount",
+                        format!(
+                            "must be positive with at most {} decimal places",
+                            currency.minor_units()
+                        ),
+                    ));
                 }
                 if matches!(inv.status, InvoiceStatus::Paid | InvoiceStatus::Void) {
-                    return Err(DomainError::precondition("INVOICE_NOT_PAYABLE", subject, format!("invoice {id} is {}", inv.status.as_str())));
+                    return Err(DomainError::precondition(
+                        "INVOICE_NOT_PAYABLE",
+                        subject,
+                        format!("invoice {id} is {}", inv.status.as_str()),
+                    ));
                 }
                 if *amount > inv.amount_due() {
-                    return Err(DomainError::precondition("OVERPAYMENT", subject, format!("amount {amount} exceeds the amount due {}", inv.amount_due())));
+                    return Err(DomainError::precondition(
+                        "OVERPAYMENT",
+                        subject,
+                        format!("amount {amount} exceeds the amount due {}", inv.amount_due()),
+                    ));
                 }
-                Ok(vec![Event::PaymentSucceeded { invoice_id: id.to_string(), amount: *amount, occurred_at: at }])
+                Ok(vec![Event::PaymentSucceeded {
+                    invoice_id: id.to_string(),
+                    amount: *amount,
+                    occurred_at: at,
+                }])
             }
             PaymentOutcome::Failed { reason } => {
                 if inv.status != InvoiceStatus::Open {
-                    return Err(DomainError::precondition("INVOICE_NOT_OPEN", subject, format!("invoice {id} is {}", inv.status.as_str())));
+                    return Err(DomainError::precondition(
+                        "INVOICE_NOT_OPEN",
+                        subject,
+                        format!("invoice {id} is {}", inv.status.as_str()),
+                    ));
                 }
                 let attempt = inv.failed_attempts + 1;
-                let mut events = vec![Event::PaymentFailed { invoice_id: id.to_string(), reason: reason.clone(), attempt, occurred_at: at }];
+                let mut events = vec![Event::PaymentFailed {
+                    invoice_id: id.to_string(),
+                    reason: reason.clone(),
+                    attempt,
+                    occurred_at: at,
+                }];
                 if attempt >= ctx.policy.max_payment_attempts {
-                    events.push(Event::InvoiceMarkedUncollectible { invoice_id: id.to_string(), occurred_at: at });
+                    events.push(Event::InvoiceMarkedUncollectible {
+                        invoice_id: id.to_string(),
+                        occurred_at: at,
+                    });
                 }
                 Ok(events)
             }
         }
     }
 
-    fn decide_void(&self, id: &str, reason: &str, ctx: &Context) -> Result<Vec<Event>, DomainError> {
+    fn decide_void(
+        &self,
+        id: &str,
+        reason: &str,
+        ctx: &Context,
+    ) -> Result<Vec<Event>, DomainError> {
         let inv = self.invoice(id)?;
         if inv.status != InvoiceStatus::Open || !inv.amount_paid.is_zero() {
             return Err(DomainError::precondition(
                 "INVOICE_NOT_VOIDABLE",
                 format!("invoice-{id}"),
-                format!("only an open invoice with no payment can be voided; invoice {id} is {}", inv.status.as_str()),
+                format!(
+                    "only an open invoice with no payment can be voided; invoice {id} is {}",
+                    inv.status.as_str()
+                ),
             ));
         }
-        Ok(vec![Event::InvoiceVoided { invoice_id: id.to_string(), reason: reason.to_string(), occurred_at: ctx.now }])
+        Ok(vec![Event::InvoiceVoided {
+            invoice_id: id.to_string(),
+            reason: reason.to_string(),
+            occurred_at: ctx.now,
+        }])
     }
 
     // ---------------------------------------------------------------- evolve
@@ -667,7 +856,10 @@ impl Ledger {
         match event {
             Event::CustomerRegistered(c) => {
                 let time_zone = parse_time_zone(&c.time_zone).expect("validated at decide");
-                self.customers.insert(c.customer_id.clone(), CustomerState { customer: c.clone(), time_zone });
+                self.customers.insert(
+                    c.customer_id.clone(),
+                    CustomerState { customer: c.clone(), time_zone },
+                );
             }
             Event::CustomerUpdated { customer_id, name, tax_rate, .. } => {
                 let c = &mut self.customers.get_mut(customer_id).expect("customer exists").customer;
@@ -688,7 +880,9 @@ impl Ledger {
             }
             Event::InvoiceIssued(inv) => self.evolve_invoice(inv),
             Event::UsageRecorded(u) => self.evolve_usage(u, position),
-            Event::InvoiceVoided { invoice_id, .. } => self.invoice_mut(invoice_id).status = InvoiceStatus::Void,
+            Event::InvoiceVoided { invoice_id, .. } => {
+                self.invoice_mut(invoice_id).status = InvoiceStatus::Void
+            }
             Event::PaymentSucceeded { invoice_id, amount, .. } => {
                 let inv = self.invoice_mut(invoice_id);
                 inv.amount_paid += *amount;
@@ -725,16 +919,26 @@ impl Ledger {
         let sub = self.subscriptions.get_mut(&inv.subscription_id).expect("subscription exists");
         sub.invoice_ids.push(inv.invoice_id.clone());
         for line in &inv.lines {
-            let ahead = matches!(line.kind, LineKind::BaseFee | LineKind::Credit | LineKind::UsageInAdvance);
+            let ahead = matches!(
+                line.kind,
+                LineKind::BaseFee | LineKind::Credit | LineKind::UsageInAdvance
+            );
             if line.kind == LineKind::BaseFee {
                 sub.fee_billed_until = sub.fee_billed_until.max(line.service_period.end);
             }
-            if ahead && line.service_period.start >= inv.period.end || line.kind == LineKind::UsageInAdvance || inv.reason != IssueReason::PeriodClose && ahead {
-                let key = sub.cycle.period_containing(line.service_period.start).map_or(line.service_period.start, |p| p.start);
+            if ahead && line.service_period.start >= inv.period.end
+                || line.kind == LineKind::UsageInAdvance
+                || inv.reason != IssueReason::PeriodClose && ahead
+            {
+                let key = sub
+                    .cycle
+                    .period_containing(line.service_period.start)
+                    .map_or(line.service_period.start, |p| p.start);
                 *sub.billed_by_period.entry(key).or_default() += line.amount;
             }
         }
-        let previous = self.invoices.insert(inv.invoice_id.clone(), InvoiceAccount::issued(inv.clone()));
+        let previous =
+            self.invoices.insert(inv.invoice_id.clone(), InvoiceAccount::issued(inv.clone()));
         assert!(previous.is_none(), "invoice ids are unique");
     }
 
@@ -745,7 +949,8 @@ impl Ledger {
         let date = local_date(u.occurred_at, &sub.time_zone);
         let period = sub.period_of(date).expect("usage in service");
         let value = usage_value(metric, u).expect("validated at decide");
-        let distinct = metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
+        let distinct =
+            metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
         let open = sub.open.entry(period.start).or_default();
         let point = UsagePoint { occurred_at: u.occurred_at, seq: position, value, distinct };
         add_usage(open, metric, keep, &point).expect("validated at decide");
@@ -754,9 +959,12 @@ impl Ledger {
 
     fn evolve_subscription(&mut self, event: &Event) {
         match event {
-            Event::TrialEnded { subscription_id, .. } => self.sub_mut(subscription_id).trial_ended = true,
+            Event::TrialEnded { subscription_id, .. } => {
+                self.sub_mut(subscription_id).trial_ended = true
+            }
             Event::PlanChangeScheduled { subscription_id, plan, effective_date, .. } => {
-                self.sub_mut(subscription_id).pending_change = Some((plan.clone(), *effective_date));
+                self.sub_mut(subscription_id).pending_change =
+                    Some((plan.clone(), *effective_date));
             }
             Event::PlanChanged { subscription_id, plan, effective_date, .. } => {
                 let sub = self.sub_mut(subscription_id);
@@ -770,12 +978,17 @@ impl Ledger {
             }
             Event::BillingPeriodClosed { subscription_id, period, .. } => {
                 let sub = self.sub_mut(subscription_id);
-                assert_eq!(sub.next_close.map(|p| p.start), Some(period.start), "periods close in order");
+                assert_eq!(
+                    sub.next_close.map(|p| p.start),
+                    Some(period.start),
+                    "periods close in order"
+                );
                 sub.open.remove(&period.start);
                 sub.billed_by_period.remove(&period.start);
                 let full = sub.cycle.period_containing(period.start).expect("in service");
                 let ended = sub.ends_on.is_some_and(|e| e <= full.end);
-                sub.next_close = if ended { None } else { Some(sub.truncate(sub.cycle.next(&full))) };
+                sub.next_close =
+                    if ended { None } else { Some(sub.truncate(sub.cycle.next(&full))) };
             }
             other => unreachable!("not a subscription event: {}", other.type_name()),
         }
@@ -788,7 +1001,16 @@ impl Ledger {
 
 /// The subscription a `SubscriptionStarted` event creates.
 fn preview_subscription(ledger: &Ledger, started: &Event) -> Subscription {
-    let Event::SubscriptionStarted { subscription_id, customer_id, plan, anchor, start_date, trial_end, .. } = started else {
+    let Event::SubscriptionStarted {
+        subscription_id,
+        customer_id,
+        plan,
+        anchor,
+        start_date,
+        trial_end,
+        ..
+    } = started
+    else {
         unreachable!("called with SubscriptionStarted")
     };
     let interval = ledger.plan(plan).interval;
@@ -856,7 +1078,11 @@ fn with_field(e: DomainError, _field: &str) -> DomainError {
     e
 }
 
-fn precondition(sub: &Subscription, kind: &'static str, description: impl Into<String>) -> DomainError {
+fn precondition(
+    sub: &Subscription,
+    kind: &'static str,
+    description: impl Into<String>,
+) -> DomainError {
     DomainError::precondition(kind, format!("subscription-{}", sub.subscription_id), description)
 }
 
@@ -865,7 +1091,10 @@ fn check_currency(customer: &CustomerState, plan: &Plan) -> Result<(), DomainErr
         return Err(DomainError::precondition(
             "CURRENCY_MISMATCH",
             format!("plan-{}", plan.code),
-            format!("plan {} bills in {}, customer {} in {}", plan.code, plan.currency, customer.customer.customer_id, customer.customer.currency),
+            format!(
+                "plan {} bills in {}, customer {} in {}",
+                plan.code, plan.currency, customer.customer.customer_id, customer.customer.currency
+            ),
         ));
     }
     Ok(())
@@ -873,10 +1102,18 @@ fn check_currency(customer: &CustomerState, plan: &Plan) -> Result<(), DomainErr
 
 fn check_active(ledger: &Ledger, sub: &Subscription, today: Date) -> Result<(), DomainError> {
     if sub.ends_on.is_some() || ledger.subscription_status(sub, today) == "canceled" {
-        return Err(precondition(sub, "SUBSCRIPTION_CANCELED", format!("subscription {} is canceled", sub.subscription_id)));
+        return Err(precondition(
+            sub,
+            "SUBSCRIPTION_CANCELED",
+            format!("subscription {} is canceled", sub.subscription_id),
+        ));
     }
     if sub.pending_change.is_some() {
-        return Err(precondition(sub, "CHANGE_PENDING", "a downgrade is already scheduled for the end of the period"));
+        return Err(precondition(
+            sub,
+            "CHANGE_PENDING",
+            "a downgrade is already scheduled for the end of the period",
+        ));
     }
     Ok(())
 }
@@ -901,13 +1138,20 @@ fn check_usage_shape(u: &Usage) -> Result<(), DomainError> {
 pub fn usage_value(metric: &Metric, u: &Usage) -> Result<Decimal, DomainError> {
     let Some(property) = &metric.property else { return Ok(Decimal::ONE) };
     let field = format!("properties[{property}]");
-    let raw = u.properties.get(property).ok_or_else(|| DomainError::invalid(&field, format!("metric {} needs this property", metric.code)))?;
+    let raw = u.properties.get(property).ok_or_else(|| {
+        DomainError::invalid(&field, format!("metric {} needs this property", metric.code))
+    })?;
     if !metric.aggregation.is_numeric() {
         return Ok(Decimal::ZERO);
     }
-    let value: Decimal = raw.parse().map_err(|_| DomainError::invalid(&field, format!("{raw:?} is not a decimal number")))?;
+    let value: Decimal = raw
+        .parse()
+        .map_err(|_| DomainError::invalid(&field, format!("{raw:?} is not a decimal number")))?;
     if value.abs() > USAGE_VALUE_ABS_MAX || value.scale() > crate::money::PRICE_SCALE_MAX {
-        return Err(DomainError::invalid(&field, "must be at most 10^15 in magnitude with at most 12 decimal places"));
+        return Err(DomainError::invalid(
+            &field,
+            "must be at most 10^15 in magnitude with at most 12 decimal places",
+        ));
     }
     Ok(value)
 }

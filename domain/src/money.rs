@@ -19,11 +19,11 @@ impl Currency {
         let currency = iso_currency::Currency::from_code(code)
             .filter(|c| c.exponent().is_some())
             .ok_or_else(|| {
-                DomainError::invalid(
-                    "currency",
-                    format!("{code:?} is not an ISO 4217 currency code with a minor unit"),
-                )
-            })?;
+            DomainError::invalid(
+                "currency",
+                format!("{code:?} is not an ISO 4217 currency code with a minor unit"),
+            )
+        })?;
         Ok(Currency(currency))
     }
 

@@ -93,7 +93,9 @@ impl Subscription {
     pub fn full_days(&self, p: &Period) -> i32 {
         let full = self.cycle.period_containing(p.start).expect("p starts in service");
         match self.cycle.anchor {
-            Anchor::Calendar => days_between(interval_before(full.end, self.cycle.interval), full.end),
+            Anchor::Calendar => {
+                days_between(interval_before(full.end, self.cycle.interval), full.end)
+            }
             Anchor::Anniversary => full.days(),
         }
     }
@@ -121,7 +123,13 @@ fn interval_before(date: Date, interval: Interval) -> Date {
 }
 
 /// A base-fee line for days [from, to) of period `p` on `plan`, prorated by the full period.
-pub fn base_fee_line(sub: &Subscription, plan: &Plan, p: &Period, from: Date, to: Date) -> Option<LineDraft> {
+pub fn base_fee_line(
+    sub: &Subscription,
+    plan: &Plan,
+    p: &Period,
+    from: Date,
+    to: Date,
+) -> Option<LineDraft> {
     let days = sub.billable_days(from, to);
     if days == 0 {
         return None;
@@ -139,7 +147,13 @@ pub fn base_fee_line(sub: &Subscription, plan: &Plan, p: &Period, from: Date, to
 }
 
 /// Credit for the unused days [from, to) of an in-advance fee already invoiced for period `p`.
-pub fn credit_line(sub: &Subscription, plan: &Plan, p: &Period, from: Date, to: Date) -> Option<LineDraft> {
+pub fn credit_line(
+    sub: &Subscription,
+    plan: &Plan,
+    p: &Period,
+    from: Date,
+    to: Date,
+) -> Option<LineDraft> {
     let mut line = base_fee_line(sub, plan, p, from, to)?;
     line.kind = LineKind::Credit;
     line.description = format!("Credit for unused days of {}", plan.name);
@@ -148,7 +162,11 @@ pub fn credit_line(sub: &Subscription, plan: &Plan, p: &Period, from: Date, to: 
 }
 
 /// In-arrears base-fee lines of (possibly cut) period `p`: one per plan segment in it.
-pub fn arrears_lines(sub: &Subscription, p: &Period, plan_of: impl Fn(&PlanRef) -> Plan) -> Vec<LineDraft> {
+pub fn arrears_lines(
+    sub: &Subscription,
+    p: &Period,
+    plan_of: impl Fn(&PlanRef) -> Plan,
+) -> Vec<LineDraft> {
     let mut lines = Vec::new();
     for (i, (from, plan_ref)) in sub.plans.iter().enumerate() {
         let to = sub.plans.get(i + 1).map_or(p.end, |(d, _)| *d);

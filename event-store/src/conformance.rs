@@ -43,10 +43,12 @@ pub async fn run_all<F: StoreFactory>(f: &F) {
     multi_stream_atomic(f).await;
     idempotency(f).await;
     validation(f).await;
+    enqueue_order(f).await;
     concurrent_one_stream(f).await;
     concurrent_many_streams(f).await;
     group_isolation(f).await;
     read_all_paging(f).await;
+    large_commit(f).await;
     watch_head(f).await;
     hash_chain(f).await;
     reopen(f).await;
@@ -313,6 +315,30 @@ pub async fn validation<F: StoreFactory>(f: &F) {
     );
 }
 
+/// Appends enqueued one after another commit in that order; a rejected one takes no positions.
+pub async fn enqueue_order<F: StoreFactory>(f: &F) {
+    case("enqueue_order");
+    let store = f.create().await;
+    let mut tickets = Vec::new();
+    for i in 0..20 {
+        let expected = if i == 7 { ExpectedVersion::Exact(99) } else { ExpectedVersion::Any };
+        tickets.push(store.enqueue(one("eq", expected, 2)).await);
+    }
+    let invalid = store.enqueue(one("", ExpectedVersion::Any, 1)).await;
+    assert_invalid(invalid.await, "invalid enqueue");
+    let mut next = 0;
+    for (i, ticket) in tickets.into_iter().enumerate() {
+        if i == 7 {
+            assert_wrong_version(ticket.await, "eq", Some(13));
+            continue;
+        }
+        let c = ticket.await.expect("enqueued append");
+        assert_eq!((c.first_position, c.last_position), (next, next + 1), "request {i}");
+        next += 2;
+    }
+    assert_eq!((store.head(), store.stream_version("eq")), (38, Some(37)));
+}
+
 /// 8 tasks × 50 appends to ONE stream with Exact versions and retries: no loss, no duplicate.
 pub async fn concurrent_one_stream<F: StoreFactory>(f: &F) {
     case("concurrent_one_stream");
@@ -431,6 +457,36 @@ pub async fn read_all_paging<F: StoreFactory>(f: &F) {
         paged.extend(page);
     }
     assert_eq!(paged, all(&store).await);
+}
+
+/// A request far larger than one storage chunk (~96 KiB) reads back intact, including reads
+/// that start and end inside it.
+pub async fn large_commit<F: StoreFactory>(f: &F) {
+    case("large_commit");
+    let store = f.create().await;
+    ok(&store, one("lc-0", ExpectedVersion::Any, 3)).await;
+    let big = |tag: &str| -> Vec<NewEvent> {
+        (0..400)
+            .map(|i| new_event("Big", format!("{tag}-{i}-{}", "x".repeat(1_000)).as_bytes()))
+            .collect()
+    };
+    let req = request(vec![
+        write("lc-a", ExpectedVersion::NoStream, big("a")),
+        write("lc-b", ExpectedVersion::NoStream, big("b")),
+    ]);
+    assert_eq!(ok(&store, req).await.last_position, 802);
+    let a = store.read_stream("lc-a", 90, 250).await.unwrap();
+    assert_eq!(positions(&a), (93..343).collect::<Vec<u64>>());
+    assert!(a[0].payload.starts_with(b"a-90-xxx"));
+    let b = store.read_stream("lc-b", 0, 1_000).await.unwrap();
+    assert_eq!(versions(&b), (0..400).collect::<Vec<u64>>());
+    assert!(b[399].payload.starts_with(b"b-399-xxx"));
+    assert_eq!(
+        positions(&store.read_all(150, 500).await.unwrap()),
+        (150..650).collect::<Vec<u64>>()
+    );
+    let log = all(&store).await;
+    assert_eq!(verify_chain(log.clone(), GENESIS_HASH), Ok(log[802].hash));
 }
 
 /// watch_head wakes on append.

@@ -1,4 +1,4 @@
-//! Canonical bytes of an envelope, its hash, and the persisted commit encoding.
+//! Canonical bytes of an envelope, its hash, and the persisted chunk encoding.
 //!
 //! # Canonical bytes, format 1
 //!
@@ -26,7 +26,9 @@
 //!
 //! `hash = SHA-256(prev_hash || canonical_bytes)`; the genesis `prev_hash` is 32 zero bytes.
 //!
-//! # Commit encoding, format 1 (the value of one sled key)
+//! # Chunk encoding, format 1 (the value of one sled key)
+//!
+//! A group commit is stored as one or more chunks (see `group.rs` for the size bound).
 //!
 //! ```text
 //! u8   format = 1
@@ -35,7 +37,7 @@
 //! event_count × { u32 len, [u8; len] canonical_bytes, [u8; 32] hash }
 //! ```
 //!
-//! Events of a commit have contiguous positions starting at `first_position`. Decoding checks
+//! Events of a chunk have contiguous positions starting at `first_position`. Decoding checks
 //! every length, format byte, presence byte, UTF-8 string and position, and returns
 //! [`StoreError::Corrupt`] on any mismatch; it never panics on bad input.
 
@@ -46,12 +48,12 @@ use crate::{Position, RecordedEvent, StoreError};
 
 /// Format byte of [`canonical_bytes`].
 pub const CANONICAL_FORMAT_V1: u8 = 1;
-/// Format byte of the commit encoding.
-pub const COMMIT_FORMAT_V1: u8 = 1;
+/// Format byte of the chunk encoding.
+pub const CHUNK_FORMAT_V1: u8 = 1;
 /// `prev_hash` of the event at position 0.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
-const COMMIT_HEADER_LEN: usize = 1 + 8 + 4;
+const CHUNK_HEADER_LEN: usize = 1 + 8 + 4;
 /// Smallest possible stored record (length, fixed-width canonical fields, hash).
 const MIN_RECORD_LEN: usize = 4 + 1 + 16 + 4 + 8 + 8 + 4 + 2 + 8 + 8 + 4 + 4 + 32 + 32;
 
@@ -117,7 +119,7 @@ impl<'a> EnvelopeRef<'a> {
 
 /// The canonical bytes of an envelope without its hash (format 1, see the module docs).
 pub fn canonical_bytes(ev: &RecordedEvent) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(canonical_len_hint(&EnvelopeRef::of(ev)));
+    let mut buf = Vec::with_capacity(canonical_len(&EnvelopeRef::of(ev)));
     encode_canonical(&mut buf, &EnvelopeRef::of(ev));
     buf
 }
@@ -135,8 +137,19 @@ pub fn compute_hash(ev: &RecordedEvent) -> [u8; 32] {
     event_hash(&ev.prev_hash, &canonical_bytes(ev))
 }
 
-fn canonical_len_hint(e: &EnvelopeRef<'_>) -> usize {
-    160 + e.stream.len() + e.event_type.len() + e.payload.len()
+/// Exact length of the canonical bytes (format 1).
+fn canonical_len(e: &EnvelopeRef<'_>) -> usize {
+    const FIXED: usize = 1 + 16 + 4 + 8 + 8 + 4 + 2 + 8 + 8 + 1 + 1 + 1 + 1 + 4 + 32;
+    let optional = e.causation_id.map_or(0, |_| 16)
+        + e.correlation_id.map_or(0, |_| 16)
+        + e.idempotency_key.map_or(0, |k| 4 + k.len())
+        + e.idempotency_digest.map_or(0, |_| 32);
+    FIXED + e.stream.len() + e.event_type.len() + e.payload.len() + optional
+}
+
+/// Bytes one event takes in a chunk (length prefix, canonical bytes, hash).
+pub(crate) fn record_len(e: &EnvelopeRef<'_>) -> usize {
+    4 + canonical_len(e) + 32
 }
 
 pub(crate) fn encode_canonical(buf: &mut Vec<u8>, e: &EnvelopeRef<'_>) {
@@ -281,20 +294,20 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Builds the value of one commit, chaining hashes as events are pushed.
-pub(crate) struct CommitWriter {
+/// Builds the value of one chunk, chaining hashes as events are pushed.
+pub(crate) struct ChunkWriter {
     buf: Vec<u8>,
     first: Position,
     count: u32,
 }
 
-impl CommitWriter {
+impl ChunkWriter {
     pub(crate) fn new(first: Position) -> Self {
         let mut buf = Vec::with_capacity(64 * 1024);
-        buf.push(COMMIT_FORMAT_V1);
+        buf.push(CHUNK_FORMAT_V1);
         buf.extend_from_slice(&first.to_be_bytes());
         buf.extend_from_slice(&0u32.to_be_bytes());
-        CommitWriter { buf, first, count: 0 }
+        ChunkWriter { buf, first, count: 0 }
     }
 
     /// Appends the event (its position must be the next one) and returns its hash.
@@ -304,6 +317,7 @@ impl CommitWriter {
         self.buf.extend_from_slice(&[0; 4]);
         encode_canonical(&mut self.buf, env);
         let canonical = &self.buf[len_at + 4..];
+        debug_assert_eq!(canonical.len(), canonical_len(env), "canonical_len is exact");
         let hash = event_hash(&env.prev_hash, canonical);
         let len = u32::try_from(canonical.len()).expect("event smaller than 4 GiB");
         self.buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
@@ -324,17 +338,26 @@ impl CommitWriter {
         self.count
     }
 
+    pub(crate) fn first(&self) -> Position {
+        self.first
+    }
+
+    /// Encoded size so far.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
     pub(crate) fn finish(mut self) -> Vec<u8> {
         self.buf[9..13].copy_from_slice(&self.count.to_be_bytes());
         self.buf
     }
 }
 
-/// Encodes already recorded events (contiguous positions, hashes kept as given) as one commit.
+/// Encodes already recorded events (contiguous positions, hashes kept as given) as one chunk.
 /// Panics if `events` is empty or positions are not contiguous.
-pub fn encode_commit(events: &[RecordedEvent]) -> Vec<u8> {
-    let first = events.first().expect("a commit holds at least one event").position;
-    let mut writer = CommitWriter::new(first);
+pub fn encode_chunk(events: &[RecordedEvent]) -> Vec<u8> {
+    let first = events.first().expect("a chunk holds at least one event").position;
+    let mut writer = ChunkWriter::new(first);
     for (i, ev) in events.iter().enumerate() {
         assert_eq!(ev.position, first + i as u64, "positions contiguous");
         writer.push_recorded(ev);
@@ -342,12 +365,12 @@ pub fn encode_commit(events: &[RecordedEvent]) -> Vec<u8> {
     writer.finish()
 }
 
-/// Decodes the whole commit stored under key `key_position`.
-pub fn decode_commit(
+/// Decodes the whole chunk stored under key `key_position`.
+pub fn decode_chunk(
     key_position: Position,
     bytes: &[u8],
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let view = CommitView::parse(key_position, bytes)?;
+    let view = ChunkView::parse(key_position, bytes)?;
     let mut records = view.records();
     // The count is untrusted: never reserve more than the bytes could hold.
     let mut out = Vec::with_capacity((view.count as usize).min(bytes.len() / MIN_RECORD_LEN));
@@ -357,31 +380,31 @@ pub fn decode_commit(
     Ok(out)
 }
 
-/// A parsed commit header over the stored bytes.
+/// A parsed chunk header over the stored bytes.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct CommitView<'a> {
+pub(crate) struct ChunkView<'a> {
     pub first: Position,
     pub count: u32,
     body: &'a [u8],
 }
 
-impl<'a> CommitView<'a> {
+impl<'a> ChunkView<'a> {
     pub(crate) fn parse(key_position: Position, bytes: &'a [u8]) -> Result<Self, StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt { position: key_position, detail };
         let mut r = Reader::new(bytes);
         let format = r.u8().map_err(corrupt)?;
-        if format != COMMIT_FORMAT_V1 {
-            return Err(corrupt(format!("unsupported commit format {format}")));
+        if format != CHUNK_FORMAT_V1 {
+            return Err(corrupt(format!("unsupported chunk format {format}")));
         }
         let first = r.u64().map_err(corrupt)?;
         let count = r.u32().map_err(corrupt)?;
         if first != key_position || count == 0 {
-            return Err(corrupt(format!("commit header first={first} count={count}")));
+            return Err(corrupt(format!("chunk header first={first} count={count}")));
         }
-        Ok(CommitView { first, count, body: &bytes[COMMIT_HEADER_LEN..] })
+        Ok(ChunkView { first, count, body: &bytes[CHUNK_HEADER_LEN..] })
     }
 
-    /// Position one past the last event of the commit.
+    /// Position one past the last event of the chunk.
     pub(crate) fn end(&self) -> Position {
         self.first + u64::from(self.count)
     }
@@ -411,7 +434,7 @@ impl<'a> RawRecord<'a> {
     }
 }
 
-/// Iterator over the records of a commit; skipping a record costs one length read.
+/// Iterator over the records of a chunk; skipping a record costs one length read.
 pub(crate) struct Records<'a> {
     reader: Reader<'a>,
     next: Position,
@@ -432,7 +455,7 @@ impl<'a> Records<'a> {
         Ok(Some(RawRecord { position, canonical, hash }))
     }
 
-    /// Skips records until the next one is at `position` (which must lie in the commit).
+    /// Skips records until the next one is at `position` (which must lie in the chunk).
     pub(crate) fn skip_to(&mut self, position: Position) -> Result<(), StoreError> {
         while self.next < position {
             if self.next_raw()?.is_none() {
@@ -469,45 +492,45 @@ mod tests {
         ev
     }
 
-    fn commit() -> (Vec<RecordedEvent>, Vec<u8>) {
+    fn chunk() -> (Vec<RecordedEvent>, Vec<u8>) {
         let a = sample(40, GENESIS_HASH);
         let b = sample(41, a.hash);
-        let bytes = encode_commit(&[a.clone(), b.clone()]);
+        let bytes = encode_chunk(&[a.clone(), b.clone()]);
         (vec![a, b], bytes)
     }
 
     #[test]
-    fn commit_round_trip() {
-        let (events, bytes) = commit();
-        assert_eq!(decode_commit(40, &bytes).unwrap(), events);
+    fn chunk_round_trip() {
+        let (events, bytes) = chunk();
+        assert_eq!(decode_chunk(40, &bytes).unwrap(), events);
     }
 
     #[test]
     fn wrong_key_is_corrupt() {
-        let (_, bytes) = commit();
-        assert!(matches!(decode_commit(41, &bytes), Err(StoreError::Corrupt { position: 41, .. })));
+        let (_, bytes) = chunk();
+        assert!(matches!(decode_chunk(41, &bytes), Err(StoreError::Corrupt { position: 41, .. })));
     }
 
     #[test]
     fn truncation_is_corrupt_never_panics() {
-        let (_, bytes) = commit();
+        let (_, bytes) = chunk();
         for len in 0..bytes.len() {
-            let r = decode_commit(40, &bytes[..len]);
+            let r = decode_chunk(40, &bytes[..len]);
             assert!(matches!(r, Err(StoreError::Corrupt { .. })), "truncated at {len}: {r:?}");
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(matches!(decode_commit(40, &longer), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(decode_chunk(40, &longer), Err(StoreError::Corrupt { .. })));
     }
 
     #[test]
     fn any_flipped_byte_is_corrupt_or_changes_the_event() {
-        let (events, bytes) = commit();
+        let (events, bytes) = chunk();
         for at in 0..bytes.len() {
             for mask in [0x01u8, 0x80, 0xff] {
                 let mut bad = bytes.clone();
                 bad[at] ^= mask;
-                match decode_commit(40, &bad) {
+                match decode_chunk(40, &bad) {
                     Err(StoreError::Corrupt { .. }) => {}
                     Err(e) => panic!("byte {at}: unexpected error {e}"),
                     Ok(decoded) => assert_ne!(decoded, events, "byte {at} flip went unnoticed"),
@@ -518,11 +541,11 @@ mod tests {
 
     #[test]
     fn unknown_formats_are_corrupt() {
-        let (events, mut bytes) = commit();
+        let (events, mut bytes) = chunk();
         let mut canonical = canonical_bytes(&events[0]);
         canonical[0] = 2;
         assert!(decode_canonical(&canonical).unwrap_err().contains("unsupported canonical format"));
         bytes[0] = 9;
-        assert!(matches!(decode_commit(40, &bytes), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(decode_chunk(40, &bytes), Err(StoreError::Corrupt { .. })));
     }
 }

@@ -3,14 +3,14 @@
 //! * streams: stream → runs of `(first version, first position, length)`; one run covers the
 //!   events a write appended to one stream (their versions and positions are both contiguous),
 //!   and adjacent runs merge, so memory grows with writes, not with events;
-//! * commits: first position of every commit, sorted (to find the commit holding a position);
+//! * chunks: first position of every stored chunk, ascending (to find the chunk of a position);
 //! * idempotency: key → digest and the positions the original request got;
 //! * head, last hash, last `recorded_at`.
 
 use std::collections::HashMap;
 use std::ops::Range;
 
-use crate::envelope::{CommitView, EnvelopeRef, GENESIS_HASH};
+use crate::envelope::{ChunkView, EnvelopeRef, GENESIS_HASH};
 use crate::{Committed, Position, RecordedEvent, StoreError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +44,8 @@ impl IdemEntry {
 #[derive(Debug)]
 pub(crate) struct Delta {
     pub first_position: Position,
+    /// First position of every stored chunk of the commit, ascending.
+    pub chunks: Vec<Position>,
     pub end_position: Position,
     /// (stream, first version, first position, number of events)
     pub runs: Vec<(String, u64, Position, u64)>,
@@ -52,10 +54,10 @@ pub(crate) struct Delta {
     pub last_recorded_at: i64,
 }
 
-/// A contiguous piece of one commit to read: positions `[first, first + len)`.
+/// A contiguous piece of one chunk to read: positions `[first, first + len)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Slice {
-    pub commit: Position,
+    pub chunk: Position,
     pub first: Position,
     pub len: u64,
 }
@@ -67,7 +69,7 @@ pub(crate) struct Index {
     last_recorded_at: i64,
     streams: HashMap<String, Vec<Run>>,
     idempotency: HashMap<String, IdemEntry>,
-    commits: Vec<Position>,
+    chunks: Vec<Position>,
 }
 
 impl Default for Index {
@@ -78,7 +80,7 @@ impl Default for Index {
             last_recorded_at: i64::MIN,
             streams: HashMap::new(),
             idempotency: HashMap::new(),
-            commits: Vec::new(),
+            chunks: Vec::new(),
         }
     }
 }
@@ -96,8 +98,8 @@ impl Index {
         self.last_recorded_at
     }
 
-    pub(crate) fn commit_count(&self) -> usize {
-        self.commits.len()
+    pub(crate) fn chunk_count(&self) -> usize {
+        self.chunks.len()
     }
 
     pub(crate) fn stream_count(&self) -> usize {
@@ -117,7 +119,10 @@ impl Index {
         assert_eq!(delta.first_position, self.head, "commit must start at head");
         assert!(delta.end_position > delta.first_position, "a commit holds events");
         assert!(delta.last_recorded_at >= self.last_recorded_at, "recorded_at non-decreasing");
-        self.commits.push(delta.first_position);
+        assert_eq!(delta.chunks.first(), Some(&delta.first_position), "first chunk at head");
+        assert!(delta.chunks.windows(2).all(|w| w[0] < w[1]), "chunks ascending");
+        assert!(delta.chunks.last() < Some(&delta.end_position), "chunks hold events");
+        self.chunks.extend(delta.chunks);
         for (stream, version, position, len) in delta.runs {
             debug_assert!(position >= self.head && position + len <= delta.end_position);
             self.push_run(stream, Run { version, position, len });
@@ -138,14 +143,14 @@ impl Index {
         }
     }
 
-    /// Rebuild: registers a commit about to be observed event by event.
-    pub(crate) fn begin_commit(&mut self, view: &CommitView<'_>) -> Result<(), StoreError> {
+    /// Rebuild: registers a chunk about to be observed event by event.
+    pub(crate) fn begin_chunk(&mut self, view: &ChunkView<'_>) -> Result<(), StoreError> {
         if view.first != self.head {
             let detail =
-                format!("commit starts at {} but the log ends at {}", view.first, self.head);
+                format!("chunk starts at {} but the log ends at {}", view.first, self.head);
             return Err(StoreError::Corrupt { position: view.first, detail });
         }
-        self.commits.push(view.first);
+        self.chunks.push(view.first);
         Ok(())
     }
 
@@ -227,16 +232,16 @@ impl Index {
         from..end.max(from)
     }
 
-    /// Splits position ranges (each within `[0, head)`) into per-commit slices.
+    /// Splits position ranges (each within `[0, head)`) into per-chunk slices.
     pub(crate) fn slices(&self, ranges: &[Range<Position>]) -> Vec<Slice> {
         let mut out = Vec::new();
         for range in ranges {
             let mut at = range.start;
             while at < range.end {
-                let idx = self.commits.partition_point(|&s| s <= at) - 1;
-                let commit_end = self.commits.get(idx + 1).copied().unwrap_or(self.head);
-                let end = commit_end.min(range.end);
-                out.push(Slice { commit: self.commits[idx], first: at, len: end - at });
+                let idx = self.chunks.partition_point(|&s| s <= at) - 1;
+                let chunk_end = self.chunks.get(idx + 1).copied().unwrap_or(self.head);
+                let end = chunk_end.min(range.end);
+                out.push(Slice { chunk: self.chunks[idx], first: at, len: end - at });
                 at = end;
             }
         }
@@ -258,15 +263,15 @@ fn extend_runs(runs: &mut Vec<Run>, run: Run) -> Result<(), String> {
     Ok(())
 }
 
-/// Where committed bytes are read from.
-pub(crate) trait CommitLog {
+/// Where stored chunks are read from.
+pub(crate) trait ChunkLog {
     type Bytes: AsRef<[u8]>;
-    /// The value of the commit whose first position is `first`.
-    fn commit(&self, first: Position) -> Result<Self::Bytes, StoreError>;
+    /// The value of the chunk whose first position is `first`.
+    fn chunk(&self, first: Position) -> Result<Self::Bytes, StoreError>;
 }
 
-/// Reads slices (in order), fetching each commit once even if several slices share it.
-pub(crate) fn read_slices<L: CommitLog>(
+/// Reads slices (in order), fetching each chunk once even if several slices share it.
+pub(crate) fn read_slices<L: ChunkLog>(
     log: &L,
     slices: &[Slice],
 ) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -274,8 +279,8 @@ pub(crate) fn read_slices<L: CommitLog>(
     let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0).min(1 << 20));
     let mut cached: Option<(Position, L::Bytes)> = None;
     for slice in slices {
-        if cached.as_ref().is_none_or(|(first, _)| *first != slice.commit) {
-            cached = Some((slice.commit, log.commit(slice.commit)?));
+        if cached.as_ref().is_none_or(|(first, _)| *first != slice.chunk) {
+            cached = Some((slice.chunk, log.chunk(slice.chunk)?));
         }
         let bytes = cached.as_ref().map(|(_, b)| b.as_ref()).unwrap_or_default();
         read_slice(bytes, slice, &mut out)?;
@@ -284,13 +289,13 @@ pub(crate) fn read_slices<L: CommitLog>(
 }
 
 fn read_slice(bytes: &[u8], slice: &Slice, out: &mut Vec<RecordedEvent>) -> Result<(), StoreError> {
-    let view = CommitView::parse(slice.commit, bytes)?;
+    let view = ChunkView::parse(slice.chunk, bytes)?;
     let mut records = view.records();
     records.skip_to(slice.first)?;
     for _ in 0..slice.len {
         let Some(raw) = records.next_raw()? else {
-            let detail = format!("commit ends at {} before the index says", view.end());
-            return Err(StoreError::Corrupt { position: slice.commit, detail });
+            let detail = format!("chunk ends at {} before the index says", view.end());
+            return Err(StoreError::Corrupt { position: slice.chunk, detail });
         };
         out.push(raw.decode()?.to_owned(raw.hash));
     }
@@ -314,6 +319,7 @@ mod tests {
         let (last_hash, last_recorded_at) = ([1; 32], 0);
         Delta {
             first_position: first,
+            chunks: vec![first],
             end_position,
             runs,
             idempotency: vec![],
@@ -323,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn runs_merge_and_split_into_commit_slices() {
+    fn runs_merge_and_split_into_chunk_slices() {
         let mut index = Index::default();
         index.apply(delta(0, &[("a", 0, 3), ("b", 0, 2)]));
         index.apply(delta(5, &[("b", 2, 1), ("a", 3, 2)]));
@@ -334,12 +340,12 @@ mod tests {
         assert_eq!(index.stream_ranges("a", 4, 10), vec![7..9]);
         assert!(index.stream_ranges("a", 6, 10).is_empty());
         let slices = index.slices(std::slice::from_ref(&(3..9)));
-        let expected =
-            [Slice { commit: 0, first: 3, len: 2 }, Slice { commit: 5, first: 5, len: 3 }];
-        assert_eq!(
-            slices,
-            [expected.as_slice(), &[Slice { commit: 8, first: 8, len: 1 }]].concat()
-        );
+        let expected = [
+            Slice { chunk: 0, first: 3, len: 2 },
+            Slice { chunk: 5, first: 5, len: 3 },
+            Slice { chunk: 8, first: 8, len: 1 },
+        ];
+        assert_eq!(slices, expected);
         assert_eq!(index.all_range(7, usize::MAX), 7..9);
         assert_eq!(index.all_range(20, 5), 20..20);
     }

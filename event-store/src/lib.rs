@@ -10,22 +10,31 @@
 //!
 //! # Storage layout (sled backend)
 //!
-//! * Tree `log`: **one key per group commit**. Key = the commit's first [`Position`] as a `u64`
-//!   big-endian (so key order = log order); value = the commit encoding of
-//!   [`envelope::encode_commit`]: a format byte, the first position, the event count, then per
-//!   event its [`canonical_bytes`] (length-prefixed) followed by its 32-byte hash. A commit holds
-//!   the events of every append request that shared one `fsync`.
+//! * Tree `log`: the events, a few hundred per key. A group commit (every request that shares
+//!   one `fsync`) is encoded as one or more **chunks** of at most 96 KiB (~250 usage events);
+//!   key = the chunk's first [`Position`] as a `u64` big-endian (key order = log order), value =
+//!   the chunk encoding of [`envelope::encode_chunk`]: a format byte, the first position, the
+//!   event count, then per event its [`canonical_bytes`] (length-prefixed) and its 32-byte hash.
+//!   All chunks of a group commit are written in one atomic `sled::Batch`, then one `Db::flush`.
 //! * Default tree, key `event-store-format`: the store format version (`[1]`).
-//! * Nothing else. There are no per-event and no per-stream sled keys: sled sustains ~65k keys/s
-//!   but ~1.1M events/s when the same bytes are written as ~1,000 events per key (SPEC §7).
+//! * Nothing else: no per-event and no per-stream sled keys. sled sustains ~65k keys/s but
+//!   ~1.1M events/s when the same bytes are written as hundreds of events per key (SPEC §7).
+//!
+//! Why chunks rather than one value per commit: sled 0.34 writes any item larger than a quarter
+//! of its segment size to a separate blob file that it **never fsyncs**, and it periodically
+//! rewrites whole leaf nodes (up to 17 values). The store uses 8 MiB segments (a sled storage
+//! parameter, fixed for the life of a database) and ≤ 96 KiB values, so every write, including
+//! leaf rewrites, stays inside sled's log, which `Db::flush` syncs. A test checks that no blob
+//! file ever appears.
 //!
 //! The stream index (stream → runs of `(version, position)`), stream heads, the head position,
-//! the last hash, the last `recorded_at`, the commit start positions and the idempotency map live
+//! the last hash, the last `recorded_at`, the chunk start positions and the idempotency map live
 //! **in memory only** and are rebuilt by scanning the whole log at open (the time it took is
-//! logged through `tracing`). The scan checks positions are contiguous, each `prev_hash` links to
-//! the previous event's stored hash, stream versions are contiguous and `recorded_at` never
-//! decreases; it does not recompute hashes (that is [`verify_chain`]'s job, used by the audit).
-//! Memory cost is one run (24 bytes) per stream per commit plus one entry per idempotency key.
+//! logged through `tracing`; ≈ 0.5 s per million events while the log fits sled's cache). The
+//! scan checks positions are contiguous, each `prev_hash` links to the previous event's stored
+//! hash, stream versions are contiguous and `recorded_at` never decreases; it does not recompute
+//! hashes (that is [`verify_chain`]'s job, used by the audit). Memory: one run (24 bytes) per
+//! stream per write, 8 bytes per chunk, one entry per idempotency key (kept forever).
 //!
 //! # Write path (group commit, SPEC §3)
 //!
@@ -33,20 +42,23 @@
 //! what is waiting (up to `commit_events_max` events), checks idempotency and expected versions
 //! request by request (a later request sees the effects of earlier ones in the same group; a
 //! rejected request has no effect), assigns positions, stamps `recorded_at = max(clock(), last)`,
-//! encodes and chains the events, inserts **one** sled key, calls `Db::flush` once, and only then
-//! updates the in-memory index, publishes the new head and replies. So the index never claims
-//! anything that is not on disk, and an acknowledged append is durable. If the insert or flush
-//! fails, the whole group gets `Unavailable` and the store refuses further appends.
+//! encodes and chains the events, writes the chunks in one batch, calls `Db::flush` once, and
+//! only then updates the in-memory index, publishes the new head and replies. So the index never
+//! claims anything that is not on disk, and an acknowledged append is durable. If the write or
+//! the flush fails, the whole group gets `Unavailable` and the store refuses further appends
+//! (reopen to recover). While a flush runs, new requests queue and form the next group.
 //!
-//! Durability is sled's `Db::flush`. Caveat found while reading sled 0.34: values (or page
-//! rewrites) larger than a quarter of sled's segment size go to separate blob files that sled
-//! writes but does not fsync; a process crash is safe, an OS crash relies on sled's recovery.
+//! Reads take positions from the in-memory index (never beyond the published head) and fetch
+//! only the chunks holding them; reads of up to 4,096 events run inline, larger ones on tokio's
+//! blocking pool.
 //!
 //! # Formats
 //!
-//! [`canonical_bytes`] (format byte `1`) and the commit encoding (format byte `1`) are persisted
-//! boundaries; golden tests pin them. A new layout gets a new format byte and the decoder keeps
-//! reading (upcasting) every older one.
+//! [`canonical_bytes`] (format byte `1`) and the chunk encoding (format byte `1`) are persisted
+//! boundaries; golden tests (`tests/golden.rs`) pin them. A new layout gets a new format byte
+//! and the decoder keeps reading (upcasting) every older one; since hashes cover the canonical
+//! bytes of the format an event was written in, a future format must keep those bytes
+//! reproducible for [`verify_chain`].
 
 use std::sync::Arc;
 
@@ -196,6 +208,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// with `duplicate = true` and writes nothing; with another digest →
     /// [`StoreError::IdempotencyConflict`].
     async fn append(&self, req: AppendRequest) -> Result<Committed, StoreError>;
+    /// Submits an append and returns as soon as it is queued; the ticket resolves like
+    /// [`EventStore::append`] once the commit is durable (or rejected). Requests enqueued one
+    /// after another (each `enqueue` awaited before the next starts) are committed in that
+    /// order, so a caller can pipeline appends and still share fsyncs; a rejected request takes
+    /// no positions. The default implementation performs the whole append before returning.
+    async fn enqueue(&self, req: AppendRequest) -> AppendTicket {
+        AppendTicket::ready(self.append(req).await)
+    }
     /// Events of `stream` with version ≥ `from_version`, at most `max_count`, in version order.
     /// An unknown stream yields an empty vector.
     async fn read_stream(
@@ -218,6 +238,54 @@ pub trait EventStore: Send + Sync + 'static {
     fn stream_version(&self, stream: &str) -> Option<u64>;
     /// Stop accepting appends, finish and flush in-flight ones. Idempotent.
     async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// The pending outcome of an [`EventStore::enqueue`]d append.
+#[must_use = "the append's outcome is only known by awaiting the ticket"]
+pub struct AppendTicket(Ticket);
+
+enum Ticket {
+    Ready(Option<Result<Committed, StoreError>>),
+    Waiting(tokio::sync::oneshot::Receiver<Result<Committed, StoreError>>),
+}
+
+impl AppendTicket {
+    /// A ticket whose outcome is already known.
+    pub fn ready(outcome: Result<Committed, StoreError>) -> Self {
+        AppendTicket(Ticket::Ready(Some(outcome)))
+    }
+
+    /// A ticket resolved by whoever holds the sender (the backend's writer).
+    pub fn waiting(
+        receiver: tokio::sync::oneshot::Receiver<Result<Committed, StoreError>>,
+    ) -> Self {
+        AppendTicket(Ticket::Waiting(receiver))
+    }
+}
+
+impl std::fmt::Debug for AppendTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppendTicket")
+    }
+}
+
+impl std::future::Future for AppendTicket {
+    type Output = Result<Committed, StoreError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let stopped = || StoreError::Unavailable("event store writer stopped".into());
+        match &mut self.0 {
+            Ticket::Ready(outcome) => std::task::Poll::Ready(outcome.take().unwrap_or_else(|| {
+                Err(StoreError::Unavailable("append ticket polled after completion".into()))
+            })),
+            Ticket::Waiting(receiver) => {
+                std::pin::Pin::new(receiver).poll(cx).map(|r| r.unwrap_or_else(|_| Err(stopped())))
+            }
+        }
+    }
 }
 
 /// Size of a validated request.
@@ -281,6 +349,10 @@ fn invalid(msg: String) -> StoreError {
 impl<T: EventStore + ?Sized> EventStore for Arc<T> {
     async fn append(&self, req: AppendRequest) -> Result<Committed, StoreError> {
         (**self).append(req).await
+    }
+
+    async fn enqueue(&self, req: AppendRequest) -> AppendTicket {
+        (**self).enqueue(req).await
     }
 
     async fn read_stream(

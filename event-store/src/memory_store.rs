@@ -1,5 +1,5 @@
 //! In-memory backend for unit tests: the same planner, encoding, index and read path as the sled
-//! backend, with commits kept in a map instead of on disk (no fsync, nothing survives a drop).
+//! backend, with chunks kept in a map instead of on disk (no fsync, nothing survives a drop).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::group::Planner;
-use crate::index::{read_slices, CommitLog, Index};
+use crate::index::{read_slices, ChunkLog, Index};
 use crate::{
     system_clock, validate, AppendRequest, Clock, Committed, EventStore, Position, RecordedEvent,
     StoreError, DEFAULT_COMMIT_EVENTS_MAX,
@@ -19,17 +19,17 @@ use crate::{
 #[derive(Default)]
 struct State {
     index: Index,
-    commits: Commits,
+    chunks: Chunks,
 }
 
 #[derive(Default)]
-struct Commits(BTreeMap<Position, Arc<[u8]>>);
+struct Chunks(BTreeMap<Position, Arc<[u8]>>);
 
-impl CommitLog for Commits {
+impl ChunkLog for Chunks {
     type Bytes = Arc<[u8]>;
 
-    fn commit(&self, first: Position) -> Result<Arc<[u8]>, StoreError> {
-        let missing = || StoreError::Corrupt { position: first, detail: "commit missing".into() };
+    fn chunk(&self, first: Position) -> Result<Arc<[u8]>, StoreError> {
+        let missing = || StoreError::Corrupt { position: first, detail: "chunk missing".into() };
         self.0.get(&first).cloned().ok_or_else(missing)
     }
 }
@@ -82,7 +82,7 @@ impl MemoryStore {
         let result = planner.add(req);
         if let Some(commit) = planner.finish() {
             let head = commit.delta.end_position;
-            state.commits.0.insert(commit.delta.first_position, commit.bytes.into());
+            state.chunks.0.extend(commit.chunks.into_iter().map(|(first, b)| (first, b.into())));
             state.index.apply(commit.delta);
             self.head_tx.send_replace(head);
         }
@@ -105,7 +105,7 @@ impl EventStore for MemoryStore {
         let state = self.state.read();
         let slices =
             state.index.slices(&state.index.stream_ranges(stream, from_version, max_count));
-        read_slices(&state.commits, &slices)
+        read_slices(&state.chunks, &slices)
     }
 
     async fn read_all(
@@ -115,7 +115,7 @@ impl EventStore for MemoryStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let state = self.state.read();
         let slices = state.index.slices(&[state.index.all_range(from, max_count)]);
-        read_slices(&state.commits, &slices)
+        read_slices(&state.chunks, &slices)
     }
 
     fn head(&self) -> Position {

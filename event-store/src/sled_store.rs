@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::envelope::CommitView;
+use crate::envelope::ChunkView;
 use crate::group::{Commit, Planner};
-use crate::index::{read_slices, CommitLog, Index, Slice};
+use crate::index::{read_slices, ChunkLog, Index, Slice};
 use crate::{
-    system_clock, validate, AppendRequest, Clock, Committed, EventStore, Position, RecordedEvent,
-    RequestSize, StoreError, DEFAULT_COMMIT_EVENTS_MAX,
+    system_clock, validate, AppendRequest, AppendTicket, Clock, Committed, EventStore, Position,
+    RecordedEvent, RequestSize, StoreError, DEFAULT_COMMIT_EVENTS_MAX,
 };
 
 const LOG_TREE: &str = "log";
@@ -22,6 +22,10 @@ const FORMAT_KEY: &str = "event-store-format";
 const STORE_FORMAT: u8 = 1;
 /// A group stops taking requests once it holds this many request bytes.
 const GROUP_BYTES_TARGET: usize = 8 << 20;
+/// sled segment size. Persisted by sled in the database: never change it for existing stores.
+/// sled writes items larger than a quarter of it to blob files it never fsyncs; 8 MiB (the
+/// maximum is 16 MiB) puts that threshold at 2 MiB, far above a chunk's leaf (see `group.rs`).
+const SLED_SEGMENT_BYTES: usize = 8 << 20;
 /// Reads of more events than this run on the blocking pool.
 const INLINE_READ_EVENTS: u64 = 4_096;
 
@@ -82,7 +86,8 @@ struct Shared {
     fail_next_flush: std::sync::atomic::AtomicBool,
 }
 
-/// Durable [`EventStore`] on sled: one key per group commit, one `Db::flush` per group.
+/// Durable [`EventStore`] on sled: one atomic batch of chunk keys and one `Db::flush` per group
+/// commit.
 pub struct SledStore {
     shared: Arc<Shared>,
     sender: Mutex<Option<mpsc::Sender<Job>>>,
@@ -100,7 +105,11 @@ impl SledStore {
         if config.commit_events_max == 0 || config.queue_requests_max == 0 {
             return Err(StoreError::Invalid("commit_events_max and queue_requests_max ≥ 1".into()));
         }
-        let db = sled::Config::new().path(&config.path).flush_every_ms(None).open();
+        let db = sled::Config::new()
+            .path(&config.path)
+            .segment_size(SLED_SEGMENT_BYTES)
+            .flush_every_ms(None) // durability comes from the flush of every group commit
+            .open();
         let db = db.map_err(io_error)?;
         let log = db.open_tree(LOG_TREE).map_err(io_error)?;
         check_format(&db, &log)?;
@@ -189,8 +198,8 @@ fn rebuild(log: &sled::Tree) -> Result<Index, StoreError> {
     for item in log.iter() {
         let (key, value) = item.map_err(io_error)?;
         let position = key_position(&key)?;
-        let view = CommitView::parse(position, &value)?;
-        index.begin_commit(&view)?;
+        let view = ChunkView::parse(position, &value)?;
+        index.begin_chunk(&view)?;
         let mut records = view.records();
         while let Some(raw) = records.next_raw()? {
             index.observe(&raw.decode()?, raw.hash)?;
@@ -198,7 +207,7 @@ fn rebuild(log: &sled::Tree) -> Result<Index, StoreError> {
     }
     tracing::info!(
         events = index.head(),
-        commits = index.commit_count(),
+        chunks = index.chunk_count(),
         streams = index.stream_count(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "event store index rebuilt from the log"
@@ -216,11 +225,11 @@ fn key_position(key: &[u8]) -> Result<Position, StoreError> {
 
 struct SledLog<'a>(&'a sled::Tree);
 
-impl CommitLog for SledLog<'_> {
+impl ChunkLog for SledLog<'_> {
     type Bytes = sled::IVec;
 
-    fn commit(&self, first: Position) -> Result<sled::IVec, StoreError> {
-        let missing = || StoreError::Corrupt { position: first, detail: "commit missing".into() };
+    fn chunk(&self, first: Position) -> Result<sled::IVec, StoreError> {
+        let missing = || StoreError::Corrupt { position: first, detail: "chunk missing".into() };
         self.0.get(first.to_be_bytes()).map_err(io_error)?.ok_or_else(missing)
     }
 }
@@ -306,26 +315,39 @@ impl Shared {
         (outcomes, planner.finish())
     }
 
-    /// Inserts the commit under a fresh key (never overwriting) and fsyncs.
+    /// Writes the commit's chunks under fresh keys in one atomic sled batch, then fsyncs.
     fn persist(&self, commit: &Commit) -> Result<(), String> {
-        let key = commit.delta.first_position.to_be_bytes();
-        let value: &[u8] = &commit.bytes;
-        match self.log.compare_and_swap(key, None::<&[u8]>, Some(value)) {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Err(format!("log key {} already exists", commit.delta.first_position))
+        let first = commit.delta.first_position;
+        match self.log.range(first.to_be_bytes()..).next() {
+            None => {}
+            Some(Ok((key, _))) => {
+                return Err(format!("log key {key:?} exists at or after {first}"))
             }
-            Err(e) => return Err(e.to_string()),
+            Some(Err(e)) => return Err(e.to_string()),
         }
+        let mut batch = sled::Batch::default();
+        for (position, bytes) in &commit.chunks {
+            batch.insert(&position.to_be_bytes()[..], bytes.as_slice());
+        }
+        self.log.apply_batch(batch).map_err(|e| e.to_string())?;
         #[cfg(test)]
         if self.fail_next_flush.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            let _ = self.log.remove(key);
+            self.unwind(commit);
             return Err("injected flush failure".into());
         }
         self.db.flush().map(drop).map_err(|e| {
-            let _ = self.log.remove(key); // best effort: never acknowledged
+            self.unwind(commit);
             e.to_string()
         })
+    }
+
+    /// Best effort removal of a commit that was never acknowledged.
+    fn unwind(&self, commit: &Commit) {
+        let mut batch = sled::Batch::default();
+        for (position, _) in &commit.chunks {
+            batch.remove(&position.to_be_bytes()[..]);
+        }
+        let _ = self.log.apply_batch(batch);
     }
 }
 
@@ -338,17 +360,28 @@ fn reply_all(jobs: Vec<Job>, reason: &str) {
 #[async_trait]
 impl EventStore for SledStore {
     async fn append(&self, req: AppendRequest) -> Result<Committed, StoreError> {
-        let size = validate(&req, self.commit_events_max)?;
+        self.enqueue(req).await.await
+    }
+
+    /// Validates, then waits for room in the bounded queue; the queue is FIFO, so the commit
+    /// order is the enqueue order.
+    async fn enqueue(&self, req: AppendRequest) -> AppendTicket {
+        let size = match validate(&req, self.commit_events_max) {
+            Ok(size) => size,
+            Err(e) => return AppendTicket::ready(Err(e)),
+        };
         if let Some(reason) = self.unavailable_reason() {
-            return Err(StoreError::Unavailable(reason));
+            return AppendTicket::ready(Err(StoreError::Unavailable(reason)));
         }
         let closed = || StoreError::Unavailable("store is closed or its writer stopped".into());
-        let sender = self.sender.lock().clone().ok_or_else(closed)?;
+        let Some(sender) = self.sender.lock().clone() else {
+            return AppendTicket::ready(Err(closed()));
+        };
         let (reply, response) = oneshot::channel();
-        sender.send(Job { req, size, reply }).await.map_err(|_| closed())?;
-        drop(sender);
-        let stopped = |_| StoreError::Unavailable("event store writer stopped".into());
-        response.await.map_err(stopped)?
+        match sender.send(Job { req, size, reply }).await {
+            Ok(()) => AppendTicket::waiting(response),
+            Err(_) => AppendTicket::ready(Err(closed())),
+        }
     }
 
     async fn read_stream(
@@ -415,12 +448,13 @@ mod tests {
         AppendRequest { writes: vec![write], idempotency: None }
     }
 
-    fn commit_sizes(store: &SledStore) -> Vec<u32> {
-        let commits = store.shared.log.iter().map(Result::unwrap);
+    /// (events, bytes) of every stored chunk.
+    fn chunk_sizes(store: &SledStore) -> Vec<(u32, usize)> {
+        let chunks = store.shared.log.iter().map(Result::unwrap);
         let parse = |(k, v): (sled::IVec, sled::IVec)| {
-            CommitView::parse(key_position(&k).unwrap(), &v).unwrap().count
+            (ChunkView::parse(key_position(&k).unwrap(), &v).unwrap().count, v.len())
         };
-        commits.map(parse).collect()
+        chunks.map(parse).collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,10 +473,40 @@ mod tests {
         for task in tasks {
             task.await.unwrap().unwrap();
         }
-        let sizes = commit_sizes(&store);
+        let sizes: Vec<u32> = chunk_sizes(&store).into_iter().map(|(n, _)| n).collect();
         assert_eq!(sizes.iter().map(|&n| u64::from(n)).sum::<u64>(), 64 * 30);
         assert!(sizes.len() < 64, "requests were grouped: {sizes:?}");
         assert!(sizes.iter().all(|&n| n <= 100), "commit_events_max respected: {sizes:?}");
+    }
+
+    /// Every acknowledged byte must live in sled's log (synced by flush), never in a blob file
+    /// (which sled does not fsync), even after many leaf consolidations and splits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_commits_are_chunked_and_never_become_sled_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(SledConfig::new(dir.path())).unwrap());
+        let tasks: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        let mut r = req(&format!("big-{t}"), 1_000);
+                        r.writes[0].events.iter_mut().for_each(|e| e.payload = vec![7; 200]);
+                        store.append(r).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let sizes = chunk_sizes(&store);
+        assert!(sizes.len() > 100, "{} chunks", sizes.len());
+        assert!(sizes.iter().all(|&(_, bytes)| bytes <= crate::group::CHUNK_BYTES_MAX));
+        let blobs = std::fs::read_dir(dir.path().join("blobs")).map_or(0, |d| d.count());
+        assert_eq!(blobs, 0, "sled wrote blob files");
+        let log = store.read_all(0, usize::MAX).await.unwrap();
+        assert_eq!(crate::verify_chain(log, crate::GENESIS_HASH).map(|_| ()), Ok(()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,7 +535,8 @@ mod tests {
         store.append(req("a", 2)).await.unwrap();
         drop(store);
         {
-            let db = sled::open(dir.path()).unwrap();
+            let config = sled::Config::new().path(dir.path()).segment_size(SLED_SEGMENT_BYTES);
+            let db = config.open().unwrap();
             let log = db.open_tree(LOG_TREE).unwrap();
             log.insert(2u64.to_be_bytes(), &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1, 0xff][..])
                 .unwrap();

@@ -1,8 +1,8 @@
-//! Golden tests: the persisted formats (canonical bytes format 1, commit encoding format 1) and
+//! Golden tests: the persisted formats (canonical bytes format 1, chunk encoding format 1) and
 //! the hash must never change silently. If one of these fails, you changed a persisted format:
 //! add a new format version and keep decoding the old one instead.
 
-use event_store::envelope::{decode_commit, encode_commit};
+use event_store::envelope::{decode_chunk, encode_chunk};
 use event_store::{canonical_bytes, compute_hash, verify_chain, RecordedEvent, GENESIS_HASH};
 use uuid::Uuid;
 
@@ -60,8 +60,8 @@ const GOLDEN_CANONICAL_HEX: &str = concat!(
 );
 /// SHA-256(prev_hash || canonical bytes), checked independently with Python's hashlib.
 const GOLDEN_HASH_HEX: &str = "0dfe2f38059cccca8cc72df4176d6343e2fdd0149181a2710dec70a915274859";
-/// Commit encoding (format 1) of `golden_event()` followed by `second_event()`.
-const GOLDEN_COMMIT_HEX: &str = concat!(
+/// Chunk encoding (format 1) of `golden_event()` followed by `second_event()`.
+const GOLDEN_CHUNK_HEX: &str = concat!(
     "0100000000000003e800000002000000c7010123456789abcdef00112233445566770000000f73756273637269707469",
     "6f6e2d3432000000000000000300000000000003e80000000d55736167655265636f72646564000200060dd710212000",
     "00060dd71038036001000000000000000000000000000000010001000000057265712d3701ababababababababababab",
@@ -81,12 +81,12 @@ fn canonical_bytes_v1_are_stable() {
 }
 
 #[test]
-fn commit_v1_is_stable_and_readable() {
+fn chunk_v1_is_stable_and_readable() {
     let first = golden_event();
     let events = vec![first.clone(), second_event(&first)];
-    assert_eq!(hex::encode(encode_commit(&events)), GOLDEN_COMMIT_HEX);
-    let stored = hex::decode(GOLDEN_COMMIT_HEX).unwrap();
-    assert_eq!(decode_commit(1_000, &stored).unwrap(), events);
+    assert_eq!(hex::encode(encode_chunk(&events)), GOLDEN_CHUNK_HEX);
+    let stored = hex::decode(GOLDEN_CHUNK_HEX).unwrap();
+    assert_eq!(decode_chunk(1_000, &stored).unwrap(), events);
     assert_eq!(verify_chain(events.clone(), [0x11; 32]), Ok(events[1].hash));
     assert_ne!(first.prev_hash, GENESIS_HASH);
 }

@@ -39,7 +39,12 @@ impl World {
             tax_rate,
         };
         w.run(Command::RegisterCustomer(customer), "2025-01-01T00:00:00Z").unwrap();
-        let metric = Metric { code: "calls".into(), name: "API calls".into(), aggregation: Aggregation::Sum, property: Some("n".into()) };
+        let metric = Metric {
+            code: "calls".into(),
+            name: "API calls".into(),
+            aggregation: Aggregation::Sum,
+            property: Some("n".into()),
+        };
         w.run(Command::DefineMetric(metric), "2025-01-01T00:00:00Z").unwrap();
         w
     }
@@ -50,7 +55,15 @@ impl World {
         Ok(events)
     }
 
-    fn plan(&mut self, code: &str, fee: Decimal, timing: FeeTiming, trial_days: u32, charges: Vec<Charge>, minimum: Option<Decimal>) {
+    fn plan(
+        &mut self,
+        code: &str,
+        fee: Decimal,
+        timing: FeeTiming,
+        trial_days: u32,
+        charges: Vec<Charge>,
+        minimum: Option<Decimal>,
+    ) {
         let plan = Plan {
             code: code.into(),
             version: 0,
@@ -66,7 +79,13 @@ impl World {
         self.run(Command::PublishPlan(plan), "2025-01-01T00:00:00Z").unwrap();
     }
 
-    fn start(&mut self, plan: &str, anchor: Anchor, start: jiff::civil::Date, now: &str) -> Vec<Event> {
+    fn start(
+        &mut self,
+        plan: &str,
+        anchor: Anchor,
+        start: jiff::civil::Date,
+        now: &str,
+    ) -> Vec<Event> {
         let cmd = Command::StartSubscription {
             subscription_id: "s1".into(),
             customer_id: "acme".into(),
@@ -78,7 +97,13 @@ impl World {
         self.run(cmd, now).unwrap()
     }
 
-    fn usage(&mut self, tx: &str, n: &str, occurred: &str, now: &str) -> Result<Vec<Event>, DomainError> {
+    fn usage(
+        &mut self,
+        tx: &str,
+        n: &str,
+        occurred: &str,
+        now: &str,
+    ) -> Result<Vec<Event>, DomainError> {
         let u = Usage {
             subscription_id: "s1".into(),
             transaction_id: tx.into(),
@@ -95,7 +120,10 @@ impl World {
 }
 
 fn invoices(events: &[Event]) -> Vec<Invoice> {
-    events.iter().filter_map(|e| if let Event::InvoiceIssued(i) = e { Some(i.clone()) } else { None }).collect()
+    events
+        .iter()
+        .filter_map(|e| if let Event::InvoiceIssued(i) = e { Some(i.clone()) } else { None })
+        .collect()
 }
 
 fn amounts(inv: &Invoice) -> Vec<(LineKind, Decimal)> {
@@ -108,7 +136,11 @@ fn graduated_spec_charge() -> Charge {
         Tier { up_to: Some(dec!(1000)), unit_price: dec!(0.50), flat_fee: dec!(0) },
         Tier { up_to: None, unit_price: dec!(0.10), flat_fee: dec!(0) },
     ];
-    Charge { metric_code: "calls".into(), model: ChargeModel::Graduated { tiers }, pay_in_advance: false }
+    Charge {
+        metric_code: "calls".into(),
+        model: ChargeModel::Graduated { tiers },
+        pay_in_advance: false,
+    }
 }
 
 #[test]
@@ -116,27 +148,51 @@ fn spec_upgrade_example_credits_and_charges_by_days() {
     let mut w = World::new(dec!(0));
     w.plan("basic", dec!(30.00), FeeTiming::Advance, 0, vec![], None);
     w.plan("pro", dec!(62.00), FeeTiming::Advance, 0, vec![], None);
-    let started = invoices(&w.start("basic", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z"));
+    let started =
+        invoices(&w.start("basic", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z"));
     assert_eq!(amounts(&started[0]), vec![(LineKind::BaseFee, dec!(30.00))]);
-    let cmd = Command::ChangePlan { subscription_id: "s1".into(), plan_code: "pro".into(), plan_version: None };
+    let cmd = Command::ChangePlan {
+        subscription_id: "s1".into(),
+        plan_code: "pro".into(),
+        plan_version: None,
+    };
     let upgrade = invoices(&w.run(cmd, "2025-01-16T09:00:00Z").unwrap());
-    assert_eq!(amounts(&upgrade[0]), vec![(LineKind::Credit, dec!(-15.48)), (LineKind::BaseFee, dec!(32.00))]);
+    assert_eq!(
+        amounts(&upgrade[0]),
+        vec![(LineKind::Credit, dec!(-15.48)), (LineKind::BaseFee, dec!(32.00))]
+    );
     assert_eq!(upgrade[0].total, dec!(16.52));
     let closed = w.bill("2025-02-01T00:00:00Z");
-    assert_eq!(amounts(&closed[0]), vec![(LineKind::BaseFee, dec!(62.00))], "February in advance on pro");
-    assert!(w.bill("2025-02-01T00:00:00Z").is_empty(), "a second run for the same as_of issues nothing");
+    assert_eq!(
+        amounts(&closed[0]),
+        vec![(LineKind::BaseFee, dec!(62.00))],
+        "February in advance on pro"
+    );
+    assert!(
+        w.bill("2025-02-01T00:00:00Z").is_empty(),
+        "a second run for the same as_of issues nothing"
+    );
 }
 
 #[test]
 fn arrears_fee_and_graduated_usage_with_tax() {
     let mut w = World::new(dec!(20));
     w.plan("metered", dec!(10.00), FeeTiming::Arrears, 0, vec![graduated_spec_charge()], None);
-    assert!(invoices(&w.start("metered", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z")).is_empty());
+    assert!(invoices(&w.start(
+        "metered",
+        Anchor::Anniversary,
+        date(2025, 1, 1),
+        "2025-01-01T10:00:00Z"
+    ))
+    .is_empty());
     w.usage("t1", "200", "2025-01-05T00:00:00Z", "2025-01-05T00:00:00Z").unwrap();
     w.usage("t2", "50", "2025-01-31T23:59:59Z", "2025-01-31T23:59:59Z").unwrap();
     assert!(w.bill("2025-01-31T23:59:59Z").is_empty(), "the period has not ended");
     let inv = &w.bill("2025-02-01T00:00:00Z")[0];
-    assert_eq!(amounts(inv), vec![(LineKind::BaseFee, dec!(10.00)), (LineKind::Usage, dec!(180.00))]);
+    assert_eq!(
+        amounts(inv),
+        vec![(LineKind::BaseFee, dec!(10.00)), (LineKind::Usage, dec!(180.00))]
+    );
     assert_eq!((inv.subtotal, inv.tax, inv.total), (dec!(190.00), dec!(38.00), dec!(228.00)));
 }
 
@@ -156,13 +212,21 @@ fn usage_duplicates_conflicts_and_closed_periods() {
     };
     let c = ctx("2025-01-06T00:00:00Z");
     assert!(matches!(w.ledger.decide_usage(&u, &c), Ok(UsageOutcome::Duplicate { .. })));
-    let changed = Usage { properties: BTreeMap::from([("n".to_string(), "6".to_string())]), ..u.clone() };
+    let changed =
+        Usage { properties: BTreeMap::from([("n".to_string(), "6".to_string())]), ..u.clone() };
     assert!(matches!(w.ledger.decide_usage(&changed, &c), Err(DomainError::Conflict(_))));
-    let bad = Usage { properties: BTreeMap::from([("n".to_string(), "five".to_string())]), transaction_id: "t9".into(), ..u.clone() };
+    let bad = Usage {
+        properties: BTreeMap::from([("n".to_string(), "five".to_string())]),
+        transaction_id: "t9".into(),
+        ..u.clone()
+    };
     assert!(matches!(w.ledger.decide_usage(&bad, &c), Err(DomainError::Invalid(_))));
     w.bill("2025-02-01T00:00:00Z");
     let late = w.usage("t2", "1", "2025-01-20T00:00:00Z", "2025-02-02T00:00:00Z");
-    assert!(matches!(late, Err(DomainError::Precondition { kind: "PERIOD_CLOSED", .. })), "{late:?}");
+    assert!(
+        matches!(late, Err(DomainError::Precondition { kind: "PERIOD_CLOSED", .. })),
+        "{late:?}"
+    );
     let before_start = w.usage("t3", "1", "2024-12-31T00:00:00Z", "2025-02-02T00:00:00Z");
     assert!(matches!(before_start, Err(DomainError::Precondition { kind: "OUT_OF_SERVICE", .. })));
     let future = w.usage("t4", "1", "2025-03-01T00:00:00Z", "2025-02-02T00:00:00Z");
@@ -173,7 +237,9 @@ fn usage_duplicates_conflicts_and_closed_periods() {
 fn three_failed_payments_make_an_invoice_uncollectible_and_past_due() {
     let mut w = World::new(dec!(0));
     w.plan("basic", dec!(30.00), FeeTiming::Advance, 0, vec![], None);
-    let inv = invoices(&w.start("basic", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z")).remove(0);
+    let inv =
+        invoices(&w.start("basic", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z"))
+            .remove(0);
     let fail = |w: &mut World| {
         let cmd = Command::RecordPayment {
             invoice_id: inv.invoice_id.clone(),
@@ -183,7 +249,10 @@ fn three_failed_payments_make_an_invoice_uncollectible_and_past_due() {
         w.run(cmd, "2025-01-02T00:00:00Z")
     };
     fail(&mut w).unwrap();
-    assert_eq!(w.ledger.subscription_status(&w.ledger.subscriptions["s1"], date(2025, 1, 2)), "past_due");
+    assert_eq!(
+        w.ledger.subscription_status(&w.ledger.subscriptions["s1"], date(2025, 1, 2)),
+        "past_due"
+    );
     fail(&mut w).unwrap();
     let third = fail(&mut w).unwrap();
     assert!(matches!(third.last(), Some(Event::InvoiceMarkedUncollectible { .. })));
@@ -195,14 +264,23 @@ fn three_failed_payments_make_an_invoice_uncollectible_and_past_due() {
 fn partial_then_full_payment_and_overpayment_refused() {
     let mut w = World::new(dec!(0));
     w.plan("basic", dec!(30.00), FeeTiming::Advance, 0, vec![], None);
-    let inv = invoices(&w.start("basic", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z")).remove(0);
+    let inv =
+        invoices(&w.start("basic", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z"))
+            .remove(0);
     let pay = |w: &mut World, amount: Decimal| {
-        let cmd = Command::RecordPayment { invoice_id: inv.invoice_id.clone(), outcome: PaymentOutcome::Succeeded { amount }, occurred_at: at("2025-01-02T00:00:00Z") };
+        let cmd = Command::RecordPayment {
+            invoice_id: inv.invoice_id.clone(),
+            outcome: PaymentOutcome::Succeeded { amount },
+            occurred_at: at("2025-01-02T00:00:00Z"),
+        };
         w.run(cmd, "2025-01-02T00:00:00Z")
     };
     pay(&mut w, dec!(10)).unwrap();
     assert_eq!(w.ledger.invoices[&inv.invoice_id].amount_due(), dec!(20.00));
-    assert!(matches!(pay(&mut w, dec!(20.01)), Err(DomainError::Precondition { kind: "OVERPAYMENT", .. })));
+    assert!(matches!(
+        pay(&mut w, dec!(20.01)),
+        Err(DomainError::Precondition { kind: "OVERPAYMENT", .. })
+    ));
     pay(&mut w, dec!(20)).unwrap();
     assert_eq!(w.ledger.invoices[&inv.invoice_id].status, InvoiceStatus::Paid);
 }
@@ -211,9 +289,17 @@ fn partial_then_full_payment_and_overpayment_refused() {
 fn trial_then_in_advance_fee_for_the_rest_of_the_period() {
     let mut w = World::new(dec!(0));
     w.plan("trial", dec!(31.00), FeeTiming::Advance, 14, vec![], None);
-    assert!(invoices(&w.start("trial", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z")).is_empty());
+    assert!(invoices(&w.start(
+        "trial",
+        Anchor::Anniversary,
+        date(2025, 1, 1),
+        "2025-01-01T10:00:00Z"
+    ))
+    .is_empty());
     assert!(w.bill("2025-01-14T23:00:00Z").is_empty());
-    let events = w.run(Command::RunBilling { as_of: at("2025-01-15T00:00:00Z") }, "2025-01-15T00:00:00Z").unwrap();
+    let events = w
+        .run(Command::RunBilling { as_of: at("2025-01-15T00:00:00Z") }, "2025-01-15T00:00:00Z")
+        .unwrap();
     assert!(matches!(events[0], Event::TrialEnded { .. }));
     // Jan 15..Feb 1 = 17 of 31 days × 31.00
     assert_eq!(amounts(&invoices(&events)[0]), vec![(LineKind::BaseFee, dec!(17.00))]);
@@ -231,25 +317,45 @@ fn immediate_cancel_credits_unused_days_and_closes_the_period() {
     let events = w.run(cmd, "2025-01-11T12:00:00Z").unwrap();
     let inv = &invoices(&events)[0];
     // usage 10 × 1.00 + 5 flat = 15.00; unused Jan 11..Feb 1 = 21 of 31 days × 31.00 = 21.00
-    assert_eq!(amounts(inv), vec![(LineKind::Usage, dec!(15.00)), (LineKind::Credit, dec!(-21.00))]);
+    assert_eq!(
+        amounts(inv),
+        vec![(LineKind::Usage, dec!(15.00)), (LineKind::Credit, dec!(-21.00))]
+    );
     assert_eq!(inv.period.end, date(2025, 1, 11));
-    assert_eq!(w.ledger.subscription_status(&w.ledger.subscriptions["s1"], date(2025, 1, 11)), "canceled");
+    assert_eq!(
+        w.ledger.subscription_status(&w.ledger.subscriptions["s1"], date(2025, 1, 11)),
+        "canceled"
+    );
     assert!(w.bill("2025-03-01T00:00:00Z").is_empty(), "nothing more after cancellation");
     let again = Command::CancelSubscription { subscription_id: "s1".into(), immediately: true };
-    assert!(matches!(w.run(again, "2025-01-12T00:00:00Z"), Err(DomainError::Precondition { kind: "SUBSCRIPTION_CANCELED", .. })));
+    assert!(matches!(
+        w.run(again, "2025-01-12T00:00:00Z"),
+        Err(DomainError::Precondition { kind: "SUBSCRIPTION_CANCELED", .. })
+    ));
 }
 
 #[test]
 fn minimum_commitment_true_up() {
     let mut w = World::new(dec!(0));
-    w.plan("committed", dec!(10.00), FeeTiming::Arrears, 0, vec![graduated_spec_charge()], Some(dec!(100)));
+    w.plan(
+        "committed",
+        dec!(10.00),
+        FeeTiming::Arrears,
+        0,
+        vec![graduated_spec_charge()],
+        Some(dec!(100)),
+    );
     w.start("committed", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
     w.usage("t1", "20", "2025-01-03T00:00:00Z", "2025-01-03T00:00:00Z").unwrap();
     let inv = &w.bill("2025-02-01T00:00:00Z")[0];
     // 10.00 base + (20 × 1.00 + 5) usage = 35.00 → true-up 65.00
     assert_eq!(
         amounts(inv),
-        vec![(LineKind::BaseFee, dec!(10.00)), (LineKind::Usage, dec!(25.00)), (LineKind::MinimumCommitmentTrueUp, dec!(65.00))]
+        vec![
+            (LineKind::BaseFee, dec!(10.00)),
+            (LineKind::Usage, dec!(25.00)),
+            (LineKind::MinimumCommitmentTrueUp, dec!(65.00))
+        ]
     );
     assert_eq!(inv.total, dec!(100.00));
 }
@@ -260,10 +366,18 @@ fn downgrade_waits_for_the_period_end() {
     w.plan("pro", dec!(62.00), FeeTiming::Advance, 0, vec![], None);
     w.plan("basic", dec!(30.00), FeeTiming::Advance, 0, vec![], None);
     w.start("pro", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
-    let cmd = Command::ChangePlan { subscription_id: "s1".into(), plan_code: "basic".into(), plan_version: None };
+    let cmd = Command::ChangePlan {
+        subscription_id: "s1".into(),
+        plan_code: "basic".into(),
+        plan_version: None,
+    };
     let events = w.run(cmd, "2025-01-10T00:00:00Z").unwrap();
-    assert!(matches!(&events[..], [Event::PlanChangeScheduled { effective_date, .. }] if *effective_date == date(2025, 2, 1)));
-    let events = w.run(Command::RunBilling { as_of: at("2025-02-01T00:00:00Z") }, "2025-02-01T00:00:00Z").unwrap();
+    assert!(
+        matches!(&events[..], [Event::PlanChangeScheduled { effective_date, .. }] if *effective_date == date(2025, 2, 1))
+    );
+    let events = w
+        .run(Command::RunBilling { as_of: at("2025-02-01T00:00:00Z") }, "2025-02-01T00:00:00Z")
+        .unwrap();
     assert!(matches!(events[0], Event::PlanChanged { kind: PlanChangeKind::Downgrade, .. }));
     assert_eq!(amounts(&invoices(&events)[0]), vec![(LineKind::BaseFee, dec!(30.00))]);
     assert_eq!(w.ledger.subscriptions["s1"].current_plan().code, "basic");
@@ -295,7 +409,11 @@ fn errors_change_nothing() {
         fee_timing: FeeTiming::Advance,
         trial_days: 0,
         minimum_commitment: None,
-        charges: vec![Charge { metric_code: "nope".into(), model: ChargeModel::Standard { unit_price: dec!(1) }, pay_in_advance: false }],
+        charges: vec![Charge {
+            metric_code: "nope".into(),
+            model: ChargeModel::Standard { unit_price: dec!(1) },
+            pay_in_advance: false,
+        }],
     };
     match w.run(Command::PublishPlan(bad_plan), "2025-01-01T00:00:00Z") {
         Err(DomainError::Invalid(v)) => {
@@ -312,6 +430,9 @@ fn errors_change_nothing() {
         anchor: Anchor::Anniversary,
         start_date: None,
     };
-    assert!(matches!(w.run(start, "2025-01-01T00:00:00Z"), Err(DomainError::NotFound { kind: "customer", .. })));
+    assert!(matches!(
+        w.run(start, "2025-01-01T00:00:00Z"),
+        Err(DomainError::NotFound { kind: "customer", .. })
+    ));
     assert_eq!((w.ledger.customers.len(), w.ledger.plans.len(), w.position), before);
 }
