@@ -6,6 +6,10 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the ingest path allocates many small strings; the system allocator cost ~25 % of CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "accrual", version, about = "Event-sourced, usage-based billing ledger")]
 struct Cli {

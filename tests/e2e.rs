@@ -82,12 +82,18 @@ fn days_later(days: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: t.seconds + days * 86_400, nanos: 0 }
 }
 
+/// The usage instant of the test: fixed once, so a resent event is byte-for-byte the same.
+fn usage_time() -> prost_types::Timestamp {
+    static AT: std::sync::OnceLock<prost_types::Timestamp> = std::sync::OnceLock::new();
+    *AT.get_or_init(now)
+}
+
 fn usage(tx: &str, calls: &str) -> pb::UsageEvent {
     pb::UsageEvent {
         subscription_id: "sub-1".into(),
         transaction_id: tx.into(),
         metric_code: "api_calls".into(),
-        occurred_at: Some(now()),
+        occurred_at: Some(usage_time()),
         properties: [("calls".to_string(), calls.to_string())].into(),
     }
 }

@@ -241,13 +241,13 @@ pub fn start_subscription(r: &pb::StartSubscriptionRequest) -> Parsed<Command> {
     })
 }
 
-pub fn usage(r: &pb::UsageEvent) -> Parsed<Usage> {
+pub fn usage(r: pb::UsageEvent) -> Parsed<Usage> {
     Ok(Usage {
-        subscription_id: r.subscription_id.clone(),
-        transaction_id: r.transaction_id.clone(),
-        metric_code: r.metric_code.clone(),
         occurred_at: timestamp("occurred_at", r.occurred_at.as_ref())?,
-        properties: r.properties.clone(),
+        subscription_id: r.subscription_id,
+        transaction_id: r.transaction_id,
+        metric_code: r.metric_code,
+        properties: r.properties,
     })
 }
 

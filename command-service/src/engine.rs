@@ -158,7 +158,7 @@ impl Engine {
         for item in items {
             let position = first + events.len() as u64;
             let result = match item
-                .and_then(|u| model.ledger.record_usage(&u, &ctx, position).map_err(from_domain))
+                .and_then(|u| model.ledger.record_usage(u, &ctx, position).map_err(from_domain))
             {
                 Ok(UsageOutcome::Accepted(mut evs)) => {
                     let invoice_id = evs.iter().find_map(|e| match e {

@@ -101,7 +101,7 @@ impl CommandApi {
         &self,
         events: Vec<pb::UsageEvent>,
     ) -> Result<pb::UsageBatchResult, Status> {
-        let items = events.iter().map(|e| convert::usage(e).map_err(from_domain)).collect();
+        let items = events.into_iter().map(|e| convert::usage(e).map_err(from_domain)).collect();
         let results = self.engine.record_usage(items).await?;
         Ok(batch_result(results))
     }
@@ -284,7 +284,7 @@ impl CommandService for CommandApi {
         &self,
         request: Request<pb::UsageEvent>,
     ) -> Result<Response<pb::UsageResult>, Status> {
-        let usage = convert::usage(request.get_ref()).map_err(from_domain)?;
+        let usage = convert::usage(request.into_inner()).map_err(from_domain)?;
         let item =
             self.engine.record_usage(vec![Ok(usage)]).await?.pop().expect("one result per item");
         match item {

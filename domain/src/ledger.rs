@@ -45,6 +45,18 @@ pub enum UsageOutcome {
     },
 }
 
+/// What validating a usage event established, so applying it computes nothing twice.
+struct UsageFacts {
+    period_start: Date,
+    value: Decimal,
+    digest: u64,
+}
+
+enum UsageCheck {
+    New { facts: UsageFacts, invoice: Option<Box<Invoice>> },
+    Duplicate { position: u64 },
+}
+
 /// The write model: every aggregate, folded from the log.
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
@@ -168,11 +180,8 @@ impl Ledger {
                 events.extend(more);
                 Ok(events)
             }
-            Command::RecordUsage(u) => match self.decide_usage(u, ctx)? {
-                UsageOutcome::Accepted(events) => {
-                    self.apply_all(&events, next_position);
-                    Ok(events)
-                }
+            Command::RecordUsage(u) => match self.record_usage(u.clone(), ctx, next_position)? {
+                UsageOutcome::Accepted(events) => Ok(events),
                 UsageOutcome::Duplicate { .. } => Ok(Vec::new()),
             },
             _ => {
@@ -181,21 +190,6 @@ impl Ledger {
                 Ok(events)
             }
         }
-    }
-
-    /// Decides one usage event and, when accepted, applies it (the ingest hot path: one
-    /// validation, no second decide).
-    pub fn record_usage(
-        &mut self,
-        u: &Usage,
-        ctx: &Context,
-        next_position: u64,
-    ) -> Result<UsageOutcome, DomainError> {
-        let outcome = self.decide_usage(u, ctx)?;
-        if let UsageOutcome::Accepted(events) = &outcome {
-            self.apply_all(events, next_position);
-        }
-        Ok(outcome)
     }
 
     fn apply_all(&mut self, events: &[Event], first_position: u64) {
@@ -455,16 +449,26 @@ impl Ledger {
 
     /// Validates one usage event against the subscription, metric and open periods.
     pub fn decide_usage(&self, u: &Usage, ctx: &Context) -> Result<UsageOutcome, DomainError> {
+        Ok(match self.check_usage(u, ctx)? {
+            UsageCheck::Duplicate { position } => UsageOutcome::Duplicate { position },
+            UsageCheck::New { invoice, .. } => {
+                let mut events = vec![Event::UsageRecorded(u.clone())];
+                events.extend(invoice.map(|i| Event::InvoiceIssued(*i)));
+                UsageOutcome::Accepted(events)
+            }
+        })
+    }
+
+    fn check_usage(&self, u: &Usage, ctx: &Context) -> Result<UsageCheck, DomainError> {
         check_usage_shape(u)?;
         let sub = self.subscription(&u.subscription_id)?;
         let metric = self
             .metrics
             .get(&u.metric_code)
             .ok_or_else(|| DomainError::not_found("metric", &u.metric_code))?;
-        let point_value = usage_value(metric, u)?;
-        if u.occurred_at
-            > ctx.now + jiff::SignedDuration::from_secs(ctx.policy.usage_future_tolerance_secs)
-        {
+        let value = usage_value(metric, u)?;
+        let tolerance = jiff::SignedDuration::from_secs(ctx.policy.usage_future_tolerance_secs);
+        if u.occurred_at > ctx.now + tolerance {
             return Err(DomainError::invalid("occurred_at", "lies in the future"));
         }
         let date = local_date(u.occurred_at, &sub.time_zone);
@@ -486,18 +490,41 @@ impl Ledger {
         let digest = usage_digest(u);
         if let Some((original, position)) = find_transaction(sub, &u.transaction_id) {
             if original == digest {
-                return Ok(UsageOutcome::Duplicate { position });
+                return Ok(UsageCheck::Duplicate { position });
             }
             return Err(DomainError::Conflict(format!(
                 "transaction {} of subscription {} was recorded with a different payload",
                 u.transaction_id, u.subscription_id
             )));
         }
-        let mut events = vec![Event::UsageRecorded(u.clone())];
-        if let Some(invoice) = self.in_advance_invoice(sub, metric, &period, u, point_value, ctx)? {
-            events.push(Event::InvoiceIssued(invoice));
+        let invoice = self.in_advance_invoice(sub, metric, &period, u, value, ctx)?.map(Box::new);
+        Ok(UsageCheck::New {
+            facts: UsageFacts { period_start: period.start, value, digest },
+            invoice,
+        })
+    }
+
+    /// Records one usage event: decides it and, when accepted, applies it, computing each fact
+    /// once (the ingest hot path).
+    pub fn record_usage(
+        &mut self,
+        u: Usage,
+        ctx: &Context,
+        next_position: u64,
+    ) -> Result<UsageOutcome, DomainError> {
+        match self.check_usage(&u, ctx)? {
+            UsageCheck::Duplicate { position } => Ok(UsageOutcome::Duplicate { position }),
+            UsageCheck::New { facts, invoice } => {
+                self.apply_usage(&u, &facts, next_position);
+                let mut events = vec![Event::UsageRecorded(u)];
+                if let Some(invoice) = invoice {
+                    let issued = Event::InvoiceIssued(*invoice);
+                    self.evolve(&issued, next_position + 1);
+                    events.push(issued);
+                }
+                Ok(UsageOutcome::Accepted(events))
+            }
         }
-        Ok(UsageOutcome::Accepted(events))
     }
 
     fn in_advance_invoice(
@@ -944,17 +971,24 @@ impl Ledger {
 
     fn evolve_usage(&mut self, u: &Usage, position: u64) {
         let metric = &self.metrics[&u.metric_code];
+        let sub = &self.subscriptions[&u.subscription_id];
+        let date = local_date(u.occurred_at, &sub.time_zone);
+        let period_start = sub.period_of(date).expect("usage in service").start;
+        let value = usage_value(metric, u).expect("validated at decide");
+        self.apply_usage(u, &UsageFacts { period_start, value, digest: usage_digest(u) }, position);
+    }
+
+    fn apply_usage(&mut self, u: &Usage, facts: &UsageFacts, position: u64) {
+        let metric = &self.metrics[&u.metric_code];
         let keep = self.percentage_metrics.contains(&u.metric_code);
         let sub = self.subscriptions.get_mut(&u.subscription_id).expect("subscription exists");
-        let date = local_date(u.occurred_at, &sub.time_zone);
-        let period = sub.period_of(date).expect("usage in service");
-        let value = usage_value(metric, u).expect("validated at decide");
         let distinct =
             metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
-        let open = sub.open.entry(period.start).or_default();
-        let point = UsagePoint { occurred_at: u.occurred_at, seq: position, value, distinct };
+        let open = sub.open.entry(facts.period_start).or_default();
+        let point =
+            UsagePoint { occurred_at: u.occurred_at, seq: position, value: facts.value, distinct };
         add_usage(open, metric, keep, &point).expect("validated at decide");
-        open.transactions.insert(u.transaction_id.clone(), (usage_digest(u), position));
+        open.transactions.insert(u.transaction_id.clone(), (facts.digest, position));
     }
 
     fn evolve_subscription(&mut self, event: &Event) {
