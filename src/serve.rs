@@ -7,7 +7,7 @@ use std::time::Duration;
 use command_service::engine::{Clock, Engine};
 use command_service::server::{serve, ServerLimits};
 use command_service::service::Limits;
-use domain::commands::{Command, Policy};
+use domain::commands::Policy;
 use event_store::{EventStore, SledConfig, SledStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -64,7 +64,7 @@ async fn scheduler(engine: Arc<Engine>, interval_secs: u64, mut stop: watch::Rec
             _ = stop.changed() => return,
         }
         let as_of = engine.now();
-        match engine.execute(Command::RunBilling { as_of }, None, None).await {
+        match engine.run_billing(as_of, None).await {
             Ok(done) if !done.events.is_empty() => {
                 tracing::info!(events = done.events.len(), "scheduled billing run")
             }

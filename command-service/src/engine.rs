@@ -27,6 +27,9 @@ use crate::status::{from_domain, from_store, unavailable};
 
 /// Events read per call while rebuilding the write model from the log.
 pub const REBUILD_CHUNK_EVENTS: usize = 10_000;
+/// A billing run is appended in pieces of about this many events (whole subscriptions each), so
+/// a run over many subscriptions stays within the store's request bounds.
+pub const BILLING_APPEND_EVENTS_MAX: usize = 4_096;
 
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
@@ -142,6 +145,43 @@ impl Engine {
         drop(model);
         let committed = self.settle(ticket, first).await?;
         Ok(Executed { events, last_position: Some(committed.last_position), duplicate: false })
+    }
+
+    /// Runs billing at `as_of` over every subscription. Unlike other commands it may take several
+    /// appends (each holding whole subscriptions' steps, enqueued in order); the idempotency key
+    /// is recorded on the first. Billing is idempotent by itself: a second run issues nothing.
+    pub async fn run_billing(
+        &self,
+        as_of: Timestamp,
+        key: Option<(String, [u8; 32])>,
+    ) -> Result<Executed, Status> {
+        let mut model = self.lock_model().await?;
+        if let Some((k, digest)) = &key {
+            if let Some(prev) = model.idempotency.get(k).cloned() {
+                drop(model);
+                return self.replay_keyed(k, digest, prev).await;
+            }
+        }
+        let ctx = Context { now: self.now(), policy: self.policy.clone() };
+        let ids: Vec<String> = model.ledger.subscriptions.keys().cloned().collect();
+        let (mut events, mut pending, mut tickets) = (Vec::new(), Vec::new(), Vec::new());
+        let mut key = key.map(|(key, digest)| Idempotency { key, digest });
+        for (i, id) in ids.iter().enumerate() {
+            let position = model.next_position + pending.len() as u64;
+            pending.extend(model.ledger.run_subscription(id, as_of, &ctx, position));
+            let last = i + 1 == ids.len();
+            if pending.len() >= BILLING_APPEND_EVENTS_MAX || (last && !pending.is_empty()) {
+                let first = model.next_position;
+                tickets.push((self.submit(&mut model, &pending, key.take(), ctx.now).await, first));
+                events.append(&mut pending);
+            }
+        }
+        drop(model);
+        let mut last_position = None;
+        for (ticket, first) in tickets {
+            last_position = Some(self.settle(ticket, first).await?.last_position);
+        }
+        Ok(Executed { events, last_position, duplicate: false })
     }
 
     /// Records a batch of usage events: each item accepted, duplicate or rejected on its own;

@@ -368,9 +368,9 @@ impl CommandService for CommandApi {
         request: Request<pb::RunBillingRequest>,
     ) -> Result<Response<pb::RunBillingResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
-        let as_of = convert::timestamp("as_of", r.as_of.as_ref())
-            .map(|as_of| Command::RunBilling { as_of });
-        let done = self.run("RunBilling", &r, &key, as_of, None).await?;
+        let as_of = convert::timestamp("as_of", r.as_of.as_ref()).map_err(from_domain)?;
+        let key = idempotency("RunBilling", &r, &key)?;
+        let done = self.engine.run_billing(as_of, key).await?;
         let periods_closed =
             done.events.iter().filter(|e| matches!(e, Event::BillingPeriodClosed { .. })).count()
                 as u32;

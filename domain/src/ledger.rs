@@ -213,9 +213,11 @@ impl Ledger {
         Ok(events)
     }
 
-    /// Applies billing steps of one subscription until none is due. A step that fails (an
-    /// amount overflow) stops this subscription's run; its earlier steps stand.
-    fn run_subscription(
+    /// Applies billing steps of one subscription until none is due (at most
+    /// `policy.billing_steps_max`). A step that fails (an amount overflow) stops this
+    /// subscription's run; its earlier steps stand. The shell uses it to split a large billing
+    /// run into bounded appends.
+    pub fn run_subscription(
         &mut self,
         id: &str,
         as_of: Timestamp,

@@ -1,0 +1,124 @@
+//! Engine behaviour over the in-memory store (unit level; the real server is tested in the
+//! root package's end-to-end test).
+
+use std::sync::Arc;
+
+use command_service::engine::{Clock, Engine, BILLING_APPEND_EVENTS_MAX};
+use domain::calendar::{Anchor, Interval};
+use domain::catalog::{Customer, FeeTiming, Plan};
+use domain::commands::{Command, Policy};
+use domain::money::Currency;
+use event_store::{EventStore, MemoryStore};
+use rust_decimal_macros::dec;
+
+fn clock(at: &'static str) -> Clock {
+    Arc::new(move || at.parse().unwrap())
+}
+
+async fn engine(store: Arc<dyn EventStore>, at: &'static str) -> Engine {
+    Engine::open(store, Policy::default(), clock(at)).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_large_billing_run_is_split_into_bounded_appends_and_rebuilds_identically() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let e = engine(store.clone(), "2025-01-01T12:00:00Z").await;
+    let usd = Currency::parse("USD").unwrap();
+    let customer = Customer {
+        customer_id: "c".into(),
+        name: "C".into(),
+        currency: usd,
+        time_zone: "UTC".into(),
+        tax_rate: dec!(0),
+    };
+    e.execute(Command::RegisterCustomer(customer), None, None).await.unwrap();
+    let plan = Plan {
+        code: "p".into(),
+        version: 0,
+        name: "P".into(),
+        currency: usd,
+        interval: Interval::Monthly,
+        base_fee: dec!(10),
+        fee_timing: FeeTiming::Arrears,
+        trial_days: 0,
+        minimum_commitment: None,
+        charges: vec![],
+    };
+    e.execute(Command::PublishPlan(plan), None, None).await.unwrap();
+    let subscriptions = 2_500u64;
+    for i in 0..subscriptions {
+        let start = Command::StartSubscription {
+            subscription_id: format!("s{i:05}"),
+            customer_id: "c".into(),
+            plan_code: "p".into(),
+            plan_version: None,
+            anchor: Anchor::Anniversary,
+            start_date: None,
+        };
+        e.execute(start, None, None).await.unwrap();
+    }
+    let head_before = store.head();
+    let run = e.run_billing("2025-02-01T00:00:00Z".parse().unwrap(), None).await.unwrap();
+    assert!(run.events.len() > BILLING_APPEND_EVENTS_MAX, "the run needs more than one append");
+    assert_eq!(
+        run.events.len() as u64,
+        2 * subscriptions,
+        "an invoice and a close per subscription"
+    );
+    assert_eq!(store.head(), head_before + run.events.len() as u64);
+    assert_eq!(run.last_position, Some(store.head() - 1));
+    let again = e.run_billing("2025-02-01T00:00:00Z".parse().unwrap(), None).await.unwrap();
+    assert!(again.events.is_empty(), "billing twice for the same as_of issues nothing");
+
+    let rebuilt = engine(store.clone(), "2025-02-01T12:00:00Z").await;
+    let (live, fresh) =
+        (e.read(|l| l.invoices.len()).await, rebuilt.read(|l| l.invoices.len()).await);
+    assert_eq!((live, fresh), (subscriptions as usize, subscriptions as usize));
+    let total = rebuilt
+        .read(|l| l.invoices.values().map(|i| i.invoice.total).sum::<rust_decimal::Decimal>())
+        .await;
+    assert_eq!(total, dec!(10) * rust_decimal::Decimal::from(subscriptions));
+}
+
+#[tokio::test]
+async fn idempotent_replay_and_key_reuse() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let e = engine(store.clone(), "2025-01-01T12:00:00Z").await;
+    let usd = Currency::parse("USD").unwrap();
+    let customer = Customer {
+        customer_id: "c".into(),
+        name: "C".into(),
+        currency: usd,
+        time_zone: "UTC".into(),
+        tax_rate: dec!(0),
+    };
+    let key = Some(("k1".to_string(), [7u8; 32]));
+    let first =
+        e.execute(Command::RegisterCustomer(customer.clone()), key.clone(), None).await.unwrap();
+    let replay = e.execute(Command::RegisterCustomer(customer.clone()), key, None).await.unwrap();
+    assert!(replay.duplicate);
+    assert_eq!(replay.last_position, first.last_position);
+    assert_eq!(replay.events, first.events, "the original events come back");
+    assert_eq!(store.head(), 1);
+    let other = e
+        .execute(Command::RegisterCustomer(customer), Some(("k1".to_string(), [8u8; 32])), None)
+        .await;
+    assert_eq!(other.unwrap_err().code(), tonic::Code::AlreadyExists);
+    let reopened = engine(store.clone(), "2025-01-02T00:00:00Z").await;
+    let again = reopened
+        .execute(
+            Command::RegisterCustomer(Customer {
+                customer_id: "c".into(),
+                name: "C".into(),
+                currency: usd,
+                time_zone: "UTC".into(),
+                tax_rate: dec!(0),
+            }),
+            Some(("k1".to_string(), [7u8; 32])),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(again.duplicate, "keys survive a restart");
+    assert_eq!(store.head(), 1);
+}
