@@ -30,12 +30,16 @@ fn ctx(now: &str) -> Context {
 
 impl World {
     fn new(tax_rate: Decimal) -> World {
+        World::in_zone(tax_rate, "UTC")
+    }
+
+    fn in_zone(tax_rate: Decimal, time_zone: &str) -> World {
         let mut w = World { ledger: Ledger::default(), position: 0 };
         let customer = Customer {
             customer_id: "acme".into(),
             name: "Acme".into(),
             currency: Currency::parse("USD").unwrap(),
-            time_zone: "UTC".into(),
+            time_zone: time_zone.into(),
             tax_rate,
         };
         w.run(Command::RegisterCustomer(customer), "2025-01-01T00:00:00Z").unwrap();
@@ -435,4 +439,24 @@ fn errors_change_nothing() {
         Err(DomainError::NotFound { kind: "customer", .. })
     ));
     assert_eq!((w.ledger.customers.len(), w.ledger.plans.len(), w.position), before);
+}
+
+#[test]
+fn periods_are_local_days_across_a_dst_change() {
+    // New York: DST starts 2025-03-09, so March ends at 2025-04-01T04:00Z (EDT), not 05:00Z.
+    let mut w = World::in_zone(dec!(0), "America/New_York");
+    let standard = Charge {
+        metric_code: "calls".into(),
+        model: ChargeModel::Standard { unit_price: dec!(1) },
+        pay_in_advance: false,
+    };
+    w.plan("metered", dec!(31.00), FeeTiming::Arrears, 0, vec![standard], None);
+    w.start("metered", Anchor::Anniversary, date(2025, 3, 1), "2025-03-01T15:00:00Z");
+    // 23:30 local on March 31 is already April in UTC, but belongs to March here.
+    w.usage("late-march", "7", "2025-04-01T03:30:00Z", "2025-04-01T03:31:00Z").unwrap();
+    w.usage("early-april", "100", "2025-04-01T04:30:00Z", "2025-04-01T04:31:00Z").unwrap();
+    assert!(w.bill("2025-04-01T03:59:59Z").is_empty(), "March has not ended in New York yet");
+    let march = &w.bill("2025-04-01T04:00:00Z")[0];
+    assert_eq!(march.period, Period { start: date(2025, 3, 1), end: date(2025, 4, 1) });
+    assert_eq!(amounts(march), vec![(LineKind::BaseFee, dec!(31.00)), (LineKind::Usage, dec!(7))]);
 }
