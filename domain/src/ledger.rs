@@ -1003,8 +1003,7 @@ impl Ledger {
                     Some((plan.clone(), *effective_date));
             }
             Event::PlanChanged { subscription_id, plan, effective_date, .. } => {
-                let sub = self.sub_mut(subscription_id);
-                *sub = preview_change(sub, plan.clone(), *effective_date);
+                apply_plan_change(self.sub_mut(subscription_id), plan.clone(), *effective_date);
             }
             Event::SubscriptionCanceled { subscription_id, effective_date, .. } => {
                 let sub = self.sub_mut(subscription_id);
@@ -1069,21 +1068,22 @@ fn preview_subscription(ledger: &Ledger, started: &Event) -> Subscription {
     }
 }
 
+/// The subscription as it would be after a plan change (for deciding the close that applies a
+/// downgrade). Usage is not copied: nothing that prices base fees reads it.
 fn preview_change(sub: &Subscription, plan: PlanRef, date: Date) -> Subscription {
-    let mut after = sub.clone_without_usage();
-    after.plans.retain(|(d, _)| *d < date);
-    after.plans.push((date, plan));
-    after.pending_change = None;
-    after.open = std::mem::take(&mut after.open);
+    let mut after = sub.clone_header();
+    apply_plan_change(&mut after, plan, date);
     after
 }
 
-impl Subscription {
-    /// A copy for previews. Usage maps are moved by the caller where it owns the subscription.
-    fn clone_without_usage(&self) -> Subscription {
-        Subscription { open: self.open.clone(), ..self.clone_header() }
-    }
+fn apply_plan_change(sub: &mut Subscription, plan: PlanRef, date: Date) {
+    sub.plans.retain(|(d, _)| *d < date);
+    sub.plans.push((date, plan));
+    sub.pending_change = None;
+}
 
+impl Subscription {
+    /// A copy without the open periods' usage.
     fn clone_header(&self) -> Subscription {
         Subscription {
             subscription_id: self.subscription_id.clone(),

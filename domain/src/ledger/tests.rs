@@ -460,3 +460,126 @@ fn periods_are_local_days_across_a_dst_change() {
     assert_eq!(march.period, Period { start: date(2025, 3, 1), end: date(2025, 4, 1) });
     assert_eq!(amounts(march), vec![(LineKind::BaseFee, dec!(31.00)), (LineKind::Usage, dec!(7))]);
 }
+
+mod replay_equivalence {
+    //! Property: whatever valid commands ran, folding the events they produced into a fresh
+    //! ledger gives the same state the live ledger reached (evolve reproduces what execute did).
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Usage { day: u8, calls: u16 },
+        Change { to_pro: bool },
+        Cancel { immediately: bool },
+        Bill,
+        Pay { fail: bool },
+        NextDay(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..28, 0u16..2_000).prop_map(|(day, calls)| Op::Usage { day, calls }),
+            1 => any::<bool>().prop_map(|to_pro| Op::Change { to_pro }),
+            1 => any::<bool>().prop_map(|immediately| Op::Cancel { immediately }),
+            2 => Just(Op::Bill),
+            1 => any::<bool>().prop_map(|fail| Op::Pay { fail }),
+            3 => (1u8..20).prop_map(Op::NextDay),
+        ]
+    }
+
+    fn snapshot(l: &Ledger) -> String {
+        let mut out = String::new();
+        let mut invoices: Vec<_> = l.invoices.values().collect();
+        invoices.sort_by(|a, b| a.invoice.invoice_id.cmp(&b.invoice.invoice_id));
+        out += &format!("{invoices:?}\n");
+        for s in l.subscriptions.values() {
+            let open: Vec<_> = s
+                .open
+                .iter()
+                .map(|(k, o)| {
+                    let mut tx: Vec<_> = o.transactions.iter().collect();
+                    tx.sort();
+                    (k, o.usage.keys().collect::<Vec<_>>(), tx)
+                })
+                .collect();
+            out += &format!(
+                "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}\n",
+                s.plans,
+                s.trial_ended,
+                s.pending_change,
+                s.ends_on,
+                s.next_close,
+                s.fee_billed_until,
+                s.billed_by_period,
+                s.invoice_ids,
+                open
+            );
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn rebuild_equals_live(ops in proptest::collection::vec(op(), 1..60), advance in any::<bool>(), trial in 0u32..20) {
+            let mut w = World::new(dec!(8.25));
+            let timing = if advance { FeeTiming::Advance } else { FeeTiming::Arrears };
+            w.plan("basic", dec!(30.00), timing, trial, vec![graduated_spec_charge()], Some(dec!(50)));
+            w.plan("pro", dec!(62.00), timing, trial, vec![graduated_spec_charge()], None);
+            let mut now: Timestamp = at("2025-01-01T10:00:00Z");
+            let all = w.start("basic", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+            let mut events: Vec<Event> = Vec::new();
+            let mut n = 0u32;
+            for o in ops {
+                n += 1;
+                let c = Context { now, policy: Policy::default() };
+                let cmd = match o {
+                    Op::Usage { day, calls } => {
+                        let occurred = now.checked_sub(jiff::SignedDuration::from_hours(i64::from(day) * 24)).unwrap();
+                        Command::RecordUsage(Usage {
+                            subscription_id: "s1".into(),
+                            transaction_id: format!("t{n}"),
+                            metric_code: "calls".into(),
+                            occurred_at: occurred,
+                            properties: BTreeMap::from([("n".to_string(), calls.to_string())]),
+                        })
+                    }
+                    Op::Change { to_pro } => Command::ChangePlan { subscription_id: "s1".into(), plan_code: if to_pro { "pro" } else { "basic" }.into(), plan_version: None },
+                    Op::Cancel { immediately } => Command::CancelSubscription { subscription_id: "s1".into(), immediately },
+                    Op::Bill => Command::RunBilling { as_of: now },
+                    Op::Pay { fail } => {
+                        let Some(id) = w.ledger.subscriptions["s1"].invoice_ids.last().cloned() else { continue };
+                        let due = w.ledger.invoices[&id].amount_due();
+                        let outcome = if fail || due.is_zero() { PaymentOutcome::Failed { reason: "declined".into() } } else { PaymentOutcome::Succeeded { amount: due } };
+                        Command::RecordPayment { invoice_id: id, outcome, occurred_at: now }
+                    }
+                    Op::NextDay(d) => {
+                        now = now.checked_add(jiff::SignedDuration::from_hours(i64::from(d) * 24)).unwrap();
+                        continue;
+                    }
+                };
+                if let Ok(evs) = w.ledger.execute(&cmd, &c, w.position) {
+                    w.position += evs.len() as u64;
+                    events.extend(evs);
+                }
+            }
+            for inv in w.ledger.invoices.values() {
+                let lines: Decimal = inv.invoice.lines.iter().map(|l| l.amount).sum();
+                prop_assert_eq!(inv.invoice.subtotal, lines);
+                prop_assert_eq!(inv.invoice.total, inv.invoice.subtotal + inv.invoice.tax);
+                prop_assert!(inv.amount_paid <= inv.invoice.total.max(Decimal::ZERO));
+            }
+            let mut fresh = World::new(dec!(8.25));
+            fresh.plan("basic", dec!(30.00), timing, trial, vec![graduated_spec_charge()], Some(dec!(50)));
+            fresh.plan("pro", dec!(62.00), timing, trial, vec![graduated_spec_charge()], None);
+            let mut position = fresh.position;
+            for e in all.iter().chain(events.iter()) {
+                fresh.ledger.evolve(e, position);
+                position += 1;
+            }
+            prop_assert_eq!(position, w.position);
+            prop_assert_eq!(snapshot(&fresh.ledger), snapshot(&w.ledger));
+        }
+    }
+}
