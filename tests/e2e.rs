@@ -68,6 +68,32 @@ impl Server {
     }
 }
 
+/// What grpcurl does first: list services through server reflection (no proto files).
+async fn reflected_services(port: u16) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let url = format!("http://127.0.0.1:{port}");
+    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match replies.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection reply {other:?}"),
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -296,6 +322,8 @@ async fn write_side_end_to_end_with_kill_and_restart() {
     let port = free_port();
     let server = Server::start(dir.path(), port);
     let mut c = server.client().await;
+    let services = reflected_services(port).await;
+    assert!(services.iter().any(|s| s == "accrual.v1.CommandService"), "{services:?}");
     setup(&mut c).await;
     record_usage(&mut c).await;
     let last = c.record_usage(usage("tx-5", "0")).await.unwrap().into_inner().position;

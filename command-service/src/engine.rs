@@ -162,6 +162,7 @@ impl Engine {
                 return self.replay_keyed(k, digest, prev).await;
             }
         }
+        domain::ledger::check_billing_time(as_of).map_err(from_domain)?;
         let ctx = Context { now: self.now(), policy: self.policy.clone() };
         let ids: Vec<String> = model.ledger.subscriptions.keys().cloned().collect();
         let (mut events, mut pending, mut tickets) = (Vec::new(), Vec::new(), Vec::new());

@@ -2,7 +2,7 @@
 //! or an error, changing nothing) and [`Ledger::evolve`] (apply one event). [`Ledger::execute`]
 //! runs multi-step commands (billing runs, immediate cancellation) as decide/evolve steps.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use jiff::civil::Date;
@@ -19,11 +19,26 @@ use crate::invoice::{
     build_invoice, Invoice, InvoiceAccount, InvoiceHeader, InvoiceStatus, IssueReason, LineDraft,
     LineKind,
 };
-use crate::rating::{in_advance_fee, RatingInput, RunningAggregate, UsagePoint};
-use crate::subscription::{add_usage, arrears_lines, base_fee_line, credit_line, Subscription};
+use crate::rating::{
+    in_advance_fee, Aggregation, ChargeModel, RatingInput, RunningAggregate, UsagePoint,
+};
+use crate::subscription::{add_usage, base_fee_line, credit_line, segment_lines, Subscription};
 
 /// Largest absolute numeric usage value accepted (keeps rating far from Decimal overflow).
 pub const USAGE_VALUE_ABS_MAX: Decimal = Decimal::from_parts(0x4A51_0000, 0x0003_8D7E, 0, false, 0); // 10^15
+/// Latest date a subscription may start or a billing run may reach: keeps every period and
+/// trial end far inside the calendar's range (year 9999).
+pub const DATE_MAX: Date = jiff::civil::date(9000, 1, 1);
+
+/// Refuses billing times beyond [`DATE_MAX`].
+pub fn check_billing_time(as_of: Timestamp) -> Result<(), DomainError> {
+    let limit = DATE_MAX.to_zoned(TimeZone::UTC).expect("in range").timestamp();
+    if as_of >= limit {
+        return Err(DomainError::invalid("as_of", format!("must be before {DATE_MAX}")));
+    }
+    Ok(())
+}
+
 /// Most properties one usage event may carry.
 pub const USAGE_PROPERTIES_MAX: usize = 32;
 /// Longest property key or value.
@@ -67,8 +82,6 @@ pub struct Ledger {
     /// Ordered, so billing runs emit events in a deterministic order.
     pub subscriptions: BTreeMap<String, Subscription>,
     pub invoices: HashMap<String, InvoiceAccount>,
-    /// Metrics some plan rates with a percentage model: their event amounts are kept.
-    pub percentage_metrics: BTreeSet<String>,
 }
 
 impl Ledger {
@@ -108,7 +121,8 @@ impl Ledger {
         }
         let past_due = sub.invoice_ids.iter().any(|id| {
             let inv = &self.invoices[id];
-            inv.status == InvoiceStatus::Open && inv.failed_attempts > 0
+            let unpaid = matches!(inv.status, InvoiceStatus::Open | InvoiceStatus::Uncollectible);
+            unpaid && inv.failed_attempts > 0
         });
         match (past_due, sub.in_trial(today)) {
             (true, _) => "past_due",
@@ -167,7 +181,10 @@ impl Ledger {
         next_position: u64,
     ) -> Result<Vec<Event>, DomainError> {
         match cmd {
-            Command::RunBilling { as_of } => self.execute_billing(*as_of, ctx, next_position),
+            Command::RunBilling { as_of } => {
+                check_billing_time(*as_of)?;
+                self.execute_billing(*as_of, ctx, next_position)
+            }
             Command::CancelSubscription { subscription_id, immediately: true } => {
                 let mut events = self.decide(cmd, ctx)?;
                 self.apply_all(&events, next_position);
@@ -294,12 +311,24 @@ impl Ledger {
 
     fn decide_publish_plan(&self, p: &Plan) -> Result<Vec<Event>, DomainError> {
         p.validate()?;
+        let mut v = Violations::default();
         for (i, c) in p.charges.iter().enumerate() {
-            if !self.metrics.contains_key(&c.metric_code) {
-                return Err(DomainError::not_found("metric", &c.metric_code))
-                    .map_err(|e| with_field(e, &format!("charges[{i}].metric_code")));
+            let metric = self
+                .metrics
+                .get(&c.metric_code)
+                .ok_or_else(|| DomainError::not_found("metric", &c.metric_code))?;
+            let percent = matches!(
+                c.model,
+                ChargeModel::Percentage { .. } | ChargeModel::GraduatedPercentage { .. }
+            );
+            if percent && metric.aggregation != Aggregation::Sum {
+                v.push(
+                    format!("charges[{i}].metric_code"),
+                    "a percentage model rates amounts: it needs a sum metric",
+                );
             }
         }
+        v.into_result()?;
         let version = self.plans.get(&p.code).map_or(0, |v| v.len() as u32) + 1;
         let mut plan = p.clone();
         plan.version = version;
@@ -333,8 +362,11 @@ impl Ledger {
         check_currency(customer, plan)?;
         let today = local_date(ctx.now, &customer.time_zone);
         let start = start_date.unwrap_or(today);
-        if start < today {
-            return Err(DomainError::invalid("start_date", "must be today or later"));
+        if start < today || start >= DATE_MAX {
+            return Err(DomainError::invalid(
+                "start_date",
+                format!("must be from today to before {DATE_MAX}"),
+            ));
         }
         let trial_end = (plan.trial_days > 0)
             .then(|| start.checked_add(jiff::Span::new().days(i64::from(plan.trial_days))))
@@ -352,8 +384,9 @@ impl Ledger {
         if plan.fee_timing == FeeTiming::Advance && trial_end.is_none() {
             let sub = preview_subscription(self, &events[0]);
             let first = sub.cycle.first();
-            let lines: Vec<_> =
-                base_fee_line(&sub, plan, &first, first.start, first.end).into_iter().collect();
+            let range = (first.start, first.end);
+            let lines =
+                segment_lines(&sub, &first, range, FeeTiming::Advance, |r| self.plan(r).clone());
             if !lines.is_empty() {
                 events.push(Event::InvoiceIssued(self.invoice_for(
                     &sub,
@@ -378,7 +411,8 @@ impl Ledger {
         let new_plan = self.find_plan(plan_code, plan_version)?;
         let customer = self.customer(&sub.customer_id)?;
         let today = local_date(ctx.now, &sub.time_zone);
-        check_active(self, sub, today)?;
+        check_not_canceled(self, sub, today)?;
+        check_no_pending_change(sub)?;
         check_currency(customer, new_plan)?;
         let old_plan = self.plan(sub.current_plan());
         if old_plan.plan_ref() == new_plan.plan_ref() {
@@ -409,8 +443,10 @@ impl Ledger {
         }];
         let period = sub.period_of(date).expect("in service");
         let mut lines = Vec::new();
-        if sub.fee_billed_until >= period.end {
-            if old_plan.fee_timing == FeeTiming::Advance {
+        // Only if this period's in-advance billing has happened (at start, at the close of the
+        // previous period, at trial end); otherwise that billing prices each plan's days itself.
+        if advance_billing_done(sub, &period) {
+            if old_plan.fee_timing == FeeTiming::Advance && sub.fee_billed_until >= period.end {
                 lines.extend(credit_line(sub, old_plan, &period, date, period.end));
             }
             if new_plan.fee_timing == FeeTiming::Advance {
@@ -437,10 +473,17 @@ impl Ledger {
     ) -> Result<Vec<Event>, DomainError> {
         let sub = self.subscription(id)?;
         let today = local_date(ctx.now, &sub.time_zone);
-        check_active(self, sub, today)?;
+        check_not_canceled(self, sub, today)?;
         let date = today.max(sub.start_date());
-        let effective_date =
-            if immediately { date } else { sub.period_of(date).expect("in service").end };
+        // Immediately: service ends at the end of today (today is a used day); a subscription
+        // that has not started yet ends before it starts.
+        let effective_date = match (immediately, today < sub.start_date()) {
+            (true, true) => sub.start_date(),
+            (true, false) => {
+                date.tomorrow().map_err(|_| DomainError::invalid("date", "out of range"))?
+            }
+            (false, _) => sub.period_of(date).expect("in service").end,
+        };
         Ok(vec![Event::SubscriptionCanceled {
             subscription_id: id.to_string(),
             effective_date,
@@ -624,17 +667,16 @@ impl Ledger {
     fn trial_end_events(&self, sub: &Subscription, t: Date, ctx: &Context) -> Vec<Event> {
         let mut events =
             vec![Event::TrialEnded { subscription_id: sub.subscription_id.clone(), date: t }];
-        let plan = self.plan(sub.plan_at(t));
         let period = sub.period_of(t).expect("trial ends in service");
-        if plan.fee_timing == FeeTiming::Advance && t > period.start {
-            if let Some(line) = base_fee_line(sub, plan, &period, t, period.end) {
-                events.push(Event::InvoiceIssued(self.invoice_for(
-                    sub,
-                    period,
-                    IssueReason::TrialEnd,
-                    vec![line],
-                    ctx.now,
-                )));
+        if t > period.start {
+            let range = (t, period.end);
+            let lines =
+                segment_lines(sub, &period, range, FeeTiming::Advance, |r| self.plan(r).clone());
+            if !lines.is_empty() {
+                let reason = IssueReason::TrialEnd;
+                events.push(Event::InvoiceIssued(
+                    self.invoice_for(sub, period, reason, lines, ctx.now),
+                ));
             }
         }
         events
@@ -665,14 +707,16 @@ impl Ledger {
         }
         let last_day = p.end.yesterday().unwrap_or(p.end).max(p.start);
         let rating_plan = self.plan(sub.plan_at(last_day));
-        let mut lines = arrears_lines(sub, &p, |r| self.plan(r).clone());
+        let plan_of = |r: &PlanRef| self.plan(r).clone();
+        let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of);
         lines.extend(self.usage_lines(sub, rating_plan, &p)?);
         let cut_short = sub
             .ends_on
             .is_some_and(|e| e < sub.cycle.period_containing(p.start).expect("in service").end);
         if cut_short && sub.fee_billed_until > p.end {
             let full = sub.cycle.period_containing(p.start).expect("in service");
-            let plan = self.plan(sub.plan_at(last_day));
+            // The plan that was charged for the unused days (an upgrade on the cut day counts).
+            let plan = self.plan(sub.plan_at(p.end));
             if plan.fee_timing == FeeTiming::Advance {
                 lines.extend(credit_line(sub, plan, &full, p.end, full.end));
             }
@@ -683,10 +727,10 @@ impl Ledger {
             let after = sub_after.as_ref().unwrap_or(sub);
             let next = sub.cycle.next(&sub.cycle.period_containing(p.start).expect("in service"));
             let next = after.truncate(next);
-            let next_plan = self.plan(after.plan_at(next.start));
             let trial_over = sub.trial_end.is_none_or(|t| t <= next.start);
-            if next_plan.fee_timing == FeeTiming::Advance && trial_over {
-                lines.extend(base_fee_line(after, next_plan, &next, next.start, next.end));
+            if trial_over {
+                let range = (next.start, next.end);
+                lines.extend(segment_lines(after, &next, range, FeeTiming::Advance, plan_of));
             }
         }
         let reason = if cut_short { IssueReason::Cancellation } else { IssueReason::PeriodClose };
@@ -712,8 +756,9 @@ impl Ledger {
             let metric = &self.metrics[&charge.metric_code];
             let usage = open.and_then(|o| o.usage.get(&metric.code));
             let units = match usage {
-                Some(u) => u.aggregate.units(start, end)?,
-                None => Decimal::ZERO,
+                // A period cut to nothing (cancelled before it began) has no usage to rate.
+                Some(u) if start < end => u.aggregate.units(start, end)?,
+                _ => Decimal::ZERO,
             };
             let amounts: Vec<Decimal> =
                 usage.map(|u| u.amounts.values().copied().collect()).unwrap_or_default();
@@ -939,9 +984,6 @@ impl Ledger {
         let versions = self.plans.entry(p.code.clone()).or_default();
         assert_eq!(versions.len() as u32 + 1, p.version, "plan versions are contiguous");
         versions.push(p.clone());
-        for c in p.charges.iter().filter(|c| c.model.needs_event_amounts()) {
-            self.percentage_metrics.insert(c.metric_code.clone());
-        }
     }
 
     fn evolve_invoice(&mut self, inv: &Invoice) {
@@ -982,7 +1024,7 @@ impl Ledger {
 
     fn apply_usage(&mut self, u: &Usage, facts: &UsageFacts, position: u64) {
         let metric = &self.metrics[&u.metric_code];
-        let keep = self.percentage_metrics.contains(&u.metric_code);
+        let keep = metric.aggregation == Aggregation::Sum;
         let sub = self.subscriptions.get_mut(&u.subscription_id).expect("subscription exists");
         let distinct =
             metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
@@ -1110,10 +1152,6 @@ impl Plan {
     }
 }
 
-fn with_field(e: DomainError, _field: &str) -> DomainError {
-    e
-}
-
 fn precondition(
     sub: &Subscription,
     kind: &'static str,
@@ -1136,7 +1174,7 @@ fn check_currency(customer: &CustomerState, plan: &Plan) -> Result<(), DomainErr
     Ok(())
 }
 
-fn check_active(ledger: &Ledger, sub: &Subscription, today: Date) -> Result<(), DomainError> {
+fn check_not_canceled(ledger: &Ledger, sub: &Subscription, today: Date) -> Result<(), DomainError> {
     if sub.ends_on.is_some() || ledger.subscription_status(sub, today) == "canceled" {
         return Err(precondition(
             sub,
@@ -1144,6 +1182,10 @@ fn check_active(ledger: &Ledger, sub: &Subscription, today: Date) -> Result<(), 
             format!("subscription {} is canceled", sub.subscription_id),
         ));
     }
+    Ok(())
+}
+
+fn check_no_pending_change(sub: &Subscription) -> Result<(), DomainError> {
     if sub.pending_change.is_some() {
         return Err(precondition(
             sub,
@@ -1152,6 +1194,14 @@ fn check_active(ledger: &Ledger, sub: &Subscription, today: Date) -> Result<(), 
         ));
     }
     Ok(())
+}
+
+/// Whether period `p`'s in-advance base fee has been invoiced already (or never will be, being
+/// all trial): `p` is the oldest open period and any trial has been processed.
+fn advance_billing_done(sub: &Subscription, p: &Period) -> bool {
+    let oldest_open = sub.next_close.is_some_and(|n| p.start <= n.start);
+    let trial_done = sub.trial_end.is_none_or(|t| sub.trial_ended || t >= p.end);
+    oldest_open && trial_done
 }
 
 fn check_usage_shape(u: &Usage) -> Result<(), DomainError> {

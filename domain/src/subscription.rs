@@ -18,8 +18,8 @@ use crate::rating::{RunningAggregate, UsagePoint};
 #[derive(Clone, Debug)]
 pub struct MetricUsage {
     pub aggregate: RunningAggregate,
-    /// Each event's amount by (occurred_at, position), kept only for metrics that some plan rates
-    /// with a percentage model (those need every event's amount in order).
+    /// Each event's amount by (occurred_at, position), kept for `sum` metrics: a percentage model
+    /// (which needs a sum metric) prices every event in order, and a plan change may bring one.
     pub amounts: BTreeMap<(Timestamp, u64), Decimal>,
 }
 
@@ -161,22 +161,25 @@ pub fn credit_line(
     Some(line)
 }
 
-/// In-arrears base-fee lines of (possibly cut) period `p`: one per plan segment in it.
-pub fn arrears_lines(
+/// Base-fee lines for days [from, to) of period `p` (possibly cut), one per plan segment in
+/// that range whose plan bills with `timing`: in arrears at close, in advance ahead of the days.
+pub fn segment_lines(
     sub: &Subscription,
     p: &Period,
+    (from, to): (Date, Date),
+    timing: FeeTiming,
     plan_of: impl Fn(&PlanRef) -> Plan,
 ) -> Vec<LineDraft> {
     let mut lines = Vec::new();
-    for (i, (from, plan_ref)) in sub.plans.iter().enumerate() {
-        let to = sub.plans.get(i + 1).map_or(p.end, |(d, _)| *d);
-        let (from, to) = ((*from).max(p.start), to.min(p.end));
-        if from >= to {
+    for (i, (seg_from, plan_ref)) in sub.plans.iter().enumerate() {
+        let seg_to = sub.plans.get(i + 1).map_or(to, |(d, _)| *d);
+        let (a, b) = ((*seg_from).max(from), seg_to.min(to));
+        if a >= b {
             continue;
         }
         let plan = plan_of(plan_ref);
-        if plan.fee_timing == FeeTiming::Arrears {
-            lines.extend(base_fee_line(sub, &plan, p, from, to));
+        if plan.fee_timing == timing {
+            lines.extend(base_fee_line(sub, &plan, p, a, b));
         }
     }
     lines

@@ -18,6 +18,7 @@ use crate::rating::{Aggregation, ChargeModel, Tier};
 struct World {
     ledger: Ledger,
     position: u64,
+    policy: Policy,
 }
 
 fn at(s: &str) -> Timestamp {
@@ -34,7 +35,7 @@ impl World {
     }
 
     fn in_zone(tax_rate: Decimal, time_zone: &str) -> World {
-        let mut w = World { ledger: Ledger::default(), position: 0 };
+        let mut w = World { ledger: Ledger::default(), position: 0, policy: Policy::default() };
         let customer = Customer {
             customer_id: "acme".into(),
             name: "Acme".into(),
@@ -54,7 +55,8 @@ impl World {
     }
 
     fn run(&mut self, cmd: Command, now: &str) -> Result<Vec<Event>, DomainError> {
-        let events = self.ledger.execute(&cmd, &ctx(now), self.position)?;
+        let c = Context { now: at(now), policy: self.policy.clone() };
+        let events = self.ledger.execute(&cmd, &c, self.position)?;
         self.position += events.len() as u64;
         Ok(events)
     }
@@ -320,12 +322,13 @@ fn immediate_cancel_credits_unused_days_and_closes_the_period() {
     let cmd = Command::CancelSubscription { subscription_id: "s1".into(), immediately: true };
     let events = w.run(cmd, "2025-01-11T12:00:00Z").unwrap();
     let inv = &invoices(&events)[0];
-    // usage 10 × 1.00 + 5 flat = 15.00; unused Jan 11..Feb 1 = 21 of 31 days × 31.00 = 21.00
+    // Service ends at the end of Jan 11. Usage 10 × 1.00 + 5 flat = 15.00;
+    // unused Jan 12..Feb 1 = 20 of 31 days × 31.00 = 20.00 credited.
     assert_eq!(
         amounts(inv),
-        vec![(LineKind::Usage, dec!(15.00)), (LineKind::Credit, dec!(-21.00))]
+        vec![(LineKind::Usage, dec!(15.00)), (LineKind::Credit, dec!(-20.00))]
     );
-    assert_eq!(inv.period.end, date(2025, 1, 11));
+    assert_eq!(inv.period.end, date(2025, 1, 12));
     assert_eq!(
         w.ledger.subscription_status(&w.ledger.subscriptions["s1"], date(2025, 1, 11)),
         "canceled"
@@ -459,6 +462,78 @@ fn periods_are_local_days_across_a_dst_change() {
     let march = &w.bill("2025-04-01T04:00:00Z")[0];
     assert_eq!(march.period, Period { start: date(2025, 3, 1), end: date(2025, 4, 1) });
     assert_eq!(amounts(march), vec![(LineKind::BaseFee, dec!(31.00)), (LineKind::Usage, dec!(7))]);
+}
+
+#[test]
+fn arrears_to_advance_upgrade_charges_the_new_plan_at_once() {
+    let mut w = World::new(dec!(0));
+    w.plan("basic", dec!(31.00), FeeTiming::Arrears, 0, vec![], None);
+    w.plan("pro", dec!(62.00), FeeTiming::Advance, 0, vec![], None);
+    w.start("basic", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    let cmd = Command::ChangePlan {
+        subscription_id: "s1".into(),
+        plan_code: "pro".into(),
+        plan_version: None,
+    };
+    let up = invoices(&w.run(cmd, "2025-01-16T09:00:00Z").unwrap());
+    assert_eq!(amounts(&up[0]), vec![(LineKind::BaseFee, dec!(32.00))], "16 of 31 days of pro");
+    let jan = &w.bill("2025-02-01T00:00:00Z")[0];
+    // basic in arrears for Jan 1..16 (15 days) = 15.00; February in advance on pro = 62.00
+    assert_eq!(
+        amounts(jan),
+        vec![(LineKind::BaseFee, dec!(15.00)), (LineKind::BaseFee, dec!(62.00))]
+    );
+}
+
+#[test]
+fn upgrade_while_the_previous_period_is_in_grace_is_billed_at_its_close() {
+    let mut w = World::new(dec!(0));
+    w.policy.grace_period_secs = 3 * 86_400;
+    w.plan("basic", dec!(28.00), FeeTiming::Advance, 0, vec![], None);
+    w.plan("pro", dec!(56.00), FeeTiming::Advance, 0, vec![], None);
+    w.start("basic", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    let cmd = Command::ChangePlan {
+        subscription_id: "s1".into(),
+        plan_code: "pro".into(),
+        plan_version: None,
+    };
+    assert!(
+        invoices(&w.run(cmd, "2025-02-02T09:00:00Z").unwrap()).is_empty(),
+        "February is not billed yet"
+    );
+    let jan = &w.bill("2025-02-04T00:00:00Z")[0];
+    // February (28 days) in advance: basic for Feb 1 (1 day) = 1.00, pro for Feb 2..Mar 1 (27 days) = 54.00
+    assert_eq!(
+        amounts(jan),
+        vec![(LineKind::BaseFee, dec!(1.00)), (LineKind::BaseFee, dec!(54.00))]
+    );
+}
+
+#[test]
+fn cancel_on_the_upgrade_day_credits_the_new_plan_and_a_pending_downgrade_does_not_block_it() {
+    let mut w = World::new(dec!(0));
+    w.plan("basic", dec!(31.00), FeeTiming::Advance, 0, vec![], None);
+    w.plan("pro", dec!(62.00), FeeTiming::Advance, 0, vec![], None);
+    w.start("basic", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    let up = Command::ChangePlan {
+        subscription_id: "s1".into(),
+        plan_code: "pro".into(),
+        plan_version: None,
+    };
+    w.run(up, "2025-01-16T09:00:00Z").unwrap();
+    let down = Command::ChangePlan {
+        subscription_id: "s1".into(),
+        plan_code: "basic".into(),
+        plan_version: None,
+    };
+    assert!(matches!(
+        w.run(down, "2025-01-16T10:00:00Z").unwrap()[..],
+        [Event::PlanChangeScheduled { .. }]
+    ));
+    let cancel = Command::CancelSubscription { subscription_id: "s1".into(), immediately: true };
+    let inv = &invoices(&w.run(cancel, "2025-01-16T11:00:00Z").unwrap())[0];
+    // pro was charged for Jan 16..Feb 1; service ends after Jan 16: Jan 17..Feb 1 = 15 days of pro
+    assert_eq!(amounts(inv), vec![(LineKind::Credit, dec!(-30.00))]);
 }
 
 mod replay_equivalence {
