@@ -334,6 +334,16 @@ async fn write_side_end_to_end_with_kill_and_restart() {
     let mut c = server.client().await;
     let again = c.record_usage(usage("tx-1", "200")).await.unwrap().into_inner();
     assert_eq!(again.status, "duplicate", "dedup survives a kill -9");
+    let draft = c
+        .get_current_usage(pb::GetCurrentUsageRequest { subscription_id: "sub-1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (draft.status.as_str(), draft.total.as_str()),
+        ("draft", "220.00"),
+        "the draft before the close"
+    );
 
     let run = c
         .run_billing(pb::RunBillingRequest { as_of: Some(days_later(40)), ..Default::default() })

@@ -296,6 +296,15 @@ pub fn invoice(acc: &InvoiceAccount) -> pb::Invoice {
     }
 }
 
+/// A current-usage draft: an invoice that is not issued (status `draft`, nothing paid or due).
+pub fn draft(invoice: domain::invoice::Invoice) -> pb::Invoice {
+    let mut out = self::invoice(&InvoiceAccount::issued(invoice));
+    out.status = "draft".to_string();
+    out.amount_due = out.total.clone();
+    out.issued_at = None;
+    out
+}
+
 fn line(l: &domain::invoice::InvoiceLine) -> pb::InvoiceLine {
     pb::InvoiceLine {
         kind: l.kind.as_str().to_string(),

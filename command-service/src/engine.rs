@@ -253,11 +253,13 @@ impl Engine {
         idempotency: Option<Idempotency>,
         now: Timestamp,
     ) -> event_store::AppendTicket {
+        // Every event of one command shares a correlation id.
+        let correlation_id = Uuid::new_v4();
         let mut writes: Vec<StreamWrite> = Vec::new();
         let mut seen_in_request: HashMap<String, ()> = HashMap::new();
         for event in events {
             let stream = event.stream();
-            let new = new_event(event, now);
+            let new = new_event(event, now, correlation_id);
             if let Some(last) = writes.last_mut().filter(|w| w.stream == stream) {
                 last.events.push(new);
                 continue;
@@ -330,14 +332,14 @@ impl Engine {
     }
 }
 
-fn new_event(event: &Event, now: Timestamp) -> NewEvent {
+fn new_event(event: &Event, now: Timestamp, correlation_id: Uuid) -> NewEvent {
     NewEvent {
         event_id: Uuid::new_v4(),
         event_type: event.type_name().to_string(),
         schema_version: domain::events::SCHEMA_VERSION,
         occurred_at_us: event.occurred_at().unwrap_or(now).as_microsecond(),
         causation_id: None,
-        correlation_id: None,
+        correlation_id: Some(correlation_id),
         payload: event.encode(),
     }
 }

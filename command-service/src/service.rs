@@ -408,6 +408,24 @@ impl CommandService for CommandApi {
         self.invoice_reply(&r.invoice_id, done).await
     }
 
+    #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
+    async fn get_current_usage(
+        &self,
+        request: Request<pb::GetCurrentUsageRequest>,
+    ) -> Result<Response<pb::Invoice>, Status> {
+        let id = &request.get_ref().subscription_id;
+        let now = self.engine.now();
+        let draft = self.engine.read(|l| l.draft_invoice(id, now)).await.map_err(from_domain)?;
+        let draft = draft.ok_or_else(|| {
+            from_domain(domain::DomainError::precondition(
+                "NO_OPEN_PERIOD",
+                format!("subscription-{id}"),
+                "the subscription has no open billing period",
+            ))
+        })?;
+        Ok(Response::new(convert::draft(draft)))
+    }
+
     #[tracing::instrument(skip_all, fields(invoice_id = %request.get_ref().invoice_id))]
     async fn get_invoice(
         &self,

@@ -743,6 +743,32 @@ impl Ledger {
         Ok(events)
     }
 
+    /// The current-usage draft of a subscription's open period containing `at`: what closing it
+    /// now would invoice for it (arrears base fee, usage charges, commitment true-up), without
+    /// the next period's in-advance fee. `None` when no open period contains `at`.
+    pub fn draft_invoice(
+        &self,
+        subscription_id: &str,
+        at: Timestamp,
+    ) -> Result<Option<Invoice>, DomainError> {
+        let sub = self.subscription(subscription_id)?;
+        let date = local_date(at, &sub.time_zone).max(sub.start_date());
+        let Some(p) =
+            sub.period_of(date).filter(|p| sub.next_close.is_some_and(|n| p.start >= n.start))
+        else {
+            return Ok(None);
+        };
+        let last_day = p.end.yesterday().unwrap_or(p.end).max(p.start);
+        let rating_plan = self.plan(sub.plan_at(last_day));
+        let plan_of = |r: &PlanRef| self.plan(r).clone();
+        let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of);
+        lines.extend(self.usage_lines(sub, rating_plan, &p)?);
+        lines.extend(self.true_up_line(sub, rating_plan, &p, &lines));
+        let mut draft = self.invoice_for(sub, p, IssueReason::PeriodClose, lines, at);
+        draft.invoice_id = format!("draft-{subscription_id}-{}", p.start);
+        Ok(Some(draft))
+    }
+
     fn usage_lines(
         &self,
         sub: &Subscription,

@@ -131,7 +131,7 @@ pub fn base_fee_line(
     to: Date,
 ) -> Option<LineDraft> {
     let days = sub.billable_days(from, to);
-    if days == 0 {
+    if days == 0 || plan.base_fee.is_zero() {
         return None;
     }
     let full = sub.full_days(p);

@@ -536,6 +536,56 @@ fn cancel_on_the_upgrade_day_credits_the_new_plan_and_a_pending_downgrade_does_n
     assert_eq!(amounts(inv), vec![(LineKind::Credit, dec!(-30.00))]);
 }
 
+#[test]
+fn pay_in_advance_charges_invoice_each_event_and_skip_the_close() {
+    let mut w = World::new(dec!(0));
+    let package = ChargeModel::Package {
+        package_size: dec!(10),
+        package_price: dec!(4),
+        free_units: dec!(5),
+    };
+    let charge = Charge { metric_code: "calls".into(), model: package, pay_in_advance: true };
+    w.plan("credits", dec!(0), FeeTiming::Arrears, 0, vec![charge], None);
+    w.start("credits", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    // 5 free units: nothing due, no invoice
+    assert_eq!(
+        w.usage("t1", "5", "2025-01-02T00:00:00Z", "2025-01-02T00:00:00Z").unwrap().len(),
+        1
+    );
+    // 5 → 12 units: one package started = 4.00
+    let second =
+        invoices(&w.usage("t2", "7", "2025-01-03T00:00:00Z", "2025-01-03T00:00:00Z").unwrap());
+    assert_eq!(amounts(&second[0]), vec![(LineKind::UsageInAdvance, dec!(4.00))]);
+    // 12 → 30 units: packages 1 → 3 = 8.00
+    let third =
+        invoices(&w.usage("t3", "18", "2025-01-04T00:00:00Z", "2025-01-04T00:00:00Z").unwrap());
+    assert_eq!(amounts(&third[0]), vec![(LineKind::UsageInAdvance, dec!(8.00))]);
+    let draft = w.ledger.draft_invoice("s1", at("2025-01-05T00:00:00Z")).unwrap().unwrap();
+    assert!(draft.lines.is_empty(), "in-advance charges are not billed again at close");
+    let close = &w.bill("2025-02-01T00:00:00Z")[0];
+    assert_eq!(close.total, dec!(0));
+}
+
+#[test]
+fn the_current_usage_draft_prices_the_open_period() {
+    let mut w = World::new(dec!(20));
+    w.plan("metered", dec!(10.00), FeeTiming::Arrears, 0, vec![graduated_spec_charge()], None);
+    w.start("metered", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    w.usage("t1", "250", "2025-01-05T00:00:00Z", "2025-01-05T00:00:00Z").unwrap();
+    let draft = w.ledger.draft_invoice("s1", at("2025-01-06T00:00:00Z")).unwrap().unwrap();
+    assert_eq!(
+        amounts(&draft),
+        vec![(LineKind::BaseFee, dec!(10.00)), (LineKind::Usage, dec!(180.00))]
+    );
+    assert_eq!(draft.total, dec!(228.00));
+    let issued = &w.bill("2025-02-01T00:00:00Z")[0];
+    assert_eq!(
+        (issued.lines.clone(), issued.total),
+        (draft.lines, draft.total),
+        "the draft is what the close issues"
+    );
+}
+
 mod replay_equivalence {
     //! Property: whatever valid commands ran, folding the events they produced into a fresh
     //! ledger gives the same state the live ledger reached (evolve reproduces what execute did).
