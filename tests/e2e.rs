@@ -209,6 +209,11 @@ async fn record_usage(c: &mut Client) {
     let mut acks = c.ingest_usage(tokio_stream::iter(vec![batch])).await.unwrap().into_inner();
     let ack = acks.message().await.unwrap().unwrap();
     assert_eq!((ack.accepted, ack.duplicates, ack.rejected), (1, 1, 0));
+    // A batch over the limit (10,000 events) is refused whole and appends nothing.
+    let too_big =
+        pb::UsageBatch { events: (0..10_001).map(|i| usage(&format!("big-{i}"), "1")).collect() };
+    let mut acks = c.ingest_usage(tokio_stream::iter(vec![too_big])).await.unwrap().into_inner();
+    assert_eq!(acks.message().await.unwrap_err().code(), Code::ResourceExhausted);
 }
 
 fn assert_code(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code) -> tonic::Status {

@@ -122,3 +122,23 @@ async fn idempotent_replay_and_key_reuse() {
     assert!(again.duplicate, "keys survive a restart");
     assert_eq!(store.head(), 1);
 }
+
+#[tokio::test]
+async fn after_close_commands_get_unavailable_with_retry_info() {
+    use tonic_types::StatusExt;
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let e = engine(store.clone(), "2025-01-01T12:00:00Z").await;
+    e.close().await.unwrap();
+    let usd = Currency::parse("USD").unwrap();
+    let customer = Customer {
+        customer_id: "c".into(),
+        name: "C".into(),
+        currency: usd,
+        time_zone: "UTC".into(),
+        tax_rate: dec!(0),
+    };
+    let status = e.execute(Command::RegisterCustomer(customer), None, None).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.get_details_retry_info().is_some(), "callers are told when to retry");
+    assert_eq!(store.head(), 0, "nothing was appended");
+}
