@@ -116,13 +116,10 @@ impl Engine {
         key: Option<(String, [u8; 32])>,
         guard: Option<(String, u64)>,
     ) -> Result<Executed, Status> {
-        let mut model = self.lock_model().await?;
-        if let Some((k, digest)) = &key {
-            if let Some(prev) = model.idempotency.get(k).cloned() {
-                drop(model);
-                return self.replay_keyed(k, digest, prev).await;
-            }
-        }
+        let mut model = match self.lock_or_replay(&key).await? {
+            Ok(model) => model,
+            Err(original) => return Ok(original),
+        };
         if let Some((stream, expected)) = guard {
             let actual = model.stream_versions.get(&stream).copied();
             if actual != Some(expected) {
@@ -155,13 +152,10 @@ impl Engine {
         as_of: Timestamp,
         key: Option<(String, [u8; 32])>,
     ) -> Result<Executed, Status> {
-        let mut model = self.lock_model().await?;
-        if let Some((k, digest)) = &key {
-            if let Some(prev) = model.idempotency.get(k).cloned() {
-                drop(model);
-                return self.replay_keyed(k, digest, prev).await;
-            }
-        }
+        let mut model = match self.lock_or_replay(&key).await? {
+            Ok(model) => model,
+            Err(original) => return Ok(original),
+        };
         domain::ledger::check_billing_time(as_of).map_err(from_domain)?;
         let ctx = Context { now: self.now(), policy: self.policy.clone() };
         let ids: Vec<String> = model.ledger.subscriptions.keys().cloned().collect();
@@ -228,6 +222,22 @@ impl Engine {
         self.closing.store(true, Ordering::SeqCst);
         let _model = self.model.lock().await;
         self.store.close().await.map_err(from_store)
+    }
+
+    /// Locks the model, unless `key` names a command already done: then its original result
+    /// (or ALREADY_EXISTS when the same key came with another request).
+    async fn lock_or_replay(
+        &self,
+        key: &Option<(String, [u8; 32])>,
+    ) -> Result<Result<tokio::sync::MutexGuard<'_, WriteModel>, Executed>, Status> {
+        let model = self.lock_model().await?;
+        if let Some((k, digest)) = key {
+            if let Some(prev) = model.idempotency.get(k).cloned() {
+                drop(model);
+                return self.replay_keyed(k, digest, prev).await.map(Err);
+            }
+        }
+        Ok(Ok(model))
     }
 
     async fn lock_model(&self) -> Result<tokio::sync::MutexGuard<'_, WriteModel>, Status> {

@@ -15,6 +15,16 @@ fn clock(at: &'static str) -> Clock {
     Arc::new(move || at.parse().unwrap())
 }
 
+fn acme(currency: Currency) -> Customer {
+    Customer {
+        customer_id: "c".into(),
+        name: "C".into(),
+        currency,
+        time_zone: "UTC".into(),
+        tax_rate: dec!(0),
+    }
+}
+
 async fn engine(store: Arc<dyn EventStore>, at: &'static str) -> Engine {
     Engine::open(store, Policy::default(), clock(at)).await.unwrap()
 }
@@ -24,13 +34,7 @@ async fn a_large_billing_run_is_split_into_bounded_appends_and_rebuilds_identica
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
     let e = engine(store.clone(), "2025-01-01T12:00:00Z").await;
     let usd = Currency::parse("USD").unwrap();
-    let customer = Customer {
-        customer_id: "c".into(),
-        name: "C".into(),
-        currency: usd,
-        time_zone: "UTC".into(),
-        tax_rate: dec!(0),
-    };
+    let customer = acme(usd);
     e.execute(Command::RegisterCustomer(customer), None, None).await.unwrap();
     let plan = Plan {
         code: "p".into(),
@@ -85,13 +89,7 @@ async fn idempotent_replay_and_key_reuse() {
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
     let e = engine(store.clone(), "2025-01-01T12:00:00Z").await;
     let usd = Currency::parse("USD").unwrap();
-    let customer = Customer {
-        customer_id: "c".into(),
-        name: "C".into(),
-        currency: usd,
-        time_zone: "UTC".into(),
-        tax_rate: dec!(0),
-    };
+    let customer = acme(usd);
     let key = Some(("k1".to_string(), [7u8; 32]));
     let first =
         e.execute(Command::RegisterCustomer(customer.clone()), key.clone(), None).await.unwrap();
@@ -106,17 +104,7 @@ async fn idempotent_replay_and_key_reuse() {
     assert_eq!(other.unwrap_err().code(), tonic::Code::AlreadyExists);
     let reopened = engine(store.clone(), "2025-01-02T00:00:00Z").await;
     let again = reopened
-        .execute(
-            Command::RegisterCustomer(Customer {
-                customer_id: "c".into(),
-                name: "C".into(),
-                currency: usd,
-                time_zone: "UTC".into(),
-                tax_rate: dec!(0),
-            }),
-            Some(("k1".to_string(), [7u8; 32])),
-            None,
-        )
+        .execute(Command::RegisterCustomer(acme(usd)), Some(("k1".to_string(), [7u8; 32])), None)
         .await
         .unwrap();
     assert!(again.duplicate, "keys survive a restart");
@@ -130,13 +118,7 @@ async fn after_close_commands_get_unavailable_with_retry_info() {
     let e = engine(store.clone(), "2025-01-01T12:00:00Z").await;
     e.close().await.unwrap();
     let usd = Currency::parse("USD").unwrap();
-    let customer = Customer {
-        customer_id: "c".into(),
-        name: "C".into(),
-        currency: usd,
-        time_zone: "UTC".into(),
-        tax_rate: dec!(0),
-    };
+    let customer = acme(usd);
     let status = e.execute(Command::RegisterCustomer(customer), None, None).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert!(status.get_details_retry_info().is_some(), "callers are told when to retry");
