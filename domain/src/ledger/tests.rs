@@ -586,6 +586,29 @@ fn the_current_usage_draft_prices_the_open_period() {
     );
 }
 
+#[test]
+fn percentage_charges_price_events_in_occurred_order() {
+    let mut w = World::new(dec!(0));
+    let model = ChargeModel::Percentage {
+        rate: dec!(2.9),
+        fixed_amount: dec!(0.30),
+        free_events: Some(1),
+        free_amount: None,
+        min_per_event: None,
+        max_per_event: None,
+    };
+    let charge = Charge { metric_code: "calls".into(), model, pay_in_advance: false };
+    w.plan("payments", dec!(0), FeeTiming::Arrears, 0, vec![charge], None);
+    w.start("payments", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    // Recorded out of order: the Jan 3 event (100.00) is the first by occurred_at, so it is the
+    // free one; the Jan 5 event pays 2.9 % of 200.00 + 0.30 = 6.10.
+    w.usage("late", "200.00", "2025-01-05T00:00:00Z", "2025-01-06T00:00:00Z").unwrap();
+    w.usage("early", "100.00", "2025-01-03T00:00:00Z", "2025-01-06T00:00:01Z").unwrap();
+    let inv = &w.bill("2025-02-01T00:00:00Z")[0];
+    assert_eq!(amounts(inv), vec![(LineKind::Usage, dec!(6.10))]);
+    assert_eq!(inv.lines[0].units, Some(dec!(300.00)));
+}
+
 mod replay_equivalence {
     //! Property: whatever valid commands ran, folding the events they produced into a fresh
     //! ledger gives the same state the live ledger reached (evolve reproduces what execute did).
