@@ -13,7 +13,9 @@ pub mod events;
 pub mod invoice;
 pub mod ledger;
 pub mod money;
+pub mod mrr;
 pub mod rating;
+pub mod recognition;
 pub mod subscription;
 
 pub use error::{DomainError, FieldViolation};
