@@ -1,0 +1,314 @@
+//! The `invoices` read model (SPEC §5): every issued invoice with its lines, tax, totals,
+//! status (open, paid, void, uncollectible), amount paid, amount due and failed attempts, built
+//! from `InvoiceIssued`, `PaymentSucceeded`, `PaymentFailed`, `InvoiceVoided` and
+//! `InvoiceMarkedUncollectible`. Status rules are the write model's (`domain::ledger` evolve):
+//! an invoice with total ≤ 0 is paid at issue; it becomes paid when the payments reach its total
+//! (also from uncollectible); nothing is due on a void invoice.
+//!
+//! Keys (see the crate docs): `inv/<invoice_id>` → [`InvoiceRecord`] JSON, and index keys
+//! `idx/all/<pos>`, `idx/c/<customer>/<pos>`, `idx/s/<status>/<pos>`,
+//! `idx/cs/<customer>/<status>/<pos>` → invoice id, `<pos>` = issue position in 16 hex digits.
+
+use domain::events::Event;
+use domain::invoice::{Invoice, InvoiceAccount, InvoiceStatus};
+use event_store::{Position, RecordedEvent};
+use jiff::Timestamp;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{corrupt, ReadModel, Snapshot, Writes};
+use crate::{Projection, ProjectionError, Result};
+
+/// The projection's name (tree `projection/invoices`).
+pub const NAME: &str = "invoices";
+/// Version of [`InvoiceRecord`]'s encoding (its `v` field).
+pub const RECORD_VERSION: u16 = 1;
+/// Page size used when a caller asks for 0.
+pub const PAGE_SIZE_DEFAULT: usize = 100;
+/// Largest page; larger requests are served this many.
+pub const PAGE_SIZE_MAX: usize = 1_000;
+
+/// One invoice as the read model holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceRecord {
+    /// Encoding version, [`RECORD_VERSION`].
+    pub v: u16,
+    /// The invoice as issued: lines, subtotal, tax, total.
+    pub invoice: Invoice,
+    pub status: InvoiceStatus,
+    pub amount_paid: Decimal,
+    pub amount_due: Decimal,
+    pub failed_attempts: u32,
+    pub last_failure_reason: Option<String>,
+    pub paid_at: Option<Timestamp>,
+    pub voided_at: Option<Timestamp>,
+    pub void_reason: Option<String>,
+    pub uncollectible_at: Option<Timestamp>,
+    /// Position of `InvoiceIssued`.
+    pub issued_position: Position,
+    /// Position of the last event that changed the invoice.
+    pub updated_position: Position,
+}
+
+impl InvoiceRecord {
+    fn issued(invoice: &Invoice, position: Position) -> Self {
+        let account = InvoiceAccount::issued(invoice.clone());
+        let paid = account.status == InvoiceStatus::Paid;
+        InvoiceRecord {
+            v: RECORD_VERSION,
+            amount_due: account.amount_due(),
+            status: account.status,
+            amount_paid: account.amount_paid,
+            failed_attempts: account.failed_attempts,
+            paid_at: paid.then_some(invoice.issued_at),
+            invoice: account.invoice,
+            last_failure_reason: None,
+            voided_at: None,
+            void_reason: None,
+            uncollectible_at: None,
+            issued_position: position,
+            updated_position: position,
+        }
+    }
+
+    fn pay(&mut self, amount: Decimal, at: Timestamp) -> Result<(), String> {
+        self.amount_paid += amount;
+        if self.amount_paid > self.invoice.total {
+            return Err(format!("payments {} exceed the total", self.amount_paid));
+        }
+        if self.amount_paid == self.invoice.total {
+            self.status = InvoiceStatus::Paid;
+            self.paid_at = Some(at);
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, attempt: u32, reason: &str) -> Result<(), String> {
+        self.failed_attempts = attempt;
+        self.last_failure_reason = Some(reason.to_string());
+        Ok(())
+    }
+
+    fn void(&mut self, reason: &str, at: Timestamp) -> Result<(), String> {
+        self.status = InvoiceStatus::Void;
+        self.voided_at = Some(at);
+        self.void_reason = Some(reason.to_string());
+        Ok(())
+    }
+
+    fn mark_uncollectible(&mut self, at: Timestamp) -> Result<(), String> {
+        self.status = InvoiceStatus::Uncollectible;
+        self.uncollectible_at = Some(at);
+        Ok(())
+    }
+
+    /// Same rule as `InvoiceAccount::amount_due`.
+    fn refresh_amount_due(&mut self) {
+        self.amount_due = match self.status {
+            InvoiceStatus::Void => Decimal::ZERO,
+            _ => (self.invoice.total - self.amount_paid).max(Decimal::ZERO),
+        };
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("invoice records always serialize")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let record: InvoiceRecord = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(NAME, format!("invoice record: {e}")))?;
+        if record.v != RECORD_VERSION {
+            return Err(corrupt(NAME, format!("unknown invoice record version {}", record.v)));
+        }
+        Ok(record)
+    }
+}
+
+fn record_key(invoice_id: &str) -> Vec<u8> {
+    format!("inv/{invoice_id}").into_bytes()
+}
+
+fn position_token(position: Position) -> String {
+    format!("{position:016x}")
+}
+
+fn index_keys(r: &InvoiceRecord) -> [Vec<u8>; 4] {
+    let pos = position_token(r.issued_position);
+    let (customer, status) = (&r.invoice.customer_id, r.status.as_str());
+    [
+        format!("idx/all/{pos}"),
+        format!("idx/c/{customer}/{pos}"),
+        format!("idx/s/{status}/{pos}"),
+        format!("idx/cs/{customer}/{status}/{pos}"),
+    ]
+    .map(String::into_bytes)
+}
+
+/// The `invoices` projection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InvoicesProjection;
+
+impl Projection for InvoicesProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
+        let at = event.position;
+        match decoded {
+            Event::InvoiceIssued(invoice) => issue(w, invoice, at),
+            Event::PaymentSucceeded { invoice_id, amount, occurred_at } => {
+                update(w, invoice_id, at, |r| r.pay(*amount, *occurred_at))
+            }
+            Event::PaymentFailed { invoice_id, reason, attempt, .. } => {
+                update(w, invoice_id, at, |r| r.fail(*attempt, reason))
+            }
+            Event::InvoiceVoided { invoice_id, reason, occurred_at } => {
+                update(w, invoice_id, at, |r| r.void(reason, *occurred_at))
+            }
+            Event::InvoiceMarkedUncollectible { invoice_id, occurred_at } => {
+                update(w, invoice_id, at, |r| r.mark_uncollectible(*occurred_at))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn inconsistent(position: Position, detail: impl Into<String>) -> ProjectionError {
+    ProjectionError::Inconsistent { projection: NAME, position, detail: detail.into() }
+}
+
+fn issue(w: &mut Writes<'_>, invoice: &Invoice, position: Position) -> Result<()> {
+    if w.get(&record_key(&invoice.invoice_id))?.is_some() {
+        return Err(inconsistent(position, format!("invoice {} issued twice", invoice.invoice_id)));
+    }
+    put(w, &InvoiceRecord::issued(invoice, position));
+    Ok(())
+}
+
+fn update(
+    w: &mut Writes<'_>,
+    invoice_id: &str,
+    position: Position,
+    change: impl FnOnce(&mut InvoiceRecord) -> Result<(), String>,
+) -> Result<()> {
+    let bytes = w.get(&record_key(invoice_id))?;
+    let bytes =
+        bytes.ok_or_else(|| inconsistent(position, format!("unknown invoice {invoice_id}")))?;
+    let mut record = InvoiceRecord::decode(&bytes)?;
+    for key in index_keys(&record) {
+        w.delete(key);
+    }
+    change(&mut record).map_err(|detail| inconsistent(position, detail))?;
+    record.refresh_amount_due();
+    record.updated_position = position;
+    put(w, &record);
+    Ok(())
+}
+
+fn put(w: &mut Writes<'_>, record: &InvoiceRecord) {
+    let id = record.invoice.invoice_id.as_bytes();
+    w.put(record_key(&record.invoice.invoice_id), record.encode());
+    for key in index_keys(record) {
+        w.put(key, id);
+    }
+}
+
+/// Which invoices to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InvoiceFilter {
+    pub customer_id: Option<String>,
+    pub status: Option<InvoiceStatus>,
+}
+
+impl InvoiceFilter {
+    fn prefix(&self) -> Result<String> {
+        if let Some(c) = &self.customer_id {
+            if c.is_empty() || c.contains('/') {
+                let msg = format!("customer_id {c:?} must be non-empty without '/'");
+                return Err(ProjectionError::InvalidArgument(msg));
+            }
+        }
+        let status = self.status.map(|s| s.as_str());
+        Ok(match (&self.customer_id, status) {
+            (None, None) => "idx/all/".to_string(),
+            (Some(c), None) => format!("idx/c/{c}/"),
+            (None, Some(s)) => format!("idx/s/{s}/"),
+            (Some(c), Some(s)) => format!("idx/cs/{c}/{s}/"),
+        })
+    }
+}
+
+/// One page of a listing, in issue order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoicePage {
+    pub invoices: Vec<InvoiceRecord>,
+    /// Present when more invoices follow; pass it back to get the next page.
+    pub next_page_token: Option<String>,
+    /// The read model's checkpoint the page was read at.
+    pub position: Position,
+}
+
+/// Read-only access to the invoices read model.
+#[derive(Clone)]
+pub struct InvoiceReader {
+    model: ReadModel,
+}
+
+impl InvoiceReader {
+    /// Wraps the read model of an [`InvoicesProjection`] runner.
+    pub fn new(model: ReadModel) -> Self {
+        assert_eq!(model.name(), NAME, "not the invoices read model");
+        InvoiceReader { model }
+    }
+
+    pub fn model(&self) -> &ReadModel {
+        &self.model
+    }
+
+    /// The invoice, if it has been issued (as of the read model's checkpoint).
+    pub fn get(&self, invoice_id: &str) -> Result<Option<InvoiceRecord>> {
+        self.model.read(|snap| load(snap, invoice_id.as_bytes()))
+    }
+
+    /// Up to `page_size` invoices matching `filter` (0 = [`PAGE_SIZE_DEFAULT`], at most
+    /// [`PAGE_SIZE_MAX`]), after `page_token`, read from one consistent view.
+    pub fn list(
+        &self,
+        filter: &InvoiceFilter,
+        page_token: Option<&str>,
+        page_size: usize,
+    ) -> Result<InvoicePage> {
+        let prefix = filter.prefix()?;
+        let after = page_token.map(parse_page_token).transpose()?;
+        let size = if page_size == 0 { PAGE_SIZE_DEFAULT } else { page_size.min(PAGE_SIZE_MAX) };
+        self.model.read(|snap| {
+            let hits =
+                snap.scan(prefix.as_bytes(), after.as_deref().map(str::as_bytes), size + 1)?;
+            let mut invoices = Vec::with_capacity(size.min(hits.len()));
+            for (key, id) in hits.iter().take(size) {
+                let missing =
+                    || corrupt(NAME, format!("index key {key:?} names a missing invoice"));
+                invoices.push(load(snap, id)?.ok_or_else(missing)?);
+            }
+            let next_page_token = match invoices.last() {
+                Some(last) if hits.len() > size => Some(position_token(last.issued_position)),
+                _ => None,
+            };
+            Ok(InvoicePage { invoices, next_page_token, position: snap.checkpoint()? })
+        })
+    }
+}
+
+fn load(snap: &Snapshot<'_>, invoice_id: &[u8]) -> Result<Option<InvoiceRecord>> {
+    let key = [b"inv/".as_slice(), invoice_id].concat();
+    snap.get(&key)?.map(|bytes| InvoiceRecord::decode(&bytes)).transpose()
+}
+
+fn parse_page_token(token: &str) -> Result<String> {
+    let valid = token.len() == 16 && token.bytes().all(|b| b.is_ascii_hexdigit());
+    match valid.then(|| Position::from_str_radix(token, 16)).and_then(Result::ok) {
+        Some(position) => Ok(position_token(position)),
+        None => Err(ProjectionError::InvalidArgument(format!("invalid page token {token:?}"))),
+    }
+}

@@ -1,0 +1,242 @@
+//! The projection runner: follows the ordered log from a checkpoint and commits each batch of
+//! read-model writes together with the new checkpoint.
+
+use std::time::Duration;
+
+use domain::events::Event;
+use event_store::{EventStore, Position, RecordedEvent};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::store::{prepare, ReadModel, Writes};
+use crate::{ProjectionError, Result};
+
+/// Largest accepted `batch_events_max`.
+pub const BATCH_EVENTS_MAX_LIMIT: usize = 65_536;
+/// Largest accepted `poll_interval_ms`.
+pub const POLL_INTERVAL_MS_MAX: u64 = 60_000;
+
+/// A read model built by folding the log.
+///
+/// `apply` must be deterministic and keep its state in the keys it reads and writes through
+/// [`Writes`] only (no fields that outlive a batch): a batch that fails is dropped whole and
+/// re-applied later, and a rebuild must give the same keys whatever the batch boundaries.
+pub trait Projection: Send + 'static {
+    /// Stable name; also the tree name `projection/<name>`.
+    fn name(&self) -> &'static str;
+    /// Version of the model's layout and rules; a change rebuilds the model from position 0.
+    fn version(&self) -> u32 {
+        1
+    }
+    /// Applies one event. An error aborts the whole batch (nothing of it is committed).
+    fn apply(
+        &mut self,
+        writes: &mut Writes<'_>,
+        event: &RecordedEvent,
+        decoded: &Event,
+    ) -> Result<()>;
+}
+
+/// Runner settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunnerConfig {
+    /// Most events read, applied and committed as one batch.
+    pub batch_events_max: usize,
+    /// Longest wait for a head change before the runner checks the log again.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig { batch_events_max: 1_024, poll_interval_ms: 500 }
+    }
+}
+
+impl RunnerConfig {
+    fn validate(&self) -> Result<()> {
+        if !(1..=BATCH_EVENTS_MAX_LIMIT).contains(&self.batch_events_max) {
+            let msg = format!("batch_events_max must be 1..={BATCH_EVENTS_MAX_LIMIT}");
+            return Err(ProjectionError::InvalidArgument(msg));
+        }
+        if !(1..=POLL_INTERVAL_MS_MAX).contains(&self.poll_interval_ms) {
+            let msg = format!("poll_interval_ms must be 1..={POLL_INTERVAL_MS_MAX}");
+            return Err(ProjectionError::InvalidArgument(msg));
+        }
+        Ok(())
+    }
+}
+
+/// Drives one projection over one event store.
+pub struct Runner<S, P> {
+    store: S,
+    projection: P,
+    model: ReadModel,
+    checkpoint: Position,
+    applied: watch::Sender<Position>,
+    config: RunnerConfig,
+}
+
+impl<S: EventStore, P: Projection> Runner<S, P> {
+    /// Opens the projection's tree in `db` (clearing it if its version changed) and resumes from
+    /// its checkpoint (0 on first start).
+    pub fn open(db: &sled::Db, store: S, projection: P, config: RunnerConfig) -> Result<Self> {
+        config.validate()?;
+        let name = projection.name();
+        let tree = db.open_tree(format!("projection/{name}"))?;
+        let checkpoint = prepare(name, &tree, projection.version())?;
+        tracing::info!(projection = name, checkpoint, "projection opened");
+        let model = ReadModel::new(name, tree);
+        let applied = watch::channel(checkpoint).0;
+        Ok(Runner { store, projection, model, checkpoint, applied, config })
+    }
+
+    /// Next position to apply (= number of events applied).
+    pub fn checkpoint(&self) -> Position {
+        self.checkpoint
+    }
+
+    /// Events in the log not applied yet: head − checkpoint.
+    pub fn lag(&self) -> u64 {
+        self.store.head().saturating_sub(self.checkpoint)
+    }
+
+    /// A handle to watch progress from other tasks.
+    pub fn progress(&self) -> Progress {
+        Progress { applied: self.applied.subscribe(), head: self.store.watch_head() }
+    }
+
+    /// A read handle on the projection's model.
+    pub fn read_model(&self) -> ReadModel {
+        self.model.clone()
+    }
+
+    /// Applies and commits one batch (at most `batch_events_max` events). Returns how many
+    /// events it applied (0 when caught up).
+    pub async fn step(&mut self) -> Result<usize> {
+        let events = self.store.read_all(self.checkpoint, self.config.batch_events_max).await?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let next = self.apply_batch(&events)?;
+        self.checkpoint = next;
+        self.applied.send_replace(next);
+        Ok(events.len())
+    }
+
+    fn apply_batch(&mut self, events: &[RecordedEvent]) -> Result<Position> {
+        let mut writes = Writes::new(self.model.tree());
+        let mut next = self.checkpoint;
+        for event in events {
+            if event.position != next {
+                return Err(ProjectionError::Gap { expected: next, actual: event.position });
+            }
+            let decoded = Event::decode(&event.event_type, event.schema_version, &event.payload)
+                .map_err(|source| ProjectionError::Decode { position: event.position, source })?;
+            self.projection.apply(&mut writes, event, &decoded)?;
+            next += 1;
+        }
+        self.model.commit(writes, next)?;
+        Ok(next)
+    }
+
+    /// Applies everything up to the head as it is now. Returns the checkpoint.
+    pub async fn catch_up(&mut self) -> Result<Position> {
+        let head = self.store.head();
+        let batch = self.config.batch_events_max as u64;
+        let rounds = head.saturating_sub(self.checkpoint).div_ceil(batch) + 1;
+        for _ in 0..rounds {
+            if self.checkpoint >= head || self.step().await? == 0 {
+                break;
+            }
+        }
+        Ok(self.checkpoint)
+    }
+
+    /// Catches up, then follows live appends (waking on the store's head, at the latest every
+    /// `poll_interval_ms`) until `shutdown` becomes true or its sender is dropped. An error stops
+    /// the runner; what was committed stays, and a new runner resumes from there.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let mut head = self.store.watch_head();
+        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let target = *head.borrow_and_update();
+            if self.checkpoint < target && self.step().await? > 0 {
+                continue;
+            }
+            if !wait_for_more(&mut head, &mut shutdown, poll).await {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Waits for a head change, shutdown or `poll`; false means shut down.
+async fn wait_for_more(
+    head: &mut watch::Receiver<Position>,
+    shutdown: &mut watch::Receiver<bool>,
+    poll: Duration,
+) -> bool {
+    tokio::select! {
+        changed = head.changed() => {
+            if changed.is_err() {
+                tokio::time::sleep(poll).await;
+            }
+            true
+        }
+        stop = shutdown.changed() => stop.is_ok() && !*shutdown.borrow(),
+        _ = tokio::time::sleep(poll) => true,
+    }
+}
+
+/// Watches a runner's progress from anywhere (for lag metrics and read-your-writes).
+#[derive(Clone, Debug)]
+pub struct Progress {
+    applied: watch::Receiver<Position>,
+    head: watch::Receiver<Position>,
+}
+
+/// Why [`Progress::wait_for`] gave up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    #[error("position {position} was not applied before the deadline (checkpoint {checkpoint})")]
+    Timeout { position: Position, checkpoint: Position },
+    #[error("the projection runner stopped at checkpoint {checkpoint}")]
+    Stopped { checkpoint: Position },
+}
+
+impl Progress {
+    /// Next position to apply.
+    pub fn checkpoint(&self) -> Position {
+        *self.applied.borrow()
+    }
+
+    /// The log's head (next position to be assigned).
+    pub fn head(&self) -> Position {
+        *self.head.borrow()
+    }
+
+    /// head − checkpoint.
+    pub fn lag(&self) -> u64 {
+        self.head().saturating_sub(self.checkpoint())
+    }
+
+    /// Waits until the event at `position` is applied (checkpoint > position) or `deadline`
+    /// passes. Returns the checkpoint.
+    pub async fn wait_for(
+        &self,
+        position: Position,
+        deadline: Instant,
+    ) -> Result<Position, WaitError> {
+        let target = position.saturating_add(1);
+        let mut applied = self.applied.clone();
+        let waited = tokio::time::timeout_at(deadline, applied.wait_for(|cp| *cp >= target)).await;
+        match waited {
+            Ok(Ok(checkpoint)) => Ok(*checkpoint),
+            Ok(Err(_)) => Err(WaitError::Stopped { checkpoint: self.checkpoint() }),
+            Err(_) => Err(WaitError::Timeout { position, checkpoint: self.checkpoint() }),
+        }
+    }
+}

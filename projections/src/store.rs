@@ -1,0 +1,229 @@
+//! The storage of a read model: the write buffer a batch is applied into, the commit of that
+//! buffer with the checkpoint, consistent reads, and the canonical digest.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+use event_store::Position;
+use parking_lot::RwLock;
+use sha2::{Digest as _, Sha256};
+use sled::{IVec, Tree};
+
+use crate::{ProjectionError, Result};
+
+/// First byte of every meta key; model keys must not start with it.
+pub const META_PREFIX: u8 = 0x00;
+/// sled segment size of the read-model database (as the event store's: values stay in the log).
+pub const SEGMENT_SIZE_BYTES: usize = 8 << 20;
+pub(crate) const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
+pub(crate) const VERSION_KEY: &[u8] = b"\x00version";
+/// Smallest model key: everything at or after it is part of the digest.
+const MODEL_START: &[u8] = &[META_PREFIX + 1];
+
+/// Opens (or creates) a read-model database at `path`.
+pub fn open_db(path: impl AsRef<Path>) -> Result<sled::Db> {
+    Ok(sled::Config::new().path(path).segment_size(SEGMENT_SIZE_BYTES).open()?)
+}
+
+/// The writes of one batch, not yet committed. Reads see the batch's own writes first.
+pub struct Writes<'a> {
+    tree: &'a Tree,
+    pending: BTreeMap<Vec<u8>, Option<IVec>>,
+}
+
+impl<'a> Writes<'a> {
+    pub(crate) fn new(tree: &'a Tree) -> Self {
+        Writes { tree, pending: BTreeMap::new() }
+    }
+
+    /// The value of `key` as this batch left it (or as committed, if the batch did not touch it).
+    pub fn get(&self, key: &[u8]) -> Result<Option<IVec>> {
+        match self.pending.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(self.tree.get(key)?),
+        }
+    }
+
+    /// Sets a model key. Panics on an empty key or one starting with [`META_PREFIX`] (a bug).
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<IVec>) {
+        let key = key.into();
+        check_model_key(&key);
+        self.pending.insert(key, Some(value.into()));
+    }
+
+    /// Removes a model key.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        let key = key.into();
+        check_model_key(&key);
+        self.pending.insert(key, None);
+    }
+
+    /// Number of keys this batch writes or removes.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    fn into_batch(self, checkpoint: Position) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.pending {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch.insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes());
+        batch
+    }
+}
+
+fn check_model_key(key: &[u8]) {
+    assert!(
+        key.first().is_some_and(|b| *b != META_PREFIX),
+        "model keys are non-empty and do not start with 0x00"
+    );
+}
+
+/// The canonical digest of a read model at a log position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest {
+    /// The checkpoint: events `[0, position)` are applied.
+    pub position: Position,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", hex::encode(self.sha256), self.position)
+    }
+}
+
+/// A handle on one projection's tree. Cheap to clone; reads are consistent with whole batches.
+#[derive(Clone)]
+pub struct ReadModel {
+    name: &'static str,
+    tree: Tree,
+    gate: Arc<RwLock<()>>,
+}
+
+impl ReadModel {
+    pub(crate) fn new(name: &'static str, tree: Tree) -> Self {
+        ReadModel { name, tree, gate: Arc::new(RwLock::new(())) }
+    }
+
+    pub(crate) fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// The projection's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Runs `f` on a consistent view: no batch is committed while it runs, so keep it short
+    /// (bounded scans, a page of gets).
+    pub fn read<T>(&self, f: impl FnOnce(&Snapshot<'_>) -> Result<T>) -> Result<T> {
+        let _shared = self.gate.read();
+        f(&Snapshot { name: self.name, tree: &self.tree })
+    }
+
+    /// Next position to apply (= events applied).
+    pub fn checkpoint(&self) -> Result<Position> {
+        self.read(|s| s.checkpoint())
+    }
+
+    /// The canonical digest with its position. Scans the whole model while holding off commits.
+    pub fn digest(&self) -> Result<Digest> {
+        self.read(|s| s.digest())
+    }
+
+    /// Writes a batch and its checkpoint atomically.
+    pub(crate) fn commit(&self, writes: Writes<'_>, checkpoint: Position) -> Result<()> {
+        let batch = writes.into_batch(checkpoint);
+        let _exclusive = self.gate.write();
+        Ok(self.tree.apply_batch(batch)?)
+    }
+}
+
+/// A consistent view of a read model (see [`ReadModel::read`]).
+pub struct Snapshot<'a> {
+    name: &'static str,
+    tree: &'a Tree,
+}
+
+impl Snapshot<'_> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<IVec>> {
+        Ok(self.tree.get(key)?)
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix`, in key order, after `prefix ‖ after`
+    /// (exclusive) when `after` is given.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(IVec, IVec)>> {
+        let start = match after {
+            Some(after) => Bound::Excluded([prefix, after].concat()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range((start, Bound::Unbounded)).take(limit) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    pub fn checkpoint(&self) -> Result<Position> {
+        read_checkpoint(self.name, self.tree)
+    }
+
+    pub fn digest(&self) -> Result<Digest> {
+        let mut hasher = Sha256::new();
+        for item in self.tree.range(MODEL_START..) {
+            let (key, value) = item?;
+            for part in [&key, &value] {
+                hasher.update((part.len() as u64).to_be_bytes());
+                hasher.update(part);
+            }
+        }
+        Ok(Digest { position: self.checkpoint()?, sha256: hasher.finalize().into() })
+    }
+}
+
+pub(crate) fn read_checkpoint(name: &'static str, tree: &Tree) -> Result<Position> {
+    match tree.get(CHECKPOINT_KEY)? {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
+            .map(Position::from_be_bytes)
+            .map_err(|_| corrupt(name, "checkpoint is not 8 bytes")),
+    }
+}
+
+/// Makes the tree hold `version`'s model: clears it if it was built by another version.
+/// Returns the checkpoint.
+pub(crate) fn prepare(name: &'static str, tree: &Tree, version: u32) -> Result<Position> {
+    let stored = tree.get(VERSION_KEY)?;
+    if stored.as_deref() != Some(&version.to_be_bytes()[..]) {
+        if !tree.is_empty() {
+            tracing::warn!(projection = name, version, "read model version changed; rebuilding");
+            tree.clear()?;
+        }
+        tree.insert(VERSION_KEY, &version.to_be_bytes())?;
+    }
+    read_checkpoint(name, tree)
+}
+
+pub(crate) fn corrupt(projection: &'static str, detail: impl Into<String>) -> ProjectionError {
+    ProjectionError::Corrupt { projection, detail: detail.into() }
+}
