@@ -105,12 +105,7 @@ impl SledStore {
         if config.commit_events_max == 0 || config.queue_requests_max == 0 {
             return Err(StoreError::Invalid("commit_events_max and queue_requests_max ≥ 1".into()));
         }
-        let db = sled::Config::new()
-            .path(&config.path)
-            .segment_size(SLED_SEGMENT_BYTES)
-            .flush_every_ms(None) // durability comes from the flush of every group commit
-            .open();
-        let db = db.map_err(io_error)?;
+        let db = open_db(&config.path)?;
         let log = db.open_tree(LOG_TREE).map_err(io_error)?;
         check_format(&db, &log)?;
         let index = rebuild(&log)?;
@@ -174,6 +169,28 @@ impl Drop for SledStore {
             let _ = handle.join();
         }
     }
+}
+
+/// Attempts to take sled's file lock: a store dropped a moment ago in this process may still be
+/// releasing it (sled's background threads let go of the database shortly after the drop).
+const OPEN_LOCK_ATTEMPTS_MAX: u32 = 100;
+const OPEN_LOCK_RETRY_MS: u64 = 20;
+
+fn open_db(path: &std::path::Path) -> Result<sled::Db, StoreError> {
+    let config =
+        sled::Config::new().path(path).segment_size(SLED_SEGMENT_BYTES).flush_every_ms(None); // durability comes from the flush of every group commit
+    for attempt in 1..=OPEN_LOCK_ATTEMPTS_MAX {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && attempt < OPEN_LOCK_ATTEMPTS_MAX =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(OPEN_LOCK_RETRY_MS));
+            }
+            other => return other.map_err(io_error),
+        }
+    }
+    unreachable!("the last attempt returns")
 }
 
 fn check_format(db: &sled::Db, log: &sled::Tree) -> Result<(), StoreError> {
