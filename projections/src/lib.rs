@@ -45,6 +45,8 @@
 //! len(value) ‖ value`; meta keys are excluded and the checkpoint is reported beside the hash.
 
 pub mod invoices;
+pub mod journal;
+pub mod mrr;
 mod runner;
 mod store;
 
