@@ -153,6 +153,10 @@ impl Projection for InvoicesProjection {
         NAME
     }
 
+    fn wants(&self, event_type: &str) -> bool {
+        event_type.starts_with("Invoice") || event_type.starts_with("Payment")
+    }
+
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
         let at = event.position;
         match decoded {

@@ -28,6 +28,11 @@ pub trait Projection: Send + 'static {
     fn version(&self) -> u32 {
         1
     }
+    /// Whether the projection reads events of this type at all. Others are not decoded (usage
+    /// makes up most of the log and most projections ignore it). Default: every type.
+    fn wants(&self, _event_type: &str) -> bool {
+        true
+    }
     /// Applies one event. An error aborts the whole batch (nothing of it is committed).
     fn apply(
         &mut self,
@@ -130,10 +135,13 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
             if event.position != next {
                 return Err(ProjectionError::Gap { expected: next, actual: event.position });
             }
+            next += 1;
+            if !self.projection.wants(&event.event_type) {
+                continue;
+            }
             let decoded = Event::decode(&event.event_type, event.schema_version, &event.payload)
                 .map_err(|source| ProjectionError::Decode { position: event.position, source })?;
             self.projection.apply(&mut writes, event, &decoded)?;
-            next += 1;
         }
         self.model.commit(writes, next)?;
         Ok(next)
