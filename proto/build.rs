@@ -2,7 +2,7 @@
 //! and writes the descriptor set used by gRPC server reflection.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["accrual/v1/common.proto", "accrual/v1/command.proto"];
+    let protos = ["accrual/v1/common.proto", "accrual/v1/command.proto", "accrual/v1/query.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -124,19 +124,19 @@ fn share(total: u64, clients: u64, i: u64) -> std::ops::Range<u64> {
     start..end
 }
 
+/// The command side only (no projections): this benchmark measures durable ingest.
 async fn start_server(
     dir: &std::path::Path,
 ) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
-    let engine = crate::serve::open_engine(dir, domain::commands::Policy::default()).await?;
+    let (_store, engine) =
+        crate::serve::open_engine(dir, domain::commands::Policy::default()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let handle = tokio::spawn(async move {
         let limits = command_service::service::Limits::default();
-        let server = command_service::server::ServerLimits::default();
-        if let Err(e) =
-            command_service::server::serve(listener, engine, limits, server, std::future::pending())
-                .await
-        {
+        let server = crate::server::ServerLimits::default();
+        let never = std::future::pending();
+        if let Err(e) = crate::server::serve(listener, engine, None, limits, server, never).await {
             eprintln!("bench server failed: {e}");
         }
     });

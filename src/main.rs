@@ -3,6 +3,7 @@
 mod bench;
 mod config;
 mod serve;
+mod server;
 
 use clap::{Parser, Subcommand};
 

@@ -1,33 +1,61 @@
-//! `accrual serve`: opens the sled store, rebuilds the write model, serves gRPC, runs the
-//! billing scheduler, and shuts down gracefully on SIGTERM or ctrl-c.
+//! `accrual serve`: opens the sled event log, rebuilds the write model, runs the projections
+//! into their own sled read models, serves gRPC (commands and queries), runs the billing
+//! scheduler, and shuts down gracefully on SIGTERM or ctrl-c.
+//!
+//! Data directory layout: `<data-dir>/log` (the event store), `<data-dir>/read-models` (the
+//! projections; can be deleted at any time and is rebuilt from the log).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use command_service::engine::{Clock, Engine};
-use command_service::server::{serve, ServerLimits};
 use command_service::service::Limits;
 use domain::commands::Policy;
 use event_store::{EventStore, SledConfig, SledStore};
+use projections::invoices::{InvoiceReader, InvoicesProjection};
+use projections::{Runner, RunnerConfig};
+use query_service::{InvoicesView, QueryApi};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Settings;
+use crate::server::{serve, ServerLimits};
 
 pub fn system_clock() -> Clock {
     Arc::new(jiff::Timestamp::now)
 }
 
+/// Opens the event log under `data_dir` and folds it into the write engine.
 pub async fn open_engine(
     data_dir: &std::path::Path,
     policy: Policy,
-) -> anyhow::Result<Arc<Engine>> {
-    let store = SledStore::open(SledConfig::new(data_dir))?;
+) -> anyhow::Result<(Arc<dyn EventStore>, Arc<Engine>)> {
+    let store = SledStore::open(SledConfig::new(data_dir.join("log")))?;
     let store: Arc<dyn EventStore> = Arc::new(store);
-    let engine = Engine::open(store, policy, system_clock())
+    let engine = Engine::open(store.clone(), policy, system_clock())
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    Ok(Arc::new(engine))
+    Ok((store, Arc::new(engine)))
+}
+
+/// Starts the invoices projection on `<data_dir>/read-models`, following the log until `stop`.
+fn start_projections(
+    data_dir: &std::path::Path,
+    store: Arc<dyn EventStore>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(InvoicesView, tokio::task::JoinHandle<()>)> {
+    let db = projections::open_db(data_dir.join("read-models"))?;
+    let runner = Runner::open(&db, store, InvoicesProjection, RunnerConfig::default())?;
+    let view = InvoicesView {
+        reader: InvoiceReader::new(runner.read_model()),
+        progress: runner.progress(),
+    };
+    let task = tokio::spawn(async move {
+        if let Err(e) = runner.run(stop).await {
+            tracing::error!(error = %e, "invoices projection stopped");
+        }
+    });
+    Ok((view, task))
 }
 
 pub async fn run(s: Settings) -> anyhow::Result<()> {
@@ -36,10 +64,11 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         grace_period_secs: s.grace_period_secs,
         ..Policy::default()
     };
-    let engine = open_engine(&s.data_dir, policy).await?;
+    let (store, engine) = open_engine(&s.data_dir, policy).await?;
     let listener = TcpListener::bind(s.listen).await?;
     tracing::info!(data_dir = %s.data_dir.display(), listen = %listener.local_addr()?, "accrual serving");
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (invoices, projector) = start_projections(&s.data_dir, store, stop_rx.clone())?;
     let scheduler =
         tokio::spawn(scheduler(engine.clone(), s.scheduler_interval_secs, stop_rx.clone()));
     let shutdown = async move {
@@ -47,8 +76,10 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
     };
-    serve(listener, engine, Limits::default(), ServerLimits::default(), shutdown).await?;
+    let query = Some(QueryApi::new(invoices));
+    serve(listener, engine, query, Limits::default(), ServerLimits::default(), shutdown).await?;
     scheduler.await?;
+    projector.await?;
     Ok(())
 }
 

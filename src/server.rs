@@ -1,16 +1,18 @@
-//! The gRPC server: the command service plus health and reflection (so grpcurl, grpcui and
-//! Postman work with no proto files), with explicit transport limits and graceful shutdown.
+//! The gRPC server: the command service, the query service (when this process runs the read
+//! side), health and reflection (so grpcurl, grpcui and Postman work with no proto files), with
+//! explicit transport limits and graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use command_service::engine::Engine;
+use command_service::service::{CommandApi, Limits};
 use proto::v1::command_service_server::CommandServiceServer;
+use proto::v1::query_service_server::QueryServiceServer;
+use query_service::QueryApi;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-
-use crate::engine::Engine;
-use crate::service::{CommandApi, Limits};
 
 /// Transport bounds of the server.
 #[derive(Clone, Debug)]
@@ -38,12 +40,16 @@ impl Default for ServerLimits {
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
+    query: Option<QueryApi>,
     limits: Limits,
     server: ServerLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CommandServiceServer<CommandApi>>().await;
+    if query.is_some() {
+        health.set_serving::<QueryServiceServer<QueryApi>>().await;
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -54,7 +60,7 @@ pub async fn serve(
         .build_v1alpha()?;
     let commands = CommandServiceServer::new(CommandApi::new(engine.clone(), limits))
         .max_decoding_message_size(server.message_bytes_max);
-    tracing::info!(addr = %listener.local_addr()?, "accrual command service listening");
+    tracing::info!(addr = %listener.local_addr()?, "accrual listening");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(server.concurrent_streams_max)
@@ -64,6 +70,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(commands)
+        .add_optional_service(query.map(QueryServiceServer::new))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     health.set_not_serving::<CommandServiceServer<CommandApi>>().await;

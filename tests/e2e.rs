@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use proto::v1 as pb;
 use proto::v1::command_service_client::CommandServiceClient;
+use proto::v1::query_service_client::QueryServiceClient;
 use tonic::transport::Channel;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -91,6 +92,19 @@ async fn reflected_services(port: u16) -> Vec<String> {
             list.service.into_iter().map(|s| s.name).collect()
         }
         other => panic!("unexpected reflection reply {other:?}"),
+    }
+}
+
+async fn query_client(port: u16) -> QueryServiceClient<Channel> {
+    let url = format!("http://127.0.0.1:{port}");
+    QueryServiceClient::new(Channel::from_shared(url).unwrap().connect().await.unwrap())
+}
+
+/// A failing assertion must not leave a server behind (it would hold the test's output open).
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -367,6 +381,21 @@ async fn write_side_end_to_end_with_kill_and_restart() {
         (invoice.subtotal.as_str(), invoice.tax.as_str(), invoice.total.as_str()),
         ("200.00", "20.00", "220.00")
     );
+    // The read side: the invoice is in the query service once it reached the run's position.
+    let mut q = query_client(port).await;
+    let billed_at = run.ack.as_ref().unwrap().position;
+    let mine = pb::ListInvoicesRequest {
+        customer_id: "acme".into(),
+        min_position: Some(billed_at),
+        ..Default::default()
+    };
+    let listed = q.list_invoices(mine).await.unwrap().into_inner();
+    assert!(listed.position > billed_at, "the reply reflects the caller's write");
+    let read: Vec<(&str, &str)> =
+        listed.invoices.iter().map(|i| (i.status.as_str(), i.total.as_str())).collect();
+    assert_eq!(read, vec![("open", "220.00")]);
+    let bad = pb::ListInvoicesRequest { status: "late".into(), ..Default::default() };
+    assert_code(q.list_invoices(bad).await, Code::InvalidArgument);
     let rerun = c
         .run_billing(pb::RunBillingRequest { as_of: Some(days_later(40)), ..Default::default() })
         .await
@@ -375,6 +404,7 @@ async fn write_side_end_to_end_with_kill_and_restart() {
     assert!(rerun.invoices.is_empty(), "billing twice for the same as_of issues nothing");
     assert_code(c.record_usage(usage("tx-6", "1")).await, Code::FailedPrecondition);
 
+    let mut last_payment = 0;
     for attempt in 1..=3u32 {
         let failed = pb::RecordPaymentRequest {
             invoice_id: invoice.invoice_id.clone(),
@@ -382,7 +412,9 @@ async fn write_side_end_to_end_with_kill_and_restart() {
             reason: "card_declined".into(),
             ..Default::default()
         };
-        let inv = c.record_payment(failed).await.unwrap().into_inner().invoice.unwrap();
+        let reply = c.record_payment(failed).await.unwrap().into_inner();
+        last_payment = reply.ack.unwrap().position;
+        let inv = reply.invoice.unwrap();
         assert_eq!(inv.failed_attempts, attempt);
         assert_eq!(inv.status, if attempt < 3 { "open" } else { "uncollectible" });
     }
@@ -399,6 +431,19 @@ async fn write_side_end_to_end_with_kill_and_restart() {
         (inv.status.as_str(), inv.total.as_str(), inv.failed_attempts),
         ("uncollectible", "220.00", 3)
     );
+    let mut q = query_client(port).await;
+    let id = invoice.invoice_id.clone();
+    let after_payments =
+        pb::InvoiceQuery { invoice_id: id.clone(), min_position: Some(last_payment) };
+    let read = q.get_invoice(after_payments).await.unwrap().into_inner().invoice.unwrap();
+    assert_eq!(
+        (read.status.as_str(), read.amount_due.as_str(), read.failed_attempts),
+        ("uncollectible", "220.00", 3)
+    );
+    let never = pb::InvoiceQuery { invoice_id: id, min_position: Some(1_000_000) };
+    let mut request = tonic::Request::new(never);
+    request.set_timeout(Duration::from_millis(300));
+    assert_code(q.get_invoice(request).await, Code::DeadlineExceeded);
     let status = server.terminate();
     assert!(status.success(), "SIGTERM shuts down gracefully with exit 0: {status:?}");
 }

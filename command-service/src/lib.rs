@@ -3,14 +3,14 @@
 //! - [`convert`]: wire ⇄ domain (the proto boundary);
 //! - [`engine`]: the write model, decide/evolve under one lock, group-committed appends;
 //! - [`service`]: the gRPC handlers and per-call limits;
-//! - [`status`]: the SPEC §3 error contract;
-//! - [`server`]: transport, health, reflection, graceful shutdown.
+//! - [`status`]: the SPEC §3 error contract.
+//!
+//! The transport (health, reflection, limits, shutdown) is assembled by the `accrual` binary.
 
 // tonic::Status is this crate's error type; boxing it everywhere would only add noise.
 #![allow(clippy::result_large_err)]
 
 pub mod convert;
 pub mod engine;
-pub mod server;
 pub mod service;
 pub mod status;
