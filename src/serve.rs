@@ -1,5 +1,5 @@
 //! `accrual serve`: opens the sled event log, rebuilds the write model, runs the projections
-//! into their own sled read models, serves gRPC (commands and queries), runs the billing
+//! (invoices, MRR, journal) into their own sled read models, serves gRPC (commands and queries), runs the billing
 //! scheduler, and shuts down gracefully on SIGTERM or ctrl-c.
 //!
 //! Data directory layout: `<data-dir>/log` (the event store), `<data-dir>/read-models` (the
@@ -13,8 +13,10 @@ use command_service::service::Limits;
 use domain::commands::Policy;
 use event_store::{EventStore, SledConfig, SledStore};
 use projections::invoices::{InvoiceReader, InvoicesProjection};
-use projections::{Runner, RunnerConfig};
-use query_service::{InvoicesView, QueryApi};
+use projections::journal::{JournalProjection, JournalReader};
+use projections::mrr::{MrrProjection, MrrReader};
+use projections::{Projection, ReadModel, Runner, RunnerConfig};
+use query_service::{QueryApi, ReadModels, View};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -38,24 +40,37 @@ pub async fn open_engine(
     Ok((store, Arc::new(engine)))
 }
 
-/// Starts the invoices projection on `<data_dir>/read-models`, following the log until `stop`.
+/// Spawns one projection's runner, following the log until `stop`; returns its view.
+fn spawn_runner<P: Projection, R>(
+    db: &sled::Db,
+    store: Arc<dyn EventStore>,
+    projection: P,
+    reader: impl FnOnce(ReadModel) -> R,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(View<R>, tokio::task::JoinHandle<()>)> {
+    let name = projection.name();
+    let runner = Runner::open(db, store, projection, RunnerConfig::default())?;
+    let view = View { reader: reader(runner.read_model()), progress: runner.progress() };
+    let task = tokio::spawn(async move {
+        if let Err(e) = runner.run(stop).await {
+            tracing::error!(projection = name, error = %e, "projection stopped");
+        }
+    });
+    Ok((view, task))
+}
+
+/// Starts the projections (invoices, MRR, journal) on `<data_dir>/read-models`.
 fn start_projections(
     data_dir: &std::path::Path,
     store: Arc<dyn EventStore>,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<(InvoicesView, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(ReadModels, Vec<tokio::task::JoinHandle<()>>)> {
     let db = projections::open_db(data_dir.join("read-models"))?;
-    let runner = Runner::open(&db, store, InvoicesProjection, RunnerConfig::default())?;
-    let view = InvoicesView {
-        reader: InvoiceReader::new(runner.read_model()),
-        progress: runner.progress(),
-    };
-    let task = tokio::spawn(async move {
-        if let Err(e) = runner.run(stop).await {
-            tracing::error!(error = %e, "invoices projection stopped");
-        }
-    });
-    Ok((view, task))
+    let (invoices, a) =
+        spawn_runner(&db, store.clone(), InvoicesProjection, InvoiceReader::new, stop.clone())?;
+    let (mrr, b) = spawn_runner(&db, store.clone(), MrrProjection, MrrReader::new, stop.clone())?;
+    let (journal, c) = spawn_runner(&db, store, JournalProjection, JournalReader::new, stop)?;
+    Ok((ReadModels { invoices, mrr, journal }, vec![a, b, c]))
 }
 
 pub async fn run(s: Settings) -> anyhow::Result<()> {
@@ -68,7 +83,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(s.listen).await?;
     tracing::info!(data_dir = %s.data_dir.display(), listen = %listener.local_addr()?, "accrual serving");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (invoices, projector) = start_projections(&s.data_dir, store, stop_rx.clone())?;
+    let (models, projectors) = start_projections(&s.data_dir, store, stop_rx.clone())?;
     let scheduler =
         tokio::spawn(scheduler(engine.clone(), s.scheduler_interval_secs, stop_rx.clone()));
     let shutdown = async move {
@@ -76,10 +91,12 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
     };
-    let query = Some(QueryApi::new(invoices));
+    let query = Some(QueryApi::new(models));
     serve(listener, engine, query, Limits::default(), ServerLimits::default(), shutdown).await?;
     scheduler.await?;
-    projector.await?;
+    for projector in projectors {
+        projector.await?;
+    }
     Ok(())
 }
 

@@ -108,6 +108,51 @@ impl Drop for Server {
     }
 }
 
+fn dec(s: &str) -> rust_decimal::Decimal {
+    s.parse().unwrap_or_else(|_| panic!("{s:?} is a decimal"))
+}
+
+fn date_in(days: i64) -> String {
+    let at = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * days);
+    at.to_zoned(jiff::tz::TimeZone::UTC).date().to_string()
+}
+
+/// MRR and the books after the run: one 20.00/month subscription; the 220.00 invoice
+/// (20.00 base fee + 180.00 usage + 20.00 tax) written off as uncollectible.
+async fn analytics(q: &mut QueryServiceClient<Channel>, seen: u64) {
+    let mrr = pb::MrrRequest {
+        currency: "USD".into(),
+        date: date_in(1),
+        min_position: Some(seen),
+        ..Default::default()
+    };
+    assert_eq!(dec(&q.get_mrr(mrr).await.unwrap().into_inner().mrr), dec("20"));
+    let moves = pb::MrrMovementsRequest {
+        currency: "USD".into(),
+        from: date_in(-40),
+        to: date_in(1),
+        granularity: "month".into(),
+        min_position: Some(seen),
+    };
+    let moves = q.list_mrr_movements(moves).await.unwrap().into_inner();
+    let net: rust_decimal::Decimal = moves.buckets.iter().map(|b| dec(&b.net)).sum();
+    assert_eq!(
+        dec(&moves.mrr_before) + net,
+        dec(&moves.mrr_at_to),
+        "the series is the sum of movements"
+    );
+    let as_of = pb::AsOfRequest { as_of: date_in(70), min_position: Some(seen) };
+    let rows = q.get_trial_balance(as_of.clone()).await.unwrap().into_inner().rows;
+    let debits: rust_decimal::Decimal = rows.iter().map(|r| dec(&r.debit)).sum();
+    let credits: rust_decimal::Decimal = rows.iter().map(|r| dec(&r.credit)).sum();
+    assert_eq!(debits, credits, "the trial balance balances: {rows:?}");
+    let books = q.get_balances(as_of).await.unwrap().into_inner().balances;
+    let usd = books.iter().find(|b| b.currency == "USD").expect("USD books");
+    assert_eq!(dec(&usd.total_recognized_revenue), dec("200.00"));
+    assert_eq!((dec(&usd.bad_debt), dec(&usd.accounts_receivable)), (dec("220.00"), dec("0")));
+    assert_eq!((dec(&usd.tax_payable), dec(&usd.deferred_revenue)), (dec("20.00"), dec("0")));
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -440,6 +485,7 @@ async fn write_side_end_to_end_with_kill_and_restart() {
         (read.status.as_str(), read.amount_due.as_str(), read.failed_attempts),
         ("uncollectible", "220.00", 3)
     );
+    analytics(&mut q, last_payment).await;
     let never = pb::InvoiceQuery { invoice_id: id, min_position: Some(1_000_000) };
     let mut request = tonic::Request::new(never);
     request.set_timeout(Duration::from_millis(300));
