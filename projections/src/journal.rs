@@ -396,6 +396,10 @@ impl Projection for JournalProjection {
         NAME
     }
 
+    fn wants(&self, event_type: &str) -> bool {
+        ["CustomerRegistered", "InvoiceIssued", "PaymentSucceeded", "InvoiceVoided", "InvoiceMarkedUncollectible"].contains(&event_type)
+    }
+
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
         let mut j = Journal { w, position: event.position };
         match decoded {

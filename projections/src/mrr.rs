@@ -285,6 +285,10 @@ impl Projection for MrrProjection {
         NAME
     }
 
+    fn wants(&self, event_type: &str) -> bool {
+        ["PlanPublished", "SubscriptionStarted", "TrialEnded", "PlanChanged", "SubscriptionCanceled", "InvoiceIssued", "InvoiceVoided"].contains(&event_type)
+    }
+
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
         let pos = event.position;
         match decoded {
