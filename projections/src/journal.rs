@@ -397,7 +397,14 @@ impl Projection for JournalProjection {
     }
 
     fn wants(&self, event_type: &str) -> bool {
-        ["CustomerRegistered", "InvoiceIssued", "PaymentSucceeded", "InvoiceVoided", "InvoiceMarkedUncollectible"].contains(&event_type)
+        [
+            "CustomerRegistered",
+            "InvoiceIssued",
+            "PaymentSucceeded",
+            "InvoiceVoided",
+            "InvoiceMarkedUncollectible",
+        ]
+        .contains(&event_type)
     }
 
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {

@@ -286,7 +286,16 @@ impl Projection for MrrProjection {
     }
 
     fn wants(&self, event_type: &str) -> bool {
-        ["PlanPublished", "SubscriptionStarted", "TrialEnded", "PlanChanged", "SubscriptionCanceled", "InvoiceIssued", "InvoiceVoided"].contains(&event_type)
+        [
+            "PlanPublished",
+            "SubscriptionStarted",
+            "TrialEnded",
+            "PlanChanged",
+            "SubscriptionCanceled",
+            "InvoiceIssued",
+            "InvoiceVoided",
+        ]
+        .contains(&event_type)
     }
 
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
