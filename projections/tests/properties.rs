@@ -90,7 +90,7 @@ fn simulate(ops: &[Op], arrears: bool) -> Vec<Event> {
         };
         setup.push(Command::RegisterCustomer(customer));
     }
-    let mut run = |ledger: &mut Ledger, cmd: Command, now: Timestamp, events: &mut Vec<Event>| {
+    let run = |ledger: &mut Ledger, cmd: Command, now: Timestamp, events: &mut Vec<Event>| {
         let ctx = Context { now, policy: Policy::default() };
         if let Ok(new) = ledger.execute(&cmd, &ctx, events.len() as u64) {
             events.extend(new);
