@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod demo;
 mod serve;
 mod server;
 
@@ -25,6 +26,8 @@ enum Commands {
     /// Benchmarks that print figures (never pass/fail).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Simulate a small company through the real gRPC APIs and print its metrics.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +40,6 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve::run(settings))
         }
         Commands::Bench(cmd) => runtime.block_on(bench::run(cmd)),
+        Commands::Demo(args) => runtime.block_on(demo::run(args)),
     }
 }

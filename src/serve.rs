@@ -41,7 +41,7 @@ pub async fn open_engine(
 }
 
 /// Spawns one projection's runner, following the log until `stop`; returns its view.
-fn spawn_runner<P: Projection, R>(
+pub(crate) fn spawn_runner<P: Projection, R>(
     db: &sled::Db,
     store: Arc<dyn EventStore>,
     projection: P,
@@ -60,7 +60,7 @@ fn spawn_runner<P: Projection, R>(
 }
 
 /// Starts the projections (invoices, MRR, journal) on `<data_dir>/read-models`.
-fn start_projections(
+pub(crate) fn start_projections(
     data_dir: &std::path::Path,
     store: Arc<dyn EventStore>,
     stop: watch::Receiver<bool>,
