@@ -1105,11 +1105,8 @@ mod tests {
     use std::sync::Arc;
 
     use domain::catalog::Customer;
-    use domain::events::SCHEMA_VERSION;
     use domain::invoice::{build_invoice, InvoiceHeader, IssueReason, LineDraft};
-    use event_store::{
-        AppendRequest, EventStore, ExpectedVersion, MemoryStore, NewEvent, StreamWrite,
-    };
+    use event_store::MemoryStore;
     use jiff::civil::date;
     use tempfile::TempDir;
 
@@ -1210,21 +1207,7 @@ mod tests {
     async fn store_with(events: &[Event]) -> Store {
         let store = Arc::new(MemoryStore::new());
         for event in events {
-            let new = NewEvent {
-                event_id: uuid::Uuid::new_v4(),
-                event_type: event.type_name().into(),
-                schema_version: SCHEMA_VERSION,
-                occurred_at_us: event.occurred_at().map_or(0, |t| t.as_microsecond()),
-                causation_id: None,
-                correlation_id: None,
-                payload: event.encode(),
-            };
-            let write = StreamWrite {
-                stream: event.stream(),
-                expected: ExpectedVersion::Any,
-                events: vec![new],
-            };
-            store.append(AppendRequest { writes: vec![write], idempotency: None }).await.unwrap();
+            crate::testkit::append_event(&store, event).await;
         }
         store
     }

@@ -49,6 +49,7 @@ pub mod journal;
 pub mod mrr;
 mod runner;
 mod store;
+pub mod testkit;
 
 pub use runner::{
     Progress, Projection, Runner, RunnerConfig, WaitError, BATCH_EVENTS_MAX_LIMIT,

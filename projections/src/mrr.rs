@@ -807,11 +807,9 @@ mod tests {
 
     use domain::calendar::{Anchor, Interval, Period};
     use domain::catalog::{Customer, FeeTiming};
-    use domain::events::{PlanChangeKind, SCHEMA_VERSION};
+    use domain::events::PlanChangeKind;
     use domain::invoice::{build_invoice, InvoiceHeader, IssueReason, LineDraft};
-    use event_store::{
-        AppendRequest, EventStore, ExpectedVersion, MemoryStore, NewEvent, StreamWrite,
-    };
+    use event_store::MemoryStore;
     use jiff::civil::date;
     use jiff::Timestamp;
     use tempfile::TempDir;
@@ -920,21 +918,7 @@ mod tests {
 
     async fn append_all(store: &Store, events: &[Event]) {
         for event in events {
-            let new = NewEvent {
-                event_id: uuid::Uuid::new_v4(),
-                event_type: event.type_name().into(),
-                schema_version: SCHEMA_VERSION,
-                occurred_at_us: event.occurred_at().map_or(0, |t| t.as_microsecond()),
-                causation_id: None,
-                correlation_id: None,
-                payload: event.encode(),
-            };
-            let write = StreamWrite {
-                stream: event.stream(),
-                expected: ExpectedVersion::Any,
-                events: vec![new],
-            };
-            store.append(AppendRequest { writes: vec![write], idempotency: None }).await.unwrap();
+            crate::testkit::append_event(store, event).await;
         }
     }
 

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, Context, PaymentOutcome, Policy};
-use domain::events::{Event, Usage, SCHEMA_VERSION};
+use domain::events::{Event, Usage};
 use domain::ledger::Ledger;
 use domain::money::Currency;
 use domain::rating::{Aggregation, ChargeModel};
-use event_store::{AppendRequest, EventStore, ExpectedVersion, MemoryStore, NewEvent, StreamWrite};
+use event_store::MemoryStore;
 use jiff::civil::{date, Date};
 use jiff::{SignedDuration, Timestamp};
 use projections::journal::{JournalProjection, JournalReader};
@@ -162,18 +162,7 @@ fn simulate(ops: &[Op], arrears: bool) -> Vec<Event> {
 async fn store_of(events: &[Event]) -> Arc<MemoryStore> {
     let store = Arc::new(MemoryStore::new());
     for e in events {
-        let new = NewEvent {
-            event_id: uuid::Uuid::new_v4(),
-            event_type: e.type_name().into(),
-            schema_version: SCHEMA_VERSION,
-            occurred_at_us: e.occurred_at().map_or(0, |t| t.as_microsecond()),
-            causation_id: None,
-            correlation_id: None,
-            payload: e.encode(),
-        };
-        let write =
-            StreamWrite { stream: e.stream(), expected: ExpectedVersion::Any, events: vec![new] };
-        store.append(AppendRequest { writes: vec![write], idempotency: None }).await.unwrap();
+        projections::testkit::append_event(&store, e).await;
     }
     store
 }

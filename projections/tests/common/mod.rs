@@ -5,12 +5,10 @@ use std::sync::Arc;
 
 use domain::calendar::Period;
 use domain::catalog::Customer;
-use domain::events::{Event, SCHEMA_VERSION};
+use domain::events::Event;
 use domain::invoice::{build_invoice, Invoice, InvoiceHeader, IssueReason, LineDraft, LineKind};
 use domain::money::Currency;
-use event_store::{
-    AppendRequest, EventStore, ExpectedVersion, MemoryStore, NewEvent, Position, StreamWrite,
-};
+use event_store::{MemoryStore, Position};
 use jiff::civil::date;
 use jiff::Timestamp;
 use projections::invoices::InvoicesProjection;
@@ -125,19 +123,7 @@ pub fn bulk(subs: u32) -> Vec<Event> {
 }
 
 pub async fn append(store: &Store, event: &Event) -> Position {
-    let new = NewEvent {
-        event_id: uuid::Uuid::new_v4(),
-        event_type: event.type_name().into(),
-        schema_version: SCHEMA_VERSION,
-        occurred_at_us: event.occurred_at().map_or(0, |t| t.as_microsecond()),
-        causation_id: None,
-        correlation_id: None,
-        payload: event.encode(),
-    };
-    let write =
-        StreamWrite { stream: event.stream(), expected: ExpectedVersion::Any, events: vec![new] };
-    let req = AppendRequest { writes: vec![write], idempotency: None };
-    store.append(req).await.unwrap().last_position
+    projections::testkit::append_event(store, event).await
 }
 
 pub async fn append_all(store: &Store, events: &[Event]) -> Position {
