@@ -69,7 +69,8 @@ pub(crate) fn start_projections(
     let (invoices, a) =
         spawn_runner(&db, store.clone(), InvoicesProjection, InvoiceReader::new, stop.clone())?;
     let (mrr, b) = spawn_runner(&db, store.clone(), MrrProjection, MrrReader::new, stop.clone())?;
-    let (journal, c) = spawn_runner(&db, store, JournalProjection, JournalReader::new, stop)?;
+    let (journal, c) =
+        spawn_runner(&db, store, JournalProjection::default(), JournalReader::new, stop)?;
     Ok((ReadModels { invoices, mrr, journal }, vec![a, b, c]))
 }
 

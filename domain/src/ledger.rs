@@ -82,6 +82,18 @@ pub struct Ledger {
     /// Ordered, so billing runs emit events in a deterministic order.
     pub subscriptions: BTreeMap<String, Subscription>,
     pub invoices: HashMap<String, InvoiceAccount>,
+    /// When set, usage transaction ids are not kept for duplicate detection: a read-side copy
+    /// of the ledger (which never decides) saves the largest part of its memory.
+    pub without_dedup_index: bool,
+}
+
+/// The rated amounts of a subscription's open period so far (see [`Ledger::rated_usage`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RatedUsage {
+    pub period: Period,
+    pub currency: crate::money::Currency,
+    /// (metric code, amount rounded to the currency) per in-arrears usage charge.
+    pub amounts: Vec<(String, Decimal)>,
 }
 
 impl Ledger {
@@ -769,6 +781,31 @@ impl Ledger {
         Ok(Some(draft))
     }
 
+    /// What closing the open period starting `period_start` now would invoice for each
+    /// in-arrears usage charge (rated with the plan of the period's last day, rounded per line
+    /// like the invoice). `None` when no open period starts there. The read side recognizes
+    /// usage revenue as it is consumed from the day-by-day increase of these (SPEC §5).
+    pub fn rated_usage(
+        &self,
+        subscription_id: &str,
+        period_start: Date,
+    ) -> Result<Option<RatedUsage>, DomainError> {
+        let sub = self.subscription(subscription_id)?;
+        let open = sub.next_close.is_some_and(|n| n.start <= period_start);
+        let Some(p) = sub.period_of(period_start).filter(|p| open && p.start == period_start)
+        else {
+            return Ok(None);
+        };
+        let last_day = p.end.yesterday().unwrap_or(p.end).max(p.start);
+        let plan = self.plan(sub.plan_at(last_day));
+        let amounts = self
+            .usage_lines(sub, plan, &p)?
+            .into_iter()
+            .map(|l| (l.metric_code.unwrap_or_default(), plan.currency_round(l.unrounded)))
+            .collect();
+        Ok(Some(RatedUsage { period: p, currency: plan.currency, amounts }))
+    }
+
     fn usage_lines(
         &self,
         sub: &Subscription,
@@ -1058,7 +1095,9 @@ impl Ledger {
         let point =
             UsagePoint { occurred_at: u.occurred_at, seq: position, value: facts.value, distinct };
         add_usage(open, metric, keep, &point).expect("validated at decide");
-        open.transactions.insert(u.transaction_id.clone(), (facts.digest, position));
+        if !self.without_dedup_index {
+            open.transactions.insert(u.transaction_id.clone(), (facts.digest, position));
+        }
     }
 
     fn evolve_subscription(&mut self, event: &Event) {

@@ -23,6 +23,12 @@
 //!   fees, credits) is Cr deferred revenue. Negative amounts (credits) flip sides.
 //! * **Recognition**, one entry per invoice and day of its schedules: Dr unbilled receivable
 //!   (days before `I`) or deferred revenue (days from `I`) / Cr `revenue:<type>`.
+//! * **Usage accrual**, one entry per subscription and day with usage: Dr unbilled receivable /
+//!   Cr `revenue:usage` for the increase of the open period's rated usage that day (negative:
+//!   a decrease, e.g. a cheaper plan now rates the period). When the period's invoice comes,
+//!   its usage line credits unbilled receivable for what was accrued and recognizes only the
+//!   rest (the final true-up, on the period's last day). A period that closes without a line
+//!   for an accrued metric reverses that accrual on its last day.
 //! * **Payment**: Dr cash / Cr accounts receivable; on an uncollectible invoice, Cr bad debt
 //!   first (a recovery of what was written off), the rest Cr accounts receivable.
 //!   A failed payment has no financial effect and posts nothing.
@@ -35,10 +41,11 @@
 //! # Recognition rules (`domain::recognition`)
 //!
 //! * Base fee: ratable by day over its service period (`ratable_schedule`).
-//! * Usage in arrears: the write side emits no daily rated amounts, and re-rating the usage
-//!   events here would duplicate the rating engine, so usage is recognized from the invoice line
-//!   with `usage_schedule(period, &[], amount)`: all of it on the **last day of the period**
-//!   (accrued to unbilled receivable when the invoice comes later).
+//! * Usage in arrears: as consumed. The projection's [`UsageMeter`] (the domain ledger, folded
+//!   from the log) re-rates a period when a run of its usage ends and the increase is accrued
+//!   on the run's day (see [`crate::usage_meter`]); the invoice line's schedule is
+//!   `usage_schedule(period, accrued cumulative, amount)`: the accruals, and on the last day
+//!   whatever the invoiced amount differs by.
 //! * Usage in advance: all on the invoice's issue date, clamped into the line's period.
 //! * Minimum-commitment true-up: all on the last day of its period, `revenue:true_up`.
 //! * Credit lines: matched against the most recently issued, not voided base-fee line of the
@@ -62,10 +69,18 @@
 //! * `sub/<subscription_id>` → the last [`SUB_LINES_KEPT`] base-fee lines (credit matching).
 //! * `w/<YYYY-MM>/<invoice_id>/<line:04>` → revenue of that line recognized in the month
 //!   ([`WaterfallCell`]); absent when zero.
+//! * `acc/<subscription_id>/<period start>` → what the open period has accrued, per day and
+//!   metric, with each day's entry number (`ACCRUAL_SEQ_BASE | position of the day's first
+//!   event`, so keys do not depend on batch boundaries); removed when the period closes.
+//! * `draft/<subscription_id>` → the current-usage draft [`Invoice`] of the oldest open period
+//!   (rewritten at the end of every batch that touches the subscription).
 //!
 //! # Limitations
 //!
-//! * Usage is recognized on the last day of its period (above), not day by day.
+//! * Usage accruals enter the revenue waterfall when the period is invoiced (before that they
+//!   belong to no invoice line); balances and the journal show them from the day of use.
+//! * The usage meter holds the ledger in memory (without its dedup index) and is rebuilt by
+//!   folding the log up to the checkpoint when the runner opens.
 //! * Voiding the invoice of a credited line does not undo the credits against it (void those
 //!   invoices too); voiding a credit gives its days back to the credited line.
 //! * Balances as of a date sum the daily nets of each account from the first day: O(days ×
@@ -75,7 +90,7 @@
 //! Values are a pure function of the event sequence (no batch state), so the digest does not
 //! depend on batch boundaries. Dates before year 1 are refused (keys sort as text).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use domain::calendar::{local_date, Period};
 use domain::events::Event;
@@ -90,6 +105,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{corrupt, ReadModel, Snapshot, Writes};
+use crate::usage_meter::{Accrual, UsageMeter};
 use crate::{Projection, ProjectionError, Result};
 
 /// The projection's name (tree `projection/journal`).
@@ -105,6 +121,9 @@ pub const SUB_LINES_KEPT: usize = 16;
 /// Longest waterfall range, in months.
 pub const WATERFALL_MONTHS_MAX: i32 = 120;
 const SCAN_CHUNK: usize = 1_024;
+/// Usage accrual entries are numbered `ACCRUAL_SEQ_BASE | position` (the position of the first
+/// event of their day), apart from the posting counter, so their keys do not depend on batches.
+pub const ACCRUAL_SEQ_BASE: u64 = 1 << 63;
 const SEQ_KEY: &[u8] = b"seq";
 
 /// A ledger account (per currency).
@@ -189,6 +208,10 @@ pub enum EntryKind {
     Uncollectible,
     Void,
     VoidRecognition,
+    /// Usage revenue recognized as consumed (Dr unbilled receivable / Cr usage revenue), one
+    /// entry per subscription and day; also its reversal when a period closes without
+    /// invoicing a metric that had accrued.
+    UsageAccrual,
 }
 
 /// One side of one account in an entry (exactly one of `debit`, `credit` is non-zero).
@@ -208,7 +231,11 @@ pub struct JournalEntry {
     /// Business (effective) date.
     pub date: Date,
     pub kind: EntryKind,
+    /// Empty for usage accruals (not invoiced yet).
     pub invoice_id: String,
+    /// Set on usage accruals only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subscription_id: String,
     pub currency: Currency,
     /// Log position of the event that posted it.
     pub position: Position,
@@ -368,6 +395,14 @@ fn customer_key(id: &str) -> Vec<u8> {
     format!("cust/{id}").into_bytes()
 }
 
+fn accrual_key(subscription_id: &str, period_start: Date) -> Vec<u8> {
+    format!("acc/{subscription_id}/{}", day_key(period_start)).into_bytes()
+}
+
+fn draft_key(subscription_id: &str) -> Vec<u8> {
+    format!("draft/{subscription_id}").into_bytes()
+}
+
 fn waterfall_key(d: Date, line: &LineRef) -> Vec<u8> {
     format!("w/{}/{}/{:04}", month_key(d), line.invoice_id, line.line_index).into_bytes()
 }
@@ -387,45 +422,109 @@ fn inconsistent(position: Position, detail: impl Into<String>) -> ProjectionErro
     ProjectionError::Inconsistent { projection: NAME, position, detail: detail.into() }
 }
 
-/// The `journal` projection.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct JournalProjection;
+/// The `journal` projection. It keeps a [`UsageMeter`] (the read side's copy of the ledger)
+/// to recognize usage as it is consumed and to keep the current-usage drafts.
+#[derive(Debug, Default)]
+pub struct JournalProjection {
+    meter: UsageMeter,
+}
 
 impl Projection for JournalProjection {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    fn wants(&self, event_type: &str) -> bool {
-        [
-            "CustomerRegistered",
-            "InvoiceIssued",
-            "PaymentSucceeded",
-            "InvoiceVoided",
-            "InvoiceMarkedUncollectible",
-        ]
-        .contains(&event_type)
+    fn version(&self) -> u32 {
+        2
     }
 
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
         let mut j = Journal { w, position: event.position };
+        for accrual in self.meter.before(decoded) {
+            j.accrue(&accrual)?;
+        }
         match decoded {
             Event::CustomerRegistered(c) => {
                 j.w.put(customer_key(&c.customer_id), c.time_zone.as_bytes());
-                Ok(())
             }
-            Event::InvoiceIssued(invoice) => j.issue(invoice),
+            Event::InvoiceIssued(invoice) => j.issue(invoice)?,
             Event::PaymentSucceeded { invoice_id, amount, occurred_at } => {
-                j.pay(invoice_id, *amount, *occurred_at)
+                j.pay(invoice_id, *amount, *occurred_at)?
             }
             Event::InvoiceVoided { invoice_id, occurred_at, .. } => {
-                j.void(invoice_id, *occurred_at)
+                j.void(invoice_id, *occurred_at)?
             }
             Event::InvoiceMarkedUncollectible { invoice_id, occurred_at } => {
-                j.uncollectible(invoice_id, *occurred_at)
+                j.uncollectible(invoice_id, *occurred_at)?
             }
-            _ => Ok(()),
+            Event::BillingPeriodClosed { subscription_id, period, .. } => {
+                j.close_accruals(subscription_id, period)?
+            }
+            _ => {}
         }
+        self.meter.after(decoded, event.position);
+        Ok(())
+    }
+
+    fn finish_batch(&mut self, w: &mut Writes<'_>) -> Result<()> {
+        let (accruals, touched) = self.meter.finish();
+        let mut j = Journal { w, position: 0 };
+        for accrual in &accruals {
+            j.accrue(accrual)?;
+        }
+        for sub in touched {
+            match self.meter.draft(&sub) {
+                Some(draft) => {
+                    j.w.put(draft_key(&sub), serde_json::to_vec(&draft).expect("drafts serialize"))
+                }
+                None => j.w.delete(draft_key(&sub)),
+            }
+        }
+        Ok(())
+    }
+
+    fn remembers(&self) -> bool {
+        true
+    }
+
+    fn remember(&mut self, event: &RecordedEvent, decoded: &Event) {
+        self.meter.remember(decoded, event.position);
+    }
+
+    fn forget(&mut self) {
+        self.meter.forget();
+    }
+}
+
+/// What a subscription's open period has accrued of usage revenue, per day and metric.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct AccrualState {
+    v: u16,
+    currency: Option<Currency>,
+    days: BTreeMap<Date, DayAccrual>,
+    /// Metrics whose accruals an invoice line has taken over.
+    invoiced: BTreeSet<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct DayAccrual {
+    /// The day's journal entry is `j/<day>/<seq>`.
+    seq: u64,
+    amounts: BTreeMap<String, Decimal>,
+}
+
+impl AccrualState {
+    /// Σ accrued per metric not yet invoiced.
+    fn totals(&self) -> BTreeMap<String, Decimal> {
+        let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
+        for day in self.days.values() {
+            for (metric, amount) in &day.amounts {
+                if !self.invoiced.contains(metric) {
+                    *totals.entry(metric.clone()).or_default() += *amount;
+                }
+            }
+        }
+        totals
     }
 }
 
@@ -463,8 +562,7 @@ impl Journal<'_, '_> {
         currency: Currency,
         legs: &Legs,
     ) -> Result<Option<EntryRef>> {
-        let postings = legs.postings();
-        if postings.is_empty() {
+        if legs.postings().is_empty() {
             return Ok(None);
         }
         self.check_date(date)?;
@@ -475,15 +573,109 @@ impl Journal<'_, '_> {
             date,
             kind,
             invoice_id: invoice_id.to_string(),
+            subscription_id: String::new(),
             currency,
             position: self.position,
-            postings,
+            postings: legs.postings(),
         };
-        let r = EntryRef { date, seq };
-        self.w.put(entry_key(r), serde_json::to_vec(&entry).expect("entries serialize"));
-        self.w.put(format!("cur/{}", currency.code()), "");
-        self.add_to_balances(&entry, Decimal::ONE)?;
-        Ok(Some(r))
+        self.write_entry(&entry)?;
+        Ok(Some(EntryRef { date, seq }))
+    }
+
+    fn write_entry(&mut self, entry: &JournalEntry) -> Result<()> {
+        let r = EntryRef { date: entry.date, seq: entry.seq };
+        self.w.put(entry_key(r), serde_json::to_vec(entry).expect("entries serialize"));
+        self.w.put(format!("cur/{}", entry.currency.code()), "");
+        self.add_to_balances(entry, Decimal::ONE)
+    }
+
+    fn load_accruals(&self, subscription_id: &str, period_start: Date) -> Result<AccrualState> {
+        match self.w.get(&accrual_key(subscription_id, period_start))? {
+            Some(b) => json(&b, "accruals"),
+            None => Ok(AccrualState { v: RECORD_VERSION, ..AccrualState::default() }),
+        }
+    }
+
+    /// Accrues, on the accrual's day, the increase of each metric's rated amount over what
+    /// its period has accrued so far, and rewrites that day's usage entry.
+    fn accrue(&mut self, a: &Accrual) -> Result<()> {
+        let (sub, period) = (a.subscription_id.as_str(), a.rated.period);
+        let mut state = self.load_accruals(sub, period.start)?;
+        state.currency = Some(a.rated.currency);
+        let mut deltas = state.totals();
+        deltas.values_mut().for_each(|v| *v = -*v);
+        for (metric, amount) in &a.rated.amounts {
+            if !state.invoiced.contains(metric) {
+                *deltas.entry(metric.clone()).or_default() += *amount;
+            }
+        }
+        let seq = ACCRUAL_SEQ_BASE | a.first;
+        let day = state.days.entry(a.day).or_insert(DayAccrual { seq, amounts: BTreeMap::new() });
+        let before: Decimal = day.amounts.values().copied().sum();
+        for (metric, delta) in deltas.into_iter().filter(|(_, d)| !d.is_zero()) {
+            let amount = day.amounts.entry(metric.clone()).or_default();
+            *amount += delta;
+            if amount.is_zero() {
+                day.amounts.remove(&metric);
+            }
+        }
+        let after: Decimal = day.amounts.values().copied().sum();
+        let r = EntryRef { date: a.day, seq: day.seq };
+        self.w.put(accrual_key(sub, period.start), serde_json::to_vec(&state).expect("serialize"));
+        if before != after {
+            self.repost_accrual(r, sub, a.rated.currency, after)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the usage entry `r` of a subscription's day with one for `amount`.
+    fn repost_accrual(
+        &mut self,
+        r: EntryRef,
+        sub: &str,
+        currency: Currency,
+        amount: Decimal,
+    ) -> Result<()> {
+        self.check_date(r.date)?;
+        if self.w.get(&entry_key(r))?.is_some() {
+            self.unpost(r)?;
+        }
+        if amount.is_zero() {
+            return Ok(());
+        }
+        let position = r.seq & !ACCRUAL_SEQ_BASE;
+        self.write_entry(&usage_entry(r, sub, currency, amount, position))
+    }
+
+    /// The accruals of a usage line's metric and period, per day; the line takes them over.
+    fn take_accrued(&mut self, subscription_id: &str, line: &InvoiceLine) -> Result<Entries> {
+        let Some(metric) = line.metric_code.as_deref() else { return Ok(Vec::new()) };
+        let start = line.service_period.start;
+        let mut state = self.load_accruals(subscription_id, start)?;
+        if state.days.is_empty() || !state.invoiced.insert(metric.to_string()) {
+            return Ok(Vec::new());
+        }
+        let days = state.days.iter().filter_map(|(d, day)| Some((*d, *day.amounts.get(metric)?)));
+        let accrued: Entries = days.collect();
+        let bytes = serde_json::to_vec(&state).expect("accruals serialize");
+        self.w.put(accrual_key(subscription_id, start), bytes);
+        Ok(accrued)
+    }
+
+    /// When a period closes: reverses, on its last day, what metrics no invoice line took
+    /// over had accrued (a charge the closing plan no longer has), and drops the accruals.
+    fn close_accruals(&mut self, subscription_id: &str, period: &Period) -> Result<()> {
+        let Some(bytes) = self.w.get(&accrual_key(subscription_id, period.start))? else {
+            return Ok(());
+        };
+        let state: AccrualState = json(&bytes, "accruals")?;
+        self.w.delete(accrual_key(subscription_id, period.start));
+        let left: Decimal = state.totals().values().copied().sum();
+        let Some(currency) = state.currency.filter(|_| !left.is_zero()) else { return Ok(()) };
+        let last = period.end.yesterday().unwrap_or(period.end).max(period.start);
+        self.check_date(last)?;
+        let r = EntryRef { date: last, seq: self.next_seq()? };
+        self.write_entry(&usage_entry(r, subscription_id, currency, -left, self.position))
     }
 
     /// Removes a scheduled entry that will never be earned (void).
@@ -586,14 +778,25 @@ impl Journal<'_, '_> {
         let mut lines = Vec::with_capacity(inv.lines.len());
         for (i, line) in inv.lines.iter().enumerate() {
             let this = LineRef { invoice_id: inv.invoice_id.clone(), line_index: i };
+            let accrued = match line.kind {
+                LineKind::Usage => self.take_accrued(&inv.subscription_id, line)?,
+                _ => Vec::new(),
+            };
             let (entries, revenue_type, credited_line) =
-                self.schedule(line, cur, issue_date, &sub_lines)?;
+                self.schedule(line, cur, issue_date, &sub_lines, &accrued)?;
             let sum: Decimal = entries.iter().map(|(_, a)| *a).sum();
             if sum != line.amount {
                 let detail = format!("line {i} schedule sums to {sum}, not {}", line.amount);
                 return Err(inconsistent(position, detail));
             }
+            // Accrued usage is already recognized: the invoice bills it out of unbilled
+            // receivable; the rest of the schedule is posted now.
+            issue.cr(Account::UnbilledReceivable, accrued.iter().map(|(_, a)| *a).sum());
             for (d, a) in &entries {
+                self.add_to_waterfall(*d, &this, cur, revenue_type, *a)?;
+            }
+            let negated: Entries = accrued.iter().map(|(d, a)| (*d, -*a)).collect();
+            for (d, a) in merge_nonzero(&entries, &negated).iter() {
                 let source = if *d < issue_date {
                     Account::UnbilledReceivable
                 } else {
@@ -603,7 +806,6 @@ impl Journal<'_, '_> {
                 let day = days.entry(*d).or_default();
                 day.dr(source, *a);
                 day.cr(Account::Revenue(revenue_type), *a);
-                self.add_to_waterfall(*d, &this, cur, revenue_type, *a)?;
             }
             lines.push(LineSchedule {
                 kind: line.kind,
@@ -661,6 +863,7 @@ impl Journal<'_, '_> {
         cur: Currency,
         issue_date: Date,
         sub_lines: &[(LineRef, Period)],
+        accrued: &[(Date, Decimal)],
     ) -> Result<(Entries, RevenueType, Option<LineRef>)> {
         let p = line.service_period;
         Ok(match line.kind {
@@ -669,7 +872,15 @@ impl Journal<'_, '_> {
                 (s.entries, s.revenue_type, None)
             }
             LineKind::Usage => {
-                let entries = recognition::usage_schedule(p, &[], line.amount, cur);
+                let mut total = Decimal::ZERO;
+                let cumulative: Entries = accrued
+                    .iter()
+                    .map(|(d, a)| {
+                        total += *a;
+                        (*d, total)
+                    })
+                    .collect();
+                let entries = recognition::usage_schedule(p, &cumulative, line.amount, cur);
                 (entries, RevenueType::Usage, None)
             }
             LineKind::UsageInAdvance => {
@@ -821,6 +1032,31 @@ impl Journal<'_, '_> {
         s.status = InvoiceStatus::Void;
         self.store(&s);
         Ok(())
+    }
+}
+
+/// The usage entry `r` of a subscription: Dr unbilled receivable / Cr usage revenue for
+/// `amount` (a negative amount reverses).
+fn usage_entry(
+    r: EntryRef,
+    subscription_id: &str,
+    currency: Currency,
+    amount: Decimal,
+    position: Position,
+) -> JournalEntry {
+    let mut legs = Legs::default();
+    legs.dr(Account::UnbilledReceivable, amount);
+    legs.cr(Account::Revenue(RevenueType::Usage), amount);
+    JournalEntry {
+        v: RECORD_VERSION,
+        seq: r.seq,
+        date: r.date,
+        kind: EntryKind::UsageAccrual,
+        invoice_id: String::new(),
+        subscription_id: subscription_id.to_string(),
+        currency,
+        position,
+        postings: legs.postings(),
     }
 }
 
@@ -1014,6 +1250,15 @@ impl JournalReader {
                 })?;
             }
             Ok(rows.into_values().collect())
+        })
+    }
+
+    /// The current-usage draft of the subscription's oldest open period (what closing it
+    /// would invoice so far), kept by the journal's usage meter; `None` for an unknown
+    /// subscription or once everything is invoiced.
+    pub fn current_usage(&self, subscription_id: &str) -> Result<Option<Invoice>> {
+        self.model.read(|snap| {
+            snap.get(&draft_key(subscription_id))?.map(|b| json(&b, "draft")).transpose()
         })
     }
 
@@ -1215,7 +1460,7 @@ mod tests {
     fn runner(dir: &TempDir, store: &Store, batch: usize) -> Runner<Store, JournalProjection> {
         let db = crate::open_db(dir.path()).unwrap();
         let config = RunnerConfig { batch_events_max: batch, poll_interval_ms: 20 };
-        Runner::open(&db, store.clone(), JournalProjection, config).unwrap()
+        Runner::open(&db, store.clone(), JournalProjection::default(), config).unwrap()
     }
 
     async fn reader(dir: &TempDir, events: &[Event]) -> JournalReader {

@@ -34,7 +34,9 @@
 //! # Invariant
 //!
 //! A read model is a pure function of the log prefix `[0, checkpoint)`. Projections keep no state
-//! outside their keys, and batch boundaries never change the result, so a read model can be
+//! outside their keys except what is itself a pure function of that prefix and is rebuilt from
+//! the log when the runner opens (the journal's [`usage_meter::UsageMeter`], see
+//! [`Projection::remembers`]), and batch boundaries never change the result, so a read model can be
 //! dropped and rebuilt from the log with the same digest at the same position (SPEC §1, §6). A
 //! projection whose [`Projection::version`] changes is cleared and rebuilt from position 0 when
 //! its runner opens.
@@ -50,6 +52,7 @@ pub mod mrr;
 mod runner;
 mod store;
 pub mod testkit;
+pub mod usage_meter;
 
 pub use runner::{
     Progress, Projection, Runner, RunnerConfig, WaitError, BATCH_EVENTS_MAX_LIMIT,

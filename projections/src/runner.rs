@@ -19,8 +19,10 @@ pub const POLL_INTERVAL_MS_MAX: u64 = 60_000;
 /// A read model built by folding the log.
 ///
 /// `apply` must be deterministic and keep its state in the keys it reads and writes through
-/// [`Writes`] only (no fields that outlive a batch): a batch that fails is dropped whole and
-/// re-applied later, and a rebuild must give the same keys whatever the batch boundaries.
+/// [`Writes`], a batch that fails is dropped whole and re-applied later, and a rebuild must
+/// give the same keys whatever the batch boundaries. The one exception is state that is a pure
+/// function of the applied log prefix (see [`Projection::remembers`]): the runner rebuilds it
+/// from the log when it opens and after a failed batch.
 pub trait Projection: Send + 'static {
     /// Stable name; also the tree name `projection/<name>`.
     fn name(&self) -> &'static str;
@@ -40,6 +42,21 @@ pub trait Projection: Send + 'static {
         event: &RecordedEvent,
         decoded: &Event,
     ) -> Result<()>;
+    /// Called after the last event of each batch, before the commit.
+    fn finish_batch(&mut self, _writes: &mut Writes<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// Whether the projection keeps in-memory state folded from the log prefix it has applied.
+    /// If so, before its first batch the runner passes every wanted event before the checkpoint
+    /// to [`Projection::remember`], and after a failed batch it calls [`Projection::forget`]
+    /// and does that again.
+    fn remembers(&self) -> bool {
+        false
+    }
+    /// Folds an event that is already in the read model into the in-memory state.
+    fn remember(&mut self, _event: &RecordedEvent, _decoded: &Event) {}
+    /// Drops the in-memory state.
+    fn forget(&mut self) {}
 }
 
 /// Runner settings.
@@ -79,6 +96,8 @@ pub struct Runner<S, P> {
     checkpoint: Position,
     applied: watch::Sender<Position>,
     config: RunnerConfig,
+    /// Whether the projection's in-memory state matches the checkpoint.
+    warm: bool,
 }
 
 impl<S: EventStore, P: Projection> Runner<S, P> {
@@ -92,7 +111,8 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         tracing::info!(projection = name, checkpoint, "projection opened");
         let model = ReadModel::new(name, tree);
         let applied = watch::channel(checkpoint).0;
-        Ok(Runner { store, projection, model, checkpoint, applied, config })
+        let warm = !projection.remembers();
+        Ok(Runner { store, projection, model, checkpoint, applied, config, warm })
     }
 
     /// Next position to apply (= number of events applied).
@@ -118,14 +138,59 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
     /// Applies and commits one batch (at most `batch_events_max` events). Returns how many
     /// events it applied (0 when caught up).
     pub async fn step(&mut self) -> Result<usize> {
+        if !self.warm {
+            self.warm_up().await?;
+        }
         let events = self.store.read_all(self.checkpoint, self.config.batch_events_max).await?;
         if events.is_empty() {
             return Ok(0);
         }
-        let next = self.apply_batch(&events)?;
+        let next = match self.apply_batch(&events) {
+            Ok(next) => next,
+            Err(e) => {
+                self.projection.forget();
+                self.warm = !self.projection.remembers();
+                return Err(e);
+            }
+        };
         self.checkpoint = next;
         self.applied.send_replace(next);
         Ok(events.len())
+    }
+
+    /// Folds `[0, checkpoint)` into the projection's in-memory state, in bounded reads.
+    async fn warm_up(&mut self) -> Result<()> {
+        let mut next: Position = 0;
+        let rounds = self.checkpoint.div_ceil(self.config.batch_events_max as u64);
+        for _ in 0..rounds {
+            let left = usize::try_from(self.checkpoint - next).unwrap_or(usize::MAX);
+            let events = self.store.read_all(next, self.config.batch_events_max.min(left)).await?;
+            for event in &events {
+                if event.position != next {
+                    return Err(ProjectionError::Gap { expected: next, actual: event.position });
+                }
+                next += 1;
+                if let Some(decoded) = self.decode(event)? {
+                    self.projection.remember(event, &decoded);
+                }
+            }
+            if next >= self.checkpoint || events.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(next, self.checkpoint, "warm-up folds exactly the applied prefix");
+        self.warm = true;
+        Ok(())
+    }
+
+    /// The decoded event, if the projection wants its type.
+    fn decode(&self, event: &RecordedEvent) -> Result<Option<Event>> {
+        if !self.projection.wants(&event.event_type) {
+            return Ok(None);
+        }
+        Event::decode(&event.event_type, event.schema_version, &event.payload)
+            .map(Some)
+            .map_err(|source| ProjectionError::Decode { position: event.position, source })
     }
 
     fn apply_batch(&mut self, events: &[RecordedEvent]) -> Result<Position> {
@@ -136,13 +201,11 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
                 return Err(ProjectionError::Gap { expected: next, actual: event.position });
             }
             next += 1;
-            if !self.projection.wants(&event.event_type) {
-                continue;
+            if let Some(decoded) = self.decode(event)? {
+                self.projection.apply(&mut writes, event, &decoded)?;
             }
-            let decoded = Event::decode(&event.event_type, event.schema_version, &event.payload)
-                .map_err(|source| ProjectionError::Decode { position: event.position, source })?;
-            self.projection.apply(&mut writes, event, &decoded)?;
         }
+        self.projection.finish_batch(&mut writes)?;
         self.model.commit(writes, next)?;
         Ok(next)
     }

@@ -9,6 +9,7 @@ use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, Context, PaymentOutcome, Policy};
 use domain::events::{Event, Usage};
+use domain::invoice::LineKind;
 use domain::ledger::Ledger;
 use domain::money::Currency;
 use domain::rating::{Aggregation, ChargeModel};
@@ -167,6 +168,14 @@ async fn store_of(events: &[Event]) -> Arc<MemoryStore> {
     store
 }
 
+fn subscriptions(events: &[Event]) -> Vec<String> {
+    let started = events.iter().filter_map(|e| match e {
+        Event::SubscriptionStarted { subscription_id, .. } => Some(subscription_id.clone()),
+        _ => None,
+    });
+    started.collect()
+}
+
 fn month_ends() -> Vec<Date> {
     (1..=12).map(|m| date(2025, m, 1).last_of_month()).chain([date(2030, 1, 1)]).collect()
 }
@@ -178,7 +187,8 @@ fn check(events: Vec<Event>) -> Result<(), TestCaseError> {
         let dir = tempfile::tempdir().unwrap();
         let db = projections::open_db(dir.path()).unwrap();
         let config = RunnerConfig { batch_events_max: 64, ..RunnerConfig::default() };
-        let mut journal = Runner::open(&db, store.clone(), JournalProjection, config).unwrap();
+        let mut journal =
+            Runner::open(&db, store.clone(), JournalProjection::default(), config).unwrap();
         let mut mrr = Runner::open(&db, store.clone(), MrrProjection, config).unwrap();
         journal.catch_up().await.unwrap();
         mrr.catch_up().await.unwrap();
@@ -194,12 +204,22 @@ fn check(events: Vec<Event>) -> Result<(), TestCaseError> {
             .filter_map(|e| if let Event::InvoiceIssued(i) = e { Some(i.subtotal) } else { None })
             .sum();
         let end = books.balances(date(2030, 1, 1)).unwrap();
-        let (recognized, deferred) =
-            end.first().map_or((Decimal::ZERO, Decimal::ZERO), |(_, b)| {
-                (b.total_revenue(), b.deferred_revenue)
-            });
+        let (recognized, deferred, unbilled) = end.first().map_or(Default::default(), |(_, b)| {
+            (b.total_revenue(), b.deferred_revenue, b.unbilled_receivable)
+        });
         prop_assert_eq!(deferred, Decimal::ZERO, "nothing stays deferred once service has passed");
-        prop_assert_eq!(recognized, billed, "everything billed is recognized");
+        prop_assert_eq!(
+            recognized,
+            billed + unbilled,
+            "everything billed is recognized, and usage as consumed"
+        );
+        let drafted: Decimal = subscriptions(&events)
+            .iter()
+            .filter_map(|s| books.current_usage(s).unwrap())
+            .flat_map(|d| d.lines.into_iter().filter(|l| l.kind == LineKind::Usage))
+            .map(|l| l.amount)
+            .sum();
+        prop_assert_eq!(unbilled, drafted, "unbilled receivable = usage of the open periods");
         let series = MrrReader::new(mrr.read_model());
         let (from, to) = (date(2025, 1, 1), date(2026, 6, 30));
         let moves = series.movements(from, to, Granularity::Month, usd()).unwrap();

@@ -1,0 +1,208 @@
+//! The usage meter of the read side: an in-memory copy of the domain [`Ledger`], folded from
+//! the log, that says how much each open billing period's usage is worth so far, so the
+//! journal can recognize usage revenue **as it is consumed** (SPEC §5) and the query service
+//! can show the current-usage draft of every open period.
+//!
+//! # Runs
+//!
+//! Rating after every usage event would cost O(events) per event for some charge models, so
+//! consecutive usage events of one subscription, period and local day form a **run**: the
+//! meter re-rates the period when the run ends (another day or period of that subscription, any
+//! other event of that subscription, or the end of the batch) and the journal posts the
+//! increase since the last accrual, dated on the run's day. Runs telescope: cutting a run in two
+//! at a batch boundary gives the same per-day totals, so the read model does not depend on
+//! batch sizes. A plan change or a cancellation re-rates the open periods on its effective
+//! date (a "run" of its own), so a rating-plan change moves the accrual the day it happens.
+//!
+//! # State
+//!
+//! The ledger is not in the read model's keys: it is a pure function of the log prefix the
+//! runner has applied, rebuilt by [`UsageMeter::remember`] over `[0, checkpoint)` when the
+//! runner opens or after a failed batch. The meter folds an event only when it refers to
+//! aggregates it knows (in a log written by the command service that is every event; hand-built
+//! test logs may skip the subscription). Memory: the ledger without its dedup index.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use domain::calendar::{local_date, Period};
+use domain::events::Event;
+use domain::invoice::Invoice;
+use domain::ledger::{Ledger, RatedUsage};
+use event_store::Position;
+use jiff::civil::Date;
+
+/// A run of events of one subscription and period on one local day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    day: Date,
+    /// Log position of the run's first event: names the accrual of that day.
+    first: Position,
+}
+
+/// The period's rated usage at the end of a run, to be accrued on the run's day.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accrual {
+    pub subscription_id: String,
+    pub day: Date,
+    pub first: Position,
+    pub rated: RatedUsage,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct UsageMeter {
+    ledger: Ledger,
+    /// Open runs by (subscription, period start).
+    runs: BTreeMap<(String, Date), Run>,
+    /// Subscriptions touched in this batch (their drafts are rewritten at its end).
+    touched: BTreeSet<String>,
+}
+
+impl Default for UsageMeter {
+    fn default() -> Self {
+        let ledger = Ledger { without_dedup_index: true, ..Ledger::default() };
+        UsageMeter { ledger, runs: BTreeMap::new(), touched: BTreeSet::new() }
+    }
+}
+
+impl UsageMeter {
+    /// Folds an event already applied to the read model (warm-up).
+    pub fn remember(&mut self, event: &Event, position: Position) {
+        if self.knows(event) {
+            self.ledger.evolve(event, position);
+        }
+    }
+
+    /// Forgets everything (after a failed batch; the runner then replays the log prefix).
+    pub fn forget(&mut self) {
+        *self = UsageMeter::default();
+    }
+
+    /// Before `event` is applied: the accruals of the runs it ends. A usage event ends its
+    /// subscription's run of the same period on another day; any other event of the
+    /// subscription ends all of its runs.
+    pub fn before(&mut self, event: &Event) -> Vec<Accrual> {
+        let Some(sub) = subscription_of(event).filter(|_| self.knows(event)) else {
+            return Vec::new();
+        };
+        let usage = self.usage_run(event);
+        let ends = |(s, p): &(String, Date), run: &Run| {
+            s == sub && usage.is_none_or(|(period, day)| *p == period && run.day != day)
+        };
+        let ending: Vec<((String, Date), Run)> =
+            self.runs.iter().filter(|(k, r)| ends(k, r)).map(|(k, r)| (k.clone(), *r)).collect();
+        let mut out = Vec::with_capacity(ending.len());
+        for (key, run) in ending {
+            self.runs.remove(&key);
+            out.extend(self.accrual(&key.0, key.1, run));
+        }
+        out
+    }
+
+    /// Folds `event` (after the journal applied it) and opens the runs it starts.
+    pub fn after(&mut self, event: &Event, position: Position) {
+        if !self.knows(event) {
+            return;
+        }
+        let run = self.usage_run(event);
+        self.ledger.evolve(event, position);
+        let Some(sub) = subscription_of(event) else { return };
+        self.touched.insert(sub.to_string());
+        let first = position;
+        if let Some((period, day)) = run {
+            self.runs.entry((sub.to_string(), period)).or_insert(Run { day, first });
+            return;
+        }
+        let Some(effective) = effective_date(event) else { return };
+        for period in self.open_periods(sub) {
+            let day = effective.clamp(period.start, last_day(&period));
+            self.runs.insert((sub.to_string(), period.start), Run { day, first });
+        }
+    }
+
+    /// At the end of a batch: the accruals of every open run, and the subscriptions touched
+    /// (whose drafts are to be rewritten).
+    pub fn finish(&mut self) -> (Vec<Accrual>, BTreeSet<String>) {
+        let runs = std::mem::take(&mut self.runs);
+        let accruals = runs.into_iter().filter_map(|((s, p), run)| self.accrual(&s, p, run));
+        (accruals.collect(), std::mem::take(&mut self.touched))
+    }
+
+    /// The current-usage draft of the subscription's oldest open period (`None` once service
+    /// has ended and everything is invoiced). Dated at the period's start, so it depends on
+    /// the subscription's state only.
+    pub fn draft(&self, subscription_id: &str) -> Option<Invoice> {
+        let sub = self.ledger.subscriptions.get(subscription_id)?;
+        let at = sub.next_close?.start_instant(&sub.time_zone);
+        self.ledger.draft_invoice(subscription_id, at).ok().flatten()
+    }
+
+    fn accrual(&self, sub: &str, period_start: Date, run: Run) -> Option<Accrual> {
+        let rated = self.ledger.rated_usage(sub, period_start).ok().flatten()?;
+        Some(Accrual { subscription_id: sub.to_string(), day: run.day, first: run.first, rated })
+    }
+
+    /// For a usage event: its (period start, local day).
+    fn usage_run(&self, event: &Event) -> Option<(Date, Date)> {
+        let Event::UsageRecorded(u) = event else { return None };
+        let sub = self.ledger.subscriptions.get(&u.subscription_id)?;
+        let day = local_date(u.occurred_at, &sub.time_zone);
+        Some((sub.period_of(day)?.start, day))
+    }
+
+    fn open_periods(&self, sub: &str) -> Vec<Period> {
+        let Some(s) = self.ledger.subscriptions.get(sub) else { return Vec::new() };
+        s.open.keys().filter_map(|start| s.period_of(*start)).collect()
+    }
+
+    /// Whether the ledger has what `event` refers to (see the module documentation).
+    fn knows(&self, event: &Event) -> bool {
+        let l = &self.ledger;
+        match event {
+            Event::UsageRecorded(u) => {
+                l.subscriptions.contains_key(&u.subscription_id)
+                    && l.metrics.contains_key(&u.metric_code)
+            }
+            Event::SubscriptionStarted { customer_id, plan, .. } => {
+                l.customers.contains_key(customer_id)
+                    && l.plans.get(&plan.code).is_some_and(|v| v.len() >= plan.version as usize)
+            }
+            Event::InvoiceVoided { invoice_id, .. }
+            | Event::PaymentSucceeded { invoice_id, .. }
+            | Event::PaymentFailed { invoice_id, .. }
+            | Event::InvoiceMarkedUncollectible { invoice_id, .. } => {
+                l.invoices.contains_key(invoice_id)
+            }
+            Event::CustomerUpdated { customer_id, .. } => l.customers.contains_key(customer_id),
+            other => subscription_of(other).is_none_or(|s| l.subscriptions.contains_key(s)),
+        }
+    }
+}
+
+/// The subscription an event belongs to (none for customers, catalog and payments).
+fn subscription_of(event: &Event) -> Option<&str> {
+    match event {
+        Event::SubscriptionStarted { subscription_id, .. }
+        | Event::TrialEnded { subscription_id, .. }
+        | Event::PlanChangeScheduled { subscription_id, .. }
+        | Event::PlanChanged { subscription_id, .. }
+        | Event::SubscriptionCanceled { subscription_id, .. }
+        | Event::BillingPeriodClosed { subscription_id, .. } => Some(subscription_id),
+        Event::UsageRecorded(u) => Some(&u.subscription_id),
+        Event::InvoiceIssued(inv) => Some(&inv.subscription_id),
+        _ => None,
+    }
+}
+
+/// The date from which an event can change what the open periods' usage is worth.
+fn effective_date(event: &Event) -> Option<Date> {
+    match event {
+        Event::PlanChanged { effective_date, .. }
+        | Event::SubscriptionCanceled { effective_date, .. } => Some(*effective_date),
+        _ => None,
+    }
+}
+
+fn last_day(p: &Period) -> Date {
+    p.end.yesterday().unwrap_or(p.end).max(p.start)
+}
