@@ -716,24 +716,37 @@ async fn retention_report(
 }
 
 async fn balances_report(q: &mut Query, ends: &[Date], pos: Option<u64>) -> anyhow::Result<()> {
-    println!("\nRevenue by month end (USD, cumulative)");
+    println!("\nRevenue by month (USD): recognized in the month, balances at its end");
     println!(
-        "{:<11} {:>12} {:>12} {:>12} {:>12} {:>10}",
-        "as of", "recognized", "deferred", "receivable", "cash", "bad debt"
+        "{:<11} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>10}",
+        "month end",
+        "recognized",
+        "of it usage",
+        "deferred",
+        "unbilled",
+        "receivable",
+        "cash",
+        "bad debt"
     );
+    let (mut total_before, mut usage_before) = (Decimal::ZERO, Decimal::ZERO);
     for day in ends {
         let req = pb::AsOfRequest { as_of: day.to_string(), min_position: pos };
         let r = q.get_balances(req).await?.into_inner();
         let Some(b) = r.balances.iter().find(|b| b.currency == "USD") else { continue };
+        let total = dec(&b.total_recognized_revenue);
+        let usage = b.recognized_revenue.get("usage").map_or(Decimal::ZERO, |u| dec(u));
         println!(
-            "{:<11} {:>12} {:>12} {:>12} {:>12} {:>10}",
+            "{:<11} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>10}",
             day.to_string(),
-            money(&b.total_recognized_revenue),
+            format!("{:.2}", total - total_before),
+            format!("{:.2}", usage - usage_before),
             money(&b.deferred_revenue),
+            money(&b.unbilled_receivable),
             money(&b.accounts_receivable),
             money(&b.cash),
             money(&b.bad_debt)
         );
+        (total_before, usage_before) = (total, usage);
     }
     Ok(())
 }
