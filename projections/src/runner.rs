@@ -145,7 +145,29 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         if events.is_empty() {
             return Ok(0);
         }
-        let next = match self.apply_batch(&events) {
+        self.commit_batch(&events)?;
+        Ok(events.len())
+    }
+
+    /// Applies `events`, which must start at the checkpoint and be contiguous, as one batch
+    /// (at most `batch_events_max`), for a caller that reads the log itself (a replay feeding
+    /// several projections from one read). Returns the new checkpoint.
+    /// Call [`Runner::warm_up`] first.
+    pub fn apply_events(&mut self, events: &[RecordedEvent]) -> Result<Position> {
+        if events.len() > self.config.batch_events_max {
+            let msg = format!("{} events exceed batch_events_max", events.len());
+            return Err(ProjectionError::InvalidArgument(msg));
+        }
+        if !self.warm {
+            let msg = "the projection's in-memory state is not warmed up".to_string();
+            return Err(ProjectionError::InvalidArgument(msg));
+        }
+        self.commit_batch(events)
+    }
+
+    /// Applies and commits a batch, or forgets the in-memory state on failure.
+    fn commit_batch(&mut self, events: &[RecordedEvent]) -> Result<Position> {
+        let next = match self.apply_batch(events) {
             Ok(next) => next,
             Err(e) => {
                 self.projection.forget();
@@ -155,11 +177,15 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         };
         self.checkpoint = next;
         self.applied.send_replace(next);
-        Ok(events.len())
+        Ok(next)
     }
 
-    /// Folds `[0, checkpoint)` into the projection's in-memory state, in bounded reads.
-    async fn warm_up(&mut self) -> Result<()> {
+    /// Folds `[0, checkpoint)` into the projection's in-memory state, in bounded reads (for a
+    /// projection that [`Projection::remembers`]; otherwise, or when already warm, nothing).
+    pub async fn warm_up(&mut self) -> Result<()> {
+        if self.warm {
+            return Ok(());
+        }
         let mut next: Position = 0;
         let rounds = self.checkpoint.div_ceil(self.config.batch_events_max as u64);
         for _ in 0..rounds {

@@ -116,6 +116,21 @@ impl ReadModel {
         ReadModel { name, tree, gate: Arc::new(RwLock::new(())) }
     }
 
+    /// The model of projection `name` (at layout `version`) in `db` as it is, without a runner
+    /// and without writing: `None` if the tree is missing or holds another version (a runner
+    /// would rebuild it). For serving or auditing a model some other process built.
+    pub fn open_existing(db: &sled::Db, name: &'static str, version: u32) -> Result<Option<Self>> {
+        let tree_name = format!("projection/{name}");
+        if !db.tree_names().iter().any(|t| t.as_ref() == tree_name.as_bytes()) {
+            return Ok(None);
+        }
+        let tree = db.open_tree(tree_name)?;
+        if tree.get(VERSION_KEY)?.as_deref() != Some(&version.to_be_bytes()[..]) {
+            return Ok(None);
+        }
+        Ok(Some(ReadModel::new(name, tree)))
+    }
+
     pub(crate) fn tree(&self) -> &Tree {
         &self.tree
     }

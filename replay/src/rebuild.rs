@@ -1,0 +1,238 @@
+//! Rebuilding read models from the log into a fresh store.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use event_store::{EventStore, Position, RecordedEvent};
+use projections::invoices::InvoicesProjection;
+use projections::journal::JournalProjection;
+use projections::mrr::MrrProjection;
+use projections::{Digest, Projection, ReadModel, Runner, RunnerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::capped::CappedStore;
+use crate::cutoff::{resolve, Cutoff};
+use crate::{ReplayError, Result};
+
+/// Subdirectory of a rebuild's output holding the read models (as `accrual serve` lays out a
+/// data directory, so the query service can serve it).
+pub const READ_MODELS_DIR: &str = "read-models";
+/// The rebuild's manifest, in its output directory.
+pub const MANIFEST_FILE: &str = "replay.json";
+/// Events read from the log and applied as one batch.
+const REPLAY_BATCH_EVENTS_MAX: usize = 4_096;
+
+/// A read model that can be rebuilt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Invoices,
+    Mrr,
+    Journal,
+}
+
+impl Kind {
+    /// Every read model, in report order.
+    pub const ALL: [Kind; 3] = [Kind::Invoices, Kind::Mrr, Kind::Journal];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Invoices => projections::invoices::NAME,
+            Kind::Mrr => projections::mrr::NAME,
+            Kind::Journal => projections::journal::NAME,
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| ReplayError::UnknownProjection(name.to_string()))
+    }
+
+    /// The layout version the projection writes (a model of another version is stale).
+    pub fn version(self) -> u32 {
+        match self {
+            Kind::Invoices => InvoicesProjection.version(),
+            Kind::Mrr => MrrProjection.version(),
+            Kind::Journal => JournalProjection::default().version(),
+        }
+    }
+}
+
+/// One rebuilt model's digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionDigest {
+    pub projection: Kind,
+    pub version: u32,
+    /// Events `[0, position)` are applied.
+    pub position: Position,
+    /// Hex SHA-256 (see `projections` "Digest").
+    pub sha256: String,
+}
+
+impl ProjectionDigest {
+    fn new(projection: Kind, digest: Digest) -> Self {
+        ProjectionDigest {
+            projection,
+            version: projection.version(),
+            position: digest.position,
+            sha256: hex::encode(digest.sha256),
+        }
+    }
+}
+
+/// What a rebuild wrote, kept beside it as `replay.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub cutoff: Cutoff,
+    /// Events `[0, end_position)` were replayed.
+    pub end_position: Position,
+    /// Stored hash of the last replayed event (hex; the genesis hash when none): ties the
+    /// rebuild to one log. `accrual audit verify` recomputes the chain up to it.
+    pub log_head_hash: String,
+    pub projections: Vec<ProjectionDigest>,
+}
+
+/// The outcome of [`rebuild`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rebuild {
+    pub manifest: Manifest,
+    pub events: u64,
+    pub secs: f64,
+}
+
+impl Rebuild {
+    pub fn events_per_s(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.events as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A runner being fed by the replay loop (type-erased over projections).
+trait Feed: Send {
+    fn apply(&mut self, events: &[RecordedEvent]) -> projections::Result<Position>;
+    fn model(&self) -> ReadModel;
+}
+
+impl<S: EventStore, P: Projection> Feed for Runner<S, P> {
+    fn apply(&mut self, events: &[RecordedEvent]) -> projections::Result<Position> {
+        self.apply_events(events)
+    }
+
+    fn model(&self) -> ReadModel {
+        self.read_model()
+    }
+}
+
+type Log = Arc<dyn EventStore>;
+
+async fn feed(db: &sled::Db, store: &Log, end: Position, kind: Kind) -> Result<Box<dyn Feed>> {
+    let capped = CappedStore::new(store.clone(), end);
+    let config = RunnerConfig { batch_events_max: REPLAY_BATCH_EVENTS_MAX, ..Default::default() };
+    Ok(match kind {
+        Kind::Invoices => Box::new(Runner::open(db, capped, InvoicesProjection, config)?),
+        Kind::Mrr => Box::new(Runner::open(db, capped, MrrProjection, config)?),
+        Kind::Journal => {
+            let mut r = Runner::open(db, capped, JournalProjection::default(), config)?;
+            r.warm_up().await?;
+            Box::new(r)
+        }
+    })
+}
+
+/// Rebuilds `kinds` from the events of `store` before `cutoff` into `out` (which must not
+/// exist), reading the log once and applying each read to every model in parallel.
+/// `progress(applied, end)` is called after each batch. Writes `out/replay.json`.
+pub async fn rebuild(
+    store: Log,
+    cutoff: Cutoff,
+    kinds: &[Kind],
+    out: &Path,
+    progress: &(dyn Fn(Position, Position) + Sync),
+) -> Result<Rebuild> {
+    let end = resolve(&store, cutoff).await?;
+    if out.exists() {
+        return Err(ReplayError::OutputExists(out.display().to_string()));
+    }
+    std::fs::create_dir_all(out)?;
+    let db = projections::open_db(out.join(READ_MODELS_DIR))?;
+    let mut feeds = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        feeds.push(feed(&db, &store, end, *kind).await?);
+    }
+    let started = Instant::now();
+    let (feeds, last_hash) = replay_loop(&store, end, feeds, progress).await?;
+    let secs = started.elapsed().as_secs_f64();
+    db.flush_async().await?;
+    let mut digests = Vec::with_capacity(kinds.len());
+    for (kind, feed) in kinds.iter().zip(&feeds) {
+        let digest = feed.model().digest()?;
+        assert_eq!(digest.position, end, "every model is rebuilt to the cutoff");
+        digests.push(ProjectionDigest::new(*kind, digest));
+    }
+    let manifest = Manifest {
+        format: 1,
+        cutoff,
+        end_position: end,
+        log_head_hash: hex::encode(last_hash),
+        projections: digests,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
+    std::fs::write(out.join(MANIFEST_FILE), json)?;
+    Ok(Rebuild { manifest, events: end, secs })
+}
+
+/// Reads `[0, end)` once, in batches; while one batch is applied (one thread per model) the
+/// next is read. Returns the feeds and the stored hash of the last event.
+async fn replay_loop(
+    store: &Log,
+    end: Position,
+    mut feeds: Vec<Box<dyn Feed>>,
+    progress: &(dyn Fn(Position, Position) + Sync),
+) -> Result<(Vec<Box<dyn Feed>>, [u8; 32])> {
+    let capped = CappedStore::new(store.clone(), end);
+    let mut last_hash = event_store::GENESIS_HASH;
+    let mut next: Position = 0;
+    let mut batch = capped.read_all(0, REPLAY_BATCH_EVENTS_MAX).await?;
+    let rounds = end.div_ceil(REPLAY_BATCH_EVENTS_MAX as u64) + 1;
+    for _ in 0..rounds {
+        if batch.is_empty() {
+            break;
+        }
+        next += batch.len() as u64;
+        last_hash = batch.last().expect("not empty").hash;
+        let events = Arc::new(batch);
+        let apply = tokio::task::spawn_blocking({
+            let events = events.clone();
+            move || apply_parallel(feeds, &events)
+        });
+        let read_ahead = capped.read_all(next, REPLAY_BATCH_EVENTS_MAX);
+        let (applied, read) = tokio::join!(apply, read_ahead);
+        feeds = applied.expect("replay workers do not panic")?;
+        batch = read?;
+        progress(next, end);
+    }
+    assert_eq!(next, end, "the replay covers the whole prefix");
+    Ok((feeds, last_hash))
+}
+
+/// Applies one batch to every feed, one scoped thread each.
+fn apply_parallel(
+    mut feeds: Vec<Box<dyn Feed>>,
+    events: &[RecordedEvent],
+) -> Result<Vec<Box<dyn Feed>>> {
+    let results: Vec<projections::Result<Position>> = std::thread::scope(|s| {
+        let handles: Vec<_> = feeds.iter_mut().map(|f| s.spawn(move || f.apply(events))).collect();
+        handles.into_iter().map(|h| h.join().expect("projection threads do not panic")).collect()
+    });
+    for r in results {
+        r?;
+    }
+    Ok(feeds)
+}
