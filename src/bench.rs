@@ -136,7 +136,9 @@ async fn start_server(
         let limits = command_service::service::Limits::default();
         let server = crate::server::ServerLimits::default();
         let never = std::future::pending();
-        if let Err(e) = crate::server::serve(listener, engine, None, limits, server, never).await {
+        if let Err(e) =
+            crate::server::serve(listener, Some(engine), None, limits, server, never).await
+        {
             eprintln!("bench server failed: {e}");
         }
     });

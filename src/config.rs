@@ -1,5 +1,6 @@
 //! `accrual serve` settings: flags > environment variables > TOML file > defaults.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -14,12 +15,67 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which parts of the service one process runs (`--role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    /// `command`: the CommandService (the write model and the log's only writer) and the billing
+    /// scheduler.
+    pub command: bool,
+    /// `projector`: the projection runners, folding the log into the read models.
+    pub projector: bool,
+    /// `query`: the QueryService over the read models.
+    pub query: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles { command: true, projector: true, query: true };
+    const NAMES: &'static str = "command, projector, query";
+
+    /// Parses a comma-separated list of `command`, `projector` and `query` (spaces around names
+    /// are ignored, repeats are harmless). `source` names where the value came from, for errors.
+    pub fn parse(value: &str, source: &str) -> anyhow::Result<Roles> {
+        let mut roles = Roles { command: false, projector: false, query: false };
+        anyhow::ensure!(
+            !value.trim().is_empty(),
+            "{source} is empty: give a comma-separated list of {}",
+            Roles::NAMES
+        );
+        for name in value.split(',').map(str::trim) {
+            match name {
+                "command" => roles.command = true,
+                "projector" => roles.projector = true,
+                "query" => roles.query = true,
+                other => anyhow::bail!(
+                    "{source} {value:?}: unknown role {other:?} (roles: {})",
+                    Roles::NAMES
+                ),
+            }
+        }
+        Ok(roles)
+    }
+}
+
+impl fmt::Display for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names =
+            [(self.command, "command"), (self.projector, "projector"), (self.query, "query")];
+        let on: Vec<&str> = names.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
+        f.write_str(&on.join(","))
+    }
+}
+
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// TOML file with any of: data_dir, listen, log_format, log_level, grace_period_secs,
+    /// TOML file with any of: role, data_dir, listen, log_format, log_level, grace_period_secs,
     /// scheduler_interval_secs, max_payment_attempts. Flags and env vars override it.
     #[arg(long, env = "ACCRUAL_CONFIG")]
     pub config: Option<PathBuf>,
+    /// What this process runs: a comma-separated list of command (CommandService and billing
+    /// scheduler), projector (projection runners), query (QueryService). With sled, roles not
+    /// run here cannot run in another process on the same data dir [default:
+    /// command,projector,query]
+    #[arg(long, env = "ACCRUAL_ROLE")]
+    pub role: Option<String>,
     /// Directory of the embedded sled store [default: ./accrual-data]
     #[arg(long, env = "ACCRUAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -46,6 +102,7 @@ pub struct ServeArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    role: Option<String>,
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
@@ -57,6 +114,7 @@ struct FileConfig {
 
 #[derive(Clone, Debug)]
 pub struct Settings {
+    pub roles: Roles,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub log_format: LogFormat,
@@ -77,7 +135,16 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
+        let roles = match (args.role, file.role) {
+            (Some(value), _) => Roles::parse(&value, "--role (or ACCRUAL_ROLE)")?,
+            (None, Some(value)) => {
+                let path = args.config.as_deref().map(|p| p.display().to_string());
+                Roles::parse(&value, &format!("role in {}", path.unwrap_or_default()))?
+            }
+            (None, None) => Roles::ALL,
+        };
         let settings = Settings {
+            roles,
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
@@ -139,6 +206,40 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.data_dir, PathBuf::from("accrual-data"));
         assert_eq!(s.scheduler_interval_secs, 60);
+        assert_eq!(s.roles, Roles::ALL);
+    }
+
+    #[test]
+    fn roles_are_a_comma_separated_list_and_the_flag_beats_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accrual.toml");
+        std::fs::write(&path, "role = \"projector, query\"\n").unwrap();
+        let from_file = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let s = Settings::resolve(from_file).unwrap();
+        assert_eq!(s.roles, Roles { command: false, projector: true, query: true });
+        assert_eq!(s.roles.to_string(), "projector,query");
+        let flag = Some("command,command".to_string());
+        let s =
+            Settings::resolve(ServeArgs { config: Some(path), role: flag, ..Default::default() });
+        assert_eq!(s.unwrap().roles, Roles { command: true, projector: false, query: false });
+        assert_eq!(Roles::parse("query,projector,command", "x").unwrap(), Roles::ALL);
+    }
+
+    #[test]
+    fn empty_or_unknown_roles_are_refused_by_name() {
+        for (value, named) in
+            [("", "is empty"), (" ", "is empty"), ("command,", "\"\""), ("cmd", "\"cmd\"")]
+        {
+            let args = ServeArgs { role: Some(value.into()), ..Default::default() };
+            let error = Settings::resolve(args).unwrap_err().to_string();
+            assert!(error.contains(named) && error.contains("--role"), "{value:?}: {error}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accrual.toml");
+        std::fs::write(&path, "role = \"query,reader\"\n").unwrap();
+        let error = Settings::resolve(ServeArgs { config: Some(path), ..Default::default() });
+        let error = error.unwrap_err().to_string();
+        assert!(error.contains("\"reader\"") && error.contains("accrual.toml"), "{error}");
     }
 
     #[test]

@@ -141,7 +141,7 @@ async fn start_service(
     let query = Some(QueryApi::new(models));
     let task = tokio::spawn(async move {
         let limits = (Limits::default(), ServerLimits::default());
-        serve(listener, Arc::new(engine), query, limits.0, limits.1, shutdown).await?;
+        serve(listener, Some(Arc::new(engine)), query, limits.0, limits.1, shutdown).await?;
         for p in projectors {
             p.await?;
         }

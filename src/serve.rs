@@ -1,6 +1,12 @@
 //! `accrual serve`: opens the sled event log, rebuilds the write model, runs the projections
-//! (invoices, MRR, journal) into their own sled read models, serves gRPC (commands and queries), runs the billing
-//! scheduler, and shuts down gracefully on SIGTERM or ctrl-c.
+//! (invoices, MRR, journal) into their own sled read models, serves gRPC (commands and queries),
+//! runs the billing scheduler, and shuts down gracefully on SIGTERM or ctrl-c.
+//!
+//! `--role` runs a subset: `command` (the write model, CommandService, billing scheduler),
+//! `projector` (the projection runners), `query` (QueryService). A query role without the
+//! projector serves the read models as they are on disk. sled is single-process (one process
+//! locks `log/` and `read-models/`), so a role not run here cannot run in another process on the
+//! same data dir; separate processes per role come with the EventStoreDB backend (issue #6).
 //!
 //! Data directory layout: `<data-dir>/log` (the event store), `<data-dir>/read-models` (the
 //! projections; can be deleted at any time and is rebuilt from the log).
@@ -27,17 +33,28 @@ pub fn system_clock() -> Clock {
     Arc::new(jiff::Timestamp::now)
 }
 
+/// Opens the event log under `data_dir`.
+pub fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn EventStore>> {
+    let store = SledStore::open(SledConfig::new(data_dir.join("log")))?;
+    Ok(Arc::new(store))
+}
+
+/// Folds the log into the write engine.
+async fn engine_on(store: Arc<dyn EventStore>, policy: Policy) -> anyhow::Result<Arc<Engine>> {
+    let engine = Engine::open(store, policy, system_clock())
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    Ok(Arc::new(engine))
+}
+
 /// Opens the event log under `data_dir` and folds it into the write engine.
 pub async fn open_engine(
     data_dir: &std::path::Path,
     policy: Policy,
 ) -> anyhow::Result<(Arc<dyn EventStore>, Arc<Engine>)> {
-    let store = SledStore::open(SledConfig::new(data_dir.join("log")))?;
-    let store: Arc<dyn EventStore> = Arc::new(store);
-    let engine = Engine::open(store.clone(), policy, system_clock())
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    Ok((store, Arc::new(engine)))
+    let store = open_store(data_dir)?;
+    let engine = engine_on(store.clone(), policy).await?;
+    Ok((store, engine))
 }
 
 /// Spawns one projection's runner, following the log until `stop`; returns its view.
@@ -74,29 +91,89 @@ pub(crate) fn start_projections(
     Ok((ReadModels { invoices, mrr, journal }, vec![a, b, c]))
 }
 
+/// One projection's read model as it is on disk, with no runner: its tree is opened as the
+/// runner opens it (a model built by another version of the projection is cleared), and the
+/// runner is dropped at once, so the model stays at its checkpoint and a wait for a later
+/// position ends at once (QueryService answers UNAVAILABLE).
+fn still_view<P: Projection, R>(
+    db: &sled::Db,
+    store: Arc<dyn EventStore>,
+    projection: P,
+    reader: impl FnOnce(ReadModel) -> R,
+) -> anyhow::Result<View<R>> {
+    let name = projection.name();
+    let runner = Runner::open(db, store, projection, RunnerConfig::default())?;
+    let (checkpoint, head) = (runner.checkpoint(), runner.progress().head());
+    if checkpoint < head {
+        tracing::warn!(
+            projection = name,
+            checkpoint,
+            head,
+            "no projector in this process: serving a read model behind the log, as it is on disk"
+        );
+    } else {
+        tracing::info!(
+            projection = name,
+            checkpoint,
+            head,
+            "no projector in this process: serving the read model as it is on disk"
+        );
+    }
+    Ok(View { reader: reader(runner.read_model()), progress: runner.progress() })
+}
+
+/// The read models on `<data_dir>/read-models` as they are, for a query role without the
+/// projector.
+pub(crate) fn open_projections(
+    data_dir: &std::path::Path,
+    store: Arc<dyn EventStore>,
+) -> anyhow::Result<ReadModels> {
+    let db = projections::open_db(data_dir.join("read-models"))?;
+    Ok(ReadModels {
+        invoices: still_view(&db, store.clone(), InvoicesProjection, InvoiceReader::new)?,
+        mrr: still_view(&db, store.clone(), MrrProjection, MrrReader::new)?,
+        journal: still_view(&db, store, JournalProjection::default(), JournalReader::new)?,
+    })
+}
+
 pub async fn run(s: Settings) -> anyhow::Result<()> {
     let policy = Policy {
         max_payment_attempts: s.max_payment_attempts,
         grace_period_secs: s.grace_period_secs,
         ..Policy::default()
     };
-    let (store, engine) = open_engine(&s.data_dir, policy).await?;
+    let roles = s.roles;
+    let store = open_store(&s.data_dir)?;
+    let engine = match roles.command {
+        true => Some(engine_on(store.clone(), policy).await?),
+        false => None,
+    };
     let listener = TcpListener::bind(s.listen).await?;
-    tracing::info!(data_dir = %s.data_dir.display(), listen = %listener.local_addr()?, "accrual serving");
+    tracing::info!(roles = %roles, data_dir = %s.data_dir.display(), listen = %listener.local_addr()?, "accrual serving");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (models, projectors) = start_projections(&s.data_dir, store, stop_rx.clone())?;
-    let scheduler =
-        tokio::spawn(scheduler(engine.clone(), s.scheduler_interval_secs, stop_rx.clone()));
+    let mut tasks = Vec::new();
+    let models = if roles.projector {
+        let (models, projectors) = start_projections(&s.data_dir, store, stop_rx.clone())?;
+        tasks.extend(projectors);
+        Some(models)
+    } else if roles.query {
+        Some(open_projections(&s.data_dir, store)?)
+    } else {
+        None
+    };
+    let query = models.filter(|_| roles.query).map(QueryApi::new);
+    if let Some(engine) = &engine {
+        let interval = s.scheduler_interval_secs;
+        tasks.push(tokio::spawn(scheduler(engine.clone(), interval, stop_rx.clone())));
+    }
     let shutdown = async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
     };
-    let query = Some(QueryApi::new(models));
     serve(listener, engine, query, Limits::default(), ServerLimits::default(), shutdown).await?;
-    scheduler.await?;
-    for projector in projectors {
-        projector.await?;
+    for task in tasks {
+        task.await?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! The gRPC server: the command service, the query service (when this process runs the read
-//! side), health and reflection (so grpcurl, grpcui and Postman work with no proto files), with
-//! explicit transport limits and graceful shutdown.
+//! The gRPC server: the command service and the query service (each when this process runs
+//! its role), health (SERVING for the services registered here; others are unknown to it) and
+//! reflection (so grpcurl, grpcui and Postman work with no proto files; it lists the services
+//! registered here), with explicit transport limits and graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use command_service::engine::Engine;
 use command_service::service::{CommandApi, Limits};
-use proto::v1::command_service_server::CommandServiceServer;
-use proto::v1::query_service_server::QueryServiceServer;
+use proto::v1::command_service_server::{self, CommandServiceServer};
+use proto::v1::query_service_server::{self, QueryServiceServer};
 use query_service::QueryApi;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -37,30 +38,44 @@ impl Default for ServerLimits {
 
 /// Serves until `shutdown` resolves, then stops accepting, lets calls in flight finish, and
 /// flushes the engine (every acknowledged command is already durable; this drains the rest).
+/// `engine` serves the CommandService and `query` the QueryService; a service given `None` is
+/// not registered (its calls answer UNIMPLEMENTED).
 pub async fn serve(
     listener: TcpListener,
-    engine: Arc<Engine>,
+    engine: Option<Arc<Engine>>,
     query: Option<QueryApi>,
     limits: Limits,
     server: ServerLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (mut health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<CommandServiceServer<CommandApi>>().await;
+    let mut services = vec![tonic_health::pb::health_server::SERVICE_NAME];
+    if engine.is_some() {
+        health.set_serving::<CommandServiceServer<CommandApi>>().await;
+        services.push(command_service_server::SERVICE_NAME);
+    }
     if query.is_some() {
         health.set_serving::<QueryServiceServer<QueryApi>>().await;
+        services.push(query_service_server::SERVICE_NAME);
     }
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    let commands = CommandServiceServer::new(CommandApi::new(engine.clone(), limits))
-        .max_decoding_message_size(server.message_bytes_max);
-    tracing::info!(addr = %listener.local_addr()?, "accrual listening");
+    let reflection = |own: &str| {
+        services.iter().chain([&own]).fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, name| builder.with_service_name(*name),
+        )
+    };
+    use tonic_reflection::pb::{v1, v1alpha};
+    let reflection_v1 = reflection(v1::server_reflection_server::SERVICE_NAME).build_v1()?;
+    let reflection_v1alpha =
+        reflection(v1alpha::server_reflection_server::SERVICE_NAME).build_v1alpha()?;
+    let running = (engine.is_some(), query.is_some());
+    let commands = engine.clone().map(|engine| {
+        CommandServiceServer::new(CommandApi::new(engine, limits))
+            .max_decoding_message_size(server.message_bytes_max)
+    });
+    tracing::info!(addr = %listener.local_addr()?, services = ?services, "accrual listening");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(server.concurrent_streams_max)
@@ -69,13 +84,20 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(commands)
+        .add_optional_service(commands)
         .add_optional_service(query.map(QueryServiceServer::new))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
-    health.set_not_serving::<CommandServiceServer<CommandApi>>().await;
+    if running.0 {
+        health.set_not_serving::<CommandServiceServer<CommandApi>>().await;
+    }
+    if running.1 {
+        health.set_not_serving::<QueryServiceServer<QueryApi>>().await;
+    }
     tracing::info!("server stopped accepting; flushing");
-    engine.close().await?;
+    if let Some(engine) = engine {
+        engine.close().await?;
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -20,6 +20,11 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &std::path::Path, port: u16) -> Server {
+        Server::start_with(data_dir, port, &[])
+    }
+
+    /// Starts `accrual serve` with `extra` flags (e.g. `--role command`).
+    fn start_with(data_dir: &std::path::Path, port: u16, extra: &[&str]) -> Server {
         let child = Command::new(env!("CARGO_BIN_EXE_accrual"))
             .args([
                 "serve",
@@ -28,6 +33,7 @@ impl Server {
                 "--scheduler-interval-secs",
                 "0",
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .env("ACCRUAL_LOG_LEVEL", "warn")
@@ -37,24 +43,27 @@ impl Server {
         Server { child, port }
     }
 
-    async fn client(&self) -> Client {
+    /// A channel to the server once its health service reports `service` SERVING.
+    async fn serving(&self, service: &str) -> Channel {
         let url = format!("http://127.0.0.1:{}", self.port);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(channel) = Channel::from_shared(url.clone()).unwrap().connect().await {
                 let mut health =
                     tonic_health::pb::health_client::HealthClient::new(channel.clone());
-                let req = tonic_health::pb::HealthCheckRequest {
-                    service: "accrual.v1.CommandService".into(),
-                };
+                let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
                 if let Ok(r) = health.check(req).await {
                     assert_eq!(r.into_inner().status, 1, "SERVING");
-                    return CommandServiceClient::new(channel);
+                    return channel;
                 }
             }
             assert!(Instant::now() < deadline, "server did not come up");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    async fn client(&self) -> Client {
+        CommandServiceClient::new(self.serving("accrual.v1.CommandService").await)
     }
 
     fn kill9(mut self) {
@@ -492,4 +501,99 @@ async fn write_side_end_to_end_with_kill_and_restart() {
     assert_code(q.get_invoice(request).await, Code::DeadlineExceeded);
     let status = server.terminate();
     assert!(status.success(), "SIGTERM shuts down gracefully with exit 0: {status:?}");
+}
+
+/// The health status of `service` (NOT_FOUND for a service this process does not run).
+async fn health_of(channel: Channel, service: &str) -> Result<i32, tonic::Status> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
+    health.check(req).await.map(|r| r.into_inner().status)
+}
+
+fn mrr_today(min_position: u64) -> pb::MrrRequest {
+    pb::MrrRequest {
+        currency: "USD".into(),
+        date: date_in(1),
+        min_position: Some(min_position),
+        ..Default::default()
+    }
+}
+
+/// `--role` runs a subset on one data dir, one process at a time (sled): the command side
+/// alone, then the projector with the query service, then the query service alone over the
+/// read models as they are on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_run_a_subset_of_the_services() {
+    const COMMAND: &str = "accrual.v1.CommandService";
+    const QUERY: &str = "accrual.v1.QueryService";
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+
+    let server = Server::start_with(dir.path(), port, &["--role", "command"]);
+    let mut c = server.client().await;
+    let subscribed = setup(&mut c).await;
+    let channel = server.serving(COMMAND).await;
+    assert_code(health_of(channel.clone(), QUERY).await, Code::NotFound);
+    let services = reflected_services(port).await;
+    assert!(!services.iter().any(|s| s == QUERY), "{services:?}");
+    let mut q = QueryServiceClient::new(channel);
+    assert_code(q.get_mrr(mrr_today(0)).await, Code::Unimplemented);
+    assert!(server.terminate().success(), "exit 0 after SIGTERM");
+
+    let server = Server::start_with(dir.path(), port, &["--role", "projector,query"]);
+    let channel = server.serving(QUERY).await;
+    assert_code(health_of(channel.clone(), COMMAND).await, Code::NotFound);
+    let draft = pb::GetCurrentUsageRequest { subscription_id: "sub-1".into() };
+    let mut c = CommandServiceClient::new(channel.clone());
+    assert_code(c.get_current_usage(draft).await, Code::Unimplemented);
+    let mut q = QueryServiceClient::new(channel);
+    let mrr = q.get_mrr(mrr_today(subscribed)).await.unwrap().into_inner();
+    assert_eq!(dec(&mrr.mrr), dec("20"), "the projector built the MRR of the command side's log");
+    assert!(server.terminate().success());
+
+    let env_role = Command::new(env!("CARGO_BIN_EXE_accrual"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("ACCRUAL_ROLE", "query")
+        .env("ACCRUAL_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start accrual serve");
+    let server = Server { child: env_role, port };
+    let mut q = QueryServiceClient::new(server.serving(QUERY).await);
+    let mrr = q.get_mrr(mrr_today(subscribed)).await.unwrap().into_inner();
+    assert_eq!(dec(&mrr.mrr), dec("20"), "read models served as they are on disk");
+    let unreached = q.get_mrr(mrr_today(mrr.position + 10)).await;
+    assert_code(unreached, Code::Unavailable);
+    assert!(server.terminate().success());
+}
+
+/// An empty or unknown role stops `accrual serve` before it opens anything, naming the value.
+#[test]
+fn a_bad_role_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |role_flag: Option<&str>, role_env: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_accrual"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("d"));
+        if let Some(role) = role_flag {
+            cmd.args(["--role", role]);
+        }
+        if let Some(role) = role_env {
+            cmd.env("ACCRUAL_ROLE", role);
+        }
+        let out = cmd.env("RUST_BACKTRACE", "0").output().expect("run accrual serve");
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for (flag, env, named) in [
+        (Some("command,qurey"), None, "\"qurey\""),
+        (None, Some("projector,,query"), "\"\""),
+        (Some(""), None, "is empty"),
+        (None, Some("writer"), "\"writer\""),
+    ] {
+        let (status, stderr) = run(flag, env);
+        assert!(!status.success(), "{flag:?}/{env:?} must fail: {stderr}");
+        assert!(stderr.contains(named) && stderr.contains("--role"), "{flag:?}/{env:?}: {stderr}");
+    }
+    assert!(!dir.path().join("d").exists(), "nothing opened or created");
 }

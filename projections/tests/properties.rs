@@ -1,172 +1,19 @@
 //! Properties of the read models over random valid command sequences (decided by the real
-//! domain): the books always balance, billed revenue is all recognized once service has passed,
-//! and the MRR series equals the sum of its movements.
+//! domain): the books always balance, billed revenue is all recognized once service has passed
+//! (usage as it is consumed: unbilled receivable = usage of the open periods' drafts), and the
+//! MRR series equals the sum of its movements.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+mod common;
 
-use domain::calendar::{Anchor, Interval};
-use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
-use domain::commands::{Command, Context, PaymentOutcome, Policy};
-use domain::events::{Event, Usage};
+use common::sim::{op, simulate, store_of, usd};
+use domain::events::Event;
 use domain::invoice::LineKind;
-use domain::ledger::Ledger;
-use domain::money::Currency;
-use domain::rating::{Aggregation, ChargeModel};
-use event_store::MemoryStore;
 use jiff::civil::{date, Date};
-use jiff::{SignedDuration, Timestamp};
 use projections::journal::{JournalProjection, JournalReader};
 use projections::mrr::{Granularity, MrrProjection, MrrReader};
 use projections::{Runner, RunnerConfig};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
-use rust_decimal_macros::dec;
-
-#[derive(Clone, Debug)]
-enum Op {
-    Start { customer: u8, pro: bool },
-    Usage { customer: u8, calls: u16 },
-    Change { customer: u8, pro: bool },
-    Cancel { customer: u8, immediately: bool },
-    Pay { fail: bool },
-    Days(u8),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        2 => (0u8..4, any::<bool>()).prop_map(|(customer, pro)| Op::Start { customer, pro }),
-        4 => (0u8..4, 0u16..500).prop_map(|(customer, calls)| Op::Usage { customer, calls }),
-        1 => (0u8..4, any::<bool>()).prop_map(|(customer, pro)| Op::Change { customer, pro }),
-        1 => (0u8..4, any::<bool>()).prop_map(|(customer, immediately)| Op::Cancel { customer, immediately }),
-        2 => any::<bool>().prop_map(|fail| Op::Pay { fail }),
-        3 => (1u8..25).prop_map(Op::Days),
-    ]
-}
-
-fn usd() -> Currency {
-    Currency::parse("USD").unwrap()
-}
-
-fn plan(code: &str, fee: Decimal, timing: FeeTiming) -> Plan {
-    let model = ChargeModel::Standard { unit_price: dec!(0.01) };
-    Plan {
-        code: code.into(),
-        version: 0,
-        name: code.into(),
-        currency: usd(),
-        interval: Interval::Monthly,
-        base_fee: fee,
-        fee_timing: timing,
-        trial_days: 0,
-        minimum_commitment: None,
-        charges: vec![Charge { metric_code: "calls".into(), model, pay_in_advance: false }],
-    }
-}
-
-/// Runs the ops through the domain; returns every event it decided.
-fn simulate(ops: &[Op], arrears: bool) -> Vec<Event> {
-    let mut ledger = Ledger::default();
-    let mut events = Vec::new();
-    let mut now: Timestamp = "2025-01-01T12:00:00Z".parse().unwrap();
-    let timing = if arrears { FeeTiming::Arrears } else { FeeTiming::Advance };
-    let mut setup = vec![
-        Command::DefineMetric(Metric {
-            code: "calls".into(),
-            name: "Calls".into(),
-            aggregation: Aggregation::Sum,
-            property: Some("n".into()),
-        }),
-        Command::PublishPlan(plan("basic", dec!(30), timing)),
-        Command::PublishPlan(plan("pro", dec!(62), FeeTiming::Advance)),
-    ];
-    for c in 0..4 {
-        let tz = ["UTC", "America/New_York", "Europe/Berlin", "Asia/Tokyo"][c];
-        let customer = Customer {
-            customer_id: format!("c{c}"),
-            name: "C".into(),
-            currency: usd(),
-            time_zone: tz.into(),
-            tax_rate: dec!(10),
-        };
-        setup.push(Command::RegisterCustomer(customer));
-    }
-    let run = |ledger: &mut Ledger, cmd: Command, now: Timestamp, events: &mut Vec<Event>| {
-        let ctx = Context { now, policy: Policy::default() };
-        if let Ok(new) = ledger.execute(&cmd, &ctx, events.len() as u64) {
-            events.extend(new);
-        }
-    };
-    for cmd in setup {
-        run(&mut ledger, cmd, now, &mut events);
-    }
-    let mut generation: BTreeMap<u8, u32> = BTreeMap::new();
-    for (n, o) in ops.iter().enumerate() {
-        let sub =
-            |c: &u8, g: &BTreeMap<u8, u32>| format!("s{c}-{}", g.get(c).copied().unwrap_or(0));
-        let cmd = match o {
-            Op::Start { customer, pro } => {
-                *generation.entry(*customer).or_default() += 1;
-                Command::StartSubscription {
-                    subscription_id: sub(customer, &generation),
-                    customer_id: format!("c{customer}"),
-                    plan_code: if *pro { "pro" } else { "basic" }.into(),
-                    plan_version: None,
-                    anchor: if customer % 2 == 0 { Anchor::Anniversary } else { Anchor::Calendar },
-                    start_date: None,
-                }
-            }
-            Op::Usage { customer, calls } => Command::RecordUsage(Usage {
-                subscription_id: sub(customer, &generation),
-                transaction_id: format!("t{n}"),
-                metric_code: "calls".into(),
-                occurred_at: now,
-                properties: BTreeMap::from([("n".to_string(), calls.to_string())]),
-            }),
-            Op::Change { customer, pro } => Command::ChangePlan {
-                subscription_id: sub(customer, &generation),
-                plan_code: if *pro { "pro" } else { "basic" }.into(),
-                plan_version: None,
-            },
-            Op::Cancel { customer, immediately } => Command::CancelSubscription {
-                subscription_id: sub(customer, &generation),
-                immediately: *immediately,
-            },
-            Op::Pay { fail } => {
-                let Some(inv) = ledger
-                    .invoices
-                    .values()
-                    .filter(|i| !i.amount_due().is_zero())
-                    .map(|i| i.invoice.invoice_id.clone())
-                    .min()
-                else {
-                    continue;
-                };
-                let due = ledger.invoices[&inv].amount_due();
-                let outcome = if *fail {
-                    PaymentOutcome::Failed { reason: "declined".into() }
-                } else {
-                    PaymentOutcome::Succeeded { amount: due }
-                };
-                Command::RecordPayment { invoice_id: inv, outcome, occurred_at: now }
-            }
-            Op::Days(d) => {
-                now = now.checked_add(SignedDuration::from_hours(24 * i64::from(*d))).unwrap();
-                Command::RunBilling { as_of: now }
-            }
-        };
-        run(&mut ledger, cmd, now, &mut events);
-    }
-    events
-}
-
-async fn store_of(events: &[Event]) -> Arc<MemoryStore> {
-    let store = Arc::new(MemoryStore::new());
-    for e in events {
-        projections::testkit::append_event(&store, e).await;
-    }
-    store
-}
 
 fn subscriptions(events: &[Event]) -> Vec<String> {
     let started = events.iter().filter_map(|e| match e {

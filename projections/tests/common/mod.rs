@@ -1,5 +1,8 @@
-//! Builders shared by the projection tests: domain events appended to a `MemoryStore`.
+//! Builders shared by the projection tests: domain events appended to a `MemoryStore`; `sim`
+//! generates random valid logs decided by the real domain.
 #![allow(dead_code)]
+
+pub mod sim;
 
 use std::sync::Arc;
 
