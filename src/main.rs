@@ -1,8 +1,12 @@
-//! `accrual`: the one binary. `serve` runs the service on embedded sled; `bench` measures it.
+//! `accrual`: the one binary. `serve` runs the service on embedded sled; `demo` simulates a
+//! company through it; `replay`, `audit` and `export` are for auditors; `bench` measures.
 
+mod audit;
 mod bench;
 mod config;
 mod demo;
+mod export;
+mod replay_cmd;
 mod serve;
 mod server;
 
@@ -28,6 +32,14 @@ enum Commands {
     Bench(bench::BenchCommand),
     /// Simulate a small company through the real gRPC APIs and print its metrics.
     Demo(demo::DemoArgs),
+    /// Rebuild read models from the log up to a cutoff into a fresh directory, or verify the
+    /// live ones against a rebuild (`replay verify`).
+    Replay(replay_cmd::ReplayArgs),
+    /// Walk the log's hash chain (`audit verify`) or print its head (`audit digest`).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Export a read model as CSV or JSON.
+    Export(export::ExportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +53,8 @@ fn main() -> anyhow::Result<()> {
         }
         Commands::Bench(cmd) => runtime.block_on(bench::run(cmd)),
         Commands::Demo(args) => runtime.block_on(demo::run(args)),
+        Commands::Replay(args) => runtime.block_on(replay_cmd::run(args)),
+        Commands::Audit(cmd) => runtime.block_on(audit::run(cmd)),
+        Commands::Export(args) => runtime.block_on(export::run(args)),
     }
 }
