@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// command,projector,query]
     #[arg(long, env = "ACCRUAL_ROLE")]
     pub role: Option<String>,
+    /// Serve the read models as they are, without opening the log (only with `--role query`):
+    /// a stopped server's data dir, or the output dir of `accrual replay`.
+    #[arg(long, env = "ACCRUAL_READ_ONLY")]
+    pub read_only: bool,
     /// Directory of the embedded sled store [default: ./accrual-data]
     #[arg(long, env = "ACCRUAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -103,6 +107,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     role: Option<String>,
+    read_only: Option<bool>,
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
@@ -115,6 +120,7 @@ struct FileConfig {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub roles: Roles,
+    pub read_only: bool,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub log_format: LogFormat,
@@ -145,6 +151,7 @@ impl Settings {
         };
         let settings = Settings {
             roles,
+            read_only: args.read_only || file.read_only.unwrap_or(false),
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
@@ -165,6 +172,12 @@ impl Settings {
                 .or(file.max_payment_attempts)
                 .unwrap_or(3),
         };
+        anyhow::ensure!(
+            !settings.read_only
+                || settings.roles == Roles { command: false, projector: false, query: true },
+            "--read-only serves read models only: use it with --role query (roles given: {})",
+            settings.roles
+        );
         anyhow::ensure!(settings.grace_period_secs >= 0, "grace_period_secs must not be negative");
         anyhow::ensure!(
             settings.max_payment_attempts >= 1,

@@ -8,6 +8,10 @@
 //! locks `log/` and `read-models/`), so a role not run here cannot run in another process on the
 //! same data dir; separate processes per role come with the EventStoreDB backend (issue #6).
 //!
+//! `--read-only` (with `--role query` only) serves the read models of a directory without
+//! opening its log: a stopped server's data dir, or the output of `accrual replay` (the books
+//! as they stood at a cutoff).
+//!
 //! Data directory layout: `<data-dir>/log` (the event store), `<data-dir>/read-models` (the
 //! projections; can be deleted at any time and is rebuilt from the log).
 
@@ -91,48 +95,48 @@ pub(crate) fn start_projections(
     Ok((ReadModels { invoices, mrr, journal }, vec![a, b, c]))
 }
 
-/// One projection's read model as it is on disk, with no runner: its tree is opened as the
-/// runner opens it (a model built by another version of the projection is cleared), and the
-/// runner is dropped at once, so the model stays at its checkpoint and a wait for a later
-/// position ends at once (QueryService answers UNAVAILABLE).
+/// One projection's read model as it is on disk, with no runner and without writing to it
+/// (a missing model, or one of another layout version, is an error rather than being rebuilt).
+/// Its checkpoint never moves here, so a wait for a later position ends at once (QueryService
+/// answers UNAVAILABLE). `head`: the log's head, if this process has the log.
 fn still_view<P: Projection, R>(
     db: &sled::Db,
-    store: Arc<dyn EventStore>,
     projection: P,
     reader: impl FnOnce(ReadModel) -> R,
+    head: Option<watch::Receiver<u64>>,
 ) -> anyhow::Result<View<R>> {
     let name = projection.name();
-    let runner = Runner::open(db, store, projection, RunnerConfig::default())?;
-    let (checkpoint, head) = (runner.checkpoint(), runner.progress().head());
-    if checkpoint < head {
-        tracing::warn!(
-            projection = name,
-            checkpoint,
-            head,
-            "no projector in this process: serving a read model behind the log, as it is on disk"
-        );
-    } else {
-        tracing::info!(
-            projection = name,
-            checkpoint,
-            head,
-            "no projector in this process: serving the read model as it is on disk"
-        );
-    }
-    Ok(View { reader: reader(runner.read_model()), progress: runner.progress() })
+    let model = ReadModel::open_existing(db, name, projection.version())?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "read model {name:?} is missing or of another version: run `accrual serve` with the \
+             projector role or `accrual replay` to build it"
+        )
+    })?;
+    let checkpoint = model.checkpoint()?;
+    let head = head.unwrap_or_else(|| watch::channel(checkpoint).1);
+    let behind = *head.borrow() > checkpoint;
+    tracing::info!(
+        projection = name,
+        checkpoint,
+        head = *head.borrow(),
+        behind,
+        "no projector in this process: serving the read model as it is on disk"
+    );
+    Ok(View { reader: reader(model), progress: projections::Progress::still(checkpoint, head) })
 }
 
 /// The read models on `<data_dir>/read-models` as they are, for a query role without the
-/// projector.
+/// projector. `store`: the log, if this process opened it (not with `--read-only`).
 pub(crate) fn open_projections(
     data_dir: &std::path::Path,
-    store: Arc<dyn EventStore>,
+    store: Option<Arc<dyn EventStore>>,
 ) -> anyhow::Result<ReadModels> {
     let db = projections::open_db(data_dir.join("read-models"))?;
+    let head = || store.as_ref().map(|s| s.watch_head());
     Ok(ReadModels {
-        invoices: still_view(&db, store.clone(), InvoicesProjection, InvoiceReader::new)?,
-        mrr: still_view(&db, store.clone(), MrrProjection, MrrReader::new)?,
-        journal: still_view(&db, store, JournalProjection::default(), JournalReader::new)?,
+        invoices: still_view(&db, InvoicesProjection, InvoiceReader::new, head())?,
+        mrr: still_view(&db, MrrProjection, MrrReader::new, head())?,
+        journal: still_view(&db, JournalProjection::default(), JournalReader::new, head())?,
     })
 }
 
@@ -143,6 +147,9 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         ..Policy::default()
     };
     let roles = s.roles;
+    if s.read_only {
+        return serve_read_only(s).await;
+    }
     let store = open_store(&s.data_dir)?;
     let engine = match roles.command {
         true => Some(engine_on(store.clone(), policy).await?),
@@ -157,7 +164,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         tasks.extend(projectors);
         Some(models)
     } else if roles.query {
-        Some(open_projections(&s.data_dir, store)?)
+        Some(open_projections(&s.data_dir, Some(store))?)
     } else {
         None
     };
@@ -176,6 +183,20 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         task.await?;
     }
     Ok(())
+}
+
+/// `--read-only` (query role only): serves the read models of a data directory, or of a
+/// `accrual replay` output, as they are; the log is not opened (a replay output has none).
+async fn serve_read_only(s: Settings) -> anyhow::Result<()> {
+    let models = open_projections(&s.data_dir, None)?;
+    let listener = TcpListener::bind(s.listen).await?;
+    tracing::info!(data_dir = %s.data_dir.display(), listen = %listener.local_addr()?, "accrual serving read-only");
+    let query = Some(QueryApi::new(models));
+    let shutdown = async {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+    };
+    serve(listener, None, query, Limits::default(), ServerLimits::default(), shutdown).await
 }
 
 /// Calls RunBilling(now) every `interval_secs` until told to stop.

@@ -305,6 +305,13 @@ pub enum WaitError {
 }
 
 impl Progress {
+    /// The progress of a read model nobody applies to in this process (served as it is on
+    /// disk): the checkpoint never moves, so a wait for a later position ends at once with
+    /// [`WaitError::Stopped`]. `head` is the log's head if the log is known, else the checkpoint.
+    pub fn still(checkpoint: Position, head: watch::Receiver<Position>) -> Progress {
+        Progress { applied: watch::channel(checkpoint).1, head }
+    }
+
     /// Next position to apply.
     pub fn checkpoint(&self) -> Position {
         *self.applied.borrow()
