@@ -1,5 +1,8 @@
 //! `accrual bench ingest`: streams realistic usage over gRPC with every ack durable and prints
 //! `ingest events=N secs=S events_per_s=X p50_ms=A p99_ms=B` as its last line.
+//!
+//! `accrual bench replay`: writes a usage-heavy log the same way, then times only the rebuild
+//! of every read model from it and prints `replay events=N secs=S events_per_s=X` last.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +21,18 @@ use tonic::transport::Channel;
 pub enum BenchCommand {
     /// Usage ingestion throughput and per-batch (or per-call) durable-ack latency.
     Ingest(IngestArgs),
+    /// Rebuild throughput of all read models (invoices, MRR, journal) from a usage-heavy log.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct ReplayArgs {
+    /// Usage events to write before the timed rebuild.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Subscriptions the events are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    pub subscriptions: u64,
 }
 
 #[derive(Args, Clone)]
@@ -45,7 +60,44 @@ pub struct IngestArgs {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingest(args) => ingest(args).await,
+        BenchCommand::Replay(args) => replay(args).await,
     }
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.events > 0 && args.subscriptions > 0, "all counts must be positive");
+    let dir = tempfile::tempdir()?;
+    let (url, server, store) = start_server(dir.path()).await?;
+    let ingest = IngestArgs {
+        events: args.events,
+        batch: 1_000,
+        clients: 4,
+        unary: false,
+        subscriptions: args.subscriptions,
+        addr: None,
+    };
+    let (secs, _) = write_usage(&url, &ingest).await?;
+    server.abort();
+    let head = store.head();
+    println!(
+        "wrote {head} events ({} usage) in {secs:.1} s; rebuilding every read model",
+        args.events
+    );
+    let out = dir.path().join("replay");
+    let kinds = replay::Kind::ALL;
+    let cutoff = replay::Cutoff::Position(head);
+    let done = replay::rebuild(store.clone(), cutoff, &kinds, &out, &|_, _| {}).await?;
+    for p in &done.manifest.projections {
+        println!("{:<9} digest={}", p.projection.name(), p.sha256);
+    }
+    println!("peak_rss_mb={:.0} (log writer and rebuild in one process)", peak_rss_mb());
+    println!(
+        "replay events={} secs={:.2} events_per_s={:.0}",
+        done.events,
+        done.secs,
+        done.events_per_s()
+    );
+    Ok(())
 }
 
 const METRICS: [(&str, &str, &str); 3] = [
@@ -63,10 +115,26 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         Some(a) => (a.clone(), None, None),
         None => {
             let dir = tempfile::tempdir()?;
-            let (url, handle) = start_server(dir.path()).await?;
+            let (url, handle, _) = start_server(dir.path()).await?;
             (url, Some(handle), Some(dir))
         }
     };
+    let (secs, h) = write_usage(&url, &args).await?;
+    println!("peak_rss_mb={:.0} (server and client in one process unless --addr)", peak_rss_mb());
+    println!(
+        "ingest events={} secs={secs:.2} events_per_s={:.0} p50_ms={:.2} p99_ms={:.2}",
+        args.events,
+        args.events as f64 / secs,
+        h.value_at_quantile(0.50) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    Ok(())
+}
+
+/// Sets up a customer, plans and subscriptions and sends `args.events` usage events; returns
+/// the seconds the usage took and the ack latency histogram (µs).
+async fn write_usage(url: &str, args: &IngestArgs) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let url = url.to_string();
     let channel = Channel::from_shared(url.clone())?
         .connect()
         .await
@@ -104,16 +172,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "only {accepted} of {} events were accepted",
         args.events
     );
-    let h = latencies.snapshot();
-    println!("peak_rss_mb={:.0} (server and client in one process unless --addr)", peak_rss_mb());
-    println!(
-        "ingest events={} secs={secs:.2} events_per_s={:.0} p50_ms={:.2} p99_ms={:.2}",
-        args.events,
-        args.events as f64 / secs,
-        h.value_at_quantile(0.50) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-    );
-    Ok(())
+    Ok((secs, latencies.snapshot()))
 }
 
 /// The client's share [start, end) of `total` events.
@@ -127,8 +186,8 @@ fn share(total: u64, clients: u64, i: u64) -> std::ops::Range<u64> {
 /// The command side only (no projections): this benchmark measures durable ingest.
 async fn start_server(
     dir: &std::path::Path,
-) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
-    let (_store, engine) =
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>, Arc<dyn event_store::EventStore>)> {
+    let (store, engine) =
         crate::serve::open_engine(dir, domain::commands::Policy::default()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -142,7 +201,7 @@ async fn start_server(
             eprintln!("bench server failed: {e}");
         }
     });
-    Ok((url, handle))
+    Ok((url, handle, store))
 }
 
 async fn setup(

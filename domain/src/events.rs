@@ -105,6 +105,20 @@ pub enum Event {
     },
 }
 
+/// The persisted form of `UsageRecorded` (`{"type": "UsageRecorded", ...Usage}`), read
+/// directly (see [`Event::decode`]).
+/// Its fields are [`Usage`]'s (a golden test pins both encodings).
+#[derive(Deserialize)]
+struct UsageRecordedPayload<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    subscription_id: String,
+    transaction_id: String,
+    metric_code: String,
+    occurred_at: Timestamp,
+    properties: BTreeMap<String, String>,
+}
+
 /// Why stored bytes could not be read as an event.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -201,10 +215,25 @@ impl Event {
                 version: schema_version,
             });
         }
-        let event: Event = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed {
-            event_type: event_type.to_string(),
-            detail: e.to_string(),
-        })?;
+        let malformed =
+            |detail: String| DecodeError::Malformed { event_type: event_type.to_string(), detail };
+        let event: Event = if event_type == "UsageRecorded" {
+            // Most of the log: decoded straight into `Usage`, without the tagged enum's buffering.
+            let p: UsageRecordedPayload =
+                serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+            if p.kind != "UsageRecorded" {
+                return Err(malformed(format!("payload is a {}", p.kind)));
+            }
+            Event::UsageRecorded(Usage {
+                subscription_id: p.subscription_id,
+                transaction_id: p.transaction_id,
+                metric_code: p.metric_code,
+                occurred_at: p.occurred_at,
+                properties: p.properties,
+            })
+        } else {
+            serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?
+        };
         if event.type_name() != event_type {
             return Err(DecodeError::Malformed {
                 event_type: event_type.to_string(),

@@ -86,11 +86,15 @@ impl UsageMeter {
             return Vec::new();
         };
         let usage = self.usage_run(event);
-        let ends = |(s, p): &(String, Date), run: &Run| {
-            s == sub && usage.is_none_or(|(period, day)| *p == period && run.day != day)
-        };
-        let ending: Vec<((String, Date), Run)> =
-            self.runs.iter().filter(|(k, r)| ends(k, r)).map(|(k, r)| (k.clone(), *r)).collect();
+        let ends =
+            |p: Date, run: &Run| usage.is_none_or(|(period, day)| p == period && run.day != day);
+        let of_sub = (sub.to_string(), Date::MIN)..=(sub.to_string(), Date::MAX);
+        let ending: Vec<((String, Date), Run)> = self
+            .runs
+            .range(of_sub)
+            .filter(|((_, p), r)| ends(*p, r))
+            .map(|(k, r)| (k.clone(), *r))
+            .collect();
         let mut out = Vec::with_capacity(ending.len());
         for (key, run) in ending {
             self.runs.remove(&key);

@@ -20,8 +20,9 @@ use crate::{ReplayError, Result};
 pub const READ_MODELS_DIR: &str = "read-models";
 /// The rebuild's manifest, in its output directory.
 pub const MANIFEST_FILE: &str = "replay.json";
-/// Events read from the log and applied as one batch.
-const REPLAY_BATCH_EVENTS_MAX: usize = 4_096;
+/// Events read from the log and applied as one batch: the largest a runner takes, since the
+/// journal's usage meter re-rates each subscription a batch touches once at its end.
+const REPLAY_BATCH_EVENTS_MAX: usize = projections::BATCH_EVENTS_MAX_LIMIT;
 
 /// A read model that can be rebuilt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
