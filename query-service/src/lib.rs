@@ -243,6 +243,7 @@ impl QueryService for QueryApi {
         let filter = InvoiceFilter {
             customer_id: (!r.customer_id.is_empty()).then(|| r.customer_id.clone()),
             status: parse_status(&r.status)?,
+            ..Default::default()
         };
         let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
         let page = view.reader.list(&filter, token, r.page_size as usize).map_err(to_status)?;
