@@ -144,12 +144,13 @@ async fn analytics(q: &mut QueryServiceClient<Channel>, seen: u64) {
         min_position: Some(seen),
     };
     let moves = q.list_mrr_movements(moves).await.unwrap().into_inner();
-    let net: rust_decimal::Decimal = moves.buckets.iter().map(|b| dec(&b.net)).sum();
-    assert_eq!(
-        dec(&moves.mrr_before) + net,
-        dec(&moves.mrr_at_to),
-        "the series is the sum of movements"
-    );
+    let mut mrr = dec(&moves.mrr_before);
+    for bucket in &moves.buckets {
+        mrr += dec(&bucket.net);
+        assert_eq!(dec(&bucket.mrr), mrr, "each bucket's MRR is the running sum: {bucket:?}");
+    }
+    assert_eq!(mrr, dec(&moves.mrr_at_to), "the series is the sum of movements");
+    assert_eq!(mrr, dec("20"));
     let as_of = pb::AsOfRequest { as_of: date_in(70), min_position: Some(seen) };
     let rows = q.get_trial_balance(as_of.clone()).await.unwrap().into_inner().rows;
     let debits: rust_decimal::Decimal = rows.iter().map(|r| dec(&r.debit)).sum();
@@ -160,6 +161,222 @@ async fn analytics(q: &mut QueryServiceClient<Channel>, seen: u64) {
     assert_eq!(dec(&usd.total_recognized_revenue), dec("200.00"));
     assert_eq!((dec(&usd.bad_debt), dec(&usd.accounts_receivable)), (dec("220.00"), dec("0")));
     assert_eq!((dec(&usd.tax_payable), dec(&usd.deferred_revenue)), (dec("20.00"), dec("0")));
+}
+
+fn day(s: &str) -> jiff::civil::Date {
+    s.parse().unwrap_or_else(|_| panic!("{s:?} is a date"))
+}
+
+/// round(amount × d / n) to cents, half away from zero (SPEC §5 ratable recognition).
+fn ratable(amount: &str, d: i64, n: i64) -> rust_decimal::Decimal {
+    let exact = dec(amount) * rust_decimal::Decimal::from(d) / rust_decimal::Decimal::from(n);
+    exact.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+}
+
+fn bad_request_fields(status: tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_details_bad_request().expect("a BadRequest");
+    details.field_violations.into_iter().map(|v| v.field).collect()
+}
+
+/// The base-fee line's recognition (20.00 in arrears over its service period of n days,
+/// ratable: cumulative round(20 × d / n) after day d) and the usage line's (180.00, inside the
+/// period), one line at a time and for the customer.
+async fn revenue_schedules(q: &mut QueryServiceClient<Channel>, invoice: &pb::Invoice, seen: u64) {
+    let base = &invoice.lines[0];
+    let (start, end) = (day(&base.service_start), day(&base.service_end));
+    let n = (end - start).get_days() as i64;
+    let line = |i: u32| pb::RevenueScheduleRequest {
+        invoice_id: invoice.invoice_id.clone(),
+        line_index: Some(i),
+        as_of: start.to_string(),
+        min_position: Some(seen),
+        ..Default::default()
+    };
+    let fee = q.get_revenue_schedule(line(0)).await.unwrap().into_inner();
+    assert_eq!(fee.entries.len() as i64, n, "one entry a day");
+    let first_day = match n {
+        28 => "0.71",
+        29 => "0.69",
+        30 => "0.67",
+        31 => "0.65",
+        other => panic!("a monthly period of {other} days"),
+    };
+    assert_eq!(dec(&fee.entries[0].amount), dec(first_day));
+    let mut cumulative = rust_decimal::Decimal::ZERO;
+    for (d, e) in fee.entries.iter().enumerate() {
+        cumulative += dec(&e.amount);
+        assert_eq!(cumulative, ratable("20", d as i64 + 1, n), "after day {}", d + 1);
+        assert_eq!(
+            (e.date.clone(), e.revenue_type.as_str()),
+            ((start + jiff::Span::new().days(d as i64)).to_string(), "subscription")
+        );
+    }
+    let remaining = dec("20") - dec(first_day);
+    assert_eq!(
+        (dec(&fee.total), dec(&fee.recognized), dec(&fee.remaining)),
+        (dec("20"), dec(first_day), remaining)
+    );
+    assert_eq!(fee.line.unwrap().kind, "base_fee");
+    let usage = q.get_revenue_schedule(line(1)).await.unwrap().into_inner();
+    assert_eq!(dec(&usage.total), dec("180"));
+    for e in &usage.entries {
+        assert_eq!(e.revenue_type, "usage");
+        assert!(start <= day(&e.date) && day(&e.date) < end, "{e:?} inside the period");
+    }
+    let acme = pb::RevenueScheduleRequest {
+        customer_id: "acme".into(),
+        granularity: "month".into(),
+        min_position: Some(seen),
+        ..Default::default()
+    };
+    let acme = q.get_revenue_schedule(acme).await.unwrap().into_inner();
+    let of = |t: &str| -> rust_decimal::Decimal {
+        acme.entries.iter().filter(|e| e.revenue_type == t).map(|e| dec(&e.amount)).sum()
+    };
+    assert_eq!(
+        (of("subscription"), of("usage"), dec(&acme.total)),
+        (dec("20"), dec("180"), dec("200"))
+    );
+    let bad = pb::RevenueScheduleRequest { granularity: "week".into(), ..line(0) };
+    assert_eq!(bad_request_fields(q.get_revenue_schedule(bad).await.unwrap_err()), ["granularity"]);
+    let ghost = pb::RevenueScheduleRequest { invoice_id: "inv-ghost".into(), ..Default::default() };
+    assert_code(q.get_revenue_schedule(ghost).await, Code::NotFound);
+}
+
+/// The journal: issue (Dr AR 220.00, Cr tax 20.00), one recognition a day of the period, the
+/// usage accrued on the day it was consumed, the write-off; paged; the waterfall by month; usage revenue on the period's last day; invoices
+/// by service period.
+async fn ledger_views(q: &mut QueryServiceClient<Channel>, invoice: &pb::Invoice, seen: u64) {
+    let (start, end) = (day(&invoice.period_start), day(&invoice.period_end));
+    let n = (end - start).get_days() as i64;
+    let (mut token, mut entries) = (String::new(), Vec::new());
+    loop {
+        let page = pb::ListJournalEntriesRequest {
+            page_size: 7,
+            page_token: token.clone(),
+            min_position: Some(seen),
+            ..Default::default()
+        };
+        let page = q.list_journal_entries(page).await.unwrap().into_inner();
+        entries.extend(page.entries);
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let kinds = |k: &str| entries.iter().filter(|e| e.kind == k).count() as i64;
+    assert_eq!((kinds("invoice_issued"), kinds("recognition"), kinds("uncollectible")), (1, n, 1));
+    // The usage was all consumed on one day: one accrual (Dr unbilled / Cr usage revenue) of
+    // the 180.00 the invoice later billed out of unbilled receivable.
+    assert_eq!(kinds("usage_accrual"), 1);
+    assert_eq!(entries.len() as i64, n + 3);
+    let accrual = entries.iter().find(|e| e.kind == "usage_accrual").unwrap();
+    let usage_leg = accrual.lines.iter().find(|l| l.account == "revenue:usage").unwrap();
+    assert_eq!(dec(&usage_leg.credit), dec("180"));
+    assert!(accrual.invoice_id.is_empty() && !accrual.subscription_id.is_empty());
+    for e in &entries {
+        let debit: rust_decimal::Decimal = e.lines.iter().map(|l| dec(&l.debit)).sum();
+        let credit: rust_decimal::Decimal = e.lines.iter().map(|l| dec(&l.credit)).sum();
+        assert_eq!(debit, credit, "{e:?}");
+    }
+    let issued = entries.iter().find(|e| e.kind == "invoice_issued").unwrap();
+    let leg = |account: &str| issued.lines.iter().find(|l| l.account == account).unwrap();
+    assert_eq!(
+        (dec(&leg("accounts_receivable").debit), dec(&leg("tax_payable").credit)),
+        (dec("220"), dec("20"))
+    );
+    let first = pb::ListJournalEntriesRequest {
+        from: start.to_string(),
+        to: start.to_string(),
+        ..Default::default()
+    };
+    let first = q.list_journal_entries(first).await.unwrap().into_inner().entries;
+    let recognition = first.iter().find(|e| e.kind == "recognition").expect("day 1 is recognized");
+    let revenue = recognition.lines.iter().find(|l| l.account == "revenue:subscription").unwrap();
+    assert_eq!(dec(&revenue.credit), ratable("20", 1, n));
+    let too_big = pb::ListJournalEntriesRequest { page_size: 1_001, ..Default::default() };
+    assert_eq!(
+        bad_request_fields(q.list_journal_entries(too_big).await.unwrap_err()),
+        ["page_size"]
+    );
+    waterfall(q, invoice, seen).await;
+    usage_revenue(q, end, seen).await;
+    invoices_by_period(q, start, end, seen).await;
+}
+
+/// The base fee's first month recognizes its days in that month: round(20 × k / n).
+async fn waterfall(q: &mut QueryServiceClient<Channel>, invoice: &pb::Invoice, seen: u64) {
+    let (start, end) = (day(&invoice.period_start), day(&invoice.period_end));
+    let n = (end - start).get_days() as i64;
+    let next_month = start.first_of_month() + jiff::Span::new().months(1);
+    let k = (end.min(next_month) - start).get_days() as i64;
+    let request = pb::RevenueWaterfallRequest {
+        from_month: start.strftime("%Y-%m").to_string(),
+        to_month: end.strftime("%Y-%m").to_string(),
+        min_position: Some(seen),
+        ..Default::default()
+    };
+    let w = q.get_revenue_waterfall(request).await.unwrap().into_inner();
+    let rows: Vec<(u32, &str, &str)> =
+        w.rows.iter().map(|r| (r.line_index, r.revenue_type.as_str(), r.total.as_str())).collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!((dec(rows[0].2), dec(rows[1].2)), (dec("20"), dec("180")));
+    assert_eq!((rows[0].1, rows[1].1), ("subscription", "usage"));
+    assert_eq!(dec(&w.rows[0].months[0].amount), ratable("20", k, n));
+    let total: rust_decimal::Decimal = w.totals.iter().map(|t| dec(&t.amount)).sum();
+    assert_eq!(total, dec("200"));
+    let bad = pb::RevenueWaterfallRequest { page_token: "nope".into(), ..Default::default() };
+    let fields = bad_request_fields(q.get_revenue_waterfall(bad).await.unwrap_err());
+    assert_eq!(fields, ["from_month", "to_month", "page_token"]);
+}
+
+/// Usage revenue is dated on the last day of the usage's service period.
+async fn usage_revenue(q: &mut QueryServiceClient<Channel>, end: jiff::civil::Date, seen: u64) {
+    let request = pb::UsageRevenueRequest {
+        currency: "USD".into(),
+        from: date_in(-40),
+        to: date_in(70),
+        granularity: "day".into(),
+        min_position: Some(seen),
+    };
+    let usage = q.get_usage_revenue(request).await.unwrap().into_inner();
+    let buckets: Vec<(String, u64, rust_decimal::Decimal)> =
+        usage.buckets.iter().map(|b| (b.start.clone(), b.lines, dec(&b.amount))).collect();
+    let last = end.yesterday().unwrap().to_string();
+    assert_eq!(buckets, [(last, 1, dec("180"))]);
+    assert_eq!(dec(&usage.total), dec("180"));
+}
+
+/// How many invoices serve a day in [from, to] (to empty: unbounded).
+async fn listed(q: &mut QueryServiceClient<Channel>, from: String, to: String, seen: u64) -> usize {
+    let request = pb::ListInvoicesRequest {
+        period_from: from,
+        period_to: to,
+        min_position: Some(seen),
+        ..Default::default()
+    };
+    q.list_invoices(request).await.unwrap().into_inner().invoices.len()
+}
+
+/// Periods are [start, end): the invoice serves its last day, not its end date.
+async fn invoices_by_period(
+    q: &mut QueryServiceClient<Channel>,
+    start: jiff::civil::Date,
+    end: jiff::civil::Date,
+    seen: u64,
+) {
+    let (last, before) = (end.yesterday().unwrap(), start.yesterday().unwrap());
+    assert_eq!(listed(q, last.to_string(), last.to_string(), seen).await, 1);
+    assert_eq!(listed(q, start.to_string(), start.to_string(), seen).await, 1);
+    assert_eq!(listed(q, end.to_string(), String::new(), seen).await, 0);
+    assert_eq!(listed(q, before.to_string(), before.to_string(), seen).await, 0);
+    let reversed = pb::ListInvoicesRequest {
+        period_from: end.to_string(),
+        period_to: start.to_string(),
+        ..Default::default()
+    };
+    assert_eq!(bad_request_fields(q.list_invoices(reversed).await.unwrap_err()), ["period_to"]);
 }
 
 fn free_port() -> u16 {
@@ -495,6 +712,8 @@ async fn write_side_end_to_end_with_kill_and_restart() {
         ("uncollectible", "220.00", 3)
     );
     analytics(&mut q, last_payment).await;
+    revenue_schedules(&mut q, invoice, last_payment).await;
+    ledger_views(&mut q, invoice, last_payment).await;
     let never = pb::InvoiceQuery { invoice_id: id, min_position: Some(1_000_000) };
     let mut request = tonic::Request::new(never);
     request.set_timeout(Duration::from_millis(300));

@@ -8,10 +8,14 @@
 //! Keys (see the crate docs): `inv/<invoice_id>` → [`InvoiceRecord`] JSON, and index keys
 //! `idx/all/<pos>`, `idx/c/<customer>/<pos>`, `idx/s/<status>/<pos>`,
 //! `idx/cs/<customer>/<status>/<pos>` → invoice id, `<pos>` = issue position in 16 hex digits.
+//! The service-period filter of a listing has no index: it is checked on each invoice the
+//! customer/status index yields, a bounded number per page ([`PERIOD_SCAN_MAX`]).
 
+use domain::calendar::Period;
 use domain::events::Event;
 use domain::invoice::{Invoice, InvoiceAccount, InvoiceStatus};
 use event_store::{Position, RecordedEvent};
+use jiff::civil::Date;
 use jiff::Timestamp;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -27,6 +31,8 @@ pub const RECORD_VERSION: u16 = 1;
 pub const PAGE_SIZE_DEFAULT: usize = 100;
 /// Largest page; larger requests are served this many.
 pub const PAGE_SIZE_MAX: usize = 1_000;
+/// Invoices a page of a period-filtered listing examines at most.
+pub const PERIOD_SCAN_MAX: usize = 5_000;
 
 /// One invoice as the read model holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +229,10 @@ fn put(w: &mut Writes<'_>, record: &InvoiceRecord) {
 pub struct InvoiceFilter {
     pub customer_id: Option<String>,
     pub status: Option<InvoiceStatus>,
+    /// Service-period bounds (inclusive local dates; `None` = unbounded): an invoice matches
+    /// when its own period or any line's service period shares a day with them.
+    pub period_from: Option<Date>,
+    pub period_to: Option<Date>,
 }
 
 impl InvoiceFilter {
@@ -230,6 +240,12 @@ impl InvoiceFilter {
         if let Some(c) = &self.customer_id {
             if c.is_empty() || c.contains('/') {
                 let msg = format!("customer_id {c:?} must be non-empty without '/'");
+                return Err(ProjectionError::InvalidArgument(msg));
+            }
+        }
+        if let (Some(from), Some(to)) = (self.period_from, self.period_to) {
+            if from > to {
+                let msg = format!("period_from {from} is after period_to {to}");
                 return Err(ProjectionError::InvalidArgument(msg));
             }
         }
@@ -241,13 +257,30 @@ impl InvoiceFilter {
             (Some(c), Some(s)) => format!("idx/cs/{c}/{s}/"),
         })
     }
+
+    fn has_period(&self) -> bool {
+        self.period_from.is_some() || self.period_to.is_some()
+    }
+
+    /// Whether the invoice matches the period bounds (the index prefix did the rest).
+    fn matches_period(&self, invoice: &Invoice) -> bool {
+        let lines = invoice.lines.iter().map(|l| &l.service_period);
+        std::iter::once(&invoice.period).chain(lines).any(|p| self.overlaps(p))
+    }
+
+    /// Whether `[p.start, p.end)` (an empty period: its start day) shares a day with the bounds.
+    fn overlaps(&self, p: &Period) -> bool {
+        let last = p.end.yesterday().map_or(p.start, |d| d.max(p.start));
+        self.period_to.is_none_or(|to| p.start <= to)
+            && self.period_from.is_none_or(|from| last >= from)
+    }
 }
 
 /// One page of a listing, in issue order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvoicePage {
     pub invoices: Vec<InvoiceRecord>,
-    /// Present when more invoices follow; pass it back to get the next page.
+    /// Present when more invoices may follow; pass it back to get the next page.
     pub next_page_token: Option<String>,
     /// The read model's checkpoint the page was read at.
     pub position: Position,
@@ -277,6 +310,10 @@ impl InvoiceReader {
 
     /// Up to `page_size` invoices matching `filter` (0 = [`PAGE_SIZE_DEFAULT`], at most
     /// [`PAGE_SIZE_MAX`]), after `page_token`, read from one consistent view.
+    ///
+    /// Customer and status select an index; the period bounds are checked on each invoice of
+    /// it, at most [`PERIOD_SCAN_MAX`] per page, so a page of a period filter may be short (even
+    /// empty) and still carry a token. Without a period filter a token means more invoices.
     pub fn list(
         &self,
         filter: &InvoiceFilter,
@@ -286,21 +323,66 @@ impl InvoiceReader {
         let prefix = filter.prefix()?;
         let after = page_token.map(parse_page_token).transpose()?;
         let size = if page_size == 0 { PAGE_SIZE_DEFAULT } else { page_size.min(PAGE_SIZE_MAX) };
+        let budget = if filter.has_period() { PERIOD_SCAN_MAX } else { size };
+        self.model
+            .read(|snap| Listing { snap, filter, prefix: &prefix, size, budget }.collect(after))
+    }
+
+    /// The ids of every invoice issued to `customer_id`, in issue order (index keys only).
+    pub fn customer_invoice_ids(&self, customer_id: &str) -> Result<Vec<String>> {
+        let filter = InvoiceFilter { customer_id: Some(customer_id.into()), ..Default::default() };
+        let prefix = filter.prefix()?;
         self.model.read(|snap| {
-            let hits =
-                snap.scan(prefix.as_bytes(), after.as_deref().map(str::as_bytes), size + 1)?;
-            let mut invoices = Vec::with_capacity(size.min(hits.len()));
-            for (key, id) in hits.iter().take(size) {
+            let hits = snap.scan(prefix.as_bytes(), None, usize::MAX)?;
+            let id = |v: &[u8]| String::from_utf8(v.to_vec()).map_err(|_| corrupt(NAME, "id"));
+            hits.iter().map(|(_, v)| id(v)).collect()
+        })
+    }
+}
+
+/// One page being read: index entries under `prefix`, filtered by the period bounds.
+struct Listing<'s, 'a> {
+    snap: &'s Snapshot<'a>,
+    filter: &'s InvoiceFilter,
+    prefix: &'s str,
+    size: usize,
+    /// Index entries examined at most.
+    budget: usize,
+}
+
+impl Listing<'_, '_> {
+    /// Reads from the index entry after `after`; stops when the page is full or the budget is
+    /// spent (with a token if entries are left), or at the end of the index.
+    fn collect(&self, mut after: Option<String>) -> Result<InvoicePage> {
+        let mut invoices = Vec::new();
+        let mut examined = 0;
+        loop {
+            let chunk = self.snap.scan(
+                self.prefix.as_bytes(),
+                after.as_deref().map(str::as_bytes),
+                self.size + 1,
+            )?;
+            for (key, id) in &chunk {
+                if invoices.len() == self.size || examined == self.budget {
+                    return self.page(invoices, after);
+                }
+                examined += 1;
+                after = Some(String::from_utf8_lossy(&key[self.prefix.len()..]).into_owned());
                 let missing =
                     || corrupt(NAME, format!("index key {key:?} names a missing invoice"));
-                invoices.push(load(snap, id)?.ok_or_else(missing)?);
+                let record = load(self.snap, id)?.ok_or_else(missing)?;
+                if self.filter.matches_period(&record.invoice) {
+                    invoices.push(record);
+                }
             }
-            let next_page_token = match invoices.last() {
-                Some(last) if hits.len() > size => Some(position_token(last.issued_position)),
-                _ => None,
-            };
-            Ok(InvoicePage { invoices, next_page_token, position: snap.checkpoint()? })
-        })
+            if chunk.len() <= self.size {
+                return self.page(invoices, None);
+            }
+        }
+    }
+
+    fn page(&self, invoices: Vec<InvoiceRecord>, next: Option<String>) -> Result<InvoicePage> {
+        Ok(InvoicePage { invoices, next_page_token: next, position: self.snap.checkpoint()? })
     }
 }
 

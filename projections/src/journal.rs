@@ -1130,6 +1130,15 @@ pub struct WaterfallRow {
     pub months: Vec<(String, Decimal)>,
 }
 
+/// The line schedules of one issued invoice (see [`JournalReader::invoice_schedules`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoiceSchedules {
+    pub invoice_id: String,
+    pub currency: Currency,
+    /// In line order: `lines[i]` is the schedule of the invoice's line `i`.
+    pub lines: Vec<LineSchedule>,
+}
+
 /// Read-only access to the journal read model.
 #[derive(Clone)]
 pub struct JournalReader {
@@ -1274,6 +1283,70 @@ impl JournalReader {
             };
             let state = InvoiceState::decode(&bytes)?;
             Ok(state.lines.into_iter().nth(line_index))
+        })
+    }
+
+    /// The line schedules of each of `invoice_ids` issued so far (the others are left out), in
+    /// the order given, read from one consistent view.
+    pub fn invoice_schedules(&self, invoice_ids: &[String]) -> Result<Vec<InvoiceSchedules>> {
+        self.model.read(|snap| {
+            let mut out = Vec::with_capacity(invoice_ids.len());
+            for id in invoice_ids {
+                let Some(bytes) = snap.get(&invoice_key(id))? else { continue };
+                let s = InvoiceState::decode(&bytes)?;
+                let (invoice_id, currency, lines) = (s.invoice_id, s.currency, s.lines);
+                out.push(InvoiceSchedules { invoice_id, currency, lines });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Whether the customer's `CustomerRegistered` has been applied.
+    pub fn has_customer(&self, customer_id: &str) -> Result<bool> {
+        self.model.read(|snap| Ok(snap.get(&customer_key(customer_id))?.is_some()))
+    }
+
+    /// As [`JournalReader::entries`], restricted to the entries dated in [from, to] (a `None`
+    /// bound is open). A token from a page of the same bounds continues it.
+    pub fn entries_between(
+        &self,
+        from: Option<Date>,
+        to: Option<Date>,
+        page_token: Option<&str>,
+        page_size: usize,
+    ) -> Result<EntryPage> {
+        if let Some(t) = page_token {
+            parse_entry_token(t)?;
+        }
+        if let (Some(f), Some(t)) = (from, to) {
+            if f > t {
+                return Err(ProjectionError::InvalidArgument(format!("from {f} is after to {t}")));
+            }
+        }
+        let size = if page_size == 0 { PAGE_SIZE_DEFAULT } else { page_size.min(PAGE_SIZE_MAX) };
+        // Keys are `j/<date>/<seq>`: `<from>/` sorts before the first entry of `from`.
+        let start = from.map(|d| format!("{}/", day_key(d)));
+        let after = page_token.map(String::from).into_iter().chain(start).max();
+        self.model.read(|snap| {
+            let hits = snap.scan(b"j/", after.as_deref().map(str::as_bytes), size + 1)?;
+            let mut entries = Vec::with_capacity(size.min(hits.len()));
+            let mut more = false;
+            for (_, value) in &hits {
+                let entry = json::<JournalEntry>(value, "entry")?;
+                if to.is_some_and(|t| entry.date > t) {
+                    break;
+                }
+                if entries.len() == size {
+                    more = true;
+                    break;
+                }
+                entries.push(entry);
+            }
+            let next_page_token = match entries.last() {
+                Some(last) if more => Some(format!("{}/{:016x}", day_key(last.date), last.seq)),
+                _ => None,
+            };
+            Ok(EntryPage { entries, next_page_token, position: snap.checkpoint()? })
         })
     }
 }

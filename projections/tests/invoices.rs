@@ -2,8 +2,11 @@
 
 mod common;
 
-use common::{at, dec, runner, scenario, store_with};
+use common::{at, bulk, customer, dec, invoice, runner, scenario, store_with};
+use domain::calendar::Period;
+use domain::events::Event;
 use domain::invoice::InvoiceStatus::{self, Open, Paid, Uncollectible, Void};
+use jiff::civil::{date, Date};
 use projections::invoices::{InvoiceFilter, InvoiceReader, InvoiceRecord};
 use projections::ProjectionError;
 use rust_decimal::Decimal;
@@ -90,7 +93,7 @@ fn ids(reader: &InvoiceReader, filter: &InvoiceFilter) -> Vec<String> {
 }
 
 fn filter(customer: Option<&str>, status: Option<InvoiceStatus>) -> InvoiceFilter {
-    InvoiceFilter { customer_id: customer.map(String::from), status }
+    InvoiceFilter { customer_id: customer.map(String::from), status, ..Default::default() }
 }
 
 #[tokio::test]
@@ -134,4 +137,88 @@ async fn bad_arguments_are_refused() {
     }
     let err = reader.list(&filter(Some("c1/x"), None), None, 1).unwrap_err();
     assert!(matches!(err, ProjectionError::InvalidArgument(_)));
+}
+
+/// inv-a-1: January; inv-b-1: February with a second line over Jan 20 .. Feb 1; inv-c-1: March.
+fn periods() -> Vec<Event> {
+    let month = |m: i8| Period { start: date(2025, m, 1), end: date(2025, m + 1, 1) };
+    let with = |sub: &str, p: Period, line_periods: &[Period]| {
+        let mut inv = invoice(sub, 1, "c1", &["10", "5"], "0");
+        inv.period = p;
+        for (line, lp) in inv.lines.iter_mut().zip(line_periods) {
+            line.service_period = *lp;
+        }
+        Event::InvoiceIssued(inv)
+    };
+    let late_jan = Period { start: date(2025, 1, 20), end: date(2025, 2, 1) };
+    vec![
+        customer("c1"),
+        with("a", month(1), &[month(1), month(1)]),
+        with("b", month(2), &[month(2), late_jan]),
+        with("c", month(3), &[month(3), month(3)]),
+    ]
+}
+
+fn period(from: Option<Date>, to: Option<Date>) -> InvoiceFilter {
+    InvoiceFilter { period_from: from, period_to: to, ..Default::default() }
+}
+
+fn listed(reader: &InvoiceReader, filter: &InvoiceFilter, size: usize) -> Vec<Vec<String>> {
+    let (mut token, mut pages) = (None::<String>, Vec::new());
+    loop {
+        let page = reader.list(filter, token.as_deref(), size).unwrap();
+        pages.push(page.invoices.into_iter().map(|r| r.invoice.invoice_id).collect());
+        token = page.next_page_token;
+        if token.is_none() {
+            return pages;
+        }
+    }
+}
+
+#[tokio::test]
+async fn list_by_service_period_overlap() {
+    let dir = TempDir::new().unwrap();
+    let store = store_with(&periods()).await;
+    let (_db, mut runner) = runner(&dir, &store, 2);
+    runner.catch_up().await.unwrap();
+    let reader = InvoiceReader::new(runner.read_model());
+    let d = |m, day| Some(date(2025, m, day));
+    let cases = [
+        (d(1, 31), None, vec!["inv-a-1", "inv-b-1", "inv-c-1"]),
+        (d(2, 1), None, vec!["inv-b-1", "inv-c-1"]),
+        (None, d(1, 19), vec!["inv-a-1"]),
+        (None, d(1, 20), vec!["inv-a-1", "inv-b-1"]),
+        (d(2, 15), d(2, 20), vec!["inv-b-1"]),
+        (d(3, 31), d(3, 31), vec!["inv-c-1"]),
+        (d(4, 1), None, vec![]),
+        (None, None, vec!["inv-a-1", "inv-b-1", "inv-c-1"]),
+    ];
+    for (from, to, want) in cases {
+        assert_eq!(listed(&reader, &period(from, to), 100), [want], "{from:?}..{to:?}");
+    }
+    let pages = listed(&reader, &period(d(1, 25), None), 1);
+    assert_eq!(pages, [["inv-a-1"], ["inv-b-1"], ["inv-c-1"]], "one per page");
+    let by_customer = InvoiceFilter { customer_id: Some("c1".into()), ..period(d(3, 1), None) };
+    assert_eq!(listed(&reader, &by_customer, 10), [["inv-c-1"]]);
+    let err = reader.list(&period(d(2, 2), d(2, 1)), None, 1).unwrap_err();
+    assert!(matches!(err, ProjectionError::InvalidArgument(_)), "from after to: {err}");
+}
+
+#[tokio::test]
+async fn a_period_filtered_page_examines_a_bounded_number_of_invoices() {
+    // 5,104 January invoices, none in March: the first page gives up after 5,000 with a token.
+    let dir = TempDir::new().unwrap();
+    let store = store_with(&bulk(5_100)).await;
+    let (_db, mut runner) = runner(&dir, &store, 1_000);
+    runner.catch_up().await.unwrap();
+    let reader = InvoiceReader::new(runner.read_model());
+    let march = period(Some(date(2025, 3, 1)), None);
+    let first = reader.list(&march, None, 10).unwrap();
+    assert!(first.invoices.is_empty());
+    let token = first.next_page_token.expect("more to examine");
+    let second = reader.list(&march, Some(&token), 10).unwrap();
+    assert_eq!((second.invoices.len(), second.next_page_token), (0, None));
+    let january = period(Some(date(2025, 1, 1)), Some(date(2025, 1, 1)));
+    assert_eq!(reader.list(&january, Some(&token), 1_000).unwrap().invoices.len(), 104);
+    assert_eq!(reader.customer_invoice_ids("c4").unwrap().len(), 1_020);
 }

@@ -3,24 +3,32 @@
 //! read models include that event, so a caller reads its own writes.
 //!
 //! Architecture invariant: reads only. It never appends and never writes a read model.
-//! Each call waits on the progress of the read model it reads (invoices, mrr or journal).
+//! Each call waits on the progress of the read models it reads (invoices, mrr, journal), and
+//! reads its reply's position before its data, so the data includes at least that prefix.
+//! Bad input is INVALID_ARGUMENT with a BadRequest naming every bad field ([`check`]).
 
 // tonic::Status is this crate's error type; boxing it everywhere would only add noise.
 #![allow(clippy::result_large_err)]
 
+mod check;
+mod ledger;
+mod schedule;
+
 use std::time::Duration;
 
-use std::str::FromStr;
-
+use check::{checked, not_found, read_error, Check};
+use command_service::status::bad_field;
 use domain::invoice::{InvoiceAccount, InvoiceStatus};
 use domain::money::Currency;
 use jiff::civil::Date;
 use projections::invoices::{InvoiceFilter, InvoiceReader, InvoiceRecord};
 use projections::journal::JournalReader;
-use projections::mrr::{Granularity, MrrReader};
-use projections::{Progress, ProjectionError, WaitError};
+use projections::mrr::{Granularity, MovementBucket, MrrReader};
+use projections::{Progress, WaitError};
 use proto::v1 as pb;
 use proto::v1::query_service_server::QueryService;
+use rust_decimal::Decimal;
+use schedule::Scope;
 use tonic::{Request, Response, Status};
 
 /// Longest a request waits for `min_position`, whatever its deadline.
@@ -51,10 +59,10 @@ impl QueryApi {
     }
 }
 
-/// Waits until the event at `min_position` is in the read model behind `progress` (bounded by
-/// the call's deadline and [`WAIT_MS_MAX`]).
+/// Waits until the event at `min_position` is in every read model behind `progress` (bounded,
+/// all together, by the call's deadline and [`WAIT_MS_MAX`]).
 async fn catch_up<T>(
-    progress: &Progress,
+    progress: &[&Progress],
     request: &Request<T>,
     min_position: Option<u64>,
 ) -> Result<(), Status> {
@@ -62,13 +70,18 @@ async fn catch_up<T>(
     // Answer a little before the caller's deadline, so it gets our reason, not its timeout.
     let budget = deadline(request).map_or(Duration::from_millis(WAIT_MS_MAX), |d| d * 9 / 10);
     let until = tokio::time::Instant::now() + budget.min(Duration::from_millis(WAIT_MS_MAX));
-    match progress.wait_for(position, until).await {
-        Ok(_) => Ok(()),
-        Err(WaitError::Timeout { position, checkpoint }) => Err(Status::deadline_exceeded(
-            format!("the read models reached position {checkpoint}, not yet {position}"),
-        )),
-        Err(e @ WaitError::Stopped { .. }) => Err(Status::unavailable(e.to_string())),
+    for p in progress {
+        match p.wait_for(position, until).await {
+            Ok(_) => {}
+            Err(WaitError::Timeout { position, checkpoint }) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "the read models reached position {checkpoint}, not yet {position}"
+                )))
+            }
+            Err(e @ WaitError::Stopped { .. }) => return Err(Status::unavailable(e.to_string())),
+        }
     }
+    Ok(())
 }
 
 /// The `grpc-timeout` a caller set, if any.
@@ -88,24 +101,8 @@ fn deadline<T>(request: &Request<T>) -> Option<Duration> {
     Some(Duration::from_nanos(nanos))
 }
 
-fn to_status(e: ProjectionError) -> Status {
-    match e {
-        ProjectionError::InvalidArgument(m) => Status::invalid_argument(m),
-        other => Status::internal(other.to_string()),
-    }
-}
-
-fn date(field: &str, s: &str) -> Result<Date, Status> {
-    Date::from_str(s)
-        .map_err(|_| Status::invalid_argument(format!("{field}: {s:?} is not a date YYYY-MM-DD")))
-}
-
-fn currency(s: &str) -> Result<Currency, Status> {
-    Currency::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
 fn position(model: &projections::ReadModel) -> Result<u64, Status> {
-    model.checkpoint().map_err(to_status)
+    model.checkpoint().map_err(read_error("min_position"))
 }
 
 fn invoice(record: InvoiceRecord) -> pb::Invoice {
@@ -118,19 +115,70 @@ fn invoice(record: InvoiceRecord) -> pb::Invoice {
     command_service::convert::invoice(&account)
 }
 
-fn parse_status(s: &str) -> Result<Option<InvoiceStatus>, Status> {
-    Ok(Some(match s {
-        "" => return Ok(None),
+fn parse_status(c: &mut Check, s: &str) -> Option<Option<InvoiceStatus>> {
+    Some(Some(match s {
+        "" => return Some(None),
         "open" => InvoiceStatus::Open,
         "paid" => InvoiceStatus::Paid,
         "void" => InvoiceStatus::Void,
         "uncollectible" => InvoiceStatus::Uncollectible,
         other => {
-            return Err(Status::invalid_argument(format!(
-                "status {other:?} is not one of open, paid, void, uncollectible"
-            )))
+            c.bad("status", format!("{other:?} is not one of open, paid, void, uncollectible"));
+            return None;
         }
     }))
+}
+
+/// A validated `ListInvoicesRequest`.
+fn invoice_listing(r: &pb::ListInvoicesRequest) -> Result<(InvoiceFilter, usize), Status> {
+    let mut c = Check::default();
+    if !r.customer_id.is_empty() {
+        c.id("customer_id", &r.customer_id);
+    }
+    let status = parse_status(&mut c, &r.status);
+    let period_from = c.opt_date("period_from", &r.period_from);
+    let period_to = c.opt_date("period_to", &r.period_to);
+    c.order("period_to", period_from, period_to);
+    let page_size = c.page_size("page_size", r.page_size);
+    c.done()?;
+    let filter = InvoiceFilter {
+        customer_id: (!r.customer_id.is_empty()).then(|| r.customer_id.clone()),
+        status: checked(status)?,
+        period_from: checked(period_from)?,
+        period_to: checked(period_to)?,
+    };
+    Ok((filter, page_size))
+}
+
+/// A validated currency, date range and granularity (movements, usage revenue).
+fn series(
+    currency: &str,
+    from: &str,
+    to: &str,
+    granularity: &str,
+) -> Result<(Currency, Date, Date, Granularity), Status> {
+    let mut c = Check::default();
+    let cur = c.currency("currency", currency);
+    let (from, to) = (c.date("from", from), c.date("to", to));
+    c.order("to", from.map(Some), to.map(Some));
+    let granularity = c.granularity("granularity", granularity, Granularity::Month);
+    c.done()?;
+    Ok((checked(cur)?, checked(from)?, checked(to)?, checked(granularity)?))
+}
+
+/// A validated currency and date.
+fn currency_date(currency: &str, field: &str, date: &str) -> Result<(Currency, Date), Status> {
+    let mut c = Check::default();
+    let (cur, date) = (c.currency("currency", currency), c.date(field, date));
+    c.done()?;
+    Ok((checked(cur)?, checked(date)?))
+}
+
+fn as_of(r: &pb::AsOfRequest) -> Result<Date, Status> {
+    let mut c = Check::default();
+    let as_of = c.date("as_of", &r.as_of);
+    c.done()?;
+    checked(as_of)
 }
 
 #[tonic::async_trait]
@@ -141,12 +189,30 @@ impl QueryService for QueryApi {
         request: Request<pb::InvoiceQuery>,
     ) -> Result<Response<pb::InvoiceView>, Status> {
         let view = &self.models.invoices;
-        catch_up(&view.progress, &request, request.get_ref().min_position).await?;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
         let id = &request.get_ref().invoice_id;
-        let position = view.reader.model().checkpoint().map_err(to_status)?;
-        let record = view.reader.get(id).map_err(to_status)?;
-        let record = record.ok_or_else(|| Status::not_found(format!("invoice {id} not found")))?;
+        let position = position(view.reader.model())?;
+        let record = view.reader.get(id).map_err(read_error("invoice_id"))?;
+        let record = record.ok_or_else(|| not_found("invoice", id))?;
         Ok(Response::new(pb::InvoiceView { invoice: Some(invoice(record)), position }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_invoices(
+        &self,
+        request: Request<pb::ListInvoicesRequest>,
+    ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
+        let view = &self.models.invoices;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let r = request.get_ref();
+        let (filter, page_size) = invoice_listing(r)?;
+        let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let page = view.reader.list(&filter, token, page_size).map_err(read_error("page_token"))?;
+        Ok(Response::new(pb::ListInvoicesResponse {
+            invoices: page.invoices.into_iter().map(invoice).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+            position: page.position,
+        }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -155,15 +221,16 @@ impl QueryService for QueryApi {
         request: Request<pb::MrrRequest>,
     ) -> Result<Response<pb::MrrResponse>, Status> {
         let view = &self.models.mrr;
-        catch_up(&view.progress, &request, request.get_ref().min_position).await?;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
         let r = request.get_ref();
-        let (cur, at) = (currency(&r.currency)?, date("date", &r.date)?);
+        let (cur, at) = currency_date(&r.currency, "date", &r.date)?;
+        let position = position(view.reader.model())?;
         let mrr = match r.customer_id.as_str() {
             "" => view.reader.mrr_at(at, cur),
             customer => view.reader.customer_mrr_at(customer, at, cur),
         };
-        let mrr = mrr.map_err(to_status)?.to_string();
-        Ok(Response::new(pb::MrrResponse { mrr, position: position(view.reader.model())? }))
+        let mrr = mrr.map_err(read_error("customer_id"))?.to_string();
+        Ok(Response::new(pb::MrrResponse { mrr, position }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -179,25 +246,7 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::RetentionRequest>,
     ) -> Result<Response<pb::RetentionResponse>, Status> {
-        let view = &self.models.mrr;
-        catch_up(&view.progress, &request, request.get_ref().min_position).await?;
-        let r = request.get_ref();
-        let (cur, start) = (currency(&r.currency)?, date("start", &r.start)?);
-        let end = match r.end.as_str() {
-            "" => start
-                .checked_add(jiff::Span::new().years(1))
-                .map_err(|_| Status::invalid_argument("start: out of range"))?,
-            end => date("end", end)?,
-        };
-        let ret = view.reader.retention(start, end, cur).map_err(to_status)?;
-        Ok(Response::new(pb::RetentionResponse {
-            nrr: ret.nrr.map(|d| d.to_string()).unwrap_or_default(),
-            grr: ret.grr.map(|d| d.to_string()).unwrap_or_default(),
-            cohort_size: ret.cohort_size as u32,
-            mrr_start: ret.mrr_start.to_string(),
-            mrr_end: ret.mrr_end.to_string(),
-            position: position(view.reader.model())?,
-        }))
+        self.retention(request).await.map(Response::new)
     }
 
     #[tracing::instrument(skip_all)]
@@ -214,9 +263,10 @@ impl QueryService for QueryApi {
         request: Request<pb::AsOfRequest>,
     ) -> Result<Response<pb::TrialBalanceResponse>, Status> {
         let view = &self.models.journal;
-        catch_up(&view.progress, &request, request.get_ref().min_position).await?;
-        let as_of = date("as_of", &request.get_ref().as_of)?;
-        let rows = view.reader.trial_balance(as_of).map_err(to_status)?;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let as_of = as_of(request.get_ref())?;
+        let position = position(view.reader.model())?;
+        let rows = view.reader.trial_balance(as_of).map_err(read_error("as_of"))?;
         let rows = rows
             .into_iter()
             .map(|r| pb::TrialBalanceRow {
@@ -226,31 +276,75 @@ impl QueryService for QueryApi {
                 credit: r.credit.to_string(),
             })
             .collect();
-        Ok(Response::new(pb::TrialBalanceResponse {
-            rows,
-            position: position(view.reader.model())?,
+        Ok(Response::new(pb::TrialBalanceResponse { rows, position }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_revenue_schedule(
+        &self,
+        request: Request<pb::RevenueScheduleRequest>,
+    ) -> Result<Response<pb::RevenueScheduleResponse>, Status> {
+        self.revenue_schedule(request).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_journal_entries(
+        &self,
+        request: Request<pb::ListJournalEntriesRequest>,
+    ) -> Result<Response<pb::ListJournalEntriesResponse>, Status> {
+        let view = &self.models.journal;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let a = ledger::parse_entries(request.get_ref())?;
+        let page = view
+            .reader
+            .entries_between(a.from, a.to, a.page_token.as_deref(), a.page_size)
+            .map_err(read_error("page_token"))?;
+        Ok(Response::new(pb::ListJournalEntriesResponse {
+            entries: page.entries.into_iter().map(ledger::entry).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+            position: page.position,
         }))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_invoices(
+    async fn get_revenue_waterfall(
         &self,
-        request: Request<pb::ListInvoicesRequest>,
-    ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
-        let view = &self.models.invoices;
-        catch_up(&view.progress, &request, request.get_ref().min_position).await?;
-        let r = request.get_ref();
-        let filter = InvoiceFilter {
-            customer_id: (!r.customer_id.is_empty()).then(|| r.customer_id.clone()),
-            status: parse_status(&r.status)?,
-        };
-        let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
-        let page = view.reader.list(&filter, token, r.page_size as usize).map_err(to_status)?;
-        Ok(Response::new(pb::ListInvoicesResponse {
-            invoices: page.invoices.into_iter().map(invoice).collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-            position: page.position,
+        request: Request<pb::RevenueWaterfallRequest>,
+    ) -> Result<Response<pb::RevenueWaterfallResponse>, Status> {
+        let view = &self.models.journal;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let args = ledger::parse_waterfall(request.get_ref())?;
+        let position = position(view.reader.model())?;
+        let rows =
+            view.reader.revenue_waterfall(args.from, args.to).map_err(read_error("to_month"))?;
+        Ok(Response::new(pb::RevenueWaterfallResponse {
+            position,
+            ..ledger::waterfall(&args, rows)
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_usage_revenue(
+        &self,
+        request: Request<pb::UsageRevenueRequest>,
+    ) -> Result<Response<pb::UsageRevenueResponse>, Status> {
+        let view = &self.models.mrr;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let r = request.get_ref();
+        let (cur, from, to, granularity) = series(&r.currency, &r.from, &r.to, &r.granularity)?;
+        let position = position(view.reader.model())?;
+        let buckets = view.reader.usage_revenue(from, to, granularity, cur);
+        let buckets = buckets.map_err(read_error("to"))?;
+        let total: Decimal = buckets.iter().map(|b| b.amount).sum();
+        let buckets = buckets
+            .into_iter()
+            .map(|b| pb::UsageRevenueBucket {
+                start: b.start.to_string(),
+                lines: b.lines,
+                amount: b.amount.to_string(),
+            })
+            .collect();
+        Ok(Response::new(pb::UsageRevenueResponse { buckets, total: total.to_string(), position }))
     }
 }
 
@@ -260,42 +354,59 @@ impl QueryApi {
         request: Request<pb::MrrMovementsRequest>,
     ) -> Result<pb::MrrMovementsResponse, Status> {
         let view = &self.models.mrr;
-        catch_up(&view.progress, &request, request.get_ref().min_position).await?;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
         let r = request.get_ref();
-        let (cur, from, to) = (currency(&r.currency)?, date("from", &r.from)?, date("to", &r.to)?);
-        let granularity = match r.granularity.as_str() {
-            "" | "month" => Granularity::Month,
-            "day" => Granularity::Day,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "granularity {other:?} is not day or month"
-                )))
-            }
-        };
-        let buckets = view.reader.movements(from, to, granularity, cur).map_err(to_status)?;
-        let before =
-            from.yesterday().map_err(|_| Status::invalid_argument("from: out of range"))?;
+        let (cur, from, to, granularity) = series(&r.currency, &r.from, &r.to, &r.granularity)?;
+        let before = from.yesterday().map_err(|_| bad_field("from", "out of range"))?;
+        let position = position(view.reader.model())?;
+        let mrr_before = view.reader.mrr_at(before, cur).map_err(read_error("from"))?;
+        let buckets =
+            view.reader.movements(from, to, granularity, cur).map_err(read_error("to"))?;
+        let mut mrr = mrr_before;
         let buckets = buckets
             .into_iter()
-            .map(|b| pb::MrrMovementBucket {
-                start: b.start.to_string(),
-                totals: b
-                    .totals
-                    .iter()
-                    .map(|(kind, t)| pb::MovementTotal {
-                        kind: kind.as_str().into(),
-                        count: t.count,
-                        amount: t.amount.to_string(),
-                    })
-                    .collect(),
-                net: b.net.to_string(),
+            .map(|b| {
+                mrr += b.net;
+                movement_bucket(b, mrr)
             })
             .collect();
         Ok(pb::MrrMovementsResponse {
-            mrr_before: view.reader.mrr_at(before, cur).map_err(to_status)?.to_string(),
+            mrr_before: mrr_before.to_string(),
             buckets,
-            mrr_at_to: view.reader.mrr_at(to, cur).map_err(to_status)?.to_string(),
-            position: position(view.reader.model())?,
+            mrr_at_to: view.reader.mrr_at(to, cur).map_err(read_error("to"))?.to_string(),
+            position,
+        })
+    }
+
+    async fn retention(
+        &self,
+        request: Request<pb::RetentionRequest>,
+    ) -> Result<pb::RetentionResponse, Status> {
+        let view = &self.models.mrr;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let r = request.get_ref();
+        let (cur, start) = currency_date(&r.currency, "start", &r.start)?;
+        let end = match r.end.as_str() {
+            "" => start
+                .checked_add(jiff::Span::new().years(1))
+                .map_err(|_| bad_field("start", "out of range"))?,
+            end => {
+                let mut c = Check::default();
+                let end = c.date("end", end);
+                c.order("end", Some(Some(start)), end.map(Some));
+                c.done()?;
+                checked(end)?
+            }
+        };
+        let position = position(view.reader.model())?;
+        let ret = view.reader.retention(start, end, cur).map_err(read_error("end"))?;
+        Ok(pb::RetentionResponse {
+            nrr: ret.nrr.map(|d| d.to_string()).unwrap_or_default(),
+            grr: ret.grr.map(|d| d.to_string()).unwrap_or_default(),
+            cohort_size: ret.cohort_size as u32,
+            mrr_start: ret.mrr_start.to_string(),
+            mrr_end: ret.mrr_end.to_string(),
+            position,
         })
     }
 
@@ -304,9 +415,10 @@ impl QueryApi {
         request: Request<pb::AsOfRequest>,
     ) -> Result<pb::BalancesResponse, Status> {
         let view = &self.models.journal;
-        catch_up(&view.progress, &request, request.get_ref().min_position).await?;
-        let as_of = date("as_of", &request.get_ref().as_of)?;
-        let balances = view.reader.balances(as_of).map_err(to_status)?;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let as_of = as_of(request.get_ref())?;
+        let position = position(view.reader.model())?;
+        let balances = view.reader.balances(as_of).map_err(read_error("as_of"))?;
         let balances = balances
             .into_iter()
             .map(|(cur, b)| pb::CurrencyBalances {
@@ -325,7 +437,53 @@ impl QueryApi {
                     .collect(),
             })
             .collect();
-        Ok(pb::BalancesResponse { balances, position: position(view.reader.model())? })
+        Ok(pb::BalancesResponse { balances, position })
+    }
+
+    /// One invoice's (or line's) schedule from the journal; a customer's from the invoices it
+    /// lists, both models caught up, the reply at the lower of their positions.
+    async fn revenue_schedule(
+        &self,
+        request: Request<pb::RevenueScheduleRequest>,
+    ) -> Result<pb::RevenueScheduleResponse, Status> {
+        let (invoices, journal) = (&self.models.invoices, &self.models.journal);
+        let args = schedule::parse(request.get_ref())?;
+        let min = request.get_ref().min_position;
+        let (ids, position) = match &args.scope {
+            Scope::Line { invoice_id, .. } | Scope::Invoice { invoice_id } => {
+                catch_up(&[&journal.progress], &request, min).await?;
+                (vec![invoice_id.clone()], position(journal.reader.model())?)
+            }
+            Scope::Customer { customer_id } => {
+                catch_up(&[&invoices.progress, &journal.progress], &request, min).await?;
+                let position =
+                    position(invoices.reader.model())?.min(position(journal.reader.model())?);
+                if !journal.reader.has_customer(customer_id).map_err(read_error("customer_id"))? {
+                    return Err(not_found("customer", customer_id));
+                }
+                let ids = invoices.reader.customer_invoice_ids(customer_id);
+                (ids.map_err(read_error("customer_id"))?, position)
+            }
+        };
+        let schedules = journal.reader.invoice_schedules(&ids).map_err(read_error("invoice_id"))?;
+        Ok(pb::RevenueScheduleResponse { position, ..schedule::response(&args, &schedules)? })
+    }
+}
+
+fn movement_bucket(b: MovementBucket, mrr: Decimal) -> pb::MrrMovementBucket {
+    pb::MrrMovementBucket {
+        start: b.start.to_string(),
+        totals: b
+            .totals
+            .iter()
+            .map(|(kind, t)| pb::MovementTotal {
+                kind: kind.as_str().into(),
+                count: t.count,
+                amount: t.amount.to_string(),
+            })
+            .collect(),
+        net: b.net.to_string(),
+        mrr: mrr.to_string(),
     }
 }
 
@@ -354,8 +512,12 @@ mod tests {
 
     #[test]
     fn statuses_parse() {
-        assert_eq!(parse_status("").unwrap(), None);
-        assert_eq!(parse_status("uncollectible").unwrap(), Some(InvoiceStatus::Uncollectible));
-        assert_eq!(parse_status("late").unwrap_err().code(), tonic::Code::InvalidArgument);
+        let mut c = Check::default();
+        assert_eq!(parse_status(&mut c, ""), Some(None));
+        assert_eq!(parse_status(&mut c, "uncollectible"), Some(Some(InvoiceStatus::Uncollectible)));
+        assert!(c.done().is_ok());
+        let mut c = Check::default();
+        assert_eq!(parse_status(&mut c, "late"), None);
+        assert_eq!(c.done().unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 }
