@@ -38,7 +38,9 @@ enum Commands {
     /// Walk the log's hash chain (`audit verify`) or print its head (`audit digest`).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Export a read model as CSV or JSON.
+    /// Export invoices, the journal, a trial balance, the revenue waterfall or MRR movements
+    /// as CSV or JSON.
+    #[command(after_long_help = export::HELP)]
     Export(export::ExportArgs),
 }
 

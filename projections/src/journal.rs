@@ -90,7 +90,9 @@
 //! Values are a pure function of the event sequence (no batch state), so the digest does not
 //! depend on batch boundaries. Dates before year 1 are refused (keys sort as text).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::ops::Bound;
 
 use domain::calendar::{local_date, Period};
 use domain::events::Event;
@@ -120,6 +122,8 @@ pub const PAGE_SIZE_MAX: usize = 1_000;
 pub const SUB_LINES_KEPT: usize = 16;
 /// Longest waterfall range, in months.
 pub const WATERFALL_MONTHS_MAX: i32 = 120;
+/// Longest range of a paged waterfall ([`JournalReader::revenue_waterfall_page`]), in months.
+pub const WATERFALL_PAGE_MONTHS_MAX: i32 = 1_200;
 const SCAN_CHUNK: usize = 1_024;
 /// Usage accrual entries are numbered `ACCRUAL_SEQ_BASE | position` (the position of the first
 /// event of their day), apart from the posting counter, so their keys do not depend on batches.
@@ -1139,6 +1143,16 @@ pub struct InvoiceSchedules {
     pub lines: Vec<LineSchedule>,
 }
 
+/// One page of the revenue waterfall ([`JournalReader::revenue_waterfall_page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaterfallPage {
+    pub rows: Vec<WaterfallRow>,
+    /// Present when more lines follow; pass it back to get the next page.
+    pub next_page_token: Option<String>,
+    /// The read model's checkpoint the page was read at.
+    pub position: Position,
+}
+
 /// Read-only access to the journal read model.
 #[derive(Clone)]
 pub struct JournalReader {
@@ -1348,6 +1362,177 @@ impl JournalReader {
             };
             Ok(EntryPage { entries, next_page_token, position: snap.checkpoint()? })
         })
+    }
+
+    /// The date of the last journal entry (recognition schedules are posted ahead, so it may
+    /// lie after the last event's date), or `None` for an empty journal.
+    pub fn last_entry_date(&self) -> Result<Option<Date>> {
+        self.model.read(|_| {
+            let Some(item) = self.model.tree().scan_prefix(b"j/").next_back() else {
+                return Ok(None);
+            };
+            let (key, _) = item?;
+            let date = std::str::from_utf8(&key[2..])
+                .ok()
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|d| d.parse::<Date>().ok())
+                .ok_or_else(|| corrupt(NAME, format!("entry key {key:?} has no date")))?;
+            Ok(Some(date))
+        })
+    }
+
+    /// The months (their first day) in which some invoice line has recognized revenue in the
+    /// waterfall, ascending. One seek per month.
+    pub fn waterfall_months(&self) -> Result<Vec<Date>> {
+        self.model.read(|snap| {
+            let mut months = Vec::new();
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let hit = snap.scan(b"w/", after.as_deref(), 1)?;
+                let Some((key, _)) = hit.first() else {
+                    return Ok(months);
+                };
+                let label = key
+                    .get(2..9)
+                    .filter(|_| key.get(9) == Some(&b'/'))
+                    .and_then(|l| std::str::from_utf8(l).ok())
+                    .ok_or_else(|| corrupt(NAME, format!("waterfall key {key:?} has no month")))?;
+                let month: Date = format!("{label}-01")
+                    .parse()
+                    .map_err(|_| corrupt(NAME, format!("waterfall key {key:?} has no month")))?;
+                months.push(month);
+                // Past every key of this month: `/` then any byte below 0xff.
+                after = Some([label.as_bytes(), b"/\xff"].concat());
+            }
+        })
+    }
+
+    /// Up to `page_size` lines (0 = [`PAGE_SIZE_DEFAULT`], at most [`PAGE_SIZE_MAX`]) of the
+    /// revenue waterfall over the months `from_month..=to_month` (any day of each, at most
+    /// [`WATERFALL_PAGE_MONTHS_MAX`] months), after `page_token`, read from one consistent view.
+    /// Each row lists the line's months with a non-zero amount, in order. Lines come in key
+    /// order: the text `<invoice_id>/<line index, 4 digits>` compared bytewise (this can differ
+    /// from [`LineRef`]'s order, which [`Self::revenue_waterfall`] uses). Unlike that method,
+    /// memory is bounded by the page: one cursor per month is merged.
+    pub fn revenue_waterfall_page(
+        &self,
+        from_month: Date,
+        to_month: Date,
+        page_token: Option<&str>,
+        page_size: usize,
+    ) -> Result<WaterfallPage> {
+        let labels = month_labels(from_month, to_month, WATERFALL_PAGE_MONTHS_MAX)?;
+        if let Some(t) = page_token {
+            parse_line_token(t)?;
+        }
+        let size = if page_size == 0 { PAGE_SIZE_DEFAULT } else { page_size.min(PAGE_SIZE_MAX) };
+        self.model.read(|snap| {
+            let tree = self.model.tree();
+            let mut cursors = Vec::with_capacity(labels.len());
+            let mut values: Vec<Option<sled::IVec>> = vec![None; labels.len()];
+            // Min-heap of (line key after the month prefix, month index).
+            let mut heap: BinaryHeap<Reverse<(Vec<u8>, usize)>> = BinaryHeap::new();
+            for (i, label) in labels.iter().enumerate() {
+                let prefix = format!("w/{label}/").into_bytes();
+                let start = match page_token {
+                    Some(t) => Bound::Excluded([prefix.as_slice(), t.as_bytes()].concat()),
+                    None => Bound::Included(prefix.clone()),
+                };
+                cursors.push((prefix, tree.range((start, Bound::Unbounded))));
+                advance_cursor(&mut cursors[i], i, &mut values, &mut heap)?;
+            }
+            let mut rows: Vec<WaterfallRow> = Vec::with_capacity(size.min(64));
+            let mut last_key: Vec<u8> = Vec::new();
+            while rows.len() < size {
+                let Some(Reverse((line_key, _))) = heap.peek() else {
+                    break;
+                };
+                let line_key = line_key.clone();
+                let mut row: Option<WaterfallRow> = None;
+                while let Some(Reverse((k, i))) = heap.peek() {
+                    if *k != line_key {
+                        break;
+                    }
+                    let i = *i;
+                    heap.pop();
+                    let value = values[i].take().expect("a heap entry has its value");
+                    let cell: WaterfallCell = json(&value, "waterfall cell")?;
+                    let row = row.get_or_insert_with(|| WaterfallRow {
+                        line: LineRef {
+                            invoice_id: cell.invoice_id.clone(),
+                            line_index: cell.line_index,
+                        },
+                        currency: cell.currency,
+                        revenue_type: cell.revenue_type,
+                        months: Vec::new(),
+                    });
+                    row.months.push((labels[i].clone(), cell.amount));
+                    advance_cursor(&mut cursors[i], i, &mut values, &mut heap)?;
+                }
+                rows.push(row.expect("the peeked key yields a row"));
+                last_key = line_key;
+            }
+            let next_page_token = match heap.is_empty() {
+                false if !rows.is_empty() => Some(
+                    String::from_utf8(last_key)
+                        .map_err(|_| corrupt(NAME, "waterfall key is not UTF-8"))?,
+                ),
+                _ => None,
+            };
+            Ok(WaterfallPage { rows, next_page_token, position: snap.checkpoint()? })
+        })
+    }
+}
+
+/// One month's cursor of [`JournalReader::revenue_waterfall_page`]: its key prefix and range.
+type MonthCursor = (Vec<u8>, sled::Iter);
+
+/// Moves month `i`'s cursor to its next key under its prefix, if any, onto the heap.
+fn advance_cursor(
+    cursor: &mut MonthCursor,
+    i: usize,
+    values: &mut [Option<sled::IVec>],
+    heap: &mut BinaryHeap<Reverse<(Vec<u8>, usize)>>,
+) -> Result<()> {
+    let (prefix, iter) = cursor;
+    if let Some(item) = iter.next() {
+        let (key, value) = item?;
+        if key.starts_with(prefix) {
+            heap.push(Reverse((key[prefix.len()..].to_vec(), i)));
+            values[i] = Some(value);
+        }
+    }
+    Ok(())
+}
+
+/// The labels `YYYY-MM` of `from..=to` (any day of each month), at most `max` months.
+fn month_labels(from: Date, to: Date, max: i32) -> Result<Vec<String>> {
+    let months = (i32::from(to.year()) - i32::from(from.year())) * 12 + i32::from(to.month())
+        - i32::from(from.month());
+    if !(0..max).contains(&months) {
+        let msg = format!("from_month..=to_month must span 1..={max} months");
+        return Err(ProjectionError::InvalidArgument(msg));
+    }
+    let first = from.first_of_month();
+    (0..=months)
+        .map(|m| {
+            first
+                .checked_add(jiff::Span::new().months(m))
+                .map(month_key)
+                .map_err(|e| ProjectionError::InvalidArgument(e.to_string()))
+        })
+        .collect()
+}
+
+/// A waterfall page token: `<invoice_id>/<line index, at least 4 digits>`.
+fn parse_line_token(token: &str) -> Result<()> {
+    let valid = token.rsplit_once('/').is_some_and(|(invoice, line)| {
+        !invoice.is_empty() && line.len() >= 4 && line.bytes().all(|b| b.is_ascii_digit())
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(ProjectionError::InvalidArgument(format!("invalid page token {token:?}")))
     }
 }
 
@@ -1916,6 +2101,56 @@ mod tests {
         assert_eq!(digests[0], digests[1]);
         assert_eq!(digests[1], digests[2]);
         assert_eq!(digests[0].position, events.len() as u64);
+    }
+
+    fn waterfall_pages(r: &JournalReader, from: Date, to: Date, size: usize) -> Vec<WaterfallRow> {
+        let (mut rows, mut token) = (Vec::new(), None);
+        loop {
+            let page = r.revenue_waterfall_page(from, to, token.as_deref(), size).unwrap();
+            assert!(page.rows.len() <= if size == 0 { PAGE_SIZE_DEFAULT } else { size });
+            rows.extend(page.rows);
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => return rows,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn waterfall_pages_months_and_last_date_agree_with_the_whole_waterfall() {
+        let dir = TempDir::new().unwrap();
+        let empty = reader(&dir, &[customer("c1", "UTC")]).await;
+        assert_eq!(empty.last_entry_date().unwrap(), None);
+        assert!(empty.waterfall_months().unwrap().is_empty());
+        assert!(waterfall_pages(&empty, date(2025, 1, 1), date(2025, 3, 1), 2).is_empty());
+
+        let dir = TempDir::new().unwrap();
+        let span = Period { start: date(2025, 1, 15), end: date(2025, 3, 15) };
+        let two_months =
+            issued("inv-3", "s2", "2025-01-15T10:00:00Z", "0", &[(LineKind::BaseFee, "59", span)]);
+        let r = reader(&dir, &[customer("c1", "UTC"), fee_30(), upgrade(), two_months]).await;
+        let months = [date(2025, 1, 1), date(2025, 2, 1), date(2025, 3, 1)];
+        assert_eq!(r.waterfall_months().unwrap(), months);
+        assert_eq!(r.last_entry_date().unwrap(), Some(date(2025, 3, 14)));
+        for (from, to) in [
+            (date(2024, 12, 1), date(2025, 4, 30)),
+            (date(2025, 2, 10), date(2025, 2, 10)),
+            (date(2025, 3, 1), date(2025, 3, 31)),
+        ] {
+            let whole = r.revenue_waterfall(from, to).unwrap();
+            for size in [1, 2, 0] {
+                assert_eq!(waterfall_pages(&r, from, to, size), whole, "{from}..={to} by {size}");
+            }
+        }
+        let first = r.revenue_waterfall_page(date(2025, 1, 1), date(2025, 3, 1), None, 1).unwrap();
+        assert_eq!(first.next_page_token.as_deref(), Some("inv-1/0000"));
+        assert_eq!(first.position, 4);
+        let bad = r.revenue_waterfall_page(date(2025, 2, 1), date(2025, 1, 1), None, 0);
+        assert!(matches!(bad, Err(ProjectionError::InvalidArgument(_))));
+        for token in ["", "x", "inv-1/", "/0000", "inv-1/00a0"] {
+            let bad = r.revenue_waterfall_page(date(2025, 1, 1), date(2025, 1, 1), Some(token), 0);
+            assert!(matches!(bad, Err(ProjectionError::InvalidArgument(_))), "{token:?}");
+        }
     }
 
     #[tokio::test]

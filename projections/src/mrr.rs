@@ -73,6 +73,10 @@ pub const NAME: &str = "mrr";
 pub const RECORD_VERSION: u16 = 1;
 /// Months of the default retention window.
 pub const RETENTION_WINDOW_MONTHS: i64 = 12;
+/// Page size of [`MrrReader::customer_movements_page`] when a caller asks for 0.
+pub const PAGE_SIZE_DEFAULT: usize = 100;
+/// Largest page; larger requests are served this many.
+pub const PAGE_SIZE_MAX: usize = 1_000;
 
 // ------------------------------------------------------------------------------- records
 
@@ -561,6 +565,16 @@ pub struct CustomerMovement {
     pub record: MovementRecord,
 }
 
+/// One page of customer movements ([`MrrReader::customer_movements_page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomerMovementPage {
+    pub movements: Vec<CustomerMovement>,
+    /// Present when more movements follow; pass it back to get the next page.
+    pub next_page_token: Option<String>,
+    /// The read model's checkpoint the page was read at.
+    pub position: Position,
+}
+
 /// Usage revenue of one day or month.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageBucket {
@@ -627,6 +641,18 @@ fn scan_dates<T: DeserializeOwned>(
         out.push((date, decode(what, &value)?));
     }
     Ok(out)
+}
+
+/// A movement page token: `<YYYY-MM-DD>/<customer_id>`.
+fn check_movement_token(token: &str) -> Result<()> {
+    let valid = token.split_once('/').is_some_and(|(date, customer)| {
+        date.len() == 10 && date.parse::<Date>().is_ok() && check_customer(customer).is_ok()
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(ProjectionError::InvalidArgument(format!("invalid page token {token:?}")))
+    }
 }
 
 fn check_customer(customer: &str) -> Result<()> {
@@ -733,6 +759,81 @@ impl MrrReader {
                 }
             }
             Ok(out)
+        })
+    }
+
+    /// The currencies with at least one movement, in code order (one seek per currency).
+    pub fn movement_currencies(&self) -> Result<Vec<Currency>> {
+        self.model.read(|snap| {
+            let mut out = Vec::new();
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let hit = snap.scan(b"mv/", after.as_deref(), 1)?;
+                let Some((key, _)) = hit.first() else {
+                    return Ok(out);
+                };
+                let bad = || corrupt(NAME, format!("movement key {key:?} has no currency"));
+                let code = std::str::from_utf8(&key[3..])
+                    .ok()
+                    .and_then(|rest| rest.split_once('/'))
+                    .map(|(code, _)| code)
+                    .ok_or_else(bad)?;
+                out.push(Currency::parse(code).map_err(|_| bad())?);
+                // Past every key of this currency: `/` then any byte below 0xff.
+                after = Some([code.as_bytes(), b"/\xff"].concat());
+            }
+        })
+    }
+
+    /// Up to `page_size` (0 = [`PAGE_SIZE_DEFAULT`], at most [`PAGE_SIZE_MAX`]) customers'
+    /// movements in `currency` dated in [from, to], after `page_token`, by date then customer
+    /// ([`Self::customer_movements`] in pages), read from one consistent view.
+    pub fn customer_movements_page(
+        &self,
+        from: Date,
+        to: Date,
+        currency: Currency,
+        page_token: Option<&str>,
+        page_size: usize,
+    ) -> Result<CustomerMovementPage> {
+        check_range(from, to)?;
+        if let Some(t) = page_token {
+            check_movement_token(t)?;
+        }
+        let size = if page_size == 0 { PAGE_SIZE_DEFAULT } else { page_size.min(PAGE_SIZE_MAX) };
+        let prefix = format!("mv/{currency}/");
+        let before_from = from.yesterday().ok().map(|d| format!("{d}/\u{10FFFF}"));
+        let after = match (page_token, before_from) {
+            (Some(t), Some(b)) => Some(if t > b.as_str() { t.to_string() } else { b }),
+            (Some(t), None) => Some(t.to_string()),
+            (None, b) => b,
+        };
+        self.model.read(|snap| {
+            let hits =
+                snap.scan(prefix.as_bytes(), after.as_deref().map(str::as_bytes), size + 1)?;
+            let mut movements = Vec::with_capacity(size.min(hits.len()));
+            let mut more = false;
+            for (key, value) in hits {
+                let rest = std::str::from_utf8(&key[prefix.len()..])
+                    .map_err(|_| corrupt(NAME, format!("key {key:?} is not UTF-8")))?;
+                let (_, customer) = rest
+                    .split_once('/')
+                    .ok_or_else(|| corrupt(NAME, format!("key {key:?} has no customer")))?;
+                let record = decode::<MovementEntry>("movement", &value)?.record;
+                if record.date > to {
+                    break;
+                }
+                if movements.len() == size {
+                    more = true;
+                    break;
+                }
+                movements.push(CustomerMovement { customer_id: customer.to_string(), record });
+            }
+            let next_page_token = match movements.last() {
+                Some(last) if more => Some(format!("{}/{}", last.record.date, last.customer_id)),
+                _ => None,
+            };
+            Ok(CustomerMovementPage { movements, next_page_token, position: snap.checkpoint()? })
         })
     }
 
@@ -1458,6 +1559,51 @@ mod tests {
         // The logs are not vacuous: many movements, of every kind.
         assert!(total >= 100, "{total} movements");
         assert_eq!(kinds.len(), Movement::ALL.len(), "{kinds:?}");
+    }
+
+    #[tokio::test]
+    async fn movement_pages_and_currencies_agree_with_the_whole_listing() {
+        let empty = Fixture::new(&[customer("c1")], 7).await;
+        assert!(empty.reader.movement_currencies().unwrap().is_empty());
+        for seed in [2, 5] {
+            let f = Fixture::new(&random_log(seed), 7).await;
+            assert_eq!(f.reader.movement_currencies().unwrap(), [usd()], "seed {seed}");
+            let mut rng = Rng(seed + 2000);
+            let day0 = date(2024, 12, 1);
+            for _ in 0..10 {
+                let a = plus(day0, rng.below(500));
+                let b = plus(a, rng.below(300));
+                let whole = f.reader.customer_movements(a, b, usd()).unwrap();
+                for size in [1, 3, 0] {
+                    let (mut paged, mut token) = (Vec::new(), None);
+                    loop {
+                        let page = f
+                            .reader
+                            .customer_movements_page(a, b, usd(), token.as_deref(), size)
+                            .unwrap();
+                        let max = if size == 0 { PAGE_SIZE_DEFAULT } else { size };
+                        assert!(page.movements.len() <= max);
+                        paged.extend(page.movements);
+                        match page.next_page_token {
+                            Some(t) => token = Some(t),
+                            None => break,
+                        }
+                    }
+                    assert_eq!(paged, whole, "seed {seed}: [{a}, {b}] by {size}");
+                }
+            }
+        }
+        let f = Fixture::new(&[customer("c1")], 7).await;
+        for token in ["", "x", "2025-01-01", "2025-13-01/c1", "2025-01-01/"] {
+            let bad = f.reader.customer_movements_page(
+                date(2025, 1, 1),
+                date(2025, 2, 1),
+                usd(),
+                Some(token),
+                1,
+            );
+            assert!(matches!(bad, Err(ProjectionError::InvalidArgument(_))), "{token:?}");
+        }
     }
 
     #[tokio::test]

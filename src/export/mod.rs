@@ -1,0 +1,394 @@
+//! `accrual export`: read models as CSV or JSON for analysts and auditors (SPEC §6).
+//!
+//! The source is a data directory nobody writes meanwhile: a stopped `accrual serve`'s, or the
+//! output of `accrual replay`. Read models are opened as they are on disk
+//! ([`projections::ReadModel::open_existing`], never through a runner, so nothing is cleared or
+//! rebuilt in place). `--as-of-recorded T` rebuilds the one model needed from the log, with the
+//! events recorded at or before T, into a temporary directory and exports that. Rows are read
+//! page by page and written as they come, so memory does not grow with the export.
+
+mod format;
+mod kinds;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use event_store::{EventStore, SledConfig, SledStore};
+use jiff::civil::Date;
+use jiff::Timestamp;
+use projections::invoices::InvoiceReader;
+use projections::journal::JournalReader;
+use projections::mrr::{Granularity, MrrReader};
+use projections::ReadModel;
+use replay::{Cutoff, Kind};
+
+use kinds::Window;
+
+/// The long help of `accrual export` (after the options).
+pub const HELP: &str = "\
+SOURCE
+  --data-dir is the data directory of a stopped `accrual serve` (DIR/read-models, DIR/log) or
+  the output directory of `accrual replay` (DIR/read-models, DIR/replay.json). The read models
+  are read as they are on disk, without writing: a model that is missing or was built by
+  another version of accrual is an error (run `accrual serve` on the directory, or `accrual
+  replay`, first). A serve that is still running holds the directory: stop it first. A model
+  is exported at its own checkpoint (stderr names the log position); if a serve stopped before
+  its projections caught up with the log, use --as-of-recorded with a time after the last
+  event to export a fresh rebuild instead.
+  --as-of-recorded T instead rebuilds the model the export needs from DIR/log, with the
+  events recorded at or before T, in a temporary directory (under $TMPDIR, removed at exit):
+  the books as they stood at T. A replay output has no log and cannot be used with it.
+
+EFFECTIVE DATES (--from, --effective: YYYY-MM-DD, both inclusive)
+  invoices           issued on those days (the UTC date of issued_at). Status, payments and
+                     amount due are as of the log's end (or T), not as of --effective.
+  journal            entries dated on those days (business dates: the customer's local date).
+  trial-balance      balances at the end of --effective. Default: the date of the last journal
+                     entry (recognition is posted ahead, so this includes scheduled revenue);
+                     give --effective for the books at a date. --from is refused.
+  revenue-waterfall  the months of --from to --effective. Default: the first to the last month
+                     with recognized revenue.
+  mrr-movements      movements dated on those days. With --granularity day|month: one MRR
+                     bridge row per currency and day or month with movements instead of one
+                     row per customer movement.
+
+FORMATS
+  csv   RFC 4180: one header row, comma-separated, CRLF line ends, fields quoted only when
+        needed, UTF-8 without BOM.
+  json  one JSON array, one record (object) per line, keys in the CSV's column order; `[]`
+        when empty. Amounts, dates and ids are strings; counts and log positions are numbers;
+        an absent value is null (an empty CSV field).
+  Amounts are decimal strings with exactly the currency's minor-unit digits (USD 12.50, JPY
+  1250, KWD 1.250), never rounded. Dates are YYYY-MM-DD; instants RFC 3339 in UTC.
+
+COLUMNS
+  invoices           one row per invoice, in issue order: invoice_id, customer_id,
+                     subscription_id, currency, period_start, period_end_exclusive, issued_at,
+                     reason, status, subtotal, tax_rate_percent, tax, total, amount_paid,
+                     amount_due, failed_attempts, line_count. JSON adds `lines` (line_index,
+                     kind, description, metric_code, charge_model, units, service_period_start,
+                     service_period_end_exclusive, amount); CSV has no lines.
+  journal            one row per posting, entries in date then posting order: entry, date,
+                     kind, invoice_id, subscription_id, currency, account, debit, credit,
+                     log_position. `entry` is the posting counter, or A<n> for a usage accrual
+                     (numbered apart; n = log position of the day's first event).
+  trial-balance      as_of, currency, account, debit, credit: each account with a balance, then
+                     a TOTAL row per currency (Σ debit = Σ credit).
+  revenue-waterfall  invoice_id, line_index, currency, revenue_type, one column per month
+                     (YYYY-MM, revenue recognized that month, 0 when none), total.
+  mrr-movements      date, customer_id, currency, kind, amount, mrr_before, mrr_after, by
+                     currency then date then customer. With --granularity: period_start,
+                     currency, mrr_start, new, expansion, contraction, churn, reactivation, net,
+                     mrr_end, movements (count).
+
+Progress and a summary go to stderr; the export to stdout, or to --out FILE (written beside it
+and renamed into place when complete).";
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ExportKind {
+    Invoices,
+    Journal,
+    TrialBalance,
+    RevenueWaterfall,
+    MrrMovements,
+}
+
+impl ExportKind {
+    /// The read model the export reads.
+    fn source(self) -> Kind {
+        match self {
+            ExportKind::Invoices => Kind::Invoices,
+            ExportKind::Journal | ExportKind::TrialBalance | ExportKind::RevenueWaterfall => {
+                Kind::Journal
+            }
+            ExportKind::MrrMovements => Kind::Mrr,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ExportKind::Invoices => "invoices",
+            ExportKind::Journal => "journal",
+            ExportKind::TrialBalance => "trial-balance",
+            ExportKind::RevenueWaterfall => "revenue-waterfall",
+            ExportKind::MrrMovements => "mrr-movements",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ExportFormat {
+    Csv,
+    Json,
+}
+
+impl ExportFormat {
+    fn name(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Json => "json",
+        }
+    }
+}
+
+/// Bucket size of the `mrr-movements` bridge.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum GranularityArg {
+    Day,
+    Month,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// What to export.
+    #[arg(value_enum)]
+    pub kind: ExportKind,
+    /// csv (RFC 4180, header row) or json (an array, one record per line).
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: ExportFormat,
+    /// Data directory of a stopped `accrual serve`, or the output of `accrual replay`.
+    #[arg(long, env = "ACCRUAL_DATA_DIR", default_value = "accrual-data")]
+    pub data_dir: PathBuf,
+    /// The books as they stood at this recorded time (RFC 3339, e.g. 2025-04-05T00:00:00Z):
+    /// rebuilds the model from <data-dir>/log up to it in a temporary directory.
+    #[arg(long, value_name = "T", value_parser = parse_timestamp)]
+    pub as_of_recorded: Option<Timestamp>,
+    /// Last effective (business) date included, YYYY-MM-DD; the trial balance's as-of date
+    /// (default: the last journal entry's date); per export: see --help.
+    #[arg(long, value_name = "DATE", value_parser = parse_date)]
+    pub effective: Option<Date>,
+    /// First effective date included, YYYY-MM-DD (not for trial-balance).
+    #[arg(long, value_name = "DATE", value_parser = parse_date)]
+    pub from: Option<Date>,
+    /// mrr-movements only: an MRR bridge per day or month instead of one row per movement.
+    #[arg(long, value_enum)]
+    pub granularity: Option<GranularityArg>,
+    /// Write the export to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+fn parse_date(s: &str) -> Result<Date, String> {
+    let wrong = || format!("{s:?} is not a date YYYY-MM-DD");
+    if s.len() != 10 || s.as_bytes()[4] != b'-' || s.as_bytes()[7] != b'-' {
+        return Err(wrong());
+    }
+    s.parse::<Date>().map_err(|e| format!("{}: {e}", wrong()))
+}
+
+fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
+    s.parse::<Timestamp>().map_err(|e| {
+        format!("{s:?} is not an RFC 3339 time with an offset (e.g. 2025-04-05T00:00:00Z): {e}")
+    })
+}
+
+pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
+    check_args(&args)?;
+    let source = Source::open(&args).await?;
+    let kind = args.kind.source();
+    let model = source.model(kind)?;
+    let position = model.checkpoint()?;
+    let (rows, written_to) = match &args.out {
+        None => {
+            let stdout = std::io::stdout().lock();
+            let rows = match export(&args, model, std::io::BufWriter::new(stdout)) {
+                Err(e) if is_broken_pipe(&e) => return Ok(()),
+                other => other?,
+            };
+            (rows, "stdout".to_string())
+        }
+        Some(path) => (export_to_file(&args, model, path)?, path.display().to_string()),
+    };
+    eprintln!(
+        "accrual export: {rows} {} rows ({}) to {written_to}, from {} at log position {position}",
+        args.kind.name(),
+        args.format.name(),
+        source.label,
+    );
+    Ok(())
+}
+
+fn check_args(args: &ExportArgs) -> anyhow::Result<()> {
+    if args.granularity.is_some() && args.kind != ExportKind::MrrMovements {
+        anyhow::bail!("--granularity is for mrr-movements only");
+    }
+    if args.from.is_some() && args.kind == ExportKind::TrialBalance {
+        anyhow::bail!("a trial balance is at one date: give --effective, not --from");
+    }
+    if let (Some(from), Some(to)) = (args.from, args.effective) {
+        anyhow::ensure!(from <= to, "--from {from} is after --effective {to}");
+    }
+    Ok(())
+}
+
+/// Writes the export to a temporary file beside `path`, renamed to `path` once complete.
+fn export_to_file(args: &ExportArgs, model: ReadModel, path: &Path) -> anyhow::Result<u64> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".accrual-export-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    let (file, temp_path) = temp.into_parts();
+    let rows = export(args, model, std::io::BufWriter::new(file))?;
+    temp_path.persist(path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(rows)
+}
+
+/// Writes the export to `out`; returns the number of rows.
+fn export<W: Write>(args: &ExportArgs, model: ReadModel, out: W) -> anyhow::Result<u64> {
+    let window = Window { from: args.from, to: args.effective };
+    let format = args.format;
+    let (mut out, rows) = match args.kind {
+        ExportKind::Invoices => kinds::invoices(&InvoiceReader::new(model), window, format, out)?,
+        ExportKind::Journal => kinds::journal(&JournalReader::new(model), window, format, out)?,
+        ExportKind::TrialBalance => {
+            let reader = JournalReader::new(model);
+            let as_of = match args.effective {
+                Some(d) => Some(d),
+                None => reader.last_entry_date()?,
+            };
+            if args.effective.is_none() {
+                match as_of {
+                    Some(d) => eprintln!("trial balance as of {d} (the last journal entry's date)"),
+                    None => eprintln!("the journal is empty: no trial balance rows"),
+                }
+            }
+            kinds::trial_balance(&reader, as_of, format, out)?
+        }
+        ExportKind::RevenueWaterfall => {
+            kinds::revenue_waterfall(&JournalReader::new(model), window, format, out)?
+        }
+        ExportKind::MrrMovements => {
+            let reader = MrrReader::new(model);
+            match args.granularity {
+                None => kinds::mrr_movements(&reader, window, format, out)?,
+                Some(g) => {
+                    let g = match g {
+                        GranularityArg::Day => Granularity::Day,
+                        GranularityArg::Month => Granularity::Month,
+                    };
+                    kinds::mrr_bridge(&reader, window, g, format, out)?
+                }
+            }
+        }
+    };
+    out.flush()?;
+    Ok(rows)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let io = c.downcast_ref::<std::io::Error>().map(|e| e.kind());
+        let csv = c.downcast_ref::<csv::Error>().and_then(|e| match e.kind() {
+            csv::ErrorKind::Io(io) => Some(io.kind()),
+            _ => None,
+        });
+        io.or(csv) == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Where the read models come from. The database closes before the scratch directory goes.
+struct Source {
+    db: sled::Db,
+    /// For messages: the directory and, for a rebuild, its cutoff.
+    label: String,
+    data_dir: PathBuf,
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl Source {
+    async fn open(args: &ExportArgs) -> anyhow::Result<Source> {
+        let dir = &args.data_dir;
+        anyhow::ensure!(dir.is_dir(), "the data directory {} does not exist", dir.display());
+        match args.as_of_recorded {
+            None => Self::on_disk(dir),
+            Some(t) => Self::rebuilt(dir, t, args.kind.source()).await,
+        }
+    }
+
+    fn on_disk(dir: &Path) -> anyhow::Result<Source> {
+        let models = dir.join(replay::READ_MODELS_DIR);
+        anyhow::ensure!(
+            models.is_dir(),
+            "no read models in {}: run `accrual serve --data-dir {0}` (then stop it) or \
+             `accrual replay` into it first",
+            dir.display()
+        );
+        let db = projections::open_db(&models).with_context(|| {
+            format!(
+                "opening {} (is `accrual serve` still running on it? stop it first)",
+                models.display()
+            )
+        })?;
+        let manifest = dir.join(replay::MANIFEST_FILE);
+        let label = if manifest.is_file() {
+            format!("the replay in {}", dir.display())
+        } else {
+            dir.display().to_string()
+        };
+        Ok(Source { db, label, data_dir: dir.to_path_buf(), _scratch: None })
+    }
+
+    async fn rebuilt(dir: &Path, t: Timestamp, kind: Kind) -> anyhow::Result<Source> {
+        let log = dir.join("log");
+        anyhow::ensure!(
+            log.is_dir(),
+            "--as-of-recorded rebuilds from the event log, and {} has none (the output of \
+             `accrual replay` has no log: give the data directory of `accrual serve`)",
+            dir.display()
+        );
+        let store = SledStore::open(SledConfig::new(&log)).with_context(|| {
+            format!(
+                "opening {} (is `accrual serve` still running on it? stop it first)",
+                log.display()
+            )
+        })?;
+        let store: Arc<dyn EventStore> = Arc::new(store);
+        let scratch = tempfile::Builder::new().prefix("accrual-export-").tempdir()?;
+        let out = scratch.path().join("replay");
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(indicatif::ProgressStyle::with_template(
+            "rebuilding {msg} {pos}/{len} events [{bar:40}]",
+        )?);
+        bar.set_message(kind.name());
+        let progress = |applied: u64, end: u64| {
+            bar.set_length(end);
+            bar.set_position(applied);
+        };
+        let rebuilt =
+            replay::rebuild(store.clone(), Cutoff::RecordedAt(t), &[kind], &out, &progress)
+                .await
+                .context("rebuilding from the log")?;
+        bar.finish_and_clear();
+        store.close().await?;
+        let end = rebuilt.manifest.end_position;
+        eprintln!(
+            "rebuilt {} from {} events recorded at or before {t} in {:.1} s",
+            kind.name(),
+            end,
+            rebuilt.secs
+        );
+        let db = projections::open_db(out.join(replay::READ_MODELS_DIR))?;
+        let label = format!("{} as recorded at {t}", log.display());
+        Ok(Source { db, label, data_dir: dir.to_path_buf(), _scratch: Some(scratch) })
+    }
+
+    /// The read model `kind`, as it is on disk.
+    fn model(&self, kind: Kind) -> anyhow::Result<ReadModel> {
+        ReadModel::open_existing(&self.db, kind.name(), kind.version())?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the {} read model in {} is missing or was built by another version of accrual: \
+                 run `accrual serve --data-dir {1}` (it rebuilds it; stop it afterwards) or \
+                 `accrual replay` into a new directory, then export again",
+                kind.name(),
+                self.data_dir.display()
+            )
+        })
+    }
+}
