@@ -33,8 +33,10 @@
 //! logged through `tracing`; ≈ 0.5 s per million events while the log fits sled's cache). The
 //! scan checks positions are contiguous, each `prev_hash` links to the previous event's stored
 //! hash, stream versions are contiguous and `recorded_at` never decreases; it does not recompute
-//! hashes (that is [`verify_chain`]'s job, used by the audit). Memory: one run (24 bytes) per
-//! stream per write, 8 bytes per chunk, one entry per idempotency key (kept forever).
+//! hashes (that is [`verify_chain`]'s job). Because the open refuses a log with broken links, the
+//! audit reads the log through [`LogScan`] instead: the chunks in key order, decoded but never
+//! judged, without the index and without writing. Memory: one run (24 bytes) per stream per
+//! write, 8 bytes per chunk, one entry per idempotency key (kept forever).
 //!
 //! # Write path (group commit, SPEC §3)
 //!
@@ -70,13 +72,15 @@ pub mod conformance;
 pub mod envelope;
 mod group;
 mod index;
+mod log_scan;
 mod memory_store;
 mod sled_store;
 
 pub use chain::{verify_chain, BreakKind, ChainBreak, ChainVerifier};
 pub use envelope::{canonical_bytes, compute_hash, GENESIS_HASH};
+pub use log_scan::{LogScan, ScanEvents};
 pub use memory_store::MemoryStore;
-pub use sled_store::{SledConfig, SledStore};
+pub use sled_store::{SledConfig, SledStore, LOG_TREE, SLED_SEGMENT_BYTES};
 
 /// Global position of an event in the log (0-based, contiguous).
 pub type Position = u64;

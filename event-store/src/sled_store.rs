@@ -17,15 +17,18 @@ use crate::{
     RecordedEvent, RequestSize, StoreError, DEFAULT_COMMIT_EVENTS_MAX,
 };
 
-const LOG_TREE: &str = "log";
-const FORMAT_KEY: &str = "event-store-format";
-const STORE_FORMAT: u8 = 1;
+/// Name of the sled tree that holds the log's chunks (see the crate docs for the layout).
+pub const LOG_TREE: &str = "log";
+pub(crate) const FORMAT_KEY: &str = "event-store-format";
+pub(crate) const STORE_FORMAT: u8 = 1;
 /// A group stops taking requests once it holds this many request bytes.
 const GROUP_BYTES_TARGET: usize = 8 << 20;
-/// sled segment size. Persisted by sled in the database: never change it for existing stores.
-/// sled writes items larger than a quarter of it to blob files it never fsyncs; 8 MiB (the
-/// maximum is 16 MiB) puts that threshold at 2 MiB, far above a chunk's leaf (see `group.rs`).
-const SLED_SEGMENT_BYTES: usize = 8 << 20;
+/// sled segment size. Persisted by sled in the database: never change it for existing stores
+/// (sled refuses to open a database with another one, so anything opening the log directly must
+/// use this value). sled writes items larger than a quarter of it to blob files it never
+/// fsyncs; 8 MiB (the maximum is 16 MiB) puts that threshold at 2 MiB, far above a chunk's leaf
+/// (see `group.rs`).
+pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
 /// Reads of more events than this run on the blocking pool.
 const INLINE_READ_EVENTS: u64 = 4_096;
 
@@ -232,7 +235,7 @@ fn rebuild(log: &sled::Tree) -> Result<Index, StoreError> {
     Ok(index)
 }
 
-fn key_position(key: &[u8]) -> Result<Position, StoreError> {
+pub(crate) fn key_position(key: &[u8]) -> Result<Position, StoreError> {
     let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::Corrupt {
         position: 0,
         detail: format!("log key of {} bytes", key.len()),

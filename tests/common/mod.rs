@@ -1,0 +1,73 @@
+//! Helpers shared by end-to-end test files: the real `accrual` binary on a free port.
+//!
+//! (`tests/e2e.rs` predates this module and keeps its own copy of `Server`.)
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+
+/// `accrual serve` started on a data dir; killed (if still running) when dropped, so a failing
+/// assertion never leaves a server behind.
+pub struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    /// Starts `accrual serve` on `127.0.0.1:port` without the billing scheduler.
+    pub fn start(data_dir: &std::path::Path, port: u16) -> Server {
+        let child = Command::new(env!("CARGO_BIN_EXE_accrual"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--scheduler-interval-secs",
+                "0",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("ACCRUAL_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start accrual serve");
+        Server { child, port }
+    }
+
+    /// A channel to the server once its health service reports `service` SERVING.
+    pub async fn serving(&self, service: &str) -> Channel {
+        let url = format!("http://127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(channel) = Channel::from_shared(url.clone()).unwrap().connect().await {
+                let mut health =
+                    tonic_health::pb::health_client::HealthClient::new(channel.clone());
+                let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
+                if let Ok(r) = health.check(req).await {
+                    assert_eq!(r.into_inner().status, 1, "SERVING");
+                    return channel;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for the exit (graceful shutdown: the store is flushed and closed).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
