@@ -651,18 +651,11 @@ async fn mrr_report(
         "{:<8} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>12}",
         "month", "new", "expansion", "contraction", "churn", "reactivation", "net", "MRR"
     );
-    for (bucket, month_end) in moves.buckets.iter().zip(ends) {
+    for bucket in &moves.buckets {
         let get = |k: &str| {
             let t = bucket.totals.iter().find(|t| t.kind == k);
             t.map(|t| format!("{}/{}", t.count, money(&t.amount))).unwrap_or_else(|| "-".into())
         };
-        let mrr = pb::MrrRequest {
-            currency: "USD".into(),
-            date: month_end.to_string(),
-            customer_id: String::new(),
-            min_position: pos,
-        };
-        let mrr = q.get_mrr(mrr).await?.into_inner().mrr;
         println!(
             "{:<8} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>12}",
             &bucket.start[..7],
@@ -672,11 +665,11 @@ async fn mrr_report(
             get("churn"),
             get("reactivation"),
             money(&bucket.net),
-            money(&mrr)
+            money(&bucket.mrr)
         );
     }
     println!(
-        "(count/amount per movement; MRR at the month end; final {})",
+        "(months with movements; count/amount per movement; MRR at the month end; final {})",
         money(&moves.mrr_at_to)
     );
     Ok(())

@@ -301,7 +301,8 @@ async fn ledger_views(q: &mut QueryServiceClient<Channel>, invoice: &pb::Invoice
         ["page_size"]
     );
     waterfall(q, invoice, seen).await;
-    usage_revenue(q, end, seen).await;
+    let accrued_on = entries.iter().find(|e| e.kind == "usage_accrual").unwrap().date.clone();
+    usage_revenue(q, &accrued_on, seen).await;
     invoices_by_period(q, start, end, seen).await;
 }
 
@@ -331,8 +332,8 @@ async fn waterfall(q: &mut QueryServiceClient<Channel>, invoice: &pb::Invoice, s
     assert_eq!(fields, ["from_month", "to_month", "page_token"]);
 }
 
-/// Usage revenue is dated on the last day of the usage's service period.
-async fn usage_revenue(q: &mut QueryServiceClient<Channel>, end: jiff::civil::Date, seen: u64) {
+/// Usage revenue is recognized on the day the usage was consumed (its journal accrual's date).
+async fn usage_revenue(q: &mut QueryServiceClient<Channel>, accrued_on: &str, seen: u64) {
     let request = pb::UsageRevenueRequest {
         currency: "USD".into(),
         from: date_in(-40),
@@ -341,10 +342,9 @@ async fn usage_revenue(q: &mut QueryServiceClient<Channel>, end: jiff::civil::Da
         min_position: Some(seen),
     };
     let usage = q.get_usage_revenue(request).await.unwrap().into_inner();
-    let buckets: Vec<(String, u64, rust_decimal::Decimal)> =
-        usage.buckets.iter().map(|b| (b.start.clone(), b.lines, dec(&b.amount))).collect();
-    let last = end.yesterday().unwrap().to_string();
-    assert_eq!(buckets, [(last, 1, dec("180"))]);
+    let buckets: Vec<(String, u32, rust_decimal::Decimal)> =
+        usage.buckets.iter().map(|b| (b.start.clone(), b.days, dec(&b.amount))).collect();
+    assert_eq!(buckets, [(accrued_on.to_string(), 1, dec("180"))]);
     assert_eq!(dec(&usage.total), dec("180"));
 }
 
@@ -634,6 +634,18 @@ async fn write_side_end_to_end_with_kill_and_restart() {
         ("draft", "220.00"),
         "the draft before the close"
     );
+    let mut q = query_client(port).await;
+    let seen = pb::CurrentUsageQuery { subscription_id: "sub-1".into(), min_position: Some(last) };
+    let read = q.get_current_usage(seen).await.unwrap().into_inner();
+    let read_draft = read.invoice.unwrap();
+    assert!(read.position > last, "the query side's draft reflects the last usage");
+    assert_eq!(
+        (read_draft.status.as_str(), read_draft.total.as_str(), read_draft.lines.len()),
+        ("draft", "220.00", draft.lines.len()),
+        "the query side's draft is the command side's"
+    );
+    let ghost = pb::CurrentUsageQuery { subscription_id: "sub-ghost".into(), min_position: None };
+    assert_code(q.get_current_usage(ghost).await, Code::NotFound);
 
     let run = c
         .run_billing(pb::RunBillingRequest { as_of: Some(days_later(40)), ..Default::default() })

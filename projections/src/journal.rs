@@ -1153,6 +1153,16 @@ pub struct WaterfallPage {
     pub position: Position,
 }
 
+/// Usage revenue of one day or month ([`JournalReader::usage_revenue`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRevenueBucket {
+    /// The day, or the first of the month.
+    pub start: Date,
+    /// Days with usage revenue in the bucket.
+    pub days: u32,
+    pub amount: Decimal,
+}
+
 /// Read-only access to the journal read model.
 #[derive(Clone)]
 pub struct JournalReader {
@@ -1274,6 +1284,44 @@ impl JournalReader {
             }
             Ok(rows.into_values().collect())
         })
+    }
+
+    /// Usage revenue recognized per day or month in [from, to] in `currency` (the daily net of
+    /// `revenue:usage`: accrued as consumed, less reversals), buckets with a non-zero amount
+    /// only, in date order. `days` counts the days with usage revenue in each bucket.
+    pub fn usage_revenue(
+        &self,
+        from: Date,
+        to: Date,
+        granularity: crate::mrr::Granularity,
+        currency: Currency,
+    ) -> Result<Vec<UsageRevenueBucket>> {
+        let account = Account::Revenue(RevenueType::Usage);
+        let prefix = format!("b/{}/{}/", currency.code(), account.as_str());
+        let mut buckets: Vec<UsageRevenueBucket> = Vec::new();
+        self.model.read(|snap| {
+            scan_all(snap, prefix.as_bytes(), |key, value| {
+                let date: Date = std::str::from_utf8(key)
+                    .ok()
+                    .and_then(|k| k.parse().ok())
+                    .ok_or_else(|| corrupt(NAME, "balance key is not a date"))?;
+                if date > to {
+                    return Ok(false);
+                }
+                if date >= from {
+                    let start = granularity.bucket(date);
+                    if buckets.last().is_none_or(|b| b.start != start) {
+                        buckets.push(UsageRevenueBucket { start, days: 0, amount: Decimal::ZERO });
+                    }
+                    let bucket = buckets.last_mut().expect("pushed above");
+                    bucket.days += 1;
+                    bucket.amount -= parse_decimal(value)?;
+                }
+                Ok(true)
+            })
+        })?;
+        buckets.retain(|b| !b.amount.is_zero());
+        Ok(buckets)
     }
 
     /// The current-usage draft of the subscription's oldest open period (what closing it

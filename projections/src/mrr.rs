@@ -539,7 +539,8 @@ pub enum Granularity {
 }
 
 impl Granularity {
-    fn bucket(self, d: Date) -> Date {
+    /// The first day of the bucket holding `d`.
+    pub fn bucket(self, d: Date) -> Date {
         match self {
             Granularity::Day => d,
             Granularity::Month => d.first_of_month(),

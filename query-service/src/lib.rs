@@ -197,6 +197,21 @@ impl QueryService for QueryApi {
         Ok(Response::new(pb::InvoiceView { invoice: Some(invoice(record)), position }))
     }
 
+    #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
+    async fn get_current_usage(
+        &self,
+        request: Request<pb::CurrentUsageQuery>,
+    ) -> Result<Response<pb::InvoiceView>, Status> {
+        let view = &self.models.journal;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let id = &request.get_ref().subscription_id;
+        let position = position(view.reader.model())?;
+        let draft = view.reader.current_usage(id).map_err(read_error("subscription_id"))?;
+        let draft = draft.ok_or_else(|| not_found("open period of subscription", id))?;
+        let invoice = Some(command_service::convert::draft(draft));
+        Ok(Response::new(pb::InvoiceView { invoice, position }))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn list_invoices(
         &self,
@@ -328,7 +343,7 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::UsageRevenueRequest>,
     ) -> Result<Response<pb::UsageRevenueResponse>, Status> {
-        let view = &self.models.mrr;
+        let view = &self.models.journal;
         catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
         let r = request.get_ref();
         let (cur, from, to, granularity) = series(&r.currency, &r.from, &r.to, &r.granularity)?;
@@ -340,7 +355,7 @@ impl QueryService for QueryApi {
             .into_iter()
             .map(|b| pb::UsageRevenueBucket {
                 start: b.start.to_string(),
-                lines: b.lines,
+                days: b.days,
                 amount: b.amount.to_string(),
             })
             .collect();

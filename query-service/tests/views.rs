@@ -592,11 +592,13 @@ async fn usage_revenue_beside_mrr_and_the_mrr_of_each_bucket() {
         min_position: Some(10),
     };
     let by_month = f.usage(usage("")).await.unwrap();
-    let buckets: Vec<(&str, u64, Decimal)> =
-        by_month.buckets.iter().map(|b| (b.start.as_str(), b.lines, dec(&b.amount))).collect();
+    let buckets: Vec<(&str, u32, Decimal)> =
+        by_month.buckets.iter().map(|b| (b.start.as_str(), b.days, dec(&b.amount))).collect();
     assert_eq!(buckets, [("2025-01-01", 1, dec("8"))]);
     assert_eq!((dec(&by_month.total), by_month.position), (dec("8"), 11));
     let by_day = f.usage(usage("day")).await.unwrap();
+    // The hand-written log has no subscription for the usage meter to rate, so nothing accrued
+    // as consumed: the invoice line's whole amount is recognized on its period's last day.
     assert_eq!(by_day.buckets[0].start, "2025-01-31", "the last day of the usage's period");
     let bad = pb::UsageRevenueRequest {
         currency: "XYZ".into(),
