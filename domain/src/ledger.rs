@@ -823,8 +823,13 @@ impl Ledger {
                 Some(u) if start < end => u.aggregate.units(start, end)?,
                 _ => Decimal::ZERO,
             };
-            let amounts: Vec<Decimal> =
-                usage.map(|u| u.amounts.values().copied().collect()).unwrap_or_default();
+            // Only a percentage model reads each event's amount (O(events) to gather).
+            let amounts: Vec<Decimal> = match usage {
+                Some(u) if charge.model.needs_event_amounts() => {
+                    u.amounts.values().copied().collect()
+                }
+                _ => Vec::new(),
+            };
             let amount = charge.model.rate(&RatingInput { units, event_amounts: &amounts })?;
             lines.push(LineDraft {
                 kind: LineKind::Usage,
