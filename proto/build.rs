@@ -2,7 +2,12 @@
 //! and writes the descriptor set used by gRPC server reflection.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["accrual/v1/common.proto", "accrual/v1/command.proto", "accrual/v1/query.proto"];
+    let protos = [
+        "accrual/v1/common.proto",
+        "accrual/v1/command.proto",
+        "accrual/v1/query.proto",
+        "accrual/v1/audit.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -141,7 +141,8 @@ async fn start_service(
     let query = Some(QueryApi::new(models));
     let task = tokio::spawn(async move {
         let limits = (Limits::default(), ServerLimits::default());
-        serve(listener, Some(Arc::new(engine)), query, limits.0, limits.1, shutdown).await?;
+        let engine = Some(Arc::new(engine));
+        serve(listener, engine, query, None, limits.0, limits.1, shutdown).await?;
         for p in projectors {
             p.await?;
         }

@@ -2,6 +2,7 @@
 //! company through it; `replay`, `audit` and `export` are for auditors; `bench` measures.
 
 mod audit;
+mod audit_service;
 mod bench;
 mod config;
 mod demo;

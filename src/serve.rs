@@ -3,17 +3,19 @@
 //! runs the billing scheduler, and shuts down gracefully on SIGTERM or ctrl-c.
 //!
 //! `--role` runs a subset: `command` (the write model, CommandService, billing scheduler),
-//! `projector` (the projection runners), `query` (QueryService). A query role without the
-//! projector serves the read models as they are on disk. sled is single-process (one process
-//! locks `log/` and `read-models/`), so a role not run here cannot run in another process on the
-//! same data dir; separate processes per role come with the EventStoreDB backend (issue #6).
+//! `projector` (the projection runners), `query` (QueryService, and AuditService over the log
+//! this process has open). A query role without the projector serves the read models as they
+//! are on disk. sled is single-process (one process locks `log/` and `read-models/`), so a role
+//! not run here cannot run in another process on the same data dir; separate processes per role
+//! come with the EventStoreDB backend (issue #6).
 //!
 //! `--read-only` (with `--role query` only) serves the read models of a directory without
 //! opening its log: a stopped server's data dir, or the output of `accrual replay` (the books
-//! as they stood at a cutoff).
+//! as they stood at a cutoff). With no log, it runs no AuditService.
 //!
 //! Data directory layout: `<data-dir>/log` (the event store), `<data-dir>/read-models` (the
-//! projections; can be deleted at any time and is rebuilt from the log).
+//! projections; can be deleted at any time and is rebuilt from the log), `<data-dir>/replays`
+//! (what AuditService.Replay wrote, created on first use).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,7 @@ use query_service::{QueryApi, ReadModels, View};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::audit_service::AuditApi;
 use crate::config::Settings;
 use crate::server::{serve, ServerLimits};
 
@@ -160,15 +163,21 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let models = if roles.projector {
-        let (models, projectors) = start_projections(&s.data_dir, store, stop_rx.clone())?;
+        let (models, projectors) = start_projections(&s.data_dir, store.clone(), stop_rx.clone())?;
         tasks.extend(projectors);
         Some(models)
     } else if roles.query {
-        Some(open_projections(&s.data_dir, Some(store))?)
+        Some(open_projections(&s.data_dir, Some(store.clone()))?)
     } else {
         None
     };
-    let query = models.filter(|_| roles.query).map(QueryApi::new);
+    let models = models.filter(|_| roles.query);
+    // The audit side needs the log, which this process has open, and the query role's models.
+    let audit = match &models {
+        Some(models) => Some(AuditApi::new(store, models.clone(), &s.data_dir)?),
+        None => None,
+    };
+    let query = models.map(QueryApi::new);
     if let Some(engine) = &engine {
         let interval = s.scheduler_interval_secs;
         tasks.push(tokio::spawn(scheduler(engine.clone(), interval, stop_rx.clone())));
@@ -178,7 +187,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
     };
-    serve(listener, engine, query, Limits::default(), ServerLimits::default(), shutdown).await?;
+    let limits = (Limits::default(), ServerLimits::default());
+    serve(listener, engine, query, audit, limits.0, limits.1, shutdown).await?;
     for task in tasks {
         task.await?;
     }
@@ -196,7 +206,7 @@ async fn serve_read_only(s: Settings) -> anyhow::Result<()> {
         shutdown_signal().await;
         tracing::info!("shutdown requested");
     };
-    serve(listener, None, query, Limits::default(), ServerLimits::default(), shutdown).await
+    serve(listener, None, query, None, Limits::default(), ServerLimits::default(), shutdown).await
 }
 
 /// Calls RunBilling(now) every `interval_secs` until told to stop.

@@ -1,7 +1,8 @@
 //! The gRPC server: the command service and the query service (each when this process runs
-//! its role), health (SERVING for the services registered here; others are unknown to it) and
-//! reflection (so grpcurl, grpcui and Postman work with no proto files; it lists the services
-//! registered here), with explicit transport limits and graceful shutdown.
+//! its role), the audit service (with the query role, when the process has the log open),
+//! health (SERVING for the services registered here; others are unknown to it) and reflection
+//! (so grpcurl, grpcui and Postman work with no proto files; it lists the services registered
+//! here), with explicit transport limits and graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,11 +10,14 @@ use std::time::Duration;
 
 use command_service::engine::Engine;
 use command_service::service::{CommandApi, Limits};
+use proto::v1::audit_service_server::{self, AuditServiceServer};
 use proto::v1::command_service_server::{self, CommandServiceServer};
 use proto::v1::query_service_server::{self, QueryServiceServer};
 use query_service::QueryApi;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::audit_service::AuditApi;
 
 /// Transport bounds of the server.
 #[derive(Clone, Debug)]
@@ -38,12 +42,13 @@ impl Default for ServerLimits {
 
 /// Serves until `shutdown` resolves, then stops accepting, lets calls in flight finish, and
 /// flushes the engine (every acknowledged command is already durable; this drains the rest).
-/// `engine` serves the CommandService and `query` the QueryService; a service given `None` is
-/// not registered (its calls answer UNIMPLEMENTED).
+/// `engine` serves the CommandService, `query` the QueryService and `audit` the AuditService;
+/// a service given `None` is not registered (its calls answer UNIMPLEMENTED).
 pub async fn serve(
     listener: TcpListener,
     engine: Option<Arc<Engine>>,
     query: Option<QueryApi>,
+    audit: Option<AuditApi>,
     limits: Limits,
     server: ServerLimits,
     shutdown: impl Future<Output = ()> + Send,
@@ -58,6 +63,10 @@ pub async fn serve(
         health.set_serving::<QueryServiceServer<QueryApi>>().await;
         services.push(query_service_server::SERVICE_NAME);
     }
+    if audit.is_some() {
+        health.set_serving::<AuditServiceServer<AuditApi>>().await;
+        services.push(audit_service_server::SERVICE_NAME);
+    }
     let reflection = |own: &str| {
         services.iter().chain([&own]).fold(
             tonic_reflection::server::Builder::configure()
@@ -70,7 +79,7 @@ pub async fn serve(
     let reflection_v1 = reflection(v1::server_reflection_server::SERVICE_NAME).build_v1()?;
     let reflection_v1alpha =
         reflection(v1alpha::server_reflection_server::SERVICE_NAME).build_v1alpha()?;
-    let running = (engine.is_some(), query.is_some());
+    let running = (engine.is_some(), query.is_some(), audit.is_some());
     let commands = engine.clone().map(|engine| {
         CommandServiceServer::new(CommandApi::new(engine, limits))
             .max_decoding_message_size(server.message_bytes_max)
@@ -86,6 +95,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_optional_service(commands)
         .add_optional_service(query.map(QueryServiceServer::new))
+        .add_optional_service(audit.map(AuditServiceServer::new))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     if running.0 {
@@ -93,6 +103,9 @@ pub async fn serve(
     }
     if running.1 {
         health.set_not_serving::<QueryServiceServer<QueryApi>>().await;
+    }
+    if running.2 {
+        health.set_not_serving::<AuditServiceServer<AuditApi>>().await;
     }
     tracing::info!("server stopped accepting; flushing");
     if let Some(engine) = engine {

@@ -6,6 +6,10 @@
 //! rebuilt in place). `--as-of-recorded T` rebuilds the one model needed from the log, with the
 //! events recorded at or before T, into a temporary directory and exports that. Rows are read
 //! page by page and written as they come, so memory does not grow with the export.
+//!
+//! [`write`] is the export itself: a [`Spec`] (kind, format, effective dates) over an open
+//! [`ReadModel`] into any [`Write`]. The CLI writes to stdout or a file; the AuditService's
+//! `Export` (`crate::audit_service`) streams it over gRPC from the live read models.
 
 mod format;
 mod kinds;
@@ -97,8 +101,13 @@ pub enum ExportKind {
 }
 
 impl ExportKind {
+    /// The kind named `name` (as on the command line: `trial-balance`, ...).
+    pub fn parse(name: &str) -> Option<ExportKind> {
+        <ExportKind as ValueEnum>::from_str(name, false).ok()
+    }
+
     /// The read model the export reads.
-    fn source(self) -> Kind {
+    pub fn source(self) -> Kind {
         match self {
             ExportKind::Invoices => Kind::Invoices,
             ExportKind::Journal | ExportKind::TrialBalance | ExportKind::RevenueWaterfall => {
@@ -108,7 +117,7 @@ impl ExportKind {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             ExportKind::Invoices => "invoices",
             ExportKind::Journal => "journal",
@@ -126,7 +135,12 @@ pub enum ExportFormat {
 }
 
 impl ExportFormat {
-    fn name(self) -> &'static str {
+    /// `csv` or `json`.
+    pub fn parse(name: &str) -> Option<ExportFormat> {
+        <ExportFormat as ValueEnum>::from_str(name, false).ok()
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
             ExportFormat::Csv => "csv",
             ExportFormat::Json => "json",
@@ -185,25 +199,97 @@ fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
     })
 }
 
+/// What one export writes: the kind, the format and the effective-date options (both dates
+/// inclusive; see [`HELP`] for what they mean per kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub kind: ExportKind,
+    pub format: ExportFormat,
+    pub from: Option<Date>,
+    pub effective: Option<Date>,
+    /// `mrr-movements` only: a bridge per day or month.
+    pub granularity: Option<Granularity>,
+}
+
+/// An option combination an export refuses: the option (`granularity`, `from`, `effective`)
+/// and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Spec {
+    /// The option combinations this export refuses (none: it can run). `name` spells an option
+    /// as the caller knows it (`--from` on the command line, `from` in a gRPC request).
+    pub fn problems(&self, name: impl Fn(&str) -> String) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.granularity.is_some() && self.kind != ExportKind::MrrMovements {
+            let message = format!("{} is for mrr-movements only", name("granularity"));
+            problems.push(Problem { field: "granularity", message });
+        }
+        if self.from.is_some() && self.kind == ExportKind::TrialBalance {
+            let message = format!(
+                "a trial balance is at one date: give {}, not {}",
+                name("effective"),
+                name("from")
+            );
+            problems.push(Problem { field: "from", message });
+        }
+        if let (Some(from), Some(to)) = (self.from, self.effective) {
+            if from > to {
+                let message =
+                    format!("{} {from} is after {} {to}", name("from"), name("effective"));
+                problems.push(Problem { field: "effective", message });
+            }
+        }
+        problems
+    }
+}
+
+/// What [`write`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub rows: u64,
+    /// Worth telling the reader (e.g. the date a trial balance defaulted to).
+    pub note: Option<String>,
+}
+
 pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
-    check_args(&args)?;
+    let spec = Spec {
+        kind: args.kind,
+        format: args.format,
+        from: args.from,
+        effective: args.effective,
+        granularity: args.granularity.map(|g| match g {
+            GranularityArg::Day => Granularity::Day,
+            GranularityArg::Month => Granularity::Month,
+        }),
+    };
+    if let Some(problem) = spec.problems(|option| format!("--{option}")).into_iter().next() {
+        anyhow::bail!(problem.message);
+    }
     let source = Source::open(&args).await?;
     let kind = args.kind.source();
     let model = source.model(kind)?;
     let position = model.checkpoint()?;
-    let (rows, written_to) = match &args.out {
+    let (written, written_to) = match &args.out {
         None => {
             let stdout = std::io::stdout().lock();
-            let rows = match export(&args, model, std::io::BufWriter::new(stdout)) {
+            let written = match write(&spec, model, std::io::BufWriter::new(stdout)) {
                 Err(e) if is_broken_pipe(&e) => return Ok(()),
                 other => other?,
             };
-            (rows, "stdout".to_string())
+            (written, "stdout".to_string())
         }
-        Some(path) => (export_to_file(&args, model, path)?, path.display().to_string()),
+        Some(path) => (export_to_file(&spec, model, path)?, path.display().to_string()),
     };
+    if let Some(note) = &written.note {
+        eprintln!("{note}");
+    }
     eprintln!(
-        "accrual export: {rows} {} rows ({}) to {written_to}, from {} at log position {position}",
+        "accrual export: {} {} rows ({}) to {written_to}, from {} at log position {position}",
+        written.rows,
         args.kind.name(),
         args.format.name(),
         source.label,
@@ -211,21 +297,8 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_args(args: &ExportArgs) -> anyhow::Result<()> {
-    if args.granularity.is_some() && args.kind != ExportKind::MrrMovements {
-        anyhow::bail!("--granularity is for mrr-movements only");
-    }
-    if args.from.is_some() && args.kind == ExportKind::TrialBalance {
-        anyhow::bail!("a trial balance is at one date: give --effective, not --from");
-    }
-    if let (Some(from), Some(to)) = (args.from, args.effective) {
-        anyhow::ensure!(from <= to, "--from {from} is after --effective {to}");
-    }
-    Ok(())
-}
-
 /// Writes the export to a temporary file beside `path`, renamed to `path` once complete.
-fn export_to_file(args: &ExportArgs, model: ReadModel, path: &Path) -> anyhow::Result<u64> {
+fn export_to_file(spec: &Spec, model: ReadModel, path: &Path) -> anyhow::Result<Written> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -235,29 +308,32 @@ fn export_to_file(args: &ExportArgs, model: ReadModel, path: &Path) -> anyhow::R
         .tempfile_in(dir)
         .with_context(|| format!("creating a file in {}", dir.display()))?;
     let (file, temp_path) = temp.into_parts();
-    let rows = export(args, model, std::io::BufWriter::new(file))?;
+    let written = write(spec, model, std::io::BufWriter::new(file))?;
     temp_path.persist(path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(rows)
+    Ok(written)
 }
 
-/// Writes the export to `out`; returns the number of rows.
-fn export<W: Write>(args: &ExportArgs, model: ReadModel, out: W) -> anyhow::Result<u64> {
-    let window = Window { from: args.from, to: args.effective };
-    let format = args.format;
-    let (mut out, rows) = match args.kind {
+/// Writes the export `spec` of `model` (the read model `spec.kind.source()`, open) to `out`,
+/// row by row as the pages are read, then flushes `out`. The caller checks
+/// [`Spec::problems`] first.
+pub fn write<W: Write>(spec: &Spec, model: ReadModel, out: W) -> anyhow::Result<Written> {
+    let window = Window { from: spec.from, to: spec.effective };
+    let format = spec.format;
+    let mut note = None;
+    let (mut out, rows) = match spec.kind {
         ExportKind::Invoices => kinds::invoices(&InvoiceReader::new(model), window, format, out)?,
         ExportKind::Journal => kinds::journal(&JournalReader::new(model), window, format, out)?,
         ExportKind::TrialBalance => {
             let reader = JournalReader::new(model);
-            let as_of = match args.effective {
+            let as_of = match spec.effective {
                 Some(d) => Some(d),
                 None => reader.last_entry_date()?,
             };
-            if args.effective.is_none() {
-                match as_of {
-                    Some(d) => eprintln!("trial balance as of {d} (the last journal entry's date)"),
-                    None => eprintln!("the journal is empty: no trial balance rows"),
-                }
+            if spec.effective.is_none() {
+                note = Some(match as_of {
+                    Some(d) => format!("trial balance as of {d} (the last journal entry's date)"),
+                    None => "the journal is empty: no trial balance rows".to_string(),
+                });
             }
             kinds::trial_balance(&reader, as_of, format, out)?
         }
@@ -266,23 +342,18 @@ fn export<W: Write>(args: &ExportArgs, model: ReadModel, out: W) -> anyhow::Resu
         }
         ExportKind::MrrMovements => {
             let reader = MrrReader::new(model);
-            match args.granularity {
+            match spec.granularity {
                 None => kinds::mrr_movements(&reader, window, format, out)?,
-                Some(g) => {
-                    let g = match g {
-                        GranularityArg::Day => Granularity::Day,
-                        GranularityArg::Month => Granularity::Month,
-                    };
-                    kinds::mrr_bridge(&reader, window, g, format, out)?
-                }
+                Some(g) => kinds::mrr_bridge(&reader, window, g, format, out)?,
             }
         }
     };
     out.flush()?;
-    Ok(rows)
+    Ok(Written { rows, note })
 }
 
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
+/// Whether `e` is the reader going away (a closed pipe or client): not worth reporting.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         let io = c.downcast_ref::<std::io::Error>().map(|e| e.kind());
         let csv = c.downcast_ref::<csv::Error>().and_then(|e| match e.kind() {

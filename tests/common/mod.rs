@@ -17,6 +17,11 @@ pub struct Server {
 impl Server {
     /// Starts `accrual serve` on `127.0.0.1:port` without the billing scheduler.
     pub fn start(data_dir: &std::path::Path, port: u16) -> Server {
+        Server::start_with(data_dir, port, &[])
+    }
+
+    /// Starts `accrual serve` with `extra` flags (e.g. `--role query --read-only`).
+    pub fn start_with(data_dir: &std::path::Path, port: u16, extra: &[&str]) -> Server {
         let child = Command::new(env!("CARGO_BIN_EXE_accrual"))
             .args([
                 "serve",
@@ -25,6 +30,7 @@ impl Server {
                 "--scheduler-interval-secs",
                 "0",
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .env("ACCRUAL_LOG_LEVEL", "warn")
