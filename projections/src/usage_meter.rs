@@ -52,16 +52,19 @@ pub struct Accrual {
 #[derive(Debug)]
 pub struct UsageMeter {
     ledger: Ledger,
-    /// Open runs by (subscription, period start).
-    runs: BTreeMap<(String, Date), Run>,
+    /// Open runs by subscription, then period start.
+    runs: BTreeMap<String, BTreeMap<Date, Run>>,
     /// Subscriptions touched in this batch (their drafts are rewritten at its end).
     touched: BTreeSet<String>,
+    /// What [`UsageMeter::before`] learned of the event, for [`UsageMeter::after`]: whether the
+    /// ledger knows it, and a usage event's (period start, day).
+    seen: Option<(bool, Option<(Date, Date)>)>,
 }
 
 impl Default for UsageMeter {
     fn default() -> Self {
         let ledger = Ledger { without_dedup_index: true, ..Ledger::default() };
-        UsageMeter { ledger, runs: BTreeMap::new(), touched: BTreeSet::new() }
+        UsageMeter { ledger, runs: BTreeMap::new(), touched: BTreeSet::new(), seen: None }
     }
 }
 
@@ -82,54 +85,67 @@ impl UsageMeter {
     /// subscription's run of the same period on another day; any other event of the
     /// subscription ends all of its runs.
     pub fn before(&mut self, event: &Event) -> Vec<Accrual> {
-        let Some(sub) = subscription_of(event).filter(|_| self.knows(event)) else {
+        let known = self.knows(event);
+        let usage = if known { self.usage_run(event) } else { None };
+        self.seen = Some((known, usage));
+        let Some(sub) = subscription_of(event).filter(|_| known) else {
             return Vec::new();
         };
-        let usage = self.usage_run(event);
+        let Some(sub_runs) = self.runs.get_mut(sub) else { return Vec::new() };
         let ends =
             |p: Date, run: &Run| usage.is_none_or(|(period, day)| p == period && run.day != day);
-        let of_sub = (sub.to_string(), Date::MIN)..=(sub.to_string(), Date::MAX);
-        let ending: Vec<((String, Date), Run)> = self
-            .runs
-            .range(of_sub)
-            .filter(|((_, p), r)| ends(*p, r))
-            .map(|(k, r)| (k.clone(), *r))
-            .collect();
-        let mut out = Vec::with_capacity(ending.len());
-        for (key, run) in ending {
-            self.runs.remove(&key);
-            out.extend(self.accrual(&key.0, key.1, run));
+        let ending: Vec<(Date, Run)> =
+            sub_runs.iter().filter(|(p, r)| ends(**p, r)).map(|(p, r)| (*p, *r)).collect();
+        for (period, _) in &ending {
+            sub_runs.remove(period);
         }
-        out
+        if sub_runs.is_empty() {
+            self.runs.remove(sub);
+        }
+        ending.into_iter().filter_map(|(period, run)| self.accrual(sub, period, run)).collect()
     }
 
     /// Folds `event` (after the journal applied it) and opens the runs it starts.
     pub fn after(&mut self, event: &Event, position: Position) {
-        if !self.knows(event) {
+        let (known, run) = match self.seen.take() {
+            Some(seen) => seen,
+            None => (self.knows(event), self.usage_run(event)),
+        };
+        if !known {
             return;
         }
-        let run = self.usage_run(event);
         self.ledger.evolve(event, position);
         let Some(sub) = subscription_of(event) else { return };
-        self.touched.insert(sub.to_string());
+        if !self.touched.contains(sub) {
+            self.touched.insert(sub.to_string());
+        }
         let first = position;
         if let Some((period, day)) = run {
-            self.runs.entry((sub.to_string(), period)).or_insert(Run { day, first });
+            self.sub_runs(sub).entry(period).or_insert(Run { day, first });
             return;
         }
         let Some(effective) = effective_date(event) else { return };
         for period in self.open_periods(sub) {
             let day = effective.clamp(period.start, last_day(&period));
-            self.runs.insert((sub.to_string(), period.start), Run { day, first });
+            self.sub_runs(sub).insert(period.start, Run { day, first });
         }
+    }
+
+    fn sub_runs(&mut self, sub: &str) -> &mut BTreeMap<Date, Run> {
+        if !self.runs.contains_key(sub) {
+            self.runs.insert(sub.to_string(), BTreeMap::new());
+        }
+        self.runs.get_mut(sub).expect("inserted above")
     }
 
     /// At the end of a batch: the accruals of every open run, and the subscriptions touched
     /// (whose drafts are to be rewritten).
     pub fn finish(&mut self) -> (Vec<Accrual>, BTreeSet<String>) {
         let runs = std::mem::take(&mut self.runs);
-        let accruals = runs.into_iter().filter_map(|((s, p), run)| self.accrual(&s, p, run));
-        (accruals.collect(), std::mem::take(&mut self.touched))
+        let runs =
+            runs.into_iter().flat_map(|(s, m)| m.into_iter().map(move |(p, r)| (s.clone(), p, r)));
+        let accruals = runs.filter_map(|(s, p, run)| self.accrual(&s, p, run)).collect();
+        (accruals, std::mem::take(&mut self.touched))
     }
 
     /// The current-usage draft of the subscription's oldest open period (`None` once service
