@@ -55,7 +55,7 @@ pub mod testkit;
 pub mod usage_meter;
 
 pub use runner::{
-    Progress, Projection, Runner, RunnerConfig, WaitError, BATCH_EVENTS_MAX_LIMIT,
+    decode_event, Progress, Projection, Runner, RunnerConfig, WaitError, BATCH_EVENTS_MAX_LIMIT,
     POLL_INTERVAL_MS_MAX,
 };
 pub use store::{open_db, Digest, ReadModel, Snapshot, Writes, META_PREFIX, SEGMENT_SIZE_BYTES};

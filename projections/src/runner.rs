@@ -145,7 +145,7 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         if events.is_empty() {
             return Ok(0);
         }
-        self.commit_batch(&events)?;
+        self.commit_batch(&events, None)?;
         Ok(events.len())
     }
 
@@ -154,20 +154,47 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
     /// several projections from one read). Returns the new checkpoint.
     /// Call [`Runner::warm_up`] first.
     pub fn apply_events(&mut self, events: &[RecordedEvent]) -> Result<Position> {
-        if events.len() > self.config.batch_events_max {
-            let msg = format!("{} events exceed batch_events_max", events.len());
+        self.check_external_batch(events.len())?;
+        self.commit_batch(events, None)
+    }
+
+    /// [`Runner::apply_events`] with the events already decoded by the caller (`decoded[i]` is
+    /// `events[i]`, or `None` where the caller skipped it: the runner then decodes it if its
+    /// projection wants it), so one decode can feed several projections.
+    pub fn apply_decoded(
+        &mut self,
+        events: &[RecordedEvent],
+        decoded: &[Option<Event>],
+    ) -> Result<Position> {
+        assert_eq!(events.len(), decoded.len(), "one decoded slot per event");
+        self.check_external_batch(events.len())?;
+        self.commit_batch(events, Some(decoded))
+    }
+
+    /// Whether this runner's projection reads events of this type.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.projection.wants(event_type)
+    }
+
+    fn check_external_batch(&self, len: usize) -> Result<()> {
+        if len > self.config.batch_events_max {
+            let msg = format!("{len} events exceed batch_events_max");
             return Err(ProjectionError::InvalidArgument(msg));
         }
         if !self.warm {
             let msg = "the projection's in-memory state is not warmed up".to_string();
             return Err(ProjectionError::InvalidArgument(msg));
         }
-        self.commit_batch(events)
+        Ok(())
     }
 
     /// Applies and commits a batch, or forgets the in-memory state on failure.
-    fn commit_batch(&mut self, events: &[RecordedEvent]) -> Result<Position> {
-        let next = match self.apply_batch(events) {
+    fn commit_batch(
+        &mut self,
+        events: &[RecordedEvent],
+        decoded: Option<&[Option<Event>]>,
+    ) -> Result<Position> {
+        let next = match self.apply_batch(events, decoded) {
             Ok(next) => next,
             Err(e) => {
                 self.projection.forget();
@@ -214,22 +241,34 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         if !self.projection.wants(&event.event_type) {
             return Ok(None);
         }
-        Event::decode(&event.event_type, event.schema_version, &event.payload)
-            .map(Some)
-            .map_err(|source| ProjectionError::Decode { position: event.position, source })
+        decode_event(event).map(Some)
     }
 
-    fn apply_batch(&mut self, events: &[RecordedEvent]) -> Result<Position> {
+    /// `decoded[i]`, when given and `Some`, is `events[i]` already decoded by the caller.
+    fn apply_batch(
+        &mut self,
+        events: &[RecordedEvent],
+        decoded: Option<&[Option<Event>]>,
+    ) -> Result<Position> {
         let mut writes = Writes::new(self.model.tree());
         let mut next = self.checkpoint;
-        for event in events {
+        for (i, event) in events.iter().enumerate() {
             if event.position != next {
                 return Err(ProjectionError::Gap { expected: next, actual: event.position });
             }
             next += 1;
-            if let Some(decoded) = self.decode(event)? {
-                self.projection.apply(&mut writes, event, &decoded)?;
+            if !self.projection.wants(&event.event_type) {
+                continue;
             }
+            let owned;
+            let e = match decoded.and_then(|d| d[i].as_ref()) {
+                Some(e) => e,
+                None => {
+                    owned = decode_event(event)?;
+                    &owned
+                }
+            };
+            self.projection.apply(&mut writes, event, e)?;
         }
         self.projection.finish_batch(&mut writes)?;
         self.model.commit(writes, next)?;
@@ -268,6 +307,12 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
             }
         }
     }
+}
+
+/// Decodes a recorded event's payload (older schema versions are upcast).
+pub fn decode_event(event: &RecordedEvent) -> Result<Event> {
+    Event::decode(&event.event_type, event.schema_version, &event.payload)
+        .map_err(|source| ProjectionError::Decode { position: event.position, source })
 }
 
 /// Waits for a head change, shutdown or `poll`; false means shut down.

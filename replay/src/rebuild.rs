@@ -4,11 +4,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use domain::events::Event;
 use event_store::{EventStore, Position, RecordedEvent};
 use projections::invoices::InvoicesProjection;
 use projections::journal::JournalProjection;
 use projections::mrr::MrrProjection;
-use projections::{Digest, Projection, ReadModel, Runner, RunnerConfig};
+use projections::{decode_event, Digest, Projection, ReadModel, Runner, RunnerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::capped::CappedStore;
@@ -117,13 +118,21 @@ impl Rebuild {
 
 /// A runner being fed by the replay loop (type-erased over projections).
 trait Feed: Send {
-    fn apply(&mut self, events: &[RecordedEvent]) -> projections::Result<Position>;
+    fn apply(
+        &mut self,
+        events: &[RecordedEvent],
+        decoded: &[Option<Event>],
+    ) -> projections::Result<Position>;
     fn model(&self) -> ReadModel;
 }
 
 impl<S: EventStore, P: Projection> Feed for Runner<S, P> {
-    fn apply(&mut self, events: &[RecordedEvent]) -> projections::Result<Position> {
-        self.apply_events(events)
+    fn apply(
+        &mut self,
+        events: &[RecordedEvent],
+        decoded: &[Option<Event>],
+    ) -> projections::Result<Position> {
+        self.apply_decoded(events, decoded)
     }
 
     fn model(&self) -> ReadModel {
@@ -168,7 +177,7 @@ pub async fn rebuild(
         feeds.push(feed(&db, &store, end, *kind).await?);
     }
     let started = Instant::now();
-    let (feeds, last_hash) = replay_loop(&store, end, feeds, progress).await?;
+    let (feeds, last_hash) = replay_loop(&store, end, kinds, feeds, progress).await?;
     let secs = started.elapsed().as_secs_f64();
     db.flush_async().await?;
     let mut digests = Vec::with_capacity(kinds.len());
@@ -189,31 +198,75 @@ pub async fn rebuild(
     Ok(Rebuild { manifest, events: end, secs })
 }
 
-/// Reads `[0, end)` once, in batches; while one batch is applied (one thread per model) the
-/// next is read. Returns the feeds and the stored hash of the last event.
+/// The event types any of the rebuilt projections reads (only those are decoded).
+struct Wanted {
+    invoices: Option<InvoicesProjection>,
+    mrr: Option<MrrProjection>,
+    journal: Option<JournalProjection>,
+}
+
+impl Wanted {
+    fn new(kinds: &[Kind]) -> Wanted {
+        let has = |k: Kind| kinds.contains(&k);
+        Wanted {
+            invoices: has(Kind::Invoices).then_some(InvoicesProjection),
+            mrr: has(Kind::Mrr).then_some(MrrProjection),
+            journal: has(Kind::Journal).then(JournalProjection::default),
+        }
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        self.invoices.as_ref().is_some_and(|p| p.wants(event_type))
+            || self.mrr.as_ref().is_some_and(|p| p.wants(event_type))
+            || self.journal.as_ref().is_some_and(|p| p.wants(event_type))
+    }
+}
+
+/// A batch read from the log, decoded once for every projection.
+type Batch = (Vec<RecordedEvent>, Vec<Option<Event>>);
+
+/// Reads the batch at `from` and decodes it on the blocking pool (decoding is CPU work).
+async fn read_batch(
+    capped: &CappedStore<Log>,
+    from: Position,
+    wanted: &Arc<Wanted>,
+) -> Result<Batch> {
+    let events = capped.read_all(from, REPLAY_BATCH_EVENTS_MAX).await?;
+    let wanted = wanted.clone();
+    let decode = tokio::task::spawn_blocking(move || {
+        let decoded: projections::Result<Vec<Option<Event>>> = events
+            .iter()
+            .map(|e| wanted.wants(&e.event_type).then(|| decode_event(e)).transpose())
+            .collect();
+        decoded.map(|d| (events, d))
+    });
+    Ok(decode.await.expect("decoding does not panic")?)
+}
+
+/// Reads `[0, end)` once, in batches, decoding each batch once; while one batch is applied
+/// (one thread per model) the next is read and decoded. Returns the feeds and the stored hash
+/// of the last event.
 async fn replay_loop(
     store: &Log,
     end: Position,
+    kinds: &[Kind],
     mut feeds: Vec<Box<dyn Feed>>,
     progress: &(dyn Fn(Position, Position) + Sync),
 ) -> Result<(Vec<Box<dyn Feed>>, [u8; 32])> {
     let capped = CappedStore::new(store.clone(), end);
+    let wanted = Arc::new(Wanted::new(kinds));
     let mut last_hash = event_store::GENESIS_HASH;
     let mut next: Position = 0;
-    let mut batch = capped.read_all(0, REPLAY_BATCH_EVENTS_MAX).await?;
+    let mut batch = read_batch(&capped, 0, &wanted).await?;
     let rounds = end.div_ceil(REPLAY_BATCH_EVENTS_MAX as u64) + 1;
     for _ in 0..rounds {
-        if batch.is_empty() {
+        if batch.0.is_empty() {
             break;
         }
-        next += batch.len() as u64;
-        last_hash = batch.last().expect("not empty").hash;
-        let events = Arc::new(batch);
-        let apply = tokio::task::spawn_blocking({
-            let events = events.clone();
-            move || apply_parallel(feeds, &events)
-        });
-        let read_ahead = capped.read_all(next, REPLAY_BATCH_EVENTS_MAX);
+        next += batch.0.len() as u64;
+        last_hash = batch.0.last().expect("not empty").hash;
+        let apply = tokio::task::spawn_blocking(move || apply_parallel(feeds, &batch));
+        let read_ahead = read_batch(&capped, next, &wanted);
         let (applied, read) = tokio::join!(apply, read_ahead);
         feeds = applied.expect("replay workers do not panic")?;
         batch = read?;
@@ -224,12 +277,11 @@ async fn replay_loop(
 }
 
 /// Applies one batch to every feed, one scoped thread each.
-fn apply_parallel(
-    mut feeds: Vec<Box<dyn Feed>>,
-    events: &[RecordedEvent],
-) -> Result<Vec<Box<dyn Feed>>> {
+fn apply_parallel(mut feeds: Vec<Box<dyn Feed>>, batch: &Batch) -> Result<Vec<Box<dyn Feed>>> {
+    let (events, decoded) = (&batch.0[..], &batch.1[..]);
     let results: Vec<projections::Result<Position>> = std::thread::scope(|s| {
-        let handles: Vec<_> = feeds.iter_mut().map(|f| s.spawn(move || f.apply(events))).collect();
+        let handles: Vec<_> =
+            feeds.iter_mut().map(|f| s.spawn(move || f.apply(events, decoded))).collect();
         handles.into_iter().map(|h| h.join().expect("projection threads do not panic")).collect()
     });
     for r in results {
