@@ -72,7 +72,8 @@
 //! * `acc/<subscription_id>/<period start>` → what the open period has accrued, per day and
 //!   metric, with each day's entry number (`ACCRUAL_SEQ_BASE | position of the day's first
 //!   event`, so keys do not depend on batch boundaries); removed when the period closes.
-//! * `draft/<subscription_id>` → the current-usage draft [`Invoice`] of the oldest open period
+//! * `draft/<subscription_id>` → the current-usage draft [`Invoice`]s of its open periods,
+//!   oldest first
 //!   (rewritten at the end of every batch that touches the subscription).
 //!
 //! # Limitations
@@ -439,7 +440,7 @@ impl Projection for JournalProjection {
     }
 
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
@@ -477,11 +478,11 @@ impl Projection for JournalProjection {
             j.accrue(accrual)?;
         }
         for sub in touched {
-            match self.meter.draft(&sub) {
-                Some(draft) => {
-                    j.w.put(draft_key(&sub), serde_json::to_vec(&draft).expect("drafts serialize"))
-                }
-                None => j.w.delete(draft_key(&sub)),
+            let drafts = self.meter.drafts(&sub);
+            if drafts.is_empty() {
+                j.w.delete(draft_key(&sub));
+            } else {
+                j.w.put(draft_key(&sub), serde_json::to_vec(&drafts).expect("drafts serialize"));
             }
         }
         Ok(())
@@ -1324,13 +1325,19 @@ impl JournalReader {
         Ok(buckets)
     }
 
-    /// The current-usage draft of the subscription's oldest open period (what closing it
-    /// would invoice so far), kept by the journal's usage meter; `None` for an unknown
-    /// subscription or once everything is invoiced.
-    pub fn current_usage(&self, subscription_id: &str) -> Result<Option<Invoice>> {
-        self.model.read(|snap| {
-            snap.get(&draft_key(subscription_id))?.map(|b| json(&b, "draft")).transpose()
+    /// The current-usage drafts of the subscription's open periods, oldest first (what
+    /// closing each would invoice so far), kept by the journal's usage meter; empty for an
+    /// unknown subscription or once everything is invoiced.
+    pub fn open_drafts(&self, subscription_id: &str) -> Result<Vec<Invoice>> {
+        self.model.read(|snap| match snap.get(&draft_key(subscription_id))? {
+            Some(b) => json(&b, "drafts"),
+            None => Ok(Vec::new()),
         })
+    }
+
+    /// The draft of the oldest open period (see [`JournalReader::open_drafts`]).
+    pub fn current_usage(&self, subscription_id: &str) -> Result<Option<Invoice>> {
+        Ok(self.open_drafts(subscription_id)?.into_iter().next())
     }
 
     /// The recognition schedule of one line, if the invoice has been issued.

@@ -148,13 +148,20 @@ impl UsageMeter {
         (accruals, std::mem::take(&mut self.touched))
     }
 
-    /// The current-usage draft of the subscription's oldest open period (`None` once service
-    /// has ended and everything is invoiced). Dated at the period's start, so it depends on
-    /// the subscription's state only.
-    pub fn draft(&self, subscription_id: &str) -> Option<Invoice> {
-        let sub = self.ledger.subscriptions.get(subscription_id)?;
-        let at = sub.next_close?.start_instant(&sub.time_zone);
-        self.ledger.draft_invoice(subscription_id, at).ok().flatten()
+    /// The current-usage drafts of the subscription's open periods, oldest first (none once
+    /// service has ended and everything is invoiced; more than one while usage of a new period
+    /// arrives before the previous one is billed). Each is dated at its period's start, so they
+    /// depend on the subscription's state only.
+    pub fn drafts(&self, subscription_id: &str) -> Vec<Invoice> {
+        let Some(sub) = self.ledger.subscriptions.get(subscription_id) else { return Vec::new() };
+        let Some(oldest) = sub.next_close else { return Vec::new() };
+        let mut starts: BTreeSet<Date> =
+            sub.open.keys().copied().filter(|s| *s > oldest.start).collect();
+        starts.insert(oldest.start);
+        let at = |p: Period| p.start_instant(&sub.time_zone);
+        let periods = starts.into_iter().filter_map(|s| sub.period_of(s));
+        let drafts = periods.filter_map(|p| self.ledger.draft_invoice(subscription_id, at(p)).ok());
+        drafts.flatten().collect()
     }
 
     fn accrual(&self, sub: &str, period_start: Date, run: Run) -> Option<Accrual> {

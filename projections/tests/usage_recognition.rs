@@ -70,6 +70,10 @@ fn usage(n: u32, day: &str, calls: u32) -> (Timestamp, Command) {
 /// (18.00). Billing on Feb 1 invoices 18.00 of usage. Feb: 200 calls on the 5th (10.00), an
 /// upgrade to "pro" (0.05 a call) on the 15th re-rates February to 5.00.
 fn events() -> Vec<Event> {
+    decide(commands())
+}
+
+fn commands() -> Vec<(Timestamp, Command)> {
     let setup = [
         Command::DefineMetric(Metric {
             code: "calls".into(),
@@ -113,6 +117,10 @@ fn events() -> Vec<Event> {
             plan_version: None,
         },
     ));
+    commands
+}
+
+fn decide(commands: Vec<(Timestamp, Command)>) -> Vec<Event> {
     let mut ledger = Ledger::default();
     let mut events = Vec::new();
     for (now, cmd) in commands {
@@ -253,4 +261,22 @@ async fn a_reopened_journal_rebuilds_its_meter_from_the_log() {
     assert_eq!(reopened.checkpoint(), half as u64, "resumes from its checkpoint");
     reopened.catch_up().await.unwrap();
     assert_eq!(reopened.read_model().digest().unwrap(), full.model().digest().unwrap());
+}
+
+#[tokio::test]
+async fn each_open_period_has_its_draft() {
+    // March usage arrives before February is billed: two open periods, two drafts.
+    let mut commands = commands();
+    commands.push(usage(6, "2025-03-03", 150));
+    let (_dir, books) = journal(&decide(commands), 1_000).await;
+    let drafts = books.open_drafts("s1").unwrap();
+    let starts: Vec<Date> = drafts.iter().map(|d| d.period.start).collect();
+    assert_eq!(starts, vec![date(2025, 2, 1), date(2025, 3, 1)]);
+    let usage_of = |i: usize| -> Vec<Decimal> {
+        let lines = drafts[i].lines.iter().filter(|l| l.kind == LineKind::Usage);
+        lines.map(|l| l.amount).collect()
+    };
+    // February: 200 calls at pro's price (5.00); March: 150 calls, 50 over the free 100.
+    assert_eq!((usage_of(0), usage_of(1)), (vec![dec!(5.00)], vec![dec!(2.50)]));
+    assert_eq!(books.current_usage("s1").unwrap().unwrap().period.start, date(2025, 2, 1));
 }
