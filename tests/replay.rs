@@ -3,9 +3,12 @@
 //! replay to a position is served read-only by `accrual serve --role query --read-only` and
 //! states that position, and bad arguments are refused.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+
+use common::{free_port, Server};
 
 use proto::v1 as pb;
 use proto::v1::query_service_client::QueryServiceClient;
@@ -39,49 +42,15 @@ fn verified_position(report: &str) -> u64 {
     field.expect("position=").parse().expect("a number")
 }
 
-struct ReadOnlyServer {
-    child: Child,
-    port: u16,
-}
-
-impl ReadOnlyServer {
-    fn start(data_dir: &Path) -> ReadOnlyServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_accrual"))
-            .args(["serve", "--role", "query", "--read-only", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("ACCRUAL_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start accrual serve");
-        ReadOnlyServer { child, port }
-    }
-
-    async fn client(&self) -> QueryServiceClient<Channel> {
-        let url = format!("http://127.0.0.1:{}", self.port);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(channel) = Channel::from_shared(url.clone()).unwrap().connect().await {
-                return QueryServiceClient::new(channel);
-            }
-            assert!(Instant::now() < deadline, "read-only server did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for ReadOnlyServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `accrual serve --role query --read-only` over `data_dir`.
+async fn read_only(data_dir: &Path) -> (Server, QueryServiceClient<Channel>) {
+    let server = Server::start_with(data_dir, free_port(), &["--role", "query", "--read-only"]);
+    let channel = server.serving("accrual.v1.QueryService").await;
+    (server, QueryServiceClient::new(channel))
 }
 
 /// The trial balance as of a late date: its position, and whether debits equal credits.
-async fn trial_balance(server: &ReadOnlyServer) -> (u64, bool, usize) {
-    let mut q = server.client().await;
+async fn trial_balance(q: &mut QueryServiceClient<Channel>) -> (u64, bool, usize) {
     let req = pb::AsOfRequest { as_of: "2030-01-01".into(), min_position: None };
     let tb = q.get_trial_balance(req).await.expect("trial balance").into_inner();
     let sum = |f: fn(&pb::TrialBalanceRow) -> &str| -> rust_decimal::Decimal {
@@ -120,13 +89,13 @@ async fn replay_verify_and_a_read_only_replay_of_demo_books() {
     assert!(last.starts_with(&format!("replay events={half} secs=")), "{last}");
     assert!(last.contains(" events_per_s="), "{last}");
 
-    let past = ReadOnlyServer::start(&out);
-    let (position, balanced, rows) = trial_balance(&past).await;
+    let (past, mut q) = read_only(&out).await;
+    let (position, balanced, rows) = trial_balance(&mut q).await;
     assert_eq!(position, half, "the replay states the position it reflects");
     assert!(balanced && rows > 0, "the books as of the cutoff balance");
     drop(past);
-    let live = ReadOnlyServer::start(&data);
-    assert_eq!(trial_balance(&live).await.0, head);
+    let (live, mut q) = read_only(&data).await;
+    assert_eq!(trial_balance(&mut q).await.0, head);
     drop(live);
 
     let again =

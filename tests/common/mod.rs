@@ -1,6 +1,8 @@
 //! Helpers shared by end-to-end test files: the real `accrual` binary on a free port.
 //!
 //! (`tests/e2e.rs` predates this module and keeps its own copy of `Server`.)
+//! Each test binary uses a subset of these helpers.
+#![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
