@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{free_port, Server};
+use common::{free_port, register_acme_and_api_calls, tier, Server};
 use event_store::envelope::{decode_chunk, encode_chunk};
 use event_store::{
     compute_hash, verify_chain, EventStore, Position, RecordedEvent, SledConfig, SledStore,
@@ -37,28 +37,7 @@ fn usage(tx: String, calls: u32) -> pb::UsageEvent {
 async fn write_log(data_dir: &Path) {
     let server = Server::start(data_dir, free_port());
     let mut c = CommandServiceClient::new(server.serving("accrual.v1.CommandService").await);
-    let customer = pb::RegisterCustomerRequest {
-        idempotency_key: "cust-acme".into(),
-        customer_id: "acme".into(),
-        name: "Acme".into(),
-        currency: "USD".into(),
-        time_zone: "Europe/Berlin".into(),
-        tax_rate: "10".into(),
-    };
-    c.register_customer(customer).await.unwrap();
-    let metric = pb::DefineMetricRequest {
-        code: "api_calls".into(),
-        name: "API calls".into(),
-        aggregation: "sum".into(),
-        property: "calls".into(),
-        ..Default::default()
-    };
-    c.define_metric(metric).await.unwrap();
-    let tier = |up_to: &str, price: &str| pb::Tier {
-        up_to: up_to.into(),
-        unit_price: price.into(),
-        flat_fee: String::new(),
-    };
+    register_acme_and_api_calls(&mut c).await;
     let plan = pb::PublishPlanRequest {
         code: "growth".into(),
         name: "Growth".into(),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{free_port, Server};
+use common::{free_port, register_acme_and_api_calls, tier, Server};
 use proto::v1 as pb;
 use proto::v1::audit_service_client::AuditServiceClient;
 use proto::v1::command_service_client::CommandServiceClient;
@@ -48,28 +48,7 @@ fn usage(tx: String, calls: u32) -> pb::UsageEvent {
 /// A customer on a plan billed in advance (an invoice at once), usage, a payment, and a
 /// billing run 40 days ahead (the period closes: a second invoice). Returns the last position.
 async fn write_books(c: &mut CommandServiceClient<Channel>) -> u64 {
-    let customer = pb::RegisterCustomerRequest {
-        idempotency_key: "cust-acme".into(),
-        customer_id: "acme".into(),
-        name: "Acme".into(),
-        currency: "USD".into(),
-        time_zone: "Europe/Berlin".into(),
-        tax_rate: "10".into(),
-    };
-    c.register_customer(customer).await.unwrap();
-    let metric = pb::DefineMetricRequest {
-        code: "api_calls".into(),
-        name: "API calls".into(),
-        aggregation: "sum".into(),
-        property: "calls".into(),
-        ..Default::default()
-    };
-    c.define_metric(metric).await.unwrap();
-    let tier = |up_to: &str, price: &str| pb::Tier {
-        up_to: up_to.into(),
-        unit_price: price.into(),
-        flat_fee: String::new(),
-    };
+    register_acme_and_api_calls(c).await;
     let plan = pb::PublishPlanRequest {
         code: "growth".into(),
         name: "Growth".into(),

@@ -219,6 +219,21 @@ pub enum EntryKind {
     UsageAccrual,
 }
 
+impl EntryKind {
+    /// The name used on the wire and in exports (as serialized: snake case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::InvoiceIssued => "invoice_issued",
+            EntryKind::Recognition => "recognition",
+            EntryKind::Payment => "payment",
+            EntryKind::Uncollectible => "uncollectible",
+            EntryKind::Void => "void",
+            EntryKind::VoidRecognition => "void_recognition",
+            EntryKind::UsageAccrual => "usage_accrual",
+        }
+    }
+}
+
 /// One side of one account in an entry (exactly one of `debit`, `credit` is non-zero).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Posting {

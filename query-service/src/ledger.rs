@@ -36,18 +36,6 @@ pub fn parse_entries(r: &pb::ListJournalEntriesRequest) -> Result<EntriesArgs, S
     })
 }
 
-fn kind(k: EntryKind) -> &'static str {
-    match k {
-        EntryKind::InvoiceIssued => "invoice_issued",
-        EntryKind::Recognition => "recognition",
-        EntryKind::Payment => "payment",
-        EntryKind::Uncollectible => "uncollectible",
-        EntryKind::Void => "void",
-        EntryKind::VoidRecognition => "void_recognition",
-        EntryKind::UsageAccrual => "usage_accrual",
-    }
-}
-
 fn description(k: EntryKind, invoice_id: &str, subscription_id: &str) -> String {
     match k {
         EntryKind::UsageAccrual => {
@@ -79,7 +67,7 @@ pub fn entry(e: JournalEntry) -> pb::JournalEntry {
     pb::JournalEntry {
         seq: e.seq,
         date: e.date.to_string(),
-        kind: kind(e.kind).into(),
+        kind: e.kind.as_str().into(),
         description: description(e.kind, &e.invoice_id, &e.subscription_id),
         invoice_id: e.invoice_id,
         subscription_id: e.subscription_id,

@@ -5,9 +5,7 @@ use std::io::Write;
 use domain::money::Currency;
 use jiff::civil::Date;
 use projections::invoices::{InvoiceFilter, InvoiceReader, PAGE_SIZE_MAX as INVOICE_PAGE};
-use projections::journal::{
-    EntryKind, JournalReader, ACCRUAL_SEQ_BASE, PAGE_SIZE_MAX as JOURNAL_PAGE,
-};
+use projections::journal::{JournalReader, ACCRUAL_SEQ_BASE, PAGE_SIZE_MAX as JOURNAL_PAGE};
 use projections::mrr::{Granularity, MrrReader, PAGE_SIZE_MAX as MRR_PAGE};
 use rust_decimal::Decimal;
 
@@ -137,18 +135,6 @@ pub const JOURNAL_COLUMNS: [&str; 10] = [
     "log_position",
 ];
 
-fn entry_kind(kind: EntryKind) -> &'static str {
-    match kind {
-        EntryKind::InvoiceIssued => "invoice_issued",
-        EntryKind::Recognition => "recognition",
-        EntryKind::Payment => "payment",
-        EntryKind::Uncollectible => "uncollectible",
-        EntryKind::Void => "void",
-        EntryKind::VoidRecognition => "void_recognition",
-        EntryKind::UsageAccrual => "usage_accrual",
-    }
-}
-
 /// The entry number as exported: the posting counter, or `A<n>` for a usage accrual (numbered
 /// apart, `n` = the log position of its day's first event).
 fn entry_number(seq: u64) -> String {
@@ -185,7 +171,7 @@ pub fn journal<W: Write>(
                 let cells = [
                     Cell::from(entry_number(e.seq)),
                     Cell::from(date(e.date)),
-                    Cell::from(entry_kind(e.kind)),
+                    Cell::from(e.kind.as_str()),
                     Cell::from(e.invoice_id.as_str()),
                     Cell::from(e.subscription_id.as_str()),
                     Cell::from(e.currency.code()),

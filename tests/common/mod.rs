@@ -7,6 +7,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use proto::v1 as pb;
+use proto::v1::command_service_client::CommandServiceClient;
 use tonic::transport::Channel;
 
 /// `accrual serve` started on a data dir; killed (if still running) when dropped, so a failing
@@ -78,4 +80,31 @@ impl Drop for Server {
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Registers customer `acme` (USD, Europe/Berlin, 10 % tax) and defines the metric `api_calls`
+/// (the sum of the `calls` property): what the end-to-end books start with.
+pub async fn register_acme_and_api_calls(c: &mut CommandServiceClient<Channel>) {
+    let customer = pb::RegisterCustomerRequest {
+        idempotency_key: "cust-acme".into(),
+        customer_id: "acme".into(),
+        name: "Acme".into(),
+        currency: "USD".into(),
+        time_zone: "Europe/Berlin".into(),
+        tax_rate: "10".into(),
+    };
+    c.register_customer(customer).await.unwrap();
+    let metric = pb::DefineMetricRequest {
+        code: "api_calls".into(),
+        name: "API calls".into(),
+        aggregation: "sum".into(),
+        property: "calls".into(),
+        ..Default::default()
+    };
+    c.define_metric(metric).await.unwrap();
+}
+
+/// A graduated tier without a flat fee.
+pub fn tier(up_to: &str, price: &str) -> pb::Tier {
+    pb::Tier { up_to: up_to.into(), unit_price: price.into(), flat_fee: String::new() }
 }
