@@ -196,7 +196,8 @@ async fn start_server(
         let server = crate::server::ServerLimits::default();
         let never = std::future::pending();
         if let Err(e) =
-            crate::server::serve(listener, Some(engine), None, None, limits, server, never).await
+            crate::server::serve(listener, Some(engine), None, None, None, limits, server, never)
+                .await
         {
             eprintln!("bench server failed: {e}");
         }

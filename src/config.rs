@@ -66,8 +66,9 @@ impl fmt::Display for Roles {
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// TOML file with any of: role, data_dir, listen, log_format, log_level, grace_period_secs,
-    /// scheduler_interval_secs, max_payment_attempts. Flags and env vars override it.
+    /// TOML file with any of: role, read_only, auth_tokens, data_dir, listen, log_format,
+    /// log_level, grace_period_secs, scheduler_interval_secs, max_payment_attempts. Flags and
+    /// env vars override it.
     #[arg(long, env = "ACCRUAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// What this process runs: a comma-separated list of command (CommandService and billing
@@ -80,6 +81,11 @@ pub struct ServeArgs {
     /// a stopped server's data dir, or the output dir of `accrual replay`.
     #[arg(long, env = "ACCRUAL_READ_ONLY")]
     pub read_only: bool,
+    /// Bearer tokens admitted, as comma-separated `role:sha256hex` (roles: writer, analyst,
+    /// auditor, admin; `accrual token new --role R` makes one). Without any, the server only
+    /// listens on a loopback address.
+    #[arg(long, env = "ACCRUAL_AUTH_TOKENS", hide_env_values = true)]
+    pub auth_tokens: Option<String>,
     /// Directory of the embedded sled store [default: ./accrual-data]
     #[arg(long, env = "ACCRUAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -107,6 +113,8 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     role: Option<String>,
+    /// `["role:sha256hex", ...]`
+    auth_tokens: Option<Vec<String>>,
     read_only: Option<bool>,
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
@@ -120,6 +128,8 @@ struct FileConfig {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub roles: Roles,
+    /// `None`: no auth configured (loopback only).
+    pub auth: Option<std::sync::Arc<crate::auth::Tokens>>,
     pub read_only: bool,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
@@ -149,8 +159,19 @@ impl Settings {
             }
             (None, None) => Roles::ALL,
         };
+        let auth = match (args.auth_tokens, file.auth_tokens) {
+            (Some(list), _) => {
+                crate::auth::Tokens::parse_list(&list, "--auth-tokens (or ACCRUAL_AUTH_TOKENS)")?
+            }
+            (None, Some(list)) => {
+                crate::auth::Tokens::parse_list(&list.join(","), "auth_tokens in the config file")?
+            }
+            (None, None) => crate::auth::Tokens::default(),
+        };
+        let auth = (!auth.is_empty()).then(|| std::sync::Arc::new(auth));
         let settings = Settings {
             roles,
+            auth,
             read_only: args.read_only || file.read_only.unwrap_or(false),
             data_dir: args
                 .data_dir
@@ -177,6 +198,12 @@ impl Settings {
                 || settings.roles == Roles { command: false, projector: false, query: true },
             "--read-only serves read models only: use it with --role query (roles given: {})",
             settings.roles
+        );
+        anyhow::ensure!(
+            settings.auth.is_some() || settings.listen.ip().is_loopback(),
+            "refusing to serve on {} without auth: configure auth tokens (`accrual token new \
+             --role R` prints one) or listen on a loopback address",
+            settings.listen
         );
         anyhow::ensure!(settings.grace_period_secs >= 0, "grace_period_secs must not be negative");
         anyhow::ensure!(

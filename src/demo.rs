@@ -142,7 +142,7 @@ async fn start_service(
     let task = tokio::spawn(async move {
         let limits = (Limits::default(), ServerLimits::default());
         let engine = Some(Arc::new(engine));
-        serve(listener, engine, query, None, limits.0, limits.1, shutdown).await?;
+        serve(listener, engine, query, None, None, limits.0, limits.1, shutdown).await?;
         for p in projectors {
             p.await?;
         }

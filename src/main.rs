@@ -3,6 +3,7 @@
 
 mod audit;
 mod audit_service;
+mod auth;
 mod bench;
 mod config;
 mod demo;
@@ -43,6 +44,9 @@ enum Commands {
     /// as CSV or JSON.
     #[command(after_long_help = export::HELP)]
     Export(export::ExportArgs),
+    /// Bearer tokens for the gRPC services (`token new --role R`).
+    #[command(subcommand)]
+    Token(auth::TokenCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,5 +63,6 @@ fn main() -> anyhow::Result<()> {
         Commands::Replay(args) => runtime.block_on(replay_cmd::run(args)),
         Commands::Audit(cmd) => runtime.block_on(audit::run(cmd)),
         Commands::Export(args) => runtime.block_on(export::run(args)),
+        Commands::Token(cmd) => auth::run(cmd),
     }
 }

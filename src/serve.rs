@@ -150,6 +150,9 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         ..Policy::default()
     };
     let roles = s.roles;
+    if s.auth.is_none() {
+        tracing::warn!(listen = %s.listen, "no auth tokens configured: every call is admitted (allowed on a loopback address only)");
+    }
     if s.read_only {
         return serve_read_only(s).await;
     }
@@ -188,7 +191,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     };
     let limits = (Limits::default(), ServerLimits::default());
-    serve(listener, engine, query, audit, limits.0, limits.1, shutdown).await?;
+    serve(listener, engine, query, audit, s.auth.clone(), limits.0, limits.1, shutdown).await?;
     for task in tasks {
         task.await?;
     }
@@ -206,7 +209,8 @@ async fn serve_read_only(s: Settings) -> anyhow::Result<()> {
         shutdown_signal().await;
         tracing::info!("shutdown requested");
     };
-    serve(listener, None, query, None, Limits::default(), ServerLimits::default(), shutdown).await
+    let (limits, server) = (Limits::default(), ServerLimits::default());
+    serve(listener, None, query, None, s.auth.clone(), limits, server, shutdown).await
 }
 
 /// Calls RunBilling(now) every `interval_secs` until told to stop.

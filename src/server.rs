@@ -17,7 +17,10 @@ use query_service::QueryApi;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use tonic::service::interceptor::InterceptedService;
+
 use crate::audit_service::AuditApi;
+use crate::auth::{Guard, Guarded, Tokens};
 
 /// Transport bounds of the server.
 #[derive(Clone, Debug)]
@@ -43,12 +46,15 @@ impl Default for ServerLimits {
 /// Serves until `shutdown` resolves, then stops accepting, lets calls in flight finish, and
 /// flushes the engine (every acknowledged command is already durable; this drains the rest).
 /// `engine` serves the CommandService, `query` the QueryService and `audit` the AuditService;
-/// a service given `None` is not registered (its calls answer UNIMPLEMENTED).
+/// a service given `None` is not registered (its calls answer UNIMPLEMENTED). With `auth`, each
+/// of them admits only the roles `crate::auth` gives it; health and reflection stay open.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     engine: Option<Arc<Engine>>,
     query: Option<QueryApi>,
     audit: Option<AuditApi>,
+    auth: Option<Arc<Tokens>>,
     limits: Limits,
     server: ServerLimits,
     shutdown: impl Future<Output = ()> + Send,
@@ -80,10 +86,16 @@ pub async fn serve(
     let reflection_v1alpha =
         reflection(v1alpha::server_reflection_server::SERVICE_NAME).build_v1alpha()?;
     let running = (engine.is_some(), query.is_some(), audit.is_some());
+    let guard = |service| Guard::new(auth.clone(), service);
     let commands = engine.clone().map(|engine| {
-        CommandServiceServer::new(CommandApi::new(engine, limits))
-            .max_decoding_message_size(server.message_bytes_max)
+        let api = CommandServiceServer::new(CommandApi::new(engine, limits))
+            .max_decoding_message_size(server.message_bytes_max);
+        InterceptedService::new(api, guard(Guarded::Command))
     });
+    let query =
+        query.map(|q| InterceptedService::new(QueryServiceServer::new(q), guard(Guarded::Query)));
+    let audit =
+        audit.map(|a| InterceptedService::new(AuditServiceServer::new(a), guard(Guarded::Audit)));
     tracing::info!(addr = %listener.local_addr()?, services = ?services, "accrual listening");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -94,8 +106,8 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_optional_service(commands)
-        .add_optional_service(query.map(QueryServiceServer::new))
-        .add_optional_service(audit.map(AuditServiceServer::new))
+        .add_optional_service(query)
+        .add_optional_service(audit)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     if running.0 {
