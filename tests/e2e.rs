@@ -1,8 +1,10 @@
 //! End to end: the real `accrual` binary on a free port with a temp data dir, driven by a
 //! tonic client through the whole write side (SPEC §3–4), killed and restarted.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use proto::v1 as pb;
 use proto::v1::command_service_client::CommandServiceClient;
@@ -11,72 +13,9 @@ use tonic::transport::Channel;
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use common::{free_port, Server};
+
 type Client = CommandServiceClient<Channel>;
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(data_dir: &std::path::Path, port: u16) -> Server {
-        Server::start_with(data_dir, port, &[])
-    }
-
-    /// Starts `accrual serve` with `extra` flags (e.g. `--role command`).
-    fn start_with(data_dir: &std::path::Path, port: u16, extra: &[&str]) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_accrual"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--scheduler-interval-secs",
-                "0",
-            ])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("ACCRUAL_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start accrual serve");
-        Server { child, port }
-    }
-
-    /// A channel to the server once its health service reports `service` SERVING.
-    async fn serving(&self, service: &str) -> Channel {
-        let url = format!("http://127.0.0.1:{}", self.port);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(channel) = Channel::from_shared(url.clone()).unwrap().connect().await {
-                let mut health =
-                    tonic_health::pb::health_client::HealthClient::new(channel.clone());
-                let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
-                if let Ok(r) = health.check(req).await {
-                    assert_eq!(r.into_inner().status, 1, "SERVING");
-                    return channel;
-                }
-            }
-            assert!(Instant::now() < deadline, "server did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn client(&self) -> Client {
-        CommandServiceClient::new(self.serving("accrual.v1.CommandService").await)
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        self.child.wait().unwrap()
-    }
-}
 
 /// What grpcurl does first: list services through server reflection (no proto files).
 async fn reflected_services(port: u16) -> Vec<String> {
@@ -107,14 +46,6 @@ async fn reflected_services(port: u16) -> Vec<String> {
 async fn query_client(port: u16) -> QueryServiceClient<Channel> {
     let url = format!("http://127.0.0.1:{port}");
     QueryServiceClient::new(Channel::from_shared(url).unwrap().connect().await.unwrap())
-}
-
-/// A failing assertion must not leave a server behind (it would hold the test's output open).
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn dec(s: &str) -> rust_decimal::Decimal {
@@ -377,10 +308,6 @@ async fn invoices_by_period(
         ..Default::default()
     };
     assert_eq!(bad_request_fields(q.list_invoices(reversed).await.unwrap_err()), ["period_to"]);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn now() -> prost_types::Timestamp {
@@ -791,7 +718,7 @@ async fn roles_run_a_subset_of_the_services() {
         .stdout(Stdio::null())
         .spawn()
         .expect("start accrual serve");
-    let server = Server { child: env_role, port };
+    let server = Server::adopt(env_role, port);
     let mut q = QueryServiceClient::new(server.serving(QUERY).await);
     let mrr = q.get_mrr(mrr_today(subscribed)).await.unwrap().into_inner();
     assert_eq!(dec(&mrr.mrr), dec("20"), "read models served as they are on disk");

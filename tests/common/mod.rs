@@ -1,6 +1,5 @@
 //! Helpers shared by end-to-end test files: the real `accrual` binary on a free port.
 //!
-//! (`tests/e2e.rs` predates this module and keeps its own copy of `Server`.)
 //! Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
@@ -44,6 +43,11 @@ impl Server {
         Server { child, port }
     }
 
+    /// An `accrual serve` the caller spawned itself (e.g. configured through the environment).
+    pub fn adopt(child: Child, port: u16) -> Server {
+        Server { child, port }
+    }
+
     /// A channel to the server once its health service reports `service` SERVING.
     pub async fn serving(&self, service: &str) -> Channel {
         let url = format!("http://127.0.0.1:{}", self.port);
@@ -61,6 +65,17 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not come up");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A command-service client once it is SERVING.
+    pub async fn client(&self) -> CommandServiceClient<Channel> {
+        CommandServiceClient::new(self.serving("accrual.v1.CommandService").await)
+    }
+
+    /// SIGKILL (a crash), then waits for the exit.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// SIGTERM, then waits for the exit (graceful shutdown: the store is flushed and closed).
