@@ -732,11 +732,10 @@ impl AuditService for AuditApi {
                 let task = tokio::spawn(async move {
                     let _permit = permit;
                     let out = scratch.path().join("replay");
-                    replay::rebuild(store, cutoff, &[source], &out, &|_, _| {})
+                    let db = replay::rebuild(store, cutoff, &[source], &out, &|_, _| {})
                         .await
-                        .map_err(rebuild_status)?;
-                    let db = projections::open_db(out.join(replay::READ_MODELS_DIR))
-                        .map_err(|e| Status::internal(format!("opening the rebuild: {e}")))?;
+                        .map_err(rebuild_status)?
+                        .read_models;
                     let model = ReadModel::open_existing(&db, source.name(), source.version())
                         .map_err(|e| Status::internal(e.to_string()))?
                         .ok_or_else(|| Status::internal("the rebuild wrote no model"))?;

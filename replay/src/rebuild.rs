@@ -99,11 +99,15 @@ pub struct Manifest {
 }
 
 /// The outcome of [`rebuild`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Rebuild {
     pub manifest: Manifest,
     pub events: u64,
     pub secs: f64,
+    /// The rebuilt read models, still open. Use this handle rather than opening `out` again:
+    /// sled releases its file lock only when its flusher thread has stopped, a moment after
+    /// the last handle is dropped, so an immediate reopen can fail with `WouldBlock`.
+    pub read_models: sled::Db,
 }
 
 impl Rebuild {
@@ -195,7 +199,8 @@ pub async fn rebuild(
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
     std::fs::write(out.join(MANIFEST_FILE), json)?;
-    Ok(Rebuild { manifest, events: end, secs })
+    drop(feeds);
+    Ok(Rebuild { manifest, events: end, secs, read_models: db })
 }
 
 /// The event types any of the rebuilt projections reads (only those are decoded).

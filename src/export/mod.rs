@@ -445,7 +445,7 @@ impl Source {
             end,
             rebuilt.secs
         );
-        let db = projections::open_db(out.join(replay::READ_MODELS_DIR))?;
+        let db = rebuilt.read_models;
         let label = format!("{} as recorded at {t}", log.display());
         Ok(Source { db, label, data_dir: dir.to_path_buf(), _scratch: Some(scratch) })
     }
