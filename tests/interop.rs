@@ -2,7 +2,8 @@
 //! proto/ by grpcio-tools) drives the real `accrual serve` on a free port: health, reflection,
 //! commands, a client-streaming and a bidi usage batch, read-your-writes queries, and errors
 //! whose google.rpc details it decodes with grpcio-status. This side then checks, with tonic,
-//! what the Python client reports it wrote.
+//! what the Python client reports it wrote. The server runs with access control on (an admin
+//! bearer token, which the client sends as gRPC call credentials).
 //!
 //! The Python packages (tests/interop/requirements.txt, pinned) go into a virtualenv under
 //! CARGO_TARGET_TMPDIR, reused while the requirements and the interpreter stay the same. Without
@@ -35,7 +36,7 @@ const POLL_INTERVAL_MS: u64 = 50;
 /// How much of a failed command's output a message quotes.
 const LOG_TAIL_BYTES_MAX: usize = 4_000;
 /// The Python client's checks (tests/interop/client.py): fewer means one was dropped.
-const CLIENT_CHECKS_MIN: u64 = 30;
+const CLIENT_CHECKS_MIN: u64 = 32;
 /// Written into the virtualenv once every requirement is installed.
 const READY_STAMP: &str = ".accrual-interop-ready";
 
@@ -160,10 +161,25 @@ fn client_result(output: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("RESULT {line:?} is not JSON: {e}"))
 }
 
-/// Runs tests/interop/client.py against `port`. Err: its exit status and output.
-fn run_client(python: &Path, port: u16) -> Result<String, String> {
+/// A fresh admin token and its `--auth-tokens` entry (`role:hex SHA-256 of the token`).
+fn admin_token() -> (String, String) {
+    let token = format!("acc_interop_{}", uuid::Uuid::new_v4().simple());
+    let entry = format!("admin:{}", hex::encode(Sha256::digest(token.as_bytes())));
+    (token, entry)
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let bearer = format!("Bearer {token}").parse().expect("an ASCII token");
+    request.metadata_mut().insert("authorization", bearer);
+    request
+}
+
+/// Runs tests/interop/client.py against `port` with `token`. Err: its exit status and output.
+fn run_client(python: &Path, port: u16, token: &str) -> Result<String, String> {
     let mut client = Command::new(python);
     client
+        .env("ACCRUAL_TOKEN", token)
         .arg(interop_dir().join("client.py"))
         .args(["--address", &format!("127.0.0.1:{port}"), "--proto-dir"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("proto"));
@@ -173,7 +189,7 @@ fn run_client(python: &Path, port: u16) -> Result<String, String> {
 
 /// With tonic: the Python client's last write is the last event of the log (a probe lands
 /// right after it), and its invoice reads back the same from the query side.
-async fn verify_server_side(server: &Server, port: u16, result: &serde_json::Value) {
+async fn verify_server_side(server: &Server, port: u16, token: &str, result: &serde_json::Value) {
     let last = result["last_position"].as_u64().expect("last_position");
     let mut c = server.client().await;
     let probe = pb::DefineMetricRequest {
@@ -182,7 +198,7 @@ async fn verify_server_side(server: &Server, port: u16, result: &serde_json::Val
         aggregation: "count".into(),
         ..Default::default()
     };
-    let ack = c.define_metric(probe).await.unwrap().into_inner();
+    let ack = c.define_metric(with_token(probe, token)).await.unwrap().into_inner();
     assert_eq!(ack.position, last + 1, "the Python client's last write is the log's last event");
     let url = format!("http://127.0.0.1:{port}");
     let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
@@ -190,7 +206,8 @@ async fn verify_server_side(server: &Server, port: u16, result: &serde_json::Val
         invoice_id: result["invoice_id"].as_str().expect("invoice_id").into(),
         min_position: Some(last),
     };
-    let view = QueryServiceClient::new(channel).get_invoice(request).await.unwrap().into_inner();
+    let mut q = QueryServiceClient::new(channel);
+    let view = q.get_invoice(with_token(request, token)).await.unwrap().into_inner();
     let invoice = view.invoice.expect("the invoice the Python client billed");
     assert_eq!(
         (invoice.customer_id.as_str(), invoice.total.as_str(), invoice.status.as_str()),
@@ -213,17 +230,20 @@ async fn python_grpcio_client_drives_the_server() {
     let setup_ms = setup_started.elapsed().as_millis();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = Server::start(dir.path(), port);
+    let (token, entry) = admin_token();
+    let server = Server::start_with(dir.path(), port, &["--auth-tokens", &entry]);
     server.serving("accrual.v1.QueryService").await;
     let client_started = Instant::now();
-    let output = tokio::task::spawn_blocking(move || run_client(&python, port)).await.unwrap();
+    let client_token = token.clone();
+    let output = tokio::task::spawn_blocking(move || run_client(&python, port, &client_token));
+    let output = output.await.unwrap();
     let output = output.unwrap_or_else(|failure| panic!("the Python client failed: {failure}"));
     println!("{output}");
     let result = client_result(&output);
     let client_ms = client_started.elapsed().as_millis();
     let checks = result["checks"].as_u64().expect("checks");
     assert!(checks >= CLIENT_CHECKS_MIN, "the Python client ran {checks} checks: {result}");
-    verify_server_side(&server, port, &result).await;
+    verify_server_side(&server, port, &token, &result).await;
     assert!(server.terminate().success(), "graceful shutdown");
     let summary = format!(
         "interop: Python grpcio client passed {checks} checks in {client_ms} ms \

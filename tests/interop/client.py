@@ -8,6 +8,8 @@ details it decodes with grpcio-status. Every check prints one line; the first mi
 with status 1. On success the last line is `RESULT {json}` for the Rust side to verify.
 
 Usage: python client.py --address 127.0.0.1:50051 --proto-dir proto
+With access control on, the bearer token comes from ACCRUAL_TOKEN (or --token); it then also
+checks that a call without it is UNAUTHENTICATED.
 Needs a data dir of its own: the ids it writes (py-acme, py-sub-1, ...) must be new.
 """
 
@@ -17,6 +19,7 @@ import argparse
 import importlib
 import importlib.resources
 import json
+import os
 import sys
 import tempfile
 import time
@@ -343,8 +346,9 @@ def preconditions(command: Any, book: Book, checks: Checks) -> None:
     print(f"   ErrorInfo.metadata {dict(info.metadata)}", flush=True)
 
 
-def errors(command: Any, query: Any, book: Book, checks: Checks) -> int:
-    """Every refused call appends nothing: a probe lands right after the one accepted plan."""
+def errors(command: Any, query: Any, book: Book, checks: Checks, anonymous: str | None) -> int:
+    """Every refused call appends nothing: a probe lands right after the one accepted plan.
+    With `anonymous` (the address, when access control is on) a tokenless call is refused too."""
     before = command.DefineMetric(
         pb["command"].DefineMetricRequest(code="py_before", name="Before", aggregation="count"),
         timeout=RPC_TIMEOUT_S,
@@ -352,6 +356,8 @@ def errors(command: Any, query: Any, book: Book, checks: Checks) -> int:
     bad_request(command, query, checks)
     not_found(command, query, book, checks)
     preconditions(command, book, checks)
+    if anonymous:
+        unauthenticated(anonymous, checks)
     reused = pb["command"].RegisterCustomerRequest(
         idempotency_key="py-cust-acme", customer_id="other", name="Other", currency="USD"
     )
@@ -366,11 +372,33 @@ def errors(command: Any, query: Any, book: Book, checks: Checks) -> int:
     return after
 
 
-def run(address: str, proto_dir: Path) -> dict[str, Any]:
+def open_channel(address: str, token: str | None) -> grpc.Channel:
+    """Plaintext to a loopback server; with a token, sent as `authorization: Bearer <token>`
+    (gRPC sends call credentials only over a channel it deems secure: a local TCP one is)."""
+    if not token:
+        return grpc.insecure_channel(address)
+    local = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+    bearer = grpc.access_token_call_credentials(token)
+    return grpc.secure_channel(address, grpc.composite_channel_credentials(local, bearer))
+
+
+def unauthenticated(address: str, checks: Checks) -> None:
+    """Without the token, a command is UNAUTHENTICATED (and appends nothing)."""
+    with grpc.insecure_channel(address) as channel:
+        command = pb["command_grpc"].CommandServiceStub(channel)
+        metric = pb["command"].DefineMetricRequest(code="py_anon", name="A", aggregation="count")
+        try:
+            command.DefineMetric(metric, timeout=RPC_TIMEOUT_S)
+            raise Mismatch("a command without the bearer token was accepted")
+        except grpc.RpcError as err:
+            checks.equal(err.code(), grpc.StatusCode.UNAUTHENTICATED, "a call without the token")
+
+
+def run(address: str, proto_dir: Path, token: str | None) -> dict[str, Any]:
     checks, book = Checks(), Book()
     with tempfile.TemporaryDirectory(prefix="accrual-stubs-") as out_dir:
         generate_stubs(proto_dir, Path(out_dir))
-        with grpc.insecure_channel(address) as channel:
+        with open_channel(address, token) as channel:
             grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
             command = pb["command_grpc"].CommandServiceStub(channel)
             query = pb["query_grpc"].QueryServiceStub(channel)
@@ -381,7 +409,7 @@ def run(address: str, proto_dir: Path) -> dict[str, Any]:
             seen = ingest_usage(command, book, checks)
             current_usage(query, book, checks, seen)
             invoice = bill(command, query, book, checks)
-            last = errors(command, query, book, checks)
+            last = errors(command, query, book, checks, address if token else None)
     return {
         "checks": checks.passed,
         "last_position": last,
@@ -395,9 +423,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", required=True, help="host:port of accrual serve")
     parser.add_argument("--proto-dir", required=True, type=Path, help="the repository's proto/")
+    parser.add_argument("--token", default=os.environ.get("ACCRUAL_TOKEN"),
+                        help="bearer token (default: $ACCRUAL_TOKEN); none: no access control")
     args = parser.parse_args()
     try:
-        result = run(args.address, args.proto_dir.resolve())
+        result = run(args.address, args.proto_dir.resolve(), args.token)
     except (Mismatch, grpc.RpcError, grpc.FutureTimeoutError) as err:
         print(f"FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return 1
