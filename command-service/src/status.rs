@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use domain::DomainError;
-use event_store::StoreError;
+use event_store::{ExpectedVersion, StoreError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -35,19 +35,35 @@ pub fn from_domain(err: DomainError) -> Status {
     }
 }
 
+/// An expected version as clients of any language read it in `ErrorInfo` metadata: `any`,
+/// `no_stream`, or the version number.
+fn expected_name(expected: ExpectedVersion) -> String {
+    match expected {
+        ExpectedVersion::Any => "any".to_string(),
+        ExpectedVersion::NoStream => "no_stream".to_string(),
+        ExpectedVersion::Exact(version) => version.to_string(),
+    }
+}
+
+/// A stream's last version, or `no_stream` when it has no events.
+fn version_name(version: Option<u64>) -> String {
+    version.map_or_else(|| "no_stream".to_string(), |v| v.to_string())
+}
+
 pub fn from_store(err: StoreError) -> Status {
     match err {
         StoreError::WrongExpectedVersion { stream, expected, actual } => {
+            let (expected, actual) = (expected_name(expected), version_name(actual));
             let metadata = HashMap::from([
                 ("stream".to_string(), stream.clone()),
-                ("expected".to_string(), format!("{expected:?}")),
-                ("actual".to_string(), format!("{actual:?}")),
+                ("expected".to_string(), expected.clone()),
+                ("actual".to_string(), actual.clone()),
             ]);
             let details =
                 ErrorDetails::with_error_info("WRONG_EXPECTED_VERSION", "accrual", metadata);
             Status::with_error_details(
                 Code::Aborted,
-                format!("stream {stream}: expected version {expected:?}, actual {actual:?}"),
+                format!("stream {stream}: expected version {expected}, actual {actual}"),
                 details,
             )
         }
@@ -67,4 +83,31 @@ pub fn unavailable(message: impl Into<String>) -> Status {
 /// One INVALID_ARGUMENT for a single bad wire field.
 pub fn bad_field(field: &str, description: impl Into<String>) -> Status {
     from_domain(DomainError::invalid(field, description))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Version conflicts carry plain values in `ErrorInfo`, readable from any language.
+    #[test]
+    fn version_conflicts_name_versions_plainly() {
+        let table = [
+            (ExpectedVersion::Exact(7), Some(1), "7", "1"),
+            (ExpectedVersion::NoStream, Some(0), "no_stream", "0"),
+            (ExpectedVersion::Exact(0), None, "0", "no_stream"),
+        ];
+        for (expected, actual, want_expected, want_actual) in table {
+            let stream = "subscription-s1".to_string();
+            let status = from_store(StoreError::WrongExpectedVersion { stream, expected, actual });
+            assert_eq!(status.code(), Code::Aborted);
+            let info = status.get_details_error_info().expect("ErrorInfo attached");
+            assert_eq!(info.reason, "WRONG_EXPECTED_VERSION");
+            assert_eq!(info.metadata["expected"], want_expected);
+            assert_eq!(info.metadata["actual"], want_actual);
+            assert_eq!(info.metadata["stream"], "subscription-s1");
+            let message = format!("expected version {want_expected}, actual {want_actual}");
+            assert!(status.message().ends_with(&message), "{}", status.message());
+        }
+    }
 }
