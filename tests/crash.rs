@@ -1,9 +1,11 @@
 //! Crash safety (issue #5): the real `accrual serve` on one data dir, killed with SIGKILL at
-//! seeded random moments while concurrent clients ingest usage (unary, client-streamed and
-//! bidi batches, over several subscriptions) and register customers with idempotency keys, and
-//! restarted each time. Every client records what was acknowledged and what was in flight when
-//! the server died; after each restart it first retries the latter (same transaction ids, same
-//! idempotency keys), then goes on. At the end, with the server stopped:
+//! seeded random moments (some while it starts and recovers) while concurrent clients ingest
+//! usage (unary, client-streamed and bidi batches, over several subscriptions) and register
+//! customers with idempotency keys, and restarted each time. Some requests are hedged: sent
+//! twice at once, as a client that retries before its first attempt answered, so a duplicate
+//! can meet its original still in flight. Every client records what was acknowledged and what
+//! was in flight when the server died; after each restart it first retries the latter (same
+//! transaction ids, same idempotency keys), then goes on. At the end, with the server stopped:
 //! - the log (read raw with [`LogScan`]) holds every acknowledged usage event and customer
 //!   exactly once, and nothing else (every retry was acknowledged too);
 //! - the projections, caught up with the log, equal a fresh rebuild (`accrual replay verify`);
@@ -16,7 +18,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,6 +58,10 @@ const RPC_TIMEOUT_MS: u64 = 10_000;
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// How long the clients may take to notice a kill and stop.
 const CLIENTS_STOP_MS_MAX: u64 = 30_000;
+/// How long the projections may take to catch up with the log at the end.
+const CATCH_UP_SECS_MAX: u64 = 60;
+/// How long `accrual replay verify` or `accrual audit verify` may take.
+const VERIFY_SECS_MAX: u64 = 120;
 /// The whole run, kills and checks (a debug build on two busy cores takes well under this).
 const RUN_SECS_MAX: u64 = 300;
 
@@ -529,22 +535,38 @@ async fn drain(data: &Path, clients: &Clients, rng: &mut StdRng) {
     assert!(server.terminate().success(), "a graceful stop");
 }
 
-/// Waits (bounded by the query service's own 10 s) until the invoices, MRR and journal read
-/// models include the event at `position`.
-async fn caught_up(server: &Server, position: u64) {
-    let mut q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
+/// Whether the invoices, MRR and journal read models include the event at `position` (each
+/// query waits up to the query service's own 10 s): `Err` on DEADLINE_EXCEEDED.
+async fn read_models_include(
+    q: &mut QueryServiceClient<Channel>,
+    position: u64,
+) -> Result<(), tonic::Status> {
     let seen = Some(position);
     let invoices = pb::ListInvoicesRequest { min_position: seen, ..Default::default() };
-    q.list_invoices(invoices).await.expect("invoices catch up");
+    q.list_invoices(invoices).await?;
     let mrr = pb::MrrRequest {
         currency: "USD".into(),
         date: "2099-01-01".into(),
         min_position: seen,
         ..Default::default()
     };
-    q.get_mrr(mrr).await.expect("MRR catches up");
+    q.get_mrr(mrr).await?;
     let journal = pb::AsOfRequest { as_of: "2100-01-01".into(), min_position: seen };
-    q.get_trial_balance(journal).await.expect("the journal catches up");
+    q.get_trial_balance(journal).await?;
+    Ok(())
+}
+
+/// Waits (bounded by [`CATCH_UP_SECS_MAX`]) until every read model includes `position`.
+async fn caught_up(server: &Server, position: u64) {
+    let mut q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
+    let deadline = Instant::now() + Duration::from_secs(CATCH_UP_SECS_MAX);
+    loop {
+        match read_models_include(&mut q, position).await {
+            Ok(()) => return,
+            Err(s) if s.code() == Code::DeadlineExceeded && Instant::now() < deadline => {}
+            Err(s) => panic!("the read models did not catch up with {position}: {s:?}"),
+        }
+    }
 }
 
 /// How often each usage id (`<subscription>/<transaction>`) and each idempotency key of a
@@ -602,12 +624,25 @@ fn assert_exactly_once<T>(what: &str, book: &Book<T>, counts: &BTreeMap<String, 
     assert!(book.retried.is_subset(&book.acked));
 }
 
+/// Runs `accrual ARGS` to its end, killed if it outlasts [`VERIFY_SECS_MAX`]. Its output is a
+/// few lines, so the pipes are read after it exits.
 fn accrual(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_accrual"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_accrual"))
         .args(args)
         .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run accrual")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run accrual");
+    let deadline = Instant::now() + Duration::from_secs(VERIFY_SECS_MAX);
+    while child.try_wait().expect("poll accrual").is_none() {
+        if Instant::now() > deadline {
+            child.kill().expect("kill accrual");
+            panic!("accrual {args:?} took more than {VERIFY_SECS_MAX} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("accrual's output")
 }
 
 fn stdout(out: &Output) -> String {
