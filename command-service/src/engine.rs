@@ -10,7 +10,7 @@
 //!
 //! A reply that appends nothing (a duplicate usage event, an idempotent replay, a no-op) is
 //! decided on a model that may hold appends still waiting for their fsync: it is sent only once
-//! the log is durable up to everything that decision saw ([`Engine::wait_durable`]), and is
+//! the log is durable up to everything that decision saw (`Engine::wait_durable`), and is
 //! UNAVAILABLE if an append failed meanwhile. Otherwise a duplicate of a request in flight
 //! could be acknowledged and then lost with its original in a crash (found by `tests/crash.rs`).
 
