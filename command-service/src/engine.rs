@@ -7,10 +7,17 @@
 //! enqueue); the wait for fsync happens outside it, so many commands share one fsync.
 //! If an append fails, the model may be ahead of the log: it is marked stale and rebuilt from
 //! the log before the next command.
+//!
+//! A reply that appends nothing (a duplicate usage event, an idempotent replay, a no-op) is
+//! decided on a model that may hold appends still waiting for their fsync: it is sent only once
+//! the log is durable up to everything that decision saw (`Engine::wait_durable`), and is
+//! UNAVAILABLE if an append failed meanwhile. Otherwise a duplicate of a request in flight
+//! could be acknowledged and then lost with its original in a crash (found by `tests/crash.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use domain::commands::{Command, Context, Policy};
 use domain::events::{Event, Usage};
@@ -30,6 +37,9 @@ pub const REBUILD_CHUNK_EVENTS: usize = 10_000;
 /// A billing run is appended in pieces of about this many events (whole subscriptions each), so
 /// a run over many subscriptions stays within the store's request bounds.
 pub const BILLING_APPEND_EVENTS_MAX: usize = 4_096;
+/// Longest a reply that appends nothing waits for the appends its decision saw to be durable
+/// (then UNAVAILABLE: the caller retries).
+pub const DURABLE_WAIT_MS_MAX: u64 = 10_000;
 
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
@@ -48,6 +58,14 @@ struct WriteModel {
     next_position: Position,
     idempotency: HashMap<String, KeyedCommand>,
     stale: bool,
+}
+
+/// What a decision saw: the log up to `next_position` (some of it perhaps not yet durable),
+/// when `failures` appends had failed.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    next_position: Position,
+    failures: u64,
 }
 
 /// What a command came to.
@@ -74,6 +92,8 @@ pub struct Engine {
     clock: Clock,
     policy: Policy,
     closing: AtomicBool,
+    /// Appends that failed or landed elsewhere than decided (each marks the model stale).
+    failures: tokio::sync::watch::Sender<u64>,
 }
 
 impl Engine {
@@ -91,6 +111,7 @@ impl Engine {
             clock,
             policy,
             closing: AtomicBool::new(false),
+            failures: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -120,6 +141,7 @@ impl Engine {
             Ok(model) => model,
             Err(original) => return Ok(original),
         };
+        let seen = self.seen(&model);
         if let Some((stream, expected)) = guard {
             let actual = model.stream_versions.get(&stream).copied();
             if actual != Some(expected) {
@@ -134,6 +156,8 @@ impl Engine {
         let first = model.next_position;
         let events = model.ledger.execute(&cmd, &ctx, first).map_err(from_domain)?;
         if events.is_empty() {
+            drop(model);
+            self.wait_durable(seen).await?;
             let last_position = first.checked_sub(1);
             return Ok(Executed { events, last_position, duplicate: false });
         }
@@ -157,6 +181,7 @@ impl Engine {
             Err(original) => return Ok(original),
         };
         domain::ledger::check_billing_time(as_of).map_err(from_domain)?;
+        let seen = self.seen(&model);
         let ctx = Context { now: self.now(), policy: self.policy.clone() };
         let ids: Vec<String> = model.ledger.subscriptions.keys().cloned().collect();
         let (mut events, mut pending, mut tickets) = (Vec::new(), Vec::new(), Vec::new());
@@ -172,6 +197,9 @@ impl Engine {
             }
         }
         drop(model);
+        if tickets.is_empty() {
+            self.wait_durable(seen).await?;
+        }
         let mut last_position = None;
         for (ticket, first) in tickets {
             last_position = Some(self.settle(ticket, first).await?.last_position);
@@ -186,6 +214,7 @@ impl Engine {
         items: Vec<Result<Usage, Status>>,
     ) -> Result<Vec<UsageItem>, Status> {
         let mut model = self.lock_model().await?;
+        let seen = self.seen(&model);
         let ctx = Context { now: self.now(), policy: self.policy.clone() };
         let first = model.next_position;
         let mut events = Vec::with_capacity(items.len());
@@ -209,6 +238,9 @@ impl Engine {
             results.push(result);
         }
         if events.is_empty() {
+            // Duplicates may point at appends still in flight.
+            drop(model);
+            self.wait_durable(seen).await?;
             return Ok(results);
         }
         let ticket = self.submit(&mut model, &events, None, ctx.now).await;
@@ -233,11 +265,51 @@ impl Engine {
         let model = self.lock_model().await?;
         if let Some((k, digest)) = key {
             if let Some(prev) = model.idempotency.get(k).cloned() {
+                let seen = self.seen(&model);
                 drop(model);
-                return self.replay_keyed(k, digest, prev).await.map(Err);
+                return self.replay_keyed(k, digest, prev, seen).await.map(Err);
             }
         }
         Ok(Ok(model))
+    }
+
+    /// What a decision under `model`'s lock sees.
+    fn seen(&self, model: &WriteModel) -> Seen {
+        Seen { next_position: model.next_position, failures: *self.failures.borrow() }
+    }
+
+    /// Waits until the store's durable head covers everything `seen` (bounded by
+    /// [`DURABLE_WAIT_MS_MAX`]); UNAVAILABLE if an append failed first (what the decision saw
+    /// may never reach the log) or the wait times out.
+    async fn wait_durable(&self, seen: Seen) -> Result<(), Status> {
+        let mut head = self.store.watch_head();
+        let mut failures = self.failures.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(DURABLE_WAIT_MS_MAX);
+        loop {
+            if *head.borrow_and_update() >= seen.next_position {
+                return Ok(());
+            }
+            if *failures.borrow_and_update() != seen.failures {
+                return Err(unavailable("an earlier append failed; retry the request"));
+            }
+            tokio::select! {
+                changed = head.changed() => if changed.is_err() {
+                    return Err(unavailable("the event store stopped; retry the request"));
+                },
+                _ = failures.changed() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(unavailable("the original append is not durable yet; retry"));
+                }
+            }
+        }
+    }
+
+    /// Marks the model stale after an append that failed or landed elsewhere than decided, and
+    /// wakes the replies waiting in [`Engine::wait_durable`].
+    async fn mark_stale(&self) {
+        let mut model = self.model.lock().await;
+        model.stale = true;
+        self.failures.send_modify(|n| *n += 1);
     }
 
     async fn lock_model(&self) -> Result<tokio::sync::MutexGuard<'_, WriteModel>, Status> {
@@ -312,13 +384,13 @@ impl Engine {
                         actual = c.first_position,
                         "positions shifted"
                     );
-                    self.model.lock().await.stale = true;
+                    self.mark_stale().await;
                 }
                 Ok(c)
             }
             Err(e) => {
                 tracing::error!(error = %e, "append failed");
-                self.model.lock().await.stale = true;
+                self.mark_stale().await;
                 Err(from_store(e))
             }
         }
@@ -329,12 +401,14 @@ impl Engine {
         key: &str,
         digest: &[u8; 32],
         prev: KeyedCommand,
+        seen: Seen,
     ) -> Result<Executed, Status> {
         if &prev.digest != digest {
             return Err(from_store(event_store::StoreError::IdempotencyConflict {
                 key: key.to_string(),
             }));
         }
+        self.wait_durable(seen).await?;
         let count = (prev.last - prev.first + 1) as usize;
         let recorded = self.store.read_all(prev.first, count).await.map_err(from_store)?;
         let events = recorded.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
