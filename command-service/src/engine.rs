@@ -124,9 +124,22 @@ impl Engine {
         self.model.lock().await.stream_versions.get(stream).copied()
     }
 
-    /// Read access to the write model (for replies and the invoice lookup).
+    /// Read access to the write model, for replies to a command already settled (its events,
+    /// and so everything before them, are durable).
     pub async fn read<T>(&self, f: impl FnOnce(&Ledger) -> T) -> T {
         f(&self.model.lock().await.ledger)
+    }
+
+    /// Read access for a query (`GetInvoice`, `GetCurrentUsage`): the answer goes out only once
+    /// everything the model held when it was read is durable, so a crash cannot undo what a
+    /// caller was shown (bounded as [`Engine::wait_durable`]).
+    pub async fn read_durable<T>(&self, f: impl FnOnce(&Ledger) -> T) -> Result<T, Status> {
+        let model = self.lock_model().await?;
+        let seen = self.seen(&model);
+        let answer = f(&model.ledger);
+        drop(model);
+        self.wait_durable(seen).await?;
+        Ok(answer)
     }
 
     /// Runs one command. `key` is the caller's idempotency key with the digest of its request.

@@ -415,7 +415,8 @@ impl CommandService for CommandApi {
     ) -> Result<Response<pb::Invoice>, Status> {
         let id = &request.get_ref().subscription_id;
         let now = self.engine.now();
-        let draft = self.engine.read(|l| l.draft_invoice(id, now)).await.map_err(from_domain)?;
+        let draft = self.engine.read_durable(|l| l.draft_invoice(id, now)).await?;
+        let draft = draft.map_err(from_domain)?;
         let draft = draft.ok_or_else(|| {
             from_domain(domain::DomainError::precondition(
                 "NO_OPEN_PERIOD",
@@ -432,8 +433,9 @@ impl CommandService for CommandApi {
         request: Request<pb::GetInvoiceRequest>,
     ) -> Result<Response<pb::Invoice>, Status> {
         let id = &request.get_ref().invoice_id;
-        let invoice = self.engine.read(|l| l.invoices.get(id).map(convert::invoice)).await;
+        let invoice = self.engine.read_durable(|l| l.invoices.get(id).map(convert::invoice));
         invoice
+            .await?
             .map(Response::new)
             .ok_or_else(|| from_domain(domain::DomainError::not_found("invoice", id)))
     }

@@ -300,3 +300,31 @@ async fn an_idempotent_replay_is_not_acknowledged_before_its_original_is_durable
     assert!(!again.duplicate, "the retry registers the customer");
     assert_eq!(store.head(), head + 1);
 }
+
+/// Whether customer `new` exists, read as the command service's queries read (`GetInvoice`,
+/// `GetCurrentUsage`).
+fn knows_new_customer(e: &Arc<Engine>) -> tokio::task::JoinHandle<Result<bool, tonic::Status>> {
+    let e = e.clone();
+    tokio::spawn(async move { e.read_durable(|l| l.customers.contains_key("new")).await })
+}
+
+#[tokio::test]
+async fn a_query_does_not_answer_from_events_before_they_are_durable() {
+    let (store, e) = books().await;
+    let taken_before = *store.taken.borrow();
+    store.set(Gate::Held);
+    let original = register(&e);
+    store.taken(taken_before + 1).await;
+    let mut query = knows_new_customer(&e);
+    let early = tokio::time::timeout(Duration::from_millis(EARLY_REPLY_WAIT_MS), &mut query);
+    assert!(early.await.is_err(), "no answer while what it shows waits for its fsync");
+
+    store.set(Gate::Crash);
+    assert_eq!(bounded(original).await.unwrap_err().code(), tonic::Code::Unavailable);
+    let error = bounded(query).await.expect_err("what it saw was lost");
+    assert_eq!(error.code(), tonic::Code::Unavailable);
+
+    store.set(Gate::Open);
+    let known = bounded(knows_new_customer(&e)).await.unwrap();
+    assert!(!known, "the lost registration is gone once the model is rebuilt from the log");
+}
