@@ -79,10 +79,23 @@ impl Server {
     }
 
     /// SIGTERM, then waits for the exit (graceful shutdown: the store is flushed and closed).
+    /// SIGTERM, then waits for the exit (at most [`TERMINATE_WAIT_MS_MAX`]; the test fails
+    /// if the graceful shutdown takes longer).
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        self.child.wait().unwrap()
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(TERMINATE_WAIT_MS_MAX);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit within {TERMINATE_WAIT_MS_MAX} ms of SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
@@ -92,6 +105,9 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Bound of a graceful shutdown in tests (calls in flight finish, the store flushes).
+pub const TERMINATE_WAIT_MS_MAX: u64 = 60_000;
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
