@@ -211,6 +211,8 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, tx: Handshake
         };
         match accepted {
             Ok((tcp, peer)) => {
+                // Small gRPC frames go out at once (as tonic's own listener does).
+                let _ = tcp.set_nodelay(true);
                 handshakes.spawn(handshake(acceptor.clone(), tcp, peer, tx.clone()));
             }
             Err(e) => {
