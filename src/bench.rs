@@ -15,7 +15,7 @@ use proto::v1 as pb;
 use proto::v1::command_service_client::CommandServiceClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -52,9 +52,70 @@ pub struct IngestArgs {
     /// Subscriptions the events are spread over.
     #[arg(long, default_value_t = 1_000)]
     pub subscriptions: u64,
-    /// Use a running server at this URL (e.g. http://127.0.0.1:50051) instead of starting one.
+    /// Use a running server at this URL (e.g. http://127.0.0.1:50051, or https://... with
+    /// --tls-ca) instead of starting one.
     #[arg(long)]
     pub addr: Option<String>,
+    /// Serve the in-process server over mutual TLS with throwaway certificates (not with --addr).
+    #[arg(long, conflicts_with = "addr")]
+    pub tls: bool,
+    #[command(flatten)]
+    pub tls_files: TlsFiles,
+}
+
+/// TLS to a running server (`--addr https://...`).
+#[derive(Args, Clone, Default)]
+pub struct TlsFiles {
+    /// PEM CA bundle the server's certificate must chain to (needed for https).
+    #[arg(long, requires = "addr")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate to present (mutual TLS; with --tls-key).
+    #[arg(long, requires_all = ["addr", "tls_key"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires_all = ["addr", "tls_cert"])]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Name the server's certificate must carry [default: the host of --addr].
+    #[arg(long, requires = "tls_ca")]
+    pub tls_domain: Option<String>,
+}
+
+/// Where the benchmark's clients connect, and with which TLS.
+struct Target {
+    url: String,
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Target {
+    /// A running server at `url`; TLS from `files` (https needs `--tls-ca`).
+    fn remote(url: &str, files: &TlsFiles) -> anyhow::Result<Target> {
+        let https = url.starts_with("https://");
+        let Some(ca) = &files.tls_ca else {
+            anyhow::ensure!(!https, "--addr {url} is https: give --tls-ca (the server's CA)");
+            return Ok(Target { url: url.to_string(), tls: None });
+        };
+        anyhow::ensure!(https, "--tls-ca is given: --addr must be an https:// URL, not {url}");
+        let read = |path: &std::path::Path, what: &str| crate::tls::Pem::read(path, what);
+        let ca = read(ca, "--tls-ca")?;
+        let identity = match (&files.tls_cert, &files.tls_key) {
+            (Some(cert), Some(key)) => Some((read(cert, "--tls-cert")?, read(key, "--tls-key")?)),
+            _ => None,
+        };
+        let uri: tonic::transport::Uri = url.parse().with_context(|| format!("--addr {url}"))?;
+        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_string();
+        let domain = files.tls_domain.clone().unwrap_or(host);
+        let identity = identity.as_ref().map(|(c, k)| (&c.bytes[..], &k.bytes[..]));
+        let tls = crate::tls::client_config(&ca.bytes, identity, &domain);
+        Ok(Target { url: url.to_string(), tls: Some(tls) })
+    }
+
+    async fn connect(&self) -> anyhow::Result<Channel> {
+        let mut endpoint = Channel::from_shared(self.url.clone())?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        endpoint.connect().await.with_context(|| format!("connecting to {}", self.url))
+    }
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -67,7 +128,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.events > 0 && args.subscriptions > 0, "all counts must be positive");
     let dir = tempfile::tempdir()?;
-    let (url, server, store) = start_server(dir.path()).await?;
+    let (url, server, store) = start_server(dir.path(), None).await?;
     let ingest = IngestArgs {
         events: args.events,
         batch: 1_000,
@@ -75,8 +136,11 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         unary: false,
         subscriptions: args.subscriptions,
         addr: None,
+        tls: false,
+        tls_files: TlsFiles::default(),
     };
-    let (secs, _) = write_usage(&url, &ingest).await?;
+    let target = Target { url, tls: None };
+    let (secs, _) = write_usage(&target, &ingest).await?;
     server.abort();
     let head = store.head();
     println!(
@@ -111,15 +175,18 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         args.events > 0 && args.batch > 0 && args.clients > 0 && args.subscriptions > 0,
         "all counts must be positive"
     );
-    let (url, _server, _dir) = match &args.addr {
-        Some(a) => (a.clone(), None, None),
+    let (target, _server, _dir) = match &args.addr {
+        Some(a) => (Target::remote(a, &args.tls_files)?, None, None),
         None => {
             let dir = tempfile::tempdir()?;
-            let (url, handle, _) = start_server(dir.path()).await?;
-            (url, Some(handle), Some(dir))
+            let certs = args.tls.then(crate::tls::Throwaway::generate).transpose()?;
+            let server_tls = certs.as_ref().map(|c| c.server_config()).transpose()?;
+            let (url, handle, _) = start_server(dir.path(), server_tls).await?;
+            let target = Target { url, tls: certs.map(|c| c.client_config()) };
+            (target, Some(handle), Some(dir))
         }
     };
-    let (secs, h) = write_usage(&url, &args).await?;
+    let (secs, h) = write_usage(&target, &args).await?;
     println!("peak_rss_mb={:.0} (server and client in one process unless --addr)", peak_rss_mb());
     println!(
         "ingest events={} secs={secs:.2} events_per_s={:.0} p50_ms={:.2} p99_ms={:.2}",
@@ -133,12 +200,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 
 /// Sets up a customer, plans and subscriptions and sends `args.events` usage events; returns
 /// the seconds the usage took and the ack latency histogram (µs).
-async fn write_usage(url: &str, args: &IngestArgs) -> anyhow::Result<(f64, Histogram<u64>)> {
-    let url = url.to_string();
-    let channel = Channel::from_shared(url.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+async fn write_usage(target: &Target, args: &IngestArgs) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let channel = target.connect().await?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     setup(CommandServiceClient::new(channel), &run_id, args.subscriptions).await?;
     let latencies = Arc::new(latency::Hist::new());
@@ -147,7 +210,7 @@ async fn write_usage(url: &str, args: &IngestArgs) -> anyhow::Result<(f64, Histo
     let mut tasks = Vec::new();
     for client in 0..args.clients {
         let range = share(args.events, args.clients, client);
-        let channel = Channel::from_shared(url.clone())?.connect().await?;
+        let channel = target.connect().await?;
         let ctx = Worker {
             run_id: run_id.clone(),
             args: args.clone(),
@@ -183,17 +246,20 @@ fn share(total: u64, clients: u64, i: u64) -> std::ops::Range<u64> {
     start..end
 }
 
-/// The command side only (no projections): this benchmark measures durable ingest.
+/// The command side only (no projections): this benchmark measures durable ingest. With `tls`,
+/// served over TLS (the URL is https).
 async fn start_server(
     dir: &std::path::Path,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<(String, tokio::task::JoinHandle<()>, Arc<dyn event_store::EventStore>)> {
     let (store, engine) =
         crate::serve::open_engine(dir, domain::commands::Policy::default()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr()?);
     let handle = tokio::spawn(async move {
         let limits = command_service::service::Limits::default();
-        let server = crate::server::ServerLimits::default();
+        let server = crate::server::ServerLimits { tls, ..Default::default() };
         let never = std::future::pending();
         if let Err(e) =
             crate::server::serve(listener, Some(engine), None, None, None, limits, server, never)

@@ -67,8 +67,8 @@ impl fmt::Display for Roles {
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// TOML file with any of: role, read_only, auth_tokens, data_dir, listen, log_format,
-    /// log_level, grace_period_secs, scheduler_interval_secs, max_payment_attempts. Flags and
-    /// env vars override it.
+    /// log_level, grace_period_secs, scheduler_interval_secs, max_payment_attempts, tls_cert,
+    /// tls_key, tls_client_ca, allow_plaintext. Flags and env vars override it.
     #[arg(long, env = "ACCRUAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// What this process runs: a comma-separated list of command (CommandService and billing
@@ -107,6 +107,19 @@ pub struct ServeArgs {
     /// Failed payment attempts after which an invoice is uncollectible [default: 3]
     #[arg(long, env = "ACCRUAL_MAX_PAYMENT_ATTEMPTS")]
     pub max_payment_attempts: Option<u32>,
+    /// PEM certificate chain the server presents (with --tls-key): every connection is TLS
+    #[arg(long, env = "ACCRUAL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, env = "ACCRUAL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mutual TLS; needs --tls-cert)
+    #[arg(long, env = "ACCRUAL_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve plaintext on a non-loopback address with auth tokens (they travel in clear text):
+    /// only behind a proxy or service mesh that terminates TLS
+    #[arg(long, env = "ACCRUAL_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +136,10 @@ struct FileConfig {
     grace_period_secs: Option<i64>,
     scheduler_interval_secs: Option<u64>,
     max_payment_attempts: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    allow_plaintext: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +155,10 @@ pub struct Settings {
     pub grace_period_secs: i64,
     pub scheduler_interval_secs: u64,
     pub max_payment_attempts: u32,
+    /// `None`: plaintext.
+    pub tls: Option<crate::tls::ServerTls>,
+    /// Plaintext with auth tokens on a non-loopback address was asked for explicitly.
+    pub allow_plaintext: bool,
 }
 
 impl Settings {
@@ -169,6 +190,11 @@ impl Settings {
             (None, None) => crate::auth::Tokens::default(),
         };
         let auth = (!auth.is_empty()).then(|| std::sync::Arc::new(auth));
+        let tls = crate::tls::ServerTls::load(
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.tls_client_ca.or(file.tls_client_ca),
+        )?;
         let settings = Settings {
             roles,
             auth,
@@ -192,6 +218,8 @@ impl Settings {
                 .max_payment_attempts
                 .or(file.max_payment_attempts)
                 .unwrap_or(3),
+            tls,
+            allow_plaintext: args.allow_plaintext || file.allow_plaintext.unwrap_or(false),
         };
         anyhow::ensure!(
             !settings.read_only
@@ -203,6 +231,15 @@ impl Settings {
             settings.auth.is_some() || settings.listen.ip().is_loopback(),
             "refusing to serve on {} without auth: configure auth tokens (`accrual token new \
              --role R` prints one) or listen on a loopback address",
+            settings.listen
+        );
+        anyhow::ensure!(
+            settings.tls.is_some()
+                || settings.listen.ip().is_loopback()
+                || settings.allow_plaintext,
+            "refusing to serve on {} without TLS: bearer tokens would cross the network in clear \
+             text. Configure tls_cert and tls_key (--tls-cert, --tls-key), or, behind a proxy or \
+             service mesh that terminates TLS, pass --allow-plaintext",
             settings.listen
         );
         anyhow::ensure!(settings.grace_period_secs >= 0, "grace_period_secs must not be negative");
@@ -290,5 +327,110 @@ mod tests {
         assert!(Settings::resolve(ServeArgs { config: Some(path), ..Default::default() }).is_err());
         let args = ServeArgs { max_payment_attempts: Some(0), ..Default::default() };
         assert!(Settings::resolve(args).is_err());
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    /// A throwaway CA's server certificate, key and CA in `dir`: (cert, key, ca) paths.
+    fn pem_files(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+        let made = crate::tls::Throwaway::generate().unwrap();
+        let server = &made.server;
+        let paths = (dir.join("server.pem"), dir.join("server.key"), dir.join("ca.pem"));
+        std::fs::write(&paths.0, &server.cert.bytes).unwrap();
+        std::fs::write(&paths.1, &server.key.bytes).unwrap();
+        std::fs::write(&paths.2, &made.ca_pem).unwrap();
+        paths
+    }
+
+    fn toml_path(value: &std::path::Path) -> String {
+        format!("{:?}", value.display().to_string())
+    }
+
+    #[test]
+    fn tls_comes_from_the_file_and_each_flag_overrides_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, ca) = pem_files(dir.path());
+        let config = dir.path().join("accrual.toml");
+        let text = format!("tls_cert = {}\ntls_key = {}\n", toml_path(&cert), toml_path(&key));
+        std::fs::write(&config, text).unwrap();
+        let from_file = ServeArgs { config: Some(config.clone()), ..Default::default() };
+        let tls = Settings::resolve(from_file).unwrap().tls.expect("TLS from the file");
+        assert_eq!((tls.cert.as_path(), tls.key.as_path()), (cert.as_path(), key.as_path()));
+        assert_eq!(tls.client_ca, None);
+        assert_eq!(tls.config.alpn_protocols, vec![b"h2".to_vec()]);
+
+        let copy = dir.path().join("copy.pem");
+        std::fs::copy(&cert, &copy).unwrap();
+        let args = ServeArgs {
+            config: Some(config),
+            tls_cert: Some(copy.clone()),
+            tls_client_ca: Some(ca.clone()),
+            ..Default::default()
+        };
+        let tls = Settings::resolve(args).unwrap().tls.expect("TLS");
+        assert_eq!((tls.cert, tls.key, tls.client_ca), (copy, key, Some(ca)));
+    }
+
+    #[test]
+    fn no_tls_settings_is_plaintext_on_loopback() {
+        let s = Settings::resolve(ServeArgs::default()).unwrap();
+        assert!(s.tls.is_none() && !s.allow_plaintext);
+    }
+
+    #[test]
+    fn half_a_tls_configuration_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, ca) = pem_files(dir.path());
+        let cases = [
+            (Some(cert.clone()), None, None, "tls_cert (--tls-cert) is set without tls_key"),
+            (None, Some(key.clone()), None, "tls_key (--tls-key) is set without tls_cert"),
+            (None, None, Some(ca.clone()), "tls_client_ca (--tls-client-ca) is set without"),
+            (Some(cert.clone()), None, Some(ca), "without tls_key"),
+        ];
+        for (tls_cert, tls_key, tls_client_ca, named) in cases {
+            let args = ServeArgs { tls_cert, tls_key, tls_client_ca, ..Default::default() };
+            let error = Settings::resolve(args).unwrap_err().to_string();
+            assert!(error.contains(named), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_naming_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _, _) = pem_files(dir.path());
+        let other = tempfile::tempdir().unwrap();
+        let (_, other_key, _) = pem_files(other.path());
+        let args = ServeArgs {
+            tls_cert: Some(cert.clone()),
+            tls_key: Some(other_key.clone()),
+            ..Default::default()
+        };
+        let error = Settings::resolve(args).unwrap_err().to_string();
+        let (cert, key) = (cert.display().to_string(), other_key.display().to_string());
+        assert!(error.contains(&cert) && error.contains(&key), "{error}");
+    }
+
+    #[test]
+    fn tokens_on_a_public_address_need_tls_or_an_explicit_allow_plaintext() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, _) = pem_files(dir.path());
+        let public = || ServeArgs {
+            listen: Some("0.0.0.0:50051".parse().unwrap()),
+            auth_tokens: Some(format!("writer:{}", "ab".repeat(32))),
+            ..Default::default()
+        };
+        let error = Settings::resolve(public()).unwrap_err().to_string();
+        assert!(error.contains("without TLS") && error.contains("--allow-plaintext"), "{error}");
+        let tls = ServeArgs { tls_cert: Some(cert), tls_key: Some(key), ..public() };
+        assert!(Settings::resolve(tls).unwrap().tls.is_some());
+        let allowed = Settings::resolve(ServeArgs { allow_plaintext: true, ..public() }).unwrap();
+        assert!(allowed.allow_plaintext && allowed.tls.is_none());
+        let config = dir.path().join("accrual.toml");
+        std::fs::write(&config, "allow_plaintext = true\n").unwrap();
+        let from_file = ServeArgs { config: Some(config), ..public() };
+        assert!(Settings::resolve(from_file).unwrap().allow_plaintext);
     }
 }

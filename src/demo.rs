@@ -37,6 +37,10 @@ pub struct DemoArgs {
     /// Months simulated from 2025-01-01 (1..=36).
     #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u32).range(1..=36))]
     months: u32,
+    /// Serve and call over mutual TLS with a throwaway CA, server and client certificate
+    /// generated at start (nothing is written to disk).
+    #[arg(long)]
+    tls: bool,
 }
 
 type Cmd = CommandServiceClient<Channel>;
@@ -96,8 +100,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let start = jiff::civil::date(2025, 1, 1);
     let clock = Arc::new(AtomicI64::new(micros_at(start)?));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (addr, server) = start_service(&dir, clock.clone(), stop_rx).await?;
-    let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    let certs = if args.tls { Some(crate::tls::Throwaway::generate()?) } else { None };
+    let server_tls = certs.as_ref().map(|c| c.server_config()).transpose()?;
+    let (addr, server) = start_service(&dir, clock.clone(), stop_rx, server_tls).await?;
+    let channel = match &certs {
+        Some(certs) => {
+            Channel::from_shared(format!("https://{addr}"))?.tls_config(certs.client_config())?
+        }
+        None => Channel::from_shared(format!("http://{addr}"))?,
+    };
+    let channel = channel.connect().await?;
     let end = start.checked_add(jiff::Span::new().months(args.months))?;
     let mut sim = Sim::new(args.seed, clock, CommandServiceClient::new(channel.clone()), start);
     sim.setup(end).await?;
@@ -115,11 +127,13 @@ fn micros_at(day: Date) -> anyhow::Result<i64> {
     Ok(at.timestamp().as_microsecond())
 }
 
-/// Starts store, engine, projections and the gRPC server on 127.0.0.1:0 with the shared clock.
+/// Starts store, engine, projections and the gRPC server on 127.0.0.1:0 with the shared clock
+/// (over TLS with `tls`).
 async fn start_service(
     dir: &std::path::Path,
     clock: Arc<AtomicI64>,
     stop: watch::Receiver<bool>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let mut config = SledConfig::new(dir.join("log"));
     let store_clock = clock.clone();
@@ -140,7 +154,7 @@ async fn start_service(
     };
     let query = Some(QueryApi::new(models));
     let task = tokio::spawn(async move {
-        let limits = (Limits::default(), ServerLimits::default());
+        let limits = (Limits::default(), ServerLimits { tls, ..ServerLimits::default() });
         let engine = Some(Arc::new(engine));
         serve(listener, engine, query, None, None, limits.0, limits.1, shutdown).await?;
         for p in projectors {

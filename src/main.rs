@@ -11,6 +11,7 @@ mod export;
 mod replay_cmd;
 mod serve;
 mod server;
+mod tls;
 
 use clap::{Parser, Subcommand};
 
@@ -50,6 +51,7 @@ enum Commands {
 }
 
 fn main() -> anyhow::Result<()> {
+    tls::install_crypto_provider();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {

@@ -153,6 +153,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     if s.auth.is_none() {
         tracing::warn!(listen = %s.listen, "no auth tokens configured: every call is admitted (allowed on a loopback address only)");
     }
+    log_transport(&s);
     if s.read_only {
         return serve_read_only(s).await;
     }
@@ -190,7 +191,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
     };
-    let limits = (Limits::default(), ServerLimits::default());
+    let limits = (Limits::default(), server_limits(&s));
     serve(listener, engine, query, audit, s.auth.clone(), limits.0, limits.1, shutdown).await?;
     for task in tasks {
         task.await?;
@@ -209,8 +210,33 @@ async fn serve_read_only(s: Settings) -> anyhow::Result<()> {
         shutdown_signal().await;
         tracing::info!("shutdown requested");
     };
-    let (limits, server) = (Limits::default(), ServerLimits::default());
+    let (limits, server) = (Limits::default(), server_limits(&s));
     serve(listener, None, query, None, s.auth.clone(), limits, server, shutdown).await
+}
+
+/// The default transport bounds, with the TLS of `s`.
+fn server_limits(s: &Settings) -> ServerLimits {
+    ServerLimits { tls: s.tls.as_ref().map(|t| t.config.clone()), ..ServerLimits::default() }
+}
+
+/// Says how connections are secured; loudly when tokens would cross the network in clear text
+/// (`--allow-plaintext`: config refuses it otherwise).
+fn log_transport(s: &Settings) {
+    match &s.tls {
+        Some(tls) => tracing::info!(
+            cert = %tls.cert.display(),
+            client_ca = ?tls.client_ca,
+            mutual = tls.client_ca.is_some(),
+            "TLS on every connection"
+        ),
+        None if !s.listen.ip().is_loopback() => tracing::warn!(
+            listen = %s.listen,
+            "PLAINTEXT on a non-loopback address (--allow-plaintext): bearer tokens and billing \
+             data cross the network unencrypted; only safe behind a proxy or mesh that \
+             terminates TLS"
+        ),
+        None => {}
+    }
 }
 
 /// Calls RunBilling(now) every `interval_secs` until told to stop.

@@ -2,7 +2,8 @@
 //! its role), the audit service (with the query role, when the process has the log open),
 //! health (SERVING for the services registered here; others are unknown to it) and reflection
 //! (so grpcurl, grpcui and Postman work with no proto files; it lists the services registered
-//! here), with explicit transport limits and graceful shutdown.
+//! here), with explicit transport limits and graceful shutdown; over TLS (every service on the
+//! one port) when `ServerLimits::tls` is set (handshakes in `crate::tls`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::audit_service::AuditApi;
 use crate::auth::{Guard, Guarded, Tokens};
 
-/// Transport bounds of the server.
+/// Transport bounds of the server, and its TLS.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
     /// Largest request message accepted (decoded size).
@@ -31,6 +32,8 @@ pub struct ServerLimits {
     pub concurrent_streams_max: u32,
     /// Calls one connection may have in progress at once; more wait.
     pub concurrency_per_connection_max: usize,
+    /// `Some`: every connection is TLS (health and reflection too); `None`: plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerLimits {
@@ -39,6 +42,7 @@ impl Default for ServerLimits {
             message_bytes_max: 16 * 1024 * 1024,
             concurrent_streams_max: 256,
             concurrency_per_connection_max: 256,
+            tls: None,
         }
     }
 }
@@ -96,8 +100,9 @@ pub async fn serve(
         query.map(|q| InterceptedService::new(QueryServiceServer::new(q), guard(Guarded::Query)));
     let audit =
         audit.map(|a| InterceptedService::new(AuditServiceServer::new(a), guard(Guarded::Audit)));
-    tracing::info!(addr = %listener.local_addr()?, services = ?services, "accrual listening");
-    tonic::transport::Server::builder()
+    let tls = server.tls.is_some();
+    tracing::info!(addr = %listener.local_addr()?, services = ?services, tls, "accrual listening");
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(server.concurrent_streams_max)
         .concurrency_limit_per_connection(server.concurrency_per_connection_max)
@@ -107,9 +112,18 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_optional_service(commands)
         .add_optional_service(query)
-        .add_optional_service(audit)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .add_optional_service(audit);
+    match server.tls {
+        Some(config) => {
+            let (incoming, acceptor) = crate::tls::incoming(listener, config);
+            let served = router.serve_with_incoming_shutdown(incoming, shutdown).await;
+            acceptor.abort();
+            served?
+        }
+        None => {
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await?
+        }
+    }
     if running.0 {
         health.set_not_serving::<CommandServiceServer<CommandApi>>().await;
     }

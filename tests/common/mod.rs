@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use proto::v1 as pb;
 use proto::v1::command_service_client::CommandServiceClient;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 /// `accrual serve` started on a data dir; killed (if still running) when dropped, so a failing
 /// assertion never leaves a server behind.
@@ -65,6 +65,30 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not come up");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Like `serving`, over TLS configured by `tls` (`https://127.0.0.1:port`).
+    pub async fn serving_tls(&self, service: &str, tls: ClientTlsConfig) -> Channel {
+        let url = format!("https://127.0.0.1:{}", self.port);
+        let endpoint = Channel::from_shared(url).unwrap().tls_config(tls).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(channel) = endpoint.connect().await {
+                let mut health =
+                    tonic_health::pb::health_client::HealthClient::new(channel.clone());
+                let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
+                if let Ok(r) = health.check(req).await {
+                    assert_eq!(r.into_inner().status, 1, "SERVING");
+                    return channel;
+                }
+            }
+            assert!(Instant::now() < deadline, "TLS server did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// A command-service client once it is SERVING.
