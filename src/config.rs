@@ -67,8 +67,8 @@ impl fmt::Display for Roles {
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// TOML file with any of: role, read_only, auth_tokens, data_dir, listen, log_format,
-    /// log_level, grace_period_secs, scheduler_interval_secs, max_payment_attempts. Flags and
-    /// env vars override it.
+    /// log_level, grace_period_secs, scheduler_interval_secs, max_payment_attempts, and a
+    /// `[limits]` table (keys: the limit flags' names with `_`). Flags and env vars override it.
     #[arg(long, env = "ACCRUAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// What this process runs: a comma-separated list of command (CommandService and billing
@@ -107,6 +107,8 @@ pub struct ServeArgs {
     /// Failed payment attempts after which an invoice is uncollectible [default: 3]
     #[arg(long, env = "ACCRUAL_MAX_PAYMENT_ATTEMPTS")]
     pub max_payment_attempts: Option<u32>,
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +125,7 @@ struct FileConfig {
     grace_period_secs: Option<i64>,
     scheduler_interval_secs: Option<u64>,
     max_payment_attempts: Option<u32>,
+    limits: Option<crate::limits::LimitArgs>,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +141,8 @@ pub struct Settings {
     pub grace_period_secs: i64,
     pub scheduler_interval_secs: u64,
     pub max_payment_attempts: u32,
+    pub limits: command_service::service::Limits,
+    pub server_limits: crate::server::ServerLimits,
 }
 
 impl Settings {
@@ -169,6 +174,7 @@ impl Settings {
             (None, None) => crate::auth::Tokens::default(),
         };
         let auth = (!auth.is_empty()).then(|| std::sync::Arc::new(auth));
+        let (limits, server_limits) = crate::limits::resolve(args.limits, file.limits)?;
         let settings = Settings {
             roles,
             auth,
@@ -192,6 +198,8 @@ impl Settings {
                 .max_payment_attempts
                 .or(file.max_payment_attempts)
                 .unwrap_or(3),
+            limits,
+            server_limits,
         };
         anyhow::ensure!(
             !settings.read_only

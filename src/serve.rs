@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use command_service::engine::{Clock, Engine};
-use command_service::service::Limits;
 use domain::commands::Policy;
 use event_store::{EventStore, SledConfig, SledStore};
 use projections::invoices::{InvoiceReader, InvoicesProjection};
@@ -34,7 +33,7 @@ use tokio::sync::watch;
 
 use crate::audit_service::AuditApi;
 use crate::config::Settings;
-use crate::server::{serve, ServerLimits};
+use crate::server::serve;
 
 pub fn system_clock() -> Clock {
     Arc::new(jiff::Timestamp::now)
@@ -190,7 +189,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
     };
-    let limits = (Limits::default(), ServerLimits::default());
+    let limits = (s.limits.clone(), s.server_limits.clone());
     serve(listener, engine, query, audit, s.auth.clone(), limits.0, limits.1, shutdown).await?;
     for task in tasks {
         task.await?;
@@ -209,7 +208,7 @@ async fn serve_read_only(s: Settings) -> anyhow::Result<()> {
         shutdown_signal().await;
         tracing::info!("shutdown requested");
     };
-    let (limits, server) = (Limits::default(), ServerLimits::default());
+    let (limits, server) = (s.limits.clone(), s.server_limits.clone());
     serve(listener, None, query, None, s.auth.clone(), limits, server, shutdown).await
 }
 
