@@ -53,6 +53,23 @@ impl Default for ServerLimits {
     }
 }
 
+/// The listener's connections with Nagle's algorithm off. tonic's own `tcp_nodelay` applies only
+/// to listeners it binds itself; with Nagle on, a reply written in several small frames (a
+/// stream's messages, a large unary reply) waited for the client's delayed ACK: ~40 ms each.
+fn no_delay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(error = %e, "could not turn Nagle's algorithm off");
+            }
+        }
+        accepted
+    })
+}
+
 /// Serves until `shutdown` resolves, then stops accepting, lets calls in flight finish, and
 /// flushes the engine (every acknowledged command is already durable; this drains the rest).
 /// `engine` serves the CommandService, `query` the QueryService and `audit` the AuditService;
@@ -123,7 +140,7 @@ pub async fn serve(
         .add_optional_service(commands)
         .add_optional_service(query)
         .add_optional_service(audit)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(no_delay(listener), shutdown)
         .await?;
     if running.0 {
         health.set_not_serving::<CommandServiceServer<CommandApi>>().await;

@@ -107,7 +107,7 @@ impl Shared {
     }
 
     /// Takes a place for a counted call, or says which bound refused it.
-    fn admit(self: &Arc<Self>, req: &Request<BoxBody>) -> Result<Option<Admitted>, Status> {
+    fn admit(self: &Arc<Self>, req: &Request<BoxBody>) -> Result<Option<Admitted>, Box<Status>> {
         if !req.uri().path().starts_with(COUNTED_PATH_PREFIX) {
             return Ok(None);
         }
@@ -126,7 +126,7 @@ impl Shared {
         Ok(Some(Admitted { _permit: permit, _connection: connection }))
     }
 
-    fn connection_slot(self: &Arc<Self>, peer: SocketAddr) -> Result<ConnectionSlot, Status> {
+    fn connection_slot(self: &Arc<Self>, peer: SocketAddr) -> Result<ConnectionSlot, Box<Status>> {
         let max = self.concurrency_per_connection_max;
         let mut map = self.connections();
         let n = map.entry(peer).or_insert(0);
@@ -155,11 +155,11 @@ impl Shared {
 }
 
 /// RESOURCE_EXHAUSTED with the bound's name (ErrorInfo) and when to retry (RetryInfo).
-fn busy(reason: &str, max: u32, message: String) -> Status {
+fn busy(reason: &str, max: u32, message: String) -> Box<Status> {
     let metadata = HashMap::from([("limit".to_string(), max.to_string())]);
     let mut details = ErrorDetails::with_error_info(reason, "accrual", metadata);
     details.set_retry_info(Some(Duration::from_millis(BUSY_RETRY_MS)));
-    Status::with_error_details(Code::ResourceExhausted, message, details)
+    Box::new(Status::with_error_details(Code::ResourceExhausted, message, details))
 }
 
 /// A `grpc-timeout` header value (`<up to 8 digits><H|M|S|m|u|n>`) in milliseconds, rounded up.
@@ -228,7 +228,7 @@ where
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
         let held = match self.shared.admit(&req) {
             Ok(held) => held,
-            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+            Err(status) => return Box::pin(std::future::ready(Ok((*status).into_http()))),
         };
         let (deadline_ms, whose) = self.shared.deadline_ms(req.headers());
         // The clone is ready only if polled; the ready one serves this call.
