@@ -3,6 +3,11 @@
 //!
 //! `accrual bench replay`: writes a usage-heavy log the same way, then times only the rebuild
 //! of every read model from it and prints `replay events=N secs=S events_per_s=X` last.
+//!
+//! `accrual bench soak`: a bounded run of mixed commands and queries against the whole server
+//! (see [`soak`]); prints throughput, p50/p99 per kind of call, errors and RSS over time.
+
+mod soak;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +28,9 @@ pub enum BenchCommand {
     Ingest(IngestArgs),
     /// Rebuild throughput of all read models (invoices, MRR, journal) from a usage-heavy log.
     Replay(ReplayArgs),
+    /// A bounded soak: mixed commands and queries by concurrent clients for --secs, with
+    /// throughput, latency, errors and RSS printed over time.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Args, Clone)]
@@ -122,6 +130,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingest(args) => ingest(args).await,
         BenchCommand::Replay(args) => replay(args).await,
+        BenchCommand::Soak(args) => soak::run(args).await,
     }
 }
 
@@ -163,6 +172,10 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Events one IngestUsage call of the ingest benchmark carries (below the server's default
+/// stream_events_max of 1,000,000).
+const STREAM_EVENTS_PER_CALL: u64 = 500_000;
 
 const METRICS: [(&str, &str, &str); 3] = [
     ("api_calls", "sum", "calls"),
@@ -350,8 +363,24 @@ impl Worker {
         }
     }
 
+    /// Sends `range` over IngestUsage streams of at most [`STREAM_EVENTS_PER_CALL`] events
+    /// (the server's stream_events_max bounds one call).
     async fn stream(self, channel: Channel, range: std::ops::Range<u64>) -> anyhow::Result<()> {
         let mut client = CommandServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + STREAM_EVENTS_PER_CALL).min(range.end);
+            self.stream_call(&mut client, start..end).await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    async fn stream_call(
+        &self,
+        client: &mut CommandServiceClient<Channel>,
+        range: std::ops::Range<u64>,
+    ) -> anyhow::Result<()> {
         let (tx, rx) = mpsc::channel::<pb::UsageBatch>(1);
         let mut replies = client.ingest_usage(ReceiverStream::new(rx)).await?.into_inner();
         let mut n = range.start;

@@ -68,7 +68,8 @@ impl fmt::Display for Roles {
 pub struct ServeArgs {
     /// TOML file with any of: role, read_only, auth_tokens, data_dir, listen, log_format,
     /// log_level, grace_period_secs, scheduler_interval_secs, max_payment_attempts, tls_cert,
-    /// tls_key, tls_client_ca, allow_plaintext. Flags and env vars override it.
+    /// tls_key, tls_client_ca, allow_plaintext, and a `[limits]` table (keys: the limit flags'
+    /// names with `_`). Flags and env vars override it.
     #[arg(long, env = "ACCRUAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// What this process runs: a comma-separated list of command (CommandService and billing
@@ -120,6 +121,8 @@ pub struct ServeArgs {
     /// only behind a proxy or service mesh that terminates TLS
     #[arg(long, env = "ACCRUAL_ALLOW_PLAINTEXT")]
     pub allow_plaintext: bool,
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +143,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     allow_plaintext: Option<bool>,
+    limits: Option<crate::limits::LimitArgs>,
 }
 
 #[derive(Clone, Debug)]
@@ -159,6 +163,8 @@ pub struct Settings {
     pub tls: Option<crate::tls::ServerTls>,
     /// Plaintext with auth tokens on a non-loopback address was asked for explicitly.
     pub allow_plaintext: bool,
+    pub limits: command_service::service::Limits,
+    pub server_limits: crate::server::ServerLimits,
 }
 
 impl Settings {
@@ -195,6 +201,7 @@ impl Settings {
             args.tls_key.or(file.tls_key),
             args.tls_client_ca.or(file.tls_client_ca),
         )?;
+        let (limits, server_limits) = crate::limits::resolve(args.limits, file.limits)?;
         let settings = Settings {
             roles,
             auth,
@@ -220,6 +227,8 @@ impl Settings {
                 .unwrap_or(3),
             tls,
             allow_plaintext: args.allow_plaintext || file.allow_plaintext.unwrap_or(false),
+            limits,
+            server_limits,
         };
         anyhow::ensure!(
             !settings.read_only

@@ -8,6 +8,7 @@ mod bench;
 mod config;
 mod demo;
 mod export;
+mod limits;
 mod replay_cmd;
 mod serve;
 mod server;

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use command_service::engine::{Clock, Engine};
-use command_service::service::Limits;
 use domain::commands::Policy;
 use event_store::{EventStore, SledConfig, SledStore};
 use projections::invoices::{InvoiceReader, InvoicesProjection};
@@ -191,7 +190,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
     };
-    let limits = (Limits::default(), server_limits(&s));
+    let limits = (s.limits.clone(), server_limits(&s));
     serve(listener, engine, query, audit, s.auth.clone(), limits.0, limits.1, shutdown).await?;
     for task in tasks {
         task.await?;
@@ -210,13 +209,14 @@ async fn serve_read_only(s: Settings) -> anyhow::Result<()> {
         shutdown_signal().await;
         tracing::info!("shutdown requested");
     };
-    let (limits, server) = (Limits::default(), server_limits(&s));
+    let (limits, server) = (s.limits.clone(), server_limits(&s));
     serve(listener, None, query, None, s.auth.clone(), limits, server, shutdown).await
 }
 
 /// The default transport bounds, with the TLS of `s`.
+/// The transport limits of the settings, with their TLS.
 fn server_limits(s: &Settings) -> ServerLimits {
-    ServerLimits { tls: s.tls.as_ref().map(|t| t.config.clone()), ..ServerLimits::default() }
+    ServerLimits { tls: s.tls.as_ref().map(|t| t.config.clone()), ..s.server_limits.clone() }
 }
 
 /// Says how connections are secured; loudly when tokens would cross the network in clear text

@@ -23,15 +23,24 @@ use tonic::transport::server::TcpIncoming;
 use crate::audit_service::AuditApi;
 use crate::auth::{Guard, Guarded, Tokens};
 
-/// Transport bounds of the server, and its TLS.
+pub mod call_limits;
+
+/// Transport bounds of the server (`crate::limits` reads them from flags, env and TOML), and
+/// its TLS.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
-    /// Largest request message accepted (decoded size).
+    /// Largest request message any service accepts (decoded size); more: RESOURCE_EXHAUSTED.
     pub message_bytes_max: usize,
-    /// HTTP/2 streams (concurrent calls) one connection may open.
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may open; a client's
+    /// HTTP/2 stack queues calls beyond it (no error).
     pub concurrent_streams_max: u32,
-    /// Calls one connection may have in progress at once; more wait.
+    /// Calls one connection may have in progress at once; more: RESOURCE_EXHAUSTED at once.
     pub concurrency_per_connection_max: usize,
+    /// Calls (accrual services) in progress on the whole server; more: RESOURCE_EXHAUSTED.
+    pub calls_in_flight_max: u32,
+    /// Longest wait for a call's response headers (a whole unary call or client-streaming
+    /// upload); a client's shorter grpc-timeout wins; over it: DEADLINE_EXCEEDED.
+    pub request_timeout_ms: u64,
     /// `Some`: every connection is TLS (health and reflection too); `None`: plaintext.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -41,7 +50,9 @@ impl Default for ServerLimits {
         ServerLimits {
             message_bytes_max: 16 * 1024 * 1024,
             concurrent_streams_max: 256,
-            concurrency_per_connection_max: 256,
+            concurrency_per_connection_max: 128,
+            calls_in_flight_max: 512,
+            request_timeout_ms: 60_000,
             tls: None,
         }
     }
@@ -96,16 +107,21 @@ pub async fn serve(
             .max_decoding_message_size(server.message_bytes_max);
         InterceptedService::new(api, guard(Guarded::Command))
     });
-    let query =
-        query.map(|q| InterceptedService::new(QueryServiceServer::new(q), guard(Guarded::Query)));
-    let audit =
-        audit.map(|a| InterceptedService::new(AuditServiceServer::new(a), guard(Guarded::Audit)));
+    let bytes_max = server.message_bytes_max;
+    let query = query.map(|q| {
+        let api = QueryServiceServer::new(q).max_decoding_message_size(bytes_max);
+        InterceptedService::new(api, guard(Guarded::Query))
+    });
+    let audit = audit.map(|a| {
+        let api = AuditServiceServer::new(a).max_decoding_message_size(bytes_max);
+        InterceptedService::new(api, guard(Guarded::Audit))
+    });
     let tls = server.tls.is_some();
     tracing::info!(addr = %listener.local_addr()?, services = ?services, tls, "accrual listening");
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(server.concurrent_streams_max)
-        .concurrency_limit_per_connection(server.concurrency_per_connection_max)
+        .layer(call_limits::CallLimitsLayer::new(&server))
         .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use domain::commands::Command;
 use domain::events::Event;
@@ -14,7 +15,7 @@ use proto::v1::command_service_server::CommandService;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
 use crate::engine::{Engine, Executed, UsageItem};
@@ -25,15 +26,23 @@ use crate::status::{bad_field, from_domain};
 pub struct Limits {
     /// Most usage events in one `UsageBatch` (IngestUsage) and per append in StreamUsage.
     pub batch_events_max: usize,
-    /// Most usage events in one StreamUsage call.
+    /// Most usage events in one StreamUsage or IngestUsage call.
     pub stream_events_max: usize,
+    /// Longest an IngestUsage stream stays open (its response streams, so the server's request
+    /// deadline does not bound it); then it ends with RESOURCE_EXHAUSTED: open a new one.
+    pub stream_duration_ms_max: u64,
     /// Batch results IngestUsage may hold for a slow reader before it stops reading.
     pub ingest_replies_max: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { batch_events_max: 10_000, stream_events_max: 1_000_000, ingest_replies_max: 16 }
+        Limits {
+            batch_events_max: 10_000,
+            stream_events_max: 1_000_000,
+            stream_duration_ms_max: 600_000,
+            ingest_replies_max: 16,
+        }
     }
 }
 
@@ -104,6 +113,58 @@ impl CommandApi {
         let items = events.into_iter().map(|e| convert::usage(e).map_err(from_domain)).collect();
         let results = self.engine.record_usage(items).await?;
         Ok(batch_result(results))
+    }
+}
+
+impl CommandApi {
+    /// IngestUsage's reading side: one reply per batch until the client ends the stream, a
+    /// batch is refused, or a bound (events per call, stream duration) is reached.
+    async fn ingest(
+        &self,
+        mut inbound: Streaming<pb::UsageBatch>,
+        tx: mpsc::Sender<Result<pb::UsageBatchResult, Status>>,
+    ) {
+        let duration_ms = self.limits.stream_duration_ms_max;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(duration_ms);
+        let mut events_seen = 0usize;
+        loop {
+            let reply = match tokio::time::timeout_at(deadline, inbound.next()).await {
+                Ok(None) => return,
+                Ok(Some(Ok(batch))) => self.ingest_batch(batch, &mut events_seen).await,
+                Ok(Some(Err(e))) => Err(e),
+                Err(_) => Err(Status::resource_exhausted(format!(
+                    "an IngestUsage stream stays open at most {duration_ms} ms \
+                     (stream_duration_ms_max); open a new one"
+                ))),
+            };
+            let failed = reply.is_err();
+            if tx.send(reply).await.is_err() || failed {
+                return;
+            }
+        }
+    }
+
+    /// One IngestUsage batch, refused whole (nothing appended) when it is over a bound.
+    async fn ingest_batch(
+        &self,
+        batch: pb::UsageBatch,
+        events_seen: &mut usize,
+    ) -> Result<pb::UsageBatchResult, Status> {
+        let (batch_max, stream_max) = (self.limits.batch_events_max, self.limits.stream_events_max);
+        let n = batch.events.len();
+        if n > batch_max {
+            return Err(Status::resource_exhausted(format!(
+                "a batch holds at most {batch_max} events (batch_events_max); this one has {n}"
+            )));
+        }
+        *events_seen += n;
+        if *events_seen > stream_max {
+            return Err(Status::resource_exhausted(format!(
+                "at most {stream_max} events per IngestUsage call (stream_events_max); \
+                 open a new stream for more"
+            )));
+        }
+        self.usage_chunk(batch.events).await
     }
 }
 
@@ -309,7 +370,8 @@ impl CommandService for CommandApi {
                 seen += 1;
                 if seen > self.limits.stream_events_max {
                     return Err(Status::resource_exhausted(format!(
-                        "at most {} events per StreamUsage call; use IngestUsage for more",
+                        "at most {} events per StreamUsage call (stream_events_max); use \
+                         IngestUsage for more",
                         self.limits.stream_events_max
                     )));
                 }
@@ -335,30 +397,10 @@ impl CommandService for CommandApi {
         &self,
         request: Request<Streaming<pb::UsageBatch>>,
     ) -> Result<Response<IngestStream>, Status> {
-        let mut inbound = request.into_inner();
+        let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(self.limits.ingest_replies_max);
-        let engine = self.engine.clone();
-        let limit = self.limits.batch_events_max;
-        let api = CommandApi { engine, limits: self.limits.clone() };
-        tokio::spawn(async move {
-            while let Some(batch) = inbound.next().await {
-                let reply = match batch {
-                    Ok(b) if b.events.len() > limit => Err(Status::new(
-                        Code::ResourceExhausted,
-                        format!(
-                            "a batch holds at most {limit} events; this one has {}",
-                            b.events.len()
-                        ),
-                    )),
-                    Ok(b) => api.usage_chunk(b.events).await,
-                    Err(e) => Err(e),
-                };
-                let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
+        let api = CommandApi { engine: self.engine.clone(), limits: self.limits.clone() };
+        tokio::spawn(async move { api.ingest(inbound, tx).await });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
