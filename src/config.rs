@@ -67,8 +67,8 @@ impl fmt::Display for Roles {
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// TOML file with any of: role, read_only, auth_tokens, data_dir, listen, log_format,
-    /// log_level, grace_period_secs, scheduler_interval_secs, max_payment_attempts. Flags and
-    /// env vars override it.
+    /// log_level, grace_period_secs, scheduler_interval_secs, max_payment_attempts,
+    /// metrics_listen. Flags and env vars override it.
     #[arg(long, env = "ACCRUAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// What this process runs: a comma-separated list of command (CommandService and billing
@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// Failed payment attempts after which an invoice is uncollectible [default: 3]
     #[arg(long, env = "ACCRUAL_MAX_PAYMENT_ATTEMPTS")]
     pub max_payment_attempts: Option<u32>,
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics; no authentication: a
+    /// non-loopback address gets a warning) [default: off]
+    #[arg(long, env = "ACCRUAL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +127,7 @@ struct FileConfig {
     grace_period_secs: Option<i64>,
     scheduler_interval_secs: Option<u64>,
     max_payment_attempts: Option<u32>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +143,8 @@ pub struct Settings {
     pub grace_period_secs: i64,
     pub scheduler_interval_secs: u64,
     pub max_payment_attempts: u32,
+    /// `None`: no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -192,6 +199,7 @@ impl Settings {
                 .max_payment_attempts
                 .or(file.max_payment_attempts)
                 .unwrap_or(3),
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
         };
         anyhow::ensure!(
             !settings.read_only
@@ -280,6 +288,20 @@ mod tests {
         let error = Settings::resolve(ServeArgs { config: Some(path), ..Default::default() });
         let error = error.unwrap_err().to_string();
         assert!(error.contains("\"reader\"") && error.contains("accrual.toml"), "{error}");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_unless_given_and_the_flag_beats_the_file() {
+        assert_eq!(Settings::resolve(ServeArgs::default()).unwrap().metrics_listen, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accrual.toml");
+        std::fs::write(&path, "metrics_listen = \"127.0.0.1:9464\"\n").unwrap();
+        let from_file = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let s = Settings::resolve(from_file).unwrap();
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let flag = Some("0.0.0.0:9100".parse().unwrap());
+        let args = ServeArgs { config: Some(path), metrics_listen: flag, ..Default::default() };
+        assert_eq!(Settings::resolve(args).unwrap().metrics_listen, flag);
     }
 
     #[test]

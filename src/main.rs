@@ -8,6 +8,8 @@ mod bench;
 mod config;
 mod demo;
 mod export;
+mod grpc_metrics;
+mod prometheus;
 mod replay_cmd;
 mod serve;
 mod server;

@@ -102,6 +102,7 @@ pub async fn serve(
         .max_concurrent_streams(server.concurrent_streams_max)
         .concurrency_limit_per_connection(server.concurrency_per_connection_max)
         .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+        .layer(crate::grpc_metrics::GrpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
