@@ -129,9 +129,11 @@ async fn drive(
     last.position + 1
 }
 
-/// Scrapes until every projection has applied `head` events with lag 0 (30 s at most).
+/// Scrapes until every projection has applied `head` events with lag 0 and the dropped
+/// health watch is counted (30 s at most).
 async fn scrape_caught_up(port: u16, head: u64) -> Scrape {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let watch = [("service", "grpc.health.v1.Health"), ("method", "Watch")];
     loop {
         let scrape = Scrape::get(port).await.expect("scrape");
         let caught_up = PROJECTIONS.iter().all(|p| {
@@ -140,12 +142,29 @@ async fn scrape_caught_up(port: u16, head: u64) -> Scrape {
                 && scrape.sum("accrual_projection_lag_events", &projection) == 0.0
                 && scrape.has("accrual_projection_lag_events")
         });
-        if caught_up {
+        if caught_up && scrape.sum("accrual_grpc_requests_total", &watch) == 1.0 {
             return scrape;
         }
         assert!(Instant::now() < deadline, "projections did not catch up to {head}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A call to a method no service has (UNIMPLEMENTED), and a health watch stream the client
+/// drops after its first message (the server sees it cancelled).
+async fn unknown_method_and_dropped_stream(channel: tonic::transport::Channel) {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/accrual.v1.CommandService/NoSuchMethod");
+    let codec = tonic::codec::ProstCodec::<pb::GetInvoiceRequest, pb::Invoice>::default();
+    let request = tonic::Request::new(pb::GetInvoiceRequest::default());
+    let unknown = grpc.unary(request, path, codec).await;
+    assert_eq!(unknown.unwrap_err().code(), Code::Unimplemented);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let watch = tonic_health::pb::HealthCheckRequest { service: COMMANDS.into() };
+    let mut updates = health.watch(watch).await.unwrap().into_inner();
+    assert_eq!(updates.message().await.unwrap().unwrap().status, 1, "SERVING");
+    drop(updates);
 }
 
 fn assert_grpc(scrape: &Scrape, method: &str, code: &str, expected: f64) {
@@ -164,6 +183,7 @@ async fn counters_equal_what_was_done() {
     let mut c = server.client().await;
     let head = drive(&mut c).await;
     assert_eq!(head, 2 + 1 + 1 + 25 + 1, "customer, metric, plan, subscription, usage");
+    unknown_method_and_dropped_stream(server.serving(COMMANDS).await).await;
     let scrape = scrape_caught_up(metrics_port, head).await;
 
     assert_eq!(scrape.sum("accrual_events_appended_total", &[]), head as f64);
@@ -189,6 +209,10 @@ async fn counters_equal_what_was_done() {
     assert_eq!(scrape.sum("accrual_grpc_request_seconds_count", &seconds), 1.0);
     let health = [("service", "grpc.health.v1.Health"), ("method", "Check"), ("code", "Ok")];
     assert!(scrape.sum("accrual_grpc_requests_total", &health) >= 1.0, "the readiness probe");
+    let watch = [("service", "grpc.health.v1.Health"), ("method", "Watch"), ("code", "Cancelled")];
+    assert_eq!(scrape.sum("accrual_grpc_requests_total", &watch), 1.0, "a dropped stream");
+    let unknown = [("service", "unknown"), ("method", "unknown"), ("code", "Unimplemented")];
+    assert_eq!(scrape.sum("accrual_grpc_requests_total", &unknown), 1.0, "an unknown method");
     for p in PROJECTIONS {
         let count = scrape.sum("accrual_projection_batch_seconds_count", &[("projection", p)]);
         assert!(count >= 1.0, "{p}: {count} batches");
