@@ -213,6 +213,11 @@ impl Settings {
              --role R` prints one) or listen on a loopback address",
             settings.listen
         );
+        anyhow::ensure!(
+            settings.metrics_listen != Some(settings.listen),
+            "--metrics-listen {} is the gRPC listen address: metrics need a port of their own",
+            settings.listen
+        );
         anyhow::ensure!(settings.grace_period_secs >= 0, "grace_period_secs must not be negative");
         anyhow::ensure!(
             settings.max_payment_attempts >= 1,
@@ -302,6 +307,9 @@ mod tests {
         let flag = Some("0.0.0.0:9100".parse().unwrap());
         let args = ServeArgs { config: Some(path), metrics_listen: flag, ..Default::default() };
         assert_eq!(Settings::resolve(args).unwrap().metrics_listen, flag);
+        let same = Some("127.0.0.1:50051".parse().unwrap());
+        let error = Settings::resolve(ServeArgs { metrics_listen: same, ..Default::default() });
+        assert!(error.unwrap_err().to_string().contains("port of their own"));
     }
 
     #[test]
