@@ -68,8 +68,8 @@ impl fmt::Display for Roles {
 pub struct ServeArgs {
     /// TOML file with any of: role, read_only, auth_tokens, data_dir, listen, log_format,
     /// log_level, grace_period_secs, scheduler_interval_secs, max_payment_attempts, tls_cert,
-    /// tls_key, tls_client_ca, allow_plaintext, and a `[limits]` table (keys: the limit flags'
-    /// names with `_`). Flags and env vars override it.
+    /// tls_key, tls_client_ca, allow_plaintext, metrics_listen, and a `[limits]` table (keys:
+    /// the limit flags' names with `_`). Flags and env vars override it.
     #[arg(long, env = "ACCRUAL_CONFIG")]
     pub config: Option<PathBuf>,
     /// What this process runs: a comma-separated list of command (CommandService and billing
@@ -123,6 +123,10 @@ pub struct ServeArgs {
     pub allow_plaintext: bool,
     #[command(flatten)]
     pub limits: crate::limits::LimitArgs,
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics; no authentication: a
+    /// non-loopback address gets a warning) [default: off]
+    #[arg(long, env = "ACCRUAL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +148,7 @@ struct FileConfig {
     tls_client_ca: Option<PathBuf>,
     allow_plaintext: Option<bool>,
     limits: Option<crate::limits::LimitArgs>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -165,6 +170,8 @@ pub struct Settings {
     pub allow_plaintext: bool,
     pub limits: command_service::service::Limits,
     pub server_limits: crate::server::ServerLimits,
+    /// `None`: no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -229,6 +236,7 @@ impl Settings {
             allow_plaintext: args.allow_plaintext || file.allow_plaintext.unwrap_or(false),
             limits,
             server_limits,
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
         };
         anyhow::ensure!(
             !settings.read_only
@@ -249,6 +257,11 @@ impl Settings {
             "refusing to serve on {} without TLS: bearer tokens would cross the network in clear \
              text. Configure tls_cert and tls_key (--tls-cert, --tls-key), or, behind a proxy or \
              service mesh that terminates TLS, pass --allow-plaintext",
+            settings.listen
+        );
+        anyhow::ensure!(
+            settings.metrics_listen != Some(settings.listen),
+            "--metrics-listen {} is the gRPC listen address: metrics need a port of their own",
             settings.listen
         );
         anyhow::ensure!(settings.grace_period_secs >= 0, "grace_period_secs must not be negative");
@@ -326,6 +339,23 @@ mod tests {
         let error = Settings::resolve(ServeArgs { config: Some(path), ..Default::default() });
         let error = error.unwrap_err().to_string();
         assert!(error.contains("\"reader\"") && error.contains("accrual.toml"), "{error}");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_unless_given_and_the_flag_beats_the_file() {
+        assert_eq!(Settings::resolve(ServeArgs::default()).unwrap().metrics_listen, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accrual.toml");
+        std::fs::write(&path, "metrics_listen = \"127.0.0.1:9464\"\n").unwrap();
+        let from_file = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let s = Settings::resolve(from_file).unwrap();
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let flag = Some("0.0.0.0:9100".parse().unwrap());
+        let args = ServeArgs { config: Some(path), metrics_listen: flag, ..Default::default() };
+        assert_eq!(Settings::resolve(args).unwrap().metrics_listen, flag);
+        let same = Some("127.0.0.1:50051".parse().unwrap());
+        let error = Settings::resolve(ServeArgs { metrics_listen: same, ..Default::default() });
+        assert!(error.unwrap_err().to_string().contains("port of their own"));
     }
 
     #[test]

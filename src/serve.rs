@@ -149,6 +149,9 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         ..Policy::default()
     };
     let roles = s.roles;
+    if let Some(addr) = s.metrics_listen {
+        crate::prometheus::install(addr)?;
+    }
     if s.auth.is_none() {
         tracing::warn!(listen = %s.listen, "no auth tokens configured: every call is admitted (allowed on a loopback address only)");
     }

@@ -121,6 +121,8 @@ pub async fn serve(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(server.concurrent_streams_max)
+        // Outermost first: metrics see every call, including those the call limits refuse.
+        .layer(crate::grpc_metrics::GrpcMetricsLayer)
         .layer(call_limits::CallLimitsLayer::new(&server))
         .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)

@@ -74,6 +74,7 @@ mod group;
 mod index;
 mod log_scan;
 mod memory_store;
+pub mod metrics;
 mod sled_store;
 
 pub use chain::{verify_chain, BreakKind, ChainBreak, ChainVerifier};

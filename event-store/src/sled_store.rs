@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::envelope::ChunkView;
 use crate::group::{Commit, Planner};
 use crate::index::{read_slices, ChunkLog, Index, Slice};
+use crate::metrics::{self, AppendLatency};
 use crate::{
     system_clock, validate, AppendRequest, AppendTicket, Clock, Committed, EventStore, Position,
     RecordedEvent, RequestSize, StoreError, DEFAULT_COMMIT_EVENTS_MAX,
@@ -73,6 +74,15 @@ struct Job {
     req: AppendRequest,
     size: RequestSize,
     reply: Reply,
+    /// When the caller asked (before waiting for room in the queue): for `APPEND_SECONDS`.
+    enqueued_at: Instant,
+}
+
+impl Job {
+    fn answer(self, outcome: Result<Committed, StoreError>, latency: &AppendLatency) {
+        latency.record(self.enqueued_at);
+        let _ = self.reply.send(outcome); // the caller may have gone away
+    }
 }
 
 /// State shared by the store handle and the writer thread.
@@ -112,6 +122,7 @@ impl SledStore {
         let log = db.open_tree(LOG_TREE).map_err(io_error)?;
         check_format(&db, &log)?;
         let index = rebuild(&log)?;
+        metrics::record_head(index.head());
         let shared = Arc::new(Shared {
             head_tx: watch::channel(index.head()).0,
             index: RwLock::new(index),
@@ -311,6 +322,7 @@ impl Shared {
                 let reason = format!("storage failure, appends stopped: {e}");
                 tracing::error!(%reason, position = commit.delta.first_position, "group commit failed");
                 *self.failure.lock() = Some(reason.clone());
+                metrics::record_commit_failure();
                 return reply_all(jobs, &reason);
             }
             let head = commit.delta.end_position;
@@ -320,11 +332,14 @@ impl Shared {
                 head,
                 "group committed"
             );
+            let events = head - commit.delta.first_position;
             self.index.write().apply(commit.delta);
             self.head_tx.send_replace(head);
+            metrics::record_commit(events, jobs.len(), head);
         }
+        let latency = AppendLatency::new();
         for (job, outcome) in jobs.into_iter().zip(outcomes) {
-            let _ = job.reply.send(outcome); // the caller may have gone away
+            job.answer(outcome, &latency);
         }
     }
 
@@ -355,7 +370,10 @@ impl Shared {
             self.unwind(commit);
             return Err("injected flush failure".into());
         }
-        self.db.flush().map(drop).map_err(|e| {
+        let flush_started = Instant::now();
+        let flushed = self.db.flush();
+        metrics::record_fsync(flush_started.elapsed());
+        flushed.map(drop).map_err(|e| {
             self.unwind(commit);
             e.to_string()
         })
@@ -372,8 +390,9 @@ impl Shared {
 }
 
 fn reply_all(jobs: Vec<Job>, reason: &str) {
+    let latency = AppendLatency::new();
     for job in jobs {
-        let _ = job.reply.send(Err(StoreError::Unavailable(reason.to_owned())));
+        job.answer(Err(StoreError::Unavailable(reason.to_owned())), &latency);
     }
 }
 
@@ -386,6 +405,7 @@ impl EventStore for SledStore {
     /// Validates, then waits for room in the bounded queue; the queue is FIFO, so the commit
     /// order is the enqueue order.
     async fn enqueue(&self, req: AppendRequest) -> AppendTicket {
+        let enqueued_at = Instant::now();
         let size = match validate(&req, self.commit_events_max) {
             Ok(size) => size,
             Err(e) => return AppendTicket::ready(Err(e)),
@@ -398,7 +418,7 @@ impl EventStore for SledStore {
             return AppendTicket::ready(Err(closed()));
         };
         let (reply, response) = oneshot::channel();
-        match sender.send(Job { req, size, reply }).await {
+        match sender.send(Job { req, size, reply, enqueued_at }).await {
             Ok(()) => AppendTicket::waiting(response),
             Err(_) => AppendTicket::ready(Err(closed())),
         }

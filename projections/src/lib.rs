@@ -48,6 +48,7 @@
 
 pub mod invoices;
 pub mod journal;
+pub mod metrics;
 pub mod mrr;
 mod runner;
 mod store;

@@ -8,6 +8,7 @@ use event_store::{EventStore, Position, RecordedEvent};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::metrics::RunnerMetrics;
 use crate::store::{prepare, ReadModel, Writes};
 use crate::{ProjectionError, Result};
 
@@ -290,16 +291,21 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
 
     /// Catches up, then follows live appends (waking on the store's head, at the latest every
     /// `poll_interval_ms`) until `shutdown` becomes true or its sender is dropped. An error stops
-    /// the runner; what was committed stays, and a new runner resumes from there.
+    /// the runner; what was committed stays, and a new runner resumes from there. Records the
+    /// projection's lag, events applied and batch durations (see [`crate::metrics`]).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let mut head = self.store.watch_head();
         let poll = Duration::from_millis(self.config.poll_interval_ms);
+        let metrics = RunnerMetrics::new(self.projection.name());
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
             let target = *head.borrow_and_update();
-            if self.checkpoint < target && self.step().await? > 0 {
+            let started = Instant::now();
+            let applied = if self.checkpoint < target { self.step().await? } else { 0 };
+            metrics.record_step(applied, started.elapsed(), self.lag());
+            if applied > 0 {
                 continue;
             }
             if !wait_for_more(&mut head, &mut shutdown, poll).await {

@@ -96,6 +96,11 @@ impl Server {
         CommandServiceClient::new(self.serving("accrual.v1.CommandService").await)
     }
 
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL (a crash), then waits for the exit.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
