@@ -1114,6 +1114,20 @@ mod tests {
                 let _ = in_advance_fee(&model, &before, &input);
             }
 
+            /// The bounds exclude overflow: any valid model (prices up to 10^9) rates any usage
+            /// the ledger accepts into one period (units and Σ amounts ≤ 10^15) without error.
+            #[test]
+            fn valid_models_never_overflow_within_the_bounds(
+                model in valid_model(big().boxed()),
+                units in 0i64..=1_000_000_000_000_000,
+                amounts in prop::collection::vec(0i64..=10_000_000_000_000, 0..100),
+            ) {
+                let amounts: Vec<Decimal> = amounts.into_iter().map(Decimal::from).collect();
+                let input = RatingInput { units: Decimal::from(units), event_amounts: &amounts };
+                let rated = model.rate(&input);
+                prop_assert!(rated.as_ref().is_ok_and(|a| *a >= Decimal::ZERO), "{rated:?}");
+            }
+
             #[test]
             fn valid_models_rate_and_in_advance_fees_are_not_negative(
                 model in valid_model(small().boxed()),
