@@ -169,9 +169,9 @@ fn charge(v: &mut Violations, prefix: &str, c: &pb::Charge) -> Option<Charge> {
             unit_price: dec_or_zero(v, &f("standard.unit_price"), &m.unit_price),
         },
         Some(Model::Graduated(m)) => {
-            ChargeModel::Graduated { tiers: tiers(v, &f("graduated."), m) }
+            ChargeModel::Graduated { tiers: tiers(v, &f("graduated."), m)? }
         }
-        Some(Model::Volume(m)) => ChargeModel::Volume { tiers: tiers(v, &f("volume."), m) },
+        Some(Model::Volume(m)) => ChargeModel::Volume { tiers: tiers(v, &f("volume."), m)? },
         Some(Model::Package(m)) => ChargeModel::Package {
             package_size: dec_or_zero(v, &f("package.package_size"), &m.package_size),
             package_price: dec_or_zero(v, &f("package.package_price"), &m.package_price),
@@ -179,7 +179,7 @@ fn charge(v: &mut Violations, prefix: &str, c: &pb::Charge) -> Option<Charge> {
         },
         Some(Model::Percentage(m)) => percentage(v, &f("percentage."), m),
         Some(Model::GraduatedPercentage(m)) => ChargeModel::GraduatedPercentage {
-            tiers: tiers(v, &f("graduated_percentage."), m)
+            tiers: tiers(v, &f("graduated_percentage."), m)?
                 .into_iter()
                 .map(|t| PercentTier { up_to: t.up_to, rate: t.unit_price, flat_fee: t.flat_fee })
                 .collect(),
@@ -188,13 +188,16 @@ fn charge(v: &mut Violations, prefix: &str, c: &pb::Charge) -> Option<Charge> {
     Some(Charge { metric_code: c.metric_code.clone(), model, pay_in_advance: c.pay_in_advance })
 }
 
-fn tiers(v: &mut Violations, prefix: &str, m: &pb::TieredModel) -> Vec<Tier> {
+/// The tiers, or `None` (one violation, the charge then left out of validation) when there are
+/// more than `TIERS_MAX`: 10,000 tiers are refused without parsing them.
+fn tiers(v: &mut Violations, prefix: &str, m: &pb::TieredModel) -> Option<Vec<Tier>> {
     let bound = domain::rating::TIERS_MAX;
     if m.tiers.len() > bound {
         v.push(format!("{prefix}tiers"), format!("at most {bound} tiers"));
-        return Vec::new();
+        return None;
     }
-    m.tiers
+    let parsed = m
+        .tiers
         .iter()
         .enumerate()
         .map(|(i, t)| {
@@ -205,7 +208,8 @@ fn tiers(v: &mut Violations, prefix: &str, m: &pb::TieredModel) -> Vec<Tier> {
                 flat_fee: dec_or_zero(v, &f("flat_fee"), &t.flat_fee),
             }
         })
-        .collect()
+        .collect();
+    Some(parsed)
 }
 
 fn percentage(v: &mut Violations, prefix: &str, m: &pb::PercentageModel) -> ChargeModel {

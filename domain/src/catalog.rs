@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::calendar::Interval;
 use crate::error::{DomainError, Violations};
-use crate::money::{check_amount, Currency};
+use crate::money::{check_amount, check_bounded, Currency, AMOUNT_MAX};
 use crate::rating::{Aggregation, ChargeModel};
 
 /// Longest id or code a caller may choose.
@@ -139,14 +139,14 @@ impl Plan {
         let mut v = Violations::default();
         check_id(&mut v, "code", &self.code);
         check_text(&mut v, "name", &self.name, true);
-        if let Err(f) = check_amount("base_fee", self.base_fee, false) {
+        if let Err(f) = check_bounded("base_fee", self.base_fee, AMOUNT_MAX) {
             v.0.push(f);
         }
         if self.trial_days > TRIAL_DAYS_MAX {
             v.push("trial_days", format!("must be at most {TRIAL_DAYS_MAX}"));
         }
         if let Some(m) = self.minimum_commitment {
-            if let Err(f) = check_amount("minimum_commitment", m, false) {
+            if let Err(f) = check_bounded("minimum_commitment", m, AMOUNT_MAX) {
                 v.0.push(f);
             }
         }

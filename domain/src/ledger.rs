@@ -24,8 +24,9 @@ use crate::rating::{
 };
 use crate::subscription::{add_usage, base_fee_line, credit_line, segment_lines, Subscription};
 
-/// Largest absolute numeric usage value accepted (keeps rating far from Decimal overflow).
-pub const USAGE_VALUE_ABS_MAX: Decimal = Decimal::from_parts(0x4A51_0000, 0x0003_8D7E, 0, false, 0); // 10^15
+/// Largest absolute numeric usage value accepted (keeps rating far from Decimal overflow): 10^15.
+/// (It was 999,998,482,350,080 by a wrong constant: the fuzz work made it exact.)
+pub const USAGE_VALUE_ABS_MAX: Decimal = crate::money::UNITS_MAX;
 /// Latest date a subscription may start or a billing run may reach: keeps every period and
 /// trial end far inside the calendar's range (year 9999).
 pub const DATE_MAX: Date = jiff::civil::date(9000, 1, 1);
@@ -554,6 +555,7 @@ impl Ledger {
                 u.transaction_id, u.subscription_id
             )));
         }
+        check_period_usage(sub, metric, &period, value)?;
         let invoice = self.in_advance_invoice(sub, metric, &period, u, value, ctx)?.map(Box::new);
         Ok(UsageCheck::New {
             facts: UsageFacts { period_start: period.start, value, digest },
@@ -1310,6 +1312,38 @@ pub fn usage_value(metric: &Metric, u: &Usage) -> Result<Decimal, DomainError> {
         ));
     }
     Ok(value)
+}
+
+/// Refuses usage that would take its metric's usage in one billing period past
+/// [`crate::money::UNITS_MAX`] (Σ|value|, or the event count): with that bound, rating and
+/// invoicing the period can never overflow (see `money::UNITS_MAX`), so a billing run never
+/// stalls on an overflow and never issues a wrong invoice. Refused at record time, changing
+/// nothing; the usage already recorded stays billable.
+fn check_period_usage(
+    sub: &Subscription,
+    metric: &Metric,
+    period: &Period,
+    value: Decimal,
+) -> Result<(), DomainError> {
+    let limit = crate::money::UNITS_MAX;
+    let usage = sub.open.get(&period.start).and_then(|o| o.usage.get(&metric.code));
+    let (magnitude, events) =
+        usage.map_or((Decimal::ZERO, 0), |m| (m.aggregate.magnitude(), m.aggregate.event_count()));
+    if magnitude.saturating_add(value.abs()) <= limit && Decimal::from(events) < limit {
+        return Ok(());
+    }
+    let field = metric
+        .property
+        .as_ref()
+        .map_or_else(|| "metric_code".to_string(), |p| format!("properties[{p}]"));
+    Err(DomainError::invalid(
+        field,
+        format!(
+            "would take the usage of metric {} in the billing period {}..{} past 10^15 \
+             (Σ|value| so far {magnitude}, {events} events)",
+            metric.code, period.start, period.end
+        ),
+    ))
 }
 
 fn usage_digest(u: &Usage) -> u64 {

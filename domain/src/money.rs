@@ -9,6 +9,21 @@ use crate::error::DomainError;
 /// Most decimal places a price, rate or amount given by a caller may carry (SPEC §4).
 pub const PRICE_SCALE_MAX: u32 = 12;
 
+/// Largest fee or allowance a caller may give, in currency units: base fee, tier flat fee,
+/// package price, minimum commitment (10^12).
+pub const AMOUNT_MAX: Decimal = Decimal::from_parts(0xD4A5_1000, 0xE8, 0, false, 0);
+/// Largest price of one unit or one event: unit prices, a percentage model's fixed amount and
+/// per-event clamps, and a package's price per unit (10^9).
+pub const UNIT_PRICE_MAX: Decimal = Decimal::from_parts(0x3B9A_CA00, 0, 0, false, 0);
+/// Largest quantity: one usage value, a tier bound, a package size, free units or a free amount,
+/// and the Σ|value| (and the event count) of one metric's usage in one billing period (10^15).
+///
+/// With these bounds no billing arithmetic can overflow `Decimal` (≈ 7.9·10^28): a usage line
+/// is at most 10^15 × 10^9 + 100 tiers × 10^12 ≈ 10^24, an invoice of 50 charges plus fees
+/// and 100 % tax stays below 10^27, and a `weighted_sum` integral (level × µs of a ≤ 366-day
+/// period) below 3.2·10^28. ARCHITECTURE/README document the arithmetic.
+pub const UNITS_MAX: Decimal = Decimal::from_parts(0xA4C6_8000, 0x0003_8D7E, 0, false, 0);
+
 /// An ISO 4217 currency that has a minor unit (so XAU, XDR... are refused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -79,6 +94,21 @@ pub fn check_amount(
     Ok(())
 }
 
+/// [`check_amount`] (non-negative) and at most `max` (one of [`AMOUNT_MAX`],
+/// [`UNIT_PRICE_MAX`], [`UNITS_MAX`]): absurd magnitudes are refused before they reach billing.
+pub fn check_bounded(
+    field: &str,
+    value: Decimal,
+    max: Decimal,
+) -> Result<(), crate::error::FieldViolation> {
+    check_amount(field, value, false)?;
+    if value > max {
+        let why = format!("must be at most {max} (10^{})", max.to_string().len() - 1);
+        return Err(crate::error::FieldViolation::new(field, why));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +130,29 @@ mod tests {
         for (code, amount, want) in cases {
             let c = Currency::parse(code).unwrap();
             assert_eq!(c.round(amount), want, "{code} {amount}");
+        }
+    }
+
+    #[test]
+    fn bounds_are_exact_powers_of_ten() {
+        assert_eq!(AMOUNT_MAX, dec!(1_000_000_000_000));
+        assert_eq!(UNIT_PRICE_MAX, dec!(1_000_000_000));
+        assert_eq!(UNITS_MAX, dec!(1_000_000_000_000_000));
+    }
+
+    #[test]
+    fn check_bounded_table() {
+        let cases = [
+            (dec!(0), AMOUNT_MAX, None),
+            (AMOUNT_MAX, AMOUNT_MAX, None),
+            (AMOUNT_MAX + dec!(0.01), AMOUNT_MAX, Some("must be at most 1000000000000 (10^12)")),
+            (dec!(1e28), UNITS_MAX, Some("must be at most 1000000000000000 (10^15)")),
+            (dec!(-1), UNITS_MAX, Some("must not be negative")),
+            (dec!(0.0000000000001), UNIT_PRICE_MAX, Some("at most 12 decimal places")),
+        ];
+        for (value, max, want) in cases {
+            let got = check_bounded("f", value, max).err().map(|f| f.description);
+            assert_eq!(got.as_deref(), want, "{value} ≤ {max}");
         }
     }
 

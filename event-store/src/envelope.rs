@@ -398,7 +398,9 @@ impl<'a> ChunkView<'a> {
         }
         let first = r.u64().map_err(corrupt)?;
         let count = r.u32().map_err(corrupt)?;
-        if first != key_position || count == 0 {
+        // A count running past u64::MAX would overflow `end()` (found by fuzz/chunk_decode).
+        let fits = first.checked_add(u64::from(count)).is_some();
+        if first != key_position || count == 0 || !fits {
             return Err(corrupt(format!("chunk header first={first} count={count}")));
         }
         Ok(ChunkView { first, count, body: &bytes[CHUNK_HEADER_LEN..] })
@@ -547,5 +549,54 @@ mod tests {
         assert!(decode_canonical(&canonical).unwrap_err().contains("unsupported canonical format"));
         bytes[0] = 9;
         assert!(matches!(decode_chunk(40, &bytes), Err(StoreError::Corrupt { .. })));
+    }
+
+    /// Regression (fuzz/chunk_decode): a header whose first position + count passes u64::MAX
+    /// made `ChunkView::end` overflow (a panic with overflow checks, a wrapped end without).
+    #[test]
+    fn a_count_past_u64_max_is_corrupt() {
+        let (_, mut bytes) = chunk();
+        let first = u64::MAX - 1;
+        bytes[1..9].copy_from_slice(&first.to_be_bytes());
+        let r = decode_chunk(first, &bytes);
+        assert!(
+            matches!(r, Err(StoreError::Corrupt { position, .. }) if position == first),
+            "{r:?}"
+        );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Arbitrary bytes under any key: an error or events, never a panic; what decodes
+            /// re-encodes to the same bytes.
+            #[test]
+            fn decode_chunk_of_any_bytes_never_panics(
+                key in any::<u64>(),
+                claim_key in any::<bool>(),
+                bytes in prop::collection::vec(any::<u8>(), 0..512),
+            ) {
+                let key = match (claim_key, bytes.get(1..9)) {
+                    (true, Some(header)) => u64::from_be_bytes(header.try_into().unwrap()),
+                    _ => key,
+                };
+                if let Ok(events) = decode_chunk(key, &bytes) {
+                    prop_assert_eq!(encode_chunk(&events), bytes);
+                }
+            }
+
+            /// A valid chunk with one byte changed: corrupt or different, never a panic.
+            #[test]
+            fn mutated_chunks_never_panic(at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+                let (events, mut bytes) = chunk();
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+                if let Ok(decoded) = decode_chunk(40, &bytes) {
+                    prop_assert!(decoded.len() == events.len());
+                }
+            }
+        }
     }
 }

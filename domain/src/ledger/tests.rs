@@ -731,3 +731,141 @@ mod replay_equivalence {
         }
     }
 }
+
+/// Absurd magnitudes (issue #5): the period bound refuses the usage that would take a metric's
+/// usage in one billing period past 10^15, and the refusal changes nothing.
+#[test]
+fn period_usage_past_10_15_is_refused_and_changes_nothing() {
+    let mut w = World::new(dec!(0));
+    w.plan("metered", dec!(0), FeeTiming::Arrears, 0, vec![graduated_spec_charge()], None);
+    w.start("metered", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    let (t1, t2) = ("2025-01-05T00:00:00Z", "2025-01-06T00:00:00Z");
+    w.usage("t1", "999999999999999", t1, t1).unwrap();
+    w.usage("t2", "1", t2, t2).unwrap();
+    let position = w.position;
+    for (tx, n) in [("t3", "0.000000000001"), ("t4", "-1"), ("t5", "1000000000000000")] {
+        match w.usage(tx, n, t2, t2) {
+            Err(DomainError::Invalid(v)) => {
+                assert_eq!(v[0].field, "properties[n]", "{n}");
+                assert!(v[0].description.contains("past 10^15"), "{n}: {}", v[0].description);
+            }
+            other => panic!("{n}: expected Invalid, got {other:?}"),
+        }
+    }
+    assert_eq!(w.position, position, "a refused event appends nothing");
+    let inv = &w.bill("2025-02-01T00:00:00Z")[0];
+    // 100 × 1.00 + 5 + 900 × 0.50 + (10^15 − 1000) × 0.10
+    assert_eq!(amounts(inv), vec![(LineKind::Usage, dec!(100000000000455.00))]);
+    w.usage("t6", "1000000000000000", "2025-02-02T00:00:00Z", "2025-02-02T00:00:00Z")
+        .expect("the next period has its own bound");
+}
+
+/// One value of 10^15 is the largest accepted (the constant was 999,998,482,350,080 before).
+#[test]
+fn usage_values_are_bounded_at_exactly_10_15() {
+    let mut w = World::new(dec!(0));
+    w.plan("metered", dec!(0), FeeTiming::Arrears, 0, vec![graduated_spec_charge()], None);
+    w.start("metered", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    let t = "2025-01-05T00:00:00Z";
+    w.usage("t1", "1000000000000000", t, t).expect("10^15 is in range");
+    for (tx, n) in [("t2", "1000000000000000.000000000001"), ("t3", "1e30"), ("t4", "NaN")] {
+        let err = w.usage(tx, n, t, t).unwrap_err();
+        assert!(matches!(&err, DomainError::Invalid(v) if v[0].field == "properties[n]"), "{n}");
+    }
+}
+
+/// Every bound at its maximum at once: 50 charges (100-tier graduated, volume, package,
+/// percentage, graduated_percentage, standard) on a period holding 10^15 units, a 10^12 base
+/// fee and minimum commitment, 100 % tax. Billing issues a finite invoice: no overflow anywhere.
+#[test]
+fn a_plan_at_every_bound_bills_without_overflow() {
+    use crate::money::{AMOUNT_MAX, UNITS_MAX, UNIT_PRICE_MAX};
+    use crate::rating::PercentTier;
+    let mut w = World::new(dec!(100));
+    let tiers: Vec<Tier> = (1..=100)
+        .map(|i| Tier {
+            up_to: (i < 100).then(|| Decimal::from(i) * dec!(1_000_000)),
+            unit_price: UNIT_PRICE_MAX,
+            flat_fee: AMOUNT_MAX,
+        })
+        .collect();
+    let percent_tiers = tiers
+        .iter()
+        .map(|t| PercentTier { up_to: t.up_to, rate: dec!(100), flat_fee: t.flat_fee })
+        .collect();
+    let models = [
+        ChargeModel::Standard { unit_price: UNIT_PRICE_MAX },
+        ChargeModel::Graduated { tiers: tiers.clone() },
+        ChargeModel::Volume { tiers },
+        ChargeModel::Package {
+            package_size: dec!(0.000001),
+            package_price: dec!(1000),
+            free_units: dec!(0),
+        },
+        ChargeModel::Percentage {
+            rate: dec!(100),
+            fixed_amount: UNIT_PRICE_MAX,
+            free_events: None,
+            free_amount: None,
+            min_per_event: Some(UNIT_PRICE_MAX),
+            max_per_event: Some(UNIT_PRICE_MAX),
+        },
+        ChargeModel::GraduatedPercentage { tiers: percent_tiers },
+    ];
+    let charges: Vec<Charge> = (0..crate::catalog::CHARGES_MAX)
+        .map(|i| Charge {
+            metric_code: "calls".into(),
+            model: models[i % models.len()].clone(),
+            pay_in_advance: false,
+        })
+        .collect();
+    w.plan("max", AMOUNT_MAX, FeeTiming::Arrears, 0, charges, Some(AMOUNT_MAX));
+    w.start("max", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    let t = "2025-01-05T00:00:00Z";
+    w.usage("t1", &UNITS_MAX.to_string(), t, t).unwrap();
+    let inv = &w.bill("2025-02-01T00:00:00Z")[0];
+    assert_eq!(inv.lines.len(), 1 + crate::catalog::CHARGES_MAX);
+    assert!(inv.total > dec!(1e25) && inv.total < dec!(1e27), "total {}", inv.total);
+    assert_eq!(inv.total, inv.subtotal * dec!(2), "100 % tax doubles the subtotal");
+}
+
+/// A `weighted_sum` level of 10^15 held for a whole leap year: the integral in level·µs
+/// (3.16·10^28) is the largest the bounds allow, and still fits a Decimal.
+#[test]
+fn weighted_sum_at_the_bound_over_a_leap_year() {
+    let mut w = World::new(dec!(0));
+    let metric = Metric {
+        code: "seats".into(),
+        name: "Seats".into(),
+        aggregation: Aggregation::WeightedSum,
+        property: Some("delta".into()),
+    };
+    w.run(Command::DefineMetric(metric), "2024-01-01T00:00:00Z").unwrap();
+    let mut plan_charge = graduated_spec_charge();
+    plan_charge.metric_code = "seats".into();
+    plan_charge.model = ChargeModel::Standard { unit_price: dec!(1) };
+    let plan = Plan {
+        code: "yearly".into(),
+        version: 0,
+        name: "yearly".into(),
+        currency: Currency::parse("USD").unwrap(),
+        interval: Interval::Yearly,
+        base_fee: dec!(0),
+        fee_timing: FeeTiming::Arrears,
+        trial_days: 0,
+        minimum_commitment: None,
+        charges: vec![plan_charge],
+    };
+    w.run(Command::PublishPlan(plan), "2024-01-01T00:00:00Z").unwrap();
+    w.start("yearly", Anchor::Anniversary, date(2024, 1, 1), "2024-01-01T00:00:00Z");
+    let u = Usage {
+        subscription_id: "s1".into(),
+        transaction_id: "t1".into(),
+        metric_code: "seats".into(),
+        occurred_at: at("2024-01-01T00:00:00Z"),
+        properties: BTreeMap::from([("delta".to_string(), "1000000000000000".to_string())]),
+    };
+    w.run(Command::RecordUsage(u), "2024-01-01T00:00:00Z").unwrap();
+    let inv = &w.bill("2025-01-01T00:00:00Z")[0];
+    assert_eq!(amounts(inv), vec![(LineKind::Usage, dec!(1000000000000000.00))]);
+}

@@ -103,6 +103,8 @@ pub struct UsagePoint<'a> {
 pub struct RunningAggregate {
     aggregation: Aggregation,
     events: u64,
+    /// Σ|value| of the events folded in (saturating): what the ledger bounds per period.
+    magnitude: Decimal,
     state: State,
 }
 
@@ -148,7 +150,7 @@ impl RunningAggregate {
                 State::WeightedSum(Levels { deltas: BTreeMap::new(), magnitude: Decimal::ZERO })
             }
         };
-        RunningAggregate { aggregation, events: 0, state }
+        RunningAggregate { aggregation, events: 0, magnitude: Decimal::ZERO, state }
     }
 
     /// The aggregation this aggregate folds.
@@ -162,6 +164,7 @@ impl RunningAggregate {
         let events = self.events.checked_add(1).ok_or_else(overflow)?;
         self.state.add(p)?;
         self.events = events;
+        self.magnitude = self.magnitude.saturating_add(p.value.abs());
         Ok(())
     }
 
@@ -185,6 +188,12 @@ impl RunningAggregate {
     /// Number of events folded in.
     pub fn event_count(&self) -> u64 {
         self.events
+    }
+
+    /// Σ|value| of the events folded in (saturating at `Decimal::MAX`). It bounds every
+    /// aggregation's units: |sum|, |max|, |min|, |latest| and the `weighted_sum` level.
+    pub fn magnitude(&self) -> Decimal {
+        self.magnitude
     }
 }
 

@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DomainError, Violations};
-use crate::money::check_amount;
+use crate::money::{check_amount, check_bounded, AMOUNT_MAX, UNITS_MAX, UNIT_PRICE_MAX};
 
 /// Most tiers a tiered model may have, so absurd plans are refused up front.
 pub const TIERS_MAX: usize = 100;
@@ -124,15 +124,18 @@ impl ChargeModel {
     pub fn validate(&self) -> Result<(), DomainError> {
         let mut v = Violations::default();
         match self {
-            ChargeModel::Standard { unit_price } => amount(&mut v, "unit_price", *unit_price),
+            ChargeModel::Standard { unit_price } => {
+                bounded(&mut v, "unit_price", *unit_price, UNIT_PRICE_MAX)
+            }
             ChargeModel::Graduated { tiers } | ChargeModel::Volume { tiers } => {
                 validate_tiers(&mut v, tiers)
             }
             ChargeModel::GraduatedPercentage { tiers } => validate_tiers(&mut v, tiers),
             ChargeModel::Package { package_size, package_price, free_units } => {
                 positive(&mut v, "package_size", *package_size);
-                amount(&mut v, "package_price", *package_price);
-                amount(&mut v, "free_units", *free_units);
+                bounded(&mut v, "package_price", *package_price, AMOUNT_MAX);
+                bounded(&mut v, "free_units", *free_units, UNITS_MAX);
+                check_package_unit_price(&mut v, *package_size, *package_price);
             }
             ChargeModel::Percentage { .. } => self.percentage_terms().validate(&mut v),
         }
@@ -225,15 +228,15 @@ impl PercentageTerms {
     /// Rates ≤ 100 %, amounts non-negative, min_per_event ≤ max_per_event.
     fn validate(&self, v: &mut Violations) {
         percent(v, "rate", self.rate);
-        amount(v, "fixed_amount", self.fixed_amount);
+        bounded(v, "fixed_amount", self.fixed_amount, UNIT_PRICE_MAX);
         let optional = [
-            ("free_amount", self.free_amount),
-            ("min_per_event", self.min_per_event),
-            ("max_per_event", self.max_per_event),
+            ("free_amount", self.free_amount, UNITS_MAX),
+            ("min_per_event", self.min_per_event, UNIT_PRICE_MAX),
+            ("max_per_event", self.max_per_event, UNIT_PRICE_MAX),
         ];
-        for (field, value) in optional {
+        for (field, value, max) in optional {
             if let Some(value) = value {
-                amount(v, field, value);
+                bounded(v, field, value, max);
             }
         }
         if let (Some(min), Some(max)) = (self.min_per_event, self.max_per_event) {
@@ -312,7 +315,7 @@ impl Band for Tier {
         self.flat_fee
     }
     fn validate_price(&self, v: &mut Violations, i: usize) {
-        amount(v, &format!("tiers[{i}].unit_price"), self.unit_price);
+        bounded(v, &format!("tiers[{i}].unit_price"), self.unit_price, UNIT_PRICE_MAX);
     }
 }
 
@@ -343,7 +346,7 @@ fn validate_tiers<T: Band>(v: &mut Violations, tiers: &[T]) {
         let previous = i.checked_sub(1).and_then(|p| tiers[p].up_to());
         validate_up_to(v, i, i + 1 == tiers.len(), tier.up_to(), previous);
         tier.validate_price(v, i);
-        amount(v, &format!("tiers[{i}].flat_fee"), tier.flat_fee());
+        bounded(v, &format!("tiers[{i}].flat_fee"), tier.flat_fee(), AMOUNT_MAX);
     }
 }
 
@@ -361,7 +364,7 @@ fn validate_up_to(
         None if !last => v.push(field(), "required: only the last tier is unbounded"),
         None => {}
         Some(bound) => {
-            if let Err(violation) = check_amount(&field(), bound, false) {
+            if let Err(violation) = check_bounded(&field(), bound, UNITS_MAX) {
                 v.0.push(violation);
             } else if bound.is_zero() {
                 v.push(field(), "must be greater than zero");
@@ -410,10 +413,21 @@ fn ceil_div(n: Decimal, d: Decimal) -> Result<Decimal, DomainError> {
     }
 }
 
-/// A non-negative amount within the allowed precision.
-fn amount(v: &mut Violations, field: &str, value: Decimal) {
-    if let Err(violation) = check_amount(field, value, false) {
+/// A non-negative decimal within the allowed precision and at most `max`.
+fn bounded(v: &mut Violations, field: &str, value: Decimal, max: Decimal) {
+    if let Err(violation) = check_bounded(field, value, max) {
         v.0.push(violation);
+    }
+}
+
+/// A package's price per unit (package_price / package_size) is a unit price: at most
+/// [`UNIT_PRICE_MAX`], so a tiny package cannot multiply a usage total past the bounds.
+fn check_package_unit_price(v: &mut Violations, size: Decimal, price: Decimal) {
+    if !is_amount(size) || !is_amount(price) || size.is_zero() {
+        return;
+    }
+    if size.checked_mul(UNIT_PRICE_MAX).is_some_and(|most| price > most) {
+        v.push("package_price", "must be at most 10^9 per unit (package_price / package_size)");
     }
 }
 
@@ -422,9 +436,9 @@ fn is_amount(value: Decimal) -> bool {
     check_amount("", value, false).is_ok()
 }
 
-/// A non-negative amount that is also not zero.
+/// A non-negative quantity (at most [`UNITS_MAX`]) that is also not zero.
 fn positive(v: &mut Violations, field: &str, value: Decimal) {
-    if let Err(violation) = check_amount(field, value, false) {
+    if let Err(violation) = check_bounded(field, value, UNITS_MAX) {
         v.0.push(violation);
     } else if value.is_zero() {
         v.push(field, "must be greater than zero");
@@ -546,7 +560,7 @@ mod tests {
             ),
             ("standard negative units", std(dec!(2)), dec!(-3), none(), Ok(dec!(0))),
             ("standard 1e20", std(dec!(1)), dec!(1e20), none(), Ok(dec!(1e20))),
-            ("standard overflow", std(dec!(1e10)), dec!(1e20), none(), OVERFLOW),
+            ("standard overflow", std(dec!(1e9)), dec!(1e20), none(), OVERFLOW),
             ("graduated zero: first flat fee", grad.clone(), dec!(0), none(), Ok(dec!(5))),
             ("graduated fractional", grad.clone(), dec!(0.5), none(), Ok(dec!(5.5))),
             ("graduated 100", grad.clone(), dec!(100), none(), Ok(dec!(105))),
@@ -624,10 +638,17 @@ mod tests {
             ),
             (
                 "package tiny size overflows",
-                package(dec!(0.000000000001), dec!(1), dec!(0)),
+                package(dec!(0.000000000001), dec!(0.001), dec!(0)),
                 dec!(1e20),
                 none(),
                 OVERFLOW,
+            ),
+            (
+                "package above 10^9 per unit is refused",
+                package(dec!(0.000000000001), dec!(1), dec!(0)),
+                dec!(1),
+                none(),
+                Err("package_price"),
             ),
             ("percentage no events", p.clone(), dec!(0), none(), Ok(dec!(0))),
             ("percentage all paid", p.clone(), dec!(150), vec![dec!(100), dec!(50)], Ok(dec!(3.6))),
@@ -933,9 +954,9 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// Non-negative decimals with up to 6 places, below 10^12.
+        /// Non-negative decimals with 6 to 12 places, below 10^9 (a valid unit price).
         fn small() -> impl Strategy<Value = Decimal> {
-            (0i64..1_000_000_000_000, 0u32..=6).prop_map(|(m, s)| Decimal::new(m, s))
+            (0i64..1_000_000_000_000_000, 6u32..=12).prop_map(|(m, s)| Decimal::new(m, s))
         }
 
         /// Any decimal at all, including negative, huge and 28-place ones.
@@ -999,9 +1020,13 @@ mod tests {
             ]
         }
 
-        /// Valid non-negative decimals (≤ 12 places) of any magnitude up to ~9.2·10^18.
+        /// Valid non-negative decimals (≤ 12 places) up to the unit price bound, 10^9.
         fn big() -> impl Strategy<Value = Decimal> {
-            (0i64..=i64::MAX, 0u32..=12).prop_map(|(m, s)| Decimal::new(m, s))
+            (0i64..=1_000_000_000, 0i64..1_000_000_000_000, 0u32..=12)
+                .prop_map(|(whole, part, s)| {
+                    Decimal::from(whole) + Decimal::new(part, 12).trunc_with_scale(s)
+                })
+                .prop_map(|d| d.min(UNIT_PRICE_MAX))
         }
 
         /// A valid percentage model; `min`/`max` are ordered so that min ≤ max.
@@ -1049,7 +1074,7 @@ mod tests {
                 tiers().prop_map(|tiers| ChargeModel::Volume { tiers }),
                 tiers().prop_map(to_percent),
                 (d.clone().prop_filter("size > 0", |s| !s.is_zero()), d.clone(), d.clone())
-                    .prop_map(|(s, p, f)| package(s, p, f)),
+                    .prop_map(|(s, p, f)| package(s, p.min(s * UNIT_PRICE_MAX), f)),
                 valid_percentage(d),
             ]
         }
@@ -1087,6 +1112,20 @@ mod tests {
                 let first = &amounts[..amounts.len().min(1)];
                 let before = RatingInput { units: Decimal::ZERO, event_amounts: first };
                 let _ = in_advance_fee(&model, &before, &input);
+            }
+
+            /// The bounds exclude overflow: any valid model (prices up to 10^9) rates any usage
+            /// the ledger accepts into one period (units and Σ amounts ≤ 10^15) without error.
+            #[test]
+            fn valid_models_never_overflow_within_the_bounds(
+                model in valid_model(big().boxed()),
+                units in 0i64..=1_000_000_000_000_000,
+                amounts in prop::collection::vec(0i64..=10_000_000_000_000, 0..100),
+            ) {
+                let amounts: Vec<Decimal> = amounts.into_iter().map(Decimal::from).collect();
+                let input = RatingInput { units: Decimal::from(units), event_amounts: &amounts };
+                let rated = model.rate(&input);
+                prop_assert!(rated.as_ref().is_ok_and(|a| *a >= Decimal::ZERO), "{rated:?}");
             }
 
             #[test]
