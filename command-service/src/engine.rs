@@ -201,7 +201,12 @@ impl Engine {
         let mut key = key.map(|(key, digest)| Idempotency { key, digest });
         for (i, id) in ids.iter().enumerate() {
             let position = model.next_position + pending.len() as u64;
-            pending.extend(model.ledger.run_subscription(id, as_of, &ctx, position));
+            let (more, stopped) =
+                model.ledger.run_subscription_reporting(id, as_of, &ctx, position);
+            if let Some(error) = stopped {
+                tracing::error!(subscription = %id, %error, "billing stopped for this subscription");
+            }
+            pending.extend(more);
             let last = i + 1 == ids.len();
             if pending.len() >= BILLING_APPEND_EVENTS_MAX || (last && !pending.is_empty()) {
                 let first = model.next_position;

@@ -252,8 +252,21 @@ impl Ledger {
         id: &str,
         as_of: Timestamp,
         ctx: &Context,
-        mut position: u64,
+        position: u64,
     ) -> Vec<Event> {
+        self.run_subscription_reporting(id, as_of, ctx, position).0
+    }
+
+    /// As [`Ledger::run_subscription`], also returning the error that stopped the run early, if
+    /// one did, so the shell can report it (the input bounds make it unreachable for new data;
+    /// a log written before them could still hold such a plan or usage).
+    pub fn run_subscription_reporting(
+        &mut self,
+        id: &str,
+        as_of: Timestamp,
+        ctx: &Context,
+        mut position: u64,
+    ) -> (Vec<Event>, Option<DomainError>) {
         let mut events = Vec::new();
         for _ in 0..ctx.policy.billing_steps_max {
             let Some(sub) = self.subscriptions.get(id) else { break };
@@ -263,10 +276,11 @@ impl Ledger {
                     position += step.len() as u64;
                     events.extend(step);
                 }
-                Ok(None) | Err(_) => break,
+                Ok(None) => break,
+                Err(error) => return (events, Some(error)),
             }
         }
-        events
+        (events, None)
     }
 
     fn decide_register_customer(&self, c: &Customer) -> Result<Vec<Event>, DomainError> {

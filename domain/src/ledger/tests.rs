@@ -869,3 +869,38 @@ fn weighted_sum_at_the_bound_over_a_leap_year() {
     let inv = &w.bill("2025-01-01T00:00:00Z")[0];
     assert_eq!(amounts(inv), vec![(LineKind::Usage, dec!(1000000000000000.00))]);
 }
+
+/// A plan from a log written before the input bounds (evolved, never decided now) whose unit
+/// price rating now refuses: the subscription's billing stops, the error is reported to the
+/// shell (which logs it) rather than dropped, and nothing is issued for it.
+#[test]
+fn a_billing_step_that_overflows_is_reported_not_dropped() {
+    let mut w = World::new(dec!(0));
+    let plan = Plan {
+        code: "legacy".into(),
+        version: 1,
+        name: "legacy".into(),
+        currency: Currency::parse("USD").unwrap(),
+        interval: Interval::Monthly,
+        base_fee: dec!(0),
+        fee_timing: FeeTiming::Arrears,
+        trial_days: 0,
+        minimum_commitment: None,
+        charges: vec![Charge {
+            metric_code: "calls".into(),
+            model: ChargeModel::Standard { unit_price: dec!(1e20) },
+            pay_in_advance: false,
+        }],
+    };
+    w.ledger.evolve(&Event::PlanPublished(plan), w.position);
+    w.position += 1;
+    w.start("legacy", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    let t = "2025-01-05T00:00:00Z";
+    w.usage("t1", "1000000000000000", t, t).expect("in bounds when recorded");
+    let as_of = "2025-02-01T00:00:00Z";
+    let (events, stopped) =
+        w.ledger.run_subscription_reporting("s1", at(as_of), &ctx(as_of), w.position);
+    assert!(events.is_empty(), "no invoice from an overflowing step: {events:?}");
+    let error = stopped.expect("the overflow is reported");
+    assert!(matches!(&error, DomainError::Invalid(_)), "{error:?}");
+}
