@@ -135,8 +135,7 @@ async fn two_command_nodes_on_a_shared_log_catch_up_with_each_other() {
     let log = MemoryLog::new();
     let open = || async {
         let store = EsdbStore::open_on(Arc::new(log.clone()), EsdbOptions::new("engine-log"));
-        let store: Arc<dyn EventStore> = Arc::new(store.await.unwrap());
-        store
+        Arc::new(store.await.unwrap()) as Arc<dyn EventStore>
     };
     let (store_a, store_b) = (open().await, open().await);
     let a = engine(store_a.clone(), "2025-01-01T12:00:00Z").await;
