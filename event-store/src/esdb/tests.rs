@@ -83,7 +83,7 @@ async fn two_nodes_share_one_log() {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..30 {
-                    append_hot(&*store, &format!("{n}-{t}-{i}")).await;
+                    append_hot(&store, &format!("{n}-{t}-{i}")).await;
                 }
             }));
         }
