@@ -66,7 +66,7 @@ impl fmt::Display for Roles {
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// TOML file with any of: role, read_only, auth_tokens, data_dir, listen, log_format,
+    /// TOML file with any of: role, read_only, auth_tokens, data_dir, store, listen, log_format,
     /// log_level, grace_period_secs, scheduler_interval_secs, max_payment_attempts, tls_cert,
     /// tls_key, tls_client_ca, allow_plaintext, metrics_listen, and a `[limits]` table (keys:
     /// the limit flags' names with `_`). Flags and env vars override it.
@@ -87,6 +87,11 @@ pub struct ServeArgs {
     /// listens on a loopback address.
     #[arg(long, env = "ACCRUAL_AUTH_TOKENS", hide_env_values = true)]
     pub auth_tokens: Option<String>,
+    /// The event log: `sled:PATH` (embedded, the default: `sled:<data-dir>/log`) or an
+    /// EventStoreDB / KurrentDB connection string, e.g. `esdb://HOST:2113?tls=false`
+    /// (`&stream=NAME` picks the log stream, default accrual-log). Read models stay in the data dir.
+    #[arg(long, env = "ACCRUAL_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// Directory of the embedded sled store [default: ./accrual-data]
     #[arg(long, env = "ACCRUAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -137,6 +142,7 @@ struct FileConfig {
     auth_tokens: Option<Vec<String>>,
     read_only: Option<bool>,
     data_dir: Option<PathBuf>,
+    store: Option<String>,
     listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
@@ -158,6 +164,8 @@ pub struct Settings {
     pub auth: Option<std::sync::Arc<crate::auth::Tokens>>,
     pub read_only: bool,
     pub data_dir: PathBuf,
+    /// Where the event log lives (`--store`).
+    pub store: StoreSpec,
     pub listen: SocketAddr,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -209,14 +217,18 @@ impl Settings {
             args.tls_client_ca.or(file.tls_client_ca),
         )?;
         let (limits, server_limits) = crate::limits::resolve(args.limits, file.limits)?;
+        let data_dir =
+            args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("accrual-data"));
+        let store = match args.store.or(file.store) {
+            Some(value) => StoreSpec::parse(&value)?,
+            None => StoreSpec::Sled(data_dir.join("log")),
+        };
         let settings = Settings {
             roles,
             auth,
             read_only: args.read_only || file.read_only.unwrap_or(false),
-            data_dir: args
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("accrual-data")),
+            data_dir,
+            store,
             listen: args
                 .listen
                 .or(file.listen)
@@ -270,6 +282,41 @@ impl Settings {
             "max_payment_attempts must be at least 1"
         );
         Ok(settings)
+    }
+}
+
+/// Where the event log lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// The embedded sled log in this directory.
+    Sled(PathBuf),
+    /// A log stream on an EventStoreDB / KurrentDB server.
+    Esdb(event_store::EsdbConfig),
+}
+
+impl StoreSpec {
+    /// `sled:PATH` or `esdb://...` / `esdb+discover://...`.
+    pub fn parse(value: &str) -> anyhow::Result<StoreSpec> {
+        if let Some(path) = value.strip_prefix("sled:") {
+            anyhow::ensure!(!path.is_empty(), "--store sled:PATH needs a directory");
+            return Ok(StoreSpec::Sled(PathBuf::from(path)));
+        }
+        if value.starts_with("esdb://") || value.starts_with("esdb+discover://") {
+            return Ok(StoreSpec::Esdb(event_store::EsdbConfig::parse(value)?));
+        }
+        anyhow::bail!(
+            "--store {:?}: expected sled:PATH or esdb://HOST:PORT?tls=false (or esdb+discover://)",
+            event_store::esdb::redact(value)
+        )
+    }
+}
+
+impl fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreSpec::Sled(path) => write!(f, "sled:{}", path.display()),
+            StoreSpec::Esdb(c) => write!(f, "{} (stream {})", c.redacted(), c.log_stream),
+        }
     }
 }
 
@@ -356,6 +403,44 @@ mod tests {
         let same = Some("127.0.0.1:50051".parse().unwrap());
         let error = Settings::resolve(ServeArgs { metrics_listen: same, ..Default::default() });
         assert!(error.unwrap_err().to_string().contains("port of their own"));
+    }
+
+    #[test]
+    fn store_defaults_to_sled_in_the_data_dir_and_takes_esdb_urls() {
+        let args = ServeArgs { data_dir: Some("/d".into()), ..Default::default() };
+        assert_eq!(Settings::resolve(args).unwrap().store, StoreSpec::Sled("/d/log".into()));
+        let sled = ServeArgs { store: Some("sled:/var/log-dir".into()), ..Default::default() };
+        assert_eq!(Settings::resolve(sled).unwrap().store, StoreSpec::Sled("/var/log-dir".into()));
+        let url = "esdb://127.0.0.1:2113?tls=false&stream=eu-log";
+        let esdb = ServeArgs { store: Some(url.into()), ..Default::default() };
+        match Settings::resolve(esdb).unwrap().store {
+            StoreSpec::Esdb(c) => {
+                assert_eq!(
+                    (c.connection.as_str(), c.log_stream.as_str()),
+                    ("esdb://127.0.0.1:2113?tls=false", "eu-log")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accrual.toml");
+        std::fs::write(&path, "store = \"esdb://n1:2113,n2:2113,n3:2113\"\n").unwrap();
+        let from_file = Settings::resolve(ServeArgs { config: Some(path), ..Default::default() });
+        assert!(matches!(from_file.unwrap().store, StoreSpec::Esdb(_)));
+    }
+
+    #[test]
+    fn bad_store_values_are_refused_with_the_reason() {
+        for (value, says) in [
+            ("sled:", "needs a directory"),
+            ("postgres://x", "expected sled:PATH or esdb://"),
+            ("esdb://u:secret@h:2113?stream=$all", "system streams"),
+        ] {
+            let args = ServeArgs { store: Some(value.into()), ..Default::default() };
+            let error = format!("{:#}", Settings::resolve(args).unwrap_err());
+            assert!(error.contains(says), "{value}: {error}");
+            assert!(!error.contains("secret"), "passwords are not echoed: {error}");
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run the gRPC service (command API, health, reflection) on an embedded sled store.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Benchmarks that print figures (never pass/fail).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Commands::Serve(args) => {
-            let settings = config::Settings::resolve(args)?;
+            let settings = config::Settings::resolve(*args)?;
             config::init_tracing(&settings)?;
             runtime.block_on(serve::run(settings))
         }

@@ -6,8 +6,10 @@
 //! `projector` (the projection runners), `query` (QueryService, and AuditService over the log
 //! this process has open). A query role without the projector serves the read models as they
 //! are on disk. sled is single-process (one process locks `log/` and `read-models/`), so a role
-//! not run here cannot run in another process on the same data dir; separate processes per role
-//! come with the EventStoreDB backend (issue #6).
+//! not run here cannot run in another process on the same data dir. With `--store esdb://...`
+//! (the EventStoreDB backend) the log is shared: any number of `--role command` processes and of
+//! `--role projector,query` processes (each with its own data dir for its read models) run on
+//! one log stream.
 //!
 //! `--read-only` (with `--role query` only) serves the read models of a directory without
 //! opening its log: a stopped server's data dir, or the output of `accrual replay` (the books
@@ -43,6 +45,24 @@ pub fn system_clock() -> Clock {
 pub fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn EventStore>> {
     let store = SledStore::open(SledConfig::new(data_dir.join("log")))?;
     Ok(Arc::new(store))
+}
+
+/// Opens the event log `--store` names: sled (the default, `<data-dir>/log`) or a log stream
+/// on EventStoreDB (read until its end, then followed).
+pub async fn open_configured_store(
+    spec: &crate::config::StoreSpec,
+) -> anyhow::Result<Arc<dyn EventStore>> {
+    match spec {
+        crate::config::StoreSpec::Sled(path) => {
+            Ok(Arc::new(SledStore::open(SledConfig::new(path.clone()))?))
+        }
+        crate::config::StoreSpec::Esdb(config) => {
+            let store = event_store::EsdbStore::open(config)
+                .await
+                .map_err(|e| anyhow::anyhow!("EventStoreDB {}: {e}", config.redacted()))?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Folds the log into the write engine.
@@ -159,13 +179,13 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     if s.read_only {
         return serve_read_only(s).await;
     }
-    let store = open_store(&s.data_dir)?;
+    let store = open_configured_store(&s.store).await?;
     let engine = match roles.command {
         true => Some(engine_on(store.clone(), policy).await?),
         false => None,
     };
     let listener = TcpListener::bind(s.listen).await?;
-    tracing::info!(roles = %roles, data_dir = %s.data_dir.display(), listen = %listener.local_addr()?, "accrual serving");
+    tracing::info!(roles = %roles, store = %s.store, data_dir = %s.data_dir.display(), listen = %listener.local_addr()?, "accrual serving");
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let models = if roles.projector {

@@ -101,6 +101,13 @@ impl Pki {
 
 /// Connects to 127.0.0.1:`port` (https with `tls`, else http) and asks health about the
 /// command service: its status, or the error with its causes.
+/// tonic's client TLS builds its rustls config with the process-default crypto provider. The
+/// EventStoreDB client compiles aws-lc-rs into rustls beside ring, and with two providers rustls
+/// refuses to pick one, so this test process installs ring, as `accrual`'s `main` does.
+fn install_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 async fn health_over(port: u16, tls: Option<ClientTlsConfig>) -> Result<i32, String> {
     let attempt = async {
         let endpoint = match tls {
@@ -157,6 +164,7 @@ async fn reflected_services(channel: Channel) -> Vec<String> {
 // to close, which the client's connection task must be free to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_commands_health_and_reflection_to_clients_trusting_its_ca() {
+    install_ring();
     let pki = Pki::new();
     let data = tempfile::tempdir().unwrap();
     let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
@@ -182,6 +190,7 @@ async fn tls_serves_commands_health_and_reflection_to_clients_trusting_its_ca() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_admits_only_client_certificates_from_the_configured_ca() {
+    install_ring();
     let pki = Pki::new();
     let config = pki.path("accrual.toml");
     let toml = format!(
@@ -293,6 +302,7 @@ fn demo_over_mutual_tls_prints_the_same_report_as_without() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_ingest_over_mutual_tls_in_process_and_to_a_running_server() {
+    install_ring();
     let small = ["--events", "300", "--batch", "100", "--clients", "2", "--subscriptions", "3"];
     let (ok, out, err) = accrual(&[&["bench", "ingest", "--tls"][..], &small].concat());
     assert!(ok && out.contains("ingest events=300 "), "bench ingest --tls: {out}{err}");

@@ -339,6 +339,12 @@ impl Engine {
             tracing::warn!("write model is stale after a failed append; rebuilding from the log");
             *model = WriteModel::default();
             rebuild(&*self.store, &mut model).await?;
+        } else if self.store.head() > model.next_position {
+            // Another writer (a second command node on a shared log) appended: fold its events
+            // in before deciding. With a single writer the model is never behind the log.
+            let behind = self.store.head() - model.next_position;
+            tracing::debug!(events = behind, "write model catching up with the log");
+            fold(&*self.store, &mut model).await?;
         }
         Ok(model)
     }
@@ -454,6 +460,18 @@ fn decode(r: &event_store::RecordedEvent) -> Result<Event, Status> {
 /// Folds the whole log into `model`, in bounded chunks.
 async fn rebuild(store: &dyn EventStore, model: &mut WriteModel) -> Result<(), Status> {
     let started = std::time::Instant::now();
+    fold(store, model).await?;
+    tracing::info!(
+        events = model.next_position,
+        ms = started.elapsed().as_millis() as u64,
+        "write model rebuilt from the log"
+    );
+    Ok(())
+}
+
+/// Folds the events after `model.next_position` into `model`, in bounded chunks, up to the end
+/// of the log.
+async fn fold(store: &dyn EventStore, model: &mut WriteModel) -> Result<(), Status> {
     loop {
         let chunk =
             store.read_all(model.next_position, REBUILD_CHUNK_EVENTS).await.map_err(from_store)?;
@@ -476,10 +494,5 @@ async fn rebuild(store: &dyn EventStore, model: &mut WriteModel) -> Result<(), S
         }
         debug_assert_eq!(model.next_position, last_position + 1);
     }
-    tracing::info!(
-        events = model.next_position,
-        ms = started.elapsed().as_millis() as u64,
-        "write model rebuilt from the log"
-    );
     Ok(())
 }

@@ -124,3 +124,52 @@ async fn after_close_commands_get_unavailable_with_retry_info() {
     assert!(status.get_details_retry_info().is_some(), "callers are told when to retry");
     assert_eq!(store.head(), 0, "nothing was appended");
 }
+
+/// Two command nodes on one shared log (the EventStoreDB backend over an in-memory log
+/// stream): each engine folds in what the other appended before deciding, a stale expected
+/// version is ABORTED and succeeds when retried, and both end with the same ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_command_nodes_on_a_shared_log_catch_up_with_each_other() {
+    use event_store::esdb::{EsdbOptions, MemoryLog};
+    use event_store::EsdbStore;
+    let log = MemoryLog::new();
+    let open = || async {
+        let store = EsdbStore::open_on(Arc::new(log.clone()), EsdbOptions::new("engine-log"));
+        Arc::new(store.await.unwrap()) as Arc<dyn EventStore>
+    };
+    let (store_a, store_b) = (open().await, open().await);
+    let a = engine(store_a.clone(), "2025-01-01T12:00:00Z").await;
+    let b = engine(store_b.clone(), "2025-01-01T12:00:00Z").await;
+    let usd = Currency::parse("USD").unwrap();
+    a.execute(Command::RegisterCustomer(acme(usd)), None, None).await.unwrap();
+    wait_for(&*store_b, 1).await;
+    // b never saw the registration through its own engine, yet knows the customer now.
+    let again = b.execute(Command::RegisterCustomer(acme(usd)), None, None).await;
+    assert_eq!(again.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    let rename = |name: &str| Command::UpdateCustomer {
+        customer_id: "c".into(),
+        name: Some(name.into()),
+        tax_rate: None,
+    };
+    b.execute(rename("C2"), None, None).await.unwrap();
+    wait_for(&*store_a, 2).await;
+    a.execute(rename("C3"), None, None).await.unwrap();
+    let (na, nb) = (
+        a.read(|l| l.customers["c"].customer.name.clone()).await,
+        b.read(|l| l.customers["c"].customer.name.clone()).await,
+    );
+    assert_eq!(na, "C3");
+    wait_for(&*store_b, 3).await;
+    let nb_now = b.read(|l| l.customers["c"].customer.name.clone()).await;
+    assert!(nb == "C2" && nb_now == "C2", "b's model folds a's event only on its next command");
+    let guard = Some(("customer-c".to_string(), 1));
+    let stale = b.execute(rename("C4"), None, guard).await;
+    assert_eq!(stale.unwrap_err().code(), tonic::Code::Aborted, "version 2 by now");
+    assert_eq!(b.read(|l| l.customers["c"].customer.name.clone()).await, "C3", "caught up");
+}
+
+async fn wait_for(store: &dyn EventStore, head: u64) {
+    let mut rx = store.watch_head();
+    let wait = rx.wait_for(|h| *h >= head);
+    tokio::time::timeout(std::time::Duration::from_secs(10), wait).await.unwrap().unwrap();
+}

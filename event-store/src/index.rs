@@ -102,6 +102,11 @@ impl Index {
         self.chunks.len()
     }
 
+    /// Ordinal (0-based, in log order) of the stored chunk starting at `first`, if one does.
+    pub(crate) fn chunk_ordinal(&self, first: Position) -> Option<usize> {
+        self.chunks.binary_search(&first).ok()
+    }
+
     pub(crate) fn stream_count(&self) -> usize {
         self.streams.len()
     }

@@ -70,6 +70,8 @@ use uuid::Uuid;
 pub mod chain;
 pub mod conformance;
 pub mod envelope;
+#[cfg(feature = "esdb")]
+pub mod esdb;
 mod group;
 mod index;
 mod log_scan;
@@ -79,6 +81,8 @@ mod sled_store;
 
 pub use chain::{verify_chain, BreakKind, ChainBreak, ChainVerifier};
 pub use envelope::{canonical_bytes, compute_hash, GENESIS_HASH};
+#[cfg(feature = "esdb")]
+pub use esdb::{EsdbConfig, EsdbStore};
 pub use log_scan::{LogScan, ScanEvents};
 pub use memory_store::MemoryStore;
 pub use sled_store::{SledConfig, SledStore, LOG_TREE, SLED_SEGMENT_BYTES};

@@ -122,8 +122,7 @@ async fn balances_as_recorded(b: &Books, recorded: &str, effective: Date) -> Bal
     let out = dir.path().join("replay");
     let cutoff = Cutoff::RecordedAt(at(recorded));
     let rebuilt = rebuild(b.store.clone(), cutoff, &[Kind::Journal], &out, &|_, _| {});
-    rebuilt.await.unwrap();
-    let db = projections::open_db(out.join(replay::READ_MODELS_DIR)).unwrap();
+    let db = rebuilt.await.unwrap().read_models;
     let model = ReadModel::open_existing(&db, "journal", Kind::Journal.version()).unwrap();
     let books = JournalReader::new(model.expect("rebuilt"));
     books.balances(effective).unwrap().into_iter().next().map(|(_, b)| b).unwrap_or_default()
