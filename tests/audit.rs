@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{free_port, register_acme_and_api_calls, tier, Server};
+use common::{free_port, growth_plan, register_acme_and_api_calls, start_sub_1, Server};
 use event_store::envelope::{decode_chunk, encode_chunk};
 use event_store::{
     compute_hash, verify_chain, EventStore, Position, RecordedEvent, SledConfig, SledStore,
@@ -38,29 +38,7 @@ async fn write_log(data_dir: &Path) {
     let server = Server::start(data_dir, free_port());
     let mut c = CommandServiceClient::new(server.serving("accrual.v1.CommandService").await);
     register_acme_and_api_calls(&mut c).await;
-    let plan = pb::PublishPlanRequest {
-        code: "growth".into(),
-        name: "Growth".into(),
-        currency: "USD".into(),
-        interval: "monthly".into(),
-        base_fee: "20.00".into(),
-        charges: vec![pb::Charge {
-            metric_code: "api_calls".into(),
-            pay_in_advance: false,
-            model: Some(pb::charge::Model::Graduated(pb::TieredModel {
-                tiers: vec![tier("100", "1.00"), tier("", "0.10")],
-            })),
-        }],
-        ..Default::default()
-    };
-    c.publish_plan(plan).await.unwrap();
-    let start = pb::StartSubscriptionRequest {
-        subscription_id: "sub-1".into(),
-        customer_id: "acme".into(),
-        plan_code: "growth".into(),
-        ..Default::default()
-    };
-    c.start_subscription(start).await.unwrap();
+    start_sub_1(&mut c, growth_plan("0.10")).await;
     for i in 0..3 {
         let one = c.record_usage(usage(format!("one-{i}"), i + 1)).await.unwrap().into_inner();
         assert_eq!(one.status, "accepted");

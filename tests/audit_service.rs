@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{free_port, register_acme_and_api_calls, tier, Server};
+use common::{free_port, growth_plan, register_acme_and_api_calls, start_sub_1, Server};
 use proto::v1 as pb;
 use proto::v1::audit_service_client::AuditServiceClient;
 use proto::v1::command_service_client::CommandServiceClient;
@@ -49,30 +49,8 @@ fn usage(tx: String, calls: u32) -> pb::UsageEvent {
 /// billing run 40 days ahead (the period closes: a second invoice). Returns the last position.
 async fn write_books(c: &mut CommandServiceClient<Channel>) -> u64 {
     register_acme_and_api_calls(c).await;
-    let plan = pb::PublishPlanRequest {
-        code: "growth".into(),
-        name: "Growth".into(),
-        currency: "USD".into(),
-        interval: "monthly".into(),
-        base_fee: "20.00".into(),
-        base_fee_in_advance: true,
-        charges: vec![pb::Charge {
-            metric_code: "api_calls".into(),
-            pay_in_advance: false,
-            model: Some(pb::charge::Model::Graduated(pb::TieredModel {
-                tiers: vec![tier("100", "1.00"), tier("", "0.10")],
-            })),
-        }],
-        ..Default::default()
-    };
-    c.publish_plan(plan).await.unwrap();
-    let start = pb::StartSubscriptionRequest {
-        subscription_id: "sub-1".into(),
-        customer_id: "acme".into(),
-        plan_code: "growth".into(),
-        ..Default::default()
-    };
-    c.start_subscription(start).await.unwrap();
+    let plan = pb::PublishPlanRequest { base_fee_in_advance: true, ..growth_plan("0.10") };
+    start_sub_1(c, plan).await;
     for i in 0..3 {
         let one = c.record_usage(usage(format!("one-{i}"), i + 1)).await.unwrap().into_inner();
         assert_eq!(one.status, "accepted");

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, register_acme_and_api_calls, tier, Server};
+use common::{free_port, growth_plan, register_acme_and_api_calls, start_sub_1, Server};
 use proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
@@ -88,29 +88,7 @@ async fn drive(
     c: &mut proto::v1::command_service_client::CommandServiceClient<tonic::transport::Channel>,
 ) -> u64 {
     register_acme_and_api_calls(c).await;
-    let plan = pb::PublishPlanRequest {
-        code: "growth".into(),
-        name: "Growth".into(),
-        currency: "USD".into(),
-        interval: "monthly".into(),
-        base_fee: "20.00".into(),
-        charges: vec![pb::Charge {
-            metric_code: "api_calls".into(),
-            pay_in_advance: false,
-            model: Some(pb::charge::Model::Graduated(pb::TieredModel {
-                tiers: vec![tier("100", "1.00"), tier("", "0.50")],
-            })),
-        }],
-        ..Default::default()
-    };
-    c.publish_plan(plan).await.unwrap();
-    let start = pb::StartSubscriptionRequest {
-        subscription_id: "sub-1".into(),
-        customer_id: "acme".into(),
-        plan_code: "growth".into(),
-        ..Default::default()
-    };
-    c.start_subscription(start).await.unwrap();
+    start_sub_1(c, growth_plan("0.50")).await;
     let batch =
         pb::UsageBatch { events: (0..25).map(|i| usage(&format!("tx-{i}"), "3")).collect() };
     let mut acks = c.ingest_usage(tokio_stream::iter(vec![batch])).await.unwrap().into_inner();

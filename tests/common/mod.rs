@@ -165,6 +165,39 @@ pub async fn register_acme_and_api_calls(c: &mut CommandServiceClient<Channel>) 
 }
 
 /// A graduated tier without a flat fee.
+/// Plan `growth`: 20.00 a month in arrears plus graduated `api_calls`, the first 100 at 1.00
+/// and the rest at `over_100` each.
+pub fn growth_plan(over_100: &str) -> pb::PublishPlanRequest {
+    pb::PublishPlanRequest {
+        code: "growth".into(),
+        name: "Growth".into(),
+        currency: "USD".into(),
+        interval: "monthly".into(),
+        base_fee: "20.00".into(),
+        charges: vec![pb::Charge {
+            metric_code: "api_calls".into(),
+            pay_in_advance: false,
+            model: Some(pb::charge::Model::Graduated(pb::TieredModel {
+                tiers: vec![tier("100", "1.00"), tier("", over_100)],
+            })),
+        }],
+        ..Default::default()
+    }
+}
+
+/// Publishes `plan` and subscribes `acme` to it as `sub-1`, starting today.
+pub async fn start_sub_1(c: &mut CommandServiceClient<Channel>, plan: pb::PublishPlanRequest) {
+    let code = plan.code.clone();
+    c.publish_plan(plan).await.unwrap();
+    let start = pb::StartSubscriptionRequest {
+        subscription_id: "sub-1".into(),
+        customer_id: "acme".into(),
+        plan_code: code,
+        ..Default::default()
+    };
+    c.start_subscription(start).await.unwrap();
+}
+
 pub fn tier(up_to: &str, price: &str) -> pb::Tier {
     pb::Tier { up_to: up_to.into(), unit_price: price.into(), flat_fee: String::new() }
 }
