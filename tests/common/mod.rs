@@ -51,40 +51,14 @@ impl Server {
     /// A channel to the server once its health service reports `service` SERVING.
     pub async fn serving(&self, service: &str) -> Channel {
         let url = format!("http://127.0.0.1:{}", self.port);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(channel) = Channel::from_shared(url.clone()).unwrap().connect().await {
-                let mut health =
-                    tonic_health::pb::health_client::HealthClient::new(channel.clone());
-                let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
-                if let Ok(r) = health.check(req).await {
-                    assert_eq!(r.into_inner().status, 1, "SERVING");
-                    return channel;
-                }
-            }
-            assert!(Instant::now() < deadline, "server did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_serving(Channel::from_shared(url).unwrap(), service, "server").await
     }
 
     /// Like `serving`, over TLS configured by `tls` (`https://127.0.0.1:port`).
     pub async fn serving_tls(&self, service: &str, tls: ClientTlsConfig) -> Channel {
         let url = format!("https://127.0.0.1:{}", self.port);
         let endpoint = Channel::from_shared(url).unwrap().tls_config(tls).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(channel) = endpoint.connect().await {
-                let mut health =
-                    tonic_health::pb::health_client::HealthClient::new(channel.clone());
-                let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
-                if let Ok(r) = health.check(req).await {
-                    assert_eq!(r.into_inner().status, 1, "SERVING");
-                    return channel;
-                }
-            }
-            assert!(Instant::now() < deadline, "TLS server did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_serving(endpoint, service, "TLS server").await
     }
 
     pub fn port(&self) -> u16 {
@@ -132,6 +106,24 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Connects to `endpoint` until its health service reports `service` SERVING (at most 30 s;
+/// `what` names the server in the failure).
+async fn wait_serving(endpoint: tonic::transport::Endpoint, service: &str, what: &str) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = endpoint.connect().await {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
+            if let Ok(r) = health.check(req).await {
+                assert_eq!(r.into_inner().status, 1, "SERVING");
+                return channel;
+            }
+        }
+        assert!(Instant::now() < deadline, "{what} did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
