@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use common::{free_port, register_acme_and_api_calls, tier, Server};
+use common::{append_probe, free_port, register_acme_and_api_calls, tier, Server};
 
 type Client = CommandServiceClient<Channel>;
 
@@ -184,14 +184,11 @@ async fn absurd_inputs_are_invalid_argument_and_append_nothing() {
     absurd_usage(&mut c).await;
     absurd_plans(&mut c).await;
     absurd_dates_and_customers(&mut c).await;
-    let probe = pb::DefineMetricRequest {
-        code: "probe".into(),
-        name: "Probe".into(),
-        aggregation: "count".into(),
-        ..Default::default()
-    };
-    let ack = c.define_metric(probe).await.unwrap().into_inner();
-    assert_eq!(ack.position, position_before + 1, "refused commands appended nothing");
+    assert_eq!(
+        append_probe(&mut c).await,
+        position_before + 1,
+        "refused commands appended nothing"
+    );
 
     // The period holding 10^15 units bills exactly: 10^15 × 0.01 + the 10^12 base fee + 10 % tax.
     let bill = pb::RunBillingRequest { as_of: Some(ts(now_plus_days(62))), ..Default::default() };

@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use common::{free_port, Server};
+use common::{append_probe, free_port, Server};
 
 type Client = CommandServiceClient<Channel>;
 
@@ -523,14 +523,7 @@ async fn bad_inputs(c: &mut Client, position_before: u64) {
         Code::NotFound,
     );
     // Only the EUR plan above was appended (one event) since position_before.
-    let probe = pb::DefineMetricRequest {
-        code: "probe".into(),
-        name: "Probe".into(),
-        aggregation: "count".into(),
-        ..Default::default()
-    };
-    let ack = c.define_metric(probe).await.unwrap().into_inner();
-    assert_eq!(ack.position, position_before + 2, "refused commands appended nothing");
+    assert_eq!(append_probe(c).await, position_before + 2, "refused commands appended nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

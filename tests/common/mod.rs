@@ -156,7 +156,6 @@ pub async fn register_acme_and_api_calls(c: &mut CommandServiceClient<Channel>) 
     c.define_metric(metric).await.unwrap();
 }
 
-/// A graduated tier without a flat fee.
 /// Plan `growth`: 20.00 a month in arrears plus graduated `api_calls`, the first 100 at 1.00
 /// and the rest at `over_100` each.
 pub fn growth_plan(over_100: &str) -> pb::PublishPlanRequest {
@@ -190,6 +189,20 @@ pub async fn start_sub_1(c: &mut CommandServiceClient<Channel>, plan: pb::Publis
     c.start_subscription(start).await.unwrap();
 }
 
+/// A graduated tier without a flat fee.
 pub fn tier(up_to: &str, price: &str) -> pb::Tier {
     pb::Tier { up_to: up_to.into(), unit_price: price.into(), flat_fee: String::new() }
+}
+
+/// Appends one harmless event (metric `probe`) and returns its log position: the position after
+/// everything appended so far. Tests compare it with an earlier position to prove that refused
+/// commands appended nothing.
+pub async fn append_probe(c: &mut CommandServiceClient<Channel>) -> u64 {
+    let probe = pb::DefineMetricRequest {
+        code: "probe".into(),
+        name: "Probe".into(),
+        aggregation: "count".into(),
+        ..Default::default()
+    };
+    c.define_metric(probe).await.unwrap().into_inner().position
 }
