@@ -40,6 +40,10 @@ pub const BILLING_APPEND_EVENTS_MAX: usize = 4_096;
 /// Longest a reply that appends nothing waits for the appends its decision saw to be durable
 /// (then UNAVAILABLE: the caller retries).
 pub const DURABLE_WAIT_MS_MAX: u64 = 10_000;
+/// Times a command is decided again when its append lost a race with another command node (the
+/// store's expected-version check failed on a version the engine derived, not one the caller
+/// gave): each retry first brings the model up to the log. Then ABORTED reaches the caller.
+pub const CONFLICT_RETRIES_MAX: u32 = 3;
 
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
@@ -144,12 +148,33 @@ impl Engine {
 
     /// Runs one command. `key` is the caller's idempotency key with the digest of its request.
     /// `guard` is an optional (stream, expected version) check: ABORTED when it does not hold.
+    /// Without a guard, a lost race with another command node is decided again (at most
+    /// [`CONFLICT_RETRIES_MAX`] times) on the caught-up model.
     pub async fn execute(
         &self,
         cmd: Command,
         key: Option<(String, [u8; 32])>,
         guard: Option<(String, u64)>,
     ) -> Result<Executed, Status> {
+        let retries_max = if guard.is_some() { 0 } else { CONFLICT_RETRIES_MAX };
+        let mut retries = 0;
+        loop {
+            match self.execute_once(&cmd, key.clone(), guard.clone()).await {
+                Err(Failed::Conflict(e)) if retries < retries_max => {
+                    retries += 1;
+                    tracing::debug!(error = %e, retries, "lost a race with another writer; deciding again");
+                }
+                outcome => return outcome.map_err(Failed::into_status),
+            }
+        }
+    }
+
+    async fn execute_once(
+        &self,
+        cmd: &Command,
+        key: Option<(String, [u8; 32])>,
+        guard: Option<(String, u64)>,
+    ) -> Result<Executed, Failed> {
         let mut model = match self.lock_or_replay(&key).await? {
             Ok(model) => model,
             Err(original) => return Ok(original),
@@ -158,16 +183,17 @@ impl Engine {
         if let Some((stream, expected)) = guard {
             let actual = model.stream_versions.get(&stream).copied();
             if actual != Some(expected) {
-                return Err(from_store(event_store::StoreError::WrongExpectedVersion {
+                let wrong = event_store::StoreError::WrongExpectedVersion {
                     stream,
                     expected: ExpectedVersion::Exact(expected),
                     actual,
-                }));
+                };
+                return Err(Failed::Other(from_store(wrong)));
             }
         }
         let ctx = Context { now: self.now(), policy: self.policy.clone() };
         let first = model.next_position;
-        let events = model.ledger.execute(&cmd, &ctx, first).map_err(from_domain)?;
+        let events = model.ledger.execute(cmd, &ctx, first).map_err(from_domain)?;
         if events.is_empty() {
             drop(model);
             self.wait_durable(seen).await?;
@@ -220,17 +246,35 @@ impl Engine {
         }
         let mut last_position = None;
         for (ticket, first) in tickets {
-            last_position = Some(self.settle(ticket, first).await?.last_position);
+            last_position =
+                Some(self.settle(ticket, first).await.map_err(Failed::into_status)?.last_position);
         }
         Ok(Executed { events, last_position, duplicate: false })
     }
 
     /// Records a batch of usage events: each item accepted, duplicate or rejected on its own;
-    /// all accepted ones share one append (one fsync).
+    /// all accepted ones share one append (one fsync). A lost race with another command node is
+    /// decided again (at most [`CONFLICT_RETRIES_MAX`] times) on the caught-up model.
     pub async fn record_usage(
         &self,
         items: Vec<Result<Usage, Status>>,
     ) -> Result<Vec<UsageItem>, Status> {
+        let mut retries = 0;
+        loop {
+            match self.record_usage_once(items.clone()).await {
+                Err(Failed::Conflict(e)) if retries < CONFLICT_RETRIES_MAX => {
+                    retries += 1;
+                    tracing::debug!(error = %e, retries, "lost a race with another writer; deciding again");
+                }
+                outcome => return outcome.map_err(Failed::into_status),
+            }
+        }
+    }
+
+    async fn record_usage_once(
+        &self,
+        items: Vec<Result<Usage, Status>>,
+    ) -> Result<Vec<UsageItem>, Failed> {
         let mut model = self.lock_model().await?;
         let seen = self.seen(&model);
         let ctx = Context { now: self.now(), policy: self.policy.clone() };
@@ -397,7 +441,7 @@ impl Engine {
         &self,
         ticket: event_store::AppendTicket,
         first: Position,
-    ) -> Result<Committed, Status> {
+    ) -> Result<Committed, Failed> {
         match ticket.await {
             Ok(c) => {
                 if c.first_position != first {
@@ -413,9 +457,15 @@ impl Engine {
                 Ok(c)
             }
             Err(e) => {
-                tracing::error!(error = %e, "append failed");
                 self.mark_stale().await;
-                Err(from_store(e))
+                if matches!(e, event_store::StoreError::WrongExpectedVersion { .. }) {
+                    // Another writer changed a stream this command read: its model is rebuilt
+                    // before the next decision.
+                    tracing::debug!(error = %e, "append refused: a stream moved on");
+                    return Err(Failed::Conflict(from_store(e)));
+                }
+                tracing::error!(error = %e, "append failed");
+                Err(Failed::Other(from_store(e)))
             }
         }
     }
@@ -437,6 +487,28 @@ impl Engine {
         let recorded = self.store.read_all(prev.first, count).await.map_err(from_store)?;
         let events = recorded.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         Ok(Executed { events, last_position: Some(prev.last), duplicate: true })
+    }
+}
+
+/// Why an attempt failed: a lost race with another writer (worth deciding again) or anything
+/// else (the caller's answer).
+#[derive(Debug)]
+enum Failed {
+    Conflict(Status),
+    Other(Status),
+}
+
+impl Failed {
+    fn into_status(self) -> Status {
+        match self {
+            Failed::Conflict(s) | Failed::Other(s) => s,
+        }
+    }
+}
+
+impl From<Status> for Failed {
+    fn from(status: Status) -> Self {
+        Failed::Other(status)
     }
 }
 

@@ -173,3 +173,97 @@ async fn wait_for(store: &dyn EventStore, head: u64) {
     let wait = rx.wait_for(|h| *h >= head);
     tokio::time::timeout(std::time::Duration::from_secs(10), wait).await.unwrap().unwrap();
 }
+
+/// A store whose `head()` can be held back: the engine over it does not notice another node's
+/// appends before deciding, as when they land between its catch-up and its append.
+struct Lagging {
+    inner: Arc<dyn EventStore>,
+    /// `u64::MAX`: not held back.
+    held_head: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl EventStore for Lagging {
+    async fn append(
+        &self,
+        req: event_store::AppendRequest,
+    ) -> Result<event_store::Committed, event_store::StoreError> {
+        self.inner.append(req).await
+    }
+    async fn enqueue(&self, req: event_store::AppendRequest) -> event_store::AppendTicket {
+        self.inner.enqueue(req).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<event_store::RecordedEvent>, event_store::StoreError> {
+        self.inner.read_stream(stream, from_version, max_count).await
+    }
+    async fn read_all(
+        &self,
+        from: u64,
+        max_count: usize,
+    ) -> Result<Vec<event_store::RecordedEvent>, event_store::StoreError> {
+        self.inner.read_all(from, max_count).await
+    }
+    fn head(&self) -> u64 {
+        self.inner.head().min(self.held_head.load(std::sync::atomic::Ordering::SeqCst))
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.watch_head()
+    }
+    fn stream_version(&self, stream: &str) -> Option<u64> {
+        self.inner.stream_version(stream)
+    }
+    async fn close(&self) -> Result<(), event_store::StoreError> {
+        self.inner.close().await
+    }
+}
+
+/// A command that loses a race with another command node (decided on a model that had not seen
+/// the other node's append yet) is decided again on the caught-up model instead of reaching
+/// the caller as ABORTED; with a caller's expected version it is not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_lost_a_race_with_another_node_is_decided_again() {
+    use event_store::esdb::{EsdbOptions, MemoryLog};
+    use event_store::EsdbStore;
+    let log = MemoryLog::new();
+    let open = || async {
+        let store = EsdbStore::open_on(Arc::new(log.clone()), EsdbOptions::new("race-log"));
+        Arc::new(store.await.unwrap()) as Arc<dyn EventStore>
+    };
+    let (store_a, store_b) = (open().await, open().await);
+    let lagging = Arc::new(Lagging { inner: store_b.clone(), held_head: u64::MAX.into() });
+    let a = engine(store_a.clone(), "2025-01-01T12:00:00Z").await;
+    let b = engine(lagging.clone(), "2025-01-01T12:00:00Z").await;
+    let rename = |name: &str| Command::UpdateCustomer {
+        customer_id: "c".into(),
+        name: Some(name.into()),
+        tax_rate: None,
+    };
+    let usd = Currency::parse("USD").unwrap();
+    a.execute(Command::RegisterCustomer(acme(usd)), None, None).await.unwrap();
+    wait_for(&*store_b, 1).await;
+    b.execute(rename("B1"), None, None).await.unwrap();
+    wait_for(&*store_a, 2).await;
+    // b stops noticing new events; a renames meanwhile (customer-c is at version 2 now).
+    lagging.held_head.store(2, std::sync::atomic::Ordering::SeqCst);
+    a.execute(rename("A2"), None, None).await.unwrap();
+    wait_for(&*store_b, 3).await;
+    let done = b.execute(rename("B3"), None, None).await.expect("decided again after catching up");
+    assert_eq!(done.last_position, Some(3));
+    assert_eq!(b.read(|l| l.customers["c"].customer.name.clone()).await, "B3");
+    wait_for(&*store_a, 4).await;
+    let types: Vec<String> =
+        store_a.read_all(0, 10).await.unwrap().iter().map(|r| r.event_type.clone()).collect();
+    assert_eq!(types.len(), 4, "the lost attempt appended nothing: {types:?}");
+    // The same race with the caller's expected version (3, what b's model holds): final.
+    lagging.held_head.store(4, std::sync::atomic::Ordering::SeqCst);
+    a.execute(rename("A4"), None, None).await.unwrap();
+    wait_for(&*store_b, 5).await;
+    let guarded = b.execute(rename("B5"), None, Some(("customer-c".into(), 3))).await;
+    assert_eq!(guarded.unwrap_err().code(), tonic::Code::Aborted, "the caller's guard is final");
+    assert_eq!(store_b.head(), 5, "and appended nothing");
+}
