@@ -400,6 +400,11 @@ impl Worker {
             self.accepted.fetch_add(u64::from(reply.accepted), Ordering::Relaxed);
             n = end;
         }
+        // Half-close and read the call's final status, so the server ends the call as OK
+        // (dropping the stream instead would count it as CANCELLED in the server's metrics).
+        drop(tx);
+        let extra = replies.message().await?;
+        anyhow::ensure!(extra.is_none(), "a reply beyond the last batch: {extra:?}");
         Ok(())
     }
 
