@@ -61,6 +61,9 @@ struct WriteModel {
     stream_versions: HashMap<String, u64>,
     next_position: Position,
     idempotency: HashMap<String, KeyedCommand>,
+    /// The last keyed command folded from the log and its correlation id: a billing run's later
+    /// pieces carry only the correlation id, and extend that command's range.
+    last_keyed: Option<(Uuid, String)>,
     stale: bool,
 }
 
@@ -201,15 +204,18 @@ impl Engine {
             return Ok(Executed { events, last_position, duplicate: false });
         }
         let idempotency = key.map(|(key, digest)| Idempotency { key, digest });
-        let ticket = self.submit(&mut model, &events, idempotency, ctx.now).await;
+        let ticket = self.submit(&mut model, &events, idempotency, ctx.now, Uuid::new_v4()).await;
         drop(model);
         let committed = self.settle(ticket, first).await?;
         Ok(Executed { events, last_position: Some(committed.last_position), duplicate: false })
     }
 
     /// Runs billing at `as_of` over every subscription. Unlike other commands it may take several
-    /// appends (each holding whole subscriptions' steps, enqueued in order); the idempotency key
-    /// is recorded on the first. Billing is idempotent by itself: a second run issues nothing.
+    /// appends (each holding whole subscriptions' steps, enqueued in order under the model lock,
+    /// so they are contiguous in the log), all with one correlation id; the idempotency key is
+    /// stored on the first (the store would take a second use of it for a duplicate), and a
+    /// replay of the key returns every piece. Billing is idempotent by itself: a second run
+    /// issues nothing, and a run cut short by a crash is finished by running it again.
     pub async fn run_billing(
         &self,
         as_of: Timestamp,
@@ -224,7 +230,9 @@ impl Engine {
         let ctx = Context { now: self.now(), policy: self.policy.clone() };
         let ids: Vec<String> = model.ledger.subscriptions.keys().cloned().collect();
         let (mut events, mut pending, mut tickets) = (Vec::new(), Vec::new(), Vec::new());
+        let run_key = key.as_ref().map(|(k, _)| k.clone());
         let mut key = key.map(|(key, digest)| Idempotency { key, digest });
+        let correlation_id = Uuid::new_v4();
         for (i, id) in ids.iter().enumerate() {
             let position = model.next_position + pending.len() as u64;
             let (more, stopped) =
@@ -236,7 +244,10 @@ impl Engine {
             let last = i + 1 == ids.len();
             if pending.len() >= BILLING_APPEND_EVENTS_MAX || (last && !pending.is_empty()) {
                 let first = model.next_position;
-                tickets.push((self.submit(&mut model, &pending, key.take(), ctx.now).await, first));
+                let ticket =
+                    self.submit(&mut model, &pending, key.take(), ctx.now, correlation_id).await;
+                extend_keyed(&mut model, run_key.as_deref());
+                tickets.push((ticket, first));
                 events.append(&mut pending);
             }
         }
@@ -305,7 +316,7 @@ impl Engine {
             self.wait_durable(seen).await?;
             return Ok(results);
         }
-        let ticket = self.submit(&mut model, &events, None, ctx.now).await;
+        let ticket = self.submit(&mut model, &events, None, ctx.now, Uuid::new_v4()).await;
         drop(model);
         self.settle(ticket, first).await?;
         Ok(results)
@@ -402,9 +413,8 @@ impl Engine {
         events: &[Event],
         idempotency: Option<Idempotency>,
         now: Timestamp,
+        correlation_id: Uuid,
     ) -> event_store::AppendTicket {
-        // Every event of one command shares a correlation id.
-        let correlation_id = Uuid::new_v4();
         let mut writes: Vec<StreamWrite> = Vec::new();
         let mut seen_in_request: HashMap<String, ()> = HashMap::new();
         for event in events {
@@ -512,6 +522,42 @@ impl From<Status> for Failed {
     }
 }
 
+/// Extends a keyed command's range to the model's last position (a billing run's later piece).
+fn extend_keyed(model: &mut WriteModel, key: Option<&str>) {
+    let last = model.next_position - 1;
+    if let Some(keyed) = key.and_then(|k| model.idempotency.get_mut(k)) {
+        debug_assert!(keyed.last <= last, "pieces follow the keyed one");
+        keyed.last = last;
+    }
+}
+
+/// Records the idempotency key of a folded event, or extends the last keyed command when the
+/// event continues it (same correlation id, next position: a billing run's later piece).
+fn fold_keyed(model: &mut WriteModel, r: &event_store::RecordedEvent) {
+    if let (Some(key), Some(digest)) = (&r.idempotency_key, r.idempotency_digest) {
+        let entry = model.idempotency.entry(key.clone()).or_insert(KeyedCommand {
+            digest,
+            first: r.position,
+            last: r.position,
+        });
+        entry.last = r.position;
+        model.last_keyed = r.correlation_id.map(|c| (c, key.clone()));
+        return;
+    }
+    let continues = match (&model.last_keyed, r.correlation_id) {
+        (Some((c, key)), Some(rc)) if *c == rc => model
+            .idempotency
+            .get_mut(key)
+            .filter(|k| k.last + 1 == r.position)
+            .map(|k| k.last = r.position)
+            .is_some(),
+        _ => false,
+    };
+    if !continues {
+        model.last_keyed = None;
+    }
+}
+
 fn new_event(event: &Event, now: Timestamp, correlation_id: Uuid) -> NewEvent {
     NewEvent {
         event_id: Uuid::new_v4(),
@@ -554,14 +600,7 @@ async fn fold(store: &dyn EventStore, model: &mut WriteModel) -> Result<(), Stat
             let event = decode(r)?;
             model.ledger.evolve(&event, r.position);
             model.stream_versions.insert(r.stream.clone(), r.stream_version);
-            if let (Some(key), Some(digest)) = (&r.idempotency_key, r.idempotency_digest) {
-                let entry = model.idempotency.entry(key.clone()).or_insert(KeyedCommand {
-                    digest,
-                    first: r.position,
-                    last: r.position,
-                });
-                entry.last = r.position;
-            }
+            fold_keyed(model, r);
             model.next_position += 1;
         }
         debug_assert_eq!(model.next_position, last_position + 1);

@@ -62,7 +62,8 @@ async fn a_large_billing_run_is_split_into_bounded_appends_and_rebuilds_identica
         e.execute(start, None, None).await.unwrap();
     }
     let head_before = store.head();
-    let run = e.run_billing("2025-02-01T00:00:00Z".parse().unwrap(), None).await.unwrap();
+    let key = Some(("run-feb".to_string(), [3u8; 32]));
+    let run = e.run_billing("2025-02-01T00:00:00Z".parse().unwrap(), key.clone()).await.unwrap();
     assert!(run.events.len() > BILLING_APPEND_EVENTS_MAX, "the run needs more than one append");
     assert_eq!(
         run.events.len() as u64,
@@ -74,7 +75,22 @@ async fn a_large_billing_run_is_split_into_bounded_appends_and_rebuilds_identica
     let again = e.run_billing("2025-02-01T00:00:00Z".parse().unwrap(), None).await.unwrap();
     assert!(again.events.is_empty(), "billing twice for the same as_of issues nothing");
 
+    let replay = e.run_billing("2025-02-01T00:00:00Z".parse().unwrap(), key.clone()).await;
+    let replay = replay.unwrap();
+    assert!(replay.duplicate);
+    assert_eq!(replay.events, run.events, "a replay of the key returns every piece of the run");
+    let correlations: std::collections::BTreeSet<_> = store
+        .read_all(head_before, run.events.len())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.correlation_id)
+        .collect();
+    assert_eq!(correlations.len(), 1, "one correlation id for the whole run");
+
     let rebuilt = engine(store.clone(), "2025-02-01T12:00:00Z").await;
+    let replay = rebuilt.run_billing("2025-02-01T00:00:00Z".parse().unwrap(), key).await.unwrap();
+    assert_eq!(replay.events, run.events, "and so does a replay after a restart");
     let (live, fresh) =
         (e.read(|l| l.invoices.len()).await, rebuilt.read(|l| l.invoices.len()).await);
     assert_eq!((live, fresh), (subscriptions as usize, subscriptions as usize));
