@@ -65,9 +65,20 @@ pub async fn open_configured_store(
     }
 }
 
-/// Folds the log into the write engine.
-async fn engine_on(store: Arc<dyn EventStore>, policy: Policy) -> anyhow::Result<Arc<Engine>> {
-    let engine = Engine::open(store, policy, system_clock())
+/// Events folded past the write model's recovery copy before it is refreshed, on a log shared
+/// by several command nodes (see `EngineOptions::recovery_copy_events`).
+pub const SHARED_LOG_RECOVERY_COPY_EVENTS: u64 = 100_000;
+
+/// Folds the log into the write engine. On a shared log (EventStoreDB) the engine keeps a
+/// recovery copy of its model, since appends lost to another command node are routine there.
+async fn engine_on(
+    store: Arc<dyn EventStore>,
+    policy: Policy,
+    shared_log: bool,
+) -> anyhow::Result<Arc<Engine>> {
+    let recovery_copy_events = if shared_log { SHARED_LOG_RECOVERY_COPY_EVENTS } else { 0 };
+    let options = command_service::engine::EngineOptions { recovery_copy_events };
+    let engine = Engine::open_with(store, policy, system_clock(), options)
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     Ok(Arc::new(engine))
@@ -79,7 +90,7 @@ pub async fn open_engine(
     policy: Policy,
 ) -> anyhow::Result<(Arc<dyn EventStore>, Arc<Engine>)> {
     let store = open_store(data_dir)?;
-    let engine = engine_on(store.clone(), policy).await?;
+    let engine = engine_on(store.clone(), policy, false).await?;
     Ok((store, engine))
 }
 
@@ -181,7 +192,10 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     }
     let store = open_configured_store(&s.store).await?;
     let engine = match roles.command {
-        true => Some(engine_on(store.clone(), policy).await?),
+        true => {
+            let shared_log = matches!(s.store, crate::config::StoreSpec::Esdb(_));
+            Some(engine_on(store.clone(), policy, shared_log).await?)
+        }
         false => None,
     };
     let listener = TcpListener::bind(s.listen).await?;

@@ -55,7 +55,7 @@ struct KeyedCommand {
 }
 
 /// Everything the deciders need, behind one lock.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct WriteModel {
     ledger: Ledger,
     stream_versions: HashMap<String, u64>,
@@ -93,11 +93,35 @@ pub enum UsageItem {
     Rejected(Status),
 }
 
+/// Options of the write engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Keep a copy of the write model exactly as of the log (taken at open, refreshed after a
+    /// recovery that folded at least this many events), so that recovering from a failed or
+    /// lost append folds only the events after the copy instead of the whole log. 0: no copy.
+    /// Worth its memory (a second model) on a log shared by several command nodes
+    /// (EventStoreDB), where lost races are routine; on sled an append fails only with the disk.
+    pub recovery_copy_events: u64,
+}
+
+/// How often the model was recovered after a failed or lost append.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recoveries {
+    /// Folded from the start of the log.
+    pub full: u64,
+    /// Folded from the recovery copy.
+    pub from_copy: u64,
+}
+
 pub struct Engine {
     store: Arc<dyn EventStore>,
     model: tokio::sync::Mutex<WriteModel>,
     clock: Clock,
     policy: Policy,
+    options: EngineOptions,
+    /// The model as of a point of the log (see [`EngineOptions::recovery_copy_events`]).
+    recovery_copy: parking_lot::Mutex<Option<WriteModel>>,
+    recoveries: parking_lot::Mutex<Recoveries>,
     closing: AtomicBool,
     /// Appends that failed or landed elsewhere than decided (each marks the model stale).
     failures: tokio::sync::watch::Sender<u64>,
@@ -110,16 +134,35 @@ impl Engine {
         policy: Policy,
         clock: Clock,
     ) -> Result<Self, Status> {
+        Self::open_with(store, policy, clock, EngineOptions::default()).await
+    }
+
+    /// [`Engine::open`] with options.
+    pub async fn open_with(
+        store: Arc<dyn EventStore>,
+        policy: Policy,
+        clock: Clock,
+        options: EngineOptions,
+    ) -> Result<Self, Status> {
         let mut model = WriteModel::default();
         rebuild(&*store, &mut model).await?;
+        let copy = (options.recovery_copy_events > 0).then(|| model.clone());
         Ok(Engine {
             store,
             model: tokio::sync::Mutex::new(model),
             clock,
             policy,
+            options,
+            recovery_copy: parking_lot::Mutex::new(copy),
+            recoveries: parking_lot::Mutex::new(Recoveries::default()),
             closing: AtomicBool::new(false),
             failures: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// How often the model was recovered after a failed or lost append, and how.
+    pub fn recoveries(&self) -> Recoveries {
+        *self.recoveries.lock()
     }
 
     pub fn now(&self) -> Timestamp {
@@ -391,9 +434,7 @@ impl Engine {
         }
         let mut model = self.model.lock().await;
         if model.stale {
-            tracing::warn!("write model is stale after a failed append; rebuilding from the log");
-            *model = WriteModel::default();
-            rebuild(&*self.store, &mut model).await?;
+            self.recover(&mut model).await?;
         } else if self.store.head() > model.next_position {
             // Another writer (a second command node on a shared log) appended: fold its events
             // in before deciding. With a single writer the model is never behind the log.
@@ -402,6 +443,29 @@ impl Engine {
             fold(&*self.store, &mut model).await?;
         }
         Ok(model)
+    }
+
+    /// Rebuilds a stale model (it holds events of an append that failed or landed elsewhere):
+    /// from the recovery copy when there is one, else from the whole log.
+    async fn recover(&self, model: &mut WriteModel) -> Result<(), Status> {
+        let copy = self.recovery_copy.lock().clone();
+        let Some(copy) = copy else {
+            tracing::warn!("write model is stale after a failed append; rebuilding from the log");
+            *model = WriteModel::default();
+            rebuild(&*self.store, model).await?;
+            self.recoveries.lock().full += 1;
+            return Ok(());
+        };
+        let from = copy.next_position;
+        *model = copy;
+        fold(&*self.store, model).await?;
+        let folded = model.next_position - from;
+        tracing::debug!(from, folded, "write model recovered from its copy after a failed append");
+        if folded >= self.options.recovery_copy_events {
+            *self.recovery_copy.lock() = Some(model.clone());
+        }
+        self.recoveries.lock().from_copy += 1;
+        Ok(())
     }
 
     /// Turns decided events into one append and enqueues it while the caller holds the model

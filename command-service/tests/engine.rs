@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use command_service::engine::{Clock, Engine, BILLING_APPEND_EVENTS_MAX};
+use command_service::engine::{
+    Clock, Engine, EngineOptions, Recoveries, BILLING_APPEND_EVENTS_MAX,
+};
 use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Customer, FeeTiming, Plan};
 use domain::commands::{Command, Policy};
@@ -240,9 +242,19 @@ impl EventStore for Lagging {
 
 /// A command that loses a race with another command node (decided on a model that had not seen
 /// the other node's append yet) is decided again on the caught-up model instead of reaching
-/// the caller as ABORTED; with a caller's expected version it is not retried.
+/// the caller as ABORTED; with a caller's expected version it is not retried. The model
+/// recovers from the whole log, or from its recovery copy when it keeps one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_lost_a_race_with_another_node_is_decided_again() {
+    let recoveries = lose_races(EngineOptions::default()).await;
+    assert_eq!(recoveries, Recoveries { full: 2, from_copy: 0 });
+    let with_copy = EngineOptions { recovery_copy_events: 1 };
+    let recoveries = lose_races(with_copy).await;
+    assert_eq!(recoveries, Recoveries { full: 0, from_copy: 2 });
+}
+
+/// Two lost races (one retried, one with the caller's guard) on node b; b's recoveries.
+async fn lose_races(options: EngineOptions) -> Recoveries {
     use event_store::esdb::{EsdbOptions, MemoryLog};
     use event_store::EsdbStore;
     let log = MemoryLog::new();
@@ -253,7 +265,13 @@ async fn a_command_that_lost_a_race_with_another_node_is_decided_again() {
     let (store_a, store_b) = (open().await, open().await);
     let lagging = Arc::new(Lagging { inner: store_b.clone(), held_head: u64::MAX.into() });
     let a = engine(store_a.clone(), "2025-01-01T12:00:00Z").await;
-    let b = engine(lagging.clone(), "2025-01-01T12:00:00Z").await;
+    let b = Engine::open_with(
+        lagging.clone(),
+        Policy::default(),
+        clock("2025-01-01T12:00:00Z"),
+        options,
+    );
+    let b = b.await.unwrap();
     let rename = |name: &str| Command::UpdateCustomer {
         customer_id: "c".into(),
         name: Some(name.into()),
@@ -282,4 +300,9 @@ async fn a_command_that_lost_a_race_with_another_node_is_decided_again() {
     let guarded = b.execute(rename("B5"), None, Some(("customer-c".into(), 3))).await;
     assert_eq!(guarded.unwrap_err().code(), tonic::Code::Aborted, "the caller's guard is final");
     assert_eq!(store_b.head(), 5, "and appended nothing");
+    lagging.held_head.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    b.execute(rename("B5"), None, None).await.unwrap();
+    assert_eq!(b.read(|l| l.customers["c"].customer.name.clone()).await, "B5");
+    assert_eq!(b.stream_version("customer-c").await, Some(5), "the recovered model is exact");
+    b.recoveries()
 }
