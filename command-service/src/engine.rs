@@ -203,16 +203,10 @@ impl Engine {
         guard: Option<(String, u64)>,
     ) -> Result<Executed, Status> {
         let retries_max = if guard.is_some() { 0 } else { CONFLICT_RETRIES_MAX };
-        let mut retries = 0;
-        loop {
-            match self.execute_once(&cmd, key.clone(), guard.clone()).await {
-                Err(Failed::Conflict(e)) if retries < retries_max => {
-                    retries += 1;
-                    tracing::debug!(error = %e, retries, "lost a race with another writer; deciding again");
-                }
-                outcome => return outcome.map_err(Failed::into_status),
-            }
-        }
+        decide_again_on_conflict(retries_max, || {
+            self.execute_once(&cmd, key.clone(), guard.clone())
+        })
+        .await
     }
 
     async fn execute_once(
@@ -313,16 +307,8 @@ impl Engine {
         &self,
         items: Vec<Result<Usage, Status>>,
     ) -> Result<Vec<UsageItem>, Status> {
-        let mut retries = 0;
-        loop {
-            match self.record_usage_once(items.clone()).await {
-                Err(Failed::Conflict(e)) if retries < CONFLICT_RETRIES_MAX => {
-                    retries += 1;
-                    tracing::debug!(error = %e, retries, "lost a race with another writer; deciding again");
-                }
-                outcome => return outcome.map_err(Failed::into_status),
-            }
-        }
+        decide_again_on_conflict(CONFLICT_RETRIES_MAX, || self.record_usage_once(items.clone()))
+            .await
     }
 
     async fn record_usage_once(
@@ -583,6 +569,27 @@ impl Failed {
 impl From<Status> for Failed {
     fn from(status: Status) -> Self {
         Failed::Other(status)
+    }
+}
+
+/// Runs `attempt` until it does not lose a race with another writer, at most `retries_max`
+/// times more; every attempt decides on a model brought up to the log.
+async fn decide_again_on_conflict<T, F>(
+    retries_max: u32,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, Status>
+where
+    F: std::future::Future<Output = Result<T, Failed>>,
+{
+    let mut retries = 0;
+    loop {
+        match attempt().await {
+            Err(Failed::Conflict(e)) if retries < retries_max => {
+                retries += 1;
+                tracing::debug!(error = %e, retries, "lost a race with another writer; deciding again");
+            }
+            outcome => return outcome.map_err(Failed::into_status),
+        }
     }
 }
 
