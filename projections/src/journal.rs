@@ -1742,7 +1742,7 @@ mod tests {
                 unrounded: dec(amount),
             })
             .collect();
-        Event::InvoiceIssued(build_invoice(header, drafts))
+        Event::InvoiceIssued(build_invoice(header, drafts).expect("in range"))
     }
 
     fn paid(id: &str, amount: &str, at: &str) -> Event {

@@ -1015,7 +1015,7 @@ mod tests {
         };
         let mut lines = vec![line(LineKind::BaseFee, base)];
         lines.extend(usage.iter().map(|a| line(LineKind::Usage, a)));
-        Event::InvoiceIssued(build_invoice(header, lines))
+        Event::InvoiceIssued(build_invoice(header, lines).expect("in range"))
     }
 
     async fn append_all(store: &Store, events: &[Event]) {
