@@ -110,4 +110,18 @@ mod tests {
             assert!(status.message().ends_with(&message), "{}", status.message());
         }
     }
+
+    /// An invoice amount past `Decimal`'s range (pre-bounds state) is a business-rule refusal:
+    /// FAILED_PRECONDITION with a `PreconditionFailure` of type AMOUNT_OVERFLOW naming the
+    /// subscription (the arguments are fine; the stored plan or customer cannot be invoiced).
+    #[test]
+    fn amount_overflow_is_a_failed_precondition() {
+        let err = DomainError::overflow("subscription-s1", "invoice inv-s1-1 tax (10 % of 1)");
+        let status = from_domain(err);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let failure = status.get_details_precondition_failure().expect("PreconditionFailure");
+        let v = &failure.violations[0];
+        assert_eq!((v.r#type.as_str(), v.subject.as_str()), ("AMOUNT_OVERFLOW", "subscription-s1"));
+        assert!(status.message().contains("tax (10 % of 1) overflows"), "{}", status.message());
+    }
 }

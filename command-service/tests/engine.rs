@@ -4,14 +4,19 @@
 use std::sync::Arc;
 
 use command_service::engine::{
-    Clock, Engine, EngineOptions, Recoveries, BILLING_APPEND_EVENTS_MAX,
+    Clock, Engine, EngineOptions, Recoveries, UsageItem, BILLING_APPEND_EVENTS_MAX,
 };
 use domain::calendar::{Anchor, Interval};
-use domain::catalog::{Customer, FeeTiming, Plan};
+use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, Policy};
+use domain::events::{Event, Usage, SCHEMA_VERSION};
 use domain::money::Currency;
-use event_store::{EventStore, MemoryStore};
+use domain::rating::{Aggregation, ChargeModel};
+use event_store::{AppendRequest, EventStore, ExpectedVersion, MemoryStore, NewEvent, StreamWrite};
+use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
+use tonic::Code;
+use tonic_types::StatusExt;
 
 fn clock(at: &'static str) -> Clock {
     Arc::new(move || at.parse().unwrap())
@@ -305,4 +310,111 @@ async fn lose_races(options: EngineOptions) -> Recoveries {
     assert_eq!(b.read(|l| l.customers["c"].customer.name.clone()).await, "B5");
     assert_eq!(b.stream_version("customer-c").await, Some(5), "the recovered model is exact");
     b.recoveries()
+}
+
+/// Appends `event` as the write side frames it, without deciding it: a log written before the
+/// input bounds.
+async fn append_undecided(store: &dyn EventStore, event: Event) {
+    let new = NewEvent {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: event.type_name().into(),
+        schema_version: SCHEMA_VERSION,
+        occurred_at_us: event.occurred_at().map_or(0, |t| t.as_microsecond()),
+        causation_id: None,
+        correlation_id: None,
+        payload: event.encode(),
+    };
+    let write =
+        StreamWrite { stream: event.stream(), expected: ExpectedVersion::Any, events: vec![new] };
+    store.append(AppendRequest { writes: vec![write], idempotency: None }).await.unwrap();
+}
+
+fn plan(code: &str, version: u32, base_fee: Decimal, charges: Vec<Charge>) -> Plan {
+    Plan {
+        code: code.into(),
+        version,
+        name: code.into(),
+        currency: Currency::parse("USD").unwrap(),
+        interval: Interval::Monthly,
+        base_fee,
+        fee_timing: FeeTiming::Arrears,
+        trial_days: 0,
+        minimum_commitment: None,
+        charges,
+    }
+}
+
+/// A pre-bounds log: a plan whose base fee is `Decimal::MAX` and a customer with a 10^20 %
+/// tax rate (10^9 × 10^20 overflows). A billing run returns OK, invoices the normal subscription and issues nothing
+/// for the overflowing one (the engine logs its error); usage that would issue an overflowing in-advance invoice is
+/// refused with FAILED_PRECONDITION / AMOUNT_OVERFLOW and appends nothing.
+#[tokio::test]
+async fn an_overflowing_subscription_does_not_stop_billing_or_append_anything() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let usd = Currency::parse("USD").unwrap();
+    let taxed = Customer { tax_rate: dec!(10), ..acme(usd) };
+    let absurd = Customer { customer_id: "x".into(), tax_rate: dec!(1e20), ..acme(usd) };
+    for customer in [taxed, absurd] {
+        append_undecided(&*store, Event::CustomerRegistered(customer)).await;
+    }
+    let metric = Metric {
+        code: "calls".into(),
+        name: "Calls".into(),
+        aggregation: Aggregation::Count,
+        property: None,
+    };
+    append_undecided(&*store, Event::BillableMetricDefined(metric)).await;
+    let in_advance = Charge {
+        metric_code: "calls".into(),
+        model: ChargeModel::Standard { unit_price: dec!(1e9) },
+        pay_in_advance: true,
+    };
+    for p in [
+        plan("legacy", 1, Decimal::MAX, vec![]),
+        plan("p", 1, dec!(10), vec![]),
+        plan("adv", 1, dec!(0), vec![in_advance]),
+    ] {
+        append_undecided(&*store, Event::PlanPublished(p)).await;
+    }
+    let e = engine(store.clone(), "2025-01-05T00:00:00Z").await;
+    for (sub, customer, plan) in [("s1", "c", "legacy"), ("s2", "c", "p"), ("s3", "x", "adv")] {
+        let start = Command::StartSubscription {
+            subscription_id: sub.into(),
+            customer_id: customer.into(),
+            plan_code: plan.into(),
+            plan_version: None,
+            anchor: Anchor::Anniversary,
+            start_date: None,
+        };
+        e.execute(start, None, None).await.unwrap();
+    }
+    let head = store.head();
+    let usage = Usage {
+        subscription_id: "s3".into(),
+        transaction_id: "t1".into(),
+        metric_code: "calls".into(),
+        occurred_at: e.now(),
+        properties: Default::default(),
+    };
+    let items = e.record_usage(vec![Ok(usage)]).await.unwrap();
+    let [UsageItem::Rejected(status)] = items.as_slice() else { panic!("{items:?}") };
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let failure = status.get_details_precondition_failure().expect("PreconditionFailure");
+    assert_eq!(failure.violations[0].r#type, "AMOUNT_OVERFLOW");
+    assert_eq!(failure.violations[0].subject, "subscription-s3");
+    assert_eq!(store.head(), head, "a refused usage appends nothing");
+
+    let run = e.run_billing("2025-02-05T00:00:00Z".parse().unwrap(), None).await.unwrap();
+    let invoiced: Vec<(&str, Decimal)> = run
+        .events
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::InvoiceIssued(i) => Some((i.subscription_id.as_str(), i.total)),
+            _ => None,
+        })
+        .collect();
+    let want = vec![("s2", dec!(11.00)), ("s3", dec!(0))];
+    assert_eq!(invoiced, want, "s1 overflows; s3 closes with nothing due (its usage was refused)");
+    let s1_invoices = e.read(|l| l.subscriptions["s1"].invoice_ids.len()).await;
+    assert_eq!(s1_invoices, 0);
 }

@@ -297,17 +297,19 @@ pub fn days_between(a: Date, b: Date) -> i32 {
 }
 
 /// Unrounded proration: `amount × days / days_in_period` (SPEC §4: amount × days used / days in
-/// the period). Panics unless `days_in_period > 0` and `0 <= days <= days_in_period`.
-pub fn prorate(amount: Decimal, days: i32, days_in_period: i32) -> Decimal {
+/// the period), or `None` when `amount × days` overflows `Decimal` (only for amounts far beyond
+/// the input bounds). Panics unless `days_in_period > 0` and `0 <= days <= days_in_period`
+/// (day counts come from the calendar: a violation is a bug).
+pub fn prorate(amount: Decimal, days: i32, days_in_period: i32) -> Option<Decimal> {
     assert!(days_in_period > 0, "days_in_period must be positive, got {days_in_period}");
     assert!(
         (0..=days_in_period).contains(&days),
         "days ({days}) must be within 0..={days_in_period}"
     );
     if days == days_in_period {
-        return amount;
+        return Some(amount);
     }
-    amount * Decimal::from(days) / Decimal::from(days_in_period)
+    amount.checked_mul(Decimal::from(days))?.checked_div(Decimal::from(days_in_period))
 }
 
 #[cfg(test)]
@@ -607,8 +609,8 @@ mod tests {
         assert_eq!(jan.days(), 31);
         let remaining = days_between(d("2024-01-16"), jan.end);
         assert_eq!(remaining, 16);
-        assert_eq!(round(prorate(dec!(30.00), remaining, jan.days())), dec!(15.48));
-        assert_eq!(round(prorate(dec!(62.00), remaining, jan.days())), dec!(32.00));
+        assert_eq!(round(prorate(dec!(30.00), remaining, jan.days()).unwrap()), dec!(15.48));
+        assert_eq!(round(prorate(dec!(62.00), remaining, jan.days()).unwrap()), dec!(32.00));
 
         let table = [
             (dec!(28.00), 14, 28, dec!(14.00)),
@@ -622,10 +624,33 @@ mod tests {
             (dec!(-30.00), 16, 31, dec!(-15.48)),
         ];
         for (amount, days, of, want) in table {
-            assert_eq!(round(prorate(amount, days, of)), want, "{amount} × {days}/{of}");
+            assert_eq!(round(prorate(amount, days, of).unwrap()), want, "{amount} × {days}/{of}");
         }
         // Unrounded: the exact value is kept to full precision.
-        assert!((prorate(dec!(30), 16, 31) - dec!(15.4838709677)).abs() < dec!(0.0000000001));
+        let exact = prorate(dec!(30), 16, 31).unwrap();
+        assert!((exact - dec!(15.4838709677)).abs() < dec!(0.0000000001));
+    }
+
+    /// Amounts far beyond the input bounds: the exact proration, or `None` when
+    /// `amount × days` overflows (never a panic).
+    #[test]
+    fn prorate_extremes_table() {
+        const MAX: Decimal = Decimal::MAX;
+        let cases = [
+            (MAX, 31, 31, Some(MAX)),
+            (-MAX, 31, 31, Some(-MAX)),
+            (MAX, 0, 31, Some(dec!(0))),
+            (MAX, 1, 31, Some(MAX / dec!(31))),
+            (MAX, 2, 31, None),
+            (-MAX, 16, 31, None),
+            (MAX / dec!(30), 30, 31, Some(MAX / dec!(30) * dec!(30) / dec!(31))),
+            (MAX / dec!(30), 30, 366, Some(MAX / dec!(30) * dec!(30) / dec!(366))),
+            (dec!(1e27), 365, 366, None),
+            (Decimal::new(1, 28), 1, 3, Some(dec!(0))),
+        ];
+        for (amount, days, of, want) in cases {
+            assert_eq!(prorate(amount, days, of), want, "{amount} × {days}/{of}");
+        }
     }
 
     #[test]
@@ -765,7 +790,44 @@ mod tests {
         (0i64..120_000).prop_map(|n| add_days(date(1970, 1, 1), n))
     }
 
+    /// Everyday amounts, amounts near ±`Decimal::MAX`, and arbitrary bit patterns.
+    fn any_amount() -> impl Strategy<Value = Decimal> {
+        prop_oneof![
+            (-1_000_000_000_000i64..1_000_000_000_000, 0u32..=12)
+                .prop_map(|(m, s)| Decimal::new(m, s)),
+            (0u32..1_000, any::<bool>()).prop_map(|(k, neg)| {
+                let d = Decimal::MAX - Decimal::from(k);
+                if neg {
+                    -d
+                } else {
+                    d
+                }
+            }),
+            (any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>(), 0u32..=28)
+                .prop_map(|(lo, mid, hi, neg, s)| Decimal::from_parts(lo, mid, hi, neg, s)),
+        ]
+    }
+
     proptest! {
+        /// `prorate` never panics on an amount: `Some` is exactly plain `× /` (so normal
+        /// prorations are unchanged) and never larger than the amount; `None` only where
+        /// `amount × days` overflows.
+        #[test]
+        fn prorate_is_exact_or_none(
+            amount in any_amount(),
+            (days, of) in (1i32..=366).prop_flat_map(|of| (0..=of, Just(of))),
+        ) {
+            match prorate(amount, days, of) {
+                Some(x) => {
+                    if days < of {
+                        prop_assert_eq!(x, amount * Decimal::from(days) / Decimal::from(of));
+                    }
+                    prop_assert!(x.abs() <= amount.abs(), "{} of {}", x, amount);
+                }
+                None => prop_assert!(amount.checked_mul(Decimal::from(days)).is_none()),
+            }
+        }
+
         #[test]
         fn periods_are_contiguous_and_contain_their_days(
             interval in any_interval(),

@@ -128,10 +128,11 @@ impl Plan {
         PlanRef { code: self.code.clone(), version: self.version }
     }
 
-    /// The base fee normalized to a month (SPEC §5 MRR rule), unrounded.
-    pub fn monthly_fee(&self) -> Decimal {
+    /// The base fee normalized to a month (SPEC §5 MRR rule), unrounded; `None` if it
+    /// overflows `Decimal` (a weekly fee far beyond the input bounds).
+    pub fn monthly_fee(&self) -> Option<Decimal> {
         let (num, den) = self.interval.monthly_ratio();
-        self.base_fee * num / den
+        self.base_fee.checked_mul(num)?.checked_div(den)
     }
 
     /// Validates everything but the metric references (the ledger checks those).

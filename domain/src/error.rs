@@ -1,6 +1,10 @@
 //! The domain's error contract. The service edge maps each variant to one gRPC code
 //! (SPEC §3): `Invalid` → INVALID_ARGUMENT (BadRequest), `NotFound` → NOT_FOUND,
 //! `Precondition` → FAILED_PRECONDITION (PreconditionFailure), `Conflict` → ALREADY_EXISTS.
+//!
+//! An amount that overflows `Decimal` while invoicing (a plan or usage in a log written before
+//! the input bounds) is a `Precondition` of kind [`AMOUNT_OVERFLOW`] ([`DomainError::overflow`]):
+//! the command's arguments are fine, the stored state cannot be invoiced.
 
 use std::fmt;
 
@@ -16,6 +20,9 @@ impl FieldViolation {
         Self { field: field.into(), description: description.into() }
     }
 }
+
+/// `Precondition` kind of an amount that overflows `Decimal` while invoicing.
+pub const AMOUNT_OVERFLOW: &str = "AMOUNT_OVERFLOW";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
@@ -49,6 +56,19 @@ impl DomainError {
         description: impl Into<String>,
     ) -> Self {
         DomainError::Precondition { kind, subject: subject.into(), description: description.into() }
+    }
+
+    /// An amount of `subject` (e.g. `subscription-s1`) that overflows `Decimal`; `what` names
+    /// it (the invoice and line, the proration, the tax...). Kind [`AMOUNT_OVERFLOW`].
+    pub fn overflow(subject: impl Into<String>, what: impl fmt::Display) -> Self {
+        let subject = subject.into();
+        let description = format!("{subject}: {what} overflows the decimal range");
+        DomainError::Precondition { kind: AMOUNT_OVERFLOW, subject, description }
+    }
+
+    /// Whether this is an [`DomainError::overflow`].
+    pub fn is_overflow(&self) -> bool {
+        matches!(self, DomainError::Precondition { kind, .. } if *kind == AMOUNT_OVERFLOW)
     }
 }
 

@@ -6,7 +6,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::Period;
-use crate::money::Currency;
+use crate::error::DomainError;
+use crate::money::{checked_sum, Currency};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,12 +109,20 @@ pub struct InvoiceHeader {
 }
 
 /// Rounds each line once, then tax = round(Σ rounded line × rate / 100) once; total = Σ + tax.
-pub fn build_invoice(h: InvoiceHeader, drafts: Vec<LineDraft>) -> Invoice {
+/// Every step is checked: an amount past `Decimal`'s range (only from a plan or usage far beyond
+/// the input bounds) is a [`DomainError::overflow`] of the subscription naming the invoice part,
+/// never a panic. Results are otherwise exactly those of plain `+ × /`.
+pub fn build_invoice(h: InvoiceHeader, drafts: Vec<LineDraft>) -> Result<Invoice, DomainError> {
     let lines: Vec<InvoiceLine> = drafts.into_iter().map(|d| round_line(h.currency, d)).collect();
-    let subtotal: Decimal = lines.iter().map(|l| l.amount).sum();
-    let tax = h.currency.round(subtotal * h.tax_rate / Decimal::ONE_HUNDRED);
-    let total = subtotal + tax;
-    Invoice {
+    let subtotal = subtotal(&h, &lines)?;
+    let tax = tax(&h, subtotal)?;
+    let total = subtotal.checked_add(tax).ok_or_else(|| overflow(&h, "total (subtotal + tax)"))?;
+    debug_assert_eq!(
+        checked_sum(lines.iter().map(|l| l.amount)).and_then(|s| s.checked_add(tax)),
+        Some(total),
+        "total = Σ lines + tax"
+    );
+    Ok(Invoice {
         invoice_id: h.invoice_id,
         customer_id: h.customer_id,
         subscription_id: h.subscription_id,
@@ -126,7 +135,30 @@ pub fn build_invoice(h: InvoiceHeader, drafts: Vec<LineDraft>) -> Invoice {
         tax_rate: h.tax_rate,
         tax,
         total,
-    }
+    })
+}
+
+/// Σ of the rounded lines; an overflow names the line that took the sum out of range.
+fn subtotal(h: &InvoiceHeader, lines: &[InvoiceLine]) -> Result<Decimal, DomainError> {
+    lines.iter().enumerate().try_fold(Decimal::ZERO, |sum, (i, line)| {
+        sum.checked_add(line.amount).ok_or_else(|| {
+            overflow(h, format_args!("subtotal (adding line {i}, {:?})", line.description))
+        })
+    })
+}
+
+/// round(subtotal × rate / 100) to the currency, half away from zero.
+fn tax(h: &InvoiceHeader, subtotal: Decimal) -> Result<Decimal, DomainError> {
+    let unrounded = subtotal
+        .checked_mul(h.tax_rate)
+        .and_then(|x| x.checked_div(Decimal::ONE_HUNDRED))
+        .ok_or_else(|| overflow(h, format_args!("tax ({} % of {subtotal})", h.tax_rate)))?;
+    Ok(h.currency.round(unrounded))
+}
+
+fn overflow(h: &InvoiceHeader, what: impl std::fmt::Display) -> DomainError {
+    let subject = format!("subscription-{}", h.subscription_id);
+    DomainError::overflow(subject, format_args!("invoice {} {what}", h.invoice_id))
 }
 
 fn round_line(currency: Currency, d: LineDraft) -> InvoiceLine {
@@ -244,7 +276,8 @@ mod tests {
             ),
         ];
         for (cur, rate, lines, subtotal, tax, total) in cases {
-            let inv = build_invoice(header(cur, rate), lines.into_iter().map(draft).collect());
+            let drafts = lines.into_iter().map(draft).collect();
+            let inv = build_invoice(header(cur, rate), drafts).unwrap();
             assert_eq!((inv.subtotal, inv.tax, inv.total), (subtotal, tax, total), "{cur} {rate}");
             assert_eq!(inv.lines.iter().map(|l| l.amount).sum::<Decimal>(), inv.subtotal);
         }
@@ -252,9 +285,114 @@ mod tests {
 
     #[test]
     fn credit_invoice_is_paid_with_nothing_due() {
-        let inv = build_invoice(header("USD", dec!(0)), vec![draft(dec!(-5))]);
+        let inv = build_invoice(header("USD", dec!(0)), vec![draft(dec!(-5))]).unwrap();
         let acc = InvoiceAccount::issued(inv);
         assert_eq!(acc.status, InvoiceStatus::Paid);
         assert_eq!(acc.amount_due(), Decimal::ZERO);
+    }
+
+    /// Amounts far beyond the input bounds: the exact invoice, or the overflow naming the part
+    /// that overflowed (never a panic).
+    #[test]
+    fn extreme_amounts_table() {
+        const MAX: Decimal = Decimal::MAX;
+        let tiny = Decimal::new(1, 28);
+        // (currency, tax %, unrounded lines, Ok((subtotal, tax, total)) or Err(what overflowed))
+        type Want = Result<[Decimal; 3], &'static str>;
+        let cases: Vec<(&str, Decimal, Vec<Decimal>, Want)> = vec![
+            ("USD", dec!(0), vec![MAX], Ok([MAX, dec!(0), MAX])),
+            ("USD", dec!(0), vec![MAX, -MAX, MAX], Ok([MAX, dec!(0), MAX])),
+            ("USD", dec!(10), vec![dec!(7e27)], Ok([dec!(7e27), dec!(7e26), dec!(7.7e27)])),
+            ("KWD", dec!(5), vec![tiny, dec!(1e27)], Ok([dec!(1e27), dec!(5e25), dec!(1.05e27)])),
+            ("USD", dec!(0), vec![MAX, dec!(1)], Err("subtotal (adding line 1")),
+            ("USD", dec!(0), vec![-MAX, dec!(-1)], Err("subtotal (adding line 1")),
+            // Below one unit in the last place of MAX, an addition rounds (as plain `+` does).
+            ("USD", dec!(0), vec![-MAX, dec!(-0.01)], Ok([-MAX, dec!(0), -MAX])),
+            ("JPY", dec!(0), vec![dec!(1), MAX - dec!(1), dec!(0.5)], Err("adding line 2")),
+            ("USD", dec!(10), vec![MAX], Err("tax (10 % of")),
+            // 100 % of MAX/2 fits, but subtotal × rate does not: an error, never a reordering.
+            ("USD", dec!(100), vec![MAX / dec!(2)], Err("tax (100 % of")),
+            ("USD", dec!(1), vec![MAX], Err("total (subtotal + tax)")),
+            ("USD", dec!(1e20), vec![dec!(1e9)], Err("tax")),
+        ];
+        for (cur, rate, lines, want) in cases {
+            let got = build_invoice(header(cur, rate), lines.iter().copied().map(draft).collect());
+            match (got, want) {
+                (Ok(inv), Ok(want)) => {
+                    assert_eq!([inv.subtotal, inv.tax, inv.total], want, "{cur} {rate} {lines:?}")
+                }
+                (Err(e), Err(what)) => {
+                    assert!(e.is_overflow(), "{e:?}");
+                    let text = e.to_string();
+                    assert!(text.starts_with("subscription-s: invoice inv-1 "), "{text}");
+                    assert!(text.contains(what), "{cur} {rate} {lines:?}: {text}");
+                }
+                (got, want) => panic!("{cur} {rate} {lines:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Everyday amounts, amounts near `Decimal::MAX`, and arbitrary bit patterns.
+        fn extreme() -> impl Strategy<Value = Decimal> {
+            prop_oneof![
+                (-1_000_000_000i64..1_000_000_000, 0u32..=12).prop_map(|(m, s)| Decimal::new(m, s)),
+                (0u32..1_000, any::<bool>()).prop_map(|(k, neg)| {
+                    let d = Decimal::MAX - Decimal::from(k);
+                    if neg {
+                        -d
+                    } else {
+                        d
+                    }
+                }),
+                (any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>(), 0u32..=28)
+                    .prop_map(|(lo, mid, hi, neg, s)| Decimal::from_parts(lo, mid, hi, neg, s)),
+            ]
+        }
+
+        fn rate() -> impl Strategy<Value = Decimal> {
+            prop_oneof![
+                (0i64..=10_000, 0u32..=2).prop_map(|(m, s)| Decimal::new(m, s)),
+                extreme().prop_map(|d| d.abs()),
+            ]
+        }
+
+        proptest! {
+            /// `build_invoice` never panics: an `Ok` is exactly what plain `+ × /` give (so
+            /// normal invoices are unchanged), an `Err` is an overflow where plain arithmetic
+            /// would have panicked.
+            #[test]
+            fn build_invoice_is_exact_or_an_overflow(
+                cur in prop::sample::select(vec!["USD", "JPY", "KWD"]),
+                rate in rate(),
+                lines in prop::collection::vec(extreme(), 0..5),
+            ) {
+                let got = build_invoice(header(cur, rate), lines.iter().copied().map(draft).collect());
+                let c = Currency::parse(cur).unwrap();
+                let rounded: Vec<Decimal> = lines.iter().map(|l| c.round(*l)).collect();
+                let subtotal = checked_sum(rounded.iter().copied());
+                let product = subtotal.and_then(|s| s.checked_mul(rate));
+                match got {
+                    Ok(inv) => {
+                        let subtotal: Decimal = rounded.iter().copied().sum();
+                        let tax = c.round(subtotal * rate / Decimal::ONE_HUNDRED);
+                        prop_assert_eq!(inv.subtotal, subtotal);
+                        prop_assert_eq!(inv.tax, tax);
+                        prop_assert_eq!(inv.total, subtotal + tax);
+                        let amounts: Vec<Decimal> = inv.lines.iter().map(|l| l.amount).collect();
+                        prop_assert_eq!(amounts, rounded);
+                    }
+                    Err(e) => {
+                        prop_assert!(e.is_overflow(), "{:?}", e);
+                        let tax = product.map(|p| c.round(p / Decimal::ONE_HUNDRED));
+                        let total = subtotal.zip(tax).and_then(|(s, t)| s.checked_add(t));
+                        prop_assert!(total.is_none(), "refused a computable invoice: {:?}", e);
+                    }
+                }
+            }
+        }
     }
 }

@@ -19,6 +19,7 @@ use crate::invoice::{
     build_invoice, Invoice, InvoiceAccount, InvoiceHeader, InvoiceStatus, IssueReason, LineDraft,
     LineKind,
 };
+use crate::money::checked_sum;
 use crate::rating::{
     in_advance_fee, Aggregation, ChargeModel, RatingInput, RunningAggregate, UsagePoint,
 };
@@ -413,7 +414,7 @@ impl Ledger {
             let first = sub.cycle.first();
             let range = (first.start, first.end);
             let lines =
-                segment_lines(&sub, &first, range, FeeTiming::Advance, |r| self.plan(r).clone());
+                segment_lines(&sub, &first, range, FeeTiming::Advance, |r| self.plan(r).clone())?;
             if !lines.is_empty() {
                 events.push(Event::InvoiceIssued(self.invoice_for(
                     &sub,
@@ -421,7 +422,7 @@ impl Ledger {
                     IssueReason::SubscriptionStart,
                     lines,
                     ctx.now,
-                )));
+                )?));
             }
         }
         Ok(events)
@@ -453,7 +454,7 @@ impl Ledger {
             return Err(precondition(sub, "INTERVAL_CHANGE", "changing the billing interval is not supported; cancel and start a new subscription"));
         }
         let date = today.max(sub.start_date());
-        if new_plan.monthly_fee() < old_plan.monthly_fee() {
+        if monthly_fee(sub, new_plan)? < monthly_fee(sub, old_plan)? {
             let period = sub.period_of(date).expect("in service");
             return Ok(vec![Event::PlanChangeScheduled {
                 subscription_id: id.to_string(),
@@ -474,10 +475,10 @@ impl Ledger {
         // previous period, at trial end); otherwise that billing prices each plan's days itself.
         if advance_billing_done(sub, &period) {
             if old_plan.fee_timing == FeeTiming::Advance && sub.fee_billed_until >= period.end {
-                lines.extend(credit_line(sub, old_plan, &period, date, period.end));
+                lines.extend(credit_line(sub, old_plan, &period, date, period.end)?);
             }
             if new_plan.fee_timing == FeeTiming::Advance {
-                lines.extend(base_fee_line(sub, new_plan, &period, date, period.end));
+                lines.extend(base_fee_line(sub, new_plan, &period, date, period.end)?);
             }
         }
         if !lines.is_empty() {
@@ -487,7 +488,7 @@ impl Ledger {
                 IssueReason::PlanUpgrade,
                 lines,
                 ctx.now,
-            )));
+            )?));
         }
         Ok(events)
     }
@@ -661,7 +662,7 @@ impl Ledger {
         if lines.is_empty() {
             return Ok(None);
         }
-        Ok(Some(self.invoice_for(sub, *period, IssueReason::UsageInAdvance, lines, ctx.now)))
+        Ok(Some(self.invoice_for(sub, *period, IssueReason::UsageInAdvance, lines, ctx.now)?))
     }
 
     /// The next billing step of a subscription due at `as_of`, if any: a trial end, or the
@@ -677,7 +678,7 @@ impl Ledger {
         if let (Some(t), false) = (sub.trial_end, sub.trial_ended) {
             let ends_first = sub.ends_on.is_none_or(|e| t < e);
             if ends_first && t <= next.end && crate::calendar::local_midnight(t, tz) <= as_of {
-                return Ok(Some(self.trial_end_events(sub, t, ctx)));
+                return self.trial_end_events(sub, t, ctx).map(Some);
             }
         }
         let grace = jiff::SignedDuration::from_secs(ctx.policy.grace_period_secs);
@@ -692,22 +693,27 @@ impl Ledger {
         self.close_period(sub, next, ctx).map(Some)
     }
 
-    fn trial_end_events(&self, sub: &Subscription, t: Date, ctx: &Context) -> Vec<Event> {
+    fn trial_end_events(
+        &self,
+        sub: &Subscription,
+        t: Date,
+        ctx: &Context,
+    ) -> Result<Vec<Event>, DomainError> {
         let mut events =
             vec![Event::TrialEnded { subscription_id: sub.subscription_id.clone(), date: t }];
         let period = sub.period_of(t).expect("trial ends in service");
         if t > period.start {
             let range = (t, period.end);
             let lines =
-                segment_lines(sub, &period, range, FeeTiming::Advance, |r| self.plan(r).clone());
+                segment_lines(sub, &period, range, FeeTiming::Advance, |r| self.plan(r).clone())?;
             if !lines.is_empty() {
                 let reason = IssueReason::TrialEnd;
                 events.push(Event::InvoiceIssued(
-                    self.invoice_for(sub, period, reason, lines, ctx.now),
+                    self.invoice_for(sub, period, reason, lines, ctx.now)?,
                 ));
             }
         }
-        events
+        Ok(events)
     }
 
     /// Closes period `p` (cut at the end of service): applies a due downgrade, rates usage,
@@ -736,7 +742,7 @@ impl Ledger {
         let last_day = p.end.yesterday().unwrap_or(p.end).max(p.start);
         let rating_plan = self.plan(sub.plan_at(last_day));
         let plan_of = |r: &PlanRef| self.plan(r).clone();
-        let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of);
+        let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of)?;
         lines.extend(self.usage_lines(sub, rating_plan, &p)?);
         let cut_short = sub
             .ends_on
@@ -746,10 +752,10 @@ impl Ledger {
             // The plan that was charged for the unused days (an upgrade on the cut day counts).
             let plan = self.plan(sub.plan_at(p.end));
             if plan.fee_timing == FeeTiming::Advance {
-                lines.extend(credit_line(sub, plan, &full, p.end, full.end));
+                lines.extend(credit_line(sub, plan, &full, p.end, full.end)?);
             }
         }
-        lines.extend(self.true_up_line(sub, rating_plan, &p, &lines));
+        lines.extend(self.true_up_line(sub, rating_plan, &p, &lines)?);
         let continues = sub.ends_on.is_none_or(|e| e > p.end);
         if continues {
             let after = sub_after.as_ref().unwrap_or(sub);
@@ -758,11 +764,11 @@ impl Ledger {
             let trial_over = sub.trial_end.is_none_or(|t| t <= next.start);
             if trial_over {
                 let range = (next.start, next.end);
-                lines.extend(segment_lines(after, &next, range, FeeTiming::Advance, plan_of));
+                lines.extend(segment_lines(after, &next, range, FeeTiming::Advance, plan_of)?);
             }
         }
         let reason = if cut_short { IssueReason::Cancellation } else { IssueReason::PeriodClose };
-        events.push(Event::InvoiceIssued(self.invoice_for(sub, p, reason, lines, ctx.now)));
+        events.push(Event::InvoiceIssued(self.invoice_for(sub, p, reason, lines, ctx.now)?));
         events.push(Event::BillingPeriodClosed {
             subscription_id: sub.subscription_id.clone(),
             period: p,
@@ -789,10 +795,10 @@ impl Ledger {
         let last_day = p.end.yesterday().unwrap_or(p.end).max(p.start);
         let rating_plan = self.plan(sub.plan_at(last_day));
         let plan_of = |r: &PlanRef| self.plan(r).clone();
-        let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of);
+        let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of)?;
         lines.extend(self.usage_lines(sub, rating_plan, &p)?);
-        lines.extend(self.true_up_line(sub, rating_plan, &p, &lines));
-        let mut draft = self.invoice_for(sub, p, IssueReason::PeriodClose, lines, at);
+        lines.extend(self.true_up_line(sub, rating_plan, &p, &lines)?);
+        let mut draft = self.invoice_for(sub, p, IssueReason::PeriodClose, lines, at)?;
         draft.invoice_id = format!("draft-{subscription_id}-{}", p.start);
         Ok(Some(draft))
     }
@@ -862,24 +868,35 @@ impl Ledger {
 
     /// If the period's charges (this invoice's lines for `p` plus what was invoiced for `p`
     /// earlier) are below the plan's minimum commitment, prorated to the days of service, a
-    /// true-up line adds the difference.
+    /// true-up line adds the difference. Every step is checked (see [`DomainError::overflow`]).
     fn true_up_line(
         &self,
         sub: &Subscription,
         plan: &Plan,
         p: &Period,
         lines: &[LineDraft],
-    ) -> Option<LineDraft> {
-        let minimum = plan.minimum_commitment?;
+    ) -> Result<Option<LineDraft>, DomainError> {
+        let Some(minimum) = plan.minimum_commitment else { return Ok(None) };
         let full = sub.full_days(p);
-        let committed = sub
+        let overflow = |what: &str| DomainError::overflow(sub.subject(), what);
+        let Some(committed) = sub
             .cycle
             .period_containing(p.start)
-            .map(|_| crate::calendar::prorate(minimum, p.days(), full))?;
+            .map(|_| crate::calendar::prorate(minimum, p.days(), full))
+        else {
+            return Ok(None);
+        };
+        let committed = committed.ok_or_else(|| overflow("minimum commitment proration"))?;
         let earlier = sub.billed_by_period.get(&p.start).copied().unwrap_or_default();
-        let spent: Decimal =
-            lines.iter().map(|l| plan.currency_round(l.unrounded)).sum::<Decimal>() + earlier;
-        (spent < committed).then(|| LineDraft {
+        let spent = checked_sum(lines.iter().map(|l| plan.currency_round(l.unrounded)))
+            .and_then(|s| s.checked_add(earlier))
+            .ok_or_else(|| overflow("charges counted against the minimum commitment"))?;
+        if spent >= committed {
+            return Ok(None);
+        }
+        let unrounded =
+            committed.checked_sub(spent).ok_or_else(|| overflow("minimum commitment true-up"))?;
+        Ok(Some(LineDraft {
             kind: LineKind::MinimumCommitmentTrueUp,
             description: format!(
                 "Minimum commitment true-up ({} committed)",
@@ -889,10 +906,12 @@ impl Ledger {
             charge_model: None,
             units: None,
             service_period: *p,
-            unrounded: committed - spent,
-        })
+            unrounded,
+        }))
     }
 
+    /// The invoice of `lines` for `sub`, numbered after its earlier invoices, with the
+    /// customer's currency and tax rate; an overflow is the subscription's error.
     fn invoice_for(
         &self,
         sub: &Subscription,
@@ -900,7 +919,7 @@ impl Ledger {
         reason: IssueReason,
         lines: Vec<LineDraft>,
         now: Timestamp,
-    ) -> Invoice {
+    ) -> Result<Invoice, DomainError> {
         let customer = &self.customers[&sub.customer_id].customer;
         let header = InvoiceHeader {
             invoice_id: format!("inv-{}-{}", sub.subscription_id, sub.invoice_ids.len() + 1),
@@ -1089,7 +1108,11 @@ impl Ledger {
                     .cycle
                     .period_containing(line.service_period.start)
                     .map_or(line.service_period.start, |p| p.start);
-                *sub.billed_by_period.entry(key).or_default() += line.amount;
+                // Saturating: several in-range invoices for one period could still sum past
+                // Decimal (a pre-bounds log); the true-up then errs on the safe side (no
+                // true-up when saturated up, an overflow error when saturated down).
+                let billed = sub.billed_by_period.entry(key).or_default();
+                *billed = billed.saturating_add(line.amount);
             }
         }
         let previous =
@@ -1236,6 +1259,14 @@ impl Plan {
     fn currency_round(&self, amount: Decimal) -> Decimal {
         self.currency.round(amount)
     }
+}
+
+/// `plan`'s monthly fee; an overflow is an error of `sub` naming the plan.
+fn monthly_fee(sub: &Subscription, plan: &Plan) -> Result<Decimal, DomainError> {
+    plan.monthly_fee().ok_or_else(|| {
+        let what = format!("monthly base fee of plan {} v{}", plan.code, plan.version);
+        DomainError::overflow(sub.subject(), what)
+    })
 }
 
 fn precondition(

@@ -76,6 +76,12 @@ impl std::fmt::Display for Currency {
     }
 }
 
+/// Σ `values` exactly as `Iterator::sum` adds them, or `None` when a partial sum overflows
+/// `Decimal` (where `sum` would panic).
+pub fn checked_sum(values: impl IntoIterator<Item = Decimal>) -> Option<Decimal> {
+    values.into_iter().try_fold(Decimal::ZERO, Decimal::checked_add)
+}
+
 /// Checks that a caller-given decimal is within the allowed precision and sign.
 pub fn check_amount(
     field: &str,

@@ -631,7 +631,8 @@ mod tests {
         let inv = build_invoice(
             header,
             vec![draft(LineKind::BaseFee, dec!(30)), draft(LineKind::Usage, dec!(12.345))],
-        );
+        )
+        .unwrap();
         let recognized: Decimal =
             inv.lines.iter().map(|l| schedule_for_line(l, inv.currency).total()).sum();
         assert_eq!(recognized, inv.subtotal);

@@ -11,6 +11,7 @@ use rust_decimal::Decimal;
 
 use crate::calendar::{days_between, prorate, Anchor, Cycle, Interval, Period};
 use crate::catalog::{FeeTiming, Plan, PlanRef};
+use crate::error::DomainError;
 use crate::invoice::{LineDraft, LineKind};
 use crate::rating::{RunningAggregate, UsagePoint};
 
@@ -109,6 +110,11 @@ impl Subscription {
     pub fn in_trial(&self, date: Date) -> bool {
         self.trial_end.is_some_and(|t| date < t)
     }
+
+    /// The subject of this subscription's errors: `subscription-<id>`.
+    pub fn subject(&self) -> String {
+        format!("subscription-{}", self.subscription_id)
+    }
 }
 
 fn interval_before(date: Date, interval: Interval) -> Date {
@@ -123,27 +129,34 @@ fn interval_before(date: Date, interval: Interval) -> Date {
 }
 
 /// A base-fee line for days [from, to) of period `p` on `plan`, prorated by the full period.
+/// An overflow of the proration (a base fee far beyond the input bounds) is an
+/// [`DomainError::overflow`] of the subscription naming the plan.
 pub fn base_fee_line(
     sub: &Subscription,
     plan: &Plan,
     p: &Period,
     from: Date,
     to: Date,
-) -> Option<LineDraft> {
+) -> Result<Option<LineDraft>, DomainError> {
     let days = sub.billable_days(from, to);
     if days == 0 || plan.base_fee.is_zero() {
-        return None;
+        return Ok(None);
     }
     let full = sub.full_days(p);
-    Some(LineDraft {
+    let unrounded = prorate(plan.base_fee, days, full).ok_or_else(|| {
+        let what =
+            format!("base fee of plan {} v{} ({days} of {full} days)", plan.code, plan.version);
+        DomainError::overflow(sub.subject(), what)
+    })?;
+    Ok(Some(LineDraft {
         kind: LineKind::BaseFee,
         description: format!("{} base fee ({days} of {full} days)", plan.name),
         metric_code: None,
         charge_model: None,
         units: None,
         service_period: Period { start: from.max(sub.trial_end.unwrap_or(from)), end: to },
-        unrounded: prorate(plan.base_fee, days, full),
-    })
+        unrounded,
+    }))
 }
 
 /// Credit for the unused days [from, to) of an in-advance fee already invoiced for period `p`.
@@ -153,12 +166,13 @@ pub fn credit_line(
     p: &Period,
     from: Date,
     to: Date,
-) -> Option<LineDraft> {
-    let mut line = base_fee_line(sub, plan, p, from, to)?;
+) -> Result<Option<LineDraft>, DomainError> {
+    let Some(mut line) = base_fee_line(sub, plan, p, from, to)? else { return Ok(None) };
     line.kind = LineKind::Credit;
     line.description = format!("Credit for unused days of {}", plan.name);
+    // Negation is exact: Decimal's range is symmetric.
     line.unrounded = -line.unrounded;
-    Some(line)
+    Ok(Some(line))
 }
 
 /// Base-fee lines for days [from, to) of period `p` (possibly cut), one per plan segment in
@@ -169,7 +183,7 @@ pub fn segment_lines(
     (from, to): (Date, Date),
     timing: FeeTiming,
     plan_of: impl Fn(&PlanRef) -> Plan,
-) -> Vec<LineDraft> {
+) -> Result<Vec<LineDraft>, DomainError> {
     let mut lines = Vec::new();
     for (i, (seg_from, plan_ref)) in sub.plans.iter().enumerate() {
         let seg_to = sub.plans.get(i + 1).map_or(to, |(d, _)| *d);
@@ -179,10 +193,10 @@ pub fn segment_lines(
         }
         let plan = plan_of(plan_ref);
         if plan.fee_timing == timing {
-            lines.extend(base_fee_line(sub, &plan, p, a, b));
+            lines.extend(base_fee_line(sub, &plan, p, a, b)?);
         }
     }
-    lines
+    Ok(lines)
 }
 
 /// Adds one usage point to the open period's aggregate of `metric`.
@@ -191,7 +205,7 @@ pub fn add_usage(
     metric: &crate::catalog::Metric,
     keep_amounts: bool,
     point: &UsagePoint,
-) -> Result<(), crate::error::DomainError> {
+) -> Result<(), DomainError> {
     let usage = open.usage.entry(metric.code.clone()).or_insert_with(|| MetricUsage {
         aggregate: RunningAggregate::new(metric.aggregation),
         amounts: BTreeMap::new(),

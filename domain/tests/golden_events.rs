@@ -49,7 +49,8 @@ fn one_of_each() -> Vec<Event> {
             service_period: period,
             unrounded: dec!(180.00),
         }],
-    );
+    )
+    .expect("in range");
     vec![
         Event::CustomerRegistered(Customer {
             customer_id: "acme".into(),

@@ -78,7 +78,12 @@ impl InvoiceRecord {
     }
 
     fn pay(&mut self, amount: Decimal, at: Timestamp) -> Result<(), String> {
-        self.amount_paid += amount;
+        self.amount_paid = self.amount_paid.checked_add(amount).ok_or_else(|| {
+            format!(
+                "sum of the payments of invoice {} (customer {}) overflows the decimal range",
+                self.invoice.invoice_id, self.invoice.customer_id
+            )
+        })?;
         if self.amount_paid > self.invoice.total {
             return Err(format!("payments {} exceed the total", self.amount_paid));
         }
@@ -112,7 +117,8 @@ impl InvoiceRecord {
     fn refresh_amount_due(&mut self) {
         self.amount_due = match self.status {
             InvoiceStatus::Void => Decimal::ZERO,
-            _ => (self.invoice.total - self.amount_paid).max(Decimal::ZERO),
+            // Saturating is exact here: a result below the range is clamped to 0 anyway.
+            _ => self.invoice.total.saturating_sub(self.amount_paid).max(Decimal::ZERO),
         };
     }
 

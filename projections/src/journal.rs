@@ -98,7 +98,7 @@ use std::ops::Bound;
 use domain::calendar::{local_date, Period};
 use domain::events::Event;
 use domain::invoice::{Invoice, InvoiceLine, InvoiceStatus, LineKind};
-use domain::money::Currency;
+use domain::money::{checked_sum, Currency};
 use domain::recognition::{self, RevenueType};
 use event_store::{Position, RecordedEvent};
 use jiff::civil::Date;
@@ -272,9 +272,13 @@ impl JournalEntry {
     }
 }
 
-/// Debits and credits per account, gathered before an entry is written.
+/// Debits and credits per account, gathered before an entry is written. A side that would
+/// overflow `Decimal` is remembered, and [`Legs::postings`] then refuses the entry.
 #[derive(Default)]
-struct Legs(BTreeMap<Account, (Decimal, Decimal)>);
+struct Legs {
+    sides: BTreeMap<Account, (Decimal, Decimal)>,
+    overflowed: Option<Account>,
+}
 
 impl Legs {
     /// Debits `account` (a negative amount credits it).
@@ -282,11 +286,15 @@ impl Legs {
         if amount.is_zero() {
             return;
         }
-        let sides = self.0.entry(account).or_default();
-        if amount.is_sign_positive() {
-            sides.0 += amount;
+        let sides = self.sides.entry(account).or_default();
+        let (side, add) = if amount.is_sign_positive() {
+            (&mut sides.0, amount)
         } else {
-            sides.1 -= amount;
+            (&mut sides.1, -amount)
+        };
+        match side.checked_add(add) {
+            Some(sum) => *side = sum,
+            None => self.overflowed = self.overflowed.or(Some(account)),
         }
     }
 
@@ -295,10 +303,13 @@ impl Legs {
         self.dr(account, -amount);
     }
 
-    /// The postings; panics if they do not balance (a bug).
-    fn postings(&self) -> Vec<Posting> {
+    /// The postings, or what overflowed; panics if they do not balance (a bug).
+    fn postings(&self) -> Result<Vec<Posting>, String> {
+        if let Some(account) = self.overflowed {
+            return Err(format!("the {} side of the entry", account.as_str()));
+        }
         let mut out = Vec::new();
-        for (account, (debit, credit)) in &self.0 {
+        for (account, (debit, credit)) in &self.sides {
             if !debit.is_zero() {
                 out.push(Posting { account: *account, debit: *debit, credit: Decimal::ZERO });
             }
@@ -306,10 +317,13 @@ impl Legs {
                 out.push(Posting { account: *account, debit: Decimal::ZERO, credit: *credit });
             }
         }
-        let debits: Decimal = out.iter().map(|p| p.debit).sum();
-        let credits: Decimal = out.iter().map(|p| p.credit).sum();
+        let debits = checked_sum(out.iter().map(|p| p.debit));
+        let credits = checked_sum(out.iter().map(|p| p.credit));
+        let (Some(debits), Some(credits)) = (debits, credits) else {
+            return Err("the entry's total debits".to_string());
+        };
         assert!(debits == credits, "unbalanced journal entry: debits {debits} credits {credits}");
-        out
+        Ok(out)
     }
 }
 
@@ -442,6 +456,39 @@ fn inconsistent(position: Position, detail: impl Into<String>) -> ProjectionErro
     ProjectionError::Inconsistent { projection: NAME, position, detail: detail.into() }
 }
 
+/// An amount of the event at `position` past `Decimal`'s range (a log written before the input
+/// bounds): the batch fails through the runner's error path and nothing of it is written.
+fn overflow(position: Position, what: impl std::fmt::Display) -> ProjectionError {
+    inconsistent(position, format!("{what} overflows the decimal range"))
+}
+
+/// A query's sum past `Decimal`'s range (INTERNAL at the service): nothing is made up.
+fn sum_overflow(what: impl std::fmt::Display) -> ProjectionError {
+    corrupt(NAME, format!("{what} overflows the decimal range when summed"))
+}
+
+/// `a + b`, or an [`overflow`] naming `what`.
+fn plus(a: Decimal, b: Decimal, position: Position, what: impl Fn() -> String) -> Result<Decimal> {
+    a.checked_add(b).ok_or_else(|| overflow(position, what()))
+}
+
+/// Largest line or accrual amount the recognition rules take: they count minor units in
+/// `i128` and convert days and differences back to `Decimal`, which holds at most
+/// `Decimal::MAX` minor units; a tenth of that leaves room for credit differences. The input
+/// bounds keep every line below 10^25 (≥ 10^-1 of this for KWD's 3 places).
+fn check_recognizable(
+    amount: Decimal,
+    currency: Currency,
+    position: Position,
+    what: impl Fn() -> String,
+) -> Result<()> {
+    let scale = Decimal::from(10u64.pow(currency.minor_units() + 1));
+    match currency.round(amount).abs().checked_mul(scale) {
+        Some(_) => Ok(()),
+        None => Err(overflow(position, format_args!("{} in minor units", what()))),
+    }
+}
+
 /// The `journal` projection. It keeps a [`UsageMeter`] (the read side's copy of the ledger)
 /// to recognize usage as it is consumed and to keep the current-usage drafts.
 #[derive(Debug, Default)]
@@ -534,17 +581,18 @@ struct DayAccrual {
 }
 
 impl AccrualState {
-    /// Σ accrued per metric not yet invoiced.
-    fn totals(&self) -> BTreeMap<String, Decimal> {
+    /// Σ accrued per metric not yet invoiced; `None` if a sum overflows.
+    fn totals(&self) -> Option<BTreeMap<String, Decimal>> {
         let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
         for day in self.days.values() {
             for (metric, amount) in &day.amounts {
                 if !self.invoiced.contains(metric) {
-                    *totals.entry(metric.clone()).or_default() += *amount;
+                    let total = totals.entry(metric.clone()).or_default();
+                    *total = total.checked_add(*amount)?;
                 }
             }
         }
-        totals
+        Some(totals)
     }
 }
 
@@ -582,7 +630,10 @@ impl Journal<'_, '_> {
         currency: Currency,
         legs: &Legs,
     ) -> Result<Option<EntryRef>> {
-        if legs.postings().is_empty() {
+        let postings = legs.postings().map_err(|what| {
+            overflow(self.position, format_args!("{kind:?} of invoice {invoice_id}: {what}"))
+        })?;
+        if postings.is_empty() {
             return Ok(None);
         }
         self.check_date(date)?;
@@ -596,7 +647,7 @@ impl Journal<'_, '_> {
             subscription_id: String::new(),
             currency,
             position: self.position,
-            postings: legs.postings(),
+            postings,
         };
         self.write_entry(&entry)?;
         Ok(Some(EntryRef { date, seq }))
@@ -622,24 +673,30 @@ impl Journal<'_, '_> {
         let (sub, period) = (a.subscription_id.as_str(), a.rated.period);
         let mut state = self.load_accruals(sub, period.start)?;
         state.currency = Some(a.rated.currency);
-        let mut deltas = state.totals();
+        let position = self.position;
+        let what = |m: &str| format!("usage accrual of subscription {sub}, metric {m}");
+        let all = || overflow(position, what("(all)"));
+        let mut deltas = state.totals().ok_or_else(all)?;
         deltas.values_mut().for_each(|v| *v = -*v);
         for (metric, amount) in &a.rated.amounts {
+            check_recognizable(*amount, a.rated.currency, position, || what(metric))?;
             if !state.invoiced.contains(metric) {
-                *deltas.entry(metric.clone()).or_default() += *amount;
+                let delta = deltas.entry(metric.clone()).or_default();
+                *delta = plus(*delta, *amount, position, || what(metric))?;
             }
         }
         let seq = ACCRUAL_SEQ_BASE | a.first;
         let day = state.days.entry(a.day).or_insert(DayAccrual { seq, amounts: BTreeMap::new() });
-        let before: Decimal = day.amounts.values().copied().sum();
+        let day_total = |d: &DayAccrual| checked_sum(d.amounts.values().copied());
+        let before = day_total(day).ok_or_else(all)?;
         for (metric, delta) in deltas.into_iter().filter(|(_, d)| !d.is_zero()) {
             let amount = day.amounts.entry(metric.clone()).or_default();
-            *amount += delta;
+            *amount = plus(*amount, delta, position, || what(&metric))?;
             if amount.is_zero() {
                 day.amounts.remove(&metric);
             }
         }
-        let after: Decimal = day.amounts.values().copied().sum();
+        let after = day_total(day).ok_or_else(all)?;
         let r = EntryRef { date: a.day, seq: day.seq };
         self.w.put(accrual_key(sub, period.start), serde_json::to_vec(&state).expect("serialize"));
         if before != after {
@@ -664,7 +721,7 @@ impl Journal<'_, '_> {
             return Ok(());
         }
         let position = r.seq & !ACCRUAL_SEQ_BASE;
-        self.write_entry(&usage_entry(r, sub, currency, amount, position))
+        self.write_entry(&usage_entry(r, sub, currency, amount, position)?)
     }
 
     /// The accruals of a usage line's metric and period, per day; the line takes them over.
@@ -690,12 +747,14 @@ impl Journal<'_, '_> {
         };
         let state: AccrualState = json(&bytes, "accruals")?;
         self.w.delete(accrual_key(subscription_id, period.start));
-        let left: Decimal = state.totals().values().copied().sum();
+        let what = || format!("usage accruals of subscription {subscription_id} left at close");
+        let left = state.totals().and_then(|t| checked_sum(t.into_values()));
+        let left = left.ok_or_else(|| overflow(self.position, what()))?;
         let Some(currency) = state.currency.filter(|_| !left.is_zero()) else { return Ok(()) };
         let last = period.end.yesterday().unwrap_or(period.end).max(period.start);
         self.check_date(last)?;
         let r = EntryRef { date: last, seq: self.next_seq()? };
-        self.write_entry(&usage_entry(r, subscription_id, currency, -left, self.position))
+        self.write_entry(&usage_entry(r, subscription_id, currency, -left, self.position)?)
     }
 
     /// Removes a scheduled entry that will never be earned (void).
@@ -708,11 +767,23 @@ impl Journal<'_, '_> {
         Ok(())
     }
 
+    /// Adds `sign` × the entry's postings to the daily balances; an overflow names the
+    /// account, currency, day and what the entry is for.
     fn add_to_balances(&mut self, entry: &JournalEntry, sign: Decimal) -> Result<()> {
         for p in &entry.postings {
             let key = balance_key(entry.currency, p.account, entry.date);
             let old = self.w.get(&key)?.map(|b| parse_decimal(&b)).transpose()?;
-            let new = old.unwrap_or_default() + sign * (p.debit - p.credit);
+            let what = || {
+                let of = match entry.invoice_id.as_str() {
+                    "" => format!("usage accrual of subscription {}", entry.subscription_id),
+                    id => format!("invoice {id}"),
+                };
+                let (account, cur) = (p.account.as_str(), entry.currency);
+                format!("balance of {account} ({cur}) on {} adding {of}", entry.date)
+            };
+            // One side of a posting is zero: the net and its negation are exact.
+            let net = (p.debit - p.credit) * sign;
+            let new = plus(old.unwrap_or_default(), net, self.position, what)?;
             if new.is_zero() {
                 self.w.delete(key);
             } else {
@@ -737,7 +808,15 @@ impl Journal<'_, '_> {
         let key = waterfall_key(d, line);
         let old: Option<WaterfallCell> =
             self.w.get(&key)?.map(|b| json(&b, "waterfall cell")).transpose()?;
-        let total = old.map_or(Decimal::ZERO, |c| c.amount) + amount;
+        let what = || {
+            format!(
+                "waterfall of invoice {} line {} in {}",
+                line.invoice_id,
+                line.line_index,
+                month_key(d)
+            )
+        };
+        let total = plus(old.map_or(Decimal::ZERO, |c| c.amount), amount, self.position, what)?;
         if total.is_zero() {
             self.w.delete(key);
         } else {
@@ -797,6 +876,8 @@ impl Journal<'_, '_> {
         let mut days: BTreeMap<Date, Legs> = BTreeMap::new();
         let mut lines = Vec::with_capacity(inv.lines.len());
         for (i, line) in inv.lines.iter().enumerate() {
+            let what = || format!("invoice {} line {i}", inv.invoice_id);
+            check_recognizable(line.amount, cur, position, what)?;
             let this = LineRef { invoice_id: inv.invoice_id.clone(), line_index: i };
             let accrued = match line.kind {
                 LineKind::Usage => self.take_accrued(&inv.subscription_id, line)?,
@@ -804,19 +885,26 @@ impl Journal<'_, '_> {
             };
             let (entries, revenue_type, credited_line) =
                 self.schedule(line, cur, issue_date, &sub_lines, &accrued)?;
-            let sum: Decimal = entries.iter().map(|(_, a)| *a).sum();
+            let sum = checked_sum(entries.iter().map(|(_, a)| *a));
+            let sum = sum.ok_or_else(|| overflow(position, format!("{} schedule", what())))?;
             if sum != line.amount {
                 let detail = format!("line {i} schedule sums to {sum}, not {}", line.amount);
                 return Err(inconsistent(position, detail));
             }
             // Accrued usage is already recognized: the invoice bills it out of unbilled
             // receivable; the rest of the schedule is posted now.
-            issue.cr(Account::UnbilledReceivable, accrued.iter().map(|(_, a)| *a).sum());
+            let accrued_sum = checked_sum(accrued.iter().map(|(_, a)| *a));
+            let accrued_sum =
+                accrued_sum.ok_or_else(|| overflow(position, format!("{} accruals", what())))?;
+            issue.cr(Account::UnbilledReceivable, accrued_sum);
             for (d, a) in &entries {
                 self.add_to_waterfall(*d, &this, cur, revenue_type, *a)?;
             }
             let negated: Entries = accrued.iter().map(|(d, a)| (*d, -*a)).collect();
-            for (d, a) in merge_nonzero(&entries, &negated).iter() {
+            let net = merge_nonzero(&entries, &negated).ok_or_else(|| {
+                overflow(position, format!("{} schedule net of accruals", what()))
+            })?;
+            for (d, a) in net.iter() {
                 let source = if *d < issue_date {
                     Account::UnbilledReceivable
                 } else {
@@ -893,13 +981,12 @@ impl Journal<'_, '_> {
             }
             LineKind::Usage => {
                 let mut total = Decimal::ZERO;
-                let cumulative: Entries = accrued
-                    .iter()
-                    .map(|(d, a)| {
-                        total += *a;
-                        (*d, total)
-                    })
-                    .collect();
+                let mut cumulative: Entries = Vec::with_capacity(accrued.len());
+                for (d, a) in accrued {
+                    let what = || format!("accrued usage of line {:?}", line.description);
+                    total = plus(total, *a, self.position, what)?;
+                    cumulative.push((*d, total));
+                }
                 let entries = recognition::usage_schedule(p, &cumulative, line.amount, cur);
                 (entries, RevenueType::Usage, None)
             }
@@ -910,10 +997,13 @@ impl Journal<'_, '_> {
             LineKind::Credit => match self.credited(p.start, sub_lines)? {
                 Some((target, mut state)) => {
                     let original = &mut state.lines[target.line_index];
-                    let effective = merge(&original.entries, &original.adjustments);
+                    let what = || format!("credited schedule of invoice {}", target.invoice_id);
+                    let effective = merge(&original.entries, &original.adjustments)
+                        .ok_or_else(|| overflow(self.position, what()))?;
                     let reversal =
                         recognition::credit_reversal(&effective, line.amount, p.start, cur);
-                    original.adjustments = merge_nonzero(&original.adjustments, &reversal);
+                    original.adjustments = merge_nonzero(&original.adjustments, &reversal)
+                        .ok_or_else(|| overflow(self.position, what()))?;
                     let revenue_type = original.revenue_type;
                     self.store(&state);
                     (reversal, revenue_type, Some(target))
@@ -955,10 +1045,12 @@ impl Journal<'_, '_> {
             Decimal::ZERO
         };
         legs.cr(Account::BadDebt, recovery);
+        // 0 <= recovery <= amount when amount >= 0; a negative amount recovers nothing.
         legs.cr(Account::AccountsReceivable, amount - recovery);
         self.post(date, EntryKind::Payment, invoice_id, s.currency, &legs)?;
         s.written_off -= recovery;
-        s.paid += amount;
+        s.paid =
+            plus(s.paid, amount, self.position, || format!("payments of invoice {invoice_id}"))?;
         if s.status != InvoiceStatus::Void && s.paid >= s.total {
             s.status = InvoiceStatus::Paid;
         }
@@ -972,12 +1064,14 @@ impl Journal<'_, '_> {
             return Err(inconsistent(self.position, format!("invoice {invoice_id} is void")));
         }
         let date = self.local(&s, at);
-        let due = (s.total - s.paid - s.written_off).max(Decimal::ZERO);
+        let due = s.total.checked_sub(s.paid).and_then(|x| x.checked_sub(s.written_off));
+        let what = || format!("amount due of invoice {invoice_id}");
+        let due = due.ok_or_else(|| overflow(self.position, what()))?.max(Decimal::ZERO);
         let mut legs = Legs::default();
         legs.dr(Account::BadDebt, due);
         legs.cr(Account::AccountsReceivable, due);
         self.post(date, EntryKind::Uncollectible, invoice_id, s.currency, &legs)?;
-        s.written_off += due;
+        s.written_off = plus(s.written_off, due, self.position, what)?;
         s.status = InvoiceStatus::Uncollectible;
         self.store(&s);
         Ok(())
@@ -1017,7 +1111,9 @@ impl Journal<'_, '_> {
             let mut credited = self.load(&target.invoice_id)?;
             let negated: Entries = line.entries.iter().map(|(d, a)| (*d, -*a)).collect();
             let adjusted = &mut credited.lines[target.line_index].adjustments;
-            *adjusted = merge_nonzero(adjusted, &negated);
+            let what = || format!("credited schedule of invoice {}", target.invoice_id);
+            *adjusted =
+                merge_nonzero(adjusted, &negated).ok_or_else(|| overflow(self.position, what()))?;
             self.store(&credited);
         }
         // Reverse, on the void date, what was recognized before it.
@@ -1035,7 +1131,8 @@ impl Journal<'_, '_> {
                     };
                     recognized.dr(Account::Revenue(line.revenue_type), *a);
                     recognized.cr(source, *a);
-                    before += *a;
+                    let what = || format!("recognized revenue of invoice {invoice_id} line {i}");
+                    before = plus(before, *a, self.position, what)?;
                     kept.push((*d, *a));
                 } else {
                     self.add_to_waterfall(*d, &this, cur, line.revenue_type, -*a)?;
@@ -1063,11 +1160,14 @@ fn usage_entry(
     currency: Currency,
     amount: Decimal,
     position: Position,
-) -> JournalEntry {
+) -> Result<JournalEntry> {
     let mut legs = Legs::default();
     legs.dr(Account::UnbilledReceivable, amount);
     legs.cr(Account::Revenue(RevenueType::Usage), amount);
-    JournalEntry {
+    let postings = legs.postings().map_err(|what| {
+        overflow(position, format_args!("usage accrual of subscription {subscription_id}: {what}"))
+    })?;
+    Ok(JournalEntry {
         v: RECORD_VERSION,
         seq: r.seq,
         date: r.date,
@@ -1076,8 +1176,8 @@ fn usage_entry(
         subscription_id: subscription_id.to_string(),
         currency,
         position,
-        postings: legs.postings(),
-    }
+        postings,
+    })
 }
 
 /// Dated amounts in date order (a schedule).
@@ -1087,17 +1187,19 @@ type AccountNets = Vec<(Account, Decimal)>;
 
 /// Σ of two date-ordered schedules, per date, in date order (a day of either is kept, so a
 /// ratable schedule keeps one entry per day).
-fn merge(a: &[(Date, Decimal)], b: &[(Date, Decimal)]) -> Vec<(Date, Decimal)> {
+/// `None` if a day's sum overflows.
+fn merge(a: &[(Date, Decimal)], b: &[(Date, Decimal)]) -> Option<Vec<(Date, Decimal)>> {
     let mut sum: BTreeMap<Date, Decimal> = BTreeMap::new();
     for (d, x) in a.iter().chain(b) {
-        *sum.entry(*d).or_default() += *x;
+        let day = sum.entry(*d).or_default();
+        *day = day.checked_add(*x)?;
     }
-    sum.into_iter().collect()
+    Some(sum.into_iter().collect())
 }
 
 /// `a + b` without its zero days (adjustments list the days that changed).
-fn merge_nonzero(a: &[(Date, Decimal)], b: &[(Date, Decimal)]) -> Vec<(Date, Decimal)> {
-    merge(a, b).into_iter().filter(|(_, x)| !x.is_zero()).collect()
+fn merge_nonzero(a: &[(Date, Decimal)], b: &[(Date, Decimal)]) -> Option<Vec<(Date, Decimal)>> {
+    Some(merge(a, b)?.into_iter().filter(|(_, x)| !x.is_zero()).collect())
 }
 
 /// One row of a trial balance: the account's net balance in the debit or the credit column.
@@ -1331,7 +1433,10 @@ impl JournalReader {
                     }
                     let bucket = buckets.last_mut().expect("pushed above");
                     bucket.days += 1;
-                    bucket.amount -= parse_decimal(value)?;
+                    bucket.amount =
+                        bucket.amount.checked_sub(parse_decimal(value)?).ok_or_else(|| {
+                            sum_overflow(format_args!("usage revenue ({currency}) of {start}"))
+                        })?;
                 }
                 Ok(true)
             })
@@ -1661,7 +1766,10 @@ fn nets_as_of(snap: &Snapshot<'_>, as_of: Date) -> Result<Vec<(Currency, Account
                 if day > limit.as_bytes() {
                     return Ok(false);
                 }
-                net += parse_decimal(value)?;
+                net = net.checked_add(parse_decimal(value)?).ok_or_else(|| {
+                    let (account, cur) = (account.as_str(), currency.code());
+                    sum_overflow(format_args!("balance of {account} ({cur}) as of {as_of}"))
+                })?;
                 Ok(true)
             })?;
             if !net.is_zero() {
@@ -1742,7 +1850,7 @@ mod tests {
                 unrounded: dec(amount),
             })
             .collect();
-        Event::InvoiceIssued(build_invoice(header, drafts))
+        Event::InvoiceIssued(build_invoice(header, drafts).expect("in range"))
     }
 
     fn paid(id: &str, amount: &str, at: &str) -> Event {
@@ -2234,5 +2342,20 @@ mod tests {
         assert!(matches!(bad, Err(ProjectionError::InvalidArgument(_))));
         let page = r.entries(None, 0).unwrap();
         assert_eq!((page.entries.len(), page.next_page_token, page.position), (32, None, 2));
+    }
+
+    /// An entry side past `Decimal`'s range is an error naming the account, never a panic
+    /// (and a day's merge of schedules likewise).
+    #[test]
+    fn legs_and_merges_that_overflow_are_errors() {
+        let mut legs = Legs::default();
+        legs.dr(Account::Cash, Decimal::MAX);
+        legs.cr(Account::Revenue(RevenueType::Usage), Decimal::MAX);
+        assert_eq!(legs.postings().map(|p| p.len()), Ok(2));
+        legs.dr(Account::Cash, Decimal::ONE);
+        assert_eq!(legs.postings(), Err("the cash side of the entry".to_string()));
+        let day = date(2025, 1, 1);
+        assert_eq!(merge(&[(day, Decimal::MAX)], &[(day, Decimal::ONE)]), None);
+        assert_eq!(merge_nonzero(&[(day, Decimal::MAX)], &[(day, -Decimal::MAX)]), Some(vec![]));
     }
 }

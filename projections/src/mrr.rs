@@ -56,7 +56,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use domain::catalog::{Plan, PlanRef};
 use domain::events::Event;
 use domain::invoice::{Invoice, LineKind};
-use domain::money::Currency;
+use domain::money::{checked_sum, Currency};
 use domain::mrr::{classify, retention, subscription_mrr, Movement};
 use event_store::{Position, RecordedEvent};
 use jiff::civil::Date;
@@ -173,25 +173,25 @@ pub struct Account {
 }
 
 impl Account {
-    /// The customer's MRR on `d`.
-    pub fn mrr_at(&self, d: Date) -> Decimal {
-        self.subs.values().map(|s| s.mrr_at(d)).sum()
+    /// The customer's MRR on `d`; `None` if the sum over its subscriptions overflows.
+    pub fn mrr_at(&self, d: Date) -> Option<Decimal> {
+        checked_sum(self.subs.values().map(|s| s.mrr_at(d)))
     }
 
-    /// The movement list that follows from `subs`.
-    fn derive_movements(&self) -> Vec<MovementRecord> {
+    /// The movement list that follows from `subs`, or the date whose MRR overflows.
+    fn derive_movements(&self) -> Result<Vec<MovementRecord>, Date> {
         let dates: BTreeSet<Date> = self.subs.values().flat_map(SubState::breakpoints).collect();
         let (mut before, mut had) = (Decimal::ZERO, false);
         let mut out = Vec::new();
         for date in dates {
-            let after = self.mrr_at(date);
+            let after = self.mrr_at(date).ok_or(date)?;
             if let Some(movement) = classify(before, after, had) {
                 out.push(MovementRecord { date, movement, before, after });
             }
             had |= after > Decimal::ZERO;
             before = after;
         }
-        out
+        Ok(out)
     }
 }
 
@@ -336,7 +336,7 @@ impl Projection for MrrProjection {
                     trial_ended: None,
                     ends_on: None,
                 };
-                change_account(w, rec.currency, customer_id, |acct| {
+                change_account(w, rec.currency, customer_id, pos, |acct| {
                     acct.subs.insert(subscription_id.clone(), state);
                     Ok(())
                 })
@@ -367,7 +367,7 @@ impl Projection for MrrProjection {
                 })
             }
             Event::InvoiceIssued(invoice) => add_usage(w, invoice, pos),
-            Event::InvoiceVoided { invoice_id, .. } => void_usage(w, invoice_id),
+            Event::InvoiceVoided { invoice_id, .. } => void_usage(w, invoice_id, pos),
             _ => Ok(()),
         }
     }
@@ -375,6 +375,17 @@ impl Projection for MrrProjection {
 
 fn inconsistent(position: Position, detail: impl Into<String>) -> ProjectionError {
     ProjectionError::Inconsistent { projection: NAME, position, detail: detail.into() }
+}
+
+/// A query's sum past `Decimal`'s range (INTERNAL at the service): nothing is made up.
+fn sum_overflow(what: impl std::fmt::Display) -> ProjectionError {
+    corrupt(NAME, format!("{what} overflows the decimal range when summed"))
+}
+
+/// An amount of the event at `position` past `Decimal`'s range (a log written before the input
+/// bounds): the batch fails through the runner's error path and nothing of it is written.
+fn overflow(position: Position, what: impl std::fmt::Display) -> ProjectionError {
+    inconsistent(position, format!("{what} overflows the decimal range"))
 }
 
 fn publish(w: &mut Writes<'_>, plan: &Plan) -> Result<()> {
@@ -405,7 +416,7 @@ fn change_sub(
     let bytes = bytes.ok_or_else(|| inconsistent(pos, format!("unknown subscription {id}")))?;
     let pointer: SubPointer = decode("subscription pointer", &bytes)?;
     let cur = pointer.currency;
-    change_account(w, cur, &pointer.customer_id, |acct| {
+    change_account(w, cur, &pointer.customer_id, pos, |acct| {
         let missing = || corrupt(NAME, format!("subscription {id} missing from its account"));
         let state = acct.subs.get_mut(id).ok_or_else(missing)?;
         change(cur, state).map_err(|detail| inconsistent(pos, detail))
@@ -413,11 +424,13 @@ fn change_sub(
 }
 
 /// Loads an account, changes it, re-derives its movements and writes what differs: the
-/// movement keys and the day totals of the movements that appeared or disappeared.
+/// movement keys and the day totals of the movements that appeared or disappeared. An MRR
+/// past `Decimal`'s range fails the event (`pos`) and writes nothing.
 fn change_account(
     w: &mut Writes<'_>,
     cur: Currency,
     customer: &str,
+    pos: Position,
     change: impl FnOnce(&mut Account) -> Result<()>,
 ) -> Result<()> {
     let key = account_key(cur, customer);
@@ -426,15 +439,17 @@ fn change_account(
         None => Account { v: RECORD_VERSION, ..Account::default() },
     };
     change(&mut acct)?;
-    let movements = acct.derive_movements();
+    let movements = acct.derive_movements().map_err(|date| {
+        overflow(pos, format_args!("MRR of customer {customer} ({cur}) on {date}"))
+    })?;
     for old in acct.movements.iter().filter(|m| !movements.contains(m)) {
         w.delete(movement_key(cur, old.date, customer));
-        add_to_day(w, cur, old, -1)?;
+        add_to_day(w, cur, old, -1, pos)?;
     }
     for new in movements.iter().filter(|m| !acct.movements.contains(m)) {
         let entry = MovementEntry { v: RECORD_VERSION, record: new.clone() };
         w.put(movement_key(cur, new.date, customer), encode(&entry));
-        add_to_day(w, cur, new, 1)?;
+        add_to_day(w, cur, new, 1, pos)?;
     }
     acct.movements = movements;
     w.put(key, encode(&acct));
@@ -442,7 +457,13 @@ fn change_account(
 }
 
 /// Adds (`sign` 1) or removes (`sign` −1) one movement from its day's totals.
-fn add_to_day(w: &mut Writes<'_>, cur: Currency, m: &MovementRecord, sign: i64) -> Result<()> {
+fn add_to_day(
+    w: &mut Writes<'_>,
+    cur: Currency,
+    m: &MovementRecord,
+    sign: i64,
+    pos: Position,
+) -> Result<()> {
     let key = day_key(cur, m.date);
     let mut day = match w.get(key.as_bytes())? {
         Some(bytes) => decode("day totals", &bytes)?,
@@ -453,7 +474,10 @@ fn add_to_day(w: &mut Writes<'_>, cur: Currency, m: &MovementRecord, sign: i64) 
         .count
         .checked_add_signed(sign)
         .ok_or_else(|| corrupt(NAME, format!("day totals of {} went negative", m.date)))?;
-    totals.amount += m.delta() * Decimal::from(sign);
+    let what = || format!("{} MRR movements ({cur}) on {}", m.movement.as_str(), m.date);
+    let delta = m.after.checked_sub(m.before).map(|d| d * Decimal::from(sign));
+    totals.amount =
+        delta.and_then(|d| totals.amount.checked_add(d)).ok_or_else(|| overflow(pos, what()))?;
     if day.kinds.iter().all(|k| k.count == 0) {
         w.delete(key);
     } else {
@@ -471,9 +495,12 @@ fn add_usage(w: &mut Writes<'_>, invoice: &Invoice, pos: Position) -> Result<()>
     let mut days: BTreeMap<Date, (u64, Decimal)> = BTreeMap::new();
     for line in &invoice.lines {
         if matches!(line.kind, LineKind::Usage | LineKind::UsageInAdvance) {
-            let day = days.entry(usage_date(&line.service_period)).or_default();
+            let date = usage_date(&line.service_period);
+            let day = days.entry(date).or_default();
             day.0 += 1;
-            day.1 += line.amount;
+            day.1 = day.1.checked_add(line.amount).ok_or_else(|| {
+                overflow(pos, format_args!("usage of invoice {} on {date}", invoice.invoice_id))
+            })?;
         }
     }
     if days.is_empty() {
@@ -486,18 +513,18 @@ fn add_usage(w: &mut Writes<'_>, invoice: &Invoice, pos: Position) -> Result<()>
     let days: Vec<(Date, u64, Decimal)> = days.into_iter().map(|(d, (n, a))| (d, n, a)).collect();
     let cur = invoice.currency;
     for (date, lines, amount) in &days {
-        change_usage_day(w, cur, *date, *lines as i64, *amount)?;
+        change_usage_day(w, cur, *date, *lines as i64, *amount, pos)?;
     }
     w.put(key, encode(&UsageInvoice { v: RECORD_VERSION, currency: cur, days }));
     Ok(())
 }
 
-fn void_usage(w: &mut Writes<'_>, invoice_id: &str) -> Result<()> {
+fn void_usage(w: &mut Writes<'_>, invoice_id: &str, pos: Position) -> Result<()> {
     let key = usage_invoice_key(invoice_id);
     let Some(bytes) = w.get(key.as_bytes())? else { return Ok(()) };
     let rec: UsageInvoice = decode("usage invoice", &bytes)?;
     for (date, lines, amount) in &rec.days {
-        change_usage_day(w, rec.currency, *date, -(*lines as i64), -*amount)?;
+        change_usage_day(w, rec.currency, *date, -(*lines as i64), -*amount, pos)?;
     }
     w.delete(key);
     Ok(())
@@ -509,6 +536,7 @@ fn change_usage_day(
     date: Date,
     lines: i64,
     amount: Decimal,
+    pos: Position,
 ) -> Result<()> {
     let key = usage_key(cur, date);
     let mut day = match w.get(key.as_bytes())? {
@@ -519,7 +547,10 @@ fn change_usage_day(
         .lines
         .checked_add_signed(lines)
         .ok_or_else(|| corrupt(NAME, format!("usage lines of {date} went negative")))?;
-    day.amount += amount;
+    day.amount = day
+        .amount
+        .checked_add(amount)
+        .ok_or_else(|| overflow(pos, format_args!("usage revenue ({cur}) on {date}")))?;
     if day.lines == 0 {
         w.delete(key);
     } else {
@@ -680,7 +711,8 @@ impl MrrReader {
         let prefix = format!("day/{currency}/");
         self.model.read(|snap| {
             let days: Vec<(Date, DayTotals)> = scan_dates(snap, &prefix, None, date, "day totals")?;
-            Ok(days.iter().flat_map(|(_, d)| d.kinds.iter()).map(|k| k.amount).sum())
+            let amounts = days.iter().flat_map(|(_, d)| d.kinds.iter()).map(|k| k.amount);
+            checked_sum(amounts).ok_or_else(|| sum_overflow(format_args!("MRR ({currency})")))
         })
     }
 
@@ -694,7 +726,9 @@ impl MrrReader {
         check_customer(customer_id)?;
         let key = account_key(currency, customer_id);
         self.model.read(|snap| match snap.get(key.as_bytes())? {
-            Some(bytes) => Ok(decode::<Account>("account", &bytes)?.mrr_at(date)),
+            Some(bytes) => decode::<Account>("account", &bytes)?
+                .mrr_at(date)
+                .ok_or_else(|| sum_overflow(format_args!("MRR of customer {customer_id}"))),
             None => Ok(Decimal::ZERO),
         })
     }
@@ -723,9 +757,10 @@ impl MrrReader {
             let bucket = buckets.last_mut().expect("pushed above");
             for (m, t) in Movement::ALL.iter().zip(day.kinds) {
                 let total = bucket.totals.get_mut(m).expect("every kind is listed");
+                let what = || sum_overflow(format_args!("MRR movements ({currency}) of {start}"));
                 total.count += t.count;
-                total.amount += t.amount;
-                bucket.net += t.amount;
+                total.amount = total.amount.checked_add(t.amount).ok_or_else(what)?;
+                bucket.net = bucket.net.checked_add(t.amount).ok_or_else(what)?;
             }
         }
         Ok(buckets)
@@ -846,21 +881,25 @@ impl MrrReader {
             let mut cohort = Vec::new();
             for (_, bytes) in snap.scan(prefix.as_bytes(), None, usize::MAX)? {
                 let acct: Account = decode("account", &bytes)?;
-                let at_start = acct.mrr_at(start);
+                let mrr = |d: Date| acct.mrr_at(d).ok_or_else(|| sum_overflow("a customer's MRR"));
+                let at_start = mrr(start)?;
                 if at_start > Decimal::ZERO {
-                    cohort.push((at_start, acct.mrr_at(end)));
+                    cohort.push((at_start, mrr(end)?));
                 }
             }
             Ok(cohort)
         })?;
         let ratios = retention(&cohort);
+        let sum = |values: Vec<Decimal>| {
+            checked_sum(values).ok_or_else(|| sum_overflow(format_args!("cohort MRR ({currency})")))
+        };
         Ok(Retention {
             start,
             end,
             cohort_size: cohort.len(),
-            mrr_start: cohort.iter().map(|c| c.0).sum(),
-            mrr_end: cohort.iter().map(|c| c.1).sum(),
-            mrr_kept: cohort.iter().map(|c| c.0.min(c.1)).sum(),
+            mrr_start: sum(cohort.iter().map(|c| c.0).collect())?,
+            mrr_end: sum(cohort.iter().map(|c| c.1).collect())?,
+            mrr_kept: sum(cohort.iter().map(|c| c.0.min(c.1)).collect())?,
             nrr: ratios.map(|r| r.0),
             grr: ratios.map(|r| r.1),
         })
@@ -897,7 +936,9 @@ impl MrrReader {
             }
             let bucket = buckets.last_mut().expect("pushed above");
             bucket.lines += day.lines;
-            bucket.amount += day.amount;
+            bucket.amount = bucket.amount.checked_add(day.amount).ok_or_else(|| {
+                sum_overflow(format_args!("usage revenue ({currency}) of {start}"))
+            })?;
         }
         Ok(buckets)
     }
@@ -1015,7 +1056,7 @@ mod tests {
         };
         let mut lines = vec![line(LineKind::BaseFee, base)];
         lines.extend(usage.iter().map(|a| line(LineKind::Usage, a)));
-        Event::InvoiceIssued(build_invoice(header, lines))
+        Event::InvoiceIssued(build_invoice(header, lines).expect("in range"))
     }
 
     async fn append_all(store: &Store, events: &[Event]) {

@@ -114,7 +114,7 @@ fn issued(
             unrounded: dec(amount),
         })
         .collect();
-    Event::InvoiceIssued(build_invoice(header, drafts))
+    Event::InvoiceIssued(build_invoice(header, drafts).expect("in range"))
 }
 
 fn log() -> Vec<Event> {

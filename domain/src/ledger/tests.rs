@@ -904,3 +904,180 @@ fn a_billing_step_that_overflows_is_reported_not_dropped() {
     let error = stopped.expect("the overflow is reported");
     assert!(matches!(&error, DomainError::Invalid(_)), "{error:?}");
 }
+
+// ------------------------------------------------- overflow of a log written before the bounds
+
+/// A plan as a log written before the input bounds may hold it: applied with `evolve`, never
+/// validated (version 1 of `code`).
+fn legacy_plan(code: &str, interval: Interval, fee: Decimal, timing: FeeTiming) -> Plan {
+    Plan {
+        code: code.into(),
+        version: 1,
+        name: code.into(),
+        currency: Currency::parse("USD").unwrap(),
+        interval,
+        base_fee: fee,
+        fee_timing: timing,
+        trial_days: 0,
+        minimum_commitment: None,
+        charges: Vec::new(),
+    }
+}
+
+impl World {
+    /// Applies an event as replay does, bypassing `decide` (and its validation).
+    fn evolve(&mut self, event: Event) {
+        self.ledger.evolve(&event, self.position);
+        self.position += 1;
+    }
+
+    fn start_as(&mut self, id: &str, customer: &str, plan: &str, anchor: Anchor, day: i8) {
+        let cmd = Command::StartSubscription {
+            subscription_id: id.into(),
+            customer_id: customer.into(),
+            plan_code: plan.into(),
+            plan_version: None,
+            anchor,
+            start_date: Some(date(2025, 1, day)),
+        };
+        self.run(cmd, "2025-01-01T10:00:00Z").unwrap();
+    }
+}
+
+/// One subscription on a pre-bounds plan whose invoice overflows, one on a normal plan, billed
+/// in one run: the first stops with an `AMOUNT_OVERFLOW` naming it and what overflowed (no
+/// panic, nothing issued for it, also on a second run); the second is invoiced exactly as usual.
+#[test]
+fn an_overflowing_invoice_stops_its_subscription_and_the_run_bills_the_others() {
+    const MAX: Decimal = Decimal::MAX;
+    let usage_charge = Charge {
+        metric_code: "calls".into(),
+        model: ChargeModel::Standard { unit_price: dec!(1) },
+        pay_in_advance: false,
+    };
+    // (tax %, base fee, minimum commitment, usage charge, anchor, start day, what overflows)
+    let cases = [
+        (dec!(10), MAX, None, false, Anchor::Anniversary, 1, "tax (10 % of"),
+        (dec!(1), MAX, None, false, Anchor::Anniversary, 1, "total (subtotal + tax)"),
+        (dec!(0), MAX, None, true, Anchor::Anniversary, 1, "subtotal (adding line 1"),
+        (dec!(0), MAX, None, false, Anchor::Calendar, 15, "base fee of plan legacy v1 (17 of 31"),
+        (dec!(0), dec!(0), Some(MAX), false, Anchor::Calendar, 15, "minimum commitment prorat"),
+        (dec!(0), MAX, Some(dec!(1)), true, Anchor::Anniversary, 1, "charges counted against"),
+    ];
+    for (tax, fee, minimum, usage, anchor, day, what) in cases {
+        let mut w = World::new(tax);
+        let mut plan = legacy_plan("legacy", Interval::Monthly, fee, FeeTiming::Arrears);
+        plan.minimum_commitment = minimum;
+        plan.charges.extend(usage.then(|| usage_charge.clone()));
+        w.evolve(Event::PlanPublished(plan));
+        w.plan("basic", dec!(30), FeeTiming::Arrears, 0, Vec::new(), None);
+        w.start_as("s1", "acme", "legacy", anchor, day);
+        w.start_as("s2", "acme", "basic", Anchor::Anniversary, 1);
+        if usage {
+            w.usage("t1", "1", "2025-01-05T00:00:00Z", "2025-01-05T00:00:00Z").unwrap();
+        }
+        let as_of = "2025-02-01T00:00:00Z";
+        for run in 0..2 {
+            let issued = w.bill(as_of);
+            let subs: Vec<&str> = issued.iter().map(|i| i.subscription_id.as_str()).collect();
+            assert_eq!(subs, if run == 0 { vec!["s2"] } else { vec![] }, "{what}: run {run}");
+            if run == 0 {
+                let tax_amount = (dec!(30) * tax / dec!(100)).round_dp(2);
+                let totals = (issued[0].subtotal, issued[0].tax, issued[0].total);
+                assert_eq!(totals, (dec!(30), tax_amount, dec!(30) + tax_amount), "{what}");
+            }
+        }
+        let (events, stopped) =
+            w.ledger.run_subscription_reporting("s1", at(as_of), &ctx(as_of), w.position);
+        assert!(events.is_empty(), "{what}: {events:?}");
+        let error = stopped.expect("the overflow is reported");
+        assert!(error.is_overflow(), "{what}: {error:?}");
+        let DomainError::Precondition { subject, description, .. } = &error else { unreachable!() };
+        assert_eq!(subject, "subscription-s1");
+        assert!(description.contains(what), "want {what:?} in {description:?}");
+        assert!(w.ledger.subscriptions["s1"].invoice_ids.is_empty(), "{what}");
+    }
+}
+
+/// Commands that would issue an invoice (or compare fees) past `Decimal`'s range on pre-bounds
+/// state are refused with `AMOUNT_OVERFLOW` and change nothing: a start on an in-advance plan,
+/// usage of a pay-in-advance charge for a customer with an absurd tax rate, a plan change
+/// between weekly plans whose monthly fee overflows.
+#[test]
+fn commands_that_would_issue_an_overflowing_invoice_are_refused_and_change_nothing() {
+    let now = "2025-01-05T00:00:00Z";
+    let mut w = World::new(dec!(10));
+    let legacy = Customer {
+        customer_id: "legacy".into(),
+        name: "Legacy".into(),
+        currency: Currency::parse("USD").unwrap(),
+        time_zone: "UTC".into(),
+        tax_rate: dec!(1e20),
+    };
+    w.evolve(Event::CustomerRegistered(legacy));
+    w.evolve(Event::PlanPublished(legacy_plan(
+        "huge",
+        Interval::Monthly,
+        Decimal::MAX,
+        FeeTiming::Advance,
+    )));
+    w.evolve(Event::PlanPublished(legacy_plan(
+        "weekly-huge",
+        Interval::Weekly,
+        Decimal::MAX,
+        FeeTiming::Arrears,
+    )));
+    let mut weekly = legacy_plan("weekly", Interval::Weekly, dec!(10), FeeTiming::Arrears);
+    weekly.version = 0;
+    w.run(Command::PublishPlan(weekly), now).unwrap();
+    let in_advance = Charge {
+        metric_code: "calls".into(),
+        model: ChargeModel::Standard { unit_price: dec!(1) },
+        pay_in_advance: true,
+    };
+    w.plan("adv", dec!(0), FeeTiming::Arrears, 0, vec![in_advance], None);
+    w.start_as("s1", "legacy", "adv", Anchor::Anniversary, 1);
+    w.start_as("s2", "acme", "weekly", Anchor::Anniversary, 1);
+    let usage = Usage {
+        subscription_id: "s1".into(),
+        transaction_id: "t1".into(),
+        metric_code: "calls".into(),
+        occurred_at: at(now),
+        properties: BTreeMap::from([("n".to_string(), "1000000000000000".to_string())]),
+    };
+    let start = Command::StartSubscription {
+        subscription_id: "s3".into(),
+        customer_id: "acme".into(),
+        plan_code: "huge".into(),
+        plan_version: None,
+        anchor: Anchor::Anniversary,
+        start_date: None,
+    };
+    let change = Command::ChangePlan {
+        subscription_id: "s2".into(),
+        plan_code: "weekly-huge".into(),
+        plan_version: None,
+    };
+    // (command, subject, what overflows)
+    let cases = [
+        (start, "subscription-s3", "invoice inv-s3-1 tax (10 % of"),
+        (
+            Command::RecordUsage(usage),
+            "subscription-s1",
+            "invoice inv-s1-1 tax (100000000000000000000 % of",
+        ),
+        (change, "subscription-s2", "monthly base fee of plan weekly-huge v1"),
+    ];
+    for (cmd, want_subject, what) in cases {
+        let before = (w.position, w.ledger.subscriptions.len(), w.ledger.invoices.len());
+        let error = w.run(cmd, now).expect_err(what);
+        assert!(error.is_overflow(), "{what}: {error:?}");
+        let DomainError::Precondition { subject, description, .. } = &error else { unreachable!() };
+        assert_eq!(subject, want_subject);
+        assert!(description.contains(what), "want {what:?} in {description:?}");
+        let after = (w.position, w.ledger.subscriptions.len(), w.ledger.invoices.len());
+        assert_eq!(after, before, "{what}: nothing applied");
+    }
+    assert!(w.ledger.subscriptions["s1"].open.is_empty(), "the usage was not recorded");
+    assert!(w.ledger.subscriptions["s2"].pending_change.is_none());
+}

@@ -61,7 +61,7 @@ pub fn invoice(sub: &str, n: u32, customer: &str, amounts: &[&str], tax: &str) -
         service_period: period,
         unrounded: dec(a),
     };
-    build_invoice(header, amounts.iter().enumerate().map(line).collect())
+    build_invoice(header, amounts.iter().enumerate().map(line).collect()).expect("in range")
 }
 
 pub fn issued(sub: &str, n: u32, customer: &str, amounts: &[&str], tax: &str) -> Event {
