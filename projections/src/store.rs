@@ -22,9 +22,31 @@ pub(crate) const VERSION_KEY: &[u8] = b"\x00version";
 /// Smallest model key: everything at or after it is part of the digest.
 const MODEL_START: &[u8] = &[META_PREFIX + 1];
 
-/// Opens (or creates) a read-model database at `path`.
+/// Longest [`open_db`] waits for the file lock of a database closed a moment ago.
+pub const OPEN_LOCK_WAIT_MS_MAX: u64 = 2_000;
+const OPEN_LOCK_RETRY_MS: u64 = 50;
+
+/// Opens (or creates) a read-model database at `path`. sled releases its file lock a moment
+/// after the last handle is dropped (its flusher thread ends asynchronously), so a database
+/// closed and reopened in one process may find it still held: that case is retried for up to
+/// [`OPEN_LOCK_WAIT_MS_MAX`]; a lock held longer (another process) is the error it was.
 pub fn open_db(path: impl AsRef<Path>) -> Result<sled::Db> {
-    Ok(sled::Config::new().path(path).segment_size(SEGMENT_SIZE_BYTES).open()?)
+    let config = sled::Config::new().path(path.as_ref()).segment_size(SEGMENT_SIZE_BYTES);
+    let attempts = OPEN_LOCK_WAIT_MS_MAX / OPEN_LOCK_RETRY_MS;
+    for _ in 0..attempts {
+        match config.open() {
+            Err(sled::Error::Io(e)) if is_lock_held(&e) => {
+                std::thread::sleep(std::time::Duration::from_millis(OPEN_LOCK_RETRY_MS));
+            }
+            other => return Ok(other?),
+        }
+    }
+    Ok(config.open()?)
+}
+
+/// sled 0.34 reports a held file lock as `Other` with this text around the OS's WouldBlock.
+fn is_lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 /// The writes of one batch, not yet committed. Reads see the batch's own writes first.
@@ -241,4 +263,30 @@ pub(crate) fn prepare(name: &'static str, tree: &Tree, version: u32) -> Result<P
 
 pub(crate) fn corrupt(projection: &'static str, detail: impl Into<String>) -> ProjectionError {
     ProjectionError::Corrupt { projection, detail: detail.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A database whose lock is still held (here: by a handle dropped 300 ms later, as sled's
+    /// flusher thread holds it a moment after the last handle is dropped) opens once the lock
+    /// is released; a lock held past the bound stays an error.
+    #[test]
+    fn open_waits_a_bounded_time_for_the_file_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = super::open_db(dir.path()).unwrap();
+        held.insert([1], vec![7]).unwrap();
+        held.flush().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let db = super::open_db(dir.path()).expect("opened once the lock was released");
+        assert_eq!(db.get([1]).unwrap().unwrap().to_vec(), vec![7]);
+        release.join().unwrap();
+        let started = std::time::Instant::now();
+        assert!(super::open_db(dir.path()).is_err(), "held for good: an error");
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(super::OPEN_LOCK_WAIT_MS_MAX)
+        );
+    }
 }
