@@ -55,7 +55,6 @@ impl pb::streams_server::Streams for Streams {
         request: Request<Streaming<pb::AppendReq>>,
     ) -> Result<Response<pb::AppendResp>, Status> {
         let (stream, expect, events) = receive_append(request.into_inner(), &self.state).await?;
-        self.state.record_attempt(&stream, events.iter().map(|e| e.id).collect());
         let fault = self.state.take_fault();
         if let Some(status) = fault.and_then(|f| self.state.refusal(f)) {
             return Err(status);
@@ -108,11 +107,13 @@ async fn receive_append(
         };
         let event = proposed(m)?;
         size = size.saturating_add(event.size());
+        events.push(event);
         if size > state.max_append_size {
+            state.record_attempt(&stream, events.iter().map(|e| e.id).collect(), size);
             return Err(max_append_size_exceeded(state.max_append_size));
         }
-        events.push(event);
     }
+    state.record_attempt(&stream, events.iter().map(|e| e.id).collect(), size);
     Ok((stream, expect, events))
 }
 

@@ -35,7 +35,10 @@ pub enum Fault {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppendAttempt {
     pub stream: String,
+    /// The ids received (up to the message that went over the maximum append size, if any).
     pub event_ids: Vec<Uuid>,
+    /// Its size as counted against the maximum append size.
+    pub size: usize,
 }
 
 pub struct State {
@@ -110,12 +113,12 @@ impl State {
         status
     }
 
-    pub fn record_attempt(&self, stream: &str, event_ids: Vec<Uuid>) {
+    pub fn record_attempt(&self, stream: &str, event_ids: Vec<Uuid>, size: usize) {
         let mut attempts = self.attempts.lock();
         if attempts.len() >= ATTEMPTS_MAX {
             attempts.pop_front();
         }
-        attempts.push_back(AppendAttempt { stream: stream.to_owned(), event_ids });
+        attempts.push_back(AppendAttempt { stream: stream.to_owned(), event_ids, size });
     }
 
     pub fn attempts(&self) -> Vec<AppendAttempt> {

@@ -237,3 +237,47 @@ async fn a_foreign_event_in_the_log_stream_makes_the_node_refuse() {
     assert!(matches!(&r, Err(StoreError::Unavailable(m)) if m.contains("corrupt")), "{r:?}");
     assert!(matches!(factory.try_open(&other, None).await, Err(StoreError::Corrupt { .. })));
 }
+
+/// `n` events of `size` payload bytes on stream `x`, tagged.
+fn bulk(tag: &str, n: usize, size: usize) -> AppendRequest {
+    let events =
+        (0..n).map(|i| new_event("T", format!("{tag}/{i}/{}", "p".repeat(size)).as_bytes()));
+    let write = StreamWrite {
+        stream: "x".into(),
+        expected: ExpectedVersion::Any,
+        events: events.collect(),
+    };
+    AppendRequest { writes: vec![write], idempotency: None }
+}
+
+/// EventStoreDB refuses an append whose events exceed its `MaxAppendSize` (1 MiB by default,
+/// counted as data + 2 × type length per event). Requests that fit one by one but not together
+/// are split into several appends instead of failing together; a request that cannot fit alone
+/// is refused as INVALID_ARGUMENT naming the server limit, not reported as UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_split_to_fit_the_servers_max_append_size_and_oversize_requests_are_refused() {
+    let server = fake().await;
+    assert_eq!(esdb_fake::DEFAULT_MAX_APPEND_SIZE, 1 << 20, "EventStoreDB's default");
+    let factory = EsdbFactory::new(&server.url(), Some(FAST));
+    let stream = factory.fresh_stream();
+    let store = factory.open(&stream, None).await;
+    // ≈ 316 KB of request bytes each (three: 948 KB, under the group bound), ≈ 365 KB each once
+    // encoded as chunks: three do not fit one append. The first request meets a fault, so the
+    // writer retries it while the others queue up: at least three of them form one group.
+    server.fail_appends(1, Fault::Unavailable);
+    let mut tickets = vec![store.enqueue(one("v", ExpectedVersion::Any, "first")).await];
+    for tag in ["a", "b", "c", "d"] {
+        tickets.push(store.enqueue(bulk(tag, 350, 900)).await);
+    }
+    for t in tickets {
+        t.await.expect("each request fits an append of its own");
+    }
+    assert_eq!(store.head(), 1_401);
+    let sizes: Vec<usize> = server.attempts().iter().map(|a| a.size).collect();
+    assert!(sizes.iter().all(|s| *s <= 1 << 20), "no append over the limit: {sizes:?}");
+    let mut big = one("v", ExpectedVersion::Any, "big");
+    big.writes[0].events[0].payload = vec![7; event_store::MAX_PAYLOAD_BYTES];
+    let r = store.append(big).await;
+    assert!(matches!(&r, Err(StoreError::Invalid(m)) if m.contains("MaxAppendSize")), "{r:?}");
+    store.append(one("v", ExpectedVersion::Any, "small")).await.expect("the node goes on");
+}
