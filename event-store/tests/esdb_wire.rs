@@ -163,6 +163,7 @@ async fn a_stopped_server_is_unavailable_within_the_bound_and_appends_resume_aft
     // One append's retries, then the read-back's retries, plus slack for the client.
     let bound = RetryPolicy::default().total_backoff() * 2 + Duration::from_secs(5);
     assert!(waited < bound, "UNAVAILABLE after {waited:?} (bound {bound:?})");
+    println!("UNAVAILABLE {waited:?} after the stop (bound {bound:?})");
     assert!(results.len() > 1, "some appends went through before the stop");
     server.restart().await.expect("restart on the same port");
     let after = store.append(one("z", ExpectedVersion::Any, "after")).await;
