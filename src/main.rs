@@ -54,20 +54,26 @@ enum Commands {
 }
 
 fn main() -> anyhow::Result<()> {
-    tls::install_crypto_provider();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Commands::Serve(args) => {
             let settings = config::Settings::resolve(*args)?;
+            tls::install_crypto_provider_for(&settings.store);
             config::init_tracing(&settings)?;
             runtime.block_on(serve::run(settings))
         }
-        Commands::Bench(cmd) => runtime.block_on(bench::run(cmd)),
-        Commands::Demo(args) => runtime.block_on(demo::run(args)),
-        Commands::Replay(args) => runtime.block_on(replay_cmd::run(args)),
-        Commands::Audit(cmd) => runtime.block_on(audit::run(cmd)),
-        Commands::Export(args) => runtime.block_on(export::run(args)),
-        Commands::Token(cmd) => auth::run(cmd),
+        Commands::Bench(cmd) => with_ring(|| runtime.block_on(bench::run(cmd))),
+        Commands::Demo(args) => with_ring(|| runtime.block_on(demo::run(args))),
+        Commands::Replay(args) => with_ring(|| runtime.block_on(replay_cmd::run(args))),
+        Commands::Audit(cmd) => with_ring(|| runtime.block_on(audit::run(cmd))),
+        Commands::Export(args) => with_ring(|| runtime.block_on(export::run(args))),
+        Commands::Token(cmd) => with_ring(|| auth::run(cmd)),
     }
+}
+
+/// Runs a command with ring installed as the process's rustls provider first.
+fn with_ring<T>(command: impl FnOnce() -> T) -> T {
+    tls::install_crypto_provider();
+    command()
 }

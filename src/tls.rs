@@ -1,10 +1,13 @@
 //! TLS for the gRPC server (rustls), optional client-certificate verification (mTLS), the client
 //! side of `accrual demo` and `accrual bench`, and throwaway certificates for them (rcgen).
 //!
-//! One crypto provider: ring. tonic 0.12's tokio-rustls is built with ring, and this crate keeps
-//! rustls' and rcgen's default (aws-lc-rs) out, so only ring is compiled in;
-//! [`install_crypto_provider`] still installs it as the process default at start, so no rustls
-//! builder ever has to guess (with two providers compiled in, rustls panics choosing).
+//! One crypto provider for Accrual's own TLS: ring. tonic 0.12's tokio-rustls is built with ring,
+//! and this crate keeps rustls' and rcgen's default (aws-lc-rs) out of its own dependencies (the
+//! `eventstore` client of the esdb backend brings it in anyway); [`install_crypto_provider`]
+//! installs ring as the process default at start, so no rustls builder ever has to guess (with
+//! two providers compiled in, rustls panics choosing) — except
+//! `serve` with an EventStoreDB store, where the `eventstore` client must install its own
+//! ([`install_crypto_provider_for`]).
 //!
 //! The server does the TLS handshakes itself ([`incoming`]) rather than through tonic's
 //! `ServerTlsConfig`: tonic 0.12 gives a handshake no time limit, does not bound the handshakes
@@ -44,11 +47,22 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Installs ring as the process's rustls crypto provider; call first thing in `main`. Calling it
-/// again is harmless.
+/// Installs ring as the process's rustls crypto provider; call first thing in `main` (for
+/// `serve`, [`install_crypto_provider_for`] instead). Calling it again is harmless.
 pub fn install_crypto_provider() {
     // Err: a provider is installed already (this one, by an earlier call).
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The process provider for `serve` on `store`. With an EventStoreDB store, none: the
+/// `eventstore` client (4.0.0) installs aws-lc-rs as the process default when its first
+/// connection starts and panics (in its connection task, so every call then fails with
+/// "connection closed") if a provider is installed already. Nothing `serve` builds depends on the
+/// process default: every TLS config here names ring explicitly ([`provider`]).
+pub fn install_crypto_provider_for(store: &crate::config::StoreSpec) {
+    if !matches!(store, crate::config::StoreSpec::Esdb(_)) {
+        install_crypto_provider();
+    }
 }
 
 /// PEM text and where it came from (named in every error about it).

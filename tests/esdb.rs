@@ -1,7 +1,9 @@
 //! `accrual serve --store ...`: the sled spelling, an EventStoreDB that cannot be reached (a
-//! clear error, not a hang), and — when `ACCRUAL_ESDB_URL` names a live server — the scale-out
-//! topology end to end: two command nodes and a query node (projector + query, its own sled
-//! read models) on one log stream, with read-your-writes through `min_position`.
+//! clear error, not a hang), and the scale-out topology end to end: two command nodes and a
+//! query node (projector + query, its own sled read models) on one log stream, with
+//! read-your-writes through `min_position` — against `esdb-fake` (a wire-protocol fake of
+//! EventStoreDB's gRPC subset, run in this test process on a real port; not EventStoreDB) and,
+//! when `ACCRUAL_ESDB_URL` names one, against a live server.
 
 mod common;
 
@@ -23,23 +25,15 @@ async fn store_flag_takes_a_sled_path() {
     let log_dir = dir.path().join("elsewhere");
     let port = free_port();
     let store = format!("sled:{}", log_dir.display());
-    let server = Server::start_with(dir.path(), port, &["--store", &store]);
+    let server = node(dir.path(), port, &store, None);
     let mut client = server.client().await;
     register_acme_and_api_calls(&mut client).await;
     assert!(server.terminate().success());
     assert!(log_dir.join("conf").exists() || log_dir.join("db").exists(), "the log is there");
     assert!(!dir.path().join("log").exists(), "and not in the default place");
-    let server = Server::start_with(dir.path(), port, &["--store", &store]);
+    let server = node(dir.path(), port, &store, None);
     let mut client = server.client().await;
-    let again = pb::RegisterCustomerRequest {
-        idempotency_key: "cust-acme".into(),
-        customer_id: "acme".into(),
-        name: "Acme".into(),
-        currency: "USD".into(),
-        time_zone: "Europe/Berlin".into(),
-        tax_rate: "10".into(),
-    };
-    let ack = client.register_customer(again).await.unwrap().into_inner();
+    let ack = client.register_customer(acme()).await.unwrap().into_inner();
     assert!(ack.duplicate, "the reopened log remembers the first registration");
 }
 
@@ -78,8 +72,34 @@ fn a_bad_store_value_is_refused_by_name() {
     assert!(stderr.contains("system streams") && !stderr.contains("hunter2"), "{stderr}");
 }
 
-fn node(dir: &std::path::Path, port: u16, store: &str, role: &str) -> Server {
-    Server::start_with(dir, port, &["--store", store, "--role", role])
+/// `accrual serve --store STORE [--role ROLE]` with its data in `dir`.
+fn node(dir: &std::path::Path, port: u16, store: &str, role: Option<&str>) -> Server {
+    let mut args = vec!["--store", store];
+    args.extend(role.iter().flat_map(|r| ["--role", r]));
+    Server::start_with(dir, port, &args)
+}
+
+/// The registration `register_acme_and_api_calls` makes (a retry of it is a duplicate).
+fn acme() -> pb::RegisterCustomerRequest {
+    customer("acme", "Acme", "Europe/Berlin", "10")
+}
+
+fn customer(id: &str, name: &str, time_zone: &str, tax_rate: &str) -> pb::RegisterCustomerRequest {
+    pb::RegisterCustomerRequest {
+        idempotency_key: format!("cust-{id}"),
+        customer_id: id.into(),
+        name: name.into(),
+        currency: "USD".into(),
+        time_zone: time_zone.into(),
+        tax_rate: tax_rate.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_command_nodes_and_a_query_node_share_a_log_on_the_esdb_fake() {
+    let fake = esdb_fake::FakeServer::start().await.expect("start esdb-fake");
+    let stream = scale_out(&fake.url()).await;
+    assert!(!fake.events(&stream).is_empty(), "the nodes wrote through the fake");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,34 +108,25 @@ async fn two_command_nodes_and_a_query_node_share_an_eventstoredb_log() {
         skipped();
         return;
     };
+    scale_out(&url).await;
+}
+
+/// Two command nodes and a query node on a fresh log stream of `url`; returns its name.
+async fn scale_out(url: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
-    let store = format!("{url}{sep}stream=accrual-e2e-{}", uuid::Uuid::new_v4().simple());
+    let stream = format!("accrual-e2e-{}", uuid::Uuid::new_v4().simple());
+    let store = format!("{url}{sep}stream={stream}");
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let a = node(dirs[0].path(), ports[0], &store, "command");
-    let b = node(dirs[1].path(), ports[1], &store, "command");
-    let q = node(dirs[2].path(), ports[2], &store, "projector,query");
+    let a = node(dirs[0].path(), ports[0], &store, Some("command"));
+    let b = node(dirs[1].path(), ports[1], &store, Some("command"));
+    let q = node(dirs[2].path(), ports[2], &store, Some("projector,query"));
     let (mut ca, mut cb) = (a.client().await, b.client().await);
     register_acme_and_api_calls(&mut ca).await;
     // Node b folds in a's events before deciding: the same request is a duplicate there.
-    let again = pb::RegisterCustomerRequest {
-        idempotency_key: "cust-acme".into(),
-        customer_id: "acme".into(),
-        name: "Acme".into(),
-        currency: "USD".into(),
-        time_zone: "Europe/Berlin".into(),
-        tax_rate: "10".into(),
-    };
-    assert!(cb.register_customer(again).await.unwrap().into_inner().duplicate);
-    let other = pb::RegisterCustomerRequest {
-        idempotency_key: "cust-globex".into(),
-        customer_id: "globex".into(),
-        name: "Globex".into(),
-        currency: "USD".into(),
-        time_zone: "UTC".into(),
-        tax_rate: "0".into(),
-    };
-    let ack = cb.register_customer(other).await.unwrap().into_inner();
+    assert!(cb.register_customer(acme()).await.unwrap().into_inner().duplicate);
+    let globex = || customer("globex", "Globex", "UTC", "0");
+    let ack = cb.register_customer(globex()).await.unwrap().into_inner();
     let channel = q.serving("accrual.v1.QueryService").await;
     let mut query = QueryServiceClient::new(channel);
     let mrr = pb::MrrRequest {
@@ -129,18 +140,11 @@ async fn two_command_nodes_and_a_query_node_share_an_eventstoredb_log() {
     assert_eq!(reply.mrr.parse::<rust_decimal::Decimal>().unwrap(), rust_decimal::Decimal::ZERO);
     // A command node stopped: the other keeps serving, and it comes back where it was.
     assert!(a.terminate().success());
-    let a = node(dirs[0].path(), ports[0], &store, "command");
+    let a = node(dirs[0].path(), ports[0], &store, Some("command"));
     let mut ca = a.client().await;
-    let dup = pb::RegisterCustomerRequest {
-        idempotency_key: "cust-globex".into(),
-        customer_id: "globex".into(),
-        name: "Globex".into(),
-        currency: "USD".into(),
-        time_zone: "UTC".into(),
-        tax_rate: "0".into(),
-    };
-    assert!(ca.register_customer(dup).await.unwrap().into_inner().duplicate);
+    assert!(ca.register_customer(globex()).await.unwrap().into_inner().duplicate);
     drop((a, b, q));
+    stream
 }
 
 /// Says the test was skipped, on the real stderr (not captured by the test harness), so a

@@ -16,6 +16,9 @@ pub enum Failure {
     Transient(String),
     /// Access denied, stream deleted, unsupported server, bad data: retrying will not help.
     Permanent(String),
+    /// The server's `MaxAppendSize` refused the append (EventStoreDB's default is 1 MiB, counted
+    /// as data + 2 × event type length per event): the same append never fits.
+    TooLarge(String),
 }
 
 impl Failure {
@@ -29,6 +32,10 @@ impl Failure {
                 StoreError::Unavailable(format!("EventStoreDB unreachable after retries: {m}"))
             }
             Failure::Permanent(m) => StoreError::Unavailable(format!("EventStoreDB: {m}")),
+            Failure::TooLarge(m) => StoreError::Invalid(format!(
+                "the request's events do not fit one EventStoreDB append ({m}); the server's \
+                 MaxAppendSize must be raised to accept it"
+            )),
         }
     }
 }
@@ -51,6 +58,11 @@ pub fn classify(err: &eventstore::Error) -> Failure {
         | E::GrpcConnectionError(_)
         | E::DeadlineExceeded
         | E::ServerError(_) => Failure::Transient(err.to_string()),
+        E::Grpc { code: tonic::Code::InvalidArgument, message }
+            if message.starts_with("Maximum Append Size") =>
+        {
+            Failure::TooLarge(message.clone())
+        }
         E::Grpc { code, .. } if transient_code(*code) => Failure::Transient(err.to_string()),
         other => Failure::Permanent(other.to_string()),
     }
@@ -152,7 +164,24 @@ mod tests {
     }
 
     #[test]
-    fn every_failure_reaches_callers_as_unavailable() {
+    fn the_servers_max_append_size_is_too_large_and_reaches_callers_as_invalid() {
+        let e = eventstore::Error::Grpc {
+            code: tonic::Code::InvalidArgument,
+            message: "Maximum Append Size of 1048576 Exceeded.".into(),
+        };
+        let f = classify(&e);
+        assert_eq!(f, Failure::TooLarge("Maximum Append Size of 1048576 Exceeded.".into()));
+        let err = f.into_store_error();
+        assert!(matches!(&err, StoreError::Invalid(m) if m.contains("MaxAppendSize")), "{err}");
+        let other = eventstore::Error::Grpc {
+            code: tonic::Code::InvalidArgument,
+            message: "something else".into(),
+        };
+        assert!(matches!(classify(&other), Failure::Permanent(_)));
+    }
+
+    #[test]
+    fn every_other_failure_reaches_callers_as_unavailable() {
         for f in [
             Failure::Conflict { current: Some(1) },
             Failure::Transient("x".into()),

@@ -29,6 +29,12 @@ pub struct StoredChunk {
     pub log_position: Option<LogPosition>,
 }
 
+/// The size of an append of `chunks` as EventStoreDB counts it against its `MaxAppendSize`
+/// (per event: data + custom metadata + 2 × event type length; chunks carry no metadata).
+pub fn server_append_size(chunks: &[OutChunk]) -> usize {
+    chunks.iter().map(|c| c.bytes.len() + 2 * CHUNK_EVENT_TYPE.len()).sum()
+}
+
 /// Largest page of one read call.
 pub const READ_PAGE_CHUNKS_MAX: usize = 512;
 

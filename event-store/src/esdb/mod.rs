@@ -51,7 +51,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{redact, validate_log_stream, EsdbConfig, DEFAULT_LOG_STREAM};
 pub use errors::{classify, Failure, RetryPolicy};
-pub use log::{ChunkLog, EsdbLog, OutChunk, StoredChunk, READ_PAGE_CHUNKS_MAX};
+pub use log::{server_append_size, ChunkLog, EsdbLog, OutChunk, StoredChunk, READ_PAGE_CHUNKS_MAX};
 pub use mapping::{
     chunk_event_id, subscription_start, Expected, LogPosition, CHUNK_EVENT_TYPE, CHUNK_ID_NAMESPACE,
 };
@@ -67,8 +67,11 @@ use crate::{
 
 /// Requests waiting for the writer (backpressure beyond that).
 pub const QUEUE_REQUESTS_MAX: usize = 1_024;
-/// Bytes of chunks in one ESDB append (several requests share an append up to this; a single
-/// larger request gets an append of its own). ESDB's default `MaxAppendSize` is 1 MiB.
+/// Size of one ESDB append as the server counts it ([`server_append_size`]): several requests
+/// share an append only while their chunks fit (a group that does not is split); a single
+/// larger request gets an append of its own, which the server refuses unless its
+/// `MaxAppendSize` (default 1 MiB, the value here) was raised. Also the bound, in request bytes,
+/// of the requests the writer takes into one group before planning.
 pub const GROUP_BYTES_MAX: usize = 1 << 20;
 
 /// Everything the backend needs besides the log stream itself.
@@ -373,43 +376,67 @@ fn job_size(job: &Job) -> (usize, usize) {
 }
 
 async fn commit_group(shared: &Shared, jobs: Vec<Job>) {
-    let results = match commit_planned(shared, &jobs).await {
-        Ok(results) => results,
-        Err(e) => {
-            let message = e.to_string();
-            jobs.iter().map(|_| Err(StoreError::Unavailable(message.clone()))).collect()
+    // Halves of a group too large for one append, in queue order (each split halves a group,
+    // so this ends; a single request is never split).
+    let mut groups = vec![jobs];
+    while let Some(mut jobs) = groups.pop() {
+        let results = match commit_planned(shared, &jobs).await {
+            Ok(Some(results)) => results,
+            Ok(None) => {
+                let rest = jobs.split_off(jobs.len() / 2);
+                groups.push(rest);
+                groups.push(jobs);
+                continue;
+            }
+            Err(e) => jobs.iter().map(|_| Err(for_caller(&e))).collect(),
+        };
+        for (job, result) in jobs.into_iter().zip(results) {
+            let _ = job.reply.send(result);
         }
-    };
-    for (job, result) in jobs.into_iter().zip(results) {
-        let _ = job.reply.send(result);
     }
 }
 
+/// A group's failure as each of its requests sees it: INVALID_ARGUMENT stays that (the request
+/// can never be written), anything else is UNAVAILABLE.
+fn for_caller(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Invalid(m) => StoreError::Invalid(m.clone()),
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// Plans and appends a group; `Ok(None)`: the group (of several requests) does not fit one
+/// append and must be split.
 async fn commit_planned(
     shared: &Shared,
     jobs: &[Job],
-) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+) -> Result<Option<Vec<Result<Committed, StoreError>>>, StoreError> {
     let conflicts_max = shared.options.retry.conflicts_max;
     for _ in 0..=conflicts_max {
         if let Some(reason) = shared.failed() {
             return Err(StoreError::Unavailable(format!("appends stopped: {reason}")));
         }
         let planned = plan(shared, jobs);
-        let Some(batch) = planned.batch else { return Ok(planned.results) };
+        let Some(batch) = planned.batch else { return Ok(Some(planned.results)) };
+        if jobs.len() > 1 && server_append_size(&batch.chunks) > GROUP_BYTES_MAX {
+            return Ok(None);
+        }
         let failure = match shared
             .with_retry("append", || shared.log.append(batch.expected, &batch.chunks))
             .await
         {
             Ok(position) => {
                 ingest_own(shared, &batch, position)?;
-                return Ok(planned.results);
+                return Ok(Some(planned.results));
             }
+            Err(Failure::TooLarge(_)) if jobs.len() > 1 => return Ok(None),
             Err(failure) => failure,
         };
         // Whatever happened, look at the stream: the write may have landed (reply lost).
         shared.catch_up().await?;
         if landed(shared, &batch) {
-            return Ok(planned.results);
+            return Ok(Some(planned.results));
         }
         match failure {
             Failure::Conflict { current } => {
