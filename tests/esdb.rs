@@ -123,7 +123,8 @@ async fn scale_out(url: &str) -> String {
     let q = node(dirs[2].path(), ports[2], &store, Some("projector,query"));
     let (mut ca, mut cb) = (a.client().await, b.client().await);
     register_acme_and_api_calls(&mut ca).await;
-    // Node b folds in a's events before deciding: the same request is a duplicate there.
+    // The same keyed request on node b is a duplicate, whether b's model had already folded in
+    // a's events or its store recognises the key when the append reaches the log.
     assert!(cb.register_customer(acme()).await.unwrap().into_inner().duplicate);
     let globex = || customer("globex", "Globex", "UTC", "0");
     let ack = cb.register_customer(globex()).await.unwrap().into_inner();

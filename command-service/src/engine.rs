@@ -244,6 +244,11 @@ impl Engine {
         let ticket = self.submit(&mut model, &events, idempotency, ctx.now, Uuid::new_v4()).await;
         drop(model);
         let committed = self.settle(ticket, first).await?;
+        if committed.duplicate {
+            // Another command node appended this keyed request first, after this model was
+            // read; the store recognised the key against the log: answer as a replay.
+            return Ok(self.original(committed.first_position, committed.last_position).await?);
+        }
         Ok(Executed { events, last_position: Some(committed.last_position), duplicate: false })
     }
 
@@ -543,10 +548,15 @@ impl Engine {
             }));
         }
         self.wait_durable(seen).await?;
-        let count = (prev.last - prev.first + 1) as usize;
-        let recorded = self.store.read_all(prev.first, count).await.map_err(from_store)?;
+        self.original(prev.first, prev.last).await
+    }
+
+    /// The events a keyed command appended at `first..=last`, as a replay's answer.
+    async fn original(&self, first: Position, last: Position) -> Result<Executed, Status> {
+        let count = (last - first + 1) as usize;
+        let recorded = self.store.read_all(first, count).await.map_err(from_store)?;
         let events = recorded.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        Ok(Executed { events, last_position: Some(prev.last), duplicate: true })
+        Ok(Executed { events, last_position: Some(last), duplicate: true })
     }
 }
 

@@ -418,3 +418,29 @@ async fn an_overflowing_subscription_does_not_stop_billing_or_append_anything() 
     let s1_invoices = e.read(|l| l.subscriptions["s1"].invoice_ids.len()).await;
     assert_eq!(s1_invoices, 0);
 }
+
+/// A keyed command sent to a node whose model has not seen the same command appended by
+/// another node: the store recognises the key against the log, and the answer is a replay
+/// (the original events and position, `duplicate`), not the events this node decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_another_node_used_first_is_answered_as_a_replay() {
+    use event_store::esdb::{EsdbOptions, MemoryLog};
+    use event_store::EsdbStore;
+    let log = MemoryLog::new();
+    let open = || async {
+        let store = EsdbStore::open_on(Arc::new(log.clone()), EsdbOptions::new("key-log"));
+        Arc::new(store.await.unwrap()) as Arc<dyn EventStore>
+    };
+    let (store_a, store_b) = (open().await, open().await);
+    let lagging = Arc::new(Lagging { inner: store_b.clone(), held_head: 0.into() });
+    let a = engine(store_a.clone(), "2025-01-01T12:00:00Z").await;
+    let b = engine(lagging.clone(), "2025-01-01T12:00:00Z").await;
+    let usd = Currency::parse("USD").unwrap();
+    let key = || Some(("register-c".to_string(), [5u8; 32]));
+    let first = a.execute(Command::RegisterCustomer(acme(usd)), key(), None).await.unwrap();
+    wait_for(&*store_b, 1).await;
+    let again = b.execute(Command::RegisterCustomer(acme(usd)), key(), None).await.unwrap();
+    assert!(again.duplicate, "answered as a replay");
+    assert_eq!((again.last_position, &again.events), (first.last_position, &first.events));
+    assert_eq!(store_b.head(), 1, "nothing appended twice");
+}
