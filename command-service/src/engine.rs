@@ -263,6 +263,18 @@ impl Engine {
         as_of: Timestamp,
         key: Option<(String, [u8; 32])>,
     ) -> Result<Executed, Status> {
+        decide_again_on_conflict(CONFLICT_RETRIES_MAX, || self.run_billing_once(as_of, key.clone()))
+            .await
+    }
+
+    /// One attempt of [`Engine::run_billing`]. A lost race (or the run's key found already
+    /// used by another node when the first piece reached the log) is a conflict: the next
+    /// attempt decides again, or replays the key, on the recovered model.
+    async fn run_billing_once(
+        &self,
+        as_of: Timestamp,
+        key: Option<(String, [u8; 32])>,
+    ) -> Result<Executed, Failed> {
         let mut model = match self.lock_or_replay(&key).await? {
             Ok(model) => model,
             Err(original) => return Ok(original),
@@ -299,8 +311,12 @@ impl Engine {
         }
         let mut last_position = None;
         for (ticket, first) in tickets {
-            last_position =
-                Some(self.settle(ticket, first).await.map_err(Failed::into_status)?.last_position);
+            let committed = self.settle(ticket, first).await?;
+            if committed.duplicate {
+                let used = Status::aborted("the billing run's key was used by another node first");
+                return Err(Failed::Conflict(used));
+            }
+            last_position = Some(committed.last_position);
         }
         Ok(Executed { events, last_position, duplicate: false })
     }
@@ -499,7 +515,8 @@ impl Engine {
             let keyed = KeyedCommand { digest: i.digest, first, last: model.next_position - 1 };
             model.idempotency.insert(i.key.clone(), keyed);
         }
-        self.store.enqueue(AppendRequest { writes, idempotency }).await
+        let expected_position = Some(first);
+        self.store.enqueue(AppendRequest { writes, idempotency, expected_position }).await
     }
 
     async fn settle(
@@ -509,24 +526,26 @@ impl Engine {
     ) -> Result<Committed, Failed> {
         match ticket.await {
             Ok(c) => {
-                if c.first_position != first {
-                    // An earlier enqueued append was refused, so this one landed elsewhere than
-                    // the model assumed: it is durable, but the model must be rebuilt.
-                    tracing::warn!(
-                        expected = first,
-                        actual = c.first_position,
-                        "positions shifted"
-                    );
+                if c.duplicate {
+                    // Another writer appended this keyed request first: the model holds this
+                    // node's own decision of it instead of the original.
                     self.mark_stale().await;
+                } else {
+                    // The store refuses an append decided for another position.
+                    assert_eq!(c.first_position, first, "appended where it was decided");
                 }
                 Ok(c)
             }
             Err(e) => {
                 self.mark_stale().await;
-                if matches!(e, event_store::StoreError::WrongExpectedVersion { .. }) {
-                    // Another writer changed a stream this command read: its model is rebuilt
-                    // before the next decision.
-                    tracing::debug!(error = %e, "append refused: a stream moved on");
+                if matches!(
+                    e,
+                    event_store::StoreError::WrongExpectedVersion { .. }
+                        | event_store::StoreError::WrongExpectedPosition { .. }
+                ) {
+                    // Another writer appended after this model was read (or an append enqueued
+                    // before this one was refused): rebuilt before the next decision.
+                    tracing::debug!(error = %e, "append refused: the log moved on");
                     return Err(Failed::Conflict(from_store(e)));
                 }
                 tracing::error!(error = %e, "append failed");

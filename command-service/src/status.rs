@@ -67,6 +67,18 @@ pub fn from_store(err: StoreError) -> Status {
                 details,
             )
         }
+        StoreError::WrongExpectedPosition { expected, actual } => {
+            let metadata = HashMap::from([
+                ("expected_position".to_string(), expected.to_string()),
+                ("actual_position".to_string(), actual.to_string()),
+            ]);
+            let details = ErrorDetails::with_error_info("LOG_MOVED_ON", "accrual", metadata);
+            let message = format!(
+                "the log moved on while the command was decided (another writer appended): \
+                 decided for position {expected}, the log is at {actual}; retry"
+            );
+            Status::with_error_details(Code::Aborted, message, details)
+        }
         StoreError::IdempotencyConflict { key } => Status::already_exists(format!(
             "idempotency key {key:?} was used with a different request"
         )),

@@ -326,7 +326,10 @@ async fn append_undecided(store: &dyn EventStore, event: Event) {
     };
     let write =
         StreamWrite { stream: event.stream(), expected: ExpectedVersion::Any, events: vec![new] };
-    store.append(AppendRequest { writes: vec![write], idempotency: None }).await.unwrap();
+    store
+        .append(AppendRequest { writes: vec![write], idempotency: None, expected_position: None })
+        .await
+        .unwrap();
 }
 
 fn plan(code: &str, version: u32, base_fee: Decimal, charges: Vec<Charge>) -> Plan {
@@ -443,4 +446,75 @@ async fn a_key_another_node_used_first_is_answered_as_a_replay() {
     assert!(again.duplicate, "answered as a replay");
     assert_eq!((again.last_position, &again.events), (first.last_position, &first.events));
     assert_eq!(store_b.head(), 1, "nothing appended twice");
+}
+
+/// Two command nodes, one rule that spans streams: node a cancels `s1` (stream
+/// `subscription-s1`) while node b, whose model has not seen that yet, records usage for `s1`
+/// (stream `usage-s1`). Stream versions alone would let b's usage land after the cancellation;
+/// the append's expected position refuses it, and b decides again on the caught-up model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_on_a_model_another_node_changed_never_lands() {
+    use event_store::esdb::{EsdbOptions, MemoryLog};
+    use event_store::EsdbStore;
+    use tonic_types::StatusExt;
+    let log = MemoryLog::new();
+    let open = || async {
+        let store = EsdbStore::open_on(Arc::new(log.clone()), EsdbOptions::new("span-log"));
+        Arc::new(store.await.unwrap()) as Arc<dyn EventStore>
+    };
+    let (store_a, store_b) = (open().await, open().await);
+    let a = engine(store_a.clone(), "2025-01-01T00:00:00Z").await;
+    let usd = Currency::parse("USD").unwrap();
+    a.execute(Command::RegisterCustomer(acme(usd)), None, None).await.unwrap();
+    let metric = Metric {
+        code: "calls".into(),
+        name: "Calls".into(),
+        aggregation: Aggregation::Count,
+        property: None,
+    };
+    a.execute(Command::DefineMetric(metric), None, None).await.unwrap();
+    let per_call = Charge {
+        metric_code: "calls".into(),
+        model: ChargeModel::Standard { unit_price: dec!(1) },
+        pay_in_advance: false,
+    };
+    a.execute(Command::PublishPlan(plan("p", 0, dec!(10), vec![per_call])), None, None)
+        .await
+        .unwrap();
+    let start = Command::StartSubscription {
+        subscription_id: "s1".into(),
+        customer_id: "c".into(),
+        plan_code: "p".into(),
+        plan_version: None,
+        anchor: Anchor::Anniversary,
+        start_date: None,
+    };
+    a.execute(start, None, None).await.unwrap();
+    let lagging = Arc::new(Lagging { inner: store_b.clone(), held_head: u64::MAX.into() });
+    let b = engine(lagging.clone(), "2025-01-15T00:00:00Z").await;
+    let usage = |tx: &str| Usage {
+        subscription_id: "s1".into(),
+        transaction_id: tx.into(),
+        metric_code: "calls".into(),
+        occurred_at: "2025-01-14T00:00:00Z".parse().unwrap(),
+        properties: Default::default(),
+    };
+    let first = b.record_usage(vec![Ok(usage("u0"))]).await.unwrap();
+    assert!(matches!(first[0], UsageItem::Accepted { .. }), "{first:?}");
+    let head = store_b.head();
+    lagging.held_head.store(head, std::sync::atomic::Ordering::SeqCst);
+    wait_for(&*store_a, head).await;
+    let a_later = engine(store_a.clone(), "2025-01-12T00:00:00Z").await;
+    let cancel = Command::CancelSubscription { subscription_id: "s1".into(), immediately: true };
+    a_later.execute(cancel, None, None).await.unwrap();
+    wait_for(&*store_b, head + 1).await;
+    let late = b.record_usage(vec![Ok(usage("u1"))]).await.unwrap();
+    let [UsageItem::Rejected(status)] = late.as_slice() else { panic!("{late:?}") };
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.get_details_precondition_failure().is_some());
+    let types: Vec<String> =
+        store_b.read_all(0, 100).await.unwrap().iter().map(|r| r.event_type.clone()).collect();
+    let usages = types.iter().filter(|t| t.as_str() == "UsageRecorded").count();
+    assert_eq!(usages, 1, "only the usage before the cancellation: {types:?}");
+    assert_eq!(b.recoveries().full, 1, "b lost one race and decided again");
 }

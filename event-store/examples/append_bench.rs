@@ -62,7 +62,7 @@ fn batch(task: usize, version: Option<u64>, args: &Args, n: usize) -> AppendRequ
     let idempotency = args
         .idempotency
         .then(|| Idempotency { key: format!("{stream}-batch-{n}"), digest: [n as u8; 32] });
-    AppendRequest { writes: vec![write], idempotency }
+    AppendRequest { writes: vec![write], idempotency, expected_position: None }
 }
 
 async fn run_task(store: Arc<SledStore>, args: Arc<Args>, task: usize, batches: usize) {

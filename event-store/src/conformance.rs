@@ -44,6 +44,7 @@ pub async fn run_all<F: StoreFactory>(f: &F) {
     idempotency(f).await;
     validation(f).await;
     enqueue_order(f).await;
+    expected_position(f).await;
     concurrent_one_stream(f).await;
     concurrent_many_streams(f).await;
     group_isolation(f).await;
@@ -82,7 +83,7 @@ fn write(stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Stre
 }
 
 fn request(writes: Vec<StreamWrite>) -> AppendRequest {
-    AppendRequest { writes, idempotency: None }
+    AppendRequest { writes, idempotency: None, expected_position: None }
 }
 
 fn one(stream: &str, expected: ExpectedVersion, n: usize) -> AppendRequest {
@@ -337,6 +338,52 @@ pub async fn enqueue_order<F: StoreFactory>(f: &F) {
         next += 2;
     }
     assert_eq!((store.head(), store.stream_version("eq")), (38, Some(37)));
+}
+
+/// `expected_position`: an append lands only at the position it was decided for. Requests
+/// pipelined behind a refused one (decided as if it had landed) are refused too; a keyed
+/// duplicate is a duplicate wherever the log is.
+pub async fn expected_position<F: StoreFactory>(f: &F) {
+    case("expected_position");
+    let store = f.create().await;
+    let at = |position: u64, expected: ExpectedVersion| {
+        let mut req = one("ep", expected, 1);
+        req.expected_position = Some(position);
+        req
+    };
+    let first = store.append(at(0, ExpectedVersion::NoStream)).await.expect("at the head");
+    assert_eq!((first.first_position, first.last_position), (0, 0));
+    let stale = store.append(at(0, ExpectedVersion::Any)).await;
+    assert!(
+        matches!(stale, Err(StoreError::WrongExpectedPosition { expected: 0, actual: 1 })),
+        "{stale:?}"
+    );
+    // Pipelined: the second is refused (its version), so the third, decided as if the second
+    // had landed, is refused too; the fourth, decided for the real head, lands.
+    let tickets = vec![
+        store.enqueue(at(1, ExpectedVersion::Exact(0))).await,
+        store.enqueue(at(2, ExpectedVersion::Exact(99))).await,
+        store.enqueue(at(3, ExpectedVersion::Any)).await,
+        store.enqueue(at(2, ExpectedVersion::Exact(1))).await,
+    ];
+    let mut outcomes = Vec::new();
+    for ticket in tickets {
+        outcomes.push(ticket.await);
+    }
+    assert!(matches!(outcomes[0], Ok(Committed { first_position: 1, .. })), "{outcomes:?}");
+    assert_wrong_version(outcomes.remove(1), "ep", Some(1));
+    let third = &outcomes[1];
+    assert!(
+        matches!(third, Err(StoreError::WrongExpectedPosition { expected: 3, actual: 2 })),
+        "{third:?}"
+    );
+    assert!(matches!(outcomes[2], Ok(Committed { first_position: 2, .. })), "{outcomes:?}");
+    // A keyed request seen before is a duplicate even when the log has moved on since.
+    let keyed = |position| with_key(at(position, ExpectedVersion::Any), "ep-key", 1);
+    let original = store.append(keyed(3)).await.expect("keyed");
+    let again = store.append(keyed(3)).await.expect("duplicate");
+    assert!(again.duplicate && again.first_position == original.first_position);
+    assert_eq!(store.head(), 4, "refused requests took no positions");
 }
 
 /// 8 tasks × 50 appends to ONE stream with Exact versions and retries: no loss, no duplicate.

@@ -90,6 +90,12 @@ impl<'a> Planner<'a> {
                 return Ok(seen.duplicate());
             }
         }
+        if let Some(expected) = req.expected_position {
+            if expected != self.next_position {
+                let actual = self.next_position;
+                return Err(StoreError::WrongExpectedPosition { expected, actual });
+            }
+        }
         self.check_versions(req)?;
         let first = self.next_position;
         for write in &req.writes {

@@ -159,6 +159,13 @@ pub struct Idempotency {
 pub struct AppendRequest {
     pub writes: Vec<StreamWrite>,
     pub idempotency: Option<Idempotency>,
+    /// Commit only if the request's first event gets exactly this position: the log's head
+    /// when the caller decided it. A write model that decided on the log up to here is then
+    /// refused ([`StoreError::WrongExpectedPosition`]) if anything else was appended first (a
+    /// request enqueued before it and refused, another writer on a shared log), so no decision
+    /// lands on a log it did not see. Checked after idempotency (a duplicate stays a duplicate)
+    /// and before expected versions. `None`: no check.
+    pub expected_position: Option<Position>,
 }
 
 /// Result of a successful append.
@@ -198,6 +205,10 @@ pub enum StoreError {
         "wrong expected version for stream {stream:?}: expected {expected:?}, actual {actual:?}"
     )]
     WrongExpectedVersion { stream: String, expected: ExpectedVersion, actual: Option<u64> },
+    #[error(
+        "the log moved on: the append was decided for position {expected}, the log is at {actual}"
+    )]
+    WrongExpectedPosition { expected: Position, actual: Position },
     #[error("idempotency key {key:?} was already used with a different request")]
     IdempotencyConflict { key: String },
     #[error("invalid append: {0}")]

@@ -176,7 +176,7 @@ mod tests {
     fn req(stream: &str, n: usize) -> AppendRequest {
         let events = (0..n).map(|i| new_event("T", &[i as u8])).collect();
         let write = StreamWrite { stream: stream.into(), expected: ExpectedVersion::Any, events };
-        AppendRequest { writes: vec![write], idempotency: None }
+        AppendRequest { writes: vec![write], idempotency: None, expected_position: None }
     }
 
     /// A store of three commits (chunks at 0, 3 and 5; 6 events), closed; returns its events.

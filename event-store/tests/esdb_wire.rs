@@ -37,6 +37,7 @@ fn one(stream: &str, expected: ExpectedVersion, tag: &str) -> AppendRequest {
     AppendRequest {
         writes: vec![StreamWrite { stream: stream.into(), expected, events }],
         idempotency: None,
+        expected_position: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn triple(tag: &str) -> AppendRequest {
     AppendRequest {
         writes: vec![write("x", vec![ev(0), ev(1)]), write("y", vec![ev(2)])],
         idempotency: None,
+        expected_position: None,
     }
 }
 
@@ -248,7 +250,7 @@ fn bulk(tag: &str, n: usize, size: usize) -> AppendRequest {
         expected: ExpectedVersion::Any,
         events: events.collect(),
     };
-    AppendRequest { writes: vec![write], idempotency: None }
+    AppendRequest { writes: vec![write], idempotency: None, expected_position: None }
 }
 
 /// EventStoreDB refuses an append whose events exceed its `MaxAppendSize` (1 MiB by default,

@@ -18,6 +18,6 @@ pub async fn append_event(store: &impl EventStore, event: &Event) -> Position {
     };
     let write =
         StreamWrite { stream: event.stream(), expected: ExpectedVersion::Any, events: vec![new] };
-    let req = AppendRequest { writes: vec![write], idempotency: None };
+    let req = AppendRequest { writes: vec![write], idempotency: None, expected_position: None };
     store.append(req).await.expect("test append").last_position
 }

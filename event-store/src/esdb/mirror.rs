@@ -132,7 +132,14 @@ mod tests {
                 expected: ExpectedVersion::Any,
                 events: vec![ev],
             };
-            store.append(AppendRequest { writes: vec![w], idempotency: None }).await.unwrap();
+            store
+                .append(AppendRequest {
+                    writes: vec![w],
+                    idempotency: None,
+                    expected_position: None,
+                })
+                .await
+                .unwrap();
         }
         store.read_all(0, usize::MAX).await.unwrap()
     }

@@ -60,6 +60,7 @@ fn one(stream: &str, expected: ExpectedVersion, tag: &str) -> AppendRequest {
     AppendRequest {
         writes: vec![StreamWrite { stream: stream.into(), expected, events }],
         idempotency: None,
+        expected_position: None,
     }
 }
 
