@@ -5,17 +5,25 @@
 //!
 //! Group commit: the lock is held only while deciding and *submitting* (an ordered, non-blocking
 //! enqueue); the wait for fsync happens outside it, so many commands share one fsync.
-//! If an append fails, the model may be ahead of the log: it is marked stale and rebuilt from
-//! the log before the next command.
+//! Every append carries the position it was decided for (`expected_position`): the store
+//! refuses it if anything else was appended first (another command node on a shared log, or an
+//! append enqueued before it and refused), so no decision lands on a log it did not see. If an
+//! append fails or is answered as a duplicate, the model holds events the log does not: it is
+//! marked stale and recovered (from the whole log, or from its recovery copy) before the next
+//! decision; a command that lost a race is decided again (≤ [`CONFLICT_RETRIES_MAX`]).
+//! Each append's outcome is awaited by a task of its own, so it is recorded even when the
+//! caller stopped waiting.
 //!
 //! A reply that appends nothing (a duplicate usage event, an idempotent replay, a no-op) is
 //! decided on a model that may hold appends still waiting for their fsync: it is sent only once
-//! the log is durable up to everything that decision saw (`Engine::wait_durable`), and is
-//! UNAVAILABLE if an append failed meanwhile. Otherwise a duplicate of a request in flight
-//! could be acknowledged and then lost with its original in a crash (found by `tests/crash.rs`).
+//! every append of this engine that the decision saw has its outcome and the durable head
+//! covers it (`Engine::wait_durable`), and is UNAVAILABLE if any of them failed, whatever else
+//! filled those positions. Otherwise a duplicate of a request in flight could be acknowledged
+//! and then lost with its original in a crash (found by `tests/crash.rs`) or, on a shared log,
+//! acknowledged on another node's event.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,15 +72,60 @@ struct WriteModel {
     /// The last keyed command folded from the log and its correlation id: a billing run's later
     /// pieces carry only the correlation id, and extend that command's range.
     last_keyed: Option<(Uuid, String)>,
-    stale: bool,
 }
 
-/// What a decision saw: the log up to `next_position` (some of it perhaps not yet durable),
-/// when `failures` appends had failed.
+/// What a decision saw: the log up to `next_position`, of which this engine's appends with a
+/// submission number below `submitted` may not be durable yet, when `diverged` appends had
+/// come out otherwise than the model assumed.
 #[derive(Clone, Copy, Debug)]
 struct Seen {
     next_position: Position,
-    failures: u64,
+    submitted: u64,
+    diverged: u64,
+}
+
+/// This engine's appends between submission and outcome, shared with the task that awaits each
+/// outcome, so an outcome is recorded even when the caller stopped waiting (a cancelled call).
+struct Appends {
+    /// Submission number of the next append.
+    next: AtomicU64,
+    /// Submitted appends whose outcome is not known yet.
+    unresolved: parking_lot::Mutex<BTreeSet<u64>>,
+    /// Bumped whenever an outcome becomes known (wakes [`Engine::wait_durable`]).
+    resolved: tokio::sync::watch::Sender<u64>,
+    /// Appends that failed or were answered as duplicates: the model assumed they landed as
+    /// decided. Counted before the append is marked resolved.
+    diverged: tokio::sync::watch::Sender<u64>,
+    /// The model holds events the log does not: rebuild it before the next decision.
+    stale: AtomicBool,
+}
+
+impl Appends {
+    fn new() -> Self {
+        Appends {
+            next: AtomicU64::new(0),
+            unresolved: parking_lot::Mutex::new(BTreeSet::new()),
+            resolved: tokio::sync::watch::Sender::new(0),
+            diverged: tokio::sync::watch::Sender::new(0),
+            stale: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether every append submitted before number `submitted` has its outcome.
+    fn resolved_before(&self, submitted: u64) -> bool {
+        self.unresolved.lock().first().is_none_or(|first| *first >= submitted)
+    }
+
+    /// Records an append's outcome: a divergence first (stale model, counted), then resolved.
+    fn resolve(&self, number: u64, outcome: &Result<Committed, event_store::StoreError>) {
+        if outcome.as_ref().map_or(true, |c| c.duplicate) {
+            self.stale.store(true, Ordering::SeqCst);
+            self.diverged.send_modify(|n| *n += 1);
+        }
+        let removed = self.unresolved.lock().remove(&number);
+        debug_assert!(removed, "an append is resolved once");
+        self.resolved.send_modify(|n| *n += 1);
+    }
 }
 
 /// What a command came to.
@@ -123,8 +176,7 @@ pub struct Engine {
     recovery_copy: parking_lot::Mutex<Option<WriteModel>>,
     recoveries: parking_lot::Mutex<Recoveries>,
     closing: AtomicBool,
-    /// Appends that failed or landed elsewhere than decided (each marks the model stale).
-    failures: tokio::sync::watch::Sender<u64>,
+    appends: Arc<Appends>,
 }
 
 impl Engine {
@@ -156,7 +208,7 @@ impl Engine {
             recovery_copy: parking_lot::Mutex::new(copy),
             recoveries: parking_lot::Mutex::new(Recoveries::default()),
             closing: AtomicBool::new(false),
-            failures: tokio::sync::watch::Sender::new(0),
+            appends: Arc::new(Appends::new()),
         })
     }
 
@@ -398,28 +450,36 @@ impl Engine {
 
     /// What a decision under `model`'s lock sees.
     fn seen(&self, model: &WriteModel) -> Seen {
-        Seen { next_position: model.next_position, failures: *self.failures.borrow() }
+        Seen {
+            next_position: model.next_position,
+            submitted: self.appends.next.load(Ordering::SeqCst),
+            diverged: *self.appends.diverged.borrow(),
+        }
     }
 
-    /// Waits until the store's durable head covers everything `seen` (bounded by
-    /// [`DURABLE_WAIT_MS_MAX`]); UNAVAILABLE if an append failed first (what the decision saw
-    /// may never reach the log) or the wait times out.
+    /// Waits until every append of this engine that `seen` included has its outcome and the
+    /// store's durable head covers `seen` (bounded by [`DURABLE_WAIT_MS_MAX`]); UNAVAILABLE if
+    /// any append diverged meanwhile (what the decision saw may never reach the log), whatever
+    /// else filled those positions, or if the wait times out.
     async fn wait_durable(&self, seen: Seen) -> Result<(), Status> {
         let mut head = self.store.watch_head();
-        let mut failures = self.failures.subscribe();
+        let mut resolved = self.appends.resolved.subscribe();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(DURABLE_WAIT_MS_MAX);
         loop {
-            if *head.borrow_and_update() >= seen.next_position {
-                return Ok(());
-            }
-            if *failures.borrow_and_update() != seen.failures {
-                return Err(unavailable("an earlier append failed; retry the request"));
+            resolved.borrow_and_update();
+            if self.appends.resolved_before(seen.submitted) {
+                if *self.appends.diverged.borrow() != seen.diverged {
+                    return Err(unavailable("an earlier append failed; retry the request"));
+                }
+                if *head.borrow_and_update() >= seen.next_position {
+                    return Ok(());
+                }
             }
             tokio::select! {
                 changed = head.changed() => if changed.is_err() {
                     return Err(unavailable("the event store stopped; retry the request"));
                 },
-                _ = failures.changed() => {}
+                _ = resolved.changed() => {}
                 () = tokio::time::sleep_until(deadline) => {
                     return Err(unavailable("the original append is not durable yet; retry"));
                 }
@@ -427,21 +487,16 @@ impl Engine {
         }
     }
 
-    /// Marks the model stale after an append that failed or landed elsewhere than decided, and
-    /// wakes the replies waiting in [`Engine::wait_durable`].
-    async fn mark_stale(&self) {
-        let mut model = self.model.lock().await;
-        model.stale = true;
-        self.failures.send_modify(|n| *n += 1);
-    }
-
     async fn lock_model(&self) -> Result<tokio::sync::MutexGuard<'_, WriteModel>, Status> {
         if self.closing.load(Ordering::SeqCst) {
             return Err(unavailable("the server is shutting down"));
         }
         let mut model = self.model.lock().await;
-        if model.stale {
-            self.recover(&mut model).await?;
+        if self.appends.stale.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.recover(&mut model).await {
+                self.appends.stale.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
         } else if self.store.head() > model.next_position {
             // Another writer (a second command node on a shared log) appended: fold its events
             // in before deciding. With a single writer the model is never behind the log.
@@ -516,7 +571,18 @@ impl Engine {
             model.idempotency.insert(i.key.clone(), keyed);
         }
         let expected_position = Some(first);
-        self.store.enqueue(AppendRequest { writes, idempotency, expected_position }).await
+        let number = self.appends.next.fetch_add(1, Ordering::SeqCst);
+        self.appends.unresolved.lock().insert(number);
+        let ticket =
+            self.store.enqueue(AppendRequest { writes, idempotency, expected_position }).await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let appends = self.appends.clone();
+        tokio::spawn(async move {
+            let outcome = ticket.await;
+            appends.resolve(number, &outcome);
+            let _ = tx.send(outcome);
+        });
+        event_store::AppendTicket::waiting(rx)
     }
 
     async fn settle(
@@ -526,18 +592,13 @@ impl Engine {
     ) -> Result<Committed, Failed> {
         match ticket.await {
             Ok(c) => {
-                if c.duplicate {
-                    // Another writer appended this keyed request first: the model holds this
-                    // node's own decision of it instead of the original.
-                    self.mark_stale().await;
-                } else {
-                    // The store refuses an append decided for another position.
-                    assert_eq!(c.first_position, first, "appended where it was decided");
-                }
+                // A duplicate (another writer appended this keyed request first) made the
+                // model stale; anything else landed where it was decided (the store refuses an
+                // append decided for another position).
+                assert!(c.duplicate || c.first_position == first, "appended where decided");
                 Ok(c)
             }
             Err(e) => {
-                self.mark_stale().await;
                 if matches!(
                     e,
                     event_store::StoreError::WrongExpectedVersion { .. }

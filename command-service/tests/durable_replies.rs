@@ -328,3 +328,43 @@ async fn a_query_does_not_answer_from_events_before_they_are_durable() {
     let known = bounded(knows_new_customer(&e)).await.unwrap();
     assert!(!known, "the lost registration is gone once the model is rebuilt from the log");
 }
+
+/// Another writer (a second command node on a shared log) fills the position the original was
+/// decided for while it waits; the original is then refused. The duplicate must not count the
+/// other writer's event as its original's: it waits for the original's own outcome and is
+/// UNAVAILABLE, and the original, decided again, is recorded once.
+#[tokio::test]
+async fn a_duplicate_is_not_acknowledged_on_another_writers_event() {
+    let (store, e) = books().await;
+    let taken_before = *store.taken.borrow();
+    store.set(Gate::Held);
+    let original = record(&e, "tx-1");
+    store.taken(taken_before + 1).await;
+    let mut duplicate = record(&e, "tx-1");
+    let other = domain::events::Event::CustomerRegistered(customer("other-node"));
+    let new = event_store::NewEvent {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: other.type_name().into(),
+        schema_version: domain::events::SCHEMA_VERSION,
+        occurred_at_us: 0,
+        causation_id: None,
+        correlation_id: None,
+        payload: other.encode(),
+    };
+    let write = event_store::StreamWrite {
+        stream: other.stream(),
+        expected: event_store::ExpectedVersion::NoStream,
+        events: vec![new],
+    };
+    let foreign = AppendRequest { writes: vec![write], idempotency: None, expected_position: None };
+    store.inner.append(foreign).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(EARLY_REPLY_WAIT_MS), &mut duplicate);
+    assert!(early.await.is_err(), "no reply on the strength of another writer's event");
+
+    store.set(Gate::Open);
+    let recorded = bounded(original).await.unwrap();
+    assert!(matches!(recorded, UsageItem::Accepted { .. }), "decided again: {recorded:?}");
+    let retry_later = bounded(duplicate).await.expect_err("its view included a refused append");
+    assert_eq!(retry_later.code(), tonic::Code::Unavailable);
+    assert_eq!(logged_transactions(&store).await, ["tx-1"]);
+}
