@@ -45,6 +45,12 @@ pub const REBUILD_CHUNK_EVENTS: usize = 10_000;
 /// A billing run is appended in pieces of about this many events (whole subscriptions each), so
 /// a run over many subscriptions stays within the store's request bounds.
 pub const BILLING_APPEND_EVENTS_MAX: usize = 4_096;
+/// ... and of about this many bytes (payloads plus [`ENVELOPE_BYTES_ESTIMATE`] each), so a piece
+/// fits one EventStoreDB append at the server's default `MaxAppendSize` (1 MiB).
+pub const BILLING_APPEND_BYTES_MAX: usize = 768 * 1024;
+/// Bytes an event's envelope adds to its payload in a stored chunk (ids, stream, times, hashes;
+/// measured ≈ 140, rounded up).
+pub const ENVELOPE_BYTES_ESTIMATE: usize = 256;
 /// Longest a reply that appends nothing waits for the appends its decision saw to be durable
 /// (then UNAVAILABLE: the caller retries).
 pub const DURABLE_WAIT_MS_MAX: u64 = 10_000;
@@ -336,6 +342,7 @@ impl Engine {
         let ctx = Context { now: self.now(), policy: self.policy.clone() };
         let ids: Vec<String> = model.ledger.subscriptions.keys().cloned().collect();
         let (mut events, mut pending, mut tickets) = (Vec::new(), Vec::new(), Vec::new());
+        let mut pending_bytes = 0;
         let run_key = key.as_ref().map(|(k, _)| k.clone());
         let mut key = key.map(|(key, digest)| Idempotency { key, digest });
         let correlation_id = Uuid::new_v4();
@@ -346,9 +353,14 @@ impl Engine {
             if let Some(error) = stopped {
                 tracing::error!(subscription = %id, %error, "billing stopped for this subscription");
             }
+            pending_bytes +=
+                more.iter().map(|e| e.encode().len() + ENVELOPE_BYTES_ESTIMATE).sum::<usize>();
             pending.extend(more);
             let last = i + 1 == ids.len();
-            if pending.len() >= BILLING_APPEND_EVENTS_MAX || (last && !pending.is_empty()) {
+            let full = pending.len() >= BILLING_APPEND_EVENTS_MAX
+                || pending_bytes >= BILLING_APPEND_BYTES_MAX;
+            if full || (last && !pending.is_empty()) {
+                pending_bytes = 0;
                 let first = model.next_position;
                 let ticket =
                     self.submit(&mut model, &pending, key.take(), ctx.now, correlation_id).await;

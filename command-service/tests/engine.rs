@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use command_service::engine::{
-    Clock, Engine, EngineOptions, Recoveries, UsageItem, BILLING_APPEND_EVENTS_MAX,
+    Clock, Engine, EngineOptions, Recoveries, UsageItem, BILLING_APPEND_BYTES_MAX,
+    BILLING_APPEND_EVENTS_MAX, ENVELOPE_BYTES_ESTIMATE,
 };
 use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
@@ -39,7 +40,8 @@ async fn engine(store: Arc<dyn EventStore>, at: &'static str) -> Engine {
 #[tokio::test]
 async fn a_large_billing_run_is_split_into_bounded_appends_and_rebuilds_identically() {
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
-    let e = engine(store.clone(), "2025-01-01T12:00:00Z").await;
+    let recording = Lagging::over(store.clone(), u64::MAX);
+    let e = engine(recording.clone(), "2025-01-01T12:00:00Z").await;
     let usd = Currency::parse("USD").unwrap();
     let customer = acme(usd);
     e.execute(Command::RegisterCustomer(customer), None, None).await.unwrap();
@@ -72,6 +74,18 @@ async fn a_large_billing_run_is_split_into_bounded_appends_and_rebuilds_identica
     let key = Some(("run-feb".to_string(), [3u8; 32]));
     let run = e.run_billing("2025-02-01T00:00:00Z".parse().unwrap(), key.clone()).await.unwrap();
     assert!(run.events.len() > BILLING_APPEND_EVENTS_MAX, "the run needs more than one append");
+    let pieces: Vec<(usize, usize)> =
+        recording.requests.lock().split_off(subscriptions as usize + 2);
+    assert!(pieces.len() > 1, "{pieces:?}");
+    assert_eq!(pieces.iter().map(|p| p.0).sum::<usize>(), run.events.len());
+    for (events, bytes) in &pieces {
+        let estimate = bytes + events * ENVELOPE_BYTES_ESTIMATE;
+        assert!(*events <= BILLING_APPEND_EVENTS_MAX, "{pieces:?}");
+        assert!(
+            estimate <= BILLING_APPEND_BYTES_MAX + 16 * 1024,
+            "one subscription over: {pieces:?}"
+        );
+    }
     assert_eq!(
         run.events.len() as u64,
         2 * subscriptions,
@@ -203,6 +217,15 @@ struct Lagging {
     inner: Arc<dyn EventStore>,
     /// `u64::MAX`: not held back.
     held_head: std::sync::atomic::AtomicU64,
+    /// (events, payload bytes) of every request enqueued.
+    requests: parking_lot::Mutex<Vec<(usize, usize)>>,
+}
+
+impl Lagging {
+    fn over(inner: Arc<dyn EventStore>, held_head: u64) -> Arc<Lagging> {
+        let held_head = held_head.into();
+        Arc::new(Lagging { inner, held_head, requests: parking_lot::Mutex::new(Vec::new()) })
+    }
 }
 
 #[async_trait::async_trait]
@@ -214,6 +237,9 @@ impl EventStore for Lagging {
         self.inner.append(req).await
     }
     async fn enqueue(&self, req: event_store::AppendRequest) -> event_store::AppendTicket {
+        let events = req.writes.iter().flat_map(|w| &w.events);
+        let size = events.fold((0, 0), |(n, b), e| (n + 1, b + e.payload.len()));
+        self.requests.lock().push(size);
         self.inner.enqueue(req).await
     }
     async fn read_stream(
@@ -268,7 +294,7 @@ async fn lose_races(options: EngineOptions) -> Recoveries {
         Arc::new(store.await.unwrap()) as Arc<dyn EventStore>
     };
     let (store_a, store_b) = (open().await, open().await);
-    let lagging = Arc::new(Lagging { inner: store_b.clone(), held_head: u64::MAX.into() });
+    let lagging = Lagging::over(store_b.clone(), u64::MAX);
     let a = engine(store_a.clone(), "2025-01-01T12:00:00Z").await;
     let b = Engine::open_with(
         lagging.clone(),
@@ -435,7 +461,7 @@ async fn a_key_another_node_used_first_is_answered_as_a_replay() {
         Arc::new(store.await.unwrap()) as Arc<dyn EventStore>
     };
     let (store_a, store_b) = (open().await, open().await);
-    let lagging = Arc::new(Lagging { inner: store_b.clone(), held_head: 0.into() });
+    let lagging = Lagging::over(store_b.clone(), 0);
     let a = engine(store_a.clone(), "2025-01-01T12:00:00Z").await;
     let b = engine(lagging.clone(), "2025-01-01T12:00:00Z").await;
     let usd = Currency::parse("USD").unwrap();
@@ -490,7 +516,8 @@ async fn a_decision_on_a_model_another_node_changed_never_lands() {
         start_date: None,
     };
     a.execute(start, None, None).await.unwrap();
-    let lagging = Arc::new(Lagging { inner: store_b.clone(), held_head: u64::MAX.into() });
+    wait_for(&*store_b, 4).await;
+    let lagging = Lagging::over(store_b.clone(), u64::MAX);
     let b = engine(lagging.clone(), "2025-01-15T00:00:00Z").await;
     let usage = |tx: &str| Usage {
         subscription_id: "s1".into(),
