@@ -342,22 +342,7 @@ async fn a_duplicate_is_not_acknowledged_on_another_writers_event() {
     store.taken(taken_before + 1).await;
     let mut duplicate = record(&e, "tx-1");
     let other = domain::events::Event::CustomerRegistered(customer("other-node"));
-    let new = event_store::NewEvent {
-        event_id: uuid::Uuid::new_v4(),
-        event_type: other.type_name().into(),
-        schema_version: domain::events::SCHEMA_VERSION,
-        occurred_at_us: 0,
-        causation_id: None,
-        correlation_id: None,
-        payload: other.encode(),
-    };
-    let write = event_store::StreamWrite {
-        stream: other.stream(),
-        expected: event_store::ExpectedVersion::NoStream,
-        events: vec![new],
-    };
-    let foreign = AppendRequest { writes: vec![write], idempotency: None, expected_position: None };
-    store.inner.append(foreign).await.unwrap();
+    projections::testkit::append_event(&store.inner, &other).await;
     let early = tokio::time::timeout(Duration::from_millis(EARLY_REPLY_WAIT_MS), &mut duplicate);
     assert!(early.await.is_err(), "no reply on the strength of another writer's event");
 

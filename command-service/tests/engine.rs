@@ -10,10 +10,10 @@ use command_service::engine::{
 use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, Policy};
-use domain::events::{Event, Usage, SCHEMA_VERSION};
+use domain::events::{Event, Usage};
 use domain::money::Currency;
 use domain::rating::{Aggregation, ChargeModel};
-use event_store::{AppendRequest, EventStore, ExpectedVersion, MemoryStore, NewEvent, StreamWrite};
+use event_store::{EventStore, MemoryStore};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tonic::Code;
@@ -340,22 +340,8 @@ async fn lose_races(options: EngineOptions) -> Recoveries {
 
 /// Appends `event` as the write side frames it, without deciding it: a log written before the
 /// input bounds.
-async fn append_undecided(store: &dyn EventStore, event: Event) {
-    let new = NewEvent {
-        event_id: uuid::Uuid::new_v4(),
-        event_type: event.type_name().into(),
-        schema_version: SCHEMA_VERSION,
-        occurred_at_us: event.occurred_at().map_or(0, |t| t.as_microsecond()),
-        causation_id: None,
-        correlation_id: None,
-        payload: event.encode(),
-    };
-    let write =
-        StreamWrite { stream: event.stream(), expected: ExpectedVersion::Any, events: vec![new] };
-    store
-        .append(AppendRequest { writes: vec![write], idempotency: None, expected_position: None })
-        .await
-        .unwrap();
+async fn append_undecided(store: &Arc<dyn EventStore>, event: Event) {
+    projections::testkit::append_event(store, &event).await;
 }
 
 fn plan(code: &str, version: u32, base_fee: Decimal, charges: Vec<Charge>) -> Plan {
@@ -384,7 +370,7 @@ async fn an_overflowing_subscription_does_not_stop_billing_or_append_anything() 
     let taxed = Customer { tax_rate: dec!(10), ..acme(usd) };
     let absurd = Customer { customer_id: "x".into(), tax_rate: dec!(1e20), ..acme(usd) };
     for customer in [taxed, absurd] {
-        append_undecided(&*store, Event::CustomerRegistered(customer)).await;
+        append_undecided(&store, Event::CustomerRegistered(customer)).await;
     }
     let metric = Metric {
         code: "calls".into(),
@@ -392,7 +378,7 @@ async fn an_overflowing_subscription_does_not_stop_billing_or_append_anything() 
         aggregation: Aggregation::Count,
         property: None,
     };
-    append_undecided(&*store, Event::BillableMetricDefined(metric)).await;
+    append_undecided(&store, Event::BillableMetricDefined(metric)).await;
     let in_advance = Charge {
         metric_code: "calls".into(),
         model: ChargeModel::Standard { unit_price: dec!(1e9) },
@@ -403,7 +389,7 @@ async fn an_overflowing_subscription_does_not_stop_billing_or_append_anything() 
         plan("p", 1, dec!(10), vec![]),
         plan("adv", 1, dec!(0), vec![in_advance]),
     ] {
-        append_undecided(&*store, Event::PlanPublished(p)).await;
+        append_undecided(&store, Event::PlanPublished(p)).await;
     }
     let e = engine(store.clone(), "2025-01-05T00:00:00Z").await;
     for (sub, customer, plan) in [("s1", "c", "legacy"), ("s2", "c", "p"), ("s3", "x", "adv")] {
