@@ -338,19 +338,7 @@ mod tests {
 
         /// Everyday amounts, amounts near `Decimal::MAX`, and arbitrary bit patterns.
         fn extreme() -> impl Strategy<Value = Decimal> {
-            prop_oneof![
-                (-1_000_000_000i64..1_000_000_000, 0u32..=12).prop_map(|(m, s)| Decimal::new(m, s)),
-                (0u32..1_000, any::<bool>()).prop_map(|(k, neg)| {
-                    let d = Decimal::MAX - Decimal::from(k);
-                    if neg {
-                        -d
-                    } else {
-                        d
-                    }
-                }),
-                (any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>(), 0u32..=28)
-                    .prop_map(|(lo, mid, hi, neg, s)| Decimal::from_parts(lo, mid, hi, neg, s)),
-            ]
+            crate::test_strategies::extreme_decimal(1_000_000_000)
         }
 
         fn rate() -> impl Strategy<Value = Decimal> {

@@ -17,5 +17,7 @@ pub mod mrr;
 pub mod rating;
 pub mod recognition;
 pub mod subscription;
+#[cfg(test)]
+mod test_strategies;
 
 pub use error::{DomainError, FieldViolation};
