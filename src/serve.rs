@@ -65,10 +65,6 @@ pub async fn open_configured_store(
     }
 }
 
-/// Events folded past the write model's recovery copy before it is refreshed, on a log shared
-/// by several command nodes (see `EngineOptions::recovery_copy_events`).
-pub const SHARED_LOG_RECOVERY_COPY_EVENTS: u64 = 100_000;
-
 /// Folds the log into the write engine. On a shared log (EventStoreDB) the engine keeps a
 /// recovery copy of its model, since appends lost to another command node are routine there.
 async fn engine_on(
@@ -76,8 +72,7 @@ async fn engine_on(
     policy: Policy,
     shared_log: bool,
 ) -> anyhow::Result<Arc<Engine>> {
-    let recovery_copy_events = if shared_log { SHARED_LOG_RECOVERY_COPY_EVENTS } else { 0 };
-    let options = command_service::engine::EngineOptions { recovery_copy_events };
+    let options = command_service::engine::EngineOptions { recovery_copy: shared_log };
     let engine = Engine::open_with(store, policy, system_clock(), options)
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;

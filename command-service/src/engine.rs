@@ -155,12 +155,13 @@ pub enum UsageItem {
 /// Options of the write engine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineOptions {
-    /// Keep a copy of the write model exactly as of the log (taken at open, refreshed after a
-    /// recovery that folded at least this many events), so that recovering from a failed or
-    /// lost append folds only the events after the copy instead of the whole log. 0: no copy.
-    /// Worth its memory (a second model) on a log shared by several command nodes
-    /// (EventStoreDB), where lost races are routine; on sled an append fails only with the disk.
-    pub recovery_copy_events: u64,
+    /// Keep a copy of the write model exactly as of a point of the log (taken at open, brought
+    /// up to the log at each recovery), so that recovering from a failed or lost append folds
+    /// only the events since the last recovery into the copy and clones it, instead of folding
+    /// the whole log. Worth its memory (a second model) on a log shared by several command
+    /// nodes (EventStoreDB), where lost races are routine; on sled an append fails only with
+    /// the disk.
+    pub recovery_copy: bool,
 }
 
 /// How often the model was recovered after a failed or lost append.
@@ -177,8 +178,8 @@ pub struct Engine {
     model: tokio::sync::Mutex<WriteModel>,
     clock: Clock,
     policy: Policy,
-    options: EngineOptions,
-    /// The model as of a point of the log (see [`EngineOptions::recovery_copy_events`]).
+    /// The model as of a point of the log (see [`EngineOptions::recovery_copy`]); taken out
+    /// while a recovery folds it forward (under the model lock, so never by two at once).
     recovery_copy: parking_lot::Mutex<Option<WriteModel>>,
     recoveries: parking_lot::Mutex<Recoveries>,
     closing: AtomicBool,
@@ -204,13 +205,12 @@ impl Engine {
     ) -> Result<Self, Status> {
         let mut model = WriteModel::default();
         rebuild(&*store, &mut model).await?;
-        let copy = (options.recovery_copy_events > 0).then(|| model.clone());
+        let copy = options.recovery_copy.then(|| model.clone());
         Ok(Engine {
             store,
             model: tokio::sync::Mutex::new(model),
             clock,
             policy,
-            options,
             recovery_copy: parking_lot::Mutex::new(copy),
             recoveries: parking_lot::Mutex::new(Recoveries::default()),
             closing: AtomicBool::new(false),
@@ -522,8 +522,8 @@ impl Engine {
     /// Rebuilds a stale model (it holds events of an append that failed or landed elsewhere):
     /// from the recovery copy when there is one, else from the whole log.
     async fn recover(&self, model: &mut WriteModel) -> Result<(), Status> {
-        let copy = self.recovery_copy.lock().clone();
-        let Some(copy) = copy else {
+        let copy = self.recovery_copy.lock().take();
+        let Some(mut copy) = copy else {
             tracing::warn!("write model is stale after a failed append; rebuilding from the log");
             *model = WriteModel::default();
             rebuild(&*self.store, model).await?;
@@ -531,13 +531,13 @@ impl Engine {
             return Ok(());
         };
         let from = copy.next_position;
-        *model = copy;
-        fold(&*self.store, model).await?;
-        let folded = model.next_position - from;
-        tracing::debug!(from, folded, "write model recovered from its copy after a failed append");
-        if folded >= self.options.recovery_copy_events {
-            *self.recovery_copy.lock() = Some(model.clone());
-        }
+        // A fold that fails part-way leaves the copy an exact, shorter prefix of the log.
+        let folded = fold(&*self.store, &mut copy).await;
+        *model = copy.clone();
+        *self.recovery_copy.lock() = Some(copy);
+        folded?;
+        let events = model.next_position - from;
+        tracing::debug!(from, events, "write model recovered from its copy after a failed append");
         self.recoveries.lock().from_copy += 1;
         Ok(())
     }
