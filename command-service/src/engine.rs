@@ -240,7 +240,7 @@ impl Engine {
 
     /// Read access for a query (`GetInvoice`, `GetCurrentUsage`): the answer goes out only once
     /// everything the model held when it was read is durable, so a crash cannot undo what a
-    /// caller was shown (bounded as [`Engine::wait_durable`]).
+    /// caller was shown (bounded by [`DURABLE_WAIT_MS_MAX`]).
     pub async fn read_durable<T>(&self, f: impl FnOnce(&Ledger) -> T) -> Result<T, Status> {
         let model = self.lock_model().await?;
         let seen = self.seen(&model);
