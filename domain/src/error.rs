@@ -4,7 +4,9 @@
 //!
 //! An amount that overflows `Decimal` while invoicing (a plan or usage in a log written before
 //! the input bounds) is a `Precondition` of kind [`AMOUNT_OVERFLOW`] ([`DomainError::overflow`]):
-//! the command's arguments are fine, the stored state cannot be invoiced.
+//! the command's arguments are fine, the stored state cannot be invoiced. Likewise a stored
+//! plan whose charges are outside today's input bounds cannot be rated: a `Precondition` of
+//! kind [`PLAN_OUT_OF_BOUNDS`] on that plan.
 
 use std::fmt;
 
@@ -23,6 +25,8 @@ impl FieldViolation {
 
 /// `Precondition` kind of an amount that overflows `Decimal` while invoicing.
 pub const AMOUNT_OVERFLOW: &str = "AMOUNT_OVERFLOW";
+/// `Precondition` kind of a stored plan whose charges are outside today's input bounds.
+pub const PLAN_OUT_OF_BOUNDS: &str = "PLAN_OUT_OF_BOUNDS";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {

@@ -11,9 +11,11 @@ use jiff::Timestamp;
 use rust_decimal::Decimal;
 
 use crate::calendar::{local_date, parse_time_zone, Cycle, Period};
-use crate::catalog::{check_id, check_tax_rate, Customer, FeeTiming, Metric, Plan, PlanRef};
+use crate::catalog::{
+    check_id, check_tax_rate, Charge, Customer, FeeTiming, Metric, Plan, PlanRef,
+};
 use crate::commands::{Command, Context, PaymentOutcome};
-use crate::error::{DomainError, Violations};
+use crate::error::{DomainError, Violations, PLAN_OUT_OF_BOUNDS};
 use crate::events::{Event, PlanChangeKind, Usage};
 use crate::invoice::{
     build_invoice, Invoice, InvoiceAccount, InvoiceHeader, InvoiceStatus, IssueReason, LineDraft,
@@ -21,7 +23,8 @@ use crate::invoice::{
 };
 use crate::money::checked_sum;
 use crate::rating::{
-    in_advance_fee, Aggregation, ChargeModel, RatingInput, RunningAggregate, UsagePoint,
+    in_advance_fee, is_rating_overflow, Aggregation, ChargeModel, RatingInput, RunningAggregate,
+    UsagePoint,
 };
 use crate::subscription::{add_usage, base_fee_line, credit_line, segment_lines, Subscription};
 
@@ -642,7 +645,8 @@ impl Ledger {
                 &charge.model,
                 &RatingInput { units: units_before, event_amounts: &amounts_before },
                 &RatingInput { units: before.units(start, end)?, event_amounts: &amounts_after },
-            )?;
+            )
+            .map_err(stored_plan_error(sub, plan, charge))?;
             if !fee.is_zero() {
                 lines.push(LineDraft {
                     kind: LineKind::UsageInAdvance,
@@ -852,7 +856,9 @@ impl Ledger {
                 }
                 _ => Vec::new(),
             };
-            let amount = charge.model.rate(&RatingInput { units, event_amounts: &amounts })?;
+            let rating = RatingInput { units, event_amounts: &amounts };
+            let amount =
+                charge.model.rate(&rating).map_err(stored_plan_error(sub, plan, charge))?;
             lines.push(LineDraft {
                 kind: LineKind::Usage,
                 description: format!("{} ({})", metric.name, charge.model.name()),
@@ -1399,6 +1405,38 @@ fn usage_digest(u: &Usage) -> u64 {
 
 fn find_transaction(sub: &Subscription, txn: &str) -> Option<(u64, u64)> {
     sub.open.values().find_map(|o| o.transactions.get(txn).copied())
+}
+
+/// Rating a *stored* plan fails only on stored data (a log written before the input bounds):
+/// a charge outside today's bounds is [`PLAN_OUT_OF_BOUNDS`] on the plan, an overflow is
+/// [`DomainError::overflow`] of the subscription. Both are FAILED_PRECONDITION: the request is
+/// fine, the plan cannot be rated (publish a new version within the bounds).
+fn stored_plan_error<'a>(
+    sub: &'a Subscription,
+    plan: &'a Plan,
+    charge: &'a Charge,
+) -> impl Fn(DomainError) -> DomainError + 'a {
+    move |e| {
+        let what = format!("the {} charge on {}", charge.model.name(), charge.metric_code);
+        match e {
+            e if is_rating_overflow(&e) => DomainError::overflow(sub.subject(), what),
+            DomainError::Invalid(violations) => {
+                let detail = violations.iter().map(|v| format!("{}: {}", v.field, v.description));
+                let detail = detail.collect::<Vec<_>>().join("; ");
+                let description = format!(
+                    "plan {} v{}: {what} is outside the input bounds ({detail}); publish a new \
+                     version within them",
+                    plan.code, plan.version
+                );
+                DomainError::precondition(
+                    PLAN_OUT_OF_BOUNDS,
+                    format!("plan-{}", plan.code),
+                    description,
+                )
+            }
+            e => e,
+        }
+    }
 }
 
 #[cfg(test)]

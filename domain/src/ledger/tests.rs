@@ -902,7 +902,11 @@ fn a_billing_step_that_overflows_is_reported_not_dropped() {
         w.ledger.run_subscription_reporting("s1", at(as_of), &ctx(as_of), w.position);
     assert!(events.is_empty(), "no invoice from an overflowing step: {events:?}");
     let error = stopped.expect("the overflow is reported");
-    assert!(matches!(&error, DomainError::Invalid(_)), "{error:?}");
+    let out_of_bounds = crate::error::PLAN_OUT_OF_BOUNDS;
+    assert!(
+        matches!(&error, DomainError::Precondition { kind, .. } if *kind == out_of_bounds),
+        "a stored plan outside the bounds, not a bad request: {error:?}"
+    );
 }
 
 // ------------------------------------------------- overflow of a log written before the bounds
@@ -997,6 +1001,56 @@ fn an_overflowing_invoice_stops_its_subscription_and_the_run_bills_the_others() 
         assert!(description.contains(what), "want {what:?} in {description:?}");
         assert!(w.ledger.subscriptions["s1"].invoice_ids.is_empty(), "{what}");
     }
+}
+
+/// A stored plan whose charge is outside today's input bounds (a pre-bounds log: a unit price
+/// of 10^20) cannot be rated: FAILED_PRECONDITION `PLAN_OUT_OF_BOUNDS` on the plan, never
+/// INVALID_ARGUMENT (the request is fine). A billing run stops only that subscription; a usage
+/// event of an in-advance charge is refused and changes nothing.
+#[test]
+fn a_plan_outside_the_input_bounds_is_a_failed_precondition_on_the_plan() {
+    use crate::error::PLAN_OUT_OF_BOUNDS;
+    let now = "2025-01-05T00:00:00Z";
+    let mut w = World::new(dec!(0));
+    for (code, pay_in_advance) in [("arrears-huge", false), ("advance-huge", true)] {
+        let mut plan = legacy_plan(code, Interval::Monthly, dec!(0), FeeTiming::Arrears);
+        plan.charges = vec![Charge {
+            metric_code: "calls".into(),
+            model: ChargeModel::Standard { unit_price: dec!(1e20) },
+            pay_in_advance,
+        }];
+        w.evolve(Event::PlanPublished(plan));
+    }
+    w.plan("basic", dec!(30), FeeTiming::Arrears, 0, Vec::new(), None);
+    w.start_as("s1", "acme", "arrears-huge", Anchor::Anniversary, 1);
+    w.start_as("s2", "acme", "basic", Anchor::Anniversary, 1);
+    w.start_as("s3", "acme", "advance-huge", Anchor::Anniversary, 1);
+    let is_out_of_bounds = |e: &DomainError, plan: &str| {
+        matches!(e, DomainError::Precondition { kind, subject, description }
+            if *kind == PLAN_OUT_OF_BOUNDS && subject == plan && description.contains("unit_price"))
+    };
+
+    let before = (w.position, w.ledger.subscriptions["s3"].open.len());
+    let usage = Usage {
+        subscription_id: "s3".into(),
+        transaction_id: "t1".into(),
+        metric_code: "calls".into(),
+        occurred_at: at(now),
+        properties: BTreeMap::from([("n".to_string(), "1".to_string())]),
+    };
+    let refused = w.run(Command::RecordUsage(usage), now).expect_err("out of bounds");
+    assert!(is_out_of_bounds(&refused, "plan-advance-huge"), "{refused:?}");
+    assert_eq!((w.position, w.ledger.subscriptions["s3"].open.len()), before, "nothing applied");
+
+    let as_of = "2025-02-01T00:00:00Z";
+    let issued = w.bill(as_of);
+    let subs: Vec<&str> = issued.iter().map(|i| i.subscription_id.as_str()).collect();
+    assert!(subs.contains(&"s2") && !subs.contains(&"s1"), "{subs:?}");
+    let (events, stopped) =
+        w.ledger.run_subscription_reporting("s1", at(as_of), &ctx(as_of), w.position);
+    assert!(events.is_empty(), "{events:?}");
+    let error = stopped.expect("reported");
+    assert!(is_out_of_bounds(&error, "plan-arrears-huge"), "{error:?}");
 }
 
 /// Commands that would issue an invoice (or compare fees) past `Decimal`'s range on pre-bounds

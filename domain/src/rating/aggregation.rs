@@ -281,7 +281,7 @@ fn micros_between(from: Timestamp, to: Timestamp) -> Result<i64, DomainError> {
 }
 
 /// The one error of an arithmetic overflow while aggregating.
-fn overflow() -> DomainError {
+pub(crate) fn overflow() -> DomainError {
     DomainError::invalid("units", "amount overflows")
 }
 

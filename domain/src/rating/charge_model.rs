@@ -471,6 +471,12 @@ fn overflow() -> DomainError {
     DomainError::invalid("amount", "amount overflows")
 }
 
+/// Whether `e` is rating's overflow error (of a charge model or of an aggregation), as opposed
+/// to a model that fails [`ChargeModel::validate`].
+pub fn is_rating_overflow(e: &DomainError) -> bool {
+    *e == overflow() || *e == super::aggregation::overflow()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
