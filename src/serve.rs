@@ -72,7 +72,7 @@ async fn engine_on(
     policy: Policy,
     shared_log: bool,
 ) -> anyhow::Result<Arc<Engine>> {
-    let options = command_service::engine::EngineOptions { recovery_copy: shared_log };
+    let options = command_service::engine::EngineOptions { shared_log };
     let engine = Engine::open_with(store, policy, system_clock(), options)
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;

@@ -78,6 +78,11 @@ struct WriteModel {
     /// The last keyed command folded from the log and its correlation id: a billing run's later
     /// pieces carry only the correlation id, and extend that command's range.
     last_keyed: Option<(Uuid, String)>,
+    /// The count of diverged appends ([`Appends::diverged`]) this model accounts for: when the
+    /// count moves past it, the model holds events the log does not and is recovered. Set only
+    /// once a recovery succeeded, so a recovery cut short (an error, a cancelled call) is
+    /// redone by the next decision.
+    recovered_through: u64,
 }
 
 /// What a decision saw: the log up to `next_position`, of which this engine's appends with a
@@ -99,11 +104,10 @@ struct Appends {
     unresolved: parking_lot::Mutex<BTreeSet<u64>>,
     /// Bumped whenever an outcome becomes known (wakes [`Engine::wait_durable`]).
     resolved: tokio::sync::watch::Sender<u64>,
-    /// Appends that failed or were answered as duplicates: the model assumed they landed as
-    /// decided. Counted before the append is marked resolved.
+    /// Appends that failed, were answered as duplicates or were never enqueued (a cancelled
+    /// call): the model assumed they landed as decided. Counted before the append is marked
+    /// resolved.
     diverged: tokio::sync::watch::Sender<u64>,
-    /// The model holds events the log does not: rebuild it before the next decision.
-    stale: AtomicBool,
 }
 
 impl Appends {
@@ -113,7 +117,6 @@ impl Appends {
             unresolved: parking_lot::Mutex::new(BTreeSet::new()),
             resolved: tokio::sync::watch::Sender::new(0),
             diverged: tokio::sync::watch::Sender::new(0),
-            stale: AtomicBool::new(false),
         }
     }
 
@@ -122,10 +125,13 @@ impl Appends {
         self.unresolved.lock().first().is_none_or(|first| *first >= submitted)
     }
 
-    /// Records an append's outcome: a divergence first (stale model, counted), then resolved.
+    /// Records an append's outcome: a divergence first (counted), then resolved.
     fn resolve(&self, number: u64, outcome: &Result<Committed, event_store::StoreError>) {
-        if outcome.as_ref().map_or(true, |c| c.duplicate) {
-            self.stale.store(true, Ordering::SeqCst);
+        self.resolve_as(number, outcome.as_ref().map_or(true, |c| c.duplicate));
+    }
+
+    fn resolve_as(&self, number: u64, diverged: bool) {
+        if diverged {
             self.diverged.send_modify(|n| *n += 1);
         }
         let removed = self.unresolved.lock().remove(&number);
@@ -155,13 +161,17 @@ pub enum UsageItem {
 /// Options of the write engine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineOptions {
-    /// Keep a copy of the write model exactly as of a point of the log (taken at open, brought
-    /// up to the log at each recovery), so that recovering from a failed or lost append folds
-    /// only the events since the last recovery into the copy and clones it, instead of folding
-    /// the whole log. Worth its memory (a second model) on a log shared by several command
-    /// nodes (EventStoreDB), where lost races are routine; on sled an append fails only with
-    /// the disk.
-    pub recovery_copy: bool,
+    /// The log has other writers (command nodes sharing an EventStoreDB log). Then:
+    /// - a decision waits until this engine's earlier appends have their outcome, because
+    ///   while one is in flight the model cannot tell its own events from another writer's
+    ///   (the head alone does not say which landed): no pipelining across decisions;
+    /// - the engine keeps a recovery copy of its model as of a point of the log (taken at
+    ///   open, brought up to the log at each recovery), so recovering from a lost race folds
+    ///   only the events since the last recovery into the copy and clones it, instead of
+    ///   folding the whole log (a second model in memory).
+    ///
+    /// On sled (the only writer) neither is needed: an append fails only with the disk.
+    pub shared_log: bool,
 }
 
 /// How often the model was recovered after a failed or lost append.
@@ -178,8 +188,9 @@ pub struct Engine {
     model: tokio::sync::Mutex<WriteModel>,
     clock: Clock,
     policy: Policy,
-    /// The model as of a point of the log (see [`EngineOptions::recovery_copy`]); taken out
-    /// while a recovery folds it forward (under the model lock, so never by two at once).
+    shared_log: bool,
+    /// The model as of a point of the log (see [`EngineOptions::shared_log`]); taken out while
+    /// a recovery folds it forward (under the model lock, so never by two at once).
     recovery_copy: parking_lot::Mutex<Option<WriteModel>>,
     recoveries: parking_lot::Mutex<Recoveries>,
     closing: AtomicBool,
@@ -205,12 +216,13 @@ impl Engine {
     ) -> Result<Self, Status> {
         let mut model = WriteModel::default();
         rebuild(&*store, &mut model).await?;
-        let copy = options.recovery_copy.then(|| model.clone());
+        let copy = options.shared_log.then(|| model.clone());
         Ok(Engine {
             store,
             model: tokio::sync::Mutex::new(model),
             clock,
             policy,
+            shared_log: options.shared_log,
             recovery_copy: parking_lot::Mutex::new(copy),
             recoveries: parking_lot::Mutex::new(Recoveries::default()),
             closing: AtomicBool::new(false),
@@ -465,7 +477,7 @@ impl Engine {
         Seen {
             next_position: model.next_position,
             submitted: self.appends.next.load(Ordering::SeqCst),
-            diverged: *self.appends.diverged.borrow(),
+            diverged: model.recovered_through,
         }
     }
 
@@ -479,11 +491,12 @@ impl Engine {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(DURABLE_WAIT_MS_MAX);
         loop {
             resolved.borrow_and_update();
+            let durable_head = *head.borrow_and_update();
             if self.appends.resolved_before(seen.submitted) {
                 if *self.appends.diverged.borrow() != seen.diverged {
                     return Err(unavailable("an earlier append failed; retry the request"));
                 }
-                if *head.borrow_and_update() >= seen.next_position {
+                if durable_head >= seen.next_position {
                     return Ok(());
                 }
             }
@@ -504,11 +517,13 @@ impl Engine {
             return Err(unavailable("the server is shutting down"));
         }
         let mut model = self.model.lock().await;
-        if self.appends.stale.swap(false, Ordering::SeqCst) {
-            if let Err(e) = self.recover(&mut model).await {
-                self.appends.stale.store(true, Ordering::SeqCst);
-                return Err(e);
-            }
+        if self.shared_log {
+            self.wait_resolved().await?;
+        }
+        let diverged = *self.appends.diverged.borrow();
+        if diverged != model.recovered_through {
+            self.recover(&mut model).await?;
+            model.recovered_through = diverged;
         } else if self.store.head() > model.next_position {
             // Another writer (a second command node on a shared log) appended: fold its events
             // in before deciding. With a single writer the model is never behind the log.
@@ -519,10 +534,31 @@ impl Engine {
         Ok(model)
     }
 
+    /// Waits (bounded by [`DURABLE_WAIT_MS_MAX`]) until every append this engine submitted so
+    /// far has its outcome. Called under the model lock; the tasks that resolve appends never
+    /// take it.
+    async fn wait_resolved(&self) -> Result<(), Status> {
+        let submitted = self.appends.next.load(Ordering::SeqCst);
+        let mut resolved = self.appends.resolved.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(DURABLE_WAIT_MS_MAX);
+        loop {
+            resolved.borrow_and_update();
+            if self.appends.resolved_before(submitted) {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = resolved.changed() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(unavailable("earlier appends are still in flight; retry"));
+                }
+            }
+        }
+    }
+
     /// Rebuilds a stale model (it holds events of an append that failed or landed elsewhere):
     /// from the recovery copy when there is one, else from the whole log.
     async fn recover(&self, model: &mut WriteModel) -> Result<(), Status> {
-        let copy = self.recovery_copy.lock().take();
+        let copy = CopyOut::take(&self.recovery_copy);
         let Some(mut copy) = copy else {
             tracing::warn!("write model is stale after a failed append; rebuilding from the log");
             *model = WriteModel::default();
@@ -530,12 +566,11 @@ impl Engine {
             self.recoveries.lock().full += 1;
             return Ok(());
         };
-        let from = copy.next_position;
-        // A fold that fails part-way leaves the copy an exact, shorter prefix of the log.
-        let folded = fold(&*self.store, &mut copy).await;
-        *model = copy.clone();
-        *self.recovery_copy.lock() = Some(copy);
-        folded?;
+        let from = copy.model().next_position;
+        // A fold that fails or is cancelled part-way leaves the copy an exact, shorter prefix of
+        // the log (whole events only), which `CopyOut` puts back either way.
+        fold(&*self.store, copy.model()).await?;
+        *model = copy.model().clone();
         let events = model.next_position - from;
         tracing::debug!(from, events, "write model recovered from its copy after a failed append");
         self.recoveries.lock().from_copy += 1;
@@ -585,8 +620,12 @@ impl Engine {
         let expected_position = Some(first);
         let number = self.appends.next.fetch_add(1, Ordering::SeqCst);
         self.appends.unresolved.lock().insert(number);
+        // If the call is cancelled while the store's queue is full, the append was never
+        // enqueued: the guard resolves it as diverged (the model already holds its events).
+        let guard = NotEnqueued { appends: &self.appends, number: Some(number) };
         let ticket =
             self.store.enqueue(AppendRequest { writes, idempotency, expected_position }).await;
+        guard.disarm();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let appends = self.appends.clone();
         tokio::spawn(async move {
@@ -649,6 +688,50 @@ impl Engine {
         let recorded = self.store.read_all(first, count).await.map_err(from_store)?;
         let events = recorded.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         Ok(Executed { events, last_position: Some(last), duplicate: true })
+    }
+}
+
+/// Resolves a submitted append as diverged unless disarmed once it is enqueued.
+struct NotEnqueued<'a> {
+    appends: &'a Appends,
+    number: Option<u64>,
+}
+
+impl NotEnqueued<'_> {
+    fn disarm(mut self) {
+        self.number = None;
+    }
+}
+
+impl Drop for NotEnqueued<'_> {
+    fn drop(&mut self) {
+        if let Some(number) = self.number.take() {
+            self.appends.resolve_as(number, true);
+        }
+    }
+}
+
+/// The recovery copy, taken out of its slot while a recovery folds it; put back when dropped,
+/// even if the recovery fails or its call is cancelled.
+struct CopyOut<'a> {
+    slot: &'a parking_lot::Mutex<Option<WriteModel>>,
+    copy: Option<WriteModel>,
+}
+
+impl<'a> CopyOut<'a> {
+    fn take(slot: &'a parking_lot::Mutex<Option<WriteModel>>) -> Option<CopyOut<'a>> {
+        let copy = slot.lock().take()?;
+        Some(CopyOut { slot, copy: Some(copy) })
+    }
+
+    fn model(&mut self) -> &mut WriteModel {
+        self.copy.as_mut().expect("taken until dropped")
+    }
+}
+
+impl Drop for CopyOut<'_> {
+    fn drop(&mut self) {
+        *self.slot.lock() = self.copy.take();
     }
 }
 

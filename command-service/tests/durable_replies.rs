@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use command_service::engine::{Clock, Engine, UsageItem};
+use command_service::engine::{Clock, Engine, EngineOptions, UsageItem};
 use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, Policy};
@@ -156,8 +156,12 @@ fn customer(id: &str) -> Customer {
 
 /// An engine over a gated store with customer `c` subscribed to a plan, and metric `calls`.
 async fn books() -> (Arc<GatedStore>, Arc<Engine>) {
+    books_with(EngineOptions::default()).await
+}
+
+async fn books_with(options: EngineOptions) -> (Arc<GatedStore>, Arc<Engine>) {
     let store = GatedStore::new();
-    let e = Engine::open(store.clone(), Policy::default(), clock()).await.unwrap();
+    let e = Engine::open_with(store.clone(), Policy::default(), clock(), options).await.unwrap();
     e.execute(Command::RegisterCustomer(customer("c")), None, None).await.unwrap();
     let metric = Metric {
         code: "calls".into(),
@@ -352,4 +356,46 @@ async fn a_duplicate_is_not_acknowledged_on_another_writers_event() {
     let retry_later = bounded(duplicate).await.expect_err("its view included a refused append");
     assert_eq!(retry_later.code(), tonic::Code::Unavailable);
     assert_eq!(logged_transactions(&store).await, ["tx-1"]);
+}
+
+/// On a shared log a decision waits for this engine's appends in flight: while one is, the
+/// model cannot tell its own events from another writer's. Here another writer appends as many
+/// events as the start of `s9` in flight, so the log head looks as if the start had landed; a
+/// usage event for `s9` decided then would land before (or without) the start.
+#[tokio::test]
+async fn on_a_shared_log_a_decision_waits_for_the_appends_in_flight() {
+    let (store, e) = books_with(EngineOptions { shared_log: true }).await;
+    let taken_before = *store.taken.borrow();
+    store.set(Gate::Held);
+    let start = Command::StartSubscription {
+        subscription_id: "s9".into(),
+        customer_id: "c".into(),
+        plan_code: "p".into(),
+        plan_version: None,
+        anchor: Anchor::Anniversary,
+        start_date: None,
+    };
+    let e2 = e.clone();
+    let started = tokio::spawn(async move { e2.execute(start, None, None).await });
+    store.taken(taken_before + 1).await;
+    let other = domain::events::Event::CustomerRegistered(customer("other-node"));
+    projections::testkit::append_event(&store.inner, &other).await;
+    let e3 = e.clone();
+    let mut usage_s9 = tokio::spawn(async move {
+        let u = Usage { subscription_id: "s9".into(), ..usage("tx-9") };
+        e3.record_usage(vec![Ok(u)]).await
+    });
+    let early = tokio::time::timeout(Duration::from_millis(EARLY_REPLY_WAIT_MS), &mut usage_s9);
+    assert!(early.await.is_err(), "not decided while the start is in flight");
+
+    store.set(Gate::Open);
+    bounded(started).await.expect("the start, decided again after the other writer's event");
+    let _ = bounded(usage_s9).await;
+    let log = store.read_all(0, 1_000).await.unwrap();
+    let types: Vec<(String, String)> =
+        log.iter().map(|r| (r.stream.clone(), r.event_type.clone())).collect();
+    let start_at = types.iter().position(|(s, _)| s == "subscription-s9");
+    let usage_at = types.iter().position(|(s, _)| s == "usage-s9");
+    assert!(start_at.is_some(), "{types:?}");
+    assert!(usage_at.is_none_or(|u| Some(u) > start_at), "usage never before its start: {types:?}");
 }
