@@ -8,9 +8,12 @@
 //! Every append carries the position it was decided for (`expected_position`): the store
 //! refuses it if anything else was appended first (another command node on a shared log, or an
 //! append enqueued before it and refused), so no decision lands on a log it did not see. If an
-//! append fails or is answered as a duplicate, the model holds events the log does not: it is
-//! marked stale and recovered (from the whole log, or from its recovery copy) before the next
-//! decision; a command that lost a race is decided again (≤ [`CONFLICT_RETRIES_MAX`]).
+//! append fails, is answered as a duplicate or is never enqueued, the model holds events the
+//! log does not: the append is counted as diverged, and a model that does not account for every
+//! divergence is recovered (from the whole log, or from its recovery copy) before the next
+//! decision; a command that lost a race is decided again (≤ [`CONFLICT_RETRIES_MAX`]). On a log
+//! with other writers ([`EngineOptions::shared_log`]) a decision first waits for this engine's
+//! appends in flight.
 //! Each append's outcome is awaited by a task of its own, so it is recorded even when the
 //! caller stopped waiting.
 //!
