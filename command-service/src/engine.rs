@@ -489,29 +489,20 @@ impl Engine {
     /// any append diverged meanwhile (what the decision saw may never reach the log), whatever
     /// else filled those positions, or if the wait times out.
     async fn wait_durable(&self, seen: Seen) -> Result<(), Status> {
-        let mut head = self.store.watch_head();
-        let mut resolved = self.appends.resolved.subscribe();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(DURABLE_WAIT_MS_MAX);
-        loop {
-            resolved.borrow_and_update();
-            let durable_head = *head.borrow_and_update();
-            if self.appends.resolved_before(seen.submitted) {
-                if *self.appends.diverged.borrow() != seen.diverged {
-                    return Err(unavailable("an earlier append failed; retry the request"));
-                }
-                if durable_head >= seen.next_position {
-                    return Ok(());
-                }
-            }
-            tokio::select! {
-                changed = head.changed() => if changed.is_err() {
-                    return Err(unavailable("the event store stopped; retry the request"));
-                },
-                _ = resolved.changed() => {}
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(unavailable("the original append is not durable yet; retry"));
-                }
-            }
+        let late = || unavailable("the original append is not durable yet; retry");
+        if !self.appends_resolved(seen.submitted, deadline).await {
+            return Err(late());
+        }
+        if *self.appends.diverged.borrow() != seen.diverged {
+            return Err(unavailable("an earlier append failed; retry the request"));
+        }
+        let mut head = self.store.watch_head();
+        let covered = async { head.wait_for(|h| *h >= seen.next_position).await.is_ok() };
+        match tokio::time::timeout_at(deadline, covered).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(unavailable("the event store stopped; retry the request")),
+            Err(_) => Err(late()),
         }
     }
 
@@ -542,20 +533,20 @@ impl Engine {
     /// take it.
     async fn wait_resolved(&self) -> Result<(), Status> {
         let submitted = self.appends.next.load(Ordering::SeqCst);
-        let mut resolved = self.appends.resolved.subscribe();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(DURABLE_WAIT_MS_MAX);
-        loop {
-            resolved.borrow_and_update();
-            if self.appends.resolved_before(submitted) {
-                return Ok(());
-            }
-            tokio::select! {
-                _ = resolved.changed() => {}
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(unavailable("earlier appends are still in flight; retry"));
-                }
-            }
+        if self.appends_resolved(submitted, deadline).await {
+            return Ok(());
         }
+        Err(unavailable("earlier appends are still in flight; retry"))
+    }
+
+    /// Whether every append with a submission number below `submitted` has its outcome by
+    /// `deadline`.
+    async fn appends_resolved(&self, submitted: u64, deadline: tokio::time::Instant) -> bool {
+        let mut resolved = self.appends.resolved.subscribe();
+        let all =
+            async { resolved.wait_for(|_| self.appends.resolved_before(submitted)).await.is_ok() };
+        tokio::time::timeout_at(deadline, all).await == Ok(true)
     }
 
     /// Rebuilds a stale model (it holds events of an append that failed or landed elsewhere):
