@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use esdb_fake::{FakeServer, Fault};
 use event_store::conformance::{new_event, run_all};
+use event_store::esdb::testkit::{append_hot, one};
 use event_store::esdb::{RetryPolicy, CHUNK_EVENT_TYPE};
 use event_store::{
     verify_chain, AppendRequest, EsdbStore, EventStore, ExpectedVersion, Position, StoreError,
@@ -30,15 +31,6 @@ const CONFIGURED_MAX_APPEND_SIZE: usize = 32 << 20;
 
 async fn fake() -> FakeServer {
     FakeServer::start().await.expect("start esdb-fake")
-}
-
-fn one(stream: &str, expected: ExpectedVersion, tag: &str) -> AppendRequest {
-    let events = vec![new_event("T", tag.as_bytes())];
-    AppendRequest {
-        writes: vec![StreamWrite { stream: stream.into(), expected, events }],
-        idempotency: None,
-        expected_position: None,
-    }
 }
 
 /// Three events over two streams in one request (all land or none).
@@ -113,22 +105,6 @@ async fn two_nodes_append_concurrently_through_the_fake() {
     assert!(chunks.iter().all(|c| c.event_type == CHUNK_EVENT_TYPE));
     let ids: HashSet<_> = chunks.iter().map(|c| c.id).collect();
     assert_eq!(ids.len(), chunks.len(), "no chunk written twice");
-}
-
-async fn append_hot(store: &EsdbStore, tag: &str) {
-    for _ in 0..10_000 {
-        let expected =
-            store.stream_version("hot").map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-        match store.append(one("hot", expected, tag)).await {
-            Ok(_) => return,
-            Err(StoreError::WrongExpectedVersion { .. }) => {
-                let _ = store.catch_up().await;
-                tokio::task::yield_now().await;
-            }
-            Err(e) => panic!("append {tag}: {e}"),
-        }
-    }
-    panic!("append {tag} never went through");
 }
 
 /// The server goes away mid-run (port closed, connections cut): appends end in UNAVAILABLE

@@ -38,6 +38,7 @@ mod log;
 mod mapping;
 mod memory_log;
 mod mirror;
+pub mod testkit;
 
 use std::collections::HashMap;
 use std::ops::Range;

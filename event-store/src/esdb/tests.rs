@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::testkit::{append_hot, one};
 use super::*;
-use crate::conformance::{new_event, run_all, StoreFactory};
-use crate::{verify_chain, ExpectedVersion, Idempotency, StreamWrite, GENESIS_HASH};
+use crate::conformance::{run_all, StoreFactory};
+use crate::{verify_chain, ExpectedVersion, Idempotency, GENESIS_HASH};
 
 fn fast_options(stream: &str) -> EsdbOptions {
     let mut o = EsdbOptions::new(stream);
@@ -53,15 +54,6 @@ impl StoreFactory for Factory {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_over_an_in_memory_log_stream() {
     run_all(&Factory::default()).await;
-}
-
-fn one(stream: &str, expected: ExpectedVersion, tag: &str) -> AppendRequest {
-    let events = vec![new_event("T", tag.as_bytes())];
-    AppendRequest {
-        writes: vec![StreamWrite { stream: stream.into(), expected, events }],
-        idempotency: None,
-        expected_position: None,
-    }
 }
 
 async fn wait_for_head(store: &EsdbStore, head: Position) {
@@ -108,22 +100,6 @@ async fn two_nodes_share_one_log() {
     assert_eq!(payloads.len(), 180, "no append lost or doubled");
     assert!(la.windows(2).all(|w| w[0].recorded_at_us <= w[1].recorded_at_us));
     assert_eq!(b.stream_version("hot"), Some(179));
-}
-
-async fn append_hot(store: &EsdbStore, tag: &str) {
-    for _ in 0..10_000 {
-        let expected =
-            store.stream_version("hot").map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-        match store.append(one("hot", expected, tag)).await {
-            Ok(_) => return,
-            Err(StoreError::WrongExpectedVersion { .. }) => {
-                let _ = store.catch_up().await;
-                tokio::task::yield_now().await;
-            }
-            Err(e) => panic!("append {tag}: {e}"),
-        }
-    }
-    panic!("append {tag} never went through");
 }
 
 /// A stale node's expected version is checked against the log as it really is.
