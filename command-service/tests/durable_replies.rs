@@ -211,6 +211,24 @@ fn record(e: &Arc<Engine>, tx: &str) -> tokio::task::JoinHandle<Result<UsageItem
     tokio::spawn(async move { Ok(e.record_usage(vec![Ok(u)]).await?.pop().unwrap()) })
 }
 
+/// Holds the gate, starts `submit` and returns its task once the store holds its append (an
+/// fsync that has not finished).
+async fn hold<T>(
+    store: &GatedStore,
+    submit: impl FnOnce() -> tokio::task::JoinHandle<T>,
+) -> tokio::task::JoinHandle<T> {
+    let taken_before = *store.taken.borrow();
+    store.set(Gate::Held);
+    let task = submit();
+    store.taken(taken_before + 1).await;
+    task
+}
+
+/// Whether `task` gives no answer within [`EARLY_REPLY_WAIT_MS`].
+async fn no_reply_yet<T>(task: &mut tokio::task::JoinHandle<T>) -> bool {
+    tokio::time::timeout(Duration::from_millis(EARLY_REPLY_WAIT_MS), task).await.is_err()
+}
+
 async fn bounded<T>(task: tokio::task::JoinHandle<T>) -> T {
     tokio::time::timeout(Duration::from_millis(WAIT_MS_MAX), task).await.unwrap().unwrap()
 }
@@ -233,13 +251,9 @@ async fn logged_transactions(store: &GatedStore) -> Vec<String> {
 #[tokio::test]
 async fn a_duplicate_usage_event_is_not_acknowledged_before_its_original_is_durable() {
     let (store, e) = books().await;
-    let taken_before = *store.taken.borrow();
-    store.set(Gate::Held);
-    let original = record(&e, "tx-1");
-    store.taken(taken_before + 1).await;
+    let original = hold(&store, || record(&e, "tx-1")).await;
     let mut duplicate = record(&e, "tx-1");
-    let early = tokio::time::timeout(Duration::from_millis(EARLY_REPLY_WAIT_MS), &mut duplicate);
-    assert!(early.await.is_err(), "no reply while the original waits for its fsync");
+    assert!(no_reply_yet(&mut duplicate).await, "no reply while the original waits for its fsync");
 
     store.set(Gate::Crash);
     let lost = bounded(original).await.unwrap_err();
@@ -257,10 +271,7 @@ async fn a_duplicate_usage_event_is_not_acknowledged_before_its_original_is_dura
 #[tokio::test]
 async fn a_duplicate_usage_event_is_acknowledged_once_its_original_is_durable() {
     let (store, e) = books().await;
-    let taken_before = *store.taken.borrow();
-    store.set(Gate::Held);
-    let original = record(&e, "tx-1");
-    store.taken(taken_before + 1).await;
+    let original = hold(&store, || record(&e, "tx-1")).await;
     let duplicate = record(&e, "tx-1");
     tokio::time::sleep(Duration::from_millis(EARLY_REPLY_WAIT_MS)).await;
     store.set(Gate::Open);
@@ -286,13 +297,9 @@ fn register(
 async fn an_idempotent_replay_is_not_acknowledged_before_its_original_is_durable() {
     let (store, e) = books().await;
     let head = store.head();
-    let taken_before = *store.taken.borrow();
-    store.set(Gate::Held);
-    let original = register(&e);
-    store.taken(taken_before + 1).await;
+    let original = hold(&store, || register(&e)).await;
     let mut replay = register(&e);
-    let early = tokio::time::timeout(Duration::from_millis(EARLY_REPLY_WAIT_MS), &mut replay);
-    assert!(early.await.is_err(), "no reply while the original waits for its fsync");
+    assert!(no_reply_yet(&mut replay).await, "no reply while the original waits for its fsync");
 
     store.set(Gate::Crash);
     assert_eq!(bounded(original).await.unwrap_err().code(), tonic::Code::Unavailable);
@@ -315,13 +322,9 @@ fn knows_new_customer(e: &Arc<Engine>) -> tokio::task::JoinHandle<Result<bool, t
 #[tokio::test]
 async fn a_query_does_not_answer_from_events_before_they_are_durable() {
     let (store, e) = books().await;
-    let taken_before = *store.taken.borrow();
-    store.set(Gate::Held);
-    let original = register(&e);
-    store.taken(taken_before + 1).await;
+    let original = hold(&store, || register(&e)).await;
     let mut query = knows_new_customer(&e);
-    let early = tokio::time::timeout(Duration::from_millis(EARLY_REPLY_WAIT_MS), &mut query);
-    assert!(early.await.is_err(), "no answer while what it shows waits for its fsync");
+    assert!(no_reply_yet(&mut query).await, "no answer while what it shows waits for its fsync");
 
     store.set(Gate::Crash);
     assert_eq!(bounded(original).await.unwrap_err().code(), tonic::Code::Unavailable);
@@ -340,15 +343,14 @@ async fn a_query_does_not_answer_from_events_before_they_are_durable() {
 #[tokio::test]
 async fn a_duplicate_is_not_acknowledged_on_another_writers_event() {
     let (store, e) = books().await;
-    let taken_before = *store.taken.borrow();
-    store.set(Gate::Held);
-    let original = record(&e, "tx-1");
-    store.taken(taken_before + 1).await;
+    let original = hold(&store, || record(&e, "tx-1")).await;
     let mut duplicate = record(&e, "tx-1");
     let other = domain::events::Event::CustomerRegistered(customer("other-node"));
     projections::testkit::append_event(&store.inner, &other).await;
-    let early = tokio::time::timeout(Duration::from_millis(EARLY_REPLY_WAIT_MS), &mut duplicate);
-    assert!(early.await.is_err(), "no reply on the strength of another writer's event");
+    assert!(
+        no_reply_yet(&mut duplicate).await,
+        "no reply on the strength of another writer's event"
+    );
 
     store.set(Gate::Open);
     let recorded = bounded(original).await.unwrap();
@@ -365,8 +367,6 @@ async fn a_duplicate_is_not_acknowledged_on_another_writers_event() {
 #[tokio::test]
 async fn on_a_shared_log_a_decision_waits_for_the_appends_in_flight() {
     let (store, e) = books_with(EngineOptions { shared_log: true }).await;
-    let taken_before = *store.taken.borrow();
-    store.set(Gate::Held);
     let start = Command::StartSubscription {
         subscription_id: "s9".into(),
         customer_id: "c".into(),
@@ -376,8 +376,8 @@ async fn on_a_shared_log_a_decision_waits_for_the_appends_in_flight() {
         start_date: None,
     };
     let e2 = e.clone();
-    let started = tokio::spawn(async move { e2.execute(start, None, None).await });
-    store.taken(taken_before + 1).await;
+    let started =
+        hold(&store, || tokio::spawn(async move { e2.execute(start, None, None).await })).await;
     let other = domain::events::Event::CustomerRegistered(customer("other-node"));
     projections::testkit::append_event(&store.inner, &other).await;
     let e3 = e.clone();
@@ -385,8 +385,7 @@ async fn on_a_shared_log_a_decision_waits_for_the_appends_in_flight() {
         let u = Usage { subscription_id: "s9".into(), ..usage("tx-9") };
         e3.record_usage(vec![Ok(u)]).await
     });
-    let early = tokio::time::timeout(Duration::from_millis(EARLY_REPLY_WAIT_MS), &mut usage_s9);
-    assert!(early.await.is_err(), "not decided while the start is in flight");
+    assert!(no_reply_yet(&mut usage_s9).await, "not decided while the start is in flight");
 
     store.set(Gate::Open);
     bounded(started).await.expect("the start, decided again after the other writer's event");
