@@ -7,6 +7,7 @@
 //! `accrual bench soak`: a bounded run of mixed commands and queries against the whole server
 //! (see [`soak`]); prints throughput, p50/p99 per kind of call, errors and RSS over time.
 
+mod scale;
 mod soak;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,9 @@ pub enum BenchCommand {
     /// A bounded soak: mixed commands and queries by concurrent clients for --secs, with
     /// throughput, latency, errors and RSS printed over time.
     Soak(soak::SoakArgs),
+    /// How memory, projection lag, disk and restart time grow with history: a full server
+    /// (child process, every role) fed millions of usage events, measured at checkpoints.
+    Scale(scale::ScaleArgs),
 }
 
 #[derive(Args, Clone)]
@@ -131,6 +135,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Ingest(args) => ingest(args).await,
         BenchCommand::Replay(args) => replay(args).await,
         BenchCommand::Soak(args) => soak::run(args).await,
+        BenchCommand::Scale(args) => scale::run(args).await,
     }
 }
 
@@ -229,6 +234,7 @@ async fn write_usage(target: &Target, args: &IngestArgs) -> anyhow::Result<(f64,
             args: args.clone(),
             latencies: latencies.clone(),
             accepted: accepted.clone(),
+            head: Arc::new(AtomicU64::new(0)),
         };
         tasks.push(tokio::spawn(async move {
             if ctx.args.unary {
@@ -339,6 +345,8 @@ struct Worker {
     args: IngestArgs,
     latencies: Arc<latency::Hist>,
     accepted: Arc<AtomicU64>,
+    /// Highest log position acknowledged so far (streaming only).
+    head: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -398,6 +406,9 @@ impl Worker {
                 reply.results.iter().find(|r| r.status == "rejected")
             );
             self.accepted.fetch_add(u64::from(reply.accepted), Ordering::Relaxed);
+            if let Some(p) = reply.results.iter().map(|r| r.position).max() {
+                self.head.fetch_max(p, Ordering::SeqCst);
+            }
             n = end;
         }
         // Half-close and read the call's final status, so the server ends the call as OK
