@@ -233,15 +233,7 @@ fn within_3s<T>(message: T) -> tonic::Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commands_position_is_exactly_what_a_query_accepts() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), free_port());
-    let mut c = server.client().await;
-    register_acme_and_api_calls(&mut c).await;
-    let plan = pb::PublishPlanRequest { base_fee_in_advance: true, ..money_plan("USD") };
-    c.publish_plan(plan).await.unwrap();
-    let sub = c.start_subscription(subscribe("acme", "sub-1", "plan-usd")).await.unwrap();
-    let started_at = sub.into_inner().ack.unwrap().position;
-    let used = c.record_usage(calls("sub-1", "tx-1", "7")).await.unwrap().into_inner();
-    assert!(used.position > started_at);
+    let (server, started_at, used) = usd_books(dir.path(), "7").await;
     let mut a = AuditServiceClient::new(server.serving(AUDIT).await);
     let head = a.get_digest(pb::GetDigestRequest::default()).await.unwrap().into_inner().position;
     assert_eq!(head, used.position, "the last write's position is the log's length");
@@ -278,6 +270,21 @@ async fn a_commands_position_is_exactly_what_a_query_accepts() {
 }
 
 // ----------------------------------------------------------------------------- item 11
+
+/// `acme` subscribed (`sub-1`) to the USD [`money_plan`] billed in advance (an invoice at once),
+/// then `n` api calls: the server, the start's position and the usage's result.
+async fn usd_books(dir: &std::path::Path, n: &str) -> (Server, u64, pb::UsageResult) {
+    let server = Server::start(dir, free_port());
+    let mut c = server.client().await;
+    register_acme_and_api_calls(&mut c).await;
+    let plan = pb::PublishPlanRequest { base_fee_in_advance: true, ..money_plan("USD") };
+    c.publish_plan(plan).await.unwrap();
+    let sub = c.start_subscription(subscribe("acme", "sub-1", "plan-usd")).await.unwrap();
+    let started_at = sub.into_inner().ack.unwrap().position;
+    let used = c.record_usage(calls("sub-1", "tx-1", n)).await.unwrap().into_inner();
+    assert!(used.position > started_at, "{used:?}");
+    (server, started_at, used)
+}
 
 /// A plan in `currency`: a base fee of 5 and `api_calls` at 0.0015 each.
 fn money_plan(currency: &str) -> pb::PublishPlanRequest {
@@ -516,13 +523,7 @@ async fn an_unknown_customer_is_not_found_and_a_known_one_without_invoices_is_em
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journal_entries_carry_the_exports_readable_entry_id() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), free_port());
-    let mut c = server.client().await;
-    register_acme_and_api_calls(&mut c).await;
-    let plan = pb::PublishPlanRequest { base_fee_in_advance: true, ..money_plan("USD") };
-    c.publish_plan(plan).await.unwrap();
-    c.start_subscription(subscribe("acme", "sub-1", "plan-usd")).await.unwrap();
-    let used = c.record_usage(calls("sub-1", "tx-1", "1000")).await.unwrap().into_inner();
+    let (server, _, used) = usd_books(dir.path(), "1000").await;
     let mut q = QueryServiceClient::new(server.serving(QUERY).await);
     let page =
         pb::ListJournalEntriesRequest { min_position: Some(used.position), ..Default::default() };

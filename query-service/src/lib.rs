@@ -204,10 +204,8 @@ fn currency_date(
 
 /// NOT_FOUND unless the journal (which applies every `CustomerRegistered`) knows the customer.
 fn known_customer(journal: &View<JournalReader>, customer_id: &str) -> Result<(), Status> {
-    match journal.reader.has_customer(customer_id).map_err(read_error("customer_id"))? {
-        true => Ok(()),
-        false => Err(not_found("customer", customer_id)),
-    }
+    let known = journal.reader.has_customer(customer_id).map_err(read_error("customer_id"))?;
+    known.then_some(()).ok_or_else(|| not_found("customer", customer_id))
 }
 
 fn as_of(r: &pb::AsOfRequest) -> Result<Date, Status> {
