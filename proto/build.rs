@@ -14,6 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["."])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("accrual_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_build::configure().btree_map(["."]).compile_fds(fds)?;
+    // Every service's codec: prost's, with undecodable bytes as INVALID_ARGUMENT (src/codec.rs).
+    tonic_build::configure()
+        .btree_map(["."])
+        .codec_path("crate::codec::WireCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use command_service::status::{from_domain, from_store};
+use command_service::status::{beyond_head, from_domain, from_store};
 use domain::error::Violations;
 use event_store::{
     BreakKind, ChainBreak, ChainVerifier, EventStore, Position, StoreError, GENESIS_HASH,
@@ -266,14 +266,6 @@ fn generated_name(dir: &Path) -> String {
         .map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") })
         .find(|name| !dir.join(name).exists())
         .expect("some suffix is free")
-}
-
-/// OUT_OF_RANGE for a position beyond the log head, with a BadRequest naming `field`.
-fn beyond_head(field: &str, position: Position, head: Position) -> Status {
-    let message =
-        format!("position {position} is beyond the log head: the log holds {head} events");
-    let details = ErrorDetails::with_bad_request_violation(field, message.clone());
-    Status::with_error_details(Code::OutOfRange, message, details)
 }
 
 /// The status of a failed rebuild.

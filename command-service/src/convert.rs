@@ -277,8 +277,19 @@ pub fn record_payment(r: &pb::RecordPaymentRequest, now: Timestamp) -> Parsed<Co
     Ok(Command::RecordPayment { invoice_id: r.invoice_id.clone(), outcome, occurred_at })
 }
 
+/// Money on the wire: exactly the currency's minor-unit digits ("5.00" USD, "5" JPY, "5.000"
+/// KWD; [`Currency::format`], as the exports write it). An amount with more digits (none in
+/// the ledger) is written whole, never rounded, and logged.
+pub fn money(currency: Currency, amount: Decimal) -> String {
+    currency.format(amount).unwrap_or_else(|exact| {
+        tracing::error!(%currency, amount = %exact, "an amount has more digits than its minor unit");
+        exact
+    })
+}
+
 pub fn invoice(acc: &InvoiceAccount) -> pb::Invoice {
     let i = &acc.invoice;
+    let m = |amount: Decimal| money(i.currency, amount);
     pb::Invoice {
         invoice_id: i.invoice_id.clone(),
         customer_id: i.customer_id.clone(),
@@ -287,13 +298,13 @@ pub fn invoice(acc: &InvoiceAccount) -> pb::Invoice {
         period_start: i.period.start.to_string(),
         period_end: i.period.end.to_string(),
         issued_at: Some(to_timestamp(i.issued_at)),
-        lines: i.lines.iter().map(line).collect(),
-        subtotal: i.subtotal.to_string(),
+        lines: i.lines.iter().map(|l| line(l, i.currency)).collect(),
+        subtotal: m(i.subtotal),
         tax_rate: i.tax_rate.to_string(),
-        tax: i.tax.to_string(),
-        total: i.total.to_string(),
-        amount_paid: acc.amount_paid.to_string(),
-        amount_due: acc.amount_due().to_string(),
+        tax: m(i.tax),
+        total: m(i.total),
+        amount_paid: m(acc.amount_paid),
+        amount_due: m(acc.amount_due()),
         status: acc.status.as_str().to_string(),
         failed_attempts: acc.failed_attempts,
         reason: i.reason.as_str().to_string(),
@@ -309,7 +320,7 @@ pub fn draft(invoice: domain::invoice::Invoice) -> pb::Invoice {
     out
 }
 
-fn line(l: &domain::invoice::InvoiceLine) -> pb::InvoiceLine {
+fn line(l: &domain::invoice::InvoiceLine, currency: Currency) -> pb::InvoiceLine {
     pb::InvoiceLine {
         kind: l.kind.as_str().to_string(),
         description: l.description.clone(),
@@ -318,6 +329,6 @@ fn line(l: &domain::invoice::InvoiceLine) -> pb::InvoiceLine {
         units: l.units.map(|u| u.normalize().to_string()).unwrap_or_default(),
         service_start: l.service_period.start.to_string(),
         service_end: l.service_period.end.to_string(),
-        amount: l.amount.to_string(),
+        amount: money(currency, l.amount),
     }
 }

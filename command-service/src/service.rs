@@ -5,7 +5,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use domain::catalog::{check_id, check_invoice_id};
 use domain::commands::Command;
+use domain::error::Violations;
 use domain::events::Event;
 use domain::ledger::Ledger;
 use futures::{Stream, StreamExt};
@@ -19,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
 use crate::engine::{Engine, Executed, UsageItem};
-use crate::status::{bad_field, from_domain};
+use crate::status::{bad_field, echo, from_domain};
 
 /// Bounds on what one call may ask for.
 #[derive(Clone, Debug)]
@@ -186,6 +188,14 @@ fn idempotency<R: Message + Clone>(
     Ok(Some((key.to_string(), hasher.finalize().into())))
 }
 
+/// INVALID_ARGUMENT naming each id `check` finds that no write could have made (longer than
+/// the write path allows, or of other characters): such an id names nothing, on any path.
+fn bounded_ids(check: impl FnOnce(&mut Violations)) -> Result<(), Status> {
+    let mut v = Violations::default();
+    check(&mut v);
+    v.into_result().map_err(from_domain)
+}
+
 /// Clears the idempotency key so the digest covers only the request's content.
 macro_rules! without_key {
     ($req:expr) => {{
@@ -195,9 +205,16 @@ macro_rules! without_key {
     }};
 }
 
+/// The position a reply states for an event at `event_position`: the log prefix that ends with
+/// it, `[0, event_position + 1)`, the position a query's `min_position` waits for (one meaning of
+/// position on every API: a prefix of the log, as a reply's `position`).
+fn through(event_position: u64) -> u64 {
+    event_position.checked_add(1).expect("a log position below u64::MAX")
+}
+
 fn ack(done: &Executed) -> pb::CommandAck {
     pb::CommandAck {
-        position: done.last_position.unwrap_or_default(),
+        position: done.last_position.map_or(0, through),
         events_appended: if done.duplicate { 0 } else { done.events.len() as u32 },
         duplicate: done.duplicate,
     }
@@ -217,13 +234,15 @@ fn usage_result(item: UsageItem) -> pb::UsageResult {
     match item {
         UsageItem::Accepted { position, invoice_id } => pb::UsageResult {
             status: "accepted".into(),
-            position,
+            position: through(position),
             invoice_id: invoice_id.unwrap_or_default(),
             ..Default::default()
         },
-        UsageItem::Duplicate { position } => {
-            pb::UsageResult { status: "duplicate".into(), position, ..Default::default() }
-        }
+        UsageItem::Duplicate { position } => pb::UsageResult {
+            status: "duplicate".into(),
+            position: through(position),
+            ..Default::default()
+        },
         UsageItem::Rejected(s) => pb::UsageResult {
             status: "rejected".into(),
             code: s.code() as i32,
@@ -250,7 +269,7 @@ type IngestStream = Pin<Box<dyn Stream<Item = Result<pb::UsageBatchResult, Statu
 
 #[tonic::async_trait]
 impl CommandService for CommandApi {
-    #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
+    #[tracing::instrument(skip_all, fields(customer_id = %echo(&request.get_ref().customer_id)))]
     async fn register_customer(
         &self,
         request: Request<pb::RegisterCustomerRequest>,
@@ -261,17 +280,18 @@ impl CommandService for CommandApi {
         Ok(Response::new(ack(&done)))
     }
 
-    #[tracing::instrument(skip_all, fields(customer_id = %request.get_ref().customer_id))]
+    #[tracing::instrument(skip_all, fields(customer_id = %echo(&request.get_ref().customer_id)))]
     async fn update_customer(
         &self,
         request: Request<pb::UpdateCustomerRequest>,
     ) -> Result<Response<pb::CommandAck>, Status> {
         let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| check_id(v, "customer_id", &r.customer_id))?;
         let done = self.run("UpdateCustomer", &r, &key, convert::update_customer(&r), None).await?;
         Ok(Response::new(ack(&done)))
     }
 
-    #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
+    #[tracing::instrument(skip_all, fields(code = %echo(&request.get_ref().code)))]
     async fn define_metric(
         &self,
         request: Request<pb::DefineMetricRequest>,
@@ -281,7 +301,7 @@ impl CommandService for CommandApi {
         Ok(Response::new(ack(&done)))
     }
 
-    #[tracing::instrument(skip_all, fields(code = %request.get_ref().code))]
+    #[tracing::instrument(skip_all, fields(code = %echo(&request.get_ref().code)))]
     async fn publish_plan(
         &self,
         request: Request<pb::PublishPlanRequest>,
@@ -298,23 +318,32 @@ impl CommandService for CommandApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
+    #[tracing::instrument(skip_all, fields(subscription_id = %echo(&request.get_ref().subscription_id)))]
     async fn start_subscription(
         &self,
         request: Request<pb::StartSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| {
+            check_id(v, "subscription_id", &r.subscription_id);
+            check_id(v, "customer_id", &r.customer_id);
+            check_id(v, "plan_code", &r.plan_code);
+        })?;
         let done =
             self.run("StartSubscription", &r, &key, convert::start_subscription(&r), None).await?;
         self.subscription_reply(&r.subscription_id, done).await
     }
 
-    #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
+    #[tracing::instrument(skip_all, fields(subscription_id = %echo(&request.get_ref().subscription_id)))]
     async fn change_plan(
         &self,
         request: Request<pb::ChangePlanRequest>,
     ) -> Result<Response<pb::SubscriptionResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| {
+            check_id(v, "subscription_id", &r.subscription_id);
+            check_id(v, "plan_code", &r.plan_code);
+        })?;
         let cmd = Command::ChangePlan {
             subscription_id: r.subscription_id.clone(),
             plan_code: r.plan_code.clone(),
@@ -325,12 +354,13 @@ impl CommandService for CommandApi {
         self.subscription_reply(&r.subscription_id, done).await
     }
 
-    #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
+    #[tracing::instrument(skip_all, fields(subscription_id = %echo(&request.get_ref().subscription_id)))]
     async fn cancel_subscription(
         &self,
         request: Request<pb::CancelSubscriptionRequest>,
     ) -> Result<Response<pb::SubscriptionResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| check_id(v, "subscription_id", &r.subscription_id))?;
         let cmd = Command::CancelSubscription {
             subscription_id: r.subscription_id.clone(),
             immediately: r.immediately,
@@ -340,7 +370,7 @@ impl CommandService for CommandApi {
         self.subscription_reply(&r.subscription_id, done).await
     }
 
-    #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
+    #[tracing::instrument(skip_all, fields(subscription_id = %echo(&request.get_ref().subscription_id)))]
     async fn record_usage(
         &self,
         request: Request<pb::UsageEvent>,
@@ -424,23 +454,25 @@ impl CommandService for CommandApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(invoice_id = %request.get_ref().invoice_id))]
+    #[tracing::instrument(skip_all, fields(invoice_id = %echo(&request.get_ref().invoice_id)))]
     async fn record_payment(
         &self,
         request: Request<pb::RecordPaymentRequest>,
     ) -> Result<Response<pb::InvoiceResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| check_invoice_id(v, "invoice_id", &r.invoice_id))?;
         let cmd = convert::record_payment(&r, self.engine.now());
         let done = self.run("RecordPayment", &r, &key, cmd, None).await?;
         self.invoice_reply(&r.invoice_id, done).await
     }
 
-    #[tracing::instrument(skip_all, fields(invoice_id = %request.get_ref().invoice_id))]
+    #[tracing::instrument(skip_all, fields(invoice_id = %echo(&request.get_ref().invoice_id)))]
     async fn void_invoice(
         &self,
         request: Request<pb::VoidInvoiceRequest>,
     ) -> Result<Response<pb::InvoiceResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| check_invoice_id(v, "invoice_id", &r.invoice_id))?;
         if r.reason.trim().is_empty() || r.reason.len() > 256 {
             return Err(bad_field("reason", "1 to 256 characters"));
         }
@@ -450,12 +482,13 @@ impl CommandService for CommandApi {
         self.invoice_reply(&r.invoice_id, done).await
     }
 
-    #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
+    #[tracing::instrument(skip_all, fields(subscription_id = %echo(&request.get_ref().subscription_id)))]
     async fn get_current_usage(
         &self,
         request: Request<pb::GetCurrentUsageRequest>,
     ) -> Result<Response<pb::Invoice>, Status> {
         let id = &request.get_ref().subscription_id;
+        bounded_ids(|v| check_id(v, "subscription_id", id))?;
         let now = self.engine.now();
         let draft = self.engine.read_durable(|l| l.draft_invoice(id, now)).await?;
         let draft = draft.map_err(from_domain)?;
@@ -469,12 +502,13 @@ impl CommandService for CommandApi {
         Ok(Response::new(convert::draft(draft)))
     }
 
-    #[tracing::instrument(skip_all, fields(invoice_id = %request.get_ref().invoice_id))]
+    #[tracing::instrument(skip_all, fields(invoice_id = %echo(&request.get_ref().invoice_id)))]
     async fn get_invoice(
         &self,
         request: Request<pb::GetInvoiceRequest>,
     ) -> Result<Response<pb::Invoice>, Status> {
         let id = &request.get_ref().invoice_id;
+        bounded_ids(|v| check_invoice_id(v, "invoice_id", id))?;
         let invoice = self.engine.read_durable(|l| l.invoices.get(id).map(convert::invoice));
         invoice
             .await?

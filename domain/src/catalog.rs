@@ -19,10 +19,27 @@ pub const TAX_RATE_MAX: Decimal = Decimal::ONE_HUNDRED;
 
 /// Checks a caller-chosen id: 1..=128 chars of `[A-Za-z0-9._:-]`.
 pub fn check_id(v: &mut Violations, field: &str, id: &str) {
-    let ok_chars = id.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c));
-    if id.is_empty() || id.len() > ID_LEN_MAX || !ok_chars {
+    if !id_within(id, ID_LEN_MAX) {
         v.push(field, format!("must be 1 to {ID_LEN_MAX} characters of A-Z a-z 0-9 . _ : -"));
     }
+}
+
+/// Longest invoice id: `inv-<subscription id>-<n>` (the ledger names invoices so).
+pub const INVOICE_ID_LEN_MAX: usize = "inv-".len() + ID_LEN_MAX + "-".len() + 20;
+
+/// Checks an invoice id a caller names: 1..=[`INVOICE_ID_LEN_MAX`] chars of `[A-Za-z0-9._:-]`,
+/// as every id the ledger gives an invoice (so any other names nothing).
+pub fn check_invoice_id(v: &mut Violations, field: &str, id: &str) {
+    if !id_within(id, INVOICE_ID_LEN_MAX) {
+        let why = format!("must be 1 to {INVOICE_ID_LEN_MAX} characters of A-Z a-z 0-9 . _ : -");
+        v.push(field, why);
+    }
+}
+
+/// 1..=`len_max` chars of `[A-Za-z0-9._:-]`.
+fn id_within(id: &str, len_max: usize) -> bool {
+    let ok_chars = id.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c));
+    !id.is_empty() && id.len() <= len_max && ok_chars
 }
 
 fn check_text(v: &mut Violations, field: &str, text: &str, required: bool) {
@@ -175,4 +192,31 @@ fn check_charge(v: &mut Violations, i: usize, c: &Charge) -> Result<(), DomainEr
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every id the ledger can give an invoice passes; one longer than any of them, or with a
+    /// character ids never have, does not.
+    #[test]
+    fn invoice_ids_are_bounded_like_the_ids_they_are_made_of() {
+        let longest_sub = "s".repeat(ID_LEN_MAX);
+        let longest = format!("inv-{longest_sub}-{}", u64::MAX);
+        let cases = [
+            ("inv-sub-1-1", true),
+            (longest.as_str(), true),
+            (&format!("{longest}0"), false),
+            ("", false),
+            ("inv/1", false),
+            ("inv 1", false),
+        ];
+        for (id, ok) in cases {
+            let mut v = Violations::default();
+            check_invoice_id(&mut v, "invoice_id", id);
+            assert_eq!(v.0.is_empty(), ok, "{id:.40}");
+        }
+        assert_eq!(longest.len(), INVOICE_ID_LEN_MAX);
+    }
 }

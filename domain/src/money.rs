@@ -51,6 +51,26 @@ impl Currency {
         u32::from(self.0.exponent().expect("checked at parse"))
     }
 
+    /// `amount` written with exactly the minor unit's digits (USD 12.5 → "12.50", JPY 1250 →
+    /// "1250", KWD 1.25 → "1.250"), zero unsigned: how every reply and export shows money.
+    /// Never rounds: an amount with more digits than the minor unit (the ledger holds none,
+    /// each amount being rounded once to it) is `Err`, carrying the amount written whole.
+    pub fn format(&self, amount: Decimal) -> Result<String, String> {
+        let digits = self.minor_units();
+        let mut d = amount.normalize();
+        if d.scale() > digits {
+            return Err(d.to_string());
+        }
+        d.rescale(digits);
+        if d.scale() != digits {
+            return Err(amount.to_string());
+        }
+        if d.is_zero() {
+            d.set_sign_positive(true);
+        }
+        Ok(d.to_string())
+    }
+
     /// Rounds once to the minor unit, half away from zero (0.175 → 0.18, −0.175 → −0.18).
     pub fn round(&self, amount: Decimal) -> Decimal {
         amount.round_dp_with_strategy(self.minor_units(), RoundingStrategy::MidpointAwayFromZero)
@@ -136,6 +156,28 @@ mod tests {
         for (code, amount, want) in cases {
             let c = Currency::parse(code).unwrap();
             assert_eq!(c.round(amount), want, "{code} {amount}");
+        }
+    }
+
+    #[test]
+    fn money_is_written_with_exactly_the_minor_units_digits() {
+        let cases = [
+            ("USD", dec!(5), Ok("5.00")),
+            ("USD", dec!(200.0), Ok("200.00")),
+            ("USD", dec!(12.50000), Ok("12.50")),
+            ("USD", dec!(-0.00), Ok("0.00")),
+            ("USD", dec!(-3.1), Ok("-3.10")),
+            ("JPY", dec!(5), Ok("5")),
+            ("JPY", dec!(1250.000), Ok("1250")),
+            ("KWD", dec!(5), Ok("5.000")),
+            ("KWD", dec!(1.25), Ok("1.250")),
+            ("USD", dec!(0.125), Err("0.125")),
+            ("JPY", dec!(0.5), Err("0.5")),
+        ];
+        for (code, amount, want) in cases {
+            let got = Currency::parse(code).unwrap().format(amount);
+            let got = got.as_ref().map(String::as_str).map_err(String::as_str);
+            assert_eq!(got, want, "{code} {amount}");
         }
     }
 

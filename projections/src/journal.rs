@@ -129,6 +129,17 @@ const SCAN_CHUNK: usize = 1_024;
 /// Usage accrual entries are numbered `ACCRUAL_SEQ_BASE | position` (the position of the first
 /// event of their day), apart from the posting counter, so their keys do not depend on batches.
 pub const ACCRUAL_SEQ_BASE: u64 = 1 << 63;
+
+/// An entry's identifier as replies and exports show it: the posting counter (`"17"`), or
+/// `A<n>` for a usage accrual (`"A42"`, numbered apart: `n` is the log position of its day's
+/// first event). A pure function of the log, as `seq` is: a rebuild gives the same ids.
+pub fn entry_id(seq: u64) -> String {
+    if seq & ACCRUAL_SEQ_BASE != 0 {
+        format!("A{}", seq & !ACCRUAL_SEQ_BASE)
+    } else {
+        seq.to_string()
+    }
+}
 const SEQ_KEY: &[u8] = b"seq";
 
 /// A ledger account (per currency).

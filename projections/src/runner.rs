@@ -373,21 +373,32 @@ impl Progress {
         *self.head.borrow()
     }
 
+    /// Waits until the log's head is at least `position` (the log holds that many events) or
+    /// `deadline` passes; returns the head then (below `position` if it never got there).
+    pub async fn wait_for_head(&self, position: Position, deadline: Instant) -> Position {
+        let mut head = self.head.clone();
+        let reached = head.wait_for(|h| *h >= position);
+        let waited = tokio::time::timeout_at(deadline, reached).await.ok().and_then(Result::ok);
+        let reached_head = waited.map(|h| *h);
+        reached_head.unwrap_or_else(|| self.head())
+    }
+
     /// head − checkpoint.
     pub fn lag(&self) -> u64 {
         self.head().saturating_sub(self.checkpoint())
     }
 
-    /// Waits until the event at `position` is applied (checkpoint > position) or `deadline`
-    /// passes. Returns the checkpoint.
+    /// Waits until the log prefix `[0, position)` is applied (checkpoint ≥ position: `position`
+    /// is a log length, as a command's acknowledged position) or `deadline` passes. Returns
+    /// the checkpoint.
     pub async fn wait_for(
         &self,
         position: Position,
         deadline: Instant,
     ) -> Result<Position, WaitError> {
-        let target = position.saturating_add(1);
         let mut applied = self.applied.clone();
-        let waited = tokio::time::timeout_at(deadline, applied.wait_for(|cp| *cp >= target)).await;
+        let reached = applied.wait_for(|cp| *cp >= position);
+        let waited = tokio::time::timeout_at(deadline, reached).await;
         match waited {
             Ok(Ok(checkpoint)) => Ok(*checkpoint),
             Ok(Err(_)) => Err(WaitError::Stopped { checkpoint: self.checkpoint() }),

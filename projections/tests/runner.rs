@@ -54,19 +54,19 @@ async fn catches_up_from_zero_then_follows_live_appends() {
     let (progress, reader) = (runner.progress(), InvoiceReader::new(runner.read_model()));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(runner.run(shutdown));
-    progress.wait_for(first.len() as Position - 1, soon(5_000)).await.unwrap();
+    progress.wait_for(first.len() as Position, soon(5_000)).await.unwrap();
     let paid = InvoiceFilter { status: Some(InvoiceStatus::Paid), ..Default::default() };
     let paid_before = reader.list(&paid, None, 0).unwrap().invoices.len();
 
     let last = append_all(&store, rest).await;
-    assert_eq!(progress.wait_for(last, soon(5_000)).await, Ok(last + 1));
+    assert_eq!(progress.wait_for(last + 1, soon(5_000)).await, Ok(last + 1));
     assert_eq!(progress.lag(), 0);
     assert!(reader.list(&paid, None, 0).unwrap().invoices.len() > paid_before);
     assert_eq!(reader.model().digest().unwrap(), rebuilt_digest(&store).await);
 
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
-    let stopped = progress.wait_for(last + 1, soon(5_000)).await;
+    let stopped = progress.wait_for(last + 2, soon(5_000)).await;
     assert_eq!(stopped, Err(WaitError::Stopped { checkpoint: last + 1 }));
 }
 
@@ -87,7 +87,7 @@ async fn lag_is_head_minus_checkpoint() {
     assert_eq!((runner.lag(), progress.lag()), (2, 2));
     let timeout = progress.wait_for(16, soon(50)).await;
     assert_eq!(timeout, Err(WaitError::Timeout { position: 16, checkpoint: 15 }));
-    assert_eq!(progress.wait_for(14, soon(50)).await, Ok(15), "already applied");
+    assert_eq!(progress.wait_for(15, soon(50)).await, Ok(15), "already applied");
 }
 
 /// The invoices projection, failing at one position (a crash in the middle of a batch).

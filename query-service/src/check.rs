@@ -90,11 +90,15 @@ impl Check {
         n.min(PAGE_SIZE_MAX) as usize
     }
 
-    /// An id used in read-model keys: non-empty, without '/'.
+    /// An id a write could have made (customer, subscription): the write path's bound
+    /// ([`domain::catalog::check_id`]), so also never a '/' of the read models' keys.
     pub fn id(&mut self, field: &str, s: &str) {
-        if s.is_empty() || s.contains('/') {
-            self.bad(field, format!("{s:?} must be non-empty without '/'"));
-        }
+        domain::catalog::check_id(&mut self.0, field, s);
+    }
+
+    /// An invoice id the ledger could have given ([`domain::catalog::check_invoice_id`]).
+    pub fn invoice_id(&mut self, field: &str, s: &str) {
+        domain::catalog::check_invoice_id(&mut self.0, field, s);
     }
 
     /// `from ≤ to` when both are known (a violation of `to_field`).

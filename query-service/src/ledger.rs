@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use command_service::convert::money;
 use domain::money::Currency;
 use jiff::civil::Date;
-use projections::journal::{EntryKind, JournalEntry, WaterfallRow, WATERFALL_MONTHS_MAX};
+use projections::journal::{entry_id, EntryKind, JournalEntry, WaterfallRow, WATERFALL_MONTHS_MAX};
 use proto::v1 as pb;
 use rust_decimal::Decimal;
 use tonic::Status;
@@ -59,13 +60,13 @@ pub fn entry(e: JournalEntry) -> pb::JournalEntry {
         .iter()
         .map(|p| pb::JournalLine {
             account: p.account.as_str().into(),
-            debit: p.debit.to_string(),
-            credit: p.credit.to_string(),
+            debit: money(e.currency, p.debit),
+            credit: money(e.currency, p.credit),
             currency: currency.into(),
         })
         .collect();
     pb::JournalEntry {
-        seq: e.seq,
+        entry_id: entry_id(e.seq),
         date: e.date.to_string(),
         kind: e.kind.as_str().into(),
         description: description(e.kind, &e.invoice_id, &e.subscription_id),
@@ -138,19 +139,20 @@ fn waterfall_token(c: &mut Check, token: &str) -> Option<(String, usize)> {
 pub fn waterfall(args: &WaterfallArgs, rows: Vec<WaterfallRow>) -> pb::RevenueWaterfallResponse {
     let rows: Vec<WaterfallRow> =
         rows.into_iter().filter(|r| args.currency.is_none_or(|c| r.currency == c)).collect();
-    let mut totals: BTreeMap<(&str, &str), Decimal> = BTreeMap::new();
+    let mut totals: BTreeMap<(&str, &str), (Currency, Decimal)> = BTreeMap::new();
     for row in &rows {
         for (month, amount) in &row.months {
-            *totals.entry((row.currency.code(), month.as_str())).or_default() += amount;
+            let key = (row.currency.code(), month.as_str());
+            totals.entry(key).or_insert((row.currency, Decimal::ZERO)).1 += amount;
         }
     }
     let totals = totals
         .into_iter()
-        .filter(|(_, a)| !a.is_zero())
-        .map(|((currency, month), a)| pb::WaterfallTotal {
-            currency: currency.into(),
+        .filter(|(_, (_, a))| !a.is_zero())
+        .map(|((code, month), (currency, a))| pb::WaterfallTotal {
+            currency: code.into(),
             month: month.into(),
-            amount: a.to_string(),
+            amount: money(currency, a),
         })
         .collect();
     let after = |r: &&WaterfallRow| {
@@ -182,8 +184,8 @@ fn waterfall_row(r: &WaterfallRow) -> pb::WaterfallRow {
         months: r
             .months
             .iter()
-            .map(|(m, a)| pb::MonthAmount { month: m.clone(), amount: a.to_string() })
+            .map(|(m, a)| pb::MonthAmount { month: m.clone(), amount: money(r.currency, *a) })
             .collect(),
-        total: total.to_string(),
+        total: money(r.currency, total),
     }
 }

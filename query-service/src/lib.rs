@@ -17,7 +17,8 @@ mod schedule;
 use std::time::Duration;
 
 use check::{checked, not_found, read_error, Check};
-use command_service::status::bad_field;
+use command_service::convert::money;
+use command_service::status::{bad_field, beyond_head, echo};
 use domain::invoice::{InvoiceAccount, InvoiceStatus};
 use domain::money::Currency;
 use jiff::civil::Date;
@@ -33,6 +34,11 @@ use tonic::{Request, Response, Status};
 
 /// Longest a request waits for `min_position`, whatever its deadline.
 pub const WAIT_MS_MAX: u64 = 10_000;
+
+/// Longest a request waits for the log's head to reach its `min_position` before it is
+/// OUT_OF_RANGE: a process that follows a log written elsewhere learns of appends a little
+/// after they are acknowledged; a writer's own process knows its head at once.
+pub const HEAD_WAIT_MS_MAX: u64 = 1_000;
 
 /// A read model's reader with its runner's progress (for `min_position` waits).
 #[derive(Clone)]
@@ -59,8 +65,13 @@ impl QueryApi {
     }
 }
 
-/// Waits until the event at `min_position` is in every read model behind `progress` (bounded,
-/// all together, by the call's deadline and [`WAIT_MS_MAX`]).
+/// Waits until every read model behind `progress` includes the log prefix `[0, min_position)`
+/// (bounded, all together, by the call's deadline and [`WAIT_MS_MAX`]). A position is a log
+/// length, the same on every API: a command's `CommandAck.position` (or `UsageResult.position`)
+/// is the prefix that ends with its last event, a reply's `position` the prefix it reflects;
+/// either passed as `min_position` is answered as soon as the read models include it. A
+/// position beyond the log's head cannot be reached: OUT_OF_RANGE (after at most
+/// [`HEAD_WAIT_MS_MAX`] for a head learned from elsewhere), never a wait for the deadline.
 async fn catch_up<T>(
     progress: &[&Progress],
     request: &Request<T>,
@@ -69,13 +80,22 @@ async fn catch_up<T>(
     let Some(position) = min_position else { return Ok(()) };
     // Answer a little before the caller's deadline, so it gets our reason, not its timeout.
     let budget = deadline(request).map_or(Duration::from_millis(WAIT_MS_MAX), |d| d * 9 / 10);
-    let until = tokio::time::Instant::now() + budget.min(Duration::from_millis(WAIT_MS_MAX));
+    let start = tokio::time::Instant::now();
+    let until = start + budget.min(Duration::from_millis(WAIT_MS_MAX));
+    let head_until = until.min(start + Duration::from_millis(HEAD_WAIT_MS_MAX));
     for p in progress {
+        if p.head() < position {
+            let head = p.wait_for_head(position, head_until).await;
+            if head < position {
+                return Err(beyond_head("min_position", position, head));
+            }
+        }
         match p.wait_for(position, until).await {
             Ok(_) => {}
             Err(WaitError::Timeout { position, checkpoint }) => {
                 return Err(Status::deadline_exceeded(format!(
-                    "the read models reached position {checkpoint}, not yet {position}"
+                    "the read models include the log up to position {checkpoint}, not yet up \
+                     to {position}"
                 )))
             }
             Err(e @ WaitError::Stopped { .. }) => return Err(Status::unavailable(e.to_string())),
@@ -166,12 +186,26 @@ fn series(
     Ok((checked(cur)?, checked(from)?, checked(to)?, checked(granularity)?))
 }
 
-/// A validated currency and date.
-fn currency_date(currency: &str, field: &str, date: &str) -> Result<(Currency, Date), Status> {
+/// A validated currency and date (and customer id, if one is given).
+fn currency_date(
+    currency: &str,
+    field: &str,
+    date: &str,
+    customer_id: &str,
+) -> Result<(Currency, Date), Status> {
     let mut c = Check::default();
     let (cur, date) = (c.currency("currency", currency), c.date(field, date));
+    if !customer_id.is_empty() {
+        c.id("customer_id", customer_id);
+    }
     c.done()?;
     Ok((checked(cur)?, checked(date)?))
+}
+
+/// NOT_FOUND unless the journal (which applies every `CustomerRegistered`) knows the customer.
+fn known_customer(journal: &View<JournalReader>, customer_id: &str) -> Result<(), Status> {
+    let known = journal.reader.has_customer(customer_id).map_err(read_error("customer_id"))?;
+    known.then_some(()).ok_or_else(|| not_found("customer", customer_id))
 }
 
 fn as_of(r: &pb::AsOfRequest) -> Result<Date, Status> {
@@ -183,28 +217,34 @@ fn as_of(r: &pb::AsOfRequest) -> Result<Date, Status> {
 
 #[tonic::async_trait]
 impl QueryService for QueryApi {
-    #[tracing::instrument(skip_all, fields(invoice_id = %request.get_ref().invoice_id))]
+    #[tracing::instrument(skip_all, fields(invoice_id = %echo(&request.get_ref().invoice_id)))]
     async fn get_invoice(
         &self,
         request: Request<pb::InvoiceQuery>,
     ) -> Result<Response<pb::InvoiceView>, Status> {
         let view = &self.models.invoices;
-        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
         let id = &request.get_ref().invoice_id;
+        let mut c = Check::default();
+        c.invoice_id("invoice_id", id);
+        c.done()?;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
         let position = position(view.reader.model())?;
         let record = view.reader.get(id).map_err(read_error("invoice_id"))?;
         let record = record.ok_or_else(|| not_found("invoice", id))?;
         Ok(Response::new(pb::InvoiceView { invoice: Some(invoice(record)), position }))
     }
 
-    #[tracing::instrument(skip_all, fields(subscription_id = %request.get_ref().subscription_id))]
+    #[tracing::instrument(skip_all, fields(subscription_id = %echo(&request.get_ref().subscription_id)))]
     async fn get_current_usage(
         &self,
         request: Request<pb::CurrentUsageQuery>,
     ) -> Result<Response<pb::InvoiceView>, Status> {
         let view = &self.models.journal;
-        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
         let id = &request.get_ref().subscription_id;
+        let mut c = Check::default();
+        c.id("subscription_id", id);
+        c.done()?;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
         let position = position(view.reader.model())?;
         let draft = view.reader.current_usage(id).map_err(read_error("subscription_id"))?;
         let draft = draft.ok_or_else(|| not_found("open period of subscription", id))?;
@@ -217,12 +257,19 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::ListInvoicesRequest>,
     ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
-        let view = &self.models.invoices;
-        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let (view, journal) = (&self.models.invoices, &self.models.journal);
         let r = request.get_ref();
         let (filter, page_size) = invoice_listing(r)?;
+        // A customer's listing also waits for the journal, which knows every customer.
+        let both = [&view.progress, &journal.progress];
+        let models = if filter.customer_id.is_some() { &both[..] } else { &both[..1] };
+        catch_up(models, &request, r.min_position).await?;
         let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
         let page = view.reader.list(&filter, token, page_size).map_err(read_error("page_token"))?;
+        if let (Some(customer), true, None) = (&filter.customer_id, page.invoices.is_empty(), token)
+        {
+            known_customer(journal, customer)?;
+        }
         Ok(Response::new(pb::ListInvoicesResponse {
             invoices: page.invoices.into_iter().map(invoice).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -235,16 +282,21 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::MrrRequest>,
     ) -> Result<Response<pb::MrrResponse>, Status> {
-        let view = &self.models.mrr;
-        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let (view, journal) = (&self.models.mrr, &self.models.journal);
         let r = request.get_ref();
-        let (cur, at) = currency_date(&r.currency, "date", &r.date)?;
+        let (cur, at) = currency_date(&r.currency, "date", &r.date, &r.customer_id)?;
+        let both = [&view.progress, &journal.progress];
+        let models = if r.customer_id.is_empty() { &both[..1] } else { &both[..] };
+        catch_up(models, &request, r.min_position).await?;
         let position = position(view.reader.model())?;
         let mrr = match r.customer_id.as_str() {
             "" => view.reader.mrr_at(at, cur),
-            customer => view.reader.customer_mrr_at(customer, at, cur),
+            customer => {
+                known_customer(journal, customer)?;
+                view.reader.customer_mrr_at(customer, at, cur)
+            }
         };
-        let mrr = mrr.map_err(read_error("customer_id"))?.to_string();
+        let mrr = money(cur, mrr.map_err(read_error("customer_id"))?);
         Ok(Response::new(pb::MrrResponse { mrr, position }))
     }
 
@@ -287,8 +339,8 @@ impl QueryService for QueryApi {
             .map(|r| pb::TrialBalanceRow {
                 currency: r.currency.code().into(),
                 account: r.account.as_str().into(),
-                debit: r.debit.to_string(),
-                credit: r.credit.to_string(),
+                debit: money(r.currency, r.debit),
+                credit: money(r.currency, r.credit),
             })
             .collect();
         Ok(Response::new(pb::TrialBalanceResponse { rows, position }))
@@ -356,10 +408,11 @@ impl QueryService for QueryApi {
             .map(|b| pb::UsageRevenueBucket {
                 start: b.start.to_string(),
                 days: b.days,
-                amount: b.amount.to_string(),
+                amount: money(cur, b.amount),
             })
             .collect();
-        Ok(Response::new(pb::UsageRevenueResponse { buckets, total: total.to_string(), position }))
+        let total = money(cur, total);
+        Ok(Response::new(pb::UsageRevenueResponse { buckets, total, position }))
     }
 }
 
@@ -382,13 +435,13 @@ impl QueryApi {
             .into_iter()
             .map(|b| {
                 mrr += b.net;
-                movement_bucket(b, mrr)
+                movement_bucket(cur, b, mrr)
             })
             .collect();
         Ok(pb::MrrMovementsResponse {
-            mrr_before: mrr_before.to_string(),
+            mrr_before: money(cur, mrr_before),
             buckets,
-            mrr_at_to: view.reader.mrr_at(to, cur).map_err(read_error("to"))?.to_string(),
+            mrr_at_to: money(cur, view.reader.mrr_at(to, cur).map_err(read_error("to"))?),
             position,
         })
     }
@@ -400,7 +453,7 @@ impl QueryApi {
         let view = &self.models.mrr;
         catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
         let r = request.get_ref();
-        let (cur, start) = currency_date(&r.currency, "start", &r.start)?;
+        let (cur, start) = currency_date(&r.currency, "start", &r.start, "")?;
         let end = match r.end.as_str() {
             "" => start
                 .checked_add(jiff::Span::new().years(1))
@@ -419,8 +472,8 @@ impl QueryApi {
             nrr: ret.nrr.map(|d| d.to_string()).unwrap_or_default(),
             grr: ret.grr.map(|d| d.to_string()).unwrap_or_default(),
             cohort_size: ret.cohort_size as u32,
-            mrr_start: ret.mrr_start.to_string(),
-            mrr_end: ret.mrr_end.to_string(),
+            mrr_start: money(cur, ret.mrr_start),
+            mrr_end: money(cur, ret.mrr_end),
             position,
         })
     }
@@ -438,17 +491,17 @@ impl QueryApi {
             .into_iter()
             .map(|(cur, b)| pb::CurrencyBalances {
                 currency: cur.code().into(),
-                accounts_receivable: b.accounts_receivable.to_string(),
-                unbilled_receivable: b.unbilled_receivable.to_string(),
-                cash: b.cash.to_string(),
-                bad_debt: b.bad_debt.to_string(),
-                deferred_revenue: b.deferred_revenue.to_string(),
-                tax_payable: b.tax_payable.to_string(),
-                total_recognized_revenue: b.total_revenue().to_string(),
+                accounts_receivable: money(cur, b.accounts_receivable),
+                unbilled_receivable: money(cur, b.unbilled_receivable),
+                cash: money(cur, b.cash),
+                bad_debt: money(cur, b.bad_debt),
+                deferred_revenue: money(cur, b.deferred_revenue),
+                tax_payable: money(cur, b.tax_payable),
+                total_recognized_revenue: money(cur, b.total_revenue()),
                 recognized_revenue: b
                     .recognized_revenue
                     .iter()
-                    .map(|(t, a)| (t.as_str().to_string(), a.to_string()))
+                    .map(|(t, a)| (t.as_str().to_string(), money(cur, *a)))
                     .collect(),
             })
             .collect();
@@ -473,9 +526,7 @@ impl QueryApi {
                 catch_up(&[&invoices.progress, &journal.progress], &request, min).await?;
                 let position =
                     position(invoices.reader.model())?.min(position(journal.reader.model())?);
-                if !journal.reader.has_customer(customer_id).map_err(read_error("customer_id"))? {
-                    return Err(not_found("customer", customer_id));
-                }
+                known_customer(journal, customer_id)?;
                 let ids = invoices.reader.customer_invoice_ids(customer_id);
                 (ids.map_err(read_error("customer_id"))?, position)
             }
@@ -485,7 +536,7 @@ impl QueryApi {
     }
 }
 
-fn movement_bucket(b: MovementBucket, mrr: Decimal) -> pb::MrrMovementBucket {
+fn movement_bucket(cur: Currency, b: MovementBucket, mrr: Decimal) -> pb::MrrMovementBucket {
     pb::MrrMovementBucket {
         start: b.start.to_string(),
         totals: b
@@ -494,11 +545,11 @@ fn movement_bucket(b: MovementBucket, mrr: Decimal) -> pb::MrrMovementBucket {
             .map(|(kind, t)| pb::MovementTotal {
                 kind: kind.as_str().into(),
                 count: t.count,
-                amount: t.amount.to_string(),
+                amount: money(cur, t.amount),
             })
             .collect(),
-        net: b.net.to_string(),
-        mrr: mrr.to_string(),
+        net: money(cur, b.net),
+        mrr: money(cur, mrr),
     }
 }
 

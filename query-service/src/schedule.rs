@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use command_service::convert::money;
+use domain::money::Currency;
 use domain::recognition::RevenueType;
 use jiff::civil::Date;
 use projections::journal::{InvoiceSchedules, LineSchedule};
@@ -57,6 +59,7 @@ fn scope(c: &mut Check, r: &pb::RevenueScheduleRequest) -> Option<Scope> {
         return None;
     }
     if !invoice_id.is_empty() {
+        c.invoice_id("invoice_id", &invoice_id);
         return Some(match r.line_index {
             Some(i) => Scope::Line { invoice_id, index: i as usize },
             None => Scope::Invoice { invoice_id },
@@ -122,34 +125,37 @@ pub fn response(
             }
         }
     }
+    let currency = invoices.first().map(|s| s.currency);
+    // Money at the currency's minor unit; with no line there is no currency (and no amount).
+    let m = |x: Decimal| currency.map_or_else(|| x.to_string(), |c| money(c, x));
     let entries = sums
         .into_iter()
         .filter(|(_, a)| !a.is_zero())
         .map(|((d, t), a)| pb::RevenueScheduleEntry {
             date: d.to_string(),
-            amount: a.to_string(),
+            amount: m(a),
             revenue_type: t.as_str().into(),
         })
         .collect();
-    let split = |x: Decimal| args.as_of.map(|_| x.to_string()).unwrap_or_default();
+    let split = |x: Decimal| args.as_of.map(|_| m(x)).unwrap_or_default();
     Ok(pb::RevenueScheduleResponse {
-        currency: invoices.first().map(|s| s.currency.code().to_string()).unwrap_or_default(),
+        currency: currency.map(|c| c.code().to_string()).unwrap_or_default(),
         entries,
-        total: total.to_string(),
+        total: m(total),
         recognized: split(recognized),
         remaining: split(total - recognized),
-        line: matches!(args.scope, Scope::Line { .. }).then(|| line_view(lines[0])),
+        line: matches!(args.scope, Scope::Line { .. }).then(|| line_view(lines[0], currency)),
         position: 0,
     })
 }
 
-fn line_view(line: &LineSchedule) -> pb::RevenueScheduleLine {
+fn line_view(line: &LineSchedule, currency: Option<Currency>) -> pb::RevenueScheduleLine {
     let credited = line.credited_line.as_ref();
     pb::RevenueScheduleLine {
         kind: line.kind.as_str().into(),
         service_start: line.service_period.start.to_string(),
         service_end: line.service_period.end.to_string(),
-        amount: line.amount.to_string(),
+        amount: currency.map_or_else(|| line.amount.to_string(), |c| money(c, line.amount)),
         credited_invoice_id: credited.map(|r| r.invoice_id.clone()).unwrap_or_default(),
         credited_line_index: credited.map(|r| r.line_index as u32),
     }

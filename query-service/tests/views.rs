@@ -302,7 +302,7 @@ async fn a_base_fee_line_is_recognized_ratably_with_cumulative_rounding() {
     let l = r.line.unwrap();
     assert_eq!(
         (l.kind.as_str(), l.service_start.as_str(), l.service_end.as_str(), l.amount.as_str()),
-        ("base_fee", "2025-01-01", "2025-02-01", "20")
+        ("base_fee", "2025-01-01", "2025-02-01", "20.00")
     );
     assert_eq!((l.credited_invoice_id.as_str(), l.credited_line_index), ("", None));
     let by_month =

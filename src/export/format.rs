@@ -8,26 +8,17 @@ use rust_decimal::Decimal;
 
 use super::ExportFormat;
 
-/// `amount` as a decimal string with exactly `currency`'s minor-unit digits (USD 12.5 →
-/// "12.50", JPY 1250 → "1250", KWD 1.25 → "1.250"). Never rounds: an amount with more
+/// `amount` as a decimal string with exactly `currency`'s minor-unit digits
+/// ([`Currency::format`], as every reply writes money). Never rounds: an amount with more
 /// significant digits than the minor unit is an error (the ledger holds none; one would be a
-/// bug worth stopping an export for). Zero is never signed.
+/// bug worth stopping an export for).
 pub fn amount(value: Decimal, currency: Currency) -> anyhow::Result<String> {
-    let digits = currency.minor_units();
-    let mut d = value.normalize();
-    anyhow::ensure!(
-        d.scale() <= digits,
-        "{value} {currency} has more digits than the currency's minor unit ({digits})"
-    );
-    d.rescale(digits);
-    anyhow::ensure!(
-        d.scale() == digits,
-        "{value} {currency} cannot be written with {digits} digits"
-    );
-    if d.is_zero() {
-        d.set_sign_positive(true);
-    }
-    Ok(d.to_string())
+    currency.format(value).map_err(|exact| {
+        let digits = currency.minor_units();
+        anyhow::anyhow!(
+            "{exact} {currency} has more digits than the currency's minor unit ({digits})"
+        )
+    })
 }
 
 /// A date as `YYYY-MM-DD` (four-digit years, as the read models key them).

@@ -5,7 +5,7 @@ use std::io::Write;
 use domain::money::Currency;
 use jiff::civil::Date;
 use projections::invoices::{InvoiceFilter, InvoiceReader, PAGE_SIZE_MAX as INVOICE_PAGE};
-use projections::journal::{JournalReader, ACCRUAL_SEQ_BASE, PAGE_SIZE_MAX as JOURNAL_PAGE};
+use projections::journal::{entry_id, JournalReader, PAGE_SIZE_MAX as JOURNAL_PAGE};
 use projections::mrr::{Granularity, MrrReader, PAGE_SIZE_MAX as MRR_PAGE};
 use rust_decimal::Decimal;
 
@@ -135,16 +135,6 @@ pub const JOURNAL_COLUMNS: [&str; 10] = [
     "log_position",
 ];
 
-/// The entry number as exported: the posting counter, or `A<n>` for a usage accrual (numbered
-/// apart, `n` = the log position of its day's first event).
-fn entry_number(seq: u64) -> String {
-    if seq & ACCRUAL_SEQ_BASE != 0 {
-        format!("A{}", seq & !ACCRUAL_SEQ_BASE)
-    } else {
-        seq.to_string()
-    }
-}
-
 /// One row per posting, entries in date then posting order, dated within `window`.
 pub fn journal<W: Write>(
     reader: &JournalReader,
@@ -169,7 +159,7 @@ pub fn journal<W: Write>(
             }
             for p in &e.postings {
                 let cells = [
-                    Cell::from(entry_number(e.seq)),
+                    Cell::from(entry_id(e.seq)),
                     Cell::from(date(e.date)),
                     Cell::from(e.kind.as_str()),
                     Cell::from(e.invoice_id.as_str()),
@@ -418,10 +408,11 @@ pub fn mrr_bridge<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use projections::journal::ACCRUAL_SEQ_BASE;
 
     #[test]
     fn accrual_entries_are_numbered_apart() {
-        assert_eq!(entry_number(17), "17");
-        assert_eq!(entry_number(ACCRUAL_SEQ_BASE | 42), "A42");
+        assert_eq!(entry_id(17), "17");
+        assert_eq!(entry_id(ACCRUAL_SEQ_BASE | 42), "A42");
     }
 }
