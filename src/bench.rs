@@ -345,7 +345,8 @@ struct Worker {
     args: IngestArgs,
     latencies: Arc<latency::Hist>,
     accepted: Arc<AtomicU64>,
-    /// Highest log position acknowledged so far (streaming only).
+    /// Longest log acknowledged so far: the greatest `UsageResult.position`, a log length
+    /// (streaming only).
     head: Arc<AtomicU64>,
 }
 

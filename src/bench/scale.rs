@@ -193,9 +193,9 @@ async fn ingest(
     Ok(latencies.snapshot())
 }
 
-/// The next position the head will take: one past the highest acknowledged position.
+/// The log length acknowledged so far (a position is a log length: events [0, position)).
 fn head_next(head: &AtomicU64) -> u64 {
-    head.load(Ordering::SeqCst).saturating_add(1)
+    head.load(Ordering::SeqCst)
 }
 
 /// The log position each read model reflects (a reply's `position`: every event below it).
