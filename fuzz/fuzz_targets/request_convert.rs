@@ -33,6 +33,7 @@ fn metric(code: &str, aggregation: Aggregation, property: Option<&str>) -> Comma
         name: code.into(),
         aggregation,
         property: property.map(Into::into),
+        allow_negative: false,
     })
 }
 
