@@ -206,3 +206,20 @@ pub async fn append_probe(c: &mut CommandServiceClient<Channel>) -> u64 {
     };
     c.define_metric(probe).await.unwrap().into_inner().position
 }
+
+/// One month before today in Berlin (acme's zone): the start date of a backdated
+/// subscription whose first period has ended, so a billing run at the real clock closes it (a
+/// run later than the server's clock is refused).
+pub fn month_ago_in_berlin() -> jiff::civil::Date {
+    let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+    jiff::Timestamp::now().to_zoned(berlin).date() - jiff::Span::new().months(1)
+}
+
+/// Noon in Berlin the day after [`month_ago_in_berlin`]: an instant inside the first period of
+/// a subscription started then (whatever the month's length).
+pub fn in_first_period() -> prost_types::Timestamp {
+    let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+    let day = month_ago_in_berlin().tomorrow().unwrap();
+    let at = day.at(12, 0, 0, 0).to_zoned(berlin).unwrap().timestamp();
+    prost_types::Timestamp { seconds: at.as_second(), nanos: 0 }
+}

@@ -1162,3 +1162,5 @@ fn commands_that_would_issue_an_overflowing_invoice_are_refused_and_change_nothi
     assert!(w.ledger.subscriptions["s1"].open.is_empty(), "the usage was not recorded");
     assert!(w.ledger.subscriptions["s2"].pending_change.is_none());
 }
+
+mod input_rules;
