@@ -28,7 +28,7 @@ fn dec(v: &mut Violations, field: &str, s: &str, required: bool) -> Option<Decim
         return None;
     }
     match Decimal::from_str(s) {
-        Ok(d) if d.is_zero() && d.is_sign_negative() => {
+        Ok(d) if d.is_zero() && s.trim_start().starts_with('-') => {
             v.push(field, format!("{s:?} is a negative zero: write 0"));
             None
         }

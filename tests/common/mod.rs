@@ -194,12 +194,15 @@ pub fn tier(up_to: &str, price: &str) -> pb::Tier {
     pb::Tier { up_to: up_to.into(), unit_price: price.into(), flat_fee: String::new() }
 }
 
-/// Appends one harmless event (metric `probe`) and returns its log position: the position after
-/// everything appended so far. Tests compare it with an earlier position to prove that refused
-/// commands appended nothing.
+/// Appends one harmless event (a metric `probe-<n>`, new on every call: an identical
+/// DefineMetric would be a replay appending nothing) and returns its log position: the position
+/// after everything appended so far. Tests compare it with an earlier position to prove that
+/// refused commands appended nothing.
 pub async fn append_probe(c: &mut CommandServiceClient<Channel>) -> u64 {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let probe = pb::DefineMetricRequest {
-        code: "probe".into(),
+        code: format!("probe-{n}"),
         name: "Probe".into(),
         aggregation: "count".into(),
         ..Default::default()
