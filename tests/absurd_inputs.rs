@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use common::{
-    append_probe, free_port, in_first_period, month_ago_in_berlin, register_acme_and_api_calls,
+    append_probe, free_port, in_first_period, register_acme_and_api_calls, start_sub_1_backdated,
     tier, Server,
 };
 
@@ -78,15 +78,8 @@ async fn setup(c: &mut Client) -> u64 {
     register_acme_and_api_calls(c).await;
     let metered = plan("metered", "1000000000000", vec![standard_charge("0.01")]);
     c.publish_plan(metered).await.unwrap();
-    let start = pb::StartSubscriptionRequest {
-        subscription_id: "sub-1".into(),
-        customer_id: "acme".into(),
-        plan_code: "metered".into(),
-        // Backdated a month: its first period has ended, so a billing run now closes it.
-        start_date: month_ago_in_berlin().to_string(),
-        ..Default::default()
-    };
-    c.start_subscription(start).await.unwrap();
+    // Backdated a month: its first period has ended, so a billing run now closes it.
+    start_sub_1_backdated(c, "metered").await;
     let full = c.record_usage(usage("tx-max", "1000000000000000")).await.unwrap().into_inner();
     assert_eq!(full.status, "accepted");
     full.position

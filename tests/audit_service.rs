@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{free_port, growth_plan, month_ago_in_berlin, register_acme_and_api_calls, Server};
+use common::{free_port, growth_plan, register_acme_and_api_calls, start_sub_1_backdated, Server};
 use proto::v1 as pb;
 use proto::v1::audit_service_client::AuditServiceClient;
 use proto::v1::command_service_client::CommandServiceClient;
@@ -52,14 +52,7 @@ async fn write_books(c: &mut CommandServiceClient<Channel>) -> u64 {
     register_acme_and_api_calls(c).await;
     let plan = pb::PublishPlanRequest { base_fee_in_advance: true, ..growth_plan("0.10") };
     c.publish_plan(plan).await.unwrap();
-    let start = pb::StartSubscriptionRequest {
-        subscription_id: "sub-1".into(),
-        customer_id: "acme".into(),
-        plan_code: "growth".into(),
-        start_date: month_ago_in_berlin().to_string(),
-        ..Default::default()
-    };
-    c.start_subscription(start).await.unwrap();
+    start_sub_1_backdated(c, "growth").await;
     for i in 0..3 {
         let one = c.record_usage(usage(format!("one-{i}"), i + 1)).await.unwrap().into_inner();
         assert_eq!(one.status, "accepted");

@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use common::{append_probe, free_port, in_first_period, month_ago_in_berlin, Server};
+use common::{append_probe, free_port, in_first_period, start_sub_1_backdated, Server};
 
 type Client = CommandServiceClient<Channel>;
 
@@ -381,14 +381,7 @@ async fn setup(c: &mut Client) -> u64 {
     c.define_metric(metric).await.unwrap();
     let plan = c.publish_plan(plan_request("growth", "USD")).await.unwrap().into_inner();
     assert_eq!(plan.version, 1);
-    let start = pb::StartSubscriptionRequest {
-        subscription_id: "sub-1".into(),
-        customer_id: "acme".into(),
-        plan_code: "growth".into(),
-        start_date: month_ago_in_berlin().to_string(),
-        ..Default::default()
-    };
-    let sub = c.start_subscription(start).await.unwrap().into_inner();
+    let sub = start_sub_1_backdated(c, "growth").await;
     assert_eq!((sub.status.as_str(), sub.stream_version), ("active", 0));
     sub.ack.unwrap().position
 }

@@ -13,7 +13,7 @@ use tonic_types::StatusExt;
 
 use common::{
     append_probe, free_port, in_first_period, month_ago_in_berlin, register_acme_and_api_calls,
-    tier, Server,
+    start_sub_1_backdated, tier, Server,
 };
 
 type Client = CommandServiceClient<Channel>;
@@ -90,18 +90,6 @@ fn plan(code: &str, charges: Vec<pb::Charge>) -> pb::PublishPlanRequest {
     }
 }
 
-/// Starts `sub-1` of acme on `plan_code`, a month ago (its first period has ended).
-async fn start_backdated(c: &mut Client, plan_code: &str) -> pb::SubscriptionResponse {
-    let start = pb::StartSubscriptionRequest {
-        subscription_id: "sub-1".into(),
-        customer_id: "acme".into(),
-        plan_code: plan_code.into(),
-        start_date: month_ago_in_berlin().to_string(),
-        ..Default::default()
-    };
-    c.start_subscription(start).await.unwrap().into_inner()
-}
-
 fn usage(tx: &str, metric_code: &str, property: &str, value: &str) -> pb::UsageEvent {
     pb::UsageEvent {
         subscription_id: "sub-1".into(),
@@ -116,6 +104,15 @@ async fn start_server() -> (tempfile::TempDir, Server, Client) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), free_port());
     let c = server.client().await;
+    (dir, server, c)
+}
+
+/// A server where acme's `sub-1` is on `growth` (graduated api_calls), started a month ago.
+async fn growth_books() -> (tempfile::TempDir, Server, Client) {
+    let (dir, server, mut c) = start_server().await;
+    register_acme_and_api_calls(&mut c).await;
+    c.publish_plan(common::growth_plan("0.50")).await.unwrap();
+    start_sub_1_backdated(&mut c, "growth").await;
     (dir, server, c)
 }
 
@@ -144,7 +141,7 @@ async fn negative_usage_is_refused_unless_the_metric_allows_it() {
         standard("seats", "1", false),
     ];
     c.publish_plan(plan("safe", charges)).await.unwrap();
-    start_backdated(&mut c, "safe").await;
+    start_sub_1_backdated(&mut c, "safe").await;
     c.record_usage(usage("real", "api_calls", "calls", "7")).await.unwrap();
     let before = append_probe(&mut c).await;
     let wipe = c.record_usage(usage("wipe", "api_calls", "calls", "-1000000")).await;
@@ -190,10 +187,7 @@ async fn negative_usage_is_refused_unless_the_metric_allows_it() {
 /// subscription started a month ago and billed at the real clock shows its invoice honestly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instants_past_the_clock_or_malformed_are_refused() {
-    let (_dir, server, mut c) = start_server().await;
-    register_acme_and_api_calls(&mut c).await;
-    c.publish_plan(common::growth_plan("0.50")).await.unwrap();
-    start_backdated(&mut c, "growth").await;
+    let (_dir, server, mut c) = growth_books().await;
     c.record_usage(usage("tx-1", "api_calls", "calls", "10")).await.unwrap();
     let before = append_probe(&mut c).await;
     let future = pb::RunBillingRequest { as_of: Some(days_from_now(40)), ..Default::default() };
@@ -275,7 +269,7 @@ async fn in_advance_first_tier_flat_fee_is_billed_once_per_period() {
         model: Some(pb::charge::Model::GraduatedPercentage(pb::TieredModel { tiers })),
     };
     c.publish_plan(plan("payments", vec![charge])).await.unwrap();
-    start_backdated(&mut c, "payments").await;
+    start_sub_1_backdated(&mut c, "payments").await;
     // 50 at 10 % = 5.00 + the first tier's flat 2.00; then 50 → 150: 50 × 10 % + 50 × 1 %.
     let mut fees = Vec::new();
     for (tx, amount) in [("v1", "50"), ("v2", "100")] {
@@ -306,7 +300,7 @@ async fn usage_for_a_metric_off_the_plan_is_refused_per_item() {
     register_acme_and_api_calls(&mut c).await;
     c.define_metric(metric("storage_gb", "max", "gb", false)).await.unwrap();
     c.publish_plan(common::growth_plan("0.50")).await.unwrap();
-    start_backdated(&mut c, "growth").await;
+    start_sub_1_backdated(&mut c, "growth").await;
     let before = append_probe(&mut c).await;
     let off = c.record_usage(usage("s1", "storage_gb", "gb", "3")).await;
     let (kind, subject, description) = precondition("off the plan", off);
@@ -359,7 +353,7 @@ async fn catalog_reruns_without_a_key_are_replays_or_already_exists() {
         c.define_metric(metric.clone()).await.unwrap().into_inner(),
         c.publish_plan(growth.clone()).await.unwrap().into_inner().ack.unwrap(),
     ];
-    let sub = start_backdated(&mut c, "growth").await.ack.unwrap();
+    let sub = start_sub_1_backdated(&mut c, "growth").await.ack.unwrap();
     let head = append_probe(&mut c).await;
     let again = [
         c.register_customer(customer.clone()).await.unwrap().into_inner(),
@@ -371,7 +365,7 @@ async fn catalog_reruns_without_a_key_are_replays_or_already_exists() {
     }
     let replayed_plan = c.publish_plan(growth.clone()).await.unwrap().into_inner();
     assert_eq!(replayed_plan.version, 1, "the replay names the version it repeats");
-    let sub_again = start_backdated(&mut c, "growth").await.ack.unwrap();
+    let sub_again = start_sub_1_backdated(&mut c, "growth").await.ack.unwrap();
     assert!(sub_again.duplicate && sub_again.position == sub.position, "{sub_again:?}");
     assert_eq!(append_probe(&mut c).await, head + 1, "replays appended nothing");
 
@@ -395,10 +389,7 @@ async fn catalog_reruns_without_a_key_are_replays_or_already_exists() {
 /// each a field violation, appending nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_and_negative_zero_money_duplicate_charges_and_control_characters_are_refused() {
-    let (_dir, server, mut c) = start_server().await;
-    register_acme_and_api_calls(&mut c).await;
-    c.publish_plan(common::growth_plan("0.50")).await.unwrap();
-    start_backdated(&mut c, "growth").await;
+    let (_dir, server, mut c) = growth_books().await;
     let run = pb::RunBillingRequest { as_of: Some(now()), ..Default::default() };
     let invoice_id = c.run_billing(run).await.unwrap().into_inner().invoices[0].invoice_id.clone();
     let before = append_probe(&mut c).await;

@@ -218,6 +218,22 @@ pub fn month_ago_in_berlin() -> jiff::civil::Date {
     jiff::Timestamp::now().to_zoned(berlin).date() - jiff::Span::new().months(1)
 }
 
+/// Starts acme's `sub-1` on `plan_code` backdated to [`month_ago_in_berlin`]: its first period
+/// has ended, and a billing run at the real clock closes it.
+pub async fn start_sub_1_backdated(
+    c: &mut CommandServiceClient<Channel>,
+    plan_code: &str,
+) -> pb::SubscriptionResponse {
+    let start = pb::StartSubscriptionRequest {
+        subscription_id: "sub-1".into(),
+        customer_id: "acme".into(),
+        plan_code: plan_code.into(),
+        start_date: month_ago_in_berlin().to_string(),
+        ..Default::default()
+    };
+    c.start_subscription(start).await.unwrap().into_inner()
+}
+
 /// Noon in Berlin the day after [`month_ago_in_berlin`]: an instant inside the first period of
 /// a subscription started then (whatever the month's length).
 pub fn in_first_period() -> prost_types::Timestamp {

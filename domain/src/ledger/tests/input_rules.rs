@@ -254,16 +254,9 @@ fn catalog_field_rules() {
     let mut w = World::new(dec!(0));
     let twice = vec![graduated_spec_charge(), graduated_spec_charge()];
     let plan = Plan {
-        code: "p".into(),
         version: 0,
-        name: "P".into(),
-        currency: Currency::parse("USD").unwrap(),
-        interval: Interval::Monthly,
-        base_fee: dec!(1),
-        fee_timing: FeeTiming::Arrears,
-        trial_days: 0,
-        minimum_commitment: None,
         charges: twice,
+        ..legacy_plan("p", Interval::Monthly, dec!(1), FeeTiming::Arrears)
     };
     let err = w.run(Command::PublishPlan(plan), "2025-01-01T00:00:00Z").unwrap_err();
     assert_eq!(kind_of(&err), "charges[1].metric_code");
