@@ -912,41 +912,6 @@ impl Ledger {
         Ok(lines)
     }
 
-    /// An in-advance charge whose period had no event: what zero usage costs (a first tier's
-    /// flat fee, SPEC §4), billed at the close, since no event's fee carried it. `None` when
-    /// the period had an event (its first one paid it), costs nothing, or has no day.
-    fn unused_in_advance_line(
-        &self,
-        sub: &Subscription,
-        plan: &Plan,
-        charge: &Charge,
-        p: &Period,
-        usage: Option<&crate::subscription::MetricUsage>,
-    ) -> Result<Option<LineDraft>, DomainError> {
-        if usage.is_some_and(|u| u.aggregate.event_count() > 0) || p.start >= p.end {
-            return Ok(None);
-        }
-        let amount =
-            charge.model.zero_usage_amount().map_err(stored_plan_error(sub, plan, charge))?;
-        if amount.is_zero() {
-            return Ok(None);
-        }
-        let metric = &self.metrics[&charge.metric_code];
-        Ok(Some(LineDraft {
-            kind: LineKind::Usage,
-            description: format!(
-                "{} ({}, paid in advance: no usage this period)",
-                metric.name,
-                charge.model.name()
-            ),
-            metric_code: Some(metric.code.clone()),
-            charge_model: Some(charge.model.name().to_string()),
-            units: Some(Decimal::ZERO),
-            service_period: *p,
-            unrounded: amount,
-        }))
-    }
-
     /// If the period's charges (this invoice's lines for `p` plus what was invoiced for `p`
     /// earlier) are below the plan's minimum commitment, prorated to the days of service, a
     /// true-up line adds the difference. Every step is checked (see [`DomainError::overflow`]).
@@ -1024,17 +989,7 @@ impl Ledger {
     ) -> Result<Vec<Event>, DomainError> {
         let inv = self.invoice(id)?;
         let subject = format!("invoice-{id}");
-        check_not_future("occurred_at", at, ctx)?;
-        if at < inv.invoice.issued_at {
-            return Err(DomainError::precondition(
-                PAYMENT_BEFORE_ISSUE,
-                subject,
-                format!(
-                    "a payment at {at} predates invoice {id}, issued at {}",
-                    inv.invoice.issued_at
-                ),
-            ));
-        }
+        rules::check_payment_time(inv, at, ctx)?;
         match outcome {
             PaymentOutcome::Succeeded { amount } => {
                 let currency = inv.invoice.currency;

@@ -5,13 +5,15 @@
 use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 
-use super::{precondition, Ledger};
+use super::{precondition, stored_plan_error, Ledger};
 use crate::calendar::Period;
-use crate::catalog::Metric;
+use crate::catalog::{Charge, Metric, Plan};
 use crate::commands::{Command, Context};
 use crate::error::DomainError;
 use crate::events::Usage;
+use crate::invoice::{InvoiceAccount, LineDraft, LineKind};
 use crate::rating::{Aggregation, UsagePoint};
+use crate::subscription::MetricUsage;
 use crate::subscription::Subscription;
 
 /// `PreconditionFailure` kind of usage for a metric that no charge of the subscription's plan
@@ -87,7 +89,62 @@ pub(super) fn check_usage_sign(
     Ok(())
 }
 
+/// Refuses a payment dated later than the clock (+ skew, INVALID_ARGUMENT) or before its
+/// invoice was issued (FAILED_PRECONDITION [`PAYMENT_BEFORE_ISSUE`]: the instant is fine, the
+/// invoice's state makes it impossible, like usage in a closed period).
+pub(super) fn check_payment_time(
+    inv: &InvoiceAccount,
+    at: Timestamp,
+    ctx: &Context,
+) -> Result<(), DomainError> {
+    check_not_future("occurred_at", at, ctx)?;
+    let (id, issued_at) = (&inv.invoice.invoice_id, inv.invoice.issued_at);
+    if at < issued_at {
+        return Err(DomainError::precondition(
+            PAYMENT_BEFORE_ISSUE,
+            format!("invoice-{id}"),
+            format!("a payment at {at} predates invoice {id}, issued at {issued_at}"),
+        ));
+    }
+    Ok(())
+}
+
 impl Ledger {
+    /// An in-advance charge whose period had no event: what zero usage costs (a first tier's
+    /// flat fee, SPEC §4), billed at the close, since no event's fee carried it. `None` when
+    /// the period had an event (its first one paid it), costs nothing, or has no day.
+    pub(super) fn unused_in_advance_line(
+        &self,
+        sub: &Subscription,
+        plan: &Plan,
+        charge: &Charge,
+        p: &Period,
+        usage: Option<&MetricUsage>,
+    ) -> Result<Option<LineDraft>, DomainError> {
+        if usage.is_some_and(|u| u.aggregate.event_count() > 0) || p.start >= p.end {
+            return Ok(None);
+        }
+        let amount =
+            charge.model.zero_usage_amount().map_err(stored_plan_error(sub, plan, charge))?;
+        if amount.is_zero() {
+            return Ok(None);
+        }
+        let metric = &self.metrics[&charge.metric_code];
+        Ok(Some(LineDraft {
+            kind: LineKind::Usage,
+            description: format!(
+                "{} ({}, paid in advance: no usage this period)",
+                metric.name,
+                charge.model.name()
+            ),
+            metric_code: Some(metric.code.clone()),
+            charge_model: Some(charge.model.name().to_string()),
+            units: Some(Decimal::ZERO),
+            service_period: *p,
+            unrounded: amount,
+        }))
+    }
+
     /// Refuses usage for a metric that no charge of the subscription's plan bills: neither the
     /// plan in effect on the event's day (in-advance charges) nor the plan that rates the
     /// event's period (the one in effect on its last day, as known now). Silently unbilled
@@ -160,5 +217,3 @@ impl Ledger {
         self.created_at.get(&stream).copied()
     }
 }
-
-use crate::catalog::Plan;
