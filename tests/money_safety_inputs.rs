@@ -286,9 +286,12 @@ async fn in_advance_first_tier_flat_fee_is_billed_once_per_period() {
     // The current period has no event yet: closing it would bill the flat fee once.
     let current = pb::GetCurrentUsageRequest { subscription_id: "sub-1".into() };
     let draft = c.get_current_usage(current).await.unwrap().into_inner();
-    let amounts: Vec<(&str, Decimal)> =
-        draft.lines.iter().map(|l| (l.metric_code.as_str(), dec(&l.amount))).collect();
-    assert_eq!(amounts, [("volume", dec("2.00"))]);
+    let amounts: Vec<(&str, &str, Decimal)> = draft
+        .lines
+        .iter()
+        .map(|l| (l.kind.as_str(), l.metric_code.as_str(), dec(&l.amount)))
+        .collect();
+    assert_eq!(amounts, [("usage_in_advance", "volume", dec("2.00"))]);
     assert_eq!(server.terminate().code(), Some(0));
 }
 

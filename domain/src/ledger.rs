@@ -863,6 +863,7 @@ impl Ledger {
         let amounts = self
             .usage_lines(sub, plan, &p)?
             .into_iter()
+            .filter(|l| l.kind == LineKind::Usage)
             .map(|l| (l.metric_code.unwrap_or_default(), plan.currency_round(l.unrounded)))
             .collect();
         Ok(Some(RatedUsage { period: p, currency: plan.currency, amounts }))

@@ -130,8 +130,10 @@ impl Ledger {
             return Ok(None);
         }
         let metric = &self.metrics[&charge.metric_code];
+        // An in-advance charge's fee, though billed at the close: the read side recognizes it
+        // as such (not as usage accrued day by day).
         Ok(Some(LineDraft {
-            kind: LineKind::Usage,
+            kind: LineKind::UsageInAdvance,
             description: format!(
                 "{} ({}, paid in advance: no usage this period)",
                 metric.name,

@@ -215,7 +215,7 @@ fn in_advance_first_tier_flat_fee_table() {
         assert_eq!(january.total, dec!(0), "{name}: the period with events pays nothing more");
         let february = &w.bill("2025-03-01T00:00:00Z")[0];
         let expected: Vec<(LineKind, Decimal)> =
-            empty_close.iter().map(|a| (LineKind::Usage, *a)).collect();
+            empty_close.iter().map(|a| (LineKind::UsageInAdvance, *a)).collect();
         assert_eq!(amounts(february), expected, "{name}: the period without events");
     }
 }
