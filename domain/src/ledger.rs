@@ -684,19 +684,8 @@ impl Ledger {
             })
             .map_err(stored_plan_error(sub, plan, charge))?;
             if !fee.is_zero() {
-                lines.push(LineDraft {
-                    kind: LineKind::UsageInAdvance,
-                    description: format!(
-                        "{} ({}, paid in advance)",
-                        metric.name,
-                        charge.model.name()
-                    ),
-                    metric_code: Some(metric.code.clone()),
-                    charge_model: Some(charge.model.name().to_string()),
-                    units: Some(value),
-                    service_period: *period,
-                    unrounded: fee,
-                });
+                let note = "paid in advance";
+                lines.push(rules::in_advance_line(metric, charge, note, value, period, fee));
             }
         }
         if lines.is_empty() {

@@ -109,6 +109,26 @@ pub(super) fn check_payment_time(
     Ok(())
 }
 
+/// A line of an in-advance charge's fee (`note` says how it was paid).
+pub(super) fn in_advance_line(
+    metric: &Metric,
+    charge: &Charge,
+    note: &str,
+    units: Decimal,
+    period: &Period,
+    amount: Decimal,
+) -> LineDraft {
+    LineDraft {
+        kind: LineKind::UsageInAdvance,
+        description: format!("{} ({}, {note})", metric.name, charge.model.name()),
+        metric_code: Some(metric.code.clone()),
+        charge_model: Some(charge.model.name().to_string()),
+        units: Some(units),
+        service_period: *period,
+        unrounded: amount,
+    }
+}
+
 impl Ledger {
     /// An in-advance charge whose period had no event: what zero usage costs (a first tier's
     /// flat fee, SPEC §4), billed at the close, since no event's fee carried it. `None` when
@@ -129,22 +149,11 @@ impl Ledger {
         if amount.is_zero() {
             return Ok(None);
         }
-        let metric = &self.metrics[&charge.metric_code];
         // An in-advance charge's fee, though billed at the close: the read side recognizes it
         // as such (not as usage accrued day by day).
-        Ok(Some(LineDraft {
-            kind: LineKind::UsageInAdvance,
-            description: format!(
-                "{} ({}, paid in advance: no usage this period)",
-                metric.name,
-                charge.model.name()
-            ),
-            metric_code: Some(metric.code.clone()),
-            charge_model: Some(charge.model.name().to_string()),
-            units: Some(Decimal::ZERO),
-            service_period: *p,
-            unrounded: amount,
-        }))
+        let metric = &self.metrics[&charge.metric_code];
+        let note = "paid in advance: no usage this period";
+        Ok(Some(in_advance_line(metric, charge, note, Decimal::ZERO, p, amount)))
     }
 
     /// Refuses usage for a metric that no charge of the subscription's plan bills: neither the
