@@ -225,6 +225,7 @@ impl Sim {
                 name: code.replace('_', " "),
                 aggregation: agg.into(),
                 property: prop.into(),
+                allow_negative: false,
             };
             let ack = self.cmd.define_metric(req).await?.into_inner();
             self.ack(Some(&ack));

@@ -12,7 +12,10 @@ use tonic::transport::Channel;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use common::{append_probe, free_port, register_acme_and_api_calls, tier, Server};
+use common::{
+    append_probe, free_port, in_first_period, register_acme_and_api_calls, start_sub_1_backdated,
+    tier, Server,
+};
 
 type Client = CommandServiceClient<Channel>;
 
@@ -41,7 +44,8 @@ fn usage(tx: &str, calls: &str) -> pb::UsageEvent {
         subscription_id: "sub-1".into(),
         transaction_id: tx.into(),
         metric_code: "api_calls".into(),
-        occurred_at: Some(ts(jiff::Timestamp::now())),
+        // Inside the first period of the backdated subscription.
+        occurred_at: Some(in_first_period()),
         properties: [("calls".to_string(), calls.to_string())].into(),
     }
 }
@@ -74,13 +78,8 @@ async fn setup(c: &mut Client) -> u64 {
     register_acme_and_api_calls(c).await;
     let metered = plan("metered", "1000000000000", vec![standard_charge("0.01")]);
     c.publish_plan(metered).await.unwrap();
-    let start = pb::StartSubscriptionRequest {
-        subscription_id: "sub-1".into(),
-        customer_id: "acme".into(),
-        plan_code: "metered".into(),
-        ..Default::default()
-    };
-    c.start_subscription(start).await.unwrap();
+    // Backdated a month: its first period has ended, so a billing run now closes it.
+    start_sub_1_backdated(c, "metered").await;
     let full = c.record_usage(usage("tx-max", "1000000000000000")).await.unwrap().into_inner();
     assert_eq!(full.status, "accepted");
     full.position
@@ -191,7 +190,7 @@ async fn absurd_inputs_are_invalid_argument_and_append_nothing() {
     );
 
     // The period holding 10^15 units bills exactly: 10^15 × 0.01 + the 10^12 base fee + 10 % tax.
-    let bill = pb::RunBillingRequest { as_of: Some(ts(now_plus_days(62))), ..Default::default() };
+    let bill = pb::RunBillingRequest { as_of: Some(ts(now_plus_days(0))), ..Default::default() };
     let issued = c.run_billing(bill).await.unwrap().into_inner();
     let first = issued.invoices.iter().find(|i| i.lines.iter().any(|l| l.kind == "usage")).unwrap();
     let usage_line = first.lines.iter().find(|l| l.kind == "usage").unwrap();

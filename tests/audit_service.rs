@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{free_port, growth_plan, register_acme_and_api_calls, start_sub_1, Server};
+use common::{free_port, growth_plan, register_acme_and_api_calls, start_sub_1_backdated, Server};
 use proto::v1 as pb;
 use proto::v1::audit_service_client::AuditServiceClient;
 use proto::v1::command_service_client::CommandServiceClient;
@@ -45,12 +45,14 @@ fn usage(tx: String, calls: u32) -> pb::UsageEvent {
     }
 }
 
-/// A customer on a plan billed in advance (an invoice at once), usage, a payment, and a
-/// billing run 40 days ahead (the period closes: a second invoice). Returns the last position.
+/// A customer on a plan billed in advance, started a month ago (an invoice at once), usage, a
+/// payment, and a billing run now (the first period closes: a second invoice). Returns the
+/// last position.
 async fn write_books(c: &mut CommandServiceClient<Channel>) -> u64 {
     register_acme_and_api_calls(c).await;
     let plan = pb::PublishPlanRequest { base_fee_in_advance: true, ..growth_plan("0.10") };
-    start_sub_1(c, plan).await;
+    c.publish_plan(plan).await.unwrap();
+    start_sub_1_backdated(c, "growth").await;
     for i in 0..3 {
         let one = c.record_usage(usage(format!("one-{i}"), i + 1)).await.unwrap().into_inner();
         assert_eq!(one.status, "accepted");
@@ -69,7 +71,7 @@ async fn write_books(c: &mut CommandServiceClient<Channel>) -> u64 {
         ..Default::default()
     };
     c.record_payment(payment).await.unwrap();
-    let run = pb::RunBillingRequest { as_of: Some(days_later(40)), ..Default::default() };
+    let run = pb::RunBillingRequest { as_of: Some(now()), ..Default::default() };
     let run = c.run_billing(run).await.unwrap().into_inner();
     assert!(!run.invoices.is_empty(), "the billing run issues an invoice");
     run.ack.unwrap().position

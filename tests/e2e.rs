@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use common::{append_probe, free_port, Server};
+use common::{append_probe, free_port, in_first_period, start_sub_1_backdated, Server};
 
 type Client = CommandServiceClient<Channel>;
 
@@ -315,15 +315,11 @@ fn now() -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: d.as_secs() as i64, nanos: 0 }
 }
 
-fn days_later(days: i64) -> prost_types::Timestamp {
-    let t = now();
-    prost_types::Timestamp { seconds: t.seconds + days * 86_400, nanos: 0 }
-}
-
-/// The usage instant of the test: fixed once, so a resent event is byte-for-byte the same.
+/// The usage instant of the test, inside the first period: fixed once, so a resent event is
+/// byte-for-byte the same.
 fn usage_time() -> prost_types::Timestamp {
     static AT: std::sync::OnceLock<prost_types::Timestamp> = std::sync::OnceLock::new();
-    *AT.get_or_init(now)
+    *AT.get_or_init(in_first_period)
 }
 
 fn usage(tx: &str, calls: &str) -> pb::UsageEvent {
@@ -385,13 +381,7 @@ async fn setup(c: &mut Client) -> u64 {
     c.define_metric(metric).await.unwrap();
     let plan = c.publish_plan(plan_request("growth", "USD")).await.unwrap().into_inner();
     assert_eq!(plan.version, 1);
-    let start = pb::StartSubscriptionRequest {
-        subscription_id: "sub-1".into(),
-        customer_id: "acme".into(),
-        plan_code: "growth".into(),
-        ..Default::default()
-    };
-    let sub = c.start_subscription(start).await.unwrap().into_inner();
+    let sub = start_sub_1_backdated(c, "growth").await;
     assert_eq!((sub.status.as_str(), sub.stream_version), ("active", 0));
     sub.ack.unwrap().position
 }
@@ -549,26 +539,32 @@ async fn write_side_end_to_end_with_kill_and_restart() {
         .await
         .unwrap()
         .into_inner();
+    // The current period (the first one ended today): no usage yet, so the base fee 20.00
+    // plus the first tier's flat fee 5.00 (charged even at zero usage), plus 10 % tax.
     assert_eq!(
         (draft.status.as_str(), draft.total.as_str()),
-        ("draft", "220.00"),
-        "the draft before the close"
+        ("draft", "27.50"),
+        "the current period's draft"
     );
     let mut q = query_client(port).await;
     let seen = pb::CurrentUsageQuery { subscription_id: "sub-1".into(), min_position: Some(last) };
     let read = q.get_current_usage(seen).await.unwrap().into_inner();
     let read_draft = read.invoice.unwrap();
     assert!(read.position >= last, "the query side's draft reflects the last usage");
+    // While an ended period awaits its close the two sides answer different periods: the
+    // command side the one holding today, the query side the oldest open one (the first
+    // period, with the usage: 20.00 + 180.00 + 10 % tax). Reported on issue 11.
     assert_eq!(
         (read_draft.status.as_str(), read_draft.total.as_str(), read_draft.lines.len()),
         ("draft", "220.00", draft.lines.len()),
-        "the query side's draft is the command side's"
+        "the query side's draft is the oldest open period's"
     );
     let ghost = pb::CurrentUsageQuery { subscription_id: "sub-ghost".into(), min_position: None };
     assert_code(q.get_current_usage(ghost).await, Code::NotFound);
 
+    let as_of = now();
     let run = c
-        .run_billing(pb::RunBillingRequest { as_of: Some(days_later(40)), ..Default::default() })
+        .run_billing(pb::RunBillingRequest { as_of: Some(as_of), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -600,7 +596,7 @@ async fn write_side_end_to_end_with_kill_and_restart() {
     let bad = pb::ListInvoicesRequest { status: "late".into(), ..Default::default() };
     assert_code(q.list_invoices(bad).await, Code::InvalidArgument);
     let rerun = c
-        .run_billing(pb::RunBillingRequest { as_of: Some(days_later(40)), ..Default::default() })
+        .run_billing(pb::RunBillingRequest { as_of: Some(as_of), ..Default::default() })
         .await
         .unwrap()
         .into_inner();

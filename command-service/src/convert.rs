@@ -18,15 +18,20 @@ use rust_decimal::Decimal;
 
 type Parsed<T> = Result<T, DomainError>;
 
-/// Parses a decimal string; empty is `None` (a violation if `required`).
+/// Parses a decimal string; empty is `None` (a violation if `required`). "-0" (a negative
+/// zero: a typo or a sign bug in the client) is refused in every decimal field.
 fn dec(v: &mut Violations, field: &str, s: &str, required: bool) -> Option<Decimal> {
     if s.is_empty() {
         if required {
-            v.push(field, "is required");
+            v.push(field, "is required (an empty string is not a decimal)");
         }
         return None;
     }
     match Decimal::from_str(s) {
+        Ok(d) if d.is_zero() && s.trim_start().starts_with('-') => {
+            v.push(field, format!("{s:?} is a negative zero: write 0"));
+            None
+        }
         Ok(d) => Some(d),
         Err(_) => {
             v.push(field, format!("{s:?} is not a decimal number"));
@@ -35,8 +40,14 @@ fn dec(v: &mut Violations, field: &str, s: &str, required: bool) -> Option<Decim
     }
 }
 
+/// An optional decimal whose absence means zero (a flat fee, free units, a tax rate...).
 fn dec_or_zero(v: &mut Violations, field: &str, s: &str) -> Decimal {
     dec(v, field, s, false).unwrap_or_default()
+}
+
+/// A required decimal (a base fee, a price, a rate): "" is refused, "0" is written out.
+fn dec_required(v: &mut Violations, field: &str, s: &str) -> Decimal {
+    dec(v, field, s, true).unwrap_or_default()
 }
 
 fn parse_enum<T>(v: &mut Violations, r: Result<T, DomainError>) -> Option<T> {
@@ -60,10 +71,24 @@ fn date(v: &mut Violations, field: &str, s: &str) -> Option<Date> {
     Date::from_str(s).map_err(|_| v.push(field, format!("{s:?} is not a date YYYY-MM-DD"))).ok()
 }
 
+/// Seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range of a valid
+/// `google.protobuf.Timestamp`.
+const TIMESTAMP_SECONDS_MIN: i64 = -62_135_596_800;
+const TIMESTAMP_SECONDS_MAX: i64 = 253_402_300_799;
+
+/// A caller-supplied instant: a valid protobuf Timestamp (nanos in [0, 999,999,999], years
+/// 0001..9999), for every Timestamp field of every request alike. The domain then bounds it
+/// by the service clock where a future instant makes no sense.
 pub fn timestamp(field: &str, t: Option<&prost_types::Timestamp>) -> Parsed<Timestamp> {
     let t = t.ok_or_else(|| DomainError::invalid(field, "is required"))?;
+    if !(0..=999_999_999).contains(&t.nanos) {
+        return Err(DomainError::invalid(field, "nanos must be in [0, 999999999]"));
+    }
+    if !(TIMESTAMP_SECONDS_MIN..=TIMESTAMP_SECONDS_MAX).contains(&t.seconds) {
+        return Err(DomainError::invalid(field, "is not a valid instant (years 0001..9999)"));
+    }
     Timestamp::new(t.seconds, t.nanos)
-        .map_err(|_| DomainError::invalid(field, "is not a valid instant (years -9999..9999)"))
+        .map_err(|_| DomainError::invalid(field, "is not a valid instant (years 0001..9999)"))
 }
 
 pub fn to_timestamp(t: Timestamp) -> prost_types::Timestamp {
@@ -107,6 +132,7 @@ pub fn define_metric(r: &pb::DefineMetricRequest) -> Parsed<Command> {
         name: r.name.clone(),
         aggregation: aggregation.expect("checked"),
         property,
+        allow_negative: r.allow_negative,
     }))
 }
 
@@ -114,7 +140,7 @@ pub fn publish_plan(r: &pb::PublishPlanRequest) -> Parsed<Command> {
     let mut v = Violations::default();
     let currency = parse_enum(&mut v, Currency::parse(&r.currency));
     let interval = parse_enum(&mut v, Interval::parse(&r.interval));
-    let base_fee = dec_or_zero(&mut v, "base_fee", &r.base_fee);
+    let base_fee = dec_required(&mut v, "base_fee", &r.base_fee);
     let minimum_commitment = dec(&mut v, "minimum_commitment", &r.minimum_commitment, false);
     let charges: Vec<Option<Charge>> = r
         .charges
@@ -166,15 +192,15 @@ fn charge(v: &mut Violations, prefix: &str, c: &pb::Charge) -> Option<Charge> {
             return None;
         }
         Some(Model::Standard(m)) => ChargeModel::Standard {
-            unit_price: dec_or_zero(v, &f("standard.unit_price"), &m.unit_price),
+            unit_price: dec_required(v, &f("standard.unit_price"), &m.unit_price),
         },
         Some(Model::Graduated(m)) => {
             ChargeModel::Graduated { tiers: tiers(v, &f("graduated."), m)? }
         }
         Some(Model::Volume(m)) => ChargeModel::Volume { tiers: tiers(v, &f("volume."), m)? },
         Some(Model::Package(m)) => ChargeModel::Package {
-            package_size: dec_or_zero(v, &f("package.package_size"), &m.package_size),
-            package_price: dec_or_zero(v, &f("package.package_price"), &m.package_price),
+            package_size: dec_required(v, &f("package.package_size"), &m.package_size),
+            package_price: dec_required(v, &f("package.package_price"), &m.package_price),
             free_units: dec_or_zero(v, &f("package.free_units"), &m.free_units),
         },
         Some(Model::Percentage(m)) => percentage(v, &f("percentage."), m),
@@ -204,7 +230,7 @@ fn tiers(v: &mut Violations, prefix: &str, m: &pb::TieredModel) -> Option<Vec<Ti
             let f = |name: &str| format!("{prefix}tiers[{i}].{name}");
             Tier {
                 up_to: dec(v, &f("up_to"), &t.up_to, false),
-                unit_price: dec_or_zero(v, &f("unit_price"), &t.unit_price),
+                unit_price: dec_required(v, &f("unit_price"), &t.unit_price),
                 flat_fee: dec_or_zero(v, &f("flat_fee"), &t.flat_fee),
             }
         })
@@ -218,7 +244,7 @@ fn percentage(v: &mut Violations, prefix: &str, m: &pb::PercentageModel) -> Char
         s.as_deref().and_then(|s| dec(v, &f(name), s, true))
     };
     ChargeModel::Percentage {
-        rate: dec_or_zero(v, &f("rate"), &m.rate),
+        rate: dec_required(v, &f("rate"), &m.rate),
         fixed_amount: dec_or_zero(v, &f("fixed_amount"), &m.fixed_amount),
         free_events: m.free_events,
         free_amount: opt(v, "free_amount", &m.free_amount),
@@ -266,10 +292,12 @@ pub fn record_payment(r: &pb::RecordPaymentRequest, now: Timestamp) -> Parsed<Co
         v.into_result()?;
         PaymentOutcome::Succeeded { amount: amount.expect("checked") }
     } else {
-        if r.reason.trim().is_empty() || r.reason.len() > 256 {
+        let mut v = Violations::default();
+        domain::catalog::check_text(&mut v, "reason", &r.reason, true);
+        if !v.0.is_empty() {
             return Err(DomainError::invalid(
                 "reason",
-                "a failed payment needs a reason (1 to 256 characters)",
+                "a failed payment needs a reason: 1 to 256 characters, no control characters",
             ));
         }
         PaymentOutcome::Failed { reason: r.reason.clone() }

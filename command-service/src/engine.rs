@@ -305,6 +305,13 @@ impl Engine {
             }
         }
         let ctx = Context { now: self.now(), policy: self.policy.clone() };
+        if let Some(original) = model.ledger.replay_position(cmd, &ctx) {
+            // A re-run of a catalog command with the content that exists (with or without a
+            // key): answered as a replay of the event that created it.
+            drop(model);
+            self.wait_durable(seen).await?;
+            return Ok(self.original(original, original).await?);
+        }
         let first = model.next_position;
         let events = model.ledger.execute(cmd, &ctx, first).map_err(from_domain)?;
         if events.is_empty() {
@@ -352,9 +359,9 @@ impl Engine {
             Ok(model) => model,
             Err(original) => return Ok(original),
         };
-        domain::ledger::check_billing_time(as_of).map_err(from_domain)?;
-        let seen = self.seen(&model);
         let ctx = Context { now: self.now(), policy: self.policy.clone() };
+        domain::ledger::check_billing_time(as_of, &ctx).map_err(from_domain)?;
+        let seen = self.seen(&model);
         let ids: Vec<String> = model.ledger.subscriptions.keys().cloned().collect();
         let (mut events, mut pending, mut tickets) = (Vec::new(), Vec::new(), Vec::new());
         let mut pending_bytes = 0;

@@ -70,6 +70,7 @@ fn plan(charges: Vec<pb::Charge>) -> pb::PublishPlanRequest {
         name: "Plan".into(),
         currency: "USD".into(),
         interval: "monthly".into(),
+        base_fee: "0".into(),
         charges,
         ..Default::default()
     }
@@ -161,7 +162,12 @@ fn absurd_inputs_are_refused_naming_the_field() {
             convert::publish_plan(&plan(vec![standard("1000000001")])),
             vec!["charges[0].standard.unit_price"],
         ),
-        ("unit price -0", convert::publish_plan(&plan(vec![standard("-0")])), vec![]),
+        // A negative zero is a typo or a sign bug (issue 11): refused in every decimal field.
+        (
+            "unit price -0",
+            convert::publish_plan(&plan(vec![standard("-0")])),
+            vec!["charges[0].standard.unit_price"],
+        ),
         (
             "unit price -0.01",
             convert::publish_plan(&plan(vec![standard("-0.01")])),
@@ -284,8 +290,11 @@ fn the_event_that_would_overflow_the_period_is_refused_at_record_time() {
         Err(DomainError::Invalid(v)) => assert_eq!(v[0].field, "properties[n]"),
         other => panic!("expected Invalid, got {other:?}"),
     }
-    let bill = Command::RunBilling { as_of: "2025-03-01T00:00:00Z".parse().unwrap() };
-    let events = ledger.execute(&bill, &ctx(), position).unwrap();
+    let as_of = "2025-03-01T00:00:00Z".parse().unwrap();
+    let bill = Command::RunBilling { as_of };
+    // Billing runs at its time (a run later than the clock is refused).
+    let at_close = Context { now: as_of, policy: Policy::default() };
+    let events = ledger.execute(&bill, &at_close, position).unwrap();
     let issued = events.iter().find_map(|e| match e {
         domain::events::Event::InvoiceIssued(i) => Some(i.clone()),
         _ => None,

@@ -12,11 +12,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use command_service::engine::{Clock, Engine, EngineOptions, UsageItem};
 use domain::calendar::{Anchor, Interval};
-use domain::catalog::{Customer, FeeTiming, Metric, Plan};
+use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, Policy};
 use domain::events::Usage;
 use domain::money::Currency;
 use domain::rating::aggregation::Aggregation;
+use domain::rating::ChargeModel;
 use event_store::{
     AppendRequest, AppendTicket, Committed, EventStore, MemoryStore, Position, RecordedEvent,
     StoreError,
@@ -168,6 +169,7 @@ async fn books_with(options: EngineOptions) -> (Arc<GatedStore>, Arc<Engine>) {
         name: "Calls".into(),
         aggregation: Aggregation::Count,
         property: None,
+        allow_negative: false,
     };
     e.execute(Command::DefineMetric(metric), None, None).await.unwrap();
     let plan = Plan {
@@ -180,7 +182,12 @@ async fn books_with(options: EngineOptions) -> (Arc<GatedStore>, Arc<Engine>) {
         fee_timing: FeeTiming::Arrears,
         trial_days: 0,
         minimum_commitment: None,
-        charges: vec![],
+        // Usage is accepted only for a metric the plan charges.
+        charges: vec![Charge {
+            metric_code: "calls".into(),
+            model: ChargeModel::Standard { unit_price: dec!(1) },
+            pay_in_advance: false,
+        }],
     };
     e.execute(Command::PublishPlan(plan), None, None).await.unwrap();
     let start = Command::StartSubscription {

@@ -66,13 +66,14 @@ async fn a_large_billing_run_is_split_into_bounded_appends_and_rebuilds_identica
             plan_code: "p".into(),
             plan_version: None,
             anchor: Anchor::Anniversary,
-            start_date: None,
+            // Backdated one month: the run at the clock's time closes the first period.
+            start_date: Some("2024-12-01".parse().unwrap()),
         };
         e.execute(start, None, None).await.unwrap();
     }
     let head_before = store.head();
     let key = Some(("run-feb".to_string(), [3u8; 32]));
-    let run = e.run_billing("2025-02-01T00:00:00Z".parse().unwrap(), key.clone()).await.unwrap();
+    let run = e.run_billing("2025-01-01T12:00:00Z".parse().unwrap(), key.clone()).await.unwrap();
     assert!(run.events.len() > BILLING_APPEND_EVENTS_MAX, "the run needs more than one append");
     let pieces: Vec<(usize, usize)> =
         recording.requests.lock().split_off(subscriptions as usize + 2);
@@ -93,10 +94,10 @@ async fn a_large_billing_run_is_split_into_bounded_appends_and_rebuilds_identica
     );
     assert_eq!(store.head(), head_before + run.events.len() as u64);
     assert_eq!(run.last_position, Some(store.head() - 1));
-    let again = e.run_billing("2025-02-01T00:00:00Z".parse().unwrap(), None).await.unwrap();
+    let again = e.run_billing("2025-01-01T12:00:00Z".parse().unwrap(), None).await.unwrap();
     assert!(again.events.is_empty(), "billing twice for the same as_of issues nothing");
 
-    let replay = e.run_billing("2025-02-01T00:00:00Z".parse().unwrap(), key.clone()).await;
+    let replay = e.run_billing("2025-01-01T12:00:00Z".parse().unwrap(), key.clone()).await;
     let replay = replay.unwrap();
     assert!(replay.duplicate);
     assert_eq!(replay.events, run.events, "a replay of the key returns every piece of the run");
@@ -110,7 +111,7 @@ async fn a_large_billing_run_is_split_into_bounded_appends_and_rebuilds_identica
     assert_eq!(correlations.len(), 1, "one correlation id for the whole run");
 
     let rebuilt = engine(store.clone(), "2025-02-01T12:00:00Z").await;
-    let replay = rebuilt.run_billing("2025-02-01T00:00:00Z".parse().unwrap(), key).await.unwrap();
+    let replay = rebuilt.run_billing("2025-01-01T12:00:00Z".parse().unwrap(), key).await.unwrap();
     assert_eq!(replay.events, run.events, "and so does a replay after a restart");
     let (live, fresh) =
         (e.read(|l| l.invoices.len()).await, rebuilt.read(|l| l.invoices.len()).await);
@@ -181,8 +182,11 @@ async fn two_command_nodes_on_a_shared_log_catch_up_with_each_other() {
     a.execute(Command::RegisterCustomer(acme(usd)), None, None).await.unwrap();
     wait_for(&*store_b, 1).await;
     // b never saw the registration through its own engine, yet knows the customer now.
-    let again = b.execute(Command::RegisterCustomer(acme(usd)), None, None).await;
-    assert_eq!(again.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    let again = b.execute(Command::RegisterCustomer(acme(usd)), None, None).await.unwrap();
+    assert!(again.duplicate && again.last_position == Some(0), "an identical re-run is a replay");
+    let other = Customer { name: "Other".into(), ..acme(usd) };
+    let other = b.execute(Command::RegisterCustomer(other), None, None).await;
+    assert_eq!(other.unwrap_err().code(), tonic::Code::AlreadyExists);
     let rename = |name: &str| Command::UpdateCustomer {
         customer_id: "c".into(),
         name: Some(name.into()),
@@ -377,6 +381,7 @@ async fn an_overflowing_subscription_does_not_stop_billing_or_append_anything() 
         name: "Calls".into(),
         aggregation: Aggregation::Count,
         property: None,
+        allow_negative: false,
     };
     append_undecided(&store, Event::BillableMetricDefined(metric)).await;
     let in_advance = Charge {
@@ -399,7 +404,8 @@ async fn an_overflowing_subscription_does_not_stop_billing_or_append_anything() 
             plan_code: plan.into(),
             plan_version: None,
             anchor: Anchor::Anniversary,
-            start_date: None,
+            // Backdated one month: the run at the clock's time closes the first period.
+            start_date: Some("2024-12-05".parse().unwrap()),
         };
         e.execute(start, None, None).await.unwrap();
     }
@@ -419,7 +425,7 @@ async fn an_overflowing_subscription_does_not_stop_billing_or_append_anything() 
     assert_eq!(failure.violations[0].subject, "subscription-s3");
     assert_eq!(store.head(), head, "a refused usage appends nothing");
 
-    let run = e.run_billing("2025-02-05T00:00:00Z".parse().unwrap(), None).await.unwrap();
+    let run = e.run_billing("2025-01-05T00:00:00Z".parse().unwrap(), None).await.unwrap();
     let invoiced: Vec<(&str, Decimal)> = run
         .events
         .iter()
@@ -483,6 +489,7 @@ async fn a_decision_on_a_model_another_node_changed_never_lands() {
         name: "Calls".into(),
         aggregation: Aggregation::Count,
         property: None,
+        allow_negative: false,
     };
     a.execute(Command::DefineMetric(metric), None, None).await.unwrap();
     let per_call = Charge {

@@ -42,9 +42,16 @@ fn id_within(id: &str, len_max: usize) -> bool {
     !id.is_empty() && id.len() <= len_max && ok_chars
 }
 
-fn check_text(v: &mut Violations, field: &str, text: &str, required: bool) {
-    if (required && text.trim().is_empty()) || text.len() > 256 {
-        v.push(field, "must be 1 to 256 characters");
+/// Longest free text (a name, a reason) in bytes.
+pub const TEXT_LEN_MAX: usize = 256;
+
+/// Checks free text (names, reasons): 1..=256 bytes when `required` (not only blanks), and no
+/// control characters (NUL, newlines, escapes...): they would corrupt every export and log line.
+pub fn check_text(v: &mut Violations, field: &str, text: &str, required: bool) {
+    if (required && text.trim().is_empty()) || text.len() > TEXT_LEN_MAX {
+        v.push(field, format!("must be 1 to {TEXT_LEN_MAX} characters"));
+    } else if text.chars().any(char::is_control) {
+        v.push(field, "must not contain control characters (NUL, line breaks, escapes...)");
     }
 }
 
@@ -87,6 +94,14 @@ pub struct Metric {
     pub aggregation: Aggregation,
     /// The usage property the aggregation reads; `None` for `count`.
     pub property: Option<String>,
+    /// Whether a usage value may be negative (a metric of deltas). Off by default: a negative
+    /// value is refused. Even on, a period never rates below zero units. For `weighted_sum`
+    /// (each value is a change of a level) a negative change is normal; off, the level may go
+    /// down but never below zero. Absent in events written before it existed: `false`.
+    /// Not written when false, so the encoding of every other metric is the one version 1
+    /// always wrote (pinned by the golden events).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_negative: bool,
 }
 
 impl Metric {
@@ -100,6 +115,12 @@ impl Metric {
                 v.push("property", "must be 1 to 128 characters")
             }
             _ => {}
+        }
+        if self.allow_negative && !self.aggregation.is_numeric() {
+            v.push(
+                "allow_negative",
+                "only a numeric aggregation reads a value that could be negative",
+            );
         }
         v.into_result()
     }
@@ -173,6 +194,12 @@ impl Plan {
         }
         for (i, c) in self.charges.iter().enumerate() {
             check_charge(&mut v, i, c)?;
+            if self.charges[..i].iter().any(|earlier| earlier.metric_code == c.metric_code) {
+                v.push(
+                    format!("charges[{i}].metric_code"),
+                    format!("metric {} is already charged by an earlier charge", c.metric_code),
+                );
+            }
         }
         v.into_result()
     }

@@ -28,6 +28,11 @@ use crate::rating::{
 };
 use crate::subscription::{add_usage, base_fee_line, credit_line, segment_lines, Subscription};
 
+mod rules;
+pub use rules::{
+    check_not_future, latest_accepted, rated_units, METRIC_NOT_ON_PLAN, PAYMENT_BEFORE_ISSUE,
+};
+
 /// Largest absolute numeric usage value accepted (keeps rating far from Decimal overflow): 10^15.
 /// (It was 999,998,482,350,080 by a wrong constant: the fuzz work made it exact.)
 pub const USAGE_VALUE_ABS_MAX: Decimal = crate::money::UNITS_MAX;
@@ -35,14 +40,19 @@ pub const USAGE_VALUE_ABS_MAX: Decimal = crate::money::UNITS_MAX;
 /// trial end far inside the calendar's range (year 9999).
 pub const DATE_MAX: Date = jiff::civil::date(9000, 1, 1);
 
-/// Refuses billing times beyond [`DATE_MAX`].
-pub fn check_billing_time(as_of: Timestamp) -> Result<(), DomainError> {
+/// Refuses billing times beyond [`DATE_MAX`], and later than the service clock plus the skew
+/// allowed for usage: a run in the future would close periods that have not ended.
+pub fn check_billing_time(as_of: Timestamp, ctx: &Context) -> Result<(), DomainError> {
     let limit = DATE_MAX.to_zoned(TimeZone::UTC).expect("in range").timestamp();
     if as_of >= limit {
         return Err(DomainError::invalid("as_of", format!("must be before {DATE_MAX}")));
     }
-    Ok(())
+    check_not_future("as_of", as_of, ctx)
 }
+
+/// How far before today a subscription may start (a backdated start, e.g. a customer moved
+/// from another system): its ended periods are billed by the next billing run.
+pub const BACKDATE_DAYS_MAX: i64 = 366;
 
 /// Most properties one usage event may carry.
 pub const USAGE_PROPERTIES_MAX: usize = 32;
@@ -90,6 +100,10 @@ pub struct Ledger {
     /// When set, usage transaction ids are not kept for duplicate detection: a read-side copy
     /// of the ledger (which never decides) saves the largest part of its memory.
     pub without_dedup_index: bool,
+    /// Log position of the event that created each catalog stream (`customer-<id>`,
+    /// `metric-<code>`, `subscription-<id>`; `plan-<code>`: its latest version), so an
+    /// identical re-run is answered as a replay (see [`Ledger::replay_position`]).
+    pub created_at: HashMap<String, u64>,
 }
 
 /// The rated amounts of a subscription's open period so far (see [`Ledger::rated_usage`]).
@@ -171,6 +185,7 @@ impl Ledger {
                 UsageOutcome::Duplicate { .. } => Ok(Vec::new()),
             },
             Command::RunBilling { as_of } => {
+                check_billing_time(*as_of, ctx)?;
                 let mut events = Vec::new();
                 for sub in self.subscriptions.values() {
                     if let Some(step) = self.billing_step(sub, *as_of, ctx)? {
@@ -199,7 +214,7 @@ impl Ledger {
     ) -> Result<Vec<Event>, DomainError> {
         match cmd {
             Command::RunBilling { as_of } => {
-                check_billing_time(*as_of)?;
+                check_billing_time(*as_of, ctx)?;
                 self.execute_billing(*as_of, ctx, next_position)
             }
             Command::CancelSubscription { subscription_id, immediately: true } => {
@@ -290,11 +305,11 @@ impl Ledger {
     fn decide_register_customer(&self, c: &Customer) -> Result<Vec<Event>, DomainError> {
         c.validate()?;
         if self.customers.contains_key(&c.customer_id) {
-            return Err(DomainError::precondition(
-                "CUSTOMER_EXISTS",
-                format!("customer-{}", c.customer_id),
-                format!("customer {} is already registered", c.customer_id),
-            ));
+            return Err(DomainError::Conflict(format!(
+                "customer {} is already registered with other fields (an identical request is a \
+                 replay; change a customer with UpdateCustomer)",
+                c.customer_id
+            )));
         }
         Ok(vec![Event::CustomerRegistered(c.clone())])
     }
@@ -308,9 +323,7 @@ impl Ledger {
     ) -> Result<Vec<Event>, DomainError> {
         let mut v = Violations::default();
         if let Some(n) = name {
-            if n.trim().is_empty() || n.len() > 256 {
-                v.push("name", "must be 1 to 256 characters");
-            }
+            crate::catalog::check_text(&mut v, "name", n, true);
         }
         if let Some(r) = tax_rate {
             check_tax_rate(&mut v, r);
@@ -331,11 +344,11 @@ impl Ledger {
     fn decide_define_metric(&self, m: &Metric) -> Result<Vec<Event>, DomainError> {
         m.validate()?;
         if self.metrics.contains_key(&m.code) {
-            return Err(DomainError::precondition(
-                "METRIC_EXISTS",
-                format!("metric-{}", m.code),
-                format!("metric {} is already defined (metrics are immutable)", m.code),
-            ));
+            return Err(DomainError::Conflict(format!(
+                "metric {} is already defined otherwise (metrics are immutable; an identical \
+                 request is a replay)",
+                m.code
+            )));
         }
         Ok(vec![Event::BillableMetricDefined(m.clone())])
     }
@@ -356,6 +369,16 @@ impl Ledger {
                 v.push(
                     format!("charges[{i}].metric_code"),
                     "a percentage model rates amounts: it needs a sum metric",
+                );
+            }
+            if c.pay_in_advance && metric.allow_negative {
+                v.push(
+                    format!("charges[{i}].pay_in_advance"),
+                    format!(
+                        "metric {} allows negative values: a negative event paid in advance \
+                         would be a credit; bill it in arrears",
+                        metric.code
+                    ),
                 );
             }
         }
@@ -384,19 +407,21 @@ impl Ledger {
         let customer = self.customer(customer_id)?;
         let plan = self.find_plan(plan_code, *plan_version)?;
         if self.subscriptions.contains_key(subscription_id) {
-            return Err(DomainError::precondition(
-                "SUBSCRIPTION_EXISTS",
-                format!("subscription-{subscription_id}"),
-                format!("subscription {subscription_id} already exists"),
-            ));
+            return Err(DomainError::Conflict(format!(
+                "subscription {subscription_id} already exists, started otherwise (an identical \
+                 request is a replay)"
+            )));
         }
         check_currency(customer, plan)?;
         let today = local_date(ctx.now, &customer.time_zone);
         let start = start_date.unwrap_or(today);
-        if start < today || start >= DATE_MAX {
+        let earliest = today
+            .checked_sub(jiff::Span::new().days(BACKDATE_DAYS_MAX))
+            .unwrap_or(jiff::civil::Date::MIN);
+        if start < earliest || start >= DATE_MAX {
             return Err(DomainError::invalid(
                 "start_date",
-                format!("must be from today to before {DATE_MAX}"),
+                format!("must be from {BACKDATE_DAYS_MAX} days ago to before {DATE_MAX}"),
             ));
         }
         let trial_end = (plan.trial_days > 0)
@@ -543,10 +568,7 @@ impl Ledger {
             .get(&u.metric_code)
             .ok_or_else(|| DomainError::not_found("metric", &u.metric_code))?;
         let value = usage_value(metric, u)?;
-        let tolerance = jiff::SignedDuration::from_secs(ctx.policy.usage_future_tolerance_secs);
-        if u.occurred_at > ctx.now + tolerance {
-            return Err(DomainError::invalid("occurred_at", "lies in the future"));
-        }
+        check_not_future("occurred_at", u.occurred_at, ctx)?;
         let date = local_date(u.occurred_at, &sub.time_zone);
         if !sub.is_in_service(date) {
             return Err(precondition(
@@ -573,6 +595,11 @@ impl Ledger {
                 u.transaction_id, u.subscription_id
             )));
         }
+        self.check_metric_on_plan(sub, u, &period)?;
+        let distinct =
+            metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
+        let point = UsagePoint { occurred_at: u.occurred_at, seq: u64::MAX, value, distinct };
+        rules::check_usage_sign(sub, metric, &period, &point)?;
         check_period_usage(sub, metric, &period, value)?;
         let invoice = self.in_advance_invoice(sub, metric, &period, u, value, ctx)?.map(Box::new);
         Ok(UsageCheck::New {
@@ -625,6 +652,9 @@ impl Ledger {
             let (start, end) =
                 (period.start_instant(&sub.time_zone), period.end_instant(&sub.time_zone));
             let units_before = before.units(start, end)?;
+            // The period's first event of the charge also pays what zero usage costs (a first
+            // tier's flat fee, SPEC §4); a period without any event pays it at its close.
+            let first_in_period = before.event_count() == 0;
             let mut amounts = open
                 .and_then(|o| o.usage.get(&metric.code))
                 .map(|m| m.amounts.clone())
@@ -646,21 +676,16 @@ impl Ledger {
                 &RatingInput { units: units_before, event_amounts: &amounts_before },
                 &RatingInput { units: before.units(start, end)?, event_amounts: &amounts_after },
             )
+            .and_then(|fee| match first_in_period {
+                true => fee
+                    .checked_add(charge.model.zero_usage_amount()?)
+                    .ok_or_else(crate::rating::aggregation::overflow),
+                false => Ok(fee),
+            })
             .map_err(stored_plan_error(sub, plan, charge))?;
             if !fee.is_zero() {
-                lines.push(LineDraft {
-                    kind: LineKind::UsageInAdvance,
-                    description: format!(
-                        "{} ({}, paid in advance)",
-                        metric.name,
-                        charge.model.name()
-                    ),
-                    metric_code: Some(metric.code.clone()),
-                    charge_model: Some(charge.model.name().to_string()),
-                    units: Some(value),
-                    service_period: *period,
-                    unrounded: fee,
-                });
+                let note = "paid in advance";
+                lines.push(rules::in_advance_line(metric, charge, note, value, period, fee));
             }
         }
         if lines.is_empty() {
@@ -827,6 +852,7 @@ impl Ledger {
         let amounts = self
             .usage_lines(sub, plan, &p)?
             .into_iter()
+            .filter(|l| l.kind == LineKind::Usage)
             .map(|l| (l.metric_code.unwrap_or_default(), plan.currency_round(l.unrounded)))
             .collect();
         Ok(Some(RatedUsage { period: p, currency: plan.currency, amounts }))
@@ -841,9 +867,13 @@ impl Ledger {
         let open = sub.open.get(&p.start);
         let (start, end) = (p.start_instant(&sub.time_zone), p.end_instant(&sub.time_zone));
         let mut lines = Vec::new();
-        for charge in plan.charges.iter().filter(|c| !c.pay_in_advance) {
+        for charge in &plan.charges {
             let metric = &self.metrics[&charge.metric_code];
             let usage = open.and_then(|o| o.usage.get(&metric.code));
+            if charge.pay_in_advance {
+                lines.extend(self.unused_in_advance_line(sub, plan, charge, p, usage)?);
+                continue;
+            }
             let units = match usage {
                 // A period cut to nothing (cancelled before it began) has no usage to rate.
                 Some(u) if start < end => u.aggregate.units(start, end)?,
@@ -864,7 +894,7 @@ impl Ledger {
                 description: format!("{} ({})", metric.name, charge.model.name()),
                 metric_code: Some(metric.code.clone()),
                 charge_model: Some(charge.model.name().to_string()),
-                units: Some(units),
+                units: Some(rules::rated_units(units)),
                 service_period: *p,
                 unrounded: amount,
             });
@@ -949,6 +979,7 @@ impl Ledger {
     ) -> Result<Vec<Event>, DomainError> {
         let inv = self.invoice(id)?;
         let subject = format!("invoice-{id}");
+        rules::check_payment_time(inv, at, ctx)?;
         match outcome {
             PaymentOutcome::Succeeded { amount } => {
                 let currency = inv.invoice.currency;
@@ -1013,6 +1044,9 @@ impl Ledger {
         reason: &str,
         ctx: &Context,
     ) -> Result<Vec<Event>, DomainError> {
+        let mut v = Violations::default();
+        crate::catalog::check_text(&mut v, "reason", reason, false);
+        v.into_result()?;
         let inv = self.invoice(id)?;
         if inv.status != InvoiceStatus::Open || !inv.amount_paid.is_zero() {
             return Err(DomainError::precondition(
@@ -1038,6 +1072,7 @@ impl Ledger {
     pub fn evolve(&mut self, event: &Event, position: u64) {
         match event {
             Event::CustomerRegistered(c) => {
+                self.created_at.insert(event.stream(), position);
                 let time_zone = parse_time_zone(&c.time_zone).expect("validated at decide");
                 self.customers.insert(
                     c.customer_id.clone(),
@@ -1054,10 +1089,15 @@ impl Ledger {
                 }
             }
             Event::BillableMetricDefined(m) => {
+                self.created_at.insert(event.stream(), position);
                 self.metrics.insert(m.code.clone(), m.clone());
             }
-            Event::PlanPublished(p) => self.evolve_plan(p),
+            Event::PlanPublished(p) => {
+                self.created_at.insert(event.stream(), position);
+                self.evolve_plan(p)
+            }
             Event::SubscriptionStarted { .. } => {
+                self.created_at.insert(event.stream(), position);
                 let sub = preview_subscription(self, event);
                 self.subscriptions.insert(sub.subscription_id.clone(), sub);
             }

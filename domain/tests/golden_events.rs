@@ -70,6 +70,7 @@ fn one_of_each() -> Vec<Event> {
             name: "API calls".into(),
             aggregation: Aggregation::Sum,
             property: Some("calls".into()),
+            allow_negative: false,
         }),
         Event::PlanPublished(Plan {
             code: "growth".into(),
@@ -148,6 +149,15 @@ fn one_of_each() -> Vec<Event> {
             invoice_id: "inv-sub-1-1".into(),
             occurred_at: at("2025-02-05T00:00:00Z"),
         },
+        // Added with `allow_negative` (issue 11): the field is written only when true; a
+        // metric written before it (line 3) reads as `false`.
+        Event::BillableMetricDefined(Metric {
+            code: "seats_delta".into(),
+            name: "Seats (deltas)".into(),
+            aggregation: Aggregation::Sum,
+            property: Some("delta".into()),
+            allow_negative: true,
+        }),
     ]
 }
 

@@ -33,6 +33,7 @@ fn metric(code: &str, aggregation: Aggregation, property: Option<&str>) -> Comma
         name: code.into(),
         aggregation,
         property: property.map(Into::into),
+        allow_negative: false,
     })
 }
 
@@ -131,7 +132,7 @@ fn command(selector: u8, bytes: &[u8]) -> Option<Result<Command, DomainError>> {
         6 => {
             let r: pb::RunBillingRequest = decode(bytes)?;
             convert::timestamp("as_of", r.as_of.as_ref()).and_then(|as_of| {
-                domain::ledger::check_billing_time(as_of)?;
+                domain::ledger::check_billing_time(as_of, &ctx())?;
                 Ok(Command::RunBilling { as_of })
             })
         }
@@ -168,9 +169,12 @@ fuzz_target!(|data: &[u8]| {
     if let Err(err) = ledger.execute(&cmd, &ctx, 2_000) {
         check_refusal(&err);
     }
-    // Whatever was accepted must still bill without a panic, far into the future.
-    let far = Command::RunBilling { as_of: "2027-01-01T00:00:00Z".parse().expect("ts") };
-    if let Err(err) = ledger.execute(&far, &ctx, 3_000) {
+    // Whatever was accepted must still bill without a panic, far into the future (billing
+    // runs at the clock: the clock is moved there).
+    let as_of: Timestamp = "2027-01-01T00:00:00Z".parse().expect("ts");
+    let far = Command::RunBilling { as_of };
+    let later = Context { now: as_of, ..ctx };
+    if let Err(err) = ledger.execute(&far, &later, 3_000) {
         check_refusal(&err);
     }
 });

@@ -80,6 +80,7 @@ fn commands() -> Vec<(Timestamp, Command)> {
             name: "Calls".into(),
             aggregation: Aggregation::Sum,
             property: Some("n".into()),
+            allow_negative: false,
         }),
         Command::PublishPlan(plan("api", dec!(10), dec!(0.10))),
         Command::PublishPlan(plan("pro", dec!(20), dec!(0.05))),

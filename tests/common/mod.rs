@@ -194,15 +194,51 @@ pub fn tier(up_to: &str, price: &str) -> pb::Tier {
     pb::Tier { up_to: up_to.into(), unit_price: price.into(), flat_fee: String::new() }
 }
 
-/// Appends one harmless event (metric `probe`) and returns its log position: the position after
-/// everything appended so far. Tests compare it with an earlier position to prove that refused
-/// commands appended nothing.
+/// Appends one harmless event (a metric `probe-<n>`, new on every call: an identical
+/// DefineMetric would be a replay appending nothing) and returns its log position: the position
+/// after everything appended so far. Tests compare it with an earlier position to prove that
+/// refused commands appended nothing.
 pub async fn append_probe(c: &mut CommandServiceClient<Channel>) -> u64 {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let probe = pb::DefineMetricRequest {
-        code: "probe".into(),
+        code: format!("probe-{n}"),
         name: "Probe".into(),
         aggregation: "count".into(),
         ..Default::default()
     };
     c.define_metric(probe).await.unwrap().into_inner().position
+}
+
+/// One month before today in Berlin (acme's zone): the start date of a backdated
+/// subscription whose first period has ended, so a billing run at the real clock closes it (a
+/// run later than the server's clock is refused).
+pub fn month_ago_in_berlin() -> jiff::civil::Date {
+    let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+    jiff::Timestamp::now().to_zoned(berlin).date() - jiff::Span::new().months(1)
+}
+
+/// Starts acme's `sub-1` on `plan_code` backdated to [`month_ago_in_berlin`]: its first period
+/// has ended, and a billing run at the real clock closes it.
+pub async fn start_sub_1_backdated(
+    c: &mut CommandServiceClient<Channel>,
+    plan_code: &str,
+) -> pb::SubscriptionResponse {
+    let start = pb::StartSubscriptionRequest {
+        subscription_id: "sub-1".into(),
+        customer_id: "acme".into(),
+        plan_code: plan_code.into(),
+        start_date: month_ago_in_berlin().to_string(),
+        ..Default::default()
+    };
+    c.start_subscription(start).await.unwrap().into_inner()
+}
+
+/// Noon in Berlin the day after [`month_ago_in_berlin`]: an instant inside the first period of
+/// a subscription started then (whatever the month's length).
+pub fn in_first_period() -> prost_types::Timestamp {
+    let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+    let day = month_ago_in_berlin().tomorrow().unwrap();
+    let at = day.at(12, 0, 0, 0).to_zoned(berlin).unwrap().timestamp();
+    prost_types::Timestamp { seconds: at.as_second(), nanos: 0 }
 }

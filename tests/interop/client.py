@@ -16,6 +16,7 @@ Needs a data dir of its own: the ids it writes (py-acme, py-sub-1, ...) must be 
 from __future__ import annotations
 
 import argparse
+import calendar
 import importlib
 import importlib.resources
 import json
@@ -23,9 +24,11 @@ import os
 import sys
 import tempfile
 import time
+from datetime import date, datetime, time as clock_time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from zoneinfo import ZoneInfo
 
 import grpc
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -39,7 +42,6 @@ from grpc_status import rpc_status
 
 RPC_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 30.0
-SECONDS_PER_DAY = 86_400
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 
 # Filled by generate_stubs(): the modules grpcio-tools generated from proto/accrual/v1.
@@ -154,16 +156,28 @@ class Book:
     subscription = "py-sub-1"
 
     def __init__(self) -> None:
-        self.now_s = int(time.time())
+        # The subscription starts a month ago in Berlin (a backdated start): its first period
+        # has ended, and a billing run at the server's clock closes it (a run in the future is
+        # refused). The usage lies inside that period: noon the day after the start.
+        berlin = ZoneInfo("Europe/Berlin")
+        self.start_date = month_before(datetime.now(berlin).date())
+        noon = datetime.combine(self.start_date + timedelta(days=1), clock_time(12), berlin)
+        self.usage_s = int(noon.timestamp())
 
     def usage(self, tx: str, calls: str, subscription: str | None = None) -> Any:
         return pb["command"].UsageEvent(
             subscription_id=subscription or self.subscription,
             transaction_id=tx,
             metric_code=self.metric,
-            occurred_at=timestamp(self.now_s),
+            occurred_at=timestamp(self.usage_s),
             properties={"calls": calls},
         )
+
+
+def month_before(day: date) -> date:
+    """The same day a month earlier, clamped to that month's last day (as jiff does)."""
+    year, month = (day.year, day.month - 1) if day.month > 1 else (day.year - 1, 12)
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
 def growth_plan(book: Book, code: str, currency: str) -> Any:
@@ -219,7 +233,7 @@ def set_up_books(command: Any, book: Book, checks: Checks) -> None:
     checks.equal(plan.version, 1, "PublishPlan version")
     start = pb["command"].StartSubscriptionRequest(
         idempotency_key="py-start", subscription_id=book.subscription,
-        customer_id=book.customer, plan_code=book.plan,
+        customer_id=book.customer, plan_code=book.plan, start_date=book.start_date.isoformat(),
     )
     sub = command.StartSubscription(start, timeout=RPC_TIMEOUT_S)
     checks.equal((sub.status, sub.stream_version), ("active", 0), "StartSubscription")
@@ -283,8 +297,8 @@ def current_usage(query: Any, book: Book, checks: Checks, seen: int) -> None:
 
 
 def bill(command: Any, query: Any, book: Book, checks: Checks) -> Any:
-    """RunBilling 40 days ahead closes the period; the query side lists the invoice."""
-    as_of = timestamp(book.now_s + 40 * SECONDS_PER_DAY)
+    """RunBilling at the clock closes the first period; the query side lists the invoice."""
+    as_of = timestamp(int(time.time()))
     run = command.RunBilling(
         pb["command"].RunBillingRequest(idempotency_key="py-bill", as_of=as_of), timeout=RPC_TIMEOUT_S
     )

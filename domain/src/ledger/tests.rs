@@ -49,6 +49,7 @@ impl World {
             name: "API calls".into(),
             aggregation: Aggregation::Sum,
             property: Some("n".into()),
+            allow_negative: false,
         };
         w.run(Command::DefineMetric(metric), "2025-01-01T00:00:00Z").unwrap();
         w
@@ -743,7 +744,11 @@ fn period_usage_past_10_15_is_refused_and_changes_nothing() {
     w.usage("t1", "999999999999999", t1, t1).unwrap();
     w.usage("t2", "1", t2, t2).unwrap();
     let position = w.position;
-    for (tx, n) in [("t3", "0.000000000001"), ("t4", "-1"), ("t5", "1000000000000000")] {
+    match w.usage("t4", "-1", t2, t2) {
+        Err(DomainError::Invalid(v)) => assert!(v[0].description.contains("must not be negative")),
+        other => panic!("-1: expected Invalid, got {other:?}"),
+    }
+    for (tx, n) in [("t3", "0.000000000001"), ("t5", "1000000000000000")] {
         match w.usage(tx, n, t2, t2) {
             Err(DomainError::Invalid(v)) => {
                 assert_eq!(v[0].field, "properties[n]", "{n}");
@@ -812,9 +817,21 @@ fn a_plan_at_every_bound_bills_without_overflow() {
         },
         ChargeModel::GraduatedPercentage { tiers: percent_tiers },
     ];
+    // One metric per charge (a plan charges a metric once), each at the period bound.
+    let metric_of = |i: usize| if i == 0 { "calls".to_string() } else { format!("calls{i}") };
+    for i in 1..crate::catalog::CHARGES_MAX {
+        let metric = Metric {
+            code: metric_of(i),
+            name: metric_of(i),
+            aggregation: Aggregation::Sum,
+            property: Some("n".into()),
+            allow_negative: false,
+        };
+        w.run(Command::DefineMetric(metric), "2025-01-01T00:00:00Z").unwrap();
+    }
     let charges: Vec<Charge> = (0..crate::catalog::CHARGES_MAX)
         .map(|i| Charge {
-            metric_code: "calls".into(),
+            metric_code: metric_of(i),
             model: models[i % models.len()].clone(),
             pay_in_advance: false,
         })
@@ -822,7 +839,16 @@ fn a_plan_at_every_bound_bills_without_overflow() {
     w.plan("max", AMOUNT_MAX, FeeTiming::Arrears, 0, charges, Some(AMOUNT_MAX));
     w.start("max", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
     let t = "2025-01-05T00:00:00Z";
-    w.usage("t1", &UNITS_MAX.to_string(), t, t).unwrap();
+    for i in 0..crate::catalog::CHARGES_MAX {
+        let u = Usage {
+            subscription_id: "s1".into(),
+            transaction_id: format!("t{i}"),
+            metric_code: metric_of(i),
+            occurred_at: at(t),
+            properties: BTreeMap::from([("n".to_string(), UNITS_MAX.to_string())]),
+        };
+        w.run(Command::RecordUsage(u), t).unwrap();
+    }
     let inv = &w.bill("2025-02-01T00:00:00Z")[0];
     assert_eq!(inv.lines.len(), 1 + crate::catalog::CHARGES_MAX);
     assert!(inv.total > dec!(1e25) && inv.total < dec!(1e27), "total {}", inv.total);
@@ -839,6 +865,7 @@ fn weighted_sum_at_the_bound_over_a_leap_year() {
         name: "Seats".into(),
         aggregation: Aggregation::WeightedSum,
         property: Some("delta".into()),
+        allow_negative: false,
     };
     w.run(Command::DefineMetric(metric), "2024-01-01T00:00:00Z").unwrap();
     let mut plan_charge = graduated_spec_charge();
@@ -1135,3 +1162,5 @@ fn commands_that_would_issue_an_overflowing_invoice_are_refused_and_change_nothi
     assert!(w.ledger.subscriptions["s1"].open.is_empty(), "the usage was not recorded");
     assert!(w.ledger.subscriptions["s2"].pending_change.is_none());
 }
+
+mod input_rules;

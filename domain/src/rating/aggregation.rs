@@ -134,6 +134,8 @@ struct LatestValue {
 struct Levels {
     deltas: BTreeMap<(Timestamp, u64), Decimal>,
     magnitude: Decimal,
+    /// Σ delta: the level after the last change.
+    last_level: Decimal,
 }
 
 impl RunningAggregate {
@@ -146,9 +148,11 @@ impl RunningAggregate {
             Aggregation::Min => State::Min(None),
             Aggregation::UniqueCount => State::UniqueCount(BTreeSet::new()),
             Aggregation::Latest => State::Latest(None),
-            Aggregation::WeightedSum => {
-                State::WeightedSum(Levels { deltas: BTreeMap::new(), magnitude: Decimal::ZERO })
-            }
+            Aggregation::WeightedSum => State::WeightedSum(Levels {
+                deltas: BTreeMap::new(),
+                magnitude: Decimal::ZERO,
+                last_level: Decimal::ZERO,
+            }),
         };
         RunningAggregate { aggregation, events: 0, magnitude: Decimal::ZERO, state }
     }
@@ -183,6 +187,16 @@ impl RunningAggregate {
             State::Latest(latest) => latest.map_or(Decimal::ZERO, |l| l.value),
             State::WeightedSum(levels) => levels.average(period_start, period_end)?,
         })
+    }
+
+    /// For `weighted_sum`: the lowest level the period would reach from `p`'s instant on if
+    /// `p` were added (`None` for other aggregations). The ledger refuses a change that takes
+    /// the level below zero unless the metric allows negative values.
+    pub fn lowest_level_with(&self, p: &UsagePoint) -> Option<Decimal> {
+        match &self.state {
+            State::WeightedSum(levels) => Some(levels.lowest_with(p)),
+            _ => None,
+        }
     }
 
     /// Number of events folded in.
@@ -239,9 +253,34 @@ impl Levels {
         let key = (p.occurred_at, p.seq);
         let current = self.deltas.get(&key).copied().unwrap_or(Decimal::ZERO);
         let delta = current.checked_add(p.value).ok_or_else(overflow)?;
+        let last_level = self.last_level.checked_add(p.value).ok_or_else(overflow)?;
         self.deltas.insert(key, delta);
         self.magnitude = magnitude;
+        self.last_level = last_level;
         Ok(())
+    }
+
+    /// The lowest level from `p`'s instant on if `p` were added (the level is 0 at the period
+    /// start). In time order (the usual case) only the last level moves: O(1); a change
+    /// arriving late shifts every later level, which are scanned.
+    fn lowest_with(&self, p: &UsagePoint) -> Decimal {
+        let key = (p.occurred_at, p.seq);
+        if self.deltas.last_key_value().is_none_or(|(last, _)| *last < key) {
+            return self.last_level.saturating_add(p.value);
+        }
+        self.lowest_from(key, p.value)
+    }
+
+    /// The lowest level at or after `key` once `delta` is added at `key`.
+    fn lowest_from(&self, key: (Timestamp, u64), delta: Decimal) -> Decimal {
+        let before: Decimal = self.deltas.range(..key).map(|(_, d)| *d).sum();
+        let mut level = before.saturating_add(delta);
+        let mut lowest = level;
+        for (_, d) in self.deltas.range(key..) {
+            level = level.saturating_add(*d);
+            lowest = lowest.min(level);
+        }
+        lowest
     }
 
     /// ∫level dt / (end − start), time in microseconds; the level is 0 at `start`.

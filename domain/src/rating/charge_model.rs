@@ -172,6 +172,13 @@ impl ChargeModel {
         }
     }
 
+    /// What zero usage costs (the first tier's flat fee of a tiered model, else 0). An
+    /// in-advance charge bills it once per period: with the period's first event, or at the
+    /// close of a period without one (see [`in_advance_fee`]).
+    pub fn zero_usage_amount(&self) -> Result<Decimal, DomainError> {
+        self.rate(&RatingInput { units: Decimal::ZERO, event_amounts: &[] })
+    }
+
     /// The `percentage` terms as a struct (all zero/unset for other models; never read then).
     fn percentage_terms(&self) -> PercentageTerms {
         match *self {
@@ -197,8 +204,9 @@ impl ChargeModel {
 
 /// Fee of one pay-in-advance event: rate(after) − rate(before), where before/after are the
 /// period's usage without/with the event. The fees of a period's events telescope to
-/// rate(all usage) − rate(no usage): the zero-usage amount (a first tier's flat fee) is never
-/// part of an event's fee. A decrease of usage (e.g. a negative `sum` value) yields a negative
+/// rate(all usage) − rate(no usage): the zero-usage amount (a first tier's flat fee,
+/// [`ChargeModel::zero_usage_amount`]) is never part of an event's fee; the ledger adds it to
+/// the period's first event, or bills it at the close of a period without events. A decrease of usage (e.g. a negative `sum` value) yields a negative
 /// fee, so that the fees still add up exactly. Refuses a model that does not allow
 /// [`ChargeModel::allows_pay_in_advance`] (field `pay_in_advance`).
 pub fn in_advance_fee(

@@ -71,6 +71,7 @@ pub fn simulate(ops: &[Op], arrears: bool) -> Vec<Event> {
             name: "Calls".into(),
             aggregation: Aggregation::Sum,
             property: Some("n".into()),
+            allow_negative: false,
         }),
         Command::PublishPlan(plan("basic", dec!(30), timing)),
         Command::PublishPlan(plan("pro", dec!(62), FeeTiming::Advance)),
