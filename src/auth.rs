@@ -20,9 +20,13 @@ use tonic::{Request, Status};
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Role {
+    /// CommandService: every write
     Writer,
+    /// QueryService: invoices, MRR, revenue, the journal
     Analyst,
+    /// QueryService and AuditService
     Auditor,
+    /// every service
     Admin,
 }
 
@@ -183,6 +187,8 @@ pub enum TokenCommand {
 
 #[derive(Args, Debug)]
 pub struct NewTokenArgs {
+    /// What the token may call: writer (CommandService), analyst (QueryService), auditor
+    /// (QueryService and AuditService), admin (everything). Health and reflection need none.
     #[arg(long, value_enum)]
     pub role: Role,
 }

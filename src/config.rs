@@ -323,7 +323,12 @@ impl fmt::Display for StoreSpec {
 pub fn init_tracing(s: &Settings) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&s.log_level)
         .with_context(|| format!("bad log level {:?}", s.log_level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only on a terminal: a log redirected to a file or a pipe stays plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match s.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),

@@ -31,7 +31,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Run the gRPC service (command API, health, reflection) on an embedded sled store.
+    /// Run the gRPC service: commands, queries, audit, health and reflection (and, with
+    /// --metrics-listen, Prometheus metrics), on an embedded sled store or EventStoreDB.
+    ///
+    /// By default one process runs every role (--role command,projector,query):
+    /// CommandService (writes and the billing scheduler), the projections that fold the log
+    /// into read models, QueryService over them, and AuditService (replay, chain, export;
+    /// wherever the log is open and the query role runs, so not with --read-only). gRPC health
+    /// and reflection list only the services this process runs. With --auth-tokens each call
+    /// needs a bearer token whose role admits the service (`accrual token new --help`).
     Serve(Box<config::ServeArgs>),
     /// Benchmarks that print figures (never pass/fail).
     #[command(subcommand)]

@@ -64,7 +64,13 @@ fn open_log(data_dir: &Path) -> anyhow::Result<Arc<dyn EventStore>> {
     let path = data_dir.join("log");
     anyhow::ensure!(path.exists(), "no event log at {}", path.display());
     let store = SledStore::open(SledConfig::new(&path)).map_err(|e| {
-        anyhow::anyhow!("opening {}: {e} (is `accrual serve` still running on it?)", path.display())
+        // A held lock is sled's "could not acquire lock"; a damaged log says so itself.
+        let hint = if e.to_string().contains("lock") {
+            " (is `accrual serve` still running on it?)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("opening {}: {e}{hint}", path.display())
     })?;
     Ok(Arc::new(store))
 }

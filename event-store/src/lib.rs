@@ -69,6 +69,7 @@ use uuid::Uuid;
 
 pub mod chain;
 pub mod conformance;
+mod contain;
 pub mod envelope;
 #[cfg(feature = "esdb")]
 pub mod esdb;
@@ -80,6 +81,7 @@ pub mod metrics;
 mod sled_store;
 
 pub use chain::{verify_chain, BreakKind, ChainBreak, ChainVerifier};
+pub use contain::contain_panic;
 pub use envelope::{canonical_bytes, compute_hash, GENESIS_HASH};
 #[cfg(feature = "esdb")]
 pub use esdb::{EsdbConfig, EsdbStore};

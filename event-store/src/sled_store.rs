@@ -118,10 +118,7 @@ impl SledStore {
         if config.commit_events_max == 0 || config.queue_requests_max == 0 {
             return Err(StoreError::Invalid("commit_events_max and queue_requests_max ≥ 1".into()));
         }
-        let db = open_db(&config.path)?;
-        let log = db.open_tree(LOG_TREE).map_err(io_error)?;
-        check_format(&db, &log)?;
-        let index = rebuild(&log)?;
+        let (db, log, index) = open_and_index(&config.path)?;
         metrics::record_head(index.head());
         let shared = Arc::new(Shared {
             head_tx: watch::channel(index.head()).0,
@@ -205,6 +202,47 @@ fn open_db(path: &std::path::Path) -> Result<sled::Db, StoreError> {
         }
     }
     unreachable!("the last attempt returns")
+}
+
+/// Opens the database and rebuilds the index from the log. A damaged log is an error naming the
+/// log and what to do, never a panic: sled 0.34 panics on some damaged files (at open, or when
+/// it first reads a page), so this runs under [`crate::contain_panic`].
+fn open_and_index(path: &std::path::Path) -> Result<(sled::Db, sled::Tree, Index), StoreError> {
+    let opened = crate::contain_panic(|| -> Result<_, StoreError> {
+        let db = open_db(path)?;
+        let log = db.open_tree(LOG_TREE).map_err(io_error)?;
+        check_format(&db, &log)?;
+        let index = rebuild(&log)?;
+        Ok((db, log, index))
+    });
+    match opened {
+        Ok(Err(StoreError::Corrupt { position, detail })) => {
+            Err(StoreError::Corrupt { position, detail: log_damaged(path, &detail) })
+        }
+        Ok(Err(StoreError::Unavailable(m)))
+            if m.contains("corrupt")
+                || m.contains("Unsupported")
+                || m.contains("ReportableBug") =>
+        {
+            Err(StoreError::Unavailable(log_damaged(path, &m)))
+        }
+        Ok(other) => other,
+        Err(panic) => Err(StoreError::Unavailable(log_damaged(path, &panic))),
+    }
+}
+
+/// What a damaged log is and what to do about it: the log is the only source of the books, so
+/// it is restored, never rebuilt.
+fn log_damaged(path: &std::path::Path, detail: &str) -> String {
+    let data_dir = path.parent().unwrap_or(std::path::Path::new("."));
+    format!(
+        "the event log {path} is damaged ({detail}). The log is the books' only source and \
+         cannot be rebuilt: stop accrual and restore {path} from a backup, checked first with \
+         `accrual audit verify --data-dir <the backup's data dir>` (the read models in {data} \
+         are rebuilt from the restored log)",
+        path = path.display(),
+        data = data_dir.join("read-models").display()
+    )
 }
 
 fn check_format(db: &sled::Db, log: &sled::Tree) -> Result<(), StoreError> {

@@ -78,6 +78,14 @@ pub enum ProjectionError {
     Inconsistent { projection: &'static str, position: Position, detail: String },
     #[error("read model {projection} is corrupt: {detail}")]
     Corrupt { projection: &'static str, detail: String },
+    /// The read-model database's files cannot be read (sled errs or panics on them).
+    #[error(
+        "read-model store {path} is damaged ({detail}). Read models are rebuilt from the log: \
+         stop every accrual process using it, remove it (`rm -r {path}`) and run \
+         `accrual serve --data-dir {data_dir}`, which rebuilds every read model from the log \
+         (for the output of `accrual replay`, run the replay again into a new --out directory)"
+    )]
+    Damaged { path: String, data_dir: String, detail: String },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

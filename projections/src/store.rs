@@ -26,22 +26,58 @@ const MODEL_START: &[u8] = &[META_PREFIX + 1];
 pub const OPEN_LOCK_WAIT_MS_MAX: u64 = 2_000;
 const OPEN_LOCK_RETRY_MS: u64 = 50;
 
-/// Opens (or creates) a read-model database at `path`. sled releases its file lock a moment
-/// after the last handle is dropped (its flusher thread ends asynchronously), so a database
-/// closed and reopened in one process may find it still held: that case is retried for up to
-/// [`OPEN_LOCK_WAIT_MS_MAX`]; a lock held longer (another process) is the error it was.
+/// Opens (or creates) a read-model database at `path` and reads every key of it once. sled
+/// releases its file lock a moment after the last handle is dropped (its flusher thread ends
+/// asynchronously), so a database closed and reopened in one process may find it still held:
+/// that case is retried for up to [`OPEN_LOCK_WAIT_MS_MAX`]; a lock held longer (another
+/// process) is the error it was. Damaged files are [`ProjectionError::Damaged`], naming the
+/// store and how to rebuild it, never a panic: sled 0.34 panics on some of them, when opening or
+/// when it first reads a page, so the open and the full read run under
+/// [`event_store::contain_panic`].
 pub fn open_db(path: impl AsRef<Path>) -> Result<sled::Db> {
-    let config = sled::Config::new().path(path.as_ref()).segment_size(SEGMENT_SIZE_BYTES);
+    let path = path.as_ref();
+    let damaged = |detail: String| ProjectionError::Damaged {
+        path: path.display().to_string(),
+        data_dir: path.parent().unwrap_or(Path::new(".")).display().to_string(),
+        detail,
+    };
+    let db = event_store::contain_panic(|| open_db_waiting(path)).map_err(&damaged)?;
+    let db = db.map_err(|e| match e {
+        sled::Error::Corruption { .. }
+        | sled::Error::ReportableBug(_)
+        | sled::Error::Unsupported(_) => damaged(e.to_string()),
+        other => ProjectionError::Sled(other),
+    })?;
+    match event_store::contain_panic(|| read_everything(&db)) {
+        Ok(Ok(())) => Ok(db),
+        Ok(Err(e)) => Err(damaged(e.to_string())),
+        Err(panic) => Err(damaged(panic)),
+    }
+}
+
+fn open_db_waiting(path: &Path) -> sled::Result<sled::Db> {
+    let config = sled::Config::new().path(path).segment_size(SEGMENT_SIZE_BYTES);
     let attempts = OPEN_LOCK_WAIT_MS_MAX / OPEN_LOCK_RETRY_MS;
     for _ in 0..attempts {
         match config.open() {
             Err(sled::Error::Io(e)) if is_lock_held(&e) => {
                 std::thread::sleep(std::time::Duration::from_millis(OPEN_LOCK_RETRY_MS));
             }
-            other => return Ok(other?),
+            other => return other,
         }
     }
-    Ok(config.open()?)
+    config.open()
+}
+
+/// Reads every key and value of every tree, so a damaged page shows now, at open, rather than
+/// in the middle of serving or verifying.
+fn read_everything(db: &sled::Db) -> sled::Result<()> {
+    for name in db.tree_names() {
+        for item in db.open_tree(name)?.iter() {
+            item?;
+        }
+    }
+    Ok(())
 }
 
 /// sled 0.34 reports a held file lock as `Other` with this text around the OS's WouldBlock.
