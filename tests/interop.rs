@@ -12,16 +12,16 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use proto::v1 as pb;
 use proto::v1::query_service_client::QueryServiceClient;
 use sha2::{Digest, Sha256};
 
+use common::process::run_bounded;
 use common::{free_port, Server};
 
 /// "1": a missing Python environment fails the test instead of skipping it.
@@ -32,9 +32,6 @@ const VENV_CREATE_TIMEOUT_MS: u64 = 120_000;
 const PIP_INSTALL_TIMEOUT_MS: u64 = 600_000;
 const CLIENT_TIMEOUT_MS: u64 = 180_000;
 const PROBE_TIMEOUT_MS: u64 = 30_000;
-const POLL_INTERVAL_MS: u64 = 50;
-/// How much of a failed command's output a message quotes.
-const LOG_TAIL_BYTES_MAX: usize = 4_000;
 /// The Python client's checks (tests/interop/client.py): fewer means one was dropped.
 const CLIENT_CHECKS_MIN: u64 = 32;
 /// Written into the virtualenv once every requirement is installed.
@@ -42,40 +39,6 @@ const READY_STAMP: &str = ".accrual-interop-ready";
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("interop")
-}
-
-/// The last `LOG_TAIL_BYTES_MAX` bytes of a log file, for failure messages.
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let start = text.len().saturating_sub(LOG_TAIL_BYTES_MAX);
-    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
-    text[start..].to_string()
-}
-
-/// Runs `cmd` with stdout and stderr into `log`, killed after `timeout_ms`. Ok: the log text.
-fn run_bounded(cmd: &mut Command, log: &Path, timeout_ms: u64) -> Result<String, String> {
-    let out = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| format!("clone {}: {e}", log.display()))?;
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-    loop {
-        match child.try_wait().map_err(|e| format!("wait for {what}: {e}"))? {
-            Some(status) if status.success() => return Ok(log_tail(log)),
-            Some(status) => return Err(format!("{what} exited {status}:\n{}", log_tail(log))),
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{what} timed out after {timeout_ms} ms:\n{}", log_tail(log)));
-            }
-            None => std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS)),
-        }
-    }
 }
 
 /// The first interpreter that runs and is Python ≥ 3.9 (what grpcio supports): its path and

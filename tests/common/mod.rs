@@ -3,6 +3,8 @@
 //! Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
