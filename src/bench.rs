@@ -440,10 +440,16 @@ fn now_ts() -> prost_types::Timestamp {
 
 /// Peak resident set size of this process (VmHWM), in MiB.
 pub fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    proc_status_mib("self", "VmHWM:")
+}
+
+/// The kB value of `field` (e.g. "VmRSS:") in /proc/<process>/status, in MiB (0 where there is
+/// none); `process` is a pid or "self".
+fn proc_status_mib(process: &str, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap_or_default();
     let kb = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .unwrap_or(0.0);
     kb / 1024.0

@@ -387,14 +387,7 @@ impl ServerProcess {
     }
 
     fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        kb / 1024.0
+        super::proc_status_mib(&self.child.id().to_string(), "VmRSS:")
     }
 
     /// SIGTERM (a graceful stop: calls finish, the store flushes) and wait for the exit.

@@ -174,17 +174,6 @@ fn per_kind(hists: &[Histogram<u64>]) -> String {
     out.join(" ")
 }
 
-/// The kB value of `field` in /proc/self/status, in MiB (0 where there is none).
-fn status_mib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
-}
-
 fn check(args: &SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=86_400).contains(&args.secs), "--secs must be 1 to 86400");
     anyhow::ensure!((1..=100).contains(&args.clients), "--clients must be 1 to 100");
@@ -226,7 +215,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         c.await?;
     }
     let secs = started.elapsed().as_secs_f64();
-    summary(&stats, secs, rss_max_mib.max(status_mib("VmHWM:")));
+    summary(&stats, secs, rss_max_mib.max(super::proc_status_mib("self", "VmHWM:")));
     let _ = stop_tx.send(true);
     server.await??;
     Ok(())
@@ -247,7 +236,7 @@ async fn sample(stats: &Stats, started: Instant, end: Instant, sample_ms: u64) -
         let ops: u64 = hists.iter().map(Histogram::len).sum();
         let errors = stats.errors();
         let new_errors = error_diff(&errors, &errors_before);
-        let rss_mib = status_mib("VmRSS:");
+        let rss_mib = super::proc_status_mib("self", "VmRSS:");
         rss_max_mib = rss_max_mib.max(rss_mib);
         let interval_secs = last.elapsed().as_secs_f64();
         last = Instant::now();
