@@ -595,7 +595,7 @@ impl Ledger {
                 u.transaction_id, u.subscription_id
             )));
         }
-        self.check_metric_on_plan(sub, u, &period)?;
+        self.check_metric_on_plan(sub, u, date, &period)?;
         let distinct =
             metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
         let point = UsagePoint { occurred_at: u.occurred_at, seq: u64::MAX, value, distinct };

@@ -2,6 +2,7 @@
 //! past the service clock, negative usage, usage no charge bills, and re-runs of catalog
 //! commands answered as replays of what they created.
 
+use jiff::civil::Date;
 use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 
@@ -158,15 +159,15 @@ impl Ledger {
 
     /// Refuses usage for a metric that no charge of the subscription's plan bills: neither the
     /// plan in effect on the event's day (in-advance charges) nor the plan that rates the
-    /// event's period (the one in effect on its last day, as known now). Silently unbilled
-    /// usage would be a money bug.
+    /// event's period (the one in effect on its last day, as known now). `day`: the event's
+    /// local date. Silently unbilled usage would be a money bug.
     pub(super) fn check_metric_on_plan(
         &self,
         sub: &Subscription,
         u: &Usage,
+        day: Date,
         period: &Period,
     ) -> Result<(), DomainError> {
-        let day = crate::calendar::local_date(u.occurred_at, &sub.time_zone);
         let last_day = period.end.yesterday().unwrap_or(period.end).max(period.start);
         let plans = [self.plan(sub.plan_at(day)), self.plan(sub.plan_at(last_day))];
         if plans.iter().any(|p| p.charges.iter().any(|c| c.metric_code == u.metric_code)) {
