@@ -9,27 +9,13 @@ mod common;
 use proto::v1 as pb;
 use proto::v1::command_service_client::CommandServiceClient;
 use tonic::transport::Channel;
-use tonic::Code;
-use tonic_types::StatusExt;
 
 use common::{
-    append_probe, free_port, in_first_period, register_acme_and_api_calls, start_sub_1_backdated,
-    tier, Server,
+    append_probe, bad_fields, free_port, in_first_period, register_acme_and_api_calls,
+    start_sub_1_backdated, tier, Server,
 };
 
 type Client = CommandServiceClient<Channel>;
-
-/// The BadRequest field names of an INVALID_ARGUMENT reply.
-fn bad_fields<T: std::fmt::Debug>(
-    what: &str,
-    reply: Result<tonic::Response<T>, tonic::Status>,
-) -> Vec<String> {
-    let status = reply.expect_err(what);
-    assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
-    let details =
-        status.get_details_bad_request().unwrap_or_else(|| panic!("{what}: no BadRequest"));
-    details.field_violations.into_iter().map(|v| v.field).collect()
-}
 
 fn now_plus_days(days: i64) -> jiff::Timestamp {
     jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * days)

@@ -19,7 +19,6 @@ use proto::v1::query_service_client::QueryServiceClient;
 use rust_decimal::Decimal;
 use tonic::transport::Channel;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 const AUDIT: &str = "accrual.v1.AuditService";
 const QUERY: &str = "accrual.v1.QueryService";
@@ -80,8 +79,7 @@ async fn write_books(c: &mut CommandServiceClient<Channel>) -> u64 {
 /// The bad fields of an INVALID_ARGUMENT (or OUT_OF_RANGE) with a BadRequest.
 fn bad_fields(status: &tonic::Status, code: Code) -> Vec<String> {
     assert_eq!(status.code(), code, "{status:?}");
-    let request = status.get_details_bad_request().expect("a BadRequest");
-    request.field_violations.into_iter().map(|v| v.field).collect()
+    common::violation_fields(status)
 }
 
 /// Streams an export; checks every chunk is at most 64 KiB. Returns the text and the position

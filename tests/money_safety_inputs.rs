@@ -12,8 +12,8 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use common::{
-    append_probe, free_port, in_first_period, month_ago_in_berlin, register_acme_and_api_calls,
-    start_sub_1_backdated, tier, Server,
+    append_probe, bad_fields, free_port, in_first_period, month_ago_in_berlin,
+    register_acme_and_api_calls, start_sub_1_backdated, tier, Server,
 };
 
 type Client = CommandServiceClient<Channel>;
@@ -30,14 +30,6 @@ fn now() -> prost_types::Timestamp {
 fn days_from_now(days: i64) -> prost_types::Timestamp {
     let t = now();
     prost_types::Timestamp { seconds: t.seconds + days * 86_400, nanos: 0 }
-}
-
-/// The BadRequest fields of an INVALID_ARGUMENT.
-fn bad_fields<T: std::fmt::Debug>(what: &str, reply: Result<T, tonic::Status>) -> Vec<String> {
-    let status = reply.expect_err(what);
-    assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
-    let details = status.get_details_bad_request().unwrap_or_else(|| panic!("{what}: no details"));
-    details.field_violations.into_iter().map(|v| v.field).collect()
 }
 
 /// The PreconditionFailure (type, subject, description) of a FAILED_PRECONDITION.

@@ -41,14 +41,7 @@ fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, what: &str
 /// INVALID_ARGUMENT with a BadRequest naming `field`, and a short message.
 fn invalid_field<T: std::fmt::Debug>(result: Result<T, Status>, field: &str, what: &str) {
     let status = refused(result, Code::InvalidArgument, what);
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .expect("a BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
-    assert_eq!(fields, [field], "{what}");
+    assert_eq!(common::violation_fields(&status), [field], "{what}");
     assert!(status.message().len() <= 600, "{what}: a short message");
     assert!(!status.message().contains(&"x".repeat(65)), "{what}: no more than a prefix echoed");
 }

@@ -244,3 +244,18 @@ pub fn in_first_period() -> prost_types::Timestamp {
     let at = day.at(12, 0, 0, 0).to_zoned(berlin).unwrap().timestamp();
     prost_types::Timestamp { seconds: at.as_second(), nanos: 0 }
 }
+
+/// The field names of a status's google.rpc.BadRequest, in order (panics when it has none).
+pub fn violation_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    let request =
+        status.get_details_bad_request().unwrap_or_else(|| panic!("no BadRequest: {status:?}"));
+    request.field_violations.into_iter().map(|v| v.field).collect()
+}
+
+/// The BadRequest field names of a call refused with INVALID_ARGUMENT (`what` names the call).
+pub fn bad_fields<T: std::fmt::Debug>(what: &str, reply: Result<T, tonic::Status>) -> Vec<String> {
+    let status = reply.expect_err(what);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{what}: {status:?}");
+    violation_fields(&status)
+}
