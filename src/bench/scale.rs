@@ -7,7 +7,7 @@
 //! position it reflects and records how far behind the head it is, in events and in seconds
 //! (how long ago the head was where the read model is now). After each stage it prints one line:
 //!
-//! `scale events=N ingest_events_per_s=X p99_ack_ms=… rss_mib=… lag_max_events=… lag_max_s=…
+//! `scale events=N ingest_events_per_s=X p99_ack_ms=… rss_mib=… rss_peak_mib=… lag_max_events=… lag_max_s=…
 //! catch_up_s=… log_bytes_per_event=… disk_bytes_per_event=… restart_to_serving_ms=…`
 //!
 //! then waits for every read model to catch up, stops the server (SIGTERM) and times a restart
@@ -102,6 +102,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         let ingest_s = stage_started.elapsed().as_secs_f64();
         let ingest_lag = sampler.stop().await;
         let rss = server.rss_mib();
+        let rss_peak = server.rss_peak_mib();
         let catch_up = catch_up(&channel, &head, args.catch_up_s_max).await?;
         let log_bytes = dir_bytes(&data_dir.join("log"));
         let disk_bytes = dir_bytes(&data_dir);
@@ -115,7 +116,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         let events = until - done;
         println!(
             "scale events={until} stage_events={events} ingest_events_per_s={:.0} \
-             p50_ack_ms={:.1} p99_ack_ms={:.1} rss_mib={rss:.0} \
+             p50_ack_ms={:.1} p99_ack_ms={:.1} rss_mib={rss:.0} rss_peak_mib={rss_peak:.0} \
              rss_after_restart_mib={rss_after_restart:.0} lag_max_events={} lag_max_s={} \
              catch_up_s={catch_up:.1} log_bytes_per_event={:.0} disk_bytes_per_event={:.0} \
              restart_to_serving_ms={restart_ms}",
@@ -388,6 +389,11 @@ impl ServerProcess {
 
     fn rss_mib(&self) -> f64 {
         super::proc_status_mib(&self.child.id().to_string(), "VmRSS:")
+    }
+
+    /// The highest RSS of this server process so far (since its start).
+    fn rss_peak_mib(&self) -> f64 {
+        super::proc_status_mib(&self.child.id().to_string(), "VmHWM:")
     }
 
     /// SIGTERM (a graceful stop: calls finish, the store flushes) and wait for the exit.
