@@ -370,25 +370,26 @@ pub fn decode_chunk(
     key_position: Position,
     bytes: &[u8],
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let view = ChunkView::parse(key_position, bytes)?;
-    let mut records = view.records();
+    let chunk = Chunk::parse(key_position, bytes)?;
+    let mut records = chunk.records();
     // The count is untrusted: never reserve more than the bytes could hold.
-    let mut out = Vec::with_capacity((view.count as usize).min(bytes.len() / MIN_RECORD_LEN));
+    let mut out = Vec::with_capacity((chunk.count as usize).min(bytes.len() / MIN_RECORD_LEN));
     while let Some(raw) = records.next_raw()? {
         out.push(raw.decode()?.to_owned(raw.hash));
     }
     Ok(out)
 }
 
-/// A parsed chunk header over the stored bytes.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ChunkView<'a> {
+/// A parsed chunk: its header and its records' bytes (borrowed from the stored value, or owned
+/// once decompressed).
+#[derive(Clone, Debug)]
+pub(crate) struct Chunk<'a> {
     pub first: Position,
     pub count: u32,
-    body: &'a [u8],
+    body: std::borrow::Cow<'a, [u8]>,
 }
 
-impl<'a> ChunkView<'a> {
+impl<'a> Chunk<'a> {
     pub(crate) fn parse(key_position: Position, bytes: &'a [u8]) -> Result<Self, StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt { position: key_position, detail };
         let mut r = Reader::new(bytes);
@@ -403,7 +404,8 @@ impl<'a> ChunkView<'a> {
         if first != key_position || count == 0 || !fits {
             return Err(corrupt(format!("chunk header first={first} count={count}")));
         }
-        Ok(ChunkView { first, count, body: &bytes[CHUNK_HEADER_LEN..] })
+        let body = std::borrow::Cow::Borrowed(&bytes[CHUNK_HEADER_LEN..]);
+        Ok(Chunk { first, count, body })
     }
 
     /// Position one past the last event of the chunk.
@@ -411,9 +413,22 @@ impl<'a> ChunkView<'a> {
         self.first + u64::from(self.count)
     }
 
-    pub(crate) fn records(&self) -> Records<'a> {
-        Records { reader: Reader::new(self.body), next: self.first, end: self.end() }
+    pub(crate) fn records(&self) -> Records<'_> {
+        Records { reader: Reader::new(&self.body), next: self.first, end: self.end() }
     }
+}
+
+/// The stream name of canonical bytes, read without decoding the rest (format 1: the format
+/// byte, the 16-byte event id, then the stream as a length-prefixed string). Not checked as
+/// UTF-8: for comparisons only.
+pub(crate) fn canonical_stream(canonical: &[u8]) -> Result<&[u8], String> {
+    let mut r = Reader::new(canonical);
+    let format = r.u8()?;
+    if format != CANONICAL_FORMAT_V1 {
+        return Err(format!("unsupported canonical format {format}"));
+    }
+    r.take(16)?;
+    r.bytes()
 }
 
 /// One stored event: its canonical bytes (not yet decoded) and its hash.
@@ -552,7 +567,7 @@ mod tests {
     }
 
     /// Regression (fuzz/chunk_decode): a header whose first position + count passes u64::MAX
-    /// made `ChunkView::end` overflow (a panic with overflow checks, a wrapped end without).
+    /// made `Chunk::end` overflow (a panic with overflow checks, a wrapped end without).
     #[test]
     fn a_count_past_u64_max_is_corrupt() {
         let (_, mut bytes) = chunk();

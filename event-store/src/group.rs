@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::envelope::{record_len, ChunkWriter, EnvelopeRef};
-use crate::index::{Delta, IdemEntry, Index};
+use crate::index::{Delta, IdemEntry, IdemStore, Index};
 use crate::{AppendRequest, Committed, ExpectedVersion, NewEvent, Position, StoreError};
 
 /// Size bound of one stored chunk (one sled value). A group commit is split into chunks of at
@@ -52,6 +52,8 @@ impl Chunks {
 
 pub(crate) struct Planner<'a> {
     index: &'a Index,
+    /// Where idempotency keys of earlier commits are looked up.
+    idem: &'a dyn IdemStore,
     chunks: Chunks,
     recorded_at: i64,
     next_position: Position,
@@ -64,9 +66,16 @@ pub(crate) struct Planner<'a> {
 
 impl<'a> Planner<'a> {
     /// `now` is the clock reading for the whole group; `recorded_at = max(now, last)`.
+    /// Idempotency keys are looked up in the index.
     pub(crate) fn new(index: &'a Index, now: i64) -> Self {
+        Self::with_idempotency(index, index, now)
+    }
+
+    /// Idempotency keys are looked up in `idem` (the sled backend's tree).
+    pub(crate) fn with_idempotency(index: &'a Index, idem: &'a dyn IdemStore, now: i64) -> Self {
         Planner {
             index,
+            idem,
             chunks: Chunks { done: Vec::new(), current: ChunkWriter::new(index.head()) },
             recorded_at: now.max(index.last_recorded_at()),
             next_position: index.head(),
@@ -83,7 +92,7 @@ impl<'a> Planner<'a> {
             return Err(StoreError::Invalid("an append must carry at least one event".into()));
         }
         if let Some(idem) = &req.idempotency {
-            if let Some(seen) = self.seen_idempotency(&idem.key) {
+            if let Some(seen) = self.seen_idempotency(&idem.key)? {
                 if seen.digest != idem.digest {
                     return Err(StoreError::IdempotencyConflict { key: idem.key.clone() });
                 }
@@ -109,8 +118,11 @@ impl<'a> Planner<'a> {
         Ok(Committed { first_position: first, last_position: last, duplicate: false })
     }
 
-    fn seen_idempotency(&self, key: &str) -> Option<&IdemEntry> {
-        self.pending_idem.get(key).or_else(|| self.index.idempotency(key))
+    fn seen_idempotency(&self, key: &str) -> Result<Option<IdemEntry>, StoreError> {
+        match self.pending_idem.get(key) {
+            Some(entry) => Ok(Some(entry.clone())),
+            None => self.idem.idempotency(key),
+        }
     }
 
     fn current_version(&self, stream: &str) -> Option<u64> {

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::envelope::ChunkView;
+use crate::envelope::Chunk;
 use crate::group::{Commit, Planner};
-use crate::index::{read_slices, ChunkLog, Index, Slice};
+use crate::index::{read_range, read_stream_scan, ChunkLog, Index};
 use crate::metrics::{self, AppendLatency};
 use crate::{
     system_clock, validate, AppendRequest, AppendTicket, Clock, Committed, EventStore, Position,
@@ -155,13 +155,17 @@ impl SledStore {
         self.shared.failure.lock().clone()
     }
 
-    async fn read(&self, slices: Vec<Slice>) -> Result<Vec<RecordedEvent>, StoreError> {
-        let total: u64 = slices.iter().map(|s| s.len).sum();
-        if total <= INLINE_READ_EVENTS {
-            return read_slices(&SledLog(&self.shared.log), &slices);
+    /// Runs a read inline when `inline`, else on tokio's blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        inline: bool,
+        read: impl FnOnce(&SledLog<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if inline {
+            return read(&SledLog(&self.shared.log));
         }
         let shared = self.shared.clone();
-        let task = tokio::task::spawn_blocking(move || read_slices(&SledLog(&shared.log), &slices));
+        let task = tokio::task::spawn_blocking(move || read(&SledLog(&shared.log)));
         task.await.map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
 
@@ -264,11 +268,13 @@ fn check_format(db: &sled::Db, log: &sled::Tree) -> Result<(), StoreError> {
 fn rebuild(log: &sled::Tree) -> Result<Index, StoreError> {
     let started = Instant::now();
     let mut index = Index::default();
+    let mut chunks = 0_u64;
     for item in log.iter() {
         let (key, value) = item.map_err(io_error)?;
         let position = key_position(&key)?;
-        let view = ChunkView::parse(position, &value)?;
+        let view = Chunk::parse(position, &value)?;
         index.begin_chunk(&view)?;
+        chunks += 1;
         let mut records = view.records();
         while let Some(raw) = records.next_raw()? {
             index.observe(&raw.decode()?, raw.hash)?;
@@ -276,7 +282,7 @@ fn rebuild(log: &sled::Tree) -> Result<Index, StoreError> {
     }
     tracing::info!(
         events = index.head(),
-        chunks = index.chunk_count(),
+        chunks,
         streams = index.stream_count(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "event store index rebuilt from the log"
@@ -297,9 +303,14 @@ struct SledLog<'a>(&'a sled::Tree);
 impl ChunkLog for SledLog<'_> {
     type Bytes = sled::IVec;
 
-    fn chunk(&self, first: Position) -> Result<sled::IVec, StoreError> {
-        let missing = || StoreError::Corrupt { position: first, detail: "chunk missing".into() };
-        self.0.get(first.to_be_bytes()).map_err(io_error)?.ok_or_else(missing)
+    fn chunk_at(&self, position: Position) -> Result<Option<(Position, sled::IVec)>, StoreError> {
+        match self.0.range(..=position.to_be_bytes()).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item.map_err(io_error)?;
+                Ok(Some((key_position(&key)?, value)))
+            }
+        }
     }
 }
 
@@ -468,11 +479,17 @@ impl EventStore for SledStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let slices = {
+        let (head, log_head) = {
             let index = self.shared.index.read();
-            index.slices(&index.stream_ranges(stream, from_version, max_count))
+            (index.stream(stream), index.head())
         };
-        self.read(slices).await
+        let Some(head) = head else { return Ok(Vec::new()) };
+        let stream = stream.to_owned();
+        // A scan of the log from the stream's first position: always off the async threads.
+        self.read(false, move |log| {
+            read_stream_scan(log, &stream, head, log_head, from_version, max_count)
+        })
+        .await
     }
 
     async fn read_all(
@@ -480,11 +497,9 @@ impl EventStore for SledStore {
         from: Position,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let slices = {
-            let index = self.shared.index.read();
-            index.slices(&[index.all_range(from, max_count)])
-        };
-        self.read(slices).await
+        let range = self.shared.index.read().all_range(from, max_count);
+        let inline = range.end - range.start <= INLINE_READ_EVENTS;
+        self.read(inline, move |log| read_range(log, range)).await
     }
 
     fn head(&self) -> Position {
@@ -530,7 +545,7 @@ mod tests {
     fn chunk_sizes(store: &SledStore) -> Vec<(u32, usize)> {
         let chunks = store.shared.log.iter().map(Result::unwrap);
         let parse = |(k, v): (sled::IVec, sled::IVec)| {
-            (ChunkView::parse(key_position(&k).unwrap(), &v).unwrap().count, v.len())
+            (Chunk::parse(key_position(&k).unwrap(), &v).unwrap().count, v.len())
         };
         chunks.map(parse).collect()
     }
