@@ -40,6 +40,24 @@ impl IdemEntry {
     pub(crate) fn duplicate(&self) -> Committed {
         Committed { first_position: self.first, last_position: self.last, duplicate: true }
     }
+
+    /// Stored form (sled backend): digest, first, last (48 bytes).
+    pub(crate) fn encode(&self) -> [u8; 48] {
+        let mut out = [0u8; 48];
+        out[..32].copy_from_slice(&self.digest);
+        out[32..40].copy_from_slice(&self.first.to_be_bytes());
+        out[40..].copy_from_slice(&self.last.to_be_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<IdemEntry> {
+        let bytes: &[u8; 48] = bytes.try_into().ok()?;
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&bytes[..32]);
+        let first = Position::from_be_bytes(bytes[32..40].try_into().ok()?);
+        let last = Position::from_be_bytes(bytes[40..].try_into().ok()?);
+        (first <= last).then_some(IdemEntry { digest, first, last })
+    }
 }
 
 /// Where the planner looks idempotency keys up.
@@ -93,6 +111,21 @@ impl Default for Index {
 }
 
 impl Index {
+    /// An empty index whose backend keeps idempotency itself.
+    pub(crate) fn without_idempotency() -> Self {
+        Index { idempotency: None, ..Index::default() }
+    }
+
+    /// An index restored from a checkpoint (sled backend; idempotency kept on disk).
+    pub(crate) fn restored(
+        head: Position,
+        last_hash: [u8; 32],
+        last_recorded_at: i64,
+        streams: HashMap<Box<str>, StreamHead>,
+    ) -> Self {
+        Index { head, last_hash, last_recorded_at, streams, idempotency: None }
+    }
+
     pub(crate) fn head(&self) -> Position {
         self.head
     }
@@ -107,6 +140,10 @@ impl Index {
 
     pub(crate) fn stream_count(&self) -> usize {
         self.streams.len()
+    }
+
+    pub(crate) fn streams(&self) -> &HashMap<Box<str>, StreamHead> {
+        &self.streams
     }
 
     pub(crate) fn stream(&self, stream: &str) -> Option<StreamHead> {
@@ -435,5 +472,15 @@ mod tests {
         let mut index = Index::default();
         index.apply(delta(0, &[("a", 0, 1)]));
         index.apply(delta(1, &[("a", 2, 1)]));
+    }
+
+    #[test]
+    fn idempotency_entries_round_trip_and_refuse_bad_bytes() {
+        let entry = IdemEntry { digest: [7; 32], first: 3, last: 9 };
+        assert_eq!(IdemEntry::decode(&entry.encode()), Some(entry.clone()));
+        assert_eq!(IdemEntry::decode(&entry.encode()[..47]), None);
+        let mut backwards = entry.encode();
+        backwards[32..40].copy_from_slice(&10u64.to_be_bytes());
+        assert_eq!(IdemEntry::decode(&backwards), None);
     }
 }

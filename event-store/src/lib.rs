@@ -68,6 +68,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 pub mod chain;
+mod checkpoint;
 pub mod conformance;
 mod contain;
 pub mod envelope;
@@ -87,7 +88,10 @@ pub use envelope::{canonical_bytes, compute_hash, GENESIS_HASH};
 pub use esdb::{EsdbConfig, EsdbStore};
 pub use log_scan::{LogScan, ScanEvents};
 pub use memory_store::MemoryStore;
-pub use sled_store::{SledConfig, SledStore, LOG_TREE, SLED_SEGMENT_BYTES};
+pub use sled_store::{
+    OpenReport, SledConfig, SledStore, DEFAULT_CACHE_BYTES_MAX,
+    DEFAULT_INDEX_CHECKPOINT_INTERVAL_EVENTS, IDEMPOTENCY_TREE, LOG_TREE, SLED_SEGMENT_BYTES,
+};
 
 /// Global position of an event in the log (0-based, contiguous).
 pub type Position = u64;
