@@ -31,22 +31,32 @@ pub(crate) struct Commit {
 struct Chunks {
     done: Vec<(Position, Vec<u8>)>,
     current: ChunkWriter,
+    /// Chunk format 2 (compressed) rather than 1.
+    compressed: bool,
 }
 
 impl Chunks {
     fn push(&mut self, env: &EnvelopeRef<'_>) -> [u8; 32] {
         if self.current.count() > 0 && self.current.len() + record_len(env) > CHUNK_BYTES_MAX {
             let full = std::mem::replace(&mut self.current, ChunkWriter::new(env.position));
-            self.done.push((full.first(), full.finish()));
+            self.done.push((full.first(), finish(full, self.compressed)));
         }
         self.current.push(env)
     }
 
     fn finish(mut self) -> Vec<(Position, Vec<u8>)> {
         if self.current.count() > 0 {
-            self.done.push((self.current.first(), self.current.finish()));
+            self.done.push((self.current.first(), finish(self.current, self.compressed)));
         }
         self.done
+    }
+}
+
+fn finish(chunk: ChunkWriter, compressed: bool) -> Vec<u8> {
+    if compressed {
+        chunk.finish_compressed()
+    } else {
+        chunk.finish()
     }
 }
 
@@ -76,7 +86,11 @@ impl<'a> Planner<'a> {
         Planner {
             index,
             idem,
-            chunks: Chunks { done: Vec::new(), current: ChunkWriter::new(index.head()) },
+            chunks: Chunks {
+                done: Vec::new(),
+                current: ChunkWriter::new(index.head()),
+                compressed: false,
+            },
             recorded_at: now.max(index.last_recorded_at()),
             next_position: index.head(),
             last_hash: index.last_hash(),
@@ -84,6 +98,14 @@ impl<'a> Planner<'a> {
             pending_idem: HashMap::new(),
             runs: Vec::new(),
         }
+    }
+
+    /// Writes chunk format 2 (compressed records) instead of format 1. The sled and memory
+    /// backends do; the EventStoreDB backend keeps format 1, whose size its server's
+    /// `MaxAppendSize` accounting (and its tests) are built on.
+    pub(crate) fn compressed(mut self) -> Self {
+        self.chunks.compressed = true;
+        self
     }
 
     /// Adds a validated request to the group, or rejects it without effect.

@@ -79,6 +79,7 @@ pub(crate) struct Delta {
     pub last_recorded_at: i64,
 }
 
+#[cfg(feature = "esdb")] // the EventStoreDB backend's read path
 /// A contiguous piece of one chunk to read: positions `[first, first + len)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Slice {
@@ -260,6 +261,7 @@ impl IdemStore for Index {
     }
 }
 
+#[cfg(feature = "esdb")] // the EventStoreDB backend's read path
 /// Splits position ranges (each within `[0, head)`) into per-chunk slices, given the first
 /// position of every chunk in ascending order (a backend that numbers its chunks, such as the
 /// EventStoreDB one, keeps that list).
@@ -342,6 +344,7 @@ pub(crate) fn read_range<L: ChunkLog>(
     Ok(out)
 }
 
+#[cfg(feature = "esdb")] // the EventStoreDB backend's read path
 /// Reads slices (in order), fetching each chunk once even if several slices share it.
 pub(crate) fn read_slices<L: ChunkLog>(
     log: &L,
@@ -448,13 +451,16 @@ mod tests {
         assert_eq!(index.stream("a"), Some(StreamHead { first_position: 0, last_version: 5 }));
         assert_eq!(index.stream("b"), Some(StreamHead { first_position: 3, last_version: 2 }));
         assert_eq!(index.stream_count(), 2);
-        let slices = slices(&[0, 5, 8], index.head(), std::slice::from_ref(&(3..9)));
-        let expected = [
-            Slice { chunk: 0, first: 3, len: 2 },
-            Slice { chunk: 5, first: 5, len: 3 },
-            Slice { chunk: 8, first: 8, len: 1 },
-        ];
-        assert_eq!(slices, expected);
+        #[cfg(feature = "esdb")]
+        {
+            let slices = slices(&[0, 5, 8], index.head(), std::slice::from_ref(&(3..9)));
+            let expected = [
+                Slice { chunk: 0, first: 3, len: 2 },
+                Slice { chunk: 5, first: 5, len: 3 },
+                Slice { chunk: 8, first: 8, len: 1 },
+            ];
+            assert_eq!(slices, expected);
+        }
         assert_eq!(index.all_range(7, usize::MAX), 7..9);
         assert_eq!(index.all_range(20, 5), 20..20);
     }

@@ -19,7 +19,9 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use crate::envelope::Chunk;
-use crate::sled_store::{key_position, FORMAT_KEY, LOG_TREE, SLED_SEGMENT_BYTES, STORE_FORMAT};
+use crate::sled_store::{
+    key_position, FORMAT_KEY, LOG_TREE, SLED_SEGMENT_BYTES, STORE_FORMATS_READ,
+};
 use crate::{Position, RecordedEvent, StoreError};
 
 /// A sled event log opened for a raw scan (see the module docs).
@@ -64,7 +66,7 @@ impl LogScan {
             }
         })?;
         match db.get(FORMAT_KEY).map_err(io_error)? {
-            Some(v) if v.as_ref() != [STORE_FORMAT] => {
+            Some(v) if v.len() != 1 || !STORE_FORMATS_READ.contains(&v[0]) => {
                 return Err(StoreError::Unavailable(format!("unsupported store format {v:?}")))
             }
             _ => {}

@@ -77,7 +77,7 @@ impl MemoryStore {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("store is closed".into()));
         }
-        let mut planner = Planner::new(&state.index, (self.clock)());
+        let mut planner = Planner::new(&state.index, (self.clock)()).compressed();
         let result = planner.add(req);
         if let Some(commit) = planner.finish() {
             let head = commit.delta.end_position;

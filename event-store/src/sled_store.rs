@@ -26,7 +26,13 @@ pub const LOG_TREE: &str = "log";
 /// sled transaction as the chunks of the commit that used the key.
 pub const IDEMPOTENCY_TREE: &str = "idempotency";
 pub(crate) const FORMAT_KEY: &str = "event-store-format";
-pub(crate) const STORE_FORMAT: u8 = 1;
+/// The store format: 2 since chunks are written in chunk format 2 (compressed), so a binary
+/// that reads only format-1 chunks refuses the store by its marker instead of calling its
+/// chunks damaged. A format-1 store is upgraded (its marker rewritten) at open; its chunks stay
+/// as they are and are read as before.
+pub(crate) const STORE_FORMAT: u8 = 2;
+/// Store formats this binary opens.
+pub(crate) const STORE_FORMATS_READ: [u8; 2] = [1, 2];
 /// A group stops taking requests once it holds this many request bytes.
 const GROUP_BYTES_TARGET: usize = 8 << 20;
 /// sled segment size. Persisted by sled in the database: never change it for existing stores
@@ -331,6 +337,11 @@ fn log_damaged(path: &std::path::Path, detail: &str) -> String {
 fn check_format(db: &sled::Db, log: &sled::Tree) -> Result<(), StoreError> {
     match db.get(FORMAT_KEY).map_err(io_error)? {
         Some(v) if v.as_ref() == [STORE_FORMAT] => Ok(()),
+        Some(v) if v.len() == 1 && STORE_FORMATS_READ.contains(&v[0]) => {
+            db.insert(FORMAT_KEY, &[STORE_FORMAT]).map_err(io_error)?;
+            db.flush().map_err(io_error)?;
+            Ok(())
+        }
         Some(v) => Err(StoreError::Unavailable(format!("unsupported store format {v:?}"))),
         None if log.is_empty() => {
             db.insert(FORMAT_KEY, &[STORE_FORMAT]).map_err(io_error)?;
@@ -610,7 +621,7 @@ impl Shared {
     fn plan(&self, jobs: &[Job]) -> (Vec<Result<Committed, StoreError>>, Option<Commit>) {
         let index = self.index.read();
         let idem = IdemTree(&self.idem);
-        let mut planner = Planner::with_idempotency(&index, &idem, (self.clock)());
+        let mut planner = Planner::with_idempotency(&index, &idem, (self.clock)()).compressed();
         let outcomes = jobs.iter().map(|job| planner.add(&job.req)).collect();
         (outcomes, planner.finish())
     }
