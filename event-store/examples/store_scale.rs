@@ -25,6 +25,9 @@ use event_store::{
 };
 use uuid::Uuid;
 
+#[path = "common/mod.rs"]
+mod common;
+
 struct Args {
     events: u64,
     streams: u64,
@@ -70,18 +73,7 @@ fn config(path: &Path, args: &Args) -> SledConfig {
 
 /// The usage event `n` of the run, as the command service stores it.
 fn usage(n: u64, streams: u64) -> (String, NewEvent) {
-    let sub = format!("sub-5f3a9c1e-{:06}", n % streams);
-    let (metric, property, value) = match n % 3 {
-        0 => ("api_calls", "calls", (n % 97 + 1).to_string()),
-        1 => ("storage_gb", "gb", format!("{}.{}", n % 500, n % 10)),
-        _ => ("seats", "user", format!("user-{}", n % 5_000)),
-    };
-    let payload = format!(
-        r#"{{"type":"UsageRecorded","subscription_id":"{sub}","transaction_id":"tx-5f3a9c1e-{n:012}","metric_code":"{metric}-5f3a9c1e","occurred_at":"2026-12-03T10:{:02}:{:02}.{:06}Z","properties":{{"{property}":"{value}","region":"eu-west-1"}}}}"#,
-        n / 60_000 % 60,
-        n / 1_000 % 60,
-        n % 1_000 * 997 % 1_000_000
-    );
+    let (stream, payload) = common::usage(n, streams);
     let event = NewEvent {
         event_id: Uuid::new_v4(),
         event_type: "UsageRecorded".into(),
@@ -89,9 +81,9 @@ fn usage(n: u64, streams: u64) -> (String, NewEvent) {
         occurred_at_us: 1_796_292_000_000_000 + n as i64 * 1_000,
         causation_id: None,
         correlation_id: None,
-        payload: payload.into_bytes(),
+        payload,
     };
-    (format!("usage-{sub}"), event)
+    (stream, event)
 }
 
 fn request(first: u64, args: &Args) -> AppendRequest {
@@ -229,15 +221,7 @@ async fn main() {
         println!("kept={}", dir.keep().display());
         return;
     }
-    let started = Instant::now();
-    let (mut from, mut bytes) = (0, 0);
-    loop {
-        let page = store.read_all(from, 10_000).await.expect("read_all");
-        let Some(last) = page.last() else { break };
-        from = last.position + 1;
-        bytes += page.iter().map(|e| e.payload.len()).sum::<usize>();
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let (from, secs, bytes) = common::scan_all(&store).await;
     println!(
         "read_all events={from} secs={secs:.2} events_per_s={:.0} payload_bytes_per_event={:.1}",
         from as f64 / secs,

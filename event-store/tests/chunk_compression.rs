@@ -12,6 +12,9 @@ use event_store::envelope::{decode_chunk, encode_chunk};
 use event_store::{compute_hash, RecordedEvent, GENESIS_HASH};
 use uuid::Uuid;
 
+#[path = "../examples/common/mod.rs"]
+mod common;
+
 /// A chunk as the sled backend writes it for the `bench scale` workload: ~96 KiB of records,
 /// consecutive events on different subscriptions, one request (correlation id, idempotency key).
 fn usage_chunk(first: u64) -> Vec<RecordedEvent> {
@@ -21,21 +24,10 @@ fn usage_chunk(first: u64) -> Vec<RecordedEvent> {
     let mut bytes = 0;
     let mut n = first;
     while bytes < 96 * 1024 - 600 {
-        let sub = format!("sub-5f3a9c1e-{:06}", n % 10_000);
-        let (metric, property, value) = match n % 3 {
-            0 => ("api_calls", "calls", (n % 97 + 1).to_string()),
-            1 => ("storage_gb", "gb", format!("{}.{}", n % 500, n % 10)),
-            _ => ("seats", "user", format!("user-{}", n % 5_000)),
-        };
-        let payload = format!(
-            r#"{{"type":"UsageRecorded","subscription_id":"{sub}","transaction_id":"tx-5f3a9c1e-{n:012}","metric_code":"{metric}-5f3a9c1e","occurred_at":"2026-12-03T10:{:02}:{:02}.{:06}Z","properties":{{"{property}":"{value}","region":"eu-west-1"}}}}"#,
-            n / 60_000 % 60,
-            n / 1_000 % 60,
-            n % 1_000 * 997 % 1_000_000
-        );
+        let (stream, payload) = common::usage(n, 10_000);
         let mut ev = RecordedEvent {
             event_id: Uuid::new_v4(),
-            stream: format!("usage-{sub}"),
+            stream,
             stream_version: n / 10_000,
             position: n,
             event_type: "UsageRecorded".into(),
@@ -46,7 +38,7 @@ fn usage_chunk(first: u64) -> Vec<RecordedEvent> {
             correlation_id: Some(correlation),
             idempotency_key: Some(format!("ingest-{first}")),
             idempotency_digest: Some([7; 32]),
-            payload: payload.into_bytes(),
+            payload,
             prev_hash: prev,
             hash: [0; 32],
         };
