@@ -16,6 +16,9 @@ use event_store::{
 };
 use uuid::Uuid;
 
+#[path = "common/mod.rs"]
+mod common;
+
 struct Args {
     events: usize,
     tasks: usize,
@@ -103,15 +106,7 @@ async fn main() {
 
 /// Sequential scan of the whole log in pages of 10,000 events (what a projection does).
 async fn read_all(store: &SledStore) {
-    let started = Instant::now();
-    let (mut from, mut bytes) = (0, 0);
-    loop {
-        let page = store.read_all(from, 10_000).await.expect("read_all");
-        let Some(last) = page.last() else { break };
-        from = last.position + 1;
-        bytes += page.iter().map(|e| e.payload.len()).sum::<usize>();
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let (from, secs, bytes) = common::scan_all(store).await;
     let per_s = from as f64 / secs;
     println!("read_all events={from} secs={secs:.3} events_per_s={per_s:.0} payload_bytes={bytes}");
 }

@@ -37,6 +37,20 @@
 //! event_count × { u32 len, [u8; len] canonical_bytes, [u8; 32] hash }
 //! ```
 //!
+//! # Chunk encoding, format 2 (what the sled backend writes since issue 12)
+//!
+//! ```text
+//! u8   format = 2
+//! u64  first_position      (equal to the key)
+//! u32  event_count         (≥ 1)
+//! u32  body_len            (bytes of the records once decompressed, ≤ 4 MiB)
+//! [u8] the records of format 1 (`event_count × { u32 len, canonical_bytes, hash }`),
+//!      compressed as one block (see `codec.rs`)
+//! ```
+//!
+//! The records, hence the canonical bytes and the hashes, are exactly those of format 1:
+//! compression changes how a chunk is stored, never what is hashed. Both formats are read.
+//!
 //! Events of a chunk have contiguous positions starting at `first_position`. Decoding checks
 //! every length, format byte, presence byte, UTF-8 string and position, and returns
 //! [`StoreError::Corrupt`] on any mismatch; it never panics on bad input.
@@ -48,8 +62,13 @@ use crate::{Position, RecordedEvent, StoreError};
 
 /// Format byte of [`canonical_bytes`].
 pub const CANONICAL_FORMAT_V1: u8 = 1;
-/// Format byte of the chunk encoding.
+/// Format byte of the chunk encoding, format 1 (records stored as they are).
 pub const CHUNK_FORMAT_V1: u8 = 1;
+/// Format byte of the chunk encoding, format 2 (records compressed, see the module docs).
+pub const CHUNK_FORMAT_V2: u8 = 2;
+/// Largest records body a format-2 chunk may claim (a single event of the largest payload
+/// fits; larger claims are corrupt, never allocated).
+const CHUNK_BODY_BYTES_MAX: usize = 4 << 20;
 /// `prev_hash` of the event at position 0.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
@@ -347,22 +366,47 @@ impl ChunkWriter {
         self.buf.len()
     }
 
+    /// The chunk in format 1.
     pub(crate) fn finish(mut self) -> Vec<u8> {
         self.buf[9..13].copy_from_slice(&self.count.to_be_bytes());
         self.buf
     }
+
+    /// The chunk in format 2: the same header, the records' length, the records compressed.
+    pub(crate) fn finish_compressed(self) -> Vec<u8> {
+        let count = self.count;
+        let body = &self.buf[CHUNK_HEADER_LEN..];
+        let body_len = u32::try_from(body.len()).expect("a chunk body is smaller than 4 GiB");
+        let compressed = crate::codec::compress(body);
+        let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + 4 + compressed.len());
+        out.push(CHUNK_FORMAT_V2);
+        out.extend_from_slice(&self.first.to_be_bytes());
+        out.extend_from_slice(&count.to_be_bytes());
+        out.extend_from_slice(&body_len.to_be_bytes());
+        out.extend_from_slice(&compressed);
+        out
+    }
 }
 
-/// Encodes already recorded events (contiguous positions, hashes kept as given) as one chunk.
-/// Panics if `events` is empty or positions are not contiguous.
+/// Encodes already recorded events (contiguous positions, hashes kept as given) as one chunk
+/// in format 1. Panics if `events` is empty or positions are not contiguous.
 pub fn encode_chunk(events: &[RecordedEvent]) -> Vec<u8> {
+    recorded_writer(events).finish()
+}
+
+/// As [`encode_chunk`], in format 2 (compressed; what the sled backend writes).
+pub fn encode_chunk_v2(events: &[RecordedEvent]) -> Vec<u8> {
+    recorded_writer(events).finish_compressed()
+}
+
+fn recorded_writer(events: &[RecordedEvent]) -> ChunkWriter {
     let first = events.first().expect("a chunk holds at least one event").position;
     let mut writer = ChunkWriter::new(first);
     for (i, ev) in events.iter().enumerate() {
         assert_eq!(ev.position, first + i as u64, "positions contiguous");
         writer.push_recorded(ev);
     }
-    writer.finish()
+    writer
 }
 
 /// Decodes the whole chunk stored under key `key_position`.
@@ -370,30 +414,31 @@ pub fn decode_chunk(
     key_position: Position,
     bytes: &[u8],
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let view = ChunkView::parse(key_position, bytes)?;
-    let mut records = view.records();
+    let chunk = Chunk::parse(key_position, bytes)?;
+    let mut records = chunk.records();
     // The count is untrusted: never reserve more than the bytes could hold.
-    let mut out = Vec::with_capacity((view.count as usize).min(bytes.len() / MIN_RECORD_LEN));
+    let mut out = Vec::with_capacity((chunk.count as usize).min(bytes.len() / MIN_RECORD_LEN));
     while let Some(raw) = records.next_raw()? {
         out.push(raw.decode()?.to_owned(raw.hash));
     }
     Ok(out)
 }
 
-/// A parsed chunk header over the stored bytes.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ChunkView<'a> {
+/// A parsed chunk: its header and its records' bytes (borrowed from the stored value, or owned
+/// once decompressed).
+#[derive(Clone, Debug)]
+pub(crate) struct Chunk<'a> {
     pub first: Position,
     pub count: u32,
-    body: &'a [u8],
+    body: std::borrow::Cow<'a, [u8]>,
 }
 
-impl<'a> ChunkView<'a> {
+impl<'a> Chunk<'a> {
     pub(crate) fn parse(key_position: Position, bytes: &'a [u8]) -> Result<Self, StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt { position: key_position, detail };
         let mut r = Reader::new(bytes);
         let format = r.u8().map_err(corrupt)?;
-        if format != CHUNK_FORMAT_V1 {
+        if format != CHUNK_FORMAT_V1 && format != CHUNK_FORMAT_V2 {
             return Err(corrupt(format!("unsupported chunk format {format}")));
         }
         let first = r.u64().map_err(corrupt)?;
@@ -403,7 +448,17 @@ impl<'a> ChunkView<'a> {
         if first != key_position || count == 0 || !fits {
             return Err(corrupt(format!("chunk header first={first} count={count}")));
         }
-        Ok(ChunkView { first, count, body: &bytes[CHUNK_HEADER_LEN..] })
+        if format == CHUNK_FORMAT_V1 {
+            let body = std::borrow::Cow::Borrowed(&bytes[CHUNK_HEADER_LEN..]);
+            return Ok(Chunk { first, count, body });
+        }
+        let body_len = r.u32().map_err(corrupt)? as usize;
+        if body_len > CHUNK_BODY_BYTES_MAX {
+            return Err(corrupt(format!("chunk claims a body of {body_len} bytes")));
+        }
+        let compressed = &bytes[CHUNK_HEADER_LEN + 4..];
+        let body = crate::codec::decompress(compressed, body_len).map_err(corrupt)?;
+        Ok(Chunk { first, count, body: std::borrow::Cow::Owned(body) })
     }
 
     /// Position one past the last event of the chunk.
@@ -411,9 +466,22 @@ impl<'a> ChunkView<'a> {
         self.first + u64::from(self.count)
     }
 
-    pub(crate) fn records(&self) -> Records<'a> {
-        Records { reader: Reader::new(self.body), next: self.first, end: self.end() }
+    pub(crate) fn records(&self) -> Records<'_> {
+        Records { reader: Reader::new(&self.body), next: self.first, end: self.end() }
     }
+}
+
+/// The stream name of canonical bytes, read without decoding the rest (format 1: the format
+/// byte, the 16-byte event id, then the stream as a length-prefixed string). Not checked as
+/// UTF-8: for comparisons only.
+pub(crate) fn canonical_stream(canonical: &[u8]) -> Result<&[u8], String> {
+    let mut r = Reader::new(canonical);
+    let format = r.u8()?;
+    if format != CANONICAL_FORMAT_V1 {
+        return Err(format!("unsupported canonical format {format}"));
+    }
+    r.take(16)?;
+    r.bytes()
 }
 
 /// One stored event: its canonical bytes (not yet decoded) and its hash.
@@ -525,20 +593,34 @@ mod tests {
         assert!(matches!(decode_chunk(40, &longer), Err(StoreError::Corrupt { .. })));
     }
 
-    #[test]
-    fn any_flipped_byte_is_corrupt_or_changes_the_event() {
-        let (events, bytes) = chunk();
+    /// Flips bits of every byte of a chunk of `events`: each result is `Corrupt` or events the
+    /// hash chain refuses, or (only where `same_allowed`: compressed data, where a flip may
+    /// decode to the same records, e.g. a match pointing at equal bytes) the same events.
+    fn assert_flips_noticed(events: &[RecordedEvent], bytes: &[u8], same_allowed: bool) {
         for at in 0..bytes.len() {
             for mask in [0x01u8, 0x80, 0xff] {
-                let mut bad = bytes.clone();
+                let mut bad = bytes.to_vec();
                 bad[at] ^= mask;
                 match decode_chunk(40, &bad) {
                     Err(StoreError::Corrupt { .. }) => {}
                     Err(e) => panic!("byte {at}: unexpected error {e}"),
-                    Ok(decoded) => assert_ne!(decoded, events, "byte {at} flip went unnoticed"),
+                    Ok(decoded) if decoded == events => {
+                        assert!(same_allowed, "byte {at} flip went unnoticed")
+                    }
+                    Ok(decoded) => {
+                        let mut chain = crate::ChainVerifier::new(Some(40), GENESIS_HASH);
+                        let refused = decoded.iter().any(|ev| chain.push(ev).is_err());
+                        assert!(refused, "byte {at}: a changed event passes the chain");
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn any_flipped_byte_is_corrupt_or_changes_the_event() {
+        let (events, bytes) = chunk();
+        assert_flips_noticed(&events, &bytes, false);
     }
 
     #[test]
@@ -551,8 +633,40 @@ mod tests {
         assert!(matches!(decode_chunk(40, &bytes), Err(StoreError::Corrupt { .. })));
     }
 
+    #[test]
+    fn chunk_v2_round_trips_and_is_smaller_for_repetitive_records() {
+        let (events, v1) = chunk();
+        let v2 = encode_chunk_v2(&events);
+        assert_eq!(v2[0], CHUNK_FORMAT_V2);
+        assert_eq!(decode_chunk(40, &v2).unwrap(), events);
+        assert_eq!(v1[..13][1..], v2[..13][1..], "same header after the format byte");
+        let many: Vec<_> = (0..50).fold(Vec::new(), |mut acc: Vec<RecordedEvent>, i| {
+            let prev = acc.last().map_or(GENESIS_HASH, |e| e.hash);
+            acc.push(sample(40 + i, prev));
+            acc
+        });
+        assert!(encode_chunk_v2(&many).len() * 2 < encode_chunk(&many).len());
+    }
+
+    #[test]
+    fn damaged_v2_chunks_are_corrupt_never_a_panic() {
+        let (events, _) = chunk();
+        let bytes = encode_chunk_v2(&events);
+        for len in 0..bytes.len() {
+            let r = decode_chunk(40, &bytes[..len]);
+            assert!(matches!(r, Err(StoreError::Corrupt { .. })), "truncated at {len}: {r:?}");
+        }
+        assert_flips_noticed(&events, &bytes, true);
+        let mut huge = bytes.clone();
+        huge[13..17].copy_from_slice(&u32::MAX.to_be_bytes());
+        let r = decode_chunk(40, &huge);
+        assert!(
+            matches!(r, Err(StoreError::Corrupt { ref detail, .. }) if detail.contains("claims"))
+        );
+    }
+
     /// Regression (fuzz/chunk_decode): a header whose first position + count passes u64::MAX
-    /// made `ChunkView::end` overflow (a panic with overflow checks, a wrapped end without).
+    /// made `Chunk::end` overflow (a panic with overflow checks, a wrapped end without).
     #[test]
     fn a_count_past_u64_max_is_corrupt() {
         let (_, mut bytes) = chunk();

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::envelope::{record_len, ChunkWriter, EnvelopeRef};
-use crate::index::{Delta, IdemEntry, Index};
+use crate::index::{Delta, IdemEntry, IdemStore, Index};
 use crate::{AppendRequest, Committed, ExpectedVersion, NewEvent, Position, StoreError};
 
 /// Size bound of one stored chunk (one sled value). A group commit is split into chunks of at
@@ -31,27 +31,39 @@ pub(crate) struct Commit {
 struct Chunks {
     done: Vec<(Position, Vec<u8>)>,
     current: ChunkWriter,
+    /// Chunk format 2 (compressed) rather than 1.
+    compressed: bool,
 }
 
 impl Chunks {
     fn push(&mut self, env: &EnvelopeRef<'_>) -> [u8; 32] {
         if self.current.count() > 0 && self.current.len() + record_len(env) > CHUNK_BYTES_MAX {
             let full = std::mem::replace(&mut self.current, ChunkWriter::new(env.position));
-            self.done.push((full.first(), full.finish()));
+            self.done.push((full.first(), finish(full, self.compressed)));
         }
         self.current.push(env)
     }
 
     fn finish(mut self) -> Vec<(Position, Vec<u8>)> {
         if self.current.count() > 0 {
-            self.done.push((self.current.first(), self.current.finish()));
+            self.done.push((self.current.first(), finish(self.current, self.compressed)));
         }
         self.done
     }
 }
 
+fn finish(chunk: ChunkWriter, compressed: bool) -> Vec<u8> {
+    if compressed {
+        chunk.finish_compressed()
+    } else {
+        chunk.finish()
+    }
+}
+
 pub(crate) struct Planner<'a> {
     index: &'a Index,
+    /// Where idempotency keys of earlier commits are looked up.
+    idem: &'a dyn IdemStore,
     chunks: Chunks,
     recorded_at: i64,
     next_position: Position,
@@ -64,10 +76,21 @@ pub(crate) struct Planner<'a> {
 
 impl<'a> Planner<'a> {
     /// `now` is the clock reading for the whole group; `recorded_at = max(now, last)`.
+    /// Idempotency keys are looked up in the index.
     pub(crate) fn new(index: &'a Index, now: i64) -> Self {
+        Self::with_idempotency(index, index, now)
+    }
+
+    /// Idempotency keys are looked up in `idem` (the sled backend's tree).
+    pub(crate) fn with_idempotency(index: &'a Index, idem: &'a dyn IdemStore, now: i64) -> Self {
         Planner {
             index,
-            chunks: Chunks { done: Vec::new(), current: ChunkWriter::new(index.head()) },
+            idem,
+            chunks: Chunks {
+                done: Vec::new(),
+                current: ChunkWriter::new(index.head()),
+                compressed: false,
+            },
             recorded_at: now.max(index.last_recorded_at()),
             next_position: index.head(),
             last_hash: index.last_hash(),
@@ -77,13 +100,21 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Writes chunk format 2 (compressed records) instead of format 1. The sled and memory
+    /// backends do; the EventStoreDB backend keeps format 1, whose size its server's
+    /// `MaxAppendSize` accounting (and its tests) are built on.
+    pub(crate) fn compressed(mut self) -> Self {
+        self.chunks.compressed = true;
+        self
+    }
+
     /// Adds a validated request to the group, or rejects it without effect.
     pub(crate) fn add(&mut self, req: &AppendRequest) -> Result<Committed, StoreError> {
         if req.writes.iter().all(|w| w.events.is_empty()) {
             return Err(StoreError::Invalid("an append must carry at least one event".into()));
         }
         if let Some(idem) = &req.idempotency {
-            if let Some(seen) = self.seen_idempotency(&idem.key) {
+            if let Some(seen) = self.seen_idempotency(&idem.key)? {
                 if seen.digest != idem.digest {
                     return Err(StoreError::IdempotencyConflict { key: idem.key.clone() });
                 }
@@ -109,8 +140,11 @@ impl<'a> Planner<'a> {
         Ok(Committed { first_position: first, last_position: last, duplicate: false })
     }
 
-    fn seen_idempotency(&self, key: &str) -> Option<&IdemEntry> {
-        self.pending_idem.get(key).or_else(|| self.index.idempotency(key))
+    fn seen_idempotency(&self, key: &str) -> Result<Option<IdemEntry>, StoreError> {
+        match self.pending_idem.get(key) {
+            Some(entry) => Ok(Some(entry.clone())),
+            None => self.idem.idempotency(key),
+        }
     }
 
     fn current_version(&self, stream: &str) -> Option<u64> {

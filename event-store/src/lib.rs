@@ -11,32 +11,60 @@
 //! # Storage layout (sled backend)
 //!
 //! * Tree `log`: the events, a few hundred per key. A group commit (every request that shares
-//!   one `fsync`) is encoded as one or more **chunks** of at most 96 KiB (~250 usage events);
-//!   key = the chunk's first [`Position`] as a `u64` big-endian (key order = log order), value =
-//!   the chunk encoding of [`envelope::encode_chunk`]: a format byte, the first position, the
-//!   event count, then per event its [`canonical_bytes`] (length-prefixed) and its 32-byte hash.
-//!   All chunks of a group commit are written in one atomic `sled::Batch`, then one `Db::flush`.
-//! * Default tree, key `event-store-format`: the store format version (`[1]`).
-//! * Nothing else: no per-event and no per-stream sled keys. sled sustains ~65k keys/s but
-//!   ~1.1M events/s when the same bytes are written as hundreds of events per key (SPEC §7).
+//!   one `fsync`) is encoded as one or more **chunks** of at most 96 KiB of records (~250 usage
+//!   events) before compression; key = the chunk's first [`Position`] as a `u64` big-endian (key
+//!   order = log order), value = the chunk encoding of [`envelope`]: format 2 (written since
+//!   issue 12: a format byte, the first position, the event count, the records' length, then
+//!   the records LZ4-compressed) or format 1 (older chunks: the same records uncompressed).
+//!   A record is an event's [`canonical_bytes`] (length-prefixed) and its 32-byte hash;
+//!   compression changes how records are stored, never the bytes that are hashed.
+//! * Tree `idempotency`: idempotency key → digest, first and last position of the request
+//!   (48 bytes). Written in the **same sled transaction** as the chunks of the commit that used
+//!   the key, so a key is never durable without its events nor the reverse.
+//! * Tree `index`: the index checkpoint (see `checkpoint.rs`): head, last hash, last
+//!   `recorded_at` and every stream's first position and last version, with a SHA-256 digest,
+//!   in pages of at most 64 KiB. Derived data, written only after a flush (it never claims what
+//!   is not on disk) every `index_checkpoint_interval_events` events and at close.
+//! * Default tree, key `event-store-format`: the store format version (`[2]`; a `[1]` store
+//!   is upgraded at open, its format-1 chunks read as they are). A binary that reads only
+//!   format-1 chunks refuses a format-2 store by this marker.
+//! * No per-event and no per-stream sled keys. sled sustains ~65k keys/s but ~1.1M events/s
+//!   when the same bytes are written as hundreds of events per key (SPEC §7).
 //!
 //! Why chunks rather than one value per commit: sled 0.34 writes any item larger than a quarter
 //! of its segment size to a separate blob file that it **never fsyncs**, and it periodically
 //! rewrites whole leaf nodes (up to 17 values). The store uses 8 MiB segments (a sled storage
 //! parameter, fixed for the life of a database) and ≤ 96 KiB values, so every write, including
 //! leaf rewrites, stays inside sled's log, which `Db::flush` syncs. A test checks that no blob
-//! file ever appears.
+//! file ever appears. sled's page cache is bounded by `SledConfig::cache_bytes_max`
+//! (default [`DEFAULT_CACHE_BYTES_MAX`]; sled's own default is 1 GiB).
 //!
-//! The stream index (stream → runs of `(version, position)`), stream heads, the head position,
-//! the last hash, the last `recorded_at`, the chunk start positions and the idempotency map live
-//! **in memory only** and are rebuilt by scanning the whole log at open (the time it took is
-//! logged through `tracing`; ≈ 0.5 s per million events while the log fits sled's cache). The
-//! scan checks positions are contiguous, each `prev_hash` links to the previous event's stored
-//! hash, stream versions are contiguous and `recorded_at` never decreases; it does not recompute
-//! hashes (that is [`verify_chain`]'s job). Because the open refuses a log with broken links, the
-//! audit reads the log through [`LogScan`] instead: the chunks in key order, decoded but never
-//! judged, without the index and without writing. Memory: one run (24 bytes) per stream per
-//! write, 8 bytes per chunk, one entry per idempotency key (kept forever).
+//! # The in-memory index and the open
+//!
+//! In memory: the head, the last hash, the last `recorded_at`, and per stream its first
+//! position and last version (16 bytes plus the name): **memory grows with streams, not with
+//! events**. No chunk list (the chunk holding position `p` is found by
+//! `log.range(..=p).next_back()`) and no idempotency map (a keyed request costs one lookup in
+//! the `idempotency` tree). `read_stream` scans the log from the stream's first position and
+//! stops at the last version wanted, reading only the stream name of other streams' events: its
+//! cost is the events of every stream between those two positions. It is a tools-and-tests path;
+//! the serving path reads the log in order with `read_all` and asks `stream_version`.
+//!
+//! At open the store loads the checkpoint, checks its digest and checks it against the log:
+//! the last 64 chunks before its head decode, follow each other without a gap (and start at 0
+//! when they are the whole log), link by `prev_hash`, never go back in `recorded_at`, and end
+//! exactly at its head with its hash and `recorded_at`. It then scans only the chunks after the
+//! head, with the same checks as a full scan (contiguous positions, `prev_hash` links,
+//! contiguous stream versions, non-decreasing `recorded_at`), rewriting the idempotency entries
+//! of the events it scans. A missing, corrupt or mismatching checkpoint is logged and the whole
+//! log is scanned as before; either way the result is saved as a new checkpoint. The log line
+//! "event store index rebuilt …" gives the events scanned and the time; `SledStore::open_report`
+//! returns the same. An open scans at most `index_checkpoint_interval_events` plus one group
+//! commit after a crash, nothing after a clean close. Neither scan recomputes hashes (that is
+//! [`verify_chain`]'s job), and links older than the 64 chunks before a valid checkpoint are not
+//! re-checked at open: damage there is found by `accrual audit verify`. Because the open refuses
+//! a log with broken links, the audit reads the log through [`LogScan`] instead: the chunks in
+//! key order, decoded (both formats) but never judged, without the index and without writing.
 //!
 //! # Write path (group commit, SPEC §3)
 //!
@@ -44,20 +72,21 @@
 //! what is waiting (up to `commit_events_max` events), checks idempotency and expected versions
 //! request by request (a later request sees the effects of earlier ones in the same group; a
 //! rejected request has no effect), assigns positions, stamps `recorded_at = max(clock(), last)`,
-//! encodes and chains the events, writes the chunks in one batch, calls `Db::flush` once, and
-//! only then updates the in-memory index, publishes the new head and replies. So the index never
-//! claims anything that is not on disk, and an acknowledged append is durable. If the write or
+//! encodes and chains the events, writes the chunks in one batch (one sled transaction with the
+//! group's idempotency keys when it carries any), calls `Db::flush` once, and only then updates
+//! the in-memory index, publishes the new head and replies. So the index never claims anything
+//! that is not on disk, and an acknowledged append is durable. If the write or
 //! the flush fails, the whole group gets `Unavailable` and the store refuses further appends
 //! (reopen to recover). While a flush runs, new requests queue and form the next group.
 //!
-//! Reads take positions from the in-memory index (never beyond the published head) and fetch
-//! only the chunks holding them; reads of up to 4,096 events run inline, larger ones on tokio's
-//! blocking pool.
+//! `read_all` reads never beyond the published head and fetch only the chunks holding the
+//! positions asked; reads of up to 4,096 events run inline, larger ones (and every
+//! `read_stream` scan) on tokio's blocking pool.
 //!
 //! # Formats
 //!
-//! [`canonical_bytes`] (format byte `1`) and the chunk encoding (format byte `1`) are persisted
-//! boundaries; golden tests (`tests/golden.rs`) pin them. A new layout gets a new format byte
+//! [`canonical_bytes`] (format byte `1`) and the chunk encodings (format bytes `1` and `2`) are
+//! persisted boundaries; golden tests (`tests/golden.rs`) pin them. A new layout gets a new format byte
 //! and the decoder keeps reading (upcasting) every older one; since hashes cover the canonical
 //! bytes of the format an event was written in, a future format must keep those bytes
 //! reproducible for [`verify_chain`].
@@ -68,6 +97,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 pub mod chain;
+mod checkpoint;
+mod codec;
 pub mod conformance;
 mod contain;
 pub mod envelope;
@@ -87,7 +118,10 @@ pub use envelope::{canonical_bytes, compute_hash, GENESIS_HASH};
 pub use esdb::{EsdbConfig, EsdbStore};
 pub use log_scan::{LogScan, ScanEvents};
 pub use memory_store::MemoryStore;
-pub use sled_store::{SledConfig, SledStore, LOG_TREE, SLED_SEGMENT_BYTES};
+pub use sled_store::{
+    OpenReport, SledConfig, SledStore, DEFAULT_CACHE_BYTES_MAX,
+    DEFAULT_INDEX_CHECKPOINT_INTERVAL_EVENTS, IDEMPOTENCY_TREE, LOG_TREE, SLED_SEGMENT_BYTES,
+};
 
 /// Global position of an event in the log (0-based, contiguous).
 pub type Position = u64;

@@ -18,8 +18,10 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
-use crate::envelope::ChunkView;
-use crate::sled_store::{key_position, FORMAT_KEY, LOG_TREE, SLED_SEGMENT_BYTES, STORE_FORMAT};
+use crate::envelope::Chunk;
+use crate::sled_store::{
+    key_position, FORMAT_KEY, LOG_TREE, SLED_SEGMENT_BYTES, STORE_FORMATS_READ,
+};
 use crate::{Position, RecordedEvent, StoreError};
 
 /// A sled event log opened for a raw scan (see the module docs).
@@ -64,7 +66,7 @@ impl LogScan {
             }
         })?;
         match db.get(FORMAT_KEY).map_err(io_error)? {
-            Some(v) if v.as_ref() != [STORE_FORMAT] => {
+            Some(v) if v.len() != 1 || !STORE_FORMATS_READ.contains(&v[0]) => {
                 return Err(StoreError::Unavailable(format!("unsupported store format {v:?}")))
             }
             _ => {}
@@ -80,7 +82,7 @@ impl LogScan {
     pub fn claimed_end(&self) -> Result<Option<Position>, StoreError> {
         let Some(log) = &self.log else { return Ok(Some(0)) };
         let Some((key, value)) = log.last().map_err(io_error)? else { return Ok(Some(0)) };
-        let parsed = key_position(&key).and_then(|first| ChunkView::parse(first, &value));
+        let parsed = key_position(&key).and_then(|first| Chunk::parse(first, &value));
         Ok(parsed.ok().map(|view| view.end()))
     }
 
@@ -124,7 +126,7 @@ impl ScanEvents {
             }
             other => other,
         };
-        let view = match ChunkView::parse(first, value) {
+        let view = match Chunk::parse(first, value) {
             Ok(view) => view,
             Err(e) => return self.pending.push_back(Err(in_chunk(e))),
         };

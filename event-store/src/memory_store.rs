@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::group::Planner;
-use crate::index::{read_slices, ChunkLog, Index};
+use crate::index::{read_range, read_stream_scan, ChunkLog, Index};
 use crate::{
     system_clock, validate, AppendRequest, Clock, Committed, EventStore, Position, RecordedEvent,
     StoreError, DEFAULT_COMMIT_EVENTS_MAX,
@@ -28,9 +28,8 @@ struct Chunks(BTreeMap<Position, Arc<[u8]>>);
 impl ChunkLog for Chunks {
     type Bytes = Arc<[u8]>;
 
-    fn chunk(&self, first: Position) -> Result<Arc<[u8]>, StoreError> {
-        let missing = || StoreError::Corrupt { position: first, detail: "chunk missing".into() };
-        self.0.get(&first).cloned().ok_or_else(missing)
+    fn chunk_at(&self, position: Position) -> Result<Option<(Position, Arc<[u8]>)>, StoreError> {
+        Ok(self.0.range(..=position).next_back().map(|(first, b)| (*first, b.clone())))
     }
 }
 
@@ -78,7 +77,7 @@ impl MemoryStore {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("store is closed".into()));
         }
-        let mut planner = Planner::new(&state.index, (self.clock)());
+        let mut planner = Planner::new(&state.index, (self.clock)()).compressed();
         let result = planner.add(req);
         if let Some(commit) = planner.finish() {
             let head = commit.delta.end_position;
@@ -103,9 +102,9 @@ impl EventStore for MemoryStore {
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let state = self.state.read();
-        let slices =
-            state.index.slices(&state.index.stream_ranges(stream, from_version, max_count));
-        read_slices(&state.chunks, &slices)
+        let Some(head) = state.index.stream(stream) else { return Ok(Vec::new()) };
+        let log_head = state.index.head();
+        read_stream_scan(&state.chunks, stream, head, log_head, from_version, max_count)
     }
 
     async fn read_all(
@@ -114,8 +113,7 @@ impl EventStore for MemoryStore {
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let state = self.state.read();
-        let slices = state.index.slices(&[state.index.all_range(from, max_count)]);
-        read_slices(&state.chunks, &slices)
+        read_range(&state.chunks, state.index.all_range(from, max_count))
     }
 
     fn head(&self) -> Position {

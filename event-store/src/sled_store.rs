@@ -7,11 +7,13 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
+use sled::Transactional;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::envelope::ChunkView;
+use crate::checkpoint::{self, INDEX_TREE};
+use crate::envelope::Chunk;
 use crate::group::{Commit, Planner};
-use crate::index::{read_slices, ChunkLog, Index, Slice};
+use crate::index::{read_range, read_stream_scan, ChunkLog, IdemEntry, IdemStore, Index};
 use crate::metrics::{self, AppendLatency};
 use crate::{
     system_clock, validate, AppendRequest, AppendTicket, Clock, Committed, EventStore, Position,
@@ -20,8 +22,17 @@ use crate::{
 
 /// Name of the sled tree that holds the log's chunks (see the crate docs for the layout).
 pub const LOG_TREE: &str = "log";
+/// Name of the sled tree of idempotency keys (key → digest and positions), written in the same
+/// sled transaction as the chunks of the commit that used the key.
+pub const IDEMPOTENCY_TREE: &str = "idempotency";
 pub(crate) const FORMAT_KEY: &str = "event-store-format";
-pub(crate) const STORE_FORMAT: u8 = 1;
+/// The store format: 2 since chunks are written in chunk format 2 (compressed), so a binary
+/// that reads only format-1 chunks refuses the store by its marker instead of calling its
+/// chunks damaged. A format-1 store is upgraded (its marker rewritten) at open; its chunks stay
+/// as they are and are read as before.
+pub(crate) const STORE_FORMAT: u8 = 2;
+/// Store formats this binary opens.
+pub(crate) const STORE_FORMATS_READ: [u8; 2] = [1, 2];
 /// A group stops taking requests once it holds this many request bytes.
 const GROUP_BYTES_TARGET: usize = 8 << 20;
 /// sled segment size. Persisted by sled in the database: never change it for existing stores
@@ -30,6 +41,11 @@ const GROUP_BYTES_TARGET: usize = 8 << 20;
 /// fsyncs; 8 MiB (the maximum is 16 MiB) puts that threshold at 2 MiB, far above a chunk's leaf
 /// (see `group.rs`).
 pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
+/// Default of [`SledConfig::index_checkpoint_interval_events`].
+pub const DEFAULT_INDEX_CHECKPOINT_INTERVAL_EVENTS: u64 = 1_000_000;
+/// Default of [`SledConfig::cache_bytes_max`]: 128 MiB (chosen by measurement, see
+/// docs/decisions/0026-store-index-and-chunks.md).
+pub const DEFAULT_CACHE_BYTES_MAX: u64 = 128 << 20;
 /// Reads of more events than this run on the blocking pool.
 const INLINE_READ_EVENTS: u64 = 4_096;
 
@@ -44,6 +60,13 @@ pub struct SledConfig {
     pub queue_requests_max: usize,
     /// Source of `recorded_at` (unix micros).
     pub clock: Clock,
+    /// The index checkpoint is written after the first commit that ends this many events
+    /// after the previous checkpoint (and when the store closes): an open after a crash scans at
+    /// most about this many events (plus one group commit).
+    pub index_checkpoint_interval_events: u64,
+    /// Bound of sled's page cache (sled's `cache_capacity`), in bytes. sled's own default is
+    /// 1 GiB per database; see [`DEFAULT_CACHE_BYTES_MAX`].
+    pub cache_bytes_max: u64,
 }
 
 impl SledConfig {
@@ -54,6 +77,8 @@ impl SledConfig {
             commit_events_max: DEFAULT_COMMIT_EVENTS_MAX,
             queue_requests_max: 1_024,
             clock: system_clock(),
+            index_checkpoint_interval_events: DEFAULT_INDEX_CHECKPOINT_INTERVAL_EVENTS,
+            cache_bytes_max: DEFAULT_CACHE_BYTES_MAX,
         }
     }
 }
@@ -64,6 +89,8 @@ impl std::fmt::Debug for SledConfig {
             .field("path", &self.path)
             .field("commit_events_max", &self.commit_events_max)
             .field("queue_requests_max", &self.queue_requests_max)
+            .field("index_checkpoint_interval_events", &self.index_checkpoint_interval_events)
+            .field("cache_bytes_max", &self.cache_bytes_max)
             .finish_non_exhaustive()
     }
 }
@@ -89,7 +116,13 @@ impl Job {
 struct Shared {
     db: sled::Db,
     log: sled::Tree,
+    idem: sled::Tree,
+    /// The index checkpoint's tree.
+    meta: sled::Tree,
     index: RwLock<Index>,
+    /// Head covered by the last checkpoint written (writer thread only, after open).
+    checkpoint_head: Mutex<Position>,
+    checkpoint_interval_events: u64,
     head_tx: watch::Sender<Position>,
     /// Set on a storage failure; appends are refused from then on.
     failure: Mutex<Option<String>>,
@@ -97,6 +130,22 @@ struct Shared {
     /// Test hook: the next flush fails.
     #[cfg(test)]
     fail_next_flush: std::sync::atomic::AtomicBool,
+    /// Test hook: the writer stops without writing its checkpoint (as after a kill -9).
+    #[cfg(test)]
+    skip_exit_checkpoint: std::sync::atomic::AtomicBool,
+}
+
+/// How [`SledStore::open`] built its index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The index came from the checkpoint (only the log after it was scanned).
+    pub from_checkpoint: bool,
+    /// Why the checkpoint was not used, when one was there but was not usable.
+    pub checkpoint_refused: Option<String>,
+    /// Events read and checked by the scan (the whole log without a usable checkpoint).
+    pub events_scanned: u64,
+    /// Time from opening the database to a ready index.
+    pub elapsed: std::time::Duration,
 }
 
 /// Durable [`EventStore`] on sled: one atomic batch of chunk keys and one `Db::flush` per group
@@ -106,6 +155,7 @@ pub struct SledStore {
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     commit_events_max: usize,
+    open_report: OpenReport,
 }
 
 fn io_error(e: impl std::fmt::Display) -> StoreError {
@@ -115,21 +165,38 @@ fn io_error(e: impl std::fmt::Display) -> StoreError {
 impl SledStore {
     /// Opens (or creates) the store and rebuilds the in-memory index by scanning the log.
     pub fn open(config: SledConfig) -> Result<SledStore, StoreError> {
-        if config.commit_events_max == 0 || config.queue_requests_max == 0 {
-            return Err(StoreError::Invalid("commit_events_max and queue_requests_max ≥ 1".into()));
+        if config.commit_events_max == 0
+            || config.queue_requests_max == 0
+            || config.index_checkpoint_interval_events == 0
+        {
+            return Err(StoreError::Invalid(
+                "commit_events_max, queue_requests_max and index_checkpoint_interval_events ≥ 1"
+                    .into(),
+            ));
         }
-        let (db, log, index) = open_and_index(&config.path)?;
+        let opened = open_and_index(&config.path, config.cache_bytes_max)?;
+        let index = opened.index;
         metrics::record_head(index.head());
         let shared = Arc::new(Shared {
             head_tx: watch::channel(index.head()).0,
+            checkpoint_head: Mutex::new(index.head()),
+            checkpoint_interval_events: config.index_checkpoint_interval_events,
             index: RwLock::new(index),
             failure: Mutex::new(None),
             clock: config.clock,
             #[cfg(test)]
             fail_next_flush: Default::default(),
-            db,
-            log,
+            #[cfg(test)]
+            skip_exit_checkpoint: Default::default(),
+            db: opened.db,
+            log: opened.log,
+            idem: opened.idem,
+            meta: opened.meta,
         });
+        if opened.report.events_scanned > 0 || opened.report.checkpoint_refused.is_some() {
+            // The scan's result is saved now, so the next open does not scan it again.
+            shared.write_checkpoint().map_err(io_error)?;
+        }
         let (sender, receiver) = mpsc::channel(config.queue_requests_max);
         let writer_shared = shared.clone();
         let events_max = config.commit_events_max;
@@ -142,7 +209,19 @@ impl SledStore {
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
             commit_events_max: events_max,
+            open_report: opened.report,
         })
+    }
+
+    /// Test hook: the writer will stop without writing its checkpoint, as if killed.
+    #[cfg(test)]
+    pub(crate) fn crash_on_close(&self) {
+        self.shared.skip_exit_checkpoint.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How the open built the index (from the checkpoint or by a full scan, events scanned).
+    pub fn open_report(&self) -> &OpenReport {
+        &self.open_report
     }
 
     /// Head position and the hash of the last event (`GENESIS_HASH` when empty).
@@ -155,13 +234,17 @@ impl SledStore {
         self.shared.failure.lock().clone()
     }
 
-    async fn read(&self, slices: Vec<Slice>) -> Result<Vec<RecordedEvent>, StoreError> {
-        let total: u64 = slices.iter().map(|s| s.len).sum();
-        if total <= INLINE_READ_EVENTS {
-            return read_slices(&SledLog(&self.shared.log), &slices);
+    /// Runs a read inline when `inline`, else on tokio's blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        inline: bool,
+        read: impl FnOnce(&SledLog<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if inline {
+            return read(&SledLog(&self.shared.log));
         }
         let shared = self.shared.clone();
-        let task = tokio::task::spawn_blocking(move || read_slices(&SledLog(&shared.log), &slices));
+        let task = tokio::task::spawn_blocking(move || read(&SledLog(&shared.log)));
         task.await.map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
 
@@ -187,9 +270,12 @@ impl Drop for SledStore {
 const OPEN_LOCK_ATTEMPTS_MAX: u32 = 100;
 const OPEN_LOCK_RETRY_MS: u64 = 20;
 
-fn open_db(path: &std::path::Path) -> Result<sled::Db, StoreError> {
-    let config =
-        sled::Config::new().path(path).segment_size(SLED_SEGMENT_BYTES).flush_every_ms(None); // durability comes from the flush of every group commit
+fn open_db(path: &std::path::Path, cache_bytes_max: u64) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(path)
+        .segment_size(SLED_SEGMENT_BYTES)
+        .cache_capacity(cache_bytes_max)
+        .flush_every_ms(None); // durability comes from the flush of every group commit
     for attempt in 1..=OPEN_LOCK_ATTEMPTS_MAX {
         match config.open() {
             Err(sled::Error::Io(e))
@@ -207,13 +293,16 @@ fn open_db(path: &std::path::Path) -> Result<sled::Db, StoreError> {
 /// Opens the database and rebuilds the index from the log. A damaged log is an error naming the
 /// log and what to do, never a panic: sled 0.34 panics on some damaged files (at open, or when
 /// it first reads a page), so this runs under [`crate::contain_panic`].
-fn open_and_index(path: &std::path::Path) -> Result<(sled::Db, sled::Tree, Index), StoreError> {
+fn open_and_index(path: &std::path::Path, cache_bytes_max: u64) -> Result<Opened, StoreError> {
     let opened = crate::contain_panic(|| -> Result<_, StoreError> {
-        let db = open_db(path)?;
+        let started = Instant::now();
+        let db = open_db(path, cache_bytes_max)?;
         let log = db.open_tree(LOG_TREE).map_err(io_error)?;
+        let idem = db.open_tree(IDEMPOTENCY_TREE).map_err(io_error)?;
+        let meta = db.open_tree(INDEX_TREE).map_err(io_error)?;
         check_format(&db, &log)?;
-        let index = rebuild(&log)?;
-        Ok((db, log, index))
+        let (index, report) = build_index(&log, &idem, &meta, started)?;
+        Ok(Opened { db, log, idem, meta, index, report })
     });
     match opened {
         Ok(Err(StoreError::Corrupt { position, detail })) => {
@@ -248,6 +337,11 @@ fn log_damaged(path: &std::path::Path, detail: &str) -> String {
 fn check_format(db: &sled::Db, log: &sled::Tree) -> Result<(), StoreError> {
     match db.get(FORMAT_KEY).map_err(io_error)? {
         Some(v) if v.as_ref() == [STORE_FORMAT] => Ok(()),
+        Some(v) if v.len() == 1 && STORE_FORMATS_READ.contains(&v[0]) => {
+            db.insert(FORMAT_KEY, &[STORE_FORMAT]).map_err(io_error)?;
+            db.flush().map_err(io_error)?;
+            Ok(())
+        }
         Some(v) => Err(StoreError::Unavailable(format!("unsupported store format {v:?}"))),
         None if log.is_empty() => {
             db.insert(FORMAT_KEY, &[STORE_FORMAT]).map_err(io_error)?;
@@ -260,28 +354,135 @@ fn check_format(db: &sled::Db, log: &sled::Tree) -> Result<(), StoreError> {
     }
 }
 
-/// Scans the whole log, checking its links, and rebuilds the in-memory index.
-fn rebuild(log: &sled::Tree) -> Result<Index, StoreError> {
-    let started = Instant::now();
-    let mut index = Index::default();
-    for item in log.iter() {
-        let (key, value) = item.map_err(io_error)?;
-        let position = key_position(&key)?;
-        let view = ChunkView::parse(position, &value)?;
-        index.begin_chunk(&view)?;
-        let mut records = view.records();
-        while let Some(raw) = records.next_raw()? {
-            index.observe(&raw.decode()?, raw.hash)?;
+struct Opened {
+    db: sled::Db,
+    log: sled::Tree,
+    idem: sled::Tree,
+    meta: sled::Tree,
+    index: Index,
+    report: OpenReport,
+}
+
+/// The index from the checkpoint when it is there and the log agrees with it, else from
+/// nothing; then the log after it is scanned (all of it without a checkpoint).
+fn build_index(
+    log: &sled::Tree,
+    idem: &sled::Tree,
+    meta: &sled::Tree,
+    started: Instant,
+) -> Result<(Index, OpenReport), StoreError> {
+    let restored = checkpoint::load(meta).and_then(|loaded| match loaded {
+        Some(index) => checkpoint::verify(log, &index).map(|()| Some(index)),
+        None => Ok(None),
+    });
+    let (index, refused) = match restored {
+        Ok(Some(index)) => (Some(index), None),
+        Ok(None) => (None, None),
+        Err(why) => {
+            tracing::warn!(reason = %why, "index checkpoint not used; scanning the whole log");
+            (None, Some(why))
         }
-    }
+    };
+    let from_checkpoint = index.is_some();
+    let index = index.unwrap_or_else(Index::without_idempotency);
+    let from = index.head();
+    let (index, chunks) = scan(log, idem, index)?;
+    let report = OpenReport {
+        from_checkpoint,
+        checkpoint_refused: refused,
+        events_scanned: index.head() - from,
+        elapsed: started.elapsed(),
+    };
     tracing::info!(
         events = index.head(),
-        chunks = index.chunk_count(),
+        from_checkpoint,
+        events_scanned = report.events_scanned,
+        chunks_scanned = chunks,
         streams = index.stream_count(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "event store index rebuilt from the log"
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "event store index rebuilt from the checkpoint and the log after it"
     );
-    Ok(index)
+    Ok((index, report))
+}
+
+/// Scans the log from the index's head, checking its links, updating the index and (re)writing
+/// the idempotency entries of the events scanned. Returns the index and the chunks scanned.
+fn scan(log: &sled::Tree, idem: &sled::Tree, mut index: Index) -> Result<(Index, u64), StoreError> {
+    let mut chunks = 0_u64;
+    let mut keys = IdemRebuild { tree: idem, current: None };
+    for item in log.range(index.head().to_be_bytes()..) {
+        let (key, value) = item.map_err(io_error)?;
+        let position = key_position(&key)?;
+        let view = Chunk::parse(position, &value)?;
+        index.begin_chunk(&view)?;
+        chunks += 1;
+        let mut records = view.records();
+        while let Some(raw) = records.next_raw()? {
+            let env = raw.decode()?;
+            index.observe(&env, raw.hash)?;
+            if let (Some(key), Some(digest)) = (env.idempotency_key, env.idempotency_digest) {
+                keys.observe(key, digest, env.position)?;
+            }
+        }
+    }
+    keys.finish()?;
+    Ok((index, chunks))
+}
+
+/// Rewrites the idempotency entries of scanned events (they are derived from the log): the
+/// events of one request are contiguous, so one entry is open at a time.
+struct IdemRebuild<'a> {
+    tree: &'a sled::Tree,
+    current: Option<(String, IdemEntry)>,
+}
+
+impl IdemRebuild<'_> {
+    fn observe(
+        &mut self,
+        key: &str,
+        digest: [u8; 32],
+        position: Position,
+    ) -> Result<(), StoreError> {
+        if let Some((k, entry)) = &mut self.current {
+            if k == key && entry.digest == digest {
+                entry.last = position;
+                return Ok(());
+            }
+        }
+        self.finish()?;
+        self.current =
+            Some((key.to_owned(), IdemEntry { digest, first: position, last: position }));
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), StoreError> {
+        let Some((key, mut entry)) = self.current.take() else { return Ok(()) };
+        let stored = self.tree.get(key.as_bytes()).map_err(io_error)?;
+        match stored.as_deref().and_then(IdemEntry::decode) {
+            Some(old) if old == entry => return Ok(()),
+            Some(old) if old.digest == entry.digest && old.first < entry.first => {
+                entry.first = old.first;
+            }
+            _ => {}
+        }
+        self.tree.insert(key.as_bytes(), &entry.encode()[..]).map_err(io_error)?;
+        Ok(())
+    }
+}
+
+/// Idempotency keys looked up in the sled tree.
+struct IdemTree<'a>(&'a sled::Tree);
+
+impl IdemStore for IdemTree<'_> {
+    fn idempotency(&self, key: &str) -> Result<Option<IdemEntry>, StoreError> {
+        let stored = self.0.get(key.as_bytes()).map_err(io_error)?;
+        match stored {
+            None => Ok(None),
+            Some(bytes) => IdemEntry::decode(&bytes).map(Some).ok_or_else(|| {
+                StoreError::Unavailable(format!("idempotency entry of {key:?} does not decode"))
+            }),
+        }
+    }
 }
 
 pub(crate) fn key_position(key: &[u8]) -> Result<Position, StoreError> {
@@ -297,9 +498,14 @@ struct SledLog<'a>(&'a sled::Tree);
 impl ChunkLog for SledLog<'_> {
     type Bytes = sled::IVec;
 
-    fn chunk(&self, first: Position) -> Result<sled::IVec, StoreError> {
-        let missing = || StoreError::Corrupt { position: first, detail: "chunk missing".into() };
-        self.0.get(first.to_be_bytes()).map_err(io_error)?.ok_or_else(missing)
+    fn chunk_at(&self, position: Position) -> Result<Option<(Position, sled::IVec)>, StoreError> {
+        match self.0.range(..=position.to_be_bytes()).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item.map_err(io_error)?;
+                Ok(Some((key_position(&key)?, value)))
+            }
+        }
     }
 }
 
@@ -310,6 +516,23 @@ fn writer_loop(shared: &Shared, mut receiver: mpsc::Receiver<Job>, events_max: u
     while let Some(first) = carry.take().or_else(|| receiver.blocking_recv()) {
         let group = collect_group(first, &mut receiver, &mut carry, events_max);
         shared.commit_group(group);
+        let due = shared.index.read().head()
+            >= shared.checkpoint_head.lock().saturating_add(shared.checkpoint_interval_events);
+        if due && shared.failure.lock().is_none() {
+            // Covers only flushed commits; made durable by the next group's flush (or at exit).
+            if let Err(e) = shared.write_checkpoint_batch() {
+                tracing::warn!(error = %e, "index checkpoint not written");
+            }
+        }
+    }
+    #[cfg(test)]
+    if shared.skip_exit_checkpoint.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    if shared.failure.lock().is_none() {
+        if let Err(e) = shared.write_checkpoint() {
+            tracing::warn!(error = %e, "index checkpoint not written at close");
+        }
     }
 }
 
@@ -350,6 +573,20 @@ fn collect_group(
 }
 
 impl Shared {
+    /// Writes the checkpoint of the current index (no flush).
+    fn write_checkpoint_batch(&self) -> Result<(), sled::Error> {
+        let index = self.index.read();
+        self.meta.apply_batch(checkpoint::batch(&self.meta, &index)?)?;
+        *self.checkpoint_head.lock() = index.head();
+        Ok(())
+    }
+
+    /// Writes the checkpoint of the current index and flushes.
+    fn write_checkpoint(&self) -> Result<(), sled::Error> {
+        self.write_checkpoint_batch()?;
+        self.db.flush().map(drop)
+    }
+
     fn commit_group(&self, jobs: Vec<Job>) {
         if let Some(reason) = self.failure.lock().clone() {
             return reply_all(jobs, &reason);
@@ -383,7 +620,8 @@ impl Shared {
 
     fn plan(&self, jobs: &[Job]) -> (Vec<Result<Committed, StoreError>>, Option<Commit>) {
         let index = self.index.read();
-        let mut planner = Planner::new(&index, (self.clock)());
+        let idem = IdemTree(&self.idem);
+        let mut planner = Planner::with_idempotency(&index, &idem, (self.clock)()).compressed();
         let outcomes = jobs.iter().map(|job| planner.add(&job.req)).collect();
         (outcomes, planner.finish())
     }
@@ -402,7 +640,22 @@ impl Shared {
         for (position, bytes) in &commit.chunks {
             batch.insert(&position.to_be_bytes()[..], bytes.as_slice());
         }
-        self.log.apply_batch(batch).map_err(|e| e.to_string())?;
+        if commit.delta.idempotency.is_empty() {
+            self.log.apply_batch(batch).map_err(|e| e.to_string())?;
+        } else {
+            let mut keys = sled::Batch::default();
+            for (key, entry) in &commit.delta.idempotency {
+                keys.insert(key.as_bytes(), &entry.encode()[..]);
+            }
+            // The chunks and the keys they used, atomically.
+            (&self.log, &self.idem)
+                .transaction(|(log, idem)| {
+                    log.apply_batch(&batch)?;
+                    idem.apply_batch(&keys)?;
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| format!("{e:?}"))?;
+        }
         #[cfg(test)]
         if self.fail_next_flush.swap(false, std::sync::atomic::Ordering::SeqCst) {
             self.unwind(commit);
@@ -424,6 +677,11 @@ impl Shared {
             batch.remove(&position.to_be_bytes()[..]);
         }
         let _ = self.log.apply_batch(batch);
+        let mut keys = sled::Batch::default();
+        for (key, _) in &commit.delta.idempotency {
+            keys.remove(key.as_bytes());
+        }
+        let _ = self.idem.apply_batch(keys);
     }
 }
 
@@ -468,11 +726,17 @@ impl EventStore for SledStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let slices = {
+        let (head, log_head) = {
             let index = self.shared.index.read();
-            index.slices(&index.stream_ranges(stream, from_version, max_count))
+            (index.stream(stream), index.head())
         };
-        self.read(slices).await
+        let Some(head) = head else { return Ok(Vec::new()) };
+        let stream = stream.to_owned();
+        // A scan of the log from the stream's first position: always off the async threads.
+        self.read(false, move |log| {
+            read_stream_scan(log, &stream, head, log_head, from_version, max_count)
+        })
+        .await
     }
 
     async fn read_all(
@@ -480,11 +744,9 @@ impl EventStore for SledStore {
         from: Position,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let slices = {
-            let index = self.shared.index.read();
-            index.slices(&[index.all_range(from, max_count)])
-        };
-        self.read(slices).await
+        let range = self.shared.index.read().all_range(from, max_count);
+        let inline = range.end - range.start <= INLINE_READ_EVENTS;
+        self.read(inline, move |log| read_range(log, range)).await
     }
 
     fn head(&self) -> Position {
@@ -530,7 +792,7 @@ mod tests {
     fn chunk_sizes(store: &SledStore) -> Vec<(u32, usize)> {
         let chunks = store.shared.log.iter().map(Result::unwrap);
         let parse = |(k, v): (sled::IVec, sled::IVec)| {
-            (ChunkView::parse(key_position(&k).unwrap(), &v).unwrap().count, v.len())
+            (Chunk::parse(key_position(&k).unwrap(), &v).unwrap().count, v.len())
         };
         chunks.map(parse).collect()
     }

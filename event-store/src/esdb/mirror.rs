@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::log::StoredChunk;
 use super::mapping::LogPosition;
-use crate::envelope::ChunkView;
+use crate::envelope::Chunk;
 use crate::index::Index;
 use crate::{Position, StoreError};
 
@@ -32,6 +32,8 @@ pub enum Ingest {
 #[derive(Default)]
 pub struct Mirror {
     pub(crate) index: Index,
+    /// First position of every chunk, by revision (the index does not keep chunk positions).
+    chunks: Vec<Position>,
     ids: Vec<Uuid>,
     positions: Vec<Option<LogPosition>>,
     recent: VecDeque<(Position, Arc<[u8]>)>,
@@ -64,6 +66,16 @@ impl Mirror {
         self.positions.iter().rev().find_map(|p| *p)
     }
 
+    /// Revision (ordinal) of the chunk starting at `first`, if one does.
+    pub(crate) fn chunk_ordinal(&self, first: Position) -> Option<usize> {
+        self.chunks.binary_search(&first).ok()
+    }
+
+    /// Splits position ranges (within the head) into per-chunk slices.
+    pub(crate) fn slices(&self, ranges: &[std::ops::Range<Position>]) -> Vec<crate::index::Slice> {
+        crate::index::slices(&self.chunks, self.index.head(), ranges)
+    }
+
     /// Bytes of the chunk starting at `first`, if cached.
     pub fn cached(&self, first: Position) -> Option<Arc<[u8]>> {
         self.recent.iter().rev().find(|(f, _)| *f == first).map(|(_, b)| b.clone())
@@ -81,8 +93,9 @@ impl Mirror {
             return Ok(Ingest::Gap { next_revision: next });
         }
         let first = self.index.head();
-        let view = ChunkView::parse(first, &chunk.bytes).map_err(|e| at_revision(e, next))?;
+        let view = Chunk::parse(first, &chunk.bytes).map_err(|e| at_revision(e, next))?;
         self.index.begin_chunk(&view)?;
+        self.chunks.push(first);
         let mut records = view.records();
         while let Some(raw) = records.next_raw()? {
             self.index.observe(&raw.decode()?, raw.hash)?;
@@ -160,7 +173,7 @@ mod tests {
         assert_eq!((m.next_revision(), m.head()), (2, 5));
         assert_eq!(m.index.stream_version("s0"), Some(2));
         assert_eq!(m.chunk_id(1), Some(Uuid::from_u128(2)));
-        assert_eq!(m.index.chunk_ordinal(2), Some(1));
+        assert_eq!(m.chunk_ordinal(2), Some(1));
         assert!(m.cached(2).is_some() && m.cached(1).is_none());
     }
 

@@ -188,7 +188,7 @@ impl EsdbStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let (slices, wanted, mut chunks) = {
             let mirror = self.shared.mirror.read();
-            let slices = mirror.index.slices(ranges);
+            let slices = mirror.slices(ranges);
             let mut wanted = Vec::new();
             let mut chunks = FetchedChunks::default();
             let mut seen = std::collections::HashSet::new();
@@ -208,9 +208,12 @@ impl EsdbStore {
     }
 }
 
+/// Events read per page when `read_stream` scans the log.
+const STREAM_SCAN_PAGE_EVENTS: usize = 4_096;
+
 fn ordinal(mirror: &Mirror, first: Position) -> Result<u64, StoreError> {
     let missing = || StoreError::Corrupt { position: first, detail: "chunk not indexed".into() };
-    mirror.index.chunk_ordinal(first).map(|o| o as u64).ok_or_else(missing)
+    mirror.chunk_ordinal(first).map(|o| o as u64).ok_or_else(missing)
 }
 
 #[derive(Default)]
@@ -219,10 +222,11 @@ struct FetchedChunks(HashMap<Position, Arc<[u8]>>);
 impl IndexChunks for FetchedChunks {
     type Bytes = Arc<[u8]>;
 
-    fn chunk(&self, first: Position) -> Result<Arc<[u8]>, StoreError> {
+    /// Exact lookups only: the slices name the chunks they need.
+    fn chunk_at(&self, first: Position) -> Result<Option<(Position, Arc<[u8]>)>, StoreError> {
         let missing =
             || StoreError::Corrupt { position: first, detail: "chunk not fetched".into() };
-        self.0.get(&first).cloned().ok_or_else(missing)
+        self.0.get(&first).cloned().map(|b| Some((first, b))).ok_or_else(missing)
     }
 }
 
@@ -570,8 +574,34 @@ impl EventStore for EsdbStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let ranges = self.shared.mirror.read().index.stream_ranges(stream, from_version, max_count);
-        self.read_ranges(&ranges).await
+        // The index keeps each stream's first position and last version only: page through the
+        // log from the first position (bounded by the stream's last version and the head).
+        let Some(head) = self.shared.mirror.read().index.stream(stream) else {
+            return Ok(Vec::new());
+        };
+        if max_count == 0 || from_version > head.last_version {
+            return Ok(Vec::new());
+        }
+        let wanted_last = from_version.saturating_add(max_count as u64 - 1).min(head.last_version);
+        let mut out = Vec::new();
+        let mut at = head.first_position;
+        loop {
+            let range = self.shared.mirror.read().index.all_range(at, STREAM_SCAN_PAGE_EVENTS);
+            if range.is_empty() {
+                return Ok(out);
+            }
+            at = range.end;
+            for event in self.read_ranges(&[range]).await? {
+                if event.stream != stream || event.stream_version < from_version {
+                    continue;
+                }
+                let version = event.stream_version;
+                out.push(event);
+                if version >= wanted_last {
+                    return Ok(out);
+                }
+            }
+        }
     }
 
     async fn read_all(
