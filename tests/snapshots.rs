@@ -10,7 +10,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{free_port, growth_plan, register_acme_and_api_calls, start_sub_1, Server};
+use common::{
+    acme_request, free_port, growth_plan, register_acme_and_api_calls, start_sub_1, Server,
+};
 use proto::v1 as pb;
 use proto::v1::command_service_client::CommandServiceClient;
 use tonic::transport::Channel;
@@ -81,15 +83,7 @@ async fn answers(c: &mut Client) -> String {
         .into_inner();
     let duplicate = c.record_usage(usage("tx-3", 3)).await.unwrap().into_inner();
     assert_eq!(duplicate.status, "duplicate");
-    let customer = pb::RegisterCustomerRequest {
-        idempotency_key: "cust-acme".into(),
-        customer_id: "acme".into(),
-        name: "Acme".into(),
-        currency: "USD".into(),
-        time_zone: "Europe/Berlin".into(),
-        tax_rate: "10".into(),
-    };
-    let replay = c.register_customer(customer).await.unwrap().into_inner();
+    let replay = c.register_customer(acme_request()).await.unwrap().into_inner();
     assert!(replay.duplicate);
     format!("{draft:?}\nduplicate at {}\nreplay at {}", duplicate.position, replay.position)
 }
