@@ -7,6 +7,9 @@
 //! `cargo run --release -p command-service --example snapshot_figures -- 10000 1000000`
 //! (subscriptions, usage events).
 
+// The engine takes usage items as `Result<Usage, tonic::Status>`, as the gRPC layer hands them.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
