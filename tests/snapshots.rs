@@ -23,9 +23,15 @@ const SNAPSHOT: &str = "write-model.snapshot";
 
 /// `accrual serve` on `data_dir` with its JSON log (info level) in `log`.
 fn start_logged(data_dir: &Path, log: &Path) -> Server {
+    start_logged_with(data_dir, log, &[])
+}
+
+/// [`start_logged`] with `extra` flags (e.g. `--store esdb://...`).
+fn start_logged_with(data_dir: &Path, log: &Path, extra: &[&str]) -> Server {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_accrual"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--scheduler-interval-secs", "0"])
+        .args(extra)
         .arg("--data-dir")
         .arg(data_dir)
         .env("ACCRUAL_LOG_LEVEL", "info")
@@ -178,4 +184,33 @@ async fn a_snapshot_of_another_data_dir_is_ignored() {
         one(&log, "write-model snapshot ignored; rebuilding the write model from the log");
     assert!(ignored["reason"].as_str().unwrap().contains("another hash"), "{ignored}");
     one(&log, "write model rebuilt from the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_node_on_eventstoredb_keeps_its_snapshot_in_its_data_dir() {
+    let fake = esdb_fake::FakeServer::start().await.expect("start esdb-fake");
+    let url = fake.url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let store = format!("{url}{sep}stream=accrual-snapshots");
+    let flags = ["--store", store.as_str(), "--role", "command"];
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("first.log");
+    let server = start_logged_with(&data, &log, &flags);
+    let mut c = server.client().await;
+    register_acme_and_api_calls(&mut c).await;
+    start_sub_1(&mut c, growth_plan("0.50")).await;
+    let head = record(&mut c, 0, 30).await;
+    let before = answers(&mut c).await;
+    drop(c);
+    assert!(server.terminate().success());
+    assert_eq!(one(&log, "write-model snapshot written")["position"], head);
+    let log = dir.path().join("second.log");
+    let server = start_logged_with(&data, &log, &flags);
+    let mut c = server.client().await;
+    assert_eq!(answers(&mut c).await, before);
+    let loaded = one(&log, "write model loaded from a snapshot; folded the log's tail");
+    assert_eq!(loaded["snapshot_position"], head);
+    drop(c);
+    assert!(server.terminate().success());
 }

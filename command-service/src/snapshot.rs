@@ -14,9 +14,9 @@
 //! docs/decisions/0025-write-model-snapshots.md). A snapshot that is missing, of an unknown
 //! format, damaged (checksum, length), stale (the log has no event `P - 1` or another one
 //! there: a different or restored log) or undecodable is logged with the reason and ignored:
-//! the model is rebuilt from the log. A write goes to a temporary file that is fsync'd, renamed
-//! over the snapshot, and the directory fsync'd, so a crash leaves the old snapshot or the new
-//! one, never a mix.
+//! the model is rebuilt from the log. A write goes to a temporary file (per process) that is
+//! fsync'd, renamed over the snapshot, and the directory fsync'd, so a crash leaves the old
+//! snapshot or the new one, never a mix.
 
 use std::fmt;
 use std::io::Write;
@@ -191,7 +191,8 @@ pub fn write(path: &Path, header: Header, payload: &[u8]) -> std::io::Result<()>
     let bytes = encode(header, payload);
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("snapshot.tmp");
+    // Per process: command nodes on a shared log (EventStoreDB) may share a data dir.
+    let tmp = path.with_extension(format!("snapshot.tmp.{}", std::process::id()));
     {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&bytes)?;
