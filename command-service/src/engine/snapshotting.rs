@@ -134,9 +134,10 @@ impl Engine {
     pub async fn write_snapshot(&self) -> Position {
         let model = self.lock_model().await;
         if let Ok(model) = model {
+            let copying = std::time::Instant::now();
             let (saved, seen) = (Saved::of(&model), self.seen(&model));
             drop(model);
-            self.save(saved, seen).await;
+            self.save(saved, seen, copying.elapsed()).await;
         }
         self.snapshot_position().await
     }
@@ -150,13 +151,16 @@ impl Engine {
     /// command is decided any more).
     pub(super) async fn snapshot_at_close(&self, model: &WriteModel) {
         if self.snapshots.is_some() && model.next_position > *self.snapshot_position.lock().await {
-            self.save(Saved::of(model), self.seen(model)).await;
+            let copying = std::time::Instant::now();
+            let saved = Saved::of(model);
+            self.save(saved, self.seen(model), copying.elapsed()).await;
         }
     }
 
     /// Writes `saved` once what it holds is the log's prefix `[0, P)` (durable, nothing
-    /// diverged); logs the outcome. One write at a time.
-    async fn save(&self, saved: Saved, seen: Seen) {
+    /// diverged); logs the outcome with `copy_ms`, the time the copy held the model lock. One
+    /// write at a time.
+    async fn save(&self, saved: Saved, seen: Seen, copy: Duration) {
         let Some(options) = self.snapshots.clone() else { return };
         let mut written = self.snapshot_position.lock().await;
         let position = saved.next_position;
@@ -186,7 +190,8 @@ impl Engine {
             Ok(bytes) => {
                 *written = position;
                 let ms = started.elapsed().as_millis() as u64;
-                tracing::info!(position, bytes, ms, "write-model snapshot written");
+                let copy_ms = copy.as_millis() as u64;
+                tracing::info!(position, bytes, copy_ms, ms, "write-model snapshot written");
             }
             Err(reason) => {
                 tracing::warn!(position, %reason, "write-model snapshot skipped");
