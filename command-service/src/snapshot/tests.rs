@@ -4,14 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use domain::calendar::{Anchor, Interval};
-use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
+use domain::calendar::Anchor;
 use domain::commands::{Command, Policy};
 use domain::events::Usage;
-use domain::money::Currency;
-use domain::rating::{Aggregation, ChargeModel};
+use domain::rating::Aggregation;
 use event_store::{EventStore, MemoryStore};
-use rust_decimal::Decimal;
 
 use super::*;
 use crate::engine::{Engine, EngineOptions, UsageItem};
@@ -30,56 +27,14 @@ async fn open(store: &Arc<MemoryStore>, path: &Path) -> Engine {
     Engine::open_with(store, Policy::default(), clock, options(path)).await.unwrap()
 }
 
-/// A customer, two metrics, a plan and `subscriptions` subscriptions.
+#[path = "../../examples/snapshot_figures/fixture.rs"]
+mod fixture;
+
+const METRICS: [(&str, Aggregation, &str); 2] =
+    [("calls", Aggregation::Sum, "n"), ("users", Aggregation::UniqueCount, "u")];
+
 async fn catalog(e: &Engine, subscriptions: u32) {
-    let usd = Currency::parse("USD").unwrap();
-    let customer = Customer {
-        customer_id: "c".into(),
-        name: "C".into(),
-        currency: usd,
-        time_zone: "Europe/Berlin".into(),
-        tax_rate: Decimal::from(19),
-    };
-    e.execute(Command::RegisterCustomer(customer), None, None).await.unwrap();
-    let mut charges = Vec::new();
-    for (code, aggregation) in [("calls", Aggregation::Sum), ("users", Aggregation::UniqueCount)] {
-        let property = Some(if code == "calls" { "n" } else { "u" }.to_string());
-        let metric = Metric {
-            code: code.into(),
-            name: code.into(),
-            aggregation,
-            property,
-            allow_negative: false,
-        };
-        e.execute(Command::DefineMetric(metric), None, None).await.unwrap();
-        let model = ChargeModel::Standard { unit_price: Decimal::new(3, 2) };
-        charges.push(Charge { metric_code: code.into(), model, pay_in_advance: false });
-    }
-    let plan = Plan {
-        code: "p".into(),
-        version: 0,
-        name: "P".into(),
-        currency: usd,
-        interval: Interval::Monthly,
-        base_fee: Decimal::from(10),
-        fee_timing: FeeTiming::Arrears,
-        trial_days: 0,
-        minimum_commitment: None,
-        charges,
-    };
-    e.execute(Command::PublishPlan(plan), None, None).await.unwrap();
-    for i in 0..subscriptions {
-        let start = Command::StartSubscription {
-            subscription_id: format!("s{i}"),
-            customer_id: "c".into(),
-            plan_code: "p".into(),
-            plan_version: None,
-            anchor: Anchor::Anniversary,
-            start_date: Some("2025-01-01".parse().unwrap()),
-        };
-        let key = Some((format!("start-{i}"), [i as u8; 32]));
-        e.execute(start, key, None).await.unwrap();
-    }
+    fixture::catalog(e, u64::from(subscriptions), &METRICS).await;
 }
 
 /// `count` usage events from transaction `first` on, over subscriptions `s0..s{subscriptions}`.

@@ -10,20 +10,18 @@
 // The engine takes usage items as `Result<Usage, tonic::Status>`, as the gRPC layer hands them.
 #![allow(clippy::result_large_err)]
 
+mod fixture;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use command_service::engine::{Clock, Engine, EngineOptions};
 use command_service::snapshot::SnapshotOptions;
-use domain::calendar::{Anchor, Interval};
-use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
-use domain::commands::{Command, Policy};
+use domain::commands::Policy;
 use domain::events::Usage;
-use domain::money::Currency;
-use domain::rating::{Aggregation, ChargeModel};
+use domain::rating::Aggregation;
 use event_store::{EventStore, MemoryStore};
-use rust_decimal::Decimal;
 
 const METRICS: [(&str, Aggregation, &str); 3] = [
     ("api_calls", Aggregation::Sum, "calls"),
@@ -50,7 +48,7 @@ async fn main() {
     let dyn_store = || store.clone() as Arc<dyn EventStore>;
     let e =
         Engine::open_with(dyn_store(), Policy::default(), clock.clone(), options()).await.unwrap();
-    setup(&e, subscriptions).await;
+    fixture::catalog(&e, subscriptions, &METRICS).await;
     let started = Instant::now();
     for first in (0..events).step_by(BATCH_EVENTS as usize) {
         let items = (first..(first + BATCH_EVENTS).min(events))
@@ -93,54 +91,4 @@ async fn main() {
     println!(
         "snapshot_figures open_from_snapshot_ms={snapshot_ms} open_from_whole_log_ms={rebuild_ms}"
     );
-}
-
-async fn setup(e: &Engine, subscriptions: u64) {
-    let usd = Currency::parse("USD").unwrap();
-    let customer = Customer {
-        customer_id: "c".into(),
-        name: "C".into(),
-        currency: usd,
-        time_zone: "Europe/Berlin".into(),
-        tax_rate: Decimal::from(19),
-    };
-    e.execute(Command::RegisterCustomer(customer), None, None).await.unwrap();
-    let mut charges = Vec::new();
-    for (code, aggregation, property) in METRICS {
-        let property = Some(property.to_string());
-        let metric = Metric {
-            code: code.into(),
-            name: code.into(),
-            aggregation,
-            property,
-            allow_negative: false,
-        };
-        e.execute(Command::DefineMetric(metric), None, None).await.unwrap();
-        let model = ChargeModel::Standard { unit_price: Decimal::new(1, 3) };
-        charges.push(Charge { metric_code: code.into(), model, pay_in_advance: false });
-    }
-    let plan = Plan {
-        code: "p".into(),
-        version: 0,
-        name: "P".into(),
-        currency: usd,
-        interval: Interval::Monthly,
-        base_fee: Decimal::from(49),
-        fee_timing: FeeTiming::Arrears,
-        trial_days: 0,
-        minimum_commitment: None,
-        charges,
-    };
-    e.execute(Command::PublishPlan(plan), None, None).await.unwrap();
-    for i in 0..subscriptions {
-        let start = Command::StartSubscription {
-            subscription_id: format!("s{i}"),
-            customer_id: "c".into(),
-            plan_code: "p".into(),
-            plan_version: None,
-            anchor: Anchor::Anniversary,
-            start_date: Some("2025-01-01".parse().unwrap()),
-        };
-        e.execute(start, None, None).await.unwrap();
-    }
 }
