@@ -17,7 +17,8 @@
 //!
 //! Data directory layout: `<data-dir>/log` (the event store), `<data-dir>/read-models` (the
 //! projections; can be deleted at any time and is rebuilt from the log), `<data-dir>/replays`
-//! (what AuditService.Replay wrote, created on first use).
+//! (what AuditService.Replay wrote, created on first use), `<data-dir>/write-model.snapshot` (the
+//! command role's write model at a log position; derived, checked against the log on load).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,16 +68,24 @@ pub async fn open_configured_store(
 
 /// Folds the log into the write engine. On a shared log (EventStoreDB) the engine keeps a
 /// recovery copy of its model, since appends lost to another command node are routine there.
+/// `snapshots_in`: the command node's data dir, where the write-model snapshot is kept
+/// (`<data-dir>/write-model.snapshot`, on either backend): loaded at open, written every
+/// `snapshot::INTERVAL_EVENTS_DEFAULT` events by a background task and at shutdown.
 async fn engine_on(
     store: Arc<dyn EventStore>,
     policy: Policy,
     shared_log: bool,
+    snapshots_in: Option<&std::path::Path>,
 ) -> anyhow::Result<Arc<Engine>> {
-    let options = command_service::engine::EngineOptions { shared_log };
+    let snapshots = snapshots_in.map(command_service::snapshot::SnapshotOptions::in_dir);
+    let options = command_service::engine::EngineOptions { shared_log, snapshots };
     let engine = Engine::open_with(store, policy, system_clock(), options)
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    Ok(Arc::new(engine))
+    let engine = Arc::new(engine);
+    // Ends by itself when the engine closes.
+    let _snapshots = engine.start_snapshots();
+    Ok(engine)
 }
 
 /// Opens the event log under `data_dir` and folds it into the write engine.
@@ -85,7 +94,7 @@ pub async fn open_engine(
     policy: Policy,
 ) -> anyhow::Result<(Arc<dyn EventStore>, Arc<Engine>)> {
     let store = open_store(data_dir)?;
-    let engine = engine_on(store.clone(), policy, false).await?;
+    let engine = engine_on(store.clone(), policy, false, None).await?;
     Ok((store, engine))
 }
 
@@ -189,7 +198,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let engine = match roles.command {
         true => {
             let shared_log = matches!(s.store, crate::config::StoreSpec::Esdb(_));
-            Some(engine_on(store.clone(), policy, shared_log).await?)
+            Some(engine_on(store.clone(), policy, shared_log, Some(&s.data_dir)).await?)
         }
         false => None,
     };

@@ -41,7 +41,10 @@ use jiff::Timestamp;
 use tonic::Status;
 use uuid::Uuid;
 
+use crate::snapshot::SnapshotOptions;
 use crate::status::{from_domain, from_store, unavailable};
+
+mod snapshotting;
 
 /// Events read per call while rebuilding the write model from the log.
 pub const REBUILD_CHUNK_EVENTS: usize = 10_000;
@@ -64,7 +67,7 @@ pub const CONFLICT_RETRIES_MAX: u32 = 3;
 
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct KeyedCommand {
     digest: [u8; 32],
     first: Position,
@@ -162,7 +165,7 @@ pub enum UsageItem {
 }
 
 /// Options of the write engine.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
     /// The log has other writers (command nodes sharing an EventStoreDB log). Then:
     /// - a decision waits until this engine's earlier appends have their outcome, because
@@ -175,6 +178,9 @@ pub struct EngineOptions {
     ///
     /// On sled (the only writer) neither is needed: an append fails only with the disk.
     pub shared_log: bool,
+    /// Write-model snapshots (`None`: none; the whole log is folded at open). See
+    /// [`crate::snapshot`].
+    pub snapshots: Option<SnapshotOptions>,
 }
 
 /// How often the model was recovered after a failed or lost append.
@@ -198,10 +204,15 @@ pub struct Engine {
     recoveries: parking_lot::Mutex<Recoveries>,
     closing: AtomicBool,
     appends: Arc<Appends>,
+    snapshots: Option<SnapshotOptions>,
+    /// The position of the last snapshot written or loaded (0: none); locked while one is
+    /// written, so there is one writer at a time.
+    snapshot_position: tokio::sync::Mutex<Position>,
 }
 
 impl Engine {
-    /// Opens the engine over a store, folding the whole log into the write model.
+    /// Opens the engine over a store, folding the whole log into the write model (from a valid
+    /// snapshot and the log's tail with [`EngineOptions::snapshots`]).
     pub async fn open(
         store: Arc<dyn EventStore>,
         policy: Policy,
@@ -217,8 +228,8 @@ impl Engine {
         clock: Clock,
         options: EngineOptions,
     ) -> Result<Self, Status> {
-        let mut model = WriteModel::default();
-        rebuild(&*store, &mut model).await?;
+        let (model, snapshot_position) =
+            snapshotting::open_model(&*store, options.snapshots.as_ref()).await?;
         let copy = options.shared_log.then(|| model.clone());
         Ok(Engine {
             store,
@@ -230,6 +241,8 @@ impl Engine {
             recoveries: parking_lot::Mutex::new(Recoveries::default()),
             closing: AtomicBool::new(false),
             appends: Arc::new(Appends::new()),
+            snapshots: options.snapshots,
+            snapshot_position: tokio::sync::Mutex::new(snapshot_position),
         })
     }
 
@@ -458,10 +471,12 @@ impl Engine {
         Ok(results)
     }
 
-    /// Stops taking commands, waits for the decider, and flushes what the store holds.
+    /// Stops taking commands, waits for the decider, writes a snapshot (with
+    /// [`EngineOptions::snapshots`]), and flushes what the store holds.
     pub async fn close(&self) -> Result<(), Status> {
         self.closing.store(true, Ordering::SeqCst);
-        let _model = self.model.lock().await;
+        let model = self.model.lock().await;
+        self.snapshot_at_close(&model).await;
         self.store.close().await.map_err(from_store)
     }
 

@@ -3,6 +3,7 @@
 //! - [`convert`]: wire ⇄ domain (the proto boundary);
 //! - [`engine`]: the write model, decide/evolve under one lock, group-committed appends;
 //! - [`service`]: the gRPC handlers and per-call limits;
+//! - [`snapshot`]: write-model snapshots at a log position (restart folds only the tail);
 //! - [`status`]: the SPEC §3 error contract.
 //!
 //! The transport (health, reflection, limits, shutdown) is assembled by the `accrual` binary.
@@ -13,4 +14,5 @@
 pub mod convert;
 pub mod engine;
 pub mod service;
+pub mod snapshot;
 pub mod status;

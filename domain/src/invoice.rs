@@ -194,7 +194,7 @@ impl InvoiceStatus {
 }
 
 /// An invoice with what happened to it since it was issued.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InvoiceAccount {
     pub invoice: Invoice,
     pub amount_paid: Decimal,

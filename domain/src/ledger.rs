@@ -59,9 +59,10 @@ pub const USAGE_PROPERTIES_MAX: usize = 32;
 /// Longest property key or value.
 pub const USAGE_PROPERTY_LEN_MAX: usize = 256;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CustomerState {
     pub customer: Customer,
+    #[serde(with = "jiff::fmt::serde::tz::required")]
     pub time_zone: TimeZone,
 }
 
@@ -88,7 +89,7 @@ enum UsageCheck {
 }
 
 /// The write model: every aggregate, folded from the log.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Ledger {
     pub customers: HashMap<String, CustomerState>,
     pub metrics: HashMap<String, Metric>,

@@ -16,6 +16,9 @@ pub mod money;
 pub mod mrr;
 pub mod rating;
 pub mod recognition;
+pub mod serde_pairs;
+#[cfg(test)]
+mod snapshot_tests;
 pub mod subscription;
 #[cfg(test)]
 mod test_strategies;

@@ -16,26 +16,28 @@ use crate::invoice::{LineDraft, LineKind};
 use crate::rating::{RunningAggregate, UsagePoint};
 
 /// Usage of one metric in one open period.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MetricUsage {
     pub aggregate: RunningAggregate,
     /// Each event's amount by (occurred_at, position), kept for `sum` metrics: a percentage model
     /// (which needs a sum metric) prices every event in order, and a plan change may bring one.
+    #[serde(with = "crate::serde_pairs")]
     pub amounts: BTreeMap<(Timestamp, u64), Decimal>,
 }
 
 /// A billing period that is not closed yet.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct OpenPeriod {
     pub usage: BTreeMap<String, MetricUsage>,
     /// transaction id → (payload digest, log position), for duplicate detection.
     pub transactions: HashMap<String, (u64, u64)>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Subscription {
     pub subscription_id: String,
     pub customer_id: String,
+    #[serde(with = "jiff::fmt::serde::tz::required")]
     pub time_zone: TimeZone,
     pub cycle: Cycle,
     /// Plan history: (effective local date, plan), ascending.

@@ -139,15 +139,7 @@ pub fn free_port() -> u16 {
 /// Registers customer `acme` (USD, Europe/Berlin, 10 % tax) and defines the metric `api_calls`
 /// (the sum of the `calls` property): what the end-to-end books start with.
 pub async fn register_acme_and_api_calls(c: &mut CommandServiceClient<Channel>) {
-    let customer = pb::RegisterCustomerRequest {
-        idempotency_key: "cust-acme".into(),
-        customer_id: "acme".into(),
-        name: "Acme".into(),
-        currency: "USD".into(),
-        time_zone: "Europe/Berlin".into(),
-        tax_rate: "10".into(),
-    };
-    c.register_customer(customer).await.unwrap();
+    c.register_customer(acme_request()).await.unwrap();
     let metric = pb::DefineMetricRequest {
         code: "api_calls".into(),
         name: "API calls".into(),
@@ -156,6 +148,18 @@ pub async fn register_acme_and_api_calls(c: &mut CommandServiceClient<Channel>) 
         ..Default::default()
     };
     c.define_metric(metric).await.unwrap();
+}
+
+/// Customer `acme` (USD, Europe/Berlin, 10 % tax) under the idempotency key `cust-acme`.
+pub fn acme_request() -> pb::RegisterCustomerRequest {
+    pb::RegisterCustomerRequest {
+        idempotency_key: "cust-acme".into(),
+        customer_id: "acme".into(),
+        name: "Acme".into(),
+        currency: "USD".into(),
+        time_zone: "Europe/Berlin".into(),
+        tax_rate: "10".into(),
+    }
 }
 
 /// Plan `growth`: 20.00 a month in arrears plus graduated `api_calls`, the first 100 at 1.00

@@ -99,7 +99,7 @@ pub struct UsagePoint<'a> {
 
 /// Running aggregate of one metric over one billing period, updated event by event (write-side
 /// state, rebuilt from the log), so closing a period does not rescan usage.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunningAggregate {
     aggregation: Aggregation,
     events: u64,
@@ -109,7 +109,7 @@ pub struct RunningAggregate {
 }
 
 /// Per-aggregation state; `count` needs nothing beyond the event counter.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 enum State {
     Count,
     Sum(Decimal),
@@ -121,7 +121,7 @@ enum State {
 }
 
 /// The value of the latest event seen so far, with its ordering key.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct LatestValue {
     key: (Timestamp, u64),
     value: Decimal,
@@ -130,8 +130,9 @@ struct LatestValue {
 /// Level changes keyed by (occurred_at, seq), so out-of-order arrivals are integrated in time
 /// order. `magnitude` = Σ|delta| bounds every partial sum, so a level can never overflow once
 /// [`RunningAggregate::add`] has accepted the delta.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Levels {
+    #[serde(with = "crate::serde_pairs")]
     deltas: BTreeMap<(Timestamp, u64), Decimal>,
     magnitude: Decimal,
     /// Σ delta: the level after the last change.
