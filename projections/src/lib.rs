@@ -51,6 +51,7 @@ pub mod journal;
 pub mod metrics;
 pub mod mrr;
 mod runner;
+mod shared;
 mod store;
 pub mod testkit;
 pub mod usage_meter;
@@ -59,7 +60,11 @@ pub use runner::{
     decode_event, Progress, Projection, Runner, RunnerConfig, WaitError, BATCH_EVENTS_MAX_LIMIT,
     POLL_INTERVAL_MS_MAX,
 };
-pub use store::{open_db, Digest, ReadModel, Snapshot, Writes, META_PREFIX, SEGMENT_SIZE_BYTES};
+pub use shared::{SharedConfig, SharedFeed, SharedLog, EVENT_TYPES, RING_EVENTS_MAX_LIMIT};
+pub use store::{
+    open_db, Digest, ReadModel, Snapshot, Writes, CACHE_CAPACITY_BYTES, META_PREFIX,
+    SEGMENT_SIZE_BYTES,
+};
 
 use event_store::{Position, StoreError};
 
