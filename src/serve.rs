@@ -93,7 +93,7 @@ pub async fn open_engine(
 /// shared reader read since its last batch; one that fell behind applies up to this many at
 /// once, which is what lets the journal catch up: it rates each subscription a batch touches
 /// once (docs/decisions/0027-shared-reader-and-journal-batches.md).
-pub(crate) const LIVE_BATCH_EVENTS_MAX: usize = 32_768;
+pub(crate) const LIVE_BATCH_EVENTS_MAX: usize = projections::BATCH_EVENTS_MAX_LIMIT;
 
 /// The live runners' settings.
 pub(crate) fn live_runner_config() -> RunnerConfig {

@@ -248,6 +248,7 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         if self.warm {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let mut next: Position = 0;
         let rounds = self.checkpoint.div_ceil(self.config.batch_events_max as u64);
         for _ in 0..rounds {
@@ -267,6 +268,8 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
             }
         }
         assert_eq!(next, self.checkpoint, "warm-up folds exactly the applied prefix");
+        let (projection, ms) = (self.projection.name(), started.elapsed().as_millis());
+        tracing::info!(projection, events = next, ms, "in-memory state folded from the log");
         self.warm = true;
         Ok(())
     }
