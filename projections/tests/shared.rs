@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::sim::{op, simulate, store_of};
-use common::{append, bulk, config, store_with, Store};
+use common::{append, bulk, config, store_with, FailingAt, Store};
 use domain::events::Event;
-use event_store::{EventStore, Position, RecordedEvent};
+use event_store::{EventStore, RecordedEvent};
 use projections::invoices::InvoicesProjection;
 use projections::journal::JournalProjection;
 use projections::mrr::MrrProjection;
@@ -216,37 +216,8 @@ async fn a_projection_rebuilding_from_zero_reads_the_log_itself_while_the_others
     journal_task.await.unwrap().unwrap();
 }
 
-/// Fails at one position: its runner stops with the error (nothing of the batch committed);
+/// A runner failing at one position stops with the error (nothing of the batch committed);
 /// the other runner on the same reader goes on.
-struct FailingAt(Position);
-
-impl Projection for FailingAt {
-    fn name(&self) -> &'static str {
-        "failing"
-    }
-
-    fn wants(&self, event_type: &str) -> bool {
-        InvoicesProjection.wants(event_type)
-    }
-
-    fn apply(
-        &mut self,
-        w: &mut Writes<'_>,
-        e: &RecordedEvent,
-        d: &Event,
-    ) -> projections::Result<()> {
-        if e.position == self.0 {
-            let detail = "simulated failure".to_string();
-            return Err(ProjectionError::Inconsistent {
-                projection: "failing",
-                position: e.position,
-                detail,
-            });
-        }
-        InvoicesProjection.apply(w, e, d)
-    }
-}
-
 #[tokio::test]
 async fn a_failed_batch_stops_only_its_own_runner() {
     let events = bulk(20);
@@ -255,7 +226,7 @@ async fn a_failed_batch_stops_only_its_own_runner() {
     let db = projections::open_db(dir.path()).unwrap();
     let mut log = SharedLog::new(store.clone(), shared(4, 16)).unwrap();
     let (stop_tx, stop) = watch::channel(false);
-    let failing = Runner::open(&db, store.clone(), FailingAt(17), config(8)).unwrap();
+    let failing = Runner::open(&db, store.clone(), FailingAt(17, "failing"), config(8)).unwrap();
     let invoices = Runner::open(&db, store.clone(), InvoicesProjection, config(8)).unwrap();
     let (failing_progress, _, failing_task) = spawn(&mut log, failing, &stop);
     let (progress, _, task) = spawn(&mut log, invoices, &stop);
