@@ -1,12 +1,15 @@
 //! Accrual's read side, first piece: a projection [`Runner`] that follows the ordered log
 //! (SPEC §1, §5), folds events into sled read models exactly once, reports its lag, lets a
 //! caller wait until a position is applied, and computes a canonical [`Digest`] of each read
-//! model. The first projection is [`invoices`].
+//! model. The first projection is [`invoices`]. In `accrual serve` the runners share one log
+//! reader ([`SharedLog`], [`Runner::run_shared`]): the log is read and decoded once for all of
+//! them, each keeps its own checkpoint and commits, and one that is behind reads the log itself.
 //!
 //! # Storage layout
 //!
 //! Read models live in their own sled database, separate from the event log ([`open_db`] opens it
-//! with 8 MiB segments, as the event store does, so values stay inside sled's fsync'd log). Each
+//! with 8 MiB segments, as the event store does, so values stay inside sled's fsync'd log, and
+//! a [`CACHE_CAPACITY_BYTES`] page cache). Each
 //! projection owns one tree, `projection/<name>`:
 //!
 //! * **Meta keys** start with byte `0x00` and are not part of the model:
