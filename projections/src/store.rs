@@ -24,7 +24,8 @@ const MODEL_START: &[u8] = &[META_PREFIX + 1];
 
 /// sled page cache of the read-model database (sled's default is 1 GiB). Reads of a model are
 /// short (a page of keys) and every batch rewrites the keys it reads, so a small cache holds
-/// the working set; measured in docs/decisions/0027-shared-reader-and-journal-batches.md.
+/// the working set (docs/decisions/0027-shared-reader-and-journal-batches.md; not yet compared
+/// against other sizes by measurement).
 pub const CACHE_CAPACITY_BYTES: u64 = 64 << 20;
 
 /// Longest [`open_db`] waits for the file lock of a database closed a moment ago.
