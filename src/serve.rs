@@ -29,7 +29,7 @@ use event_store::{EventStore, SledConfig, SledStore};
 use projections::invoices::{InvoiceReader, InvoicesProjection};
 use projections::journal::{JournalProjection, JournalReader};
 use projections::mrr::{MrrProjection, MrrReader};
-use projections::{Projection, ReadModel, Runner, RunnerConfig};
+use projections::{Projection, ReadModel, Runner, RunnerConfig, SharedConfig, SharedLog};
 use query_service::{QueryApi, ReadModels, View};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -98,38 +98,63 @@ pub async fn open_engine(
     Ok((store, engine))
 }
 
-/// Spawns one projection's runner, following the log until `stop`; returns its view.
+/// Most events a live runner applies as one batch. A runner that keeps up applies what the
+/// shared reader read since its last batch; one that fell behind applies up to this many at
+/// once, which is what lets the journal catch up: it rates each subscription a batch touches
+/// once (docs/decisions/0027-shared-reader-and-journal-batches.md).
+pub(crate) const LIVE_BATCH_EVENTS_MAX: usize = projections::BATCH_EVENTS_MAX_LIMIT;
+
+/// The live runners' settings.
+pub(crate) fn live_runner_config() -> RunnerConfig {
+    RunnerConfig { batch_events_max: LIVE_BATCH_EVENTS_MAX, ..RunnerConfig::default() }
+}
+
+/// The log as every live runner reads it: one [`SharedLog`] for all of them.
+pub(crate) type LiveLog = SharedLog<Arc<dyn EventStore>>;
+
+/// Spawns one projection's runner on the shared reader `log`, following the log until `stop`;
+/// returns its view.
 pub(crate) fn spawn_runner<P: Projection, R>(
     db: &sled::Db,
+    log: &mut LiveLog,
     store: Arc<dyn EventStore>,
     projection: P,
     reader: impl FnOnce(ReadModel) -> R,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(View<R>, tokio::task::JoinHandle<()>)> {
     let name = projection.name();
-    let runner = Runner::open(db, store, projection, RunnerConfig::default())?;
+    let runner = Runner::open(db, store, projection, live_runner_config())?;
+    let feed = log.subscribe(&runner);
     let view = View { reader: reader(runner.read_model()), progress: runner.progress() };
     let task = tokio::spawn(async move {
-        if let Err(e) = runner.run(stop).await {
+        if let Err(e) = runner.run_shared(feed, stop).await {
             tracing::error!(projection = name, error = %e, "projection stopped");
         }
     });
     Ok((view, task))
 }
 
-/// Starts the projections (invoices, MRR, journal) on `<data_dir>/read-models`.
+/// Starts the projections (invoices, MRR, journal) on `<data_dir>/read-models`, fed by one
+/// shared log reader (each keeps its own checkpoint and commits).
 pub(crate) fn start_projections(
     data_dir: &std::path::Path,
     store: Arc<dyn EventStore>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(ReadModels, Vec<tokio::task::JoinHandle<()>>)> {
     let db = projections::open_db(data_dir.join("read-models"))?;
+    let mut log = SharedLog::new(store.clone(), SharedConfig::default())?;
+    let s = (store.clone(), store.clone(), store);
     let (invoices, a) =
-        spawn_runner(&db, store.clone(), InvoicesProjection, InvoiceReader::new, stop.clone())?;
-    let (mrr, b) = spawn_runner(&db, store.clone(), MrrProjection, MrrReader::new, stop.clone())?;
-    let (journal, c) =
-        spawn_runner(&db, store, JournalProjection::default(), JournalReader::new, stop)?;
-    Ok((ReadModels { invoices, mrr, journal }, vec![a, b, c]))
+        spawn_runner(&db, &mut log, s.0, InvoicesProjection, InvoiceReader::new, stop.clone())?;
+    let (mrr, b) = spawn_runner(&db, &mut log, s.1, MrrProjection, MrrReader::new, stop.clone())?;
+    let journal = JournalProjection::default();
+    let (journal, c) = spawn_runner(&db, &mut log, s.2, journal, JournalReader::new, stop.clone())?;
+    let reader = tokio::spawn(async move {
+        if let Err(e) = log.run(stop).await {
+            tracing::error!(error = %e, "shared log reader stopped; runners read the log alone");
+        }
+    });
+    Ok((ReadModels { invoices, mrr, journal }, vec![a, b, c, reader]))
 }
 
 /// One projection's read model as it is on disk, with no runner and without writing to it

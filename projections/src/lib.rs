@@ -1,12 +1,15 @@
 //! Accrual's read side, first piece: a projection [`Runner`] that follows the ordered log
 //! (SPEC §1, §5), folds events into sled read models exactly once, reports its lag, lets a
 //! caller wait until a position is applied, and computes a canonical [`Digest`] of each read
-//! model. The first projection is [`invoices`].
+//! model. The first projection is [`invoices`]. In `accrual serve` the runners share one log
+//! reader ([`SharedLog`], [`Runner::run_shared`]): the log is read and decoded once for all of
+//! them, each keeps its own checkpoint and commits, and one that is behind reads the log itself.
 //!
 //! # Storage layout
 //!
 //! Read models live in their own sled database, separate from the event log ([`open_db`] opens it
-//! with 8 MiB segments, as the event store does, so values stay inside sled's fsync'd log). Each
+//! with 8 MiB segments, as the event store does, so values stay inside sled's fsync'd log, and
+//! a [`CACHE_CAPACITY_BYTES`] page cache). Each
 //! projection owns one tree, `projection/<name>`:
 //!
 //! * **Meta keys** start with byte `0x00` and are not part of the model:
@@ -51,6 +54,7 @@ pub mod journal;
 pub mod metrics;
 pub mod mrr;
 mod runner;
+mod shared;
 mod store;
 pub mod testkit;
 pub mod usage_meter;
@@ -59,7 +63,11 @@ pub use runner::{
     decode_event, Progress, Projection, Runner, RunnerConfig, WaitError, BATCH_EVENTS_MAX_LIMIT,
     POLL_INTERVAL_MS_MAX,
 };
-pub use store::{open_db, Digest, ReadModel, Snapshot, Writes, META_PREFIX, SEGMENT_SIZE_BYTES};
+pub use shared::{SharedConfig, SharedFeed, SharedLog, EVENT_TYPES, RING_EVENTS_MAX_LIMIT};
+pub use store::{
+    open_db, Digest, ReadModel, Snapshot, Writes, CACHE_CAPACITY_BYTES, META_PREFIX,
+    SEGMENT_SIZE_BYTES,
+};
 
 use event_store::{Position, StoreError};
 

@@ -302,6 +302,14 @@ impl Projection for MrrProjection {
         .contains(&event_type)
     }
 
+    /// Writes the accounts this batch changed (kept decoded in [`Writes::memo`] until now).
+    fn finish_batch(&mut self, w: &mut Writes<'_>) -> Result<()> {
+        for (key, acct) in std::mem::take(w.memo::<Account>()) {
+            w.put(key, encode(&acct));
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
         let pos = event.position;
         match decoded {
@@ -433,10 +441,13 @@ fn change_account(
     pos: Position,
     change: impl FnOnce(&mut Account) -> Result<()>,
 ) -> Result<()> {
-    let key = account_key(cur, customer);
-    let mut acct = match w.get(key.as_bytes())? {
-        Some(bytes) => decode("account", &bytes)?,
-        None => Account { v: RECORD_VERSION, ..Account::default() },
+    let key = account_key(cur, customer).into_bytes();
+    let mut acct = match w.memo::<Account>().remove(&key) {
+        Some(acct) => acct,
+        None => match w.get(&key)? {
+            Some(bytes) => decode("account", &bytes)?,
+            None => Account { v: RECORD_VERSION, ..Account::default() },
+        },
     };
     change(&mut acct)?;
     let movements = acct.derive_movements().map_err(|date| {
@@ -452,7 +463,9 @@ fn change_account(
         add_to_day(w, cur, new, 1, pos)?;
     }
     acct.movements = movements;
-    w.put(key, encode(&acct));
+    // Encoded once per batch, in `finish_batch`: a customer with many subscriptions has a
+    // large account, and a batch often changes it many times (its subscriptions starting).
+    w.memo::<Account>().insert(key, acct);
     Ok(())
 }
 

@@ -60,6 +60,14 @@ pub trait Projection: Send + 'static {
     fn forget(&mut self) {}
 }
 
+/// Events of one batch read by someone else: `decoded[i]`, when given and `Some`, is
+/// `events[i]` already decoded (a `None` slot is decoded by the runner if it wants the event).
+#[derive(Clone, Copy)]
+pub(crate) struct Segment<'a> {
+    pub(crate) events: &'a [RecordedEvent],
+    pub(crate) decoded: Option<&'a [Option<Event>]>,
+}
+
 /// Runner settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunnerConfig {
@@ -116,6 +124,16 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         Ok(Runner { store, projection, model, checkpoint, applied, config, warm })
     }
 
+    /// The runner's settings.
+    pub fn config(&self) -> RunnerConfig {
+        self.config
+    }
+
+    /// The projection's name.
+    pub fn projection_name(&self) -> &'static str {
+        self.projection.name()
+    }
+
     /// Next position to apply (= number of events applied).
     pub fn checkpoint(&self) -> Position {
         self.checkpoint
@@ -139,10 +157,20 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
     /// Applies and commits one batch (at most `batch_events_max` events). Returns how many
     /// events it applied (0 when caught up).
     pub async fn step(&mut self) -> Result<usize> {
+        self.step_until(None).await
+    }
+
+    /// [`Runner::step`], reading no event at or after `until`.
+    pub(crate) async fn step_until(&mut self, until: Option<Position>) -> Result<usize> {
         if !self.warm {
             self.warm_up().await?;
         }
-        let events = self.store.read_all(self.checkpoint, self.config.batch_events_max).await?;
+        let left = until.map_or(u64::MAX, |u| u.saturating_sub(self.checkpoint));
+        let max = self.config.batch_events_max.min(usize::try_from(left).unwrap_or(usize::MAX));
+        if max == 0 {
+            return Ok(0);
+        }
+        let events = self.store.read_all(self.checkpoint, max).await?;
         if events.is_empty() {
             return Ok(0);
         }
@@ -195,7 +223,13 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         events: &[RecordedEvent],
         decoded: Option<&[Option<Event>]>,
     ) -> Result<Position> {
-        let next = match self.apply_batch(events, decoded) {
+        self.commit_segments(&[Segment { events, decoded }])
+    }
+
+    /// Applies and commits contiguous segments (starting at the checkpoint) as one batch, or
+    /// forgets the in-memory state on failure.
+    pub(crate) fn commit_segments(&mut self, segments: &[Segment<'_>]) -> Result<Position> {
+        let next = match self.apply_batch(segments) {
             Ok(next) => next,
             Err(e) => {
                 self.projection.forget();
@@ -214,6 +248,7 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         if self.warm {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let mut next: Position = 0;
         let rounds = self.checkpoint.div_ceil(self.config.batch_events_max as u64);
         for _ in 0..rounds {
@@ -233,6 +268,8 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
             }
         }
         assert_eq!(next, self.checkpoint, "warm-up folds exactly the applied prefix");
+        let (projection, ms) = (self.projection.name(), started.elapsed().as_millis());
+        tracing::info!(projection, events = next, ms, "in-memory state folded from the log");
         self.warm = true;
         Ok(())
     }
@@ -245,31 +282,32 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         decode_event(event).map(Some)
     }
 
-    /// `decoded[i]`, when given and `Some`, is `events[i]` already decoded by the caller.
-    fn apply_batch(
-        &mut self,
-        events: &[RecordedEvent],
-        decoded: Option<&[Option<Event>]>,
-    ) -> Result<Position> {
+    /// Applies the segments, in order, as one batch and commits it with the new checkpoint.
+    fn apply_batch(&mut self, segments: &[Segment<'_>]) -> Result<Position> {
         let mut writes = Writes::new(self.model.tree());
         let mut next = self.checkpoint;
-        for (i, event) in events.iter().enumerate() {
-            if event.position != next {
-                return Err(ProjectionError::Gap { expected: next, actual: event.position });
+        for segment in segments {
+            if let Some(decoded) = segment.decoded {
+                assert_eq!(segment.events.len(), decoded.len(), "one decoded slot per event");
             }
-            next += 1;
-            if !self.projection.wants(&event.event_type) {
-                continue;
-            }
-            let owned;
-            let e = match decoded.and_then(|d| d[i].as_ref()) {
-                Some(e) => e,
-                None => {
-                    owned = decode_event(event)?;
-                    &owned
+            for (i, event) in segment.events.iter().enumerate() {
+                if event.position != next {
+                    return Err(ProjectionError::Gap { expected: next, actual: event.position });
                 }
-            };
-            self.projection.apply(&mut writes, event, e)?;
+                next += 1;
+                if !self.projection.wants(&event.event_type) {
+                    continue;
+                }
+                let owned;
+                let e = match segment.decoded.and_then(|d| d[i].as_ref()) {
+                    Some(e) => e,
+                    None => {
+                        owned = decode_event(event)?;
+                        &owned
+                    }
+                };
+                self.projection.apply(&mut writes, event, e)?;
+            }
         }
         self.projection.finish_batch(&mut writes)?;
         self.model.commit(writes, next)?;
@@ -322,7 +360,7 @@ pub fn decode_event(event: &RecordedEvent) -> Result<Event> {
 }
 
 /// Waits for a head change, shutdown or `poll`; false means shut down.
-async fn wait_for_more(
+pub(crate) async fn wait_for_more(
     head: &mut watch::Receiver<Position>,
     shutdown: &mut watch::Receiver<bool>,
     poll: Duration,

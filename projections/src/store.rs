@@ -22,6 +22,12 @@ pub(crate) const VERSION_KEY: &[u8] = b"\x00version";
 /// Smallest model key: everything at or after it is part of the digest.
 const MODEL_START: &[u8] = &[META_PREFIX + 1];
 
+/// sled page cache of the read-model database (sled's default is 1 GiB). Reads of a model are
+/// short (a page of keys) and every batch rewrites the keys it reads, so a small cache holds
+/// the working set (docs/decisions/0027-shared-reader-and-journal-batches.md; not yet compared
+/// against other sizes by measurement).
+pub const CACHE_CAPACITY_BYTES: u64 = 64 << 20;
+
 /// Longest [`open_db`] waits for the file lock of a database closed a moment ago.
 pub const OPEN_LOCK_WAIT_MS_MAX: u64 = 2_000;
 const OPEN_LOCK_RETRY_MS: u64 = 50;
@@ -56,7 +62,10 @@ pub fn open_db(path: impl AsRef<Path>) -> Result<sled::Db> {
 }
 
 fn open_db_waiting(path: &Path) -> sled::Result<sled::Db> {
-    let config = sled::Config::new().path(path).segment_size(SEGMENT_SIZE_BYTES);
+    let config = sled::Config::new()
+        .path(path)
+        .segment_size(SEGMENT_SIZE_BYTES)
+        .cache_capacity(CACHE_CAPACITY_BYTES);
     let attempts = OPEN_LOCK_WAIT_MS_MAX / OPEN_LOCK_RETRY_MS;
     for _ in 0..attempts {
         match config.open() {
@@ -89,11 +98,23 @@ fn is_lock_held(e: &std::io::Error) -> bool {
 pub struct Writes<'a> {
     tree: &'a Tree,
     pending: BTreeMap<Vec<u8>, Option<IVec>>,
+    /// Decoded records a projection keeps for the rest of the batch (see [`Writes::memo`]).
+    memo: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl<'a> Writes<'a> {
     pub(crate) fn new(tree: &'a Tree) -> Self {
-        Writes { tree, pending: BTreeMap::new() }
+        Writes { tree, pending: BTreeMap::new(), memo: None }
+    }
+
+    /// Decoded records of type `T` by key, kept for this batch only, so a record that many
+    /// events of a batch change is decoded and encoded once per batch rather than once per
+    /// event. The projection owns the protocol: it takes a record from here before reading
+    /// its key, and [`Writes::put`]s every record left here in `finish_batch` (a failed batch
+    /// drops them with the rest of its writes). One type per batch; another type is a bug.
+    pub fn memo<T: std::any::Any + Send>(&mut self) -> &mut BTreeMap<Vec<u8>, T> {
+        let slot = self.memo.get_or_insert_with(|| Box::new(BTreeMap::<Vec<u8>, T>::new()));
+        slot.downcast_mut().expect("one memo type per batch")
     }
 
     /// The value of `key` as this batch left it (or as committed, if the batch did not touch it).

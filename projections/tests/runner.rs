@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{append_all, bulk, config, runner, scenario, store_with, Store};
+use common::{append_all, bulk, config, runner, scenario, store_with, FailingAt, Store};
 use domain::events::Event;
 use domain::invoice::InvoiceStatus;
 use event_store::{EventStore, Position, RecordedEvent};
@@ -90,32 +90,6 @@ async fn lag_is_head_minus_checkpoint() {
     assert_eq!(progress.wait_for(15, soon(50)).await, Ok(15), "already applied");
 }
 
-/// The invoices projection, failing at one position (a crash in the middle of a batch).
-struct FailingAt(Position);
-
-impl Projection for FailingAt {
-    fn name(&self) -> &'static str {
-        "invoices"
-    }
-
-    fn apply(
-        &mut self,
-        w: &mut Writes<'_>,
-        e: &RecordedEvent,
-        d: &Event,
-    ) -> projections::Result<()> {
-        if e.position == self.0 {
-            let detail = "simulated crash".to_string();
-            return Err(ProjectionError::Inconsistent {
-                projection: "invoices",
-                position: e.position,
-                detail,
-            });
-        }
-        InvoicesProjection.apply(w, e, d)
-    }
-}
-
 async fn digest_after_steps(store: &Store, batch: usize, steps: usize) -> Digest {
     let dir = TempDir::new().unwrap();
     let (_db, mut runner) = runner(&dir, store, batch);
@@ -130,7 +104,8 @@ async fn a_failed_batch_leaves_no_trace_and_a_restart_applies_each_event_once() 
     let store = store_with(&bulk(40)).await;
     let dir = TempDir::new().unwrap();
     let db = projections::open_db(dir.path()).unwrap();
-    let mut failing = Runner::open(&db, store.clone(), FailingAt(25), config(7)).unwrap();
+    let mut failing =
+        Runner::open(&db, store.clone(), FailingAt(25, "invoices"), config(7)).unwrap();
     for _ in 0..3 {
         failing.step().await.unwrap();
     }

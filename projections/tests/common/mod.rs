@@ -156,3 +156,31 @@ pub fn runner(
     let runner = Runner::open(&db, store.clone(), InvoicesProjection, config(batch)).unwrap();
     (db, runner)
 }
+
+/// The invoices projection under another tree name, failing at one position (a crash in the
+/// middle of a batch).
+pub struct FailingAt(pub Position, pub &'static str);
+
+impl projections::Projection for FailingAt {
+    fn name(&self) -> &'static str {
+        self.1
+    }
+
+    fn apply(
+        &mut self,
+        w: &mut projections::Writes<'_>,
+        e: &event_store::RecordedEvent,
+        d: &Event,
+    ) -> projections::Result<()> {
+        if e.position == self.0 {
+            let detail = "simulated crash".to_string();
+            let (projection, position) = (self.1, e.position);
+            return Err(projections::ProjectionError::Inconsistent {
+                projection,
+                position,
+                detail,
+            });
+        }
+        projections::Projection::apply(&mut InvoicesProjection, w, e, d)
+    }
+}
