@@ -67,12 +67,15 @@ pub async fn open_configured_store(
 
 /// Folds the log into the write engine. On a shared log (EventStoreDB) the engine keeps a
 /// recovery copy of its model, since appends lost to another command node are routine there.
+/// Its dedup index lives in `<data_dir>/dedup`.
 async fn engine_on(
     store: Arc<dyn EventStore>,
     policy: Policy,
     shared_log: bool,
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<Arc<Engine>> {
-    let options = command_service::engine::EngineOptions { shared_log };
+    let dedup_dir = Some(data_dir.join("dedup"));
+    let options = command_service::engine::EngineOptions { shared_log, dedup_dir };
     let engine = Engine::open_with(store, policy, system_clock(), options)
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
@@ -85,7 +88,7 @@ pub async fn open_engine(
     policy: Policy,
 ) -> anyhow::Result<(Arc<dyn EventStore>, Arc<Engine>)> {
     let store = open_store(data_dir)?;
-    let engine = engine_on(store.clone(), policy, false).await?;
+    let engine = engine_on(store.clone(), policy, false, data_dir).await?;
     Ok((store, engine))
 }
 
@@ -189,7 +192,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let engine = match roles.command {
         true => {
             let shared_log = matches!(s.store, crate::config::StoreSpec::Esdb(_));
-            Some(engine_on(store.clone(), policy, shared_log).await?)
+            Some(engine_on(store.clone(), policy, shared_log, &s.data_dir).await?)
         }
         false => None,
     };

@@ -373,7 +373,8 @@ async fn a_duplicate_is_not_acknowledged_on_another_writers_event() {
 /// usage event for `s9` decided then would land before (or without) the start.
 #[tokio::test]
 async fn on_a_shared_log_a_decision_waits_for_the_appends_in_flight() {
-    let (store, e) = books_with(EngineOptions { shared_log: true }).await;
+    let (store, e) =
+        books_with(EngineOptions { shared_log: true, ..EngineOptions::default() }).await;
     let start = Command::StartSubscription {
         subscription_id: "s9".into(),
         customer_id: "c".into(),

@@ -283,7 +283,7 @@ impl EventStore for Lagging {
 async fn a_command_that_lost_a_race_with_another_node_is_decided_again() {
     let recoveries = lose_races(EngineOptions::default()).await;
     assert_eq!(recoveries, Recoveries { full: 2, from_copy: 0 });
-    let with_copy = EngineOptions { shared_log: true };
+    let with_copy = EngineOptions { shared_log: true, ..EngineOptions::default() };
     let recoveries = lose_races(with_copy).await;
     assert_eq!(recoveries, Recoveries { full: 0, from_copy: 2 });
 }
