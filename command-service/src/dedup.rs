@@ -446,10 +446,16 @@ fn create_disk(dir: Option<&Path>) -> Result<Disk, Status> {
     Ok(Disk { tree, covered: 0, entries: 0, filter, filter_first_stage })
 }
 
+/// sled's page cache for the index: lookups that pass the filter are retries or false
+/// positives, so a small cache does (sled's default, 1 GiB, would grow with the index).
+pub const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 fn open_tree(dir: Option<&Path>) -> sled::Result<sled::Db> {
+    // Every batch is flushed explicitly (`flush_through`); no periodic flush in between.
+    let config = sled::Config::new().cache_capacity(SLED_CACHE_BYTES).flush_every_ms(None);
     match dir {
-        Some(d) => sled::Config::new().path(d).open(),
-        None => sled::Config::new().temporary(true).open(),
+        Some(d) => config.path(d).open(),
+        None => config.temporary(true).open(),
     }
 }
 

@@ -111,18 +111,22 @@ impl World {
         occurred: &str,
         now: &str,
     ) -> Result<Vec<Event>, DomainError> {
-        let u = Usage {
-            subscription_id: "s1".into(),
-            transaction_id: tx.into(),
-            metric_code: "calls".into(),
-            occurred_at: at(occurred),
-            properties: BTreeMap::from([("n".to_string(), n.to_string())]),
-        };
-        self.run(Command::RecordUsage(u), now)
+        self.run(Command::RecordUsage(s1_usage(tx, n, occurred)), now)
     }
 
     fn bill(&mut self, as_of: &str) -> Vec<Invoice> {
         invoices(&self.run(Command::RunBilling { as_of: at(as_of) }, as_of).unwrap())
+    }
+}
+
+/// A usage event of subscription s1 on metric calls with property n.
+fn s1_usage(tx: &str, n: &str, occurred: &str) -> Usage {
+    Usage {
+        subscription_id: "s1".into(),
+        transaction_id: tx.into(),
+        metric_code: "calls".into(),
+        occurred_at: at(occurred),
+        properties: BTreeMap::from([("n".to_string(), n.to_string())]),
     }
 }
 
@@ -210,13 +214,7 @@ fn usage_duplicates_conflicts_and_closed_periods() {
     w.start("metered", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
     let first = w.usage("t1", "5", "2025-01-05T00:00:00Z", "2025-01-05T00:00:00Z").unwrap();
     assert_eq!(first.len(), 1);
-    let u = Usage {
-        subscription_id: "s1".into(),
-        transaction_id: "t1".into(),
-        metric_code: "calls".into(),
-        occurred_at: at("2025-01-05T00:00:00Z"),
-        properties: BTreeMap::from([("n".to_string(), "5".to_string())]),
-    };
+    let u = s1_usage("t1", "5", "2025-01-05T00:00:00Z");
     let c = ctx("2025-01-06T00:00:00Z");
     let prior = Some(PriorUsage { digest: usage_digest(&u), position: 7 });
     let duplicate = w.ledger.decide_usage(&u, &c, prior);
@@ -1178,13 +1176,7 @@ fn a_known_transaction_is_a_duplicate_or_a_conflict_before_period_and_service_ch
     w.plan("metered", dec!(0), FeeTiming::Arrears, 0, vec![graduated_spec_charge()], None);
     w.start("metered", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
     w.usage("t1", "5", "2025-01-05T00:00:00Z", "2025-01-05T00:00:00Z").unwrap();
-    let u = Usage {
-        subscription_id: "s1".into(),
-        transaction_id: "t1".into(),
-        metric_code: "calls".into(),
-        occurred_at: at("2025-01-05T00:00:00Z"),
-        properties: BTreeMap::from([("n".to_string(), "5".to_string())]),
-    };
+    let u = s1_usage("t1", "5", "2025-01-05T00:00:00Z");
     let prior = Some(PriorUsage { digest: usage_digest(&u), position: 4 });
     w.bill("2025-02-01T00:00:00Z");
     let c = ctx("2025-02-02T00:00:00Z");
