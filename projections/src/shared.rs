@@ -148,7 +148,16 @@ impl SharedFeed {
         if ring.closed {
             return Taken::Behind { until: None };
         }
-        let Some(first) = ring.batches.front() else { return Taken::Nothing };
+        let Some(first) = ring.batches.front() else {
+            // Nothing read yet: the reader starts at the highest checkpoint of its subscribers,
+            // so a runner below it (e.g. one that committed less before a kill -9) reads
+            // `[from, tail)` itself, even if the log never grows again.
+            let tail = *self.tail.borrow();
+            return match from < tail {
+                true => Taken::Behind { until: Some(tail) },
+                false => Taken::Nothing,
+            };
+        };
         if first.start() > from {
             return Taken::Behind { until: Some(first.start()) };
         }

@@ -216,6 +216,34 @@ async fn a_projection_rebuilding_from_zero_reads_the_log_itself_while_the_others
     journal_task.await.unwrap().unwrap();
 }
 
+/// After a kill -9 the projections' checkpoints differ and the log may never grow again: the
+/// reader starts at the highest checkpoint with an empty ring, and a runner below it still
+/// reads the rest of the log itself (found by tests/e2e.rs, where MRR stayed 2 events behind).
+#[tokio::test]
+async fn a_runner_below_the_reader_reaches_the_head_when_the_log_does_not_grow() {
+    let events = bulk(30);
+    let store = store_with(&events).await;
+    let head = store.head();
+    let dir = tempfile::tempdir().unwrap();
+    let db = projections::open_db(dir.path()).unwrap();
+    let big = config(BATCH_EVENTS_MAX_LIMIT);
+    Runner::open(&db, store.clone(), InvoicesProjection, big).unwrap().catch_up().await.unwrap();
+    let mut log = SharedLog::new(store.clone(), shared(8, 8)).unwrap();
+    let (stop_tx, stop) = watch::channel(false);
+    let invoices = Runner::open(&db, store.clone(), InvoicesProjection, config(64)).unwrap();
+    let mrr = Runner::open(&db, store.clone(), MrrProjection, config(64)).unwrap();
+    assert_eq!((invoices.checkpoint(), mrr.checkpoint()), (head, 0));
+    let (_, _, invoices_task) = spawn(&mut log, invoices, &stop);
+    let (mrr_progress, mrr_model, mrr_task) = spawn(&mut log, mrr, &stop);
+    let reader = tokio::spawn(log.run(stop.clone()));
+    assert_eq!(mrr_progress.wait_for(head, soon(10_000)).await, Ok(head));
+    assert_eq!(mrr_model.digest().unwrap(), alone(&store).await[1]);
+    stop_tx.send(true).unwrap();
+    reader.await.unwrap().unwrap();
+    invoices_task.await.unwrap().unwrap();
+    mrr_task.await.unwrap().unwrap();
+}
+
 /// A runner failing at one position stops with the error (nothing of the batch committed);
 /// the other runner on the same reader goes on.
 #[tokio::test]
