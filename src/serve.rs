@@ -69,8 +69,8 @@ pub async fn open_configured_store(
 /// Folds the log into the write engine. On a shared log (EventStoreDB) the engine keeps a
 /// recovery copy of its model, since appends lost to another command node are routine there.
 /// `snapshots_in`: the command node's data dir, where the write-model snapshot is kept
-/// (`<data-dir>/write-model.snapshot`, on either backend): loaded at open, written every
-/// `snapshot::INTERVAL_EVENTS_DEFAULT` events by a background task and at shutdown.
+/// (`<data-dir>/write-model.snapshot`, on either backend): loaded at open, written at shutdown
+/// (and every `snapshot::INTERVAL_EVENTS_DEFAULT` events by a background task when that is > 0).
 async fn engine_on(
     store: Arc<dyn EventStore>,
     policy: Policy,
