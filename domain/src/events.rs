@@ -16,6 +16,27 @@ use crate::invoice::Invoice;
 /// Current schema version of every event type.
 pub const SCHEMA_VERSION: u16 = 1;
 
+/// Every event type [`Event::type_name`] gives, for readers that pick types before decoding
+/// (the projections' shared reader).
+pub const EVENT_TYPES: [&str; 16] = [
+    "CustomerRegistered",
+    "CustomerUpdated",
+    "BillableMetricDefined",
+    "PlanPublished",
+    "SubscriptionStarted",
+    "TrialEnded",
+    "PlanChangeScheduled",
+    "PlanChanged",
+    "SubscriptionCanceled",
+    "UsageRecorded",
+    "BillingPeriodClosed",
+    "InvoiceIssued",
+    "InvoiceVoided",
+    "PaymentSucceeded",
+    "PaymentFailed",
+    "InvoiceMarkedUncollectible",
+];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PlanChangeKind {

@@ -63,7 +63,7 @@ pub use runner::{
     decode_event, Progress, Projection, Runner, RunnerConfig, WaitError, BATCH_EVENTS_MAX_LIMIT,
     POLL_INTERVAL_MS_MAX,
 };
-pub use shared::{SharedConfig, SharedFeed, SharedLog, EVENT_TYPES, RING_EVENTS_MAX_LIMIT};
+pub use shared::{SharedConfig, SharedFeed, SharedLog, RING_EVENTS_MAX_LIMIT};
 pub use store::{
     open_db, Digest, ReadModel, Snapshot, Writes, CACHE_CAPACITY_BYTES, META_PREFIX,
     SEGMENT_SIZE_BYTES,

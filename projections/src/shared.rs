@@ -35,28 +35,6 @@ use crate::metrics::RunnerMetrics;
 use crate::runner::{decode_event, wait_for_more, Projection, Runner, Segment};
 use crate::{ProjectionError, Result};
 
-/// Every event type the domain writes (domain::events::Event::type_name). An event of a type
-/// missing here is not decoded by the reader but by each runner that wants it: slower, never
-/// wrong.
-pub const EVENT_TYPES: [&str; 16] = [
-    "CustomerRegistered",
-    "CustomerUpdated",
-    "BillableMetricDefined",
-    "PlanPublished",
-    "SubscriptionStarted",
-    "TrialEnded",
-    "PlanChangeScheduled",
-    "PlanChanged",
-    "SubscriptionCanceled",
-    "UsageRecorded",
-    "BillingPeriodClosed",
-    "InvoiceIssued",
-    "InvoiceVoided",
-    "PaymentSucceeded",
-    "PaymentFailed",
-    "InvoiceMarkedUncollectible",
-];
-
 /// Largest accepted `ring_events_max`.
 pub const RING_EVENTS_MAX_LIMIT: usize = 1 << 20;
 
@@ -204,7 +182,7 @@ impl<S: EventStore> SharedLog<S> {
     /// Subscribes a runner: the reader decodes what it wants and starts at the highest
     /// checkpoint of its subscribers. Returns the feed to pass to [`Runner::run_shared`].
     pub fn subscribe<T: EventStore, P: Projection>(&mut self, runner: &Runner<T, P>) -> SharedFeed {
-        self.wanted.extend(EVENT_TYPES.iter().filter(|t| runner.wants(t)));
+        self.wanted.extend(domain::events::EVENT_TYPES.iter().filter(|t| runner.wants(t)));
         self.next = self.next.max(runner.checkpoint());
         self.tail.send_replace(self.next);
         SharedFeed { ring: self.ring.clone(), tail: self.tail.subscribe() }
