@@ -71,14 +71,17 @@ pub async fn open_configured_store(
 /// `snapshots_in`: the command node's data dir, where the write-model snapshot is kept
 /// (`<data-dir>/write-model.snapshot`, on either backend): loaded at open, written at shutdown
 /// (and every `snapshot::INTERVAL_EVENTS_DEFAULT` events by a background task when that is > 0).
+/// Its dedup index lives in `<data_dir>/dedup`.
 async fn engine_on(
     store: Arc<dyn EventStore>,
     policy: Policy,
     shared_log: bool,
     snapshots_in: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<Arc<Engine>> {
     let snapshots = snapshots_in.map(command_service::snapshot::SnapshotOptions::in_dir);
-    let options = command_service::engine::EngineOptions { shared_log, snapshots };
+    let dedup_dir = Some(data_dir.join("dedup"));
+    let options = command_service::engine::EngineOptions { shared_log, snapshots, dedup_dir };
     let engine = Engine::open_with(store, policy, system_clock(), options)
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
@@ -94,7 +97,7 @@ pub async fn open_engine(
     policy: Policy,
 ) -> anyhow::Result<(Arc<dyn EventStore>, Arc<Engine>)> {
     let store = open_store(data_dir)?;
-    let engine = engine_on(store.clone(), policy, false, None).await?;
+    let engine = engine_on(store.clone(), policy, false, None, data_dir).await?;
     Ok((store, engine))
 }
 
@@ -223,7 +226,10 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let engine = match roles.command {
         true => {
             let shared_log = matches!(s.store, crate::config::StoreSpec::Esdb(_));
-            Some(engine_on(store.clone(), policy, shared_log, Some(&s.data_dir)).await?)
+            Some(
+                engine_on(store.clone(), policy, shared_log, Some(&s.data_dir), &s.data_dir)
+                    .await?,
+            )
         }
         false => None,
     };

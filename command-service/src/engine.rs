@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use domain::commands::{Command, Context, Policy};
 use domain::events::{Event, Usage};
-use domain::ledger::{Ledger, UsageOutcome};
+use domain::ledger::{usage_digest, Ledger, PriorUsage, UsageOutcome};
 use event_store::{
     AppendRequest, Committed, EventStore, ExpectedVersion, Idempotency, NewEvent, Position,
     StreamWrite,
@@ -41,6 +41,7 @@ use jiff::Timestamp;
 use tonic::Status;
 use uuid::Uuid;
 
+use crate::dedup::{self, DedupIndex};
 use crate::snapshot::SnapshotOptions;
 use crate::status::{from_domain, from_store, unavailable};
 
@@ -89,6 +90,10 @@ struct WriteModel {
     /// once a recovery succeeded, so a recovery cut short (an error, a cancelled call) is
     /// redone by the next decision.
     recovered_through: u64,
+    /// The dedup index every folded and every decided event is noted in (shared by the model
+    /// and its recovery copy: it ignores positions it has noted already). `None` only in a
+    /// default model, before [`Engine::open_with`] sets it.
+    dedup: Option<Arc<DedupIndex>>,
 }
 
 /// What a decision saw: the log up to `next_position`, of which this engine's appends with a
@@ -181,6 +186,10 @@ pub struct EngineOptions {
     /// Write-model snapshots (`None`: none; the whole log is folded at open). See
     /// [`crate::snapshot`].
     pub snapshots: Option<SnapshotOptions>,
+    /// Directory of the dedup index ([`crate::dedup`]; `accrual serve` uses `<data-dir>/dedup`).
+    /// `None`: a temporary index that lives as long as the engine (tests, demo, in-process
+    /// benchmarks), rebuilt from the log at each open.
+    pub dedup_dir: Option<std::path::PathBuf>,
 }
 
 /// How often the model was recovered after a failed or lost append.
@@ -208,6 +217,9 @@ pub struct Engine {
     /// The position of the last snapshot written or loaded (0: none); locked while one is
     /// written, so there is one writer at a time.
     snapshot_position: tokio::sync::Mutex<Position>,
+    dedup: Arc<DedupIndex>,
+    /// A background flush of the dedup index is running.
+    dedup_flushing: Arc<AtomicBool>,
 }
 
 impl Engine {
@@ -228,8 +240,9 @@ impl Engine {
         clock: Clock,
         options: EngineOptions,
     ) -> Result<Self, Status> {
+        let dedup = Arc::new(DedupIndex::open(options.dedup_dir.as_deref(), store.clone()).await?);
         let (model, snapshot_position) =
-            snapshotting::open_model(&*store, options.snapshots.as_ref()).await?;
+            snapshotting::open_model(&*store, options.snapshots.as_ref(), dedup.clone()).await?;
         let copy = options.shared_log.then(|| model.clone());
         Ok(Engine {
             store,
@@ -243,7 +256,47 @@ impl Engine {
             appends: Arc::new(Appends::new()),
             snapshots: options.snapshots,
             snapshot_position: tokio::sync::Mutex::new(snapshot_position),
+            dedup,
+            dedup_flushing: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The dedup index (for [`DedupIndex::covered_position`]: a write-model snapshot at log
+    /// position S is usable only while the index covers ≥ S).
+    pub fn dedup(&self) -> &DedupIndex {
+        &self.dedup
+    }
+
+    /// Persists the dedup index through everything this engine has decided so far, once it is
+    /// durable in the log (as decided), and returns the covered position. UNAVAILABLE if an
+    /// append diverged meanwhile (nothing is persisted then; the next call does it).
+    pub async fn flush_dedup(&self) -> Result<Position, Status> {
+        let model = self.lock_model().await?;
+        let seen = self.seen(&model);
+        drop(model);
+        self.wait_durable(seen).await?;
+        self.dedup.flush_through(seen.next_position).await?;
+        Ok(self.dedup.covered_position())
+    }
+
+    /// Starts a background flush of the dedup index through `seen` (the model just after an
+    /// append) when enough entries are pending and none is running.
+    fn flush_dedup_later(&self, seen: Seen) {
+        if self.dedup_flushing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (store, appends) = (self.store.clone(), self.appends.clone());
+        let (index, flushing) = (self.dedup.clone(), self.dedup_flushing.clone());
+        tokio::spawn(async move {
+            let outcome = match wait_durable(&*store, &appends, seen).await {
+                Ok(()) => index.flush_through(seen.next_position).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, "dedup index flush skipped; the next one retries");
+            }
+            flushing.store(false, Ordering::SeqCst);
+        });
     }
 
     /// How often the model was recovered after a failed or lost append, and how.
@@ -288,6 +341,10 @@ impl Engine {
         key: Option<(String, [u8; 32])>,
         guard: Option<(String, u64)>,
     ) -> Result<Executed, Status> {
+        if matches!(cmd, Command::RecordUsage(_)) {
+            // Usage needs the dedup index, which only `record_usage` consults.
+            return Err(Status::internal("usage is recorded through Engine::record_usage"));
+        }
         let retries_max = if guard.is_some() { 0 } else { CONFLICT_RETRIES_MAX };
         decide_again_on_conflict(retries_max, || {
             self.execute_once(&cmd, key.clone(), guard.clone())
@@ -436,25 +493,48 @@ impl Engine {
         items: Vec<Result<Usage, Status>>,
     ) -> Result<Vec<UsageItem>, Failed> {
         let mut model = self.lock_model().await?;
+        if self.dedup.pending_len() >= dedup::PENDING_EVENTS_MAX {
+            // The background flush fell behind: bound the pending entries before deciding more.
+            let seen = self.seen(&model);
+            self.wait_durable(seen).await?;
+            self.dedup.flush_through(seen.next_position).await?;
+        }
         let seen = self.seen(&model);
         let ctx = Context { now: self.now(), policy: self.policy.clone() };
         let first = model.next_position;
         let mut events = Vec::with_capacity(items.len());
         let mut results = Vec::with_capacity(items.len());
+        // Transactions accepted earlier in this batch (a repeat is a duplicate of the first).
+        let mut in_batch: HashMap<Vec<u8>, PriorUsage> = HashMap::new();
         for item in items {
             let position = first + events.len() as u64;
-            let result = match item
-                .and_then(|u| model.ledger.record_usage(u, &ctx, position).map_err(from_domain))
-            {
-                Ok(UsageOutcome::Accepted(mut evs)) => {
+            let decided = match item {
+                Ok(u) => {
+                    let key = dedup::key(&u.subscription_id, &u.transaction_id);
+                    match self.prior_usage(&in_batch, &key).await {
+                        Ok(prior) => model
+                            .ledger
+                            .record_usage(u, &ctx, position, prior)
+                            .map_err(from_domain)
+                            .map(|outcome| (key, outcome)),
+                        Err(status) => Err(status),
+                    }
+                }
+                Err(status) => Err(status),
+            };
+            let result = match decided {
+                Ok((key, UsageOutcome::Accepted(mut evs))) => {
                     let invoice_id = evs.iter().find_map(|e| match e {
                         Event::InvoiceIssued(i) => Some(i.invoice_id.clone()),
                         _ => None,
                     });
+                    if let Some(Event::UsageRecorded(u)) = evs.first() {
+                        in_batch.insert(key, PriorUsage { digest: usage_digest(u), position });
+                    }
                     events.append(&mut evs);
                     UsageItem::Accepted { position, invoice_id }
                 }
-                Ok(UsageOutcome::Duplicate { position }) => UsageItem::Duplicate { position },
+                Ok((_, UsageOutcome::Duplicate { position })) => UsageItem::Duplicate { position },
                 Err(status) => UsageItem::Rejected(status),
             };
             results.push(result);
@@ -466,18 +546,50 @@ impl Engine {
             return Ok(results);
         }
         let ticket = self.submit(&mut model, &events, None, ctx.now, Uuid::new_v4()).await;
+        let flush = (self.dedup.pending_len() >= dedup::FLUSH_EVENTS).then(|| self.seen(&model));
         drop(model);
+        if let Some(seen) = flush {
+            self.flush_dedup_later(seen);
+        }
         self.settle(ticket, first).await?;
         Ok(results)
     }
 
+    /// What is known of an earlier usage event with this key: accepted earlier in this batch,
+    /// pending in the dedup index (decided on this model), or on disk and confirmed by the log.
+    async fn prior_usage(
+        &self,
+        in_batch: &HashMap<Vec<u8>, PriorUsage>,
+        key: &[u8],
+    ) -> Result<Option<PriorUsage>, Status> {
+        if let Some(prior) = in_batch.get(key) {
+            return Ok(Some(*prior));
+        }
+        let Some(hit) = self.dedup.lookup(key)? else { return Ok(None) };
+        let entry = match hit.from_disk {
+            true => self.dedup.confirm(key, &hit).await?,
+            false => Some(hit.entry),
+        };
+        Ok(entry.map(|e| PriorUsage { digest: e.digest, position: e.position }))
+    }
+
     /// Stops taking commands, waits for the decider, writes a snapshot (with
-    /// [`EngineOptions::snapshots`]), and flushes what the store holds.
+    /// [`EngineOptions::snapshots`]), flushes what the store holds, then persists the dedup
+    /// index through it.
     pub async fn close(&self) -> Result<(), Status> {
         self.closing.store(true, Ordering::SeqCst);
         let model = self.model.lock().await;
         self.snapshot_at_close(&model).await;
-        self.store.close().await.map_err(from_store)
+        self.store.close().await.map_err(from_store)?;
+        // Everything appended is durable now; persist the dedup index through it (an
+        // optimisation: the next open notes less of the log), unless the model diverged.
+        let diverged = *self.appends.diverged.borrow();
+        if diverged == model.recovered_through && self.store.head() >= model.next_position {
+            if let Err(e) = self.dedup.flush_through(model.next_position).await {
+                tracing::warn!(error = %e, "dedup index not flushed at close");
+            }
+        }
+        Ok(())
     }
 
     /// Locks the model, unless `key` names a command already done: then its original result
@@ -511,21 +623,7 @@ impl Engine {
     /// any append diverged meanwhile (what the decision saw may never reach the log), whatever
     /// else filled those positions, or if the wait times out.
     async fn wait_durable(&self, seen: Seen) -> Result<(), Status> {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(DURABLE_WAIT_MS_MAX);
-        let late = || unavailable("the original append is not durable yet; retry");
-        if !self.appends_resolved(seen.submitted, deadline).await {
-            return Err(late());
-        }
-        if *self.appends.diverged.borrow() != seen.diverged {
-            return Err(unavailable("an earlier append failed; retry the request"));
-        }
-        let mut head = self.store.watch_head();
-        let covered = async { head.wait_for(|h| *h >= seen.next_position).await.is_ok() };
-        match tokio::time::timeout_at(deadline, covered).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(unavailable("the event store stopped; retry the request")),
-            Err(_) => Err(late()),
-        }
+        wait_durable(&*self.store, &self.appends, seen).await
     }
 
     async fn lock_model(&self) -> Result<tokio::sync::MutexGuard<'_, WriteModel>, Status> {
@@ -565,19 +663,19 @@ impl Engine {
     /// Whether every append with a submission number below `submitted` has its outcome by
     /// `deadline`.
     async fn appends_resolved(&self, submitted: u64, deadline: tokio::time::Instant) -> bool {
-        let mut resolved = self.appends.resolved.subscribe();
-        let all =
-            async { resolved.wait_for(|_| self.appends.resolved_before(submitted)).await.is_ok() };
-        tokio::time::timeout_at(deadline, all).await == Ok(true)
+        appends_resolved(&self.appends, submitted, deadline).await
     }
 
     /// Rebuilds a stale model (it holds events of an append that failed or landed elsewhere):
     /// from the recovery copy when there is one, else from the whole log.
     async fn recover(&self, model: &mut WriteModel) -> Result<(), Status> {
+        // The dedup index's pending entries may claim events that never landed: it forgets
+        // them and notes the log again from its covered position, before the model's fold.
+        self.dedup.recover().await?;
         let copy = CopyOut::take(&self.recovery_copy);
         let Some(mut copy) = copy else {
             tracing::warn!("write model is stale after a failed append; rebuilding from the log");
-            *model = WriteModel::default();
+            *model = WriteModel { dedup: Some(self.dedup.clone()), ..WriteModel::default() };
             rebuild(&*self.store, model).await?;
             self.recoveries.lock().full += 1;
             return Ok(());
@@ -629,6 +727,9 @@ impl Engine {
         }
         let first = model.next_position;
         model.next_position += events.len() as u64;
+        for (position, event) in (first..).zip(events) {
+            self.dedup.note(position, dedup_entry(event, position));
+        }
         if let Some(i) = &idempotency {
             let keyed = KeyedCommand { digest: i.digest, first, last: model.next_position - 1 };
             model.idempotency.insert(i.key.clone(), keyed);
@@ -705,6 +806,37 @@ impl Engine {
         let events = recorded.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         Ok(Executed { events, last_position: Some(last), duplicate: true })
     }
+}
+
+/// See [`Engine::wait_durable`] (also run by a background flush of the dedup index).
+async fn wait_durable(store: &dyn EventStore, appends: &Appends, seen: Seen) -> Result<(), Status> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(DURABLE_WAIT_MS_MAX);
+    let late = || unavailable("the original append is not durable yet; retry");
+    if !appends_resolved(appends, seen.submitted, deadline).await {
+        return Err(late());
+    }
+    if *appends.diverged.borrow() != seen.diverged {
+        return Err(unavailable("an earlier append failed; retry the request"));
+    }
+    let mut head = store.watch_head();
+    let covered = async { head.wait_for(|h| *h >= seen.next_position).await.is_ok() };
+    match tokio::time::timeout_at(deadline, covered).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(unavailable("the event store stopped; retry the request")),
+        Err(_) => Err(late()),
+    }
+}
+
+/// Whether every append with a submission number below `submitted` has its outcome by
+/// `deadline`.
+async fn appends_resolved(
+    appends: &Appends,
+    submitted: u64,
+    deadline: tokio::time::Instant,
+) -> bool {
+    let mut resolved = appends.resolved.subscribe();
+    let all = async { resolved.wait_for(|_| appends.resolved_before(submitted)).await.is_ok() };
+    tokio::time::timeout_at(deadline, all).await == Ok(true)
 }
 
 /// Resolves a submitted append as diverged unless disarmed once it is enqueued.
@@ -830,6 +962,13 @@ fn fold_keyed(model: &mut WriteModel, r: &event_store::RecordedEvent) {
     }
 }
 
+/// The dedup index's key and entry of a usage event.
+fn dedup_entry(event: &Event, position: Position) -> Option<(Vec<u8>, dedup::Entry)> {
+    let Event::UsageRecorded(u) = event else { return None };
+    let entry = dedup::Entry { digest: usage_digest(u), position };
+    Some((dedup::key(&u.subscription_id, &u.transaction_id), entry))
+}
+
 fn new_event(event: &Event, now: Timestamp, correlation_id: Uuid) -> NewEvent {
     NewEvent {
         event_id: Uuid::new_v4(),
@@ -870,6 +1009,9 @@ async fn fold(store: &dyn EventStore, model: &mut WriteModel) -> Result<(), Stat
         for r in &chunk {
             assert_eq!(r.position, model.next_position, "the log is contiguous");
             let event = decode(r)?;
+            if let Some(index) = &model.dedup {
+                index.note(r.position, dedup_entry(&event, r.position));
+            }
             model.ledger.evolve(&event, r.position);
             model.stream_versions.insert(r.stream.clone(), r.stream_version);
             fold_keyed(model, r);

@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod convert;
+pub mod dedup;
 pub mod engine;
 pub mod service;
 pub mod snapshot;

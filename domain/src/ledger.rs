@@ -2,7 +2,7 @@
 //! or an error, changing nothing) and [`Ledger::evolve`] (apply one event). [`Ledger::execute`]
 //! runs multi-step commands (billing runs, immediate cancellation) as decide/evolve steps.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use jiff::civil::Date;
@@ -76,11 +76,19 @@ pub enum UsageOutcome {
     },
 }
 
+/// What the caller knows of an earlier usage event with the same (subscription, transaction
+/// id): its payload digest ([`usage_digest`]) and log position. The write model keeps no
+/// per-event state; the command service looks transactions up in its dedup index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PriorUsage {
+    pub digest: u64,
+    pub position: u64,
+}
+
 /// What validating a usage event established, so applying it computes nothing twice.
 struct UsageFacts {
     period_start: Date,
     value: Decimal,
-    digest: u64,
 }
 
 enum UsageCheck {
@@ -98,9 +106,9 @@ pub struct Ledger {
     /// Ordered, so billing runs emit events in a deterministic order.
     pub subscriptions: BTreeMap<String, Subscription>,
     pub invoices: HashMap<String, InvoiceAccount>,
-    /// When set, usage transaction ids are not kept for duplicate detection: a read-side copy
-    /// of the ledger (which never decides) saves the largest part of its memory.
-    pub without_dedup_index: bool,
+    /// Metrics that some published plan prices with a model that reads each event's amount
+    /// (`percentage`): only their open periods keep per-event amounts. Derived from the plans.
+    pub percentage_metrics: HashSet<String>,
     /// Log position of the event that created each catalog stream (`customer-<id>`,
     /// `metric-<code>`, `subscription-<id>`; `plan-<code>`: its latest version), so an
     /// identical re-run is answered as a replay (see [`Ledger::replay_position`]).
@@ -181,7 +189,7 @@ impl Ledger {
             Command::CancelSubscription { subscription_id, immediately } => {
                 self.decide_cancel(subscription_id, *immediately, ctx)
             }
-            Command::RecordUsage(u) => match self.decide_usage(u, ctx)? {
+            Command::RecordUsage(u) => match self.decide_usage(u, ctx, None)? {
                 UsageOutcome::Accepted(events) => Ok(events),
                 UsageOutcome::Duplicate { .. } => Ok(Vec::new()),
             },
@@ -230,10 +238,12 @@ impl Ledger {
                 events.extend(more);
                 Ok(events)
             }
-            Command::RecordUsage(u) => match self.record_usage(u.clone(), ctx, next_position)? {
-                UsageOutcome::Accepted(events) => Ok(events),
-                UsageOutcome::Duplicate { .. } => Ok(Vec::new()),
-            },
+            Command::RecordUsage(u) => {
+                match self.record_usage(u.clone(), ctx, next_position, None)? {
+                    UsageOutcome::Accepted(events) => Ok(events),
+                    UsageOutcome::Duplicate { .. } => Ok(Vec::new()),
+                }
+            }
             _ => {
                 let events = self.decide(cmd, ctx)?;
                 self.apply_all(&events, next_position);
@@ -482,6 +492,7 @@ impl Ledger {
         if old_plan.interval != new_plan.interval {
             return Err(precondition(sub, "INTERVAL_CHANGE", "changing the billing interval is not supported; cancel and start a new subscription"));
         }
+        self.check_percentage_rateable(sub, new_plan)?;
         let date = today.max(sub.start_date());
         if monthly_fee(sub, new_plan)? < monthly_fee(sub, old_plan)? {
             let period = sub.period_of(date).expect("in service");
@@ -522,6 +533,25 @@ impl Ledger {
         Ok(events)
     }
 
+    /// Refuses a move to `plan` when one of its percentage charges would rate an open period
+    /// whose usage of that metric was recorded without per-event amounts (before any plan
+    /// priced the metric by percentage): that period's invoice would be wrong.
+    fn check_percentage_rateable(
+        &self,
+        sub: &Subscription,
+        plan: &Plan,
+    ) -> Result<(), DomainError> {
+        for c in plan.charges.iter().filter(|c| c.model.needs_event_amounts()) {
+            for (start, open) in &sub.open {
+                if let Some(usage) = open.usage.get(&c.metric_code) {
+                    let p = sub.period_of(*start).expect("open periods are in service");
+                    check_amounts_kept(sub, &self.metrics[&c.metric_code], &p, usage)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn decide_cancel(
         &self,
         id: &str,
@@ -549,9 +579,15 @@ impl Ledger {
         }])
     }
 
-    /// Validates one usage event against the subscription, metric and open periods.
-    pub fn decide_usage(&self, u: &Usage, ctx: &Context) -> Result<UsageOutcome, DomainError> {
-        Ok(match self.check_usage(u, ctx)? {
+    /// Validates one usage event against the subscription, metric and open periods. `prior` is
+    /// the earlier event with the same (subscription, transaction id), if the caller knows one.
+    pub fn decide_usage(
+        &self,
+        u: &Usage,
+        ctx: &Context,
+        prior: Option<PriorUsage>,
+    ) -> Result<UsageOutcome, DomainError> {
+        Ok(match self.check_usage(u, ctx, prior)? {
             UsageCheck::Duplicate { position } => UsageOutcome::Duplicate { position },
             UsageCheck::New { invoice, .. } => {
                 let mut events = vec![Event::UsageRecorded(u.clone())];
@@ -561,9 +597,26 @@ impl Ledger {
         })
     }
 
-    fn check_usage(&self, u: &Usage, ctx: &Context) -> Result<UsageCheck, DomainError> {
+    /// The order of checks: shape, subscription, then the transaction's history (a retry is a
+    /// duplicate, or ALREADY_EXISTS, for the subscription's whole life: even once its period
+    /// closed or its service ended), then everything that depends on the event being new.
+    fn check_usage(
+        &self,
+        u: &Usage,
+        ctx: &Context,
+        prior: Option<PriorUsage>,
+    ) -> Result<UsageCheck, DomainError> {
         check_usage_shape(u)?;
         let sub = self.subscription(&u.subscription_id)?;
+        if let Some(prior) = prior {
+            if prior.digest == usage_digest(u) {
+                return Ok(UsageCheck::Duplicate { position: prior.position });
+            }
+            return Err(DomainError::Conflict(format!(
+                "transaction {} of subscription {} was recorded with a different payload",
+                u.transaction_id, u.subscription_id
+            )));
+        }
         let metric = self
             .metrics
             .get(&u.metric_code)
@@ -586,16 +639,6 @@ impl Ledger {
                 format!("the billing period {}..{} is already invoiced", period.start, period.end),
             ));
         }
-        let digest = usage_digest(u);
-        if let Some((original, position)) = find_transaction(sub, &u.transaction_id) {
-            if original == digest {
-                return Ok(UsageCheck::Duplicate { position });
-            }
-            return Err(DomainError::Conflict(format!(
-                "transaction {} of subscription {} was recorded with a different payload",
-                u.transaction_id, u.subscription_id
-            )));
-        }
         self.check_metric_on_plan(sub, u, date, &period)?;
         let distinct =
             metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
@@ -603,10 +646,7 @@ impl Ledger {
         rules::check_usage_sign(sub, metric, &period, &point)?;
         check_period_usage(sub, metric, &period, value)?;
         let invoice = self.in_advance_invoice(sub, metric, &period, u, value, ctx)?.map(Box::new);
-        Ok(UsageCheck::New {
-            facts: UsageFacts { period_start: period.start, value, digest },
-            invoice,
-        })
+        Ok(UsageCheck::New { facts: UsageFacts { period_start: period.start, value }, invoice })
     }
 
     /// Records one usage event: decides it and, when accepted, applies it, computing each fact
@@ -616,8 +656,9 @@ impl Ledger {
         u: Usage,
         ctx: &Context,
         next_position: u64,
+        prior: Option<PriorUsage>,
     ) -> Result<UsageOutcome, DomainError> {
-        match self.check_usage(&u, ctx)? {
+        match self.check_usage(&u, ctx, prior)? {
             UsageCheck::Duplicate { position } => Ok(UsageOutcome::Duplicate { position }),
             UsageCheck::New { facts, invoice } => {
                 self.apply_usage(&u, &facts, next_position);
@@ -656,10 +697,11 @@ impl Ledger {
             // The period's first event of the charge also pays what zero usage costs (a first
             // tier's flat fee, SPEC §4); a period without any event pays it at its close.
             let first_in_period = before.event_count() == 0;
-            let mut amounts = open
-                .and_then(|o| o.usage.get(&metric.code))
-                .map(|m| m.amounts.clone())
-                .unwrap_or_default();
+            let usage = open.and_then(|o| o.usage.get(&metric.code));
+            if let Some(u) = usage.filter(|_| charge.model.needs_event_amounts()) {
+                check_amounts_kept(sub, metric, period, u)?;
+            }
+            let mut amounts = usage.map(|m| m.amounts.clone()).unwrap_or_default();
             let amounts_before: Vec<Decimal> = amounts.values().copied().collect();
             let distinct =
                 metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
@@ -883,6 +925,7 @@ impl Ledger {
             // Only a percentage model reads each event's amount (O(events) to gather).
             let amounts: Vec<Decimal> = match usage {
                 Some(u) if charge.model.needs_event_amounts() => {
+                    check_amounts_kept(sub, metric, p, u)?;
                     u.amounts.values().copied().collect()
                 }
                 _ => Vec::new(),
@@ -1134,6 +1177,9 @@ impl Ledger {
         let versions = self.plans.entry(p.code.clone()).or_default();
         assert_eq!(versions.len() as u32 + 1, p.version, "plan versions are contiguous");
         versions.push(p.clone());
+        for c in p.charges.iter().filter(|c| c.model.needs_event_amounts()) {
+            self.percentage_metrics.insert(c.metric_code.clone());
+        }
     }
 
     fn evolve_invoice(&mut self, inv: &Invoice) {
@@ -1173,12 +1219,12 @@ impl Ledger {
         let date = local_date(u.occurred_at, &sub.time_zone);
         let period_start = sub.period_of(date).expect("usage in service").start;
         let value = usage_value(metric, u).expect("validated at decide");
-        self.apply_usage(u, &UsageFacts { period_start, value, digest: usage_digest(u) }, position);
+        self.apply_usage(u, &UsageFacts { period_start, value }, position);
     }
 
     fn apply_usage(&mut self, u: &Usage, facts: &UsageFacts, position: u64) {
         let metric = &self.metrics[&u.metric_code];
-        let keep = metric.aggregation == Aggregation::Sum;
+        let keep = self.percentage_metrics.contains(&u.metric_code);
         let sub = self.subscriptions.get_mut(&u.subscription_id).expect("subscription exists");
         let distinct =
             metric.property.as_ref().and_then(|p| u.properties.get(p)).map(String::as_str);
@@ -1186,9 +1232,6 @@ impl Ledger {
         let point =
             UsagePoint { occurred_at: u.occurred_at, seq: position, value: facts.value, distinct };
         add_usage(open, metric, keep, &point).expect("validated at decide");
-        if !self.without_dedup_index {
-            open.transactions.insert(u.transaction_id.clone(), (facts.digest, position));
-        }
     }
 
     fn evolve_subscription(&mut self, event: &Event) {
@@ -1438,14 +1481,40 @@ fn check_period_usage(
     ))
 }
 
-fn usage_digest(u: &Usage) -> u64 {
+/// The digest of a usage event's payload (everything but its ids) that tells a retry from a
+/// different event under the same transaction id. Stable within one build (SipHash with fixed
+/// keys); a dedup index that persists it confirms a hit against the event in the log.
+pub fn usage_digest(u: &Usage) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     (&u.metric_code, u.occurred_at.as_microsecond(), &u.properties).hash(&mut h);
     h.finish()
 }
 
-fn find_transaction(sub: &Subscription, txn: &str) -> Option<(u64, u64)> {
-    sub.open.values().find_map(|o| o.transactions.get(txn).copied())
+/// Kind of the FAILED_PRECONDITION when a percentage charge would rate usage recorded while no
+/// published plan priced its metric by percentage (its per-event amounts were not kept).
+pub const AMOUNTS_NOT_KEPT: &str = "AMOUNTS_NOT_KEPT";
+
+/// A percentage charge rates every event's amount: refused (never a wrong invoice) when the
+/// period holds events whose amounts were not kept.
+fn check_amounts_kept(
+    sub: &Subscription,
+    metric: &Metric,
+    p: &Period,
+    usage: &crate::subscription::MetricUsage,
+) -> Result<(), DomainError> {
+    if usage.amounts_complete {
+        return Ok(());
+    }
+    Err(precondition(
+        sub,
+        AMOUNTS_NOT_KEPT,
+        format!(
+            "usage of metric {} in the billing period {}..{} was recorded before any published \
+             plan priced it by percentage, so its per-event amounts were not kept; a \
+             percentage charge can rate it only from the next period",
+            metric.code, p.start, p.end
+        ),
+    ))
 }
 
 /// Rating a *stored* plan fails only on stored data (a log written before the input bounds):

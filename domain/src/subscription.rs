@@ -2,7 +2,7 @@
 //! their running usage aggregates (write-side state, rebuilt from the log), and the base-fee
 //! billing rules (in advance or in arrears, prorated by whole local days).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
@@ -19,18 +19,22 @@ use crate::rating::{RunningAggregate, UsagePoint};
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MetricUsage {
     pub aggregate: RunningAggregate,
-    /// Each event's amount by (occurred_at, position), kept for `sum` metrics: a percentage model
-    /// (which needs a sum metric) prices every event in order, and a plan change may bring one.
+    /// Each event's amount by (occurred_at, position), kept only for metrics that some
+    /// published plan prices with a percentage model (which prices every event in order; see
+    /// [`crate::ledger::Ledger::percentage_metrics`]). Other metrics need only the aggregate.
     #[serde(with = "crate::serde_pairs")]
     pub amounts: BTreeMap<(Timestamp, u64), Decimal>,
+    /// Whether `amounts` holds every event of the period (false once one was added while no
+    /// plan priced the metric by percentage): a percentage charge can rate only a complete set.
+    pub amounts_complete: bool,
 }
 
-/// A billing period that is not closed yet.
+/// A billing period that is not closed yet. It holds running aggregates only: duplicate
+/// detection lives outside the write model (the command service's dedup index), so nothing
+/// here grows with the number of events but the amounts of percentage-priced metrics.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct OpenPeriod {
     pub usage: BTreeMap<String, MetricUsage>,
-    /// transaction id → (payload digest, log position), for duplicate detection.
-    pub transactions: HashMap<String, (u64, u64)>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -211,10 +215,13 @@ pub fn add_usage(
     let usage = open.usage.entry(metric.code.clone()).or_insert_with(|| MetricUsage {
         aggregate: RunningAggregate::new(metric.aggregation),
         amounts: BTreeMap::new(),
+        amounts_complete: true,
     });
     usage.aggregate.add(point)?;
     if keep_amounts {
         usage.amounts.insert((point.occurred_at, point.seq), point.value);
+    } else {
+        usage.amounts_complete = false;
     }
     Ok(())
 }

@@ -49,7 +49,7 @@ pub struct Accrual {
 }
 
 /// See the module documentation.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct UsageMeter {
     ledger: Ledger,
     /// Open runs by subscription, then period start.
@@ -59,13 +59,6 @@ pub struct UsageMeter {
     /// What [`UsageMeter::before`] learned of the event, for [`UsageMeter::after`]: whether the
     /// ledger knows it, and a usage event's (period start, day).
     seen: Option<(bool, Option<(Date, Date)>)>,
-}
-
-impl Default for UsageMeter {
-    fn default() -> Self {
-        let ledger = Ledger { without_dedup_index: true, ..Ledger::default() };
-        UsageMeter { ledger, runs: BTreeMap::new(), touched: BTreeSet::new(), seen: None }
-    }
 }
 
 impl UsageMeter {

@@ -49,18 +49,23 @@ impl Saved {
     }
 }
 
-/// The write model at open: from a valid snapshot plus the log's tail, else from the whole log;
+/// The write model at open (noting into `dedup`): from a valid snapshot plus the log's tail,
+/// else from the whole log;
 /// with the position of the snapshot it started from (0: none).
 pub(super) async fn open_model(
     store: &dyn EventStore,
     options: Option<&SnapshotOptions>,
+    dedup: Arc<DedupIndex>,
 ) -> Result<(WriteModel, Position), Status> {
     let started = std::time::Instant::now();
     let Some(mut model) = load(store, options).await else {
-        let mut model = WriteModel::default();
+        let mut model = WriteModel { dedup: Some(dedup), ..WriteModel::default() };
         rebuild(store, &mut model).await?;
         return Ok((model, 0));
     };
+    // The dedup index brought itself up to the head when it opened (from its own covered
+    // position), so the snapshot needs nothing of it; the tail fold notes nothing new there.
+    model.dedup = Some(dedup);
     let loaded_ms = started.elapsed().as_millis() as u64;
     let position = model.next_position;
     fold(store, &mut model).await?;

@@ -111,18 +111,22 @@ impl World {
         occurred: &str,
         now: &str,
     ) -> Result<Vec<Event>, DomainError> {
-        let u = Usage {
-            subscription_id: "s1".into(),
-            transaction_id: tx.into(),
-            metric_code: "calls".into(),
-            occurred_at: at(occurred),
-            properties: BTreeMap::from([("n".to_string(), n.to_string())]),
-        };
-        self.run(Command::RecordUsage(u), now)
+        self.run(Command::RecordUsage(s1_usage(tx, n, occurred)), now)
     }
 
     fn bill(&mut self, as_of: &str) -> Vec<Invoice> {
         invoices(&self.run(Command::RunBilling { as_of: at(as_of) }, as_of).unwrap())
+    }
+}
+
+/// A usage event of subscription s1 on metric calls with property n.
+fn s1_usage(tx: &str, n: &str, occurred: &str) -> Usage {
+    Usage {
+        subscription_id: "s1".into(),
+        transaction_id: tx.into(),
+        metric_code: "calls".into(),
+        occurred_at: at(occurred),
+        properties: BTreeMap::from([("n".to_string(), n.to_string())]),
     }
 }
 
@@ -210,24 +214,20 @@ fn usage_duplicates_conflicts_and_closed_periods() {
     w.start("metered", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
     let first = w.usage("t1", "5", "2025-01-05T00:00:00Z", "2025-01-05T00:00:00Z").unwrap();
     assert_eq!(first.len(), 1);
-    let u = Usage {
-        subscription_id: "s1".into(),
-        transaction_id: "t1".into(),
-        metric_code: "calls".into(),
-        occurred_at: at("2025-01-05T00:00:00Z"),
-        properties: BTreeMap::from([("n".to_string(), "5".to_string())]),
-    };
+    let u = s1_usage("t1", "5", "2025-01-05T00:00:00Z");
     let c = ctx("2025-01-06T00:00:00Z");
-    assert!(matches!(w.ledger.decide_usage(&u, &c), Ok(UsageOutcome::Duplicate { .. })));
+    let prior = Some(PriorUsage { digest: usage_digest(&u), position: 7 });
+    let duplicate = w.ledger.decide_usage(&u, &c, prior);
+    assert_eq!(duplicate, Ok(UsageOutcome::Duplicate { position: 7 }));
     let changed =
         Usage { properties: BTreeMap::from([("n".to_string(), "6".to_string())]), ..u.clone() };
-    assert!(matches!(w.ledger.decide_usage(&changed, &c), Err(DomainError::Conflict(_))));
+    assert!(matches!(w.ledger.decide_usage(&changed, &c, prior), Err(DomainError::Conflict(_))));
     let bad = Usage {
         properties: BTreeMap::from([("n".to_string(), "five".to_string())]),
         transaction_id: "t9".into(),
         ..u.clone()
     };
-    assert!(matches!(w.ledger.decide_usage(&bad, &c), Err(DomainError::Invalid(_))));
+    assert!(matches!(w.ledger.decide_usage(&bad, &c, None), Err(DomainError::Invalid(_))));
     w.bill("2025-02-01T00:00:00Z");
     let late = w.usage("t2", "1", "2025-01-20T00:00:00Z", "2025-02-02T00:00:00Z");
     assert!(
@@ -647,9 +647,12 @@ mod replay_equivalence {
                 .open
                 .iter()
                 .map(|(k, o)| {
-                    let mut tx: Vec<_> = o.transactions.iter().collect();
-                    tx.sort();
-                    (k, o.usage.keys().collect::<Vec<_>>(), tx)
+                    let usage: Vec<_> = o
+                        .usage
+                        .iter()
+                        .map(|(m, u)| (m, u.aggregate.event_count(), u.amounts.len()))
+                        .collect();
+                    (k, usage)
                 })
                 .collect();
             out += &format!(
@@ -1164,3 +1167,94 @@ fn commands_that_would_issue_an_overflowing_invoice_are_refused_and_change_nothi
 }
 
 mod input_rules;
+
+/// A retry is recognised before anything that depends on the event being new: after its period
+/// closed, after the service ended, even once its metric's value would be refused now.
+#[test]
+fn a_known_transaction_is_a_duplicate_or_a_conflict_before_period_and_service_checks() {
+    let mut w = World::new(dec!(0));
+    w.plan("metered", dec!(0), FeeTiming::Arrears, 0, vec![graduated_spec_charge()], None);
+    w.start("metered", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    w.usage("t1", "5", "2025-01-05T00:00:00Z", "2025-01-05T00:00:00Z").unwrap();
+    let u = s1_usage("t1", "5", "2025-01-05T00:00:00Z");
+    let prior = Some(PriorUsage { digest: usage_digest(&u), position: 4 });
+    w.bill("2025-02-01T00:00:00Z");
+    let c = ctx("2025-02-02T00:00:00Z");
+    // Without what the caller knows, the closed period refuses it ...
+    let unknown = w.ledger.decide_usage(&u, &c, None);
+    assert!(matches!(unknown, Err(DomainError::Precondition { kind: "PERIOD_CLOSED", .. })));
+    // ... with it, it is the duplicate it is, at its original position.
+    assert_eq!(w.ledger.decide_usage(&u, &c, prior), Ok(UsageOutcome::Duplicate { position: 4 }));
+    let other = Usage { occurred_at: at("2025-01-06T00:00:00Z"), ..u.clone() };
+    assert!(matches!(w.ledger.decide_usage(&other, &c, prior), Err(DomainError::Conflict(_))));
+    // After the service ended (out of service), still a duplicate; and record_usage agrees.
+    let cancel = Command::CancelSubscription { subscription_id: "s1".into(), immediately: true };
+    w.run(cancel, "2025-02-02T00:00:00Z").unwrap();
+    let late = ctx("2025-03-02T00:00:00Z");
+    let before = w.position;
+    let recorded = w.ledger.record_usage(u.clone(), &late, before, prior);
+    assert_eq!(recorded, Ok(UsageOutcome::Duplicate { position: 4 }));
+    // The shape and the subscription are checked first: a bad id or an unknown subscription
+    // is refused whatever the caller passes.
+    let ghost = Usage { subscription_id: "ghost".into(), ..u.clone() };
+    assert!(matches!(
+        w.ledger.decide_usage(&ghost, &late, prior),
+        Err(DomainError::NotFound { .. })
+    ));
+    let bad = Usage { transaction_id: String::new(), ..u.clone() };
+    assert!(matches!(w.ledger.decide_usage(&bad, &late, prior), Err(DomainError::Invalid(_))));
+}
+
+fn percentage_charge() -> Charge {
+    let model = ChargeModel::Percentage {
+        rate: dec!(2.9),
+        fixed_amount: dec!(0.30),
+        free_events: None,
+        free_amount: None,
+        min_per_event: None,
+        max_per_event: None,
+    };
+    Charge { metric_code: "calls".into(), model, pay_in_advance: false }
+}
+
+#[test]
+fn per_event_amounts_are_kept_only_for_metrics_priced_by_percentage() {
+    let mut w = World::new(dec!(0));
+    w.plan("metered", dec!(0), FeeTiming::Arrears, 0, vec![graduated_spec_charge()], None);
+    w.start("metered", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    w.usage("t1", "5", "2025-01-05T00:00:00Z", "2025-01-05T00:00:00Z").unwrap();
+    let usage = |w: &World| {
+        let open = w.ledger.subscriptions["s1"].open.values().next().unwrap();
+        let u = &open.usage["calls"];
+        (u.amounts.len(), u.amounts_complete)
+    };
+    assert_eq!(usage(&w), (0, false), "no plan prices calls by percentage");
+    assert!(w.ledger.percentage_metrics.is_empty());
+    // A percentage plan on the metric is published now: from here on amounts are kept, but the
+    // open period already holds an event without one.
+    w.plan("payments", dec!(0), FeeTiming::Arrears, 0, vec![percentage_charge()], None);
+    assert!(w.ledger.percentage_metrics.contains("calls"));
+    w.usage("t2", "7", "2025-01-06T00:00:00Z", "2025-01-06T00:00:00Z").unwrap();
+    assert_eq!(usage(&w), (1, false));
+    // Moving the subscription onto it would rate that period from incomplete amounts: refused,
+    // changing nothing.
+    let change = Command::ChangePlan {
+        subscription_id: "s1".into(),
+        plan_code: "payments".into(),
+        plan_version: None,
+    };
+    let before = format!("{:?}", w.ledger.subscriptions["s1"].plans);
+    let refused = w.run(change.clone(), "2025-01-07T00:00:00Z");
+    assert!(
+        matches!(&refused, Err(DomainError::Precondition { kind: AMOUNTS_NOT_KEPT, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(format!("{:?}", w.ledger.subscriptions["s1"].plans), before);
+    // Once that period closed, the change goes through and the new period's amounts are whole.
+    w.bill("2025-02-01T00:00:00Z");
+    w.usage("t3", "100", "2025-02-03T00:00:00Z", "2025-02-03T00:00:00Z").unwrap();
+    w.run(change, "2025-02-04T00:00:00Z").unwrap();
+    let inv = &w.bill("2025-03-01T00:00:00Z")[0];
+    // 2.9 % of 100 + 0.30 = 3.20.
+    assert_eq!(amounts(inv), vec![(LineKind::Usage, dec!(3.20))]);
+}
