@@ -1,24 +1,26 @@
-//! The dedup index: (subscription, transaction id) → (payload digest, log position) of every
-//! usage event ever recorded, so a retried transaction is answered as a duplicate for the
-//! subscription's whole life (after its period closed, after any restart) while the write model
-//! keeps no per-event state (docs/decisions/0024-dedup-index.md).
+//! The dedup index: (subscription, transaction id) → log position of every usage event ever
+//! recorded, so a retried transaction is answered as a duplicate for the subscription's whole
+//! life (after its period closed, after any restart) while the write model keeps no per-event
+//! state (docs/decisions/0028-dedup-runs.md).
 //!
-//! Three layers:
-//! - a sled tree in its own directory (`<data-dir>/dedup`): key `subscription_id 0x00
-//!   transaction_id`, value `digest u64 ‖ position u64` (big-endian), plus meta keys (they start
-//!   with 0x00, which no id does): the *covered position* C (every usage event of the log below
-//!   C is in the tree) and the hash of the log's event at C − 1;
-//! - an in-memory growable bloom filter over every key noted, so a new id (the common case)
-//!   rarely touches disk (≈ 1.2–2.5 bytes per transaction: see the decision record);
-//! - a bounded map of *pending* entries (positions ≥ C): noted when decided (or folded from the
-//!   log), written to sled in batches by [`DedupIndex::flush_through`], never one per event.
+//! Two layers:
+//! - *runs* ([`run`]): immutable files in `<data-dir>/dedup`, each holding the 64-bit key hash
+//!   and position of every usage event of a range of log positions, sorted by hash, with a
+//!   binary fuse filter (~9 bits per transaction, kept in memory) so a new id (the common case)
+//!   rarely reads a file. The runs tile `[0, covered)`; small runs are merged in the background
+//!   into larger ones (up to [`RUN_ENTRIES_MAX`] entries), so a lookup checks few filters;
+//! - a bounded map of *pending* entries (positions ≥ covered): noted when decided (or folded
+//!   from the log), written as one new run by [`DedupIndex::flush_through`].
 //!
-//! It is derived data: [`DedupIndex::open`] checks C and the hash at C − 1 against the log and
-//! brings the index up to the log head from C; missing, unreadable or inconsistent files are
-//! rebuilt from the log (a warning, never a panic). A hit is a claim the caller confirms: a
-//! pending hit was decided by this process on the model it holds (and the reply waits for that
-//! append to be durable); a hit read from sled is always confirmed against the event in the log
-//! at its position (hits are retries only, so this costs one log read per retry).
+//! It is derived data: [`DedupIndex::open`] keeps the runs that tile the log from 0 and whose
+//! recorded hash of their last event matches the log, removes the others, and notes the log
+//! from the covered position to the head. Missing, damaged or foreign runs are rebuilt from the
+//! log (a warning, never a panic). A hit from a run is a claim checked against the log: the event
+//! at its position must be the usage event of that key (a hash collision, or a damaged run, is
+//! then not a duplicate); a pending hit was decided by this process on the model it holds (and
+//! the reply waits for that append to be durable).
+
+mod run;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,30 +28,20 @@ use std::sync::Arc;
 
 use domain::events::Event;
 use event_store::{EventStore, Position};
-use growable_bloom_filter::{GrowableBloom, GrowableBloomBuilder};
 use tonic::Status;
 
 use crate::status::from_store;
+use run::{Run, RunEntry};
 
 /// Pending entries at which the engine starts a background flush.
-pub const FLUSH_EVENTS: usize = 32_768;
+pub const FLUSH_EVENTS: usize = 65_536;
 /// Pending entries past which a decision first flushes (bounds the pending map's memory).
 pub const PENDING_EVENTS_MAX: usize = 262_144;
 /// Events read per call while bringing the index up to the log.
 pub const CATCH_UP_CHUNK_EVENTS: usize = 10_000;
-/// False-positive ratio of the filter's first stage (later stages tighten it).
-pub const FILTER_ERROR_RATIO: f64 = 0.01;
-/// Transactions the filter's first stage is sized for; each later stage doubles.
-pub const FILTER_FIRST_STAGE_ENTRIES: usize = 1 << 16;
-const FILTER_TIGHTENING_RATIO: f64 = 0.9;
-const FILTER_GROWTH_FACTOR: usize = 2;
-
-const META_COVERED: &[u8] = b"\x00covered";
-const META_HASH: &[u8] = b"\x00hash";
-const META_FORMAT: &[u8] = b"\x00format";
-const META_ENTRIES: &[u8] = b"\x00entries";
-const FORMAT: &[u8] = b"1";
-const ENTRY_BYTES: usize = 16;
+/// Runs are not merged past this many entries: a merge holds its entries in memory (~30 bytes
+/// each while the filter is built), so this bounds a merge's memory to ~130 MiB.
+pub const RUN_ENTRIES_MAX: u64 = 1 << 22;
 
 /// What the index knows of a transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,36 +50,55 @@ pub struct Entry {
     pub position: Position,
 }
 
-/// A lookup's answer: the entry, and whether it came from disk (then the caller confirms it
-/// against the log) or from the pending map (decided by this process).
+/// A lookup's answer: the entry, and whether it came from a run (then it was confirmed against
+/// the log) or from the pending map (decided by this process).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hit {
     pub entry: Entry,
     pub from_disk: bool,
 }
 
+/// What the index holds for a key, before the log is read: a pending entry, or the positions
+/// the runs give for its hash (to confirm against the log; usually none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Pending(Entry),
+    Candidates(Vec<Position>),
+}
+
 struct State {
-    filter: GrowableBloom,
-    /// Entries at positions ≥ `covered`, not yet in sled.
+    /// Entries at positions ≥ `covered`, not yet in a run.
     pending: HashMap<Vec<u8>, Entry>,
-    /// Every usage event below this position is in sled.
+    /// Every usage event below this position is in a run.
     covered: Position,
-    /// Every event below this position has been noted (pending or in sled).
+    /// Every event below this position has been noted (pending or in a run).
     next: Position,
-    /// Entries in sled (sizes the filter on open).
-    entries: u64,
+    /// Consecutive runs tiling `[0, covered)`.
+    runs: Vec<Arc<Run>>,
+}
+
+impl State {
+    fn assert_tiled(&self) {
+        let mut at = 0;
+        for r in &self.runs {
+            assert_eq!(r.from, at, "dedup runs tile the log without gaps");
+            at = r.to;
+        }
+        assert_eq!(at, self.covered, "dedup runs end at the covered position");
+        assert!(self.covered <= self.next, "covered events have been noted");
+    }
 }
 
 /// See the module documentation.
 pub struct DedupIndex {
     store: Arc<dyn EventStore>,
-    tree: sled::Db,
+    /// `None`: runs kept in memory (tests; same code path otherwise).
     dir: Option<PathBuf>,
     state: parking_lot::Mutex<State>,
-    /// Transactions the filter's first stage was sized for.
-    filter_first_stage: usize,
     /// One flush at a time.
     flushing: tokio::sync::Mutex<()>,
+    /// One merge at a time.
+    merging: tokio::sync::Mutex<()>,
 }
 
 /// The key of a transaction: `subscription_id 0x00 transaction_id`.
@@ -99,27 +110,10 @@ pub fn key(subscription_id: &str, transaction_id: &str) -> Vec<u8> {
     k
 }
 
-fn encode(e: Entry) -> [u8; ENTRY_BYTES] {
-    let mut v = [0u8; ENTRY_BYTES];
-    v[..8].copy_from_slice(&e.digest.to_be_bytes());
-    v[8..].copy_from_slice(&e.position.to_be_bytes());
-    v
-}
-
-fn decode_entry(v: &[u8]) -> Option<Entry> {
-    let v: &[u8; ENTRY_BYTES] = v.try_into().ok()?;
-    let digest = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
-    let position = u64::from_be_bytes(v[8..].try_into().expect("8 bytes"));
-    Some(Entry { digest, position })
-}
-
-fn new_filter(first_stage: usize) -> GrowableBloom {
-    GrowableBloomBuilder::new()
-        .estimated_insertions(first_stage)
-        .desired_error_ratio(FILTER_ERROR_RATIO)
-        .growth_factor(FILTER_GROWTH_FACTOR)
-        .tightening_ratio(FILTER_TIGHTENING_RATIO)
-        .build()
+/// The hash a run keeps of a key (XXH3-64: fixed by its specification, so runs written by one
+/// build are read by the next).
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Status {
@@ -138,42 +132,42 @@ fn usage_entry(r: &event_store::RecordedEvent) -> Result<Option<(Vec<u8>, Entry)
     Ok(Some((key(&u.subscription_id, &u.transaction_id), Entry { digest, position: r.position })))
 }
 
+/// The log's hash of the event at `position`, if the log has it.
+async fn log_hash_at(
+    store: &dyn EventStore,
+    position: Position,
+) -> Result<Option<[u8; 32]>, Status> {
+    let at = store.read_all(position, 1).await.map_err(from_store)?;
+    Ok(at.first().filter(|r| r.position == position).map(|r| r.hash))
+}
+
 impl DedupIndex {
-    /// Opens the index in `dir` (`None`: a temporary sled that lives as long as the index, for
-    /// tests: same code path) and brings it up to the log head. Files that are missing,
-    /// unreadable (sled's panics on damaged files are contained), of another format, or that do
-    /// not match the log (covered position past the head, another event at covered − 1) are
-    /// discarded and the index is rebuilt from the log.
+    /// Opens the index in `dir` (`None`: runs in memory, for tests) and brings it up to the log
+    /// head. Runs that are damaged, of another format, of another log (their last event's hash
+    /// differs, or they reach past the head), subsumed by a merged run or not adjacent to the
+    /// runs before them are removed; what they held is noted again from the log.
     pub async fn open(dir: Option<&Path>, store: Arc<dyn EventStore>) -> Result<Self, Status> {
         let started = std::time::Instant::now();
-        let checked = match open_disk(dir) {
-            Ok(disk) => check_against_log(&disk, &*store).await.map(|()| disk),
-            Err(why) => Err(why),
+        let runs = match dir {
+            Some(d) => open_runs(d, &*store).await?,
+            None => Vec::new(),
         };
-        let disk = match checked {
-            Ok(disk) => disk,
-            Err(why) => {
-                if dir.is_some_and(|d| d.exists()) {
-                    tracing::warn!(reason = %why, "dedup index discarded; rebuilding it from the log");
-                }
-                create_disk(dir)?
-            }
-        };
-        let Disk { tree, covered, entries, filter, filter_first_stage } = disk;
-        let state = State { filter, pending: HashMap::new(), covered, next: covered, entries };
+        let covered = runs.last().map_or(0, |r| r.to);
+        let state = State { pending: HashMap::new(), covered, next: covered, runs };
+        state.assert_tiled();
         let index = DedupIndex {
             store,
-            tree,
             dir: dir.map(Path::to_path_buf),
             state: parking_lot::Mutex::new(state),
-            filter_first_stage,
             flushing: tokio::sync::Mutex::new(()),
+            merging: tokio::sync::Mutex::new(()),
         };
         index.catch_up().await?;
         tracing::info!(
-            entries,
             covered,
+            runs = index.runs_len(),
             head = index.next_position(),
+            pending = index.pending_len(),
             ms = started.elapsed().as_millis() as u64,
             "dedup index open"
         );
@@ -218,45 +212,61 @@ impl DedupIndex {
         s.next = position + 1;
         if let Some((k, e)) = entry {
             debug_assert_eq!(e.position, position);
-            s.filter.insert(&k[..]);
             s.pending.insert(k, e);
         }
     }
 
-    /// What the index holds for `key`: pending first, then (if the filter says maybe) sled.
-    pub fn lookup(&self, key: &[u8]) -> Result<Option<Hit>, Status> {
-        {
-            let s = self.state.lock();
-            if let Some(e) = s.pending.get(key) {
-                return Ok(Some(Hit { entry: *e, from_disk: false }));
-            }
-            if !s.filter.contains(key) {
-                return Ok(None);
-            }
+    /// What the index holds for `key` without reading the log: the pending entry, or the
+    /// positions the runs give for its hash.
+    pub fn lookup(&self, key: &[u8]) -> Result<Lookup, Status> {
+        let s = self.state.lock();
+        if let Some(e) = s.pending.get(key) {
+            return Ok(Lookup::Pending(*e));
         }
-        let Some(v) = self.tree.get(key).map_err(|e| internal("read", e))? else { return Ok(None) };
-        match decode_entry(&v) {
-            Some(entry) => Ok(Some(Hit { entry, from_disk: true })),
-            None => {
-                tracing::error!("dedup index: an entry of {} bytes; ignored", v.len());
+        let hash = key_hash(key);
+        let mut candidates = Vec::new();
+        for r in &s.runs {
+            candidates.extend(r.positions_of(hash).map_err(|e| internal("read a run", e))?);
+        }
+        Ok(Lookup::Candidates(candidates))
+    }
+
+    /// The earlier usage event of `key`, if any: pending, or in a run and confirmed by the log.
+    pub async fn find(&self, key: &[u8]) -> Result<Option<Hit>, Status> {
+        match self.lookup(key)? {
+            Lookup::Pending(entry) => Ok(Some(Hit { entry, from_disk: false })),
+            Lookup::Candidates(positions) => {
+                for position in positions {
+                    if let Some(entry) = self.confirm_at(key, position).await? {
+                        return Ok(Some(Hit { entry, from_disk: true }));
+                    }
+                }
                 Ok(None)
             }
         }
     }
 
-    /// Whether the event in the log at `hit`'s position is the usage event `key` names (with
-    /// any payload): a disk hit the log does not hold is never answered as a duplicate.
-    pub async fn confirm(&self, key: &[u8], hit: &Hit) -> Result<Option<Entry>, Status> {
-        let at = self.store.read_all(hit.entry.position, 1).await.map_err(from_store)?;
-        let found = match at.first().filter(|r| r.position == hit.entry.position) {
+    /// The entry of the event in the log at `position` if it is the usage event `key` names
+    /// (with any payload): a run's claim the log does not hold is never a duplicate.
+    pub async fn confirm_at(
+        &self,
+        key: &[u8],
+        position: Position,
+    ) -> Result<Option<Entry>, Status> {
+        let at = self.store.read_all(position, 1).await.map_err(from_store)?;
+        let found = match at.first().filter(|r| r.position == position) {
             Some(r) => usage_entry(r)?,
             None => None,
         };
         match found {
             Some((k, entry)) if k == key => Ok(Some(entry)),
-            _ => {
+            Some(_) => {
+                tracing::debug!(position, "dedup: another transaction with the same key hash");
+                Ok(None)
+            }
+            None => {
                 tracing::error!(
-                    position = hit.entry.position,
+                    position,
                     "dedup index entry not confirmed by the log; ignored (rebuild the index by \
                      removing its directory)"
                 );
@@ -280,20 +290,23 @@ impl DedupIndex {
         self.state.lock().pending.len()
     }
 
-    /// Bytes the in-memory filter's bit arrays take, computed from its stages as the crate sizes
-    /// them (slices of ⌈capacity / ln 2⌉ bits, ⌈log2(1 / error)⌉ slices), for the figures in
-    /// the decision record.
-    pub fn filter_bytes(&self) -> usize {
-        filter_bytes_of(self.state.lock().filter.capacity(), self.filter_first_stage)
+    /// Runs on disk.
+    pub fn runs_len(&self) -> usize {
+        self.state.lock().runs.len()
     }
 
-    /// Persists every pending entry below `position` with the covered position `position` (one
-    /// sled batch, then an fsync). The caller guarantees that every event below `position` is
-    /// durable in the log as noted (the engine's `flush_dedup` waits for that); `position` must
-    /// not be past the next position. A position at or below the covered one is a no-op.
+    /// Bytes the runs keep in memory (filters and fences).
+    pub fn runs_memory_bytes(&self) -> usize {
+        self.state.lock().runs.iter().map(|r| r.memory_bytes()).sum()
+    }
+
+    /// Persists every pending entry below `position` as one run, covering `position`. The
+    /// caller guarantees that every event below `position` is durable in the log as noted (the
+    /// engine's `flush_dedup` waits for that); `position` must not be past the next position. A
+    /// position at or below the covered one is a no-op.
     pub async fn flush_through(&self, position: Position) -> Result<(), Status> {
         let _flush = self.flushing.lock().await;
-        let (batch, flushed) = {
+        let (from, entries, flushed) = {
             let s = self.state.lock();
             if position > s.next {
                 let noted = s.next;
@@ -304,40 +317,70 @@ impl DedupIndex {
             if position <= s.covered {
                 return Ok(());
             }
-            let mut batch = sled::Batch::default();
+            let mut entries = Vec::new();
             let mut flushed = Vec::new();
             for (k, e) in s.pending.iter().filter(|(_, e)| e.position < position) {
-                batch.insert(&k[..], &encode(*e)[..]);
+                entries.push(RunEntry { hash: key_hash(k), position: e.position });
                 flushed.push((k.clone(), e.position));
             }
-            (batch, flushed)
+            (s.covered, entries, flushed)
         };
-        let mut batch = batch;
-        let at = self.store.read_all(position - 1, 1).await.map_err(from_store)?;
-        let hash = at.first().filter(|r| r.position == position - 1).map(|r| r.hash);
-        let hash =
-            hash.ok_or_else(|| internal("flush", format!("no event at {}", position - 1)))?;
-        batch.insert(META_HASH, &hash[..]);
-        batch.insert(META_COVERED, &position.to_be_bytes()[..]);
-        batch.insert(META_FORMAT, FORMAT);
-        let entries = self.state.lock().entries + flushed.len() as u64;
-        batch.insert(META_ENTRIES, &entries.to_be_bytes()[..]);
-        let tree = self.tree.clone();
-        tokio::task::spawn_blocking(move || {
-            tree.apply_batch(batch)?;
-            tree.flush()
+        let hash = log_hash_at(&*self.store, position - 1)
+            .await?
+            .ok_or_else(|| internal("flush", format!("no event at {}", position - 1)))?;
+        let dir = self.dir.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            Run::write(dir.as_deref(), from, position, hash, entries)
         })
         .await
         .map_err(|e| internal("flush task", e))?
-        .map_err(|e| internal("write", e))?;
+        .map_err(|e| internal("write a run", e))?;
         let mut s = self.state.lock();
+        assert_eq!(s.covered, from, "only a flush moves the covered position");
         for (k, p) in flushed {
             if s.pending.get(&k).is_some_and(|e| e.position == p) {
                 s.pending.remove(&k);
             }
         }
-        s.covered = s.covered.max(position);
-        s.entries = entries;
+        s.runs.push(Arc::new(run));
+        s.covered = position;
+        s.assert_tiled();
+        Ok(())
+    }
+
+    /// Merges the newest runs while they are due (a run is merged into the one before it when
+    /// that one is at most twice as large, up to [`RUN_ENTRIES_MAX`] entries): the runs stay
+    /// O(log n) + n / [`RUN_ENTRIES_MAX`]. Runs flushed meanwhile are kept; the merged inputs'
+    /// files are removed once the merged run replaced them.
+    pub async fn merge_due(&self) -> Result<(), Status> {
+        let Ok(_merge) = self.merging.try_lock() else { return Ok(()) };
+        // Each merge removes at least one run, so this ends.
+        for _ in 0..self.runs_len() {
+            let inputs = {
+                let s = self.state.lock();
+                let sizes: Vec<_> = s.runs.iter().map(|r| (r.entries, r.from, r.to)).collect();
+                let Some(start) = due_suffix(&sizes) else { return Ok(()) };
+                s.runs[start..].to_vec()
+            };
+            let dir = self.dir.clone();
+            let taken = inputs.clone();
+            let merged = tokio::task::spawn_blocking(move || Run::merge(dir.as_deref(), &taken))
+                .await
+                .map_err(|e| internal("merge task", e))?
+                .map_err(|e| internal("merge runs", e))?;
+            {
+                let mut s = self.state.lock();
+                let at = s.runs.iter().position(|r| Arc::ptr_eq(r, &inputs[0]));
+                let at = at.expect("only a merge removes runs");
+                let replaced: Vec<_> =
+                    s.runs.splice(at..at + inputs.len(), [Arc::new(merged)]).collect();
+                assert!(replaced.iter().zip(&inputs).all(|(a, b)| Arc::ptr_eq(a, b)));
+                s.assert_tiled();
+            }
+            for r in &inputs {
+                r.remove();
+            }
+        }
         Ok(())
     }
 
@@ -347,115 +390,76 @@ impl DedupIndex {
     }
 }
 
-/// See [`DedupIndex::filter_bytes`]: the bytes of a filter of `capacity_total` transactions whose
-/// first stage holds `first_stage`.
-fn filter_bytes_of(capacity_total: usize, first_stage: usize) -> usize {
-    let (mut bytes, mut capacity, mut error) = (0usize, 0usize, FILTER_ERROR_RATIO);
-    let mut stage_capacity = first_stage;
-    while capacity < capacity_total {
-        let slices = (1.0 / error).log2().ceil() as usize;
-        let slice_bits = (stage_capacity as f64 / std::f64::consts::LN_2).ceil() as usize;
-        bytes += (slices * slice_bits).div_ceil(8);
-        capacity += stage_capacity;
-        stage_capacity *= FILTER_GROWTH_FACTOR;
-        error *= FILTER_TIGHTENING_RATIO;
-    }
-    bytes
-}
-
-/// The index's files as opened, with the filter filled from them.
-struct Disk {
-    tree: sled::Db,
-    covered: Position,
-    entries: u64,
-    filter: GrowableBloom,
-    filter_first_stage: usize,
-}
-
-/// Opens the files in `dir` and reads them whole (meta, and every key into the filter); `Err`
-/// says why they are not usable. A temporary index (`dir` `None`) is created empty.
-fn open_disk(dir: Option<&Path>) -> Result<Disk, String> {
-    let Some(path) = dir else { return Err("a temporary index".into()) };
-    if !path.join("conf").exists() {
-        return Err(format!("no index in {}", path.display()));
-    }
-    let opened = event_store::contain_panic(|| -> Result<Disk, String> {
-        let tree = open_tree(dir).map_err(|e| format!("sled: {e}"))?;
-        let meta = |k: &[u8]| tree.get(k).map_err(|e| format!("sled: {e}"));
-        if meta(META_FORMAT)?.as_deref() != Some(FORMAT) {
-            return Err("missing or unknown format".into());
+/// Where the newest runs to merge now start, if any (`runs`: each run's entries, from, to):
+/// the longest suffix in which each run is at most twice as large as all the runs after it
+/// together, within [`RUN_ENTRIES_MAX`] entries and the span a run may cover.
+fn due_suffix(runs: &[(u64, Position, Position)]) -> Option<usize> {
+    let &(last_entries, _, last_to) = runs.last()?;
+    let (mut start, mut entries) = (runs.len() - 1, last_entries);
+    while start > 0 {
+        let (before, from, _) = runs[start - 1];
+        let fits = before + entries <= RUN_ENTRIES_MAX && last_to - from <= run::SPAN_POSITIONS_MAX;
+        if !(fits && before <= 2 * entries.max(1)) {
+            break;
         }
-        let number = |k: &[u8]| -> Result<u64, String> {
-            let v = meta(k)?.ok_or_else(|| format!("no {}", String::from_utf8_lossy(&k[1..])))?;
-            let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| "a meta value of bad size")?;
-            Ok(u64::from_be_bytes(bytes))
-        };
-        let (covered, entries) = (number(META_COVERED)?, number(META_ENTRIES)?);
-        // Sized for what is on disk (one stage, no growth on open), at least the first stage.
-        let filter_first_stage = usize::try_from(entries)
-            .map_err(|_| "too many entries")?
-            .max(FILTER_FIRST_STAGE_ENTRIES);
-        let mut filter = new_filter(filter_first_stage);
-        for kv in tree.iter() {
-            let (k, v) = kv.map_err(|e| format!("sled: {e}"))?;
-            if k.first() == Some(&0) {
+        start -= 1;
+        entries += before;
+    }
+    (start < runs.len() - 1).then_some(start)
+}
+
+/// The runs in `dir` that tile the log from 0 (created if missing). Every other file named as a
+/// run is removed, with a warning when it was damaged or of another log.
+async fn open_runs(dir: &Path, store: &dyn EventStore) -> Result<Vec<Arc<Run>>, Status> {
+    std::fs::create_dir_all(dir).map_err(|e| internal(&format!("create {}", dir.display()), e))?;
+    let listing = std::fs::read_dir(dir).map_err(|e| internal(&format!("{}", dir.display()), e))?;
+    let mut named = Vec::new();
+    for entry in listing {
+        let path = entry.map_err(|e| internal("list", e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if name.ends_with(".tmp") {
+            remove_quietly(&path);
+        } else if let Some((from, to)) = run::parse_name(&name) {
+            named.push((from, to, path));
+        }
+    }
+    // Ascending start; for one start, the widest run (a merge's output) first.
+    named.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let head = store.head();
+    let mut runs = Vec::new();
+    let mut at = 0;
+    for (from, to, path) in named {
+        if from != at || to <= from || to > head {
+            if from == at && to > head {
+                tracing::warn!(path = %path.display(), head, "dedup run past the log's head removed");
+            }
+            remove_quietly(&path);
+            continue;
+        }
+        let opened = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || Run::open(&path)
+        })
+        .await
+        .map_err(|e| internal("open task", e))?;
+        let why = match opened {
+            Ok(run) if log_hash_at(store, to - 1).await? == Some(run.log_hash) => {
+                runs.push(Arc::new(run));
+                at = to;
                 continue;
             }
-            if decode_entry(&v).is_none() {
-                return Err(format!("an entry of {} bytes", v.len()));
-            }
-            filter.insert(&k[..]);
-        }
-        Ok(Disk { tree, covered, entries, filter, filter_first_stage })
-    });
-    opened.unwrap_or_else(Err)
+            Ok(_) => format!("the log's event at {} is not the one indexed", to - 1),
+            Err(why) => why,
+        };
+        tracing::warn!(path = %path.display(), reason = %why, "dedup run removed; the log rebuilds it");
+        remove_quietly(&path);
+    }
+    Ok(runs)
 }
 
-/// Whether the files match the log: the covered position is not past the head and the log's
-/// event at covered − 1 is the one whose hash was recorded.
-async fn check_against_log(disk: &Disk, store: &dyn EventStore) -> Result<(), String> {
-    let head = store.head();
-    if disk.covered > head {
-        return Err(format!("it covers {} events, the log has {head}", disk.covered));
-    }
-    if disk.covered == 0 {
-        return Ok(());
-    }
-    let at = store.read_all(disk.covered - 1, 1).await.map_err(|e| format!("log: {e}"))?;
-    let hash = disk.tree.get(META_HASH).map_err(|e| format!("sled: {e}"))?;
-    if at.first().map(|r| &r.hash[..]) != hash.as_deref() {
-        return Err(format!("the log's event at {} is not the one indexed", disk.covered - 1));
-    }
-    Ok(())
-}
-
-/// A new, empty index in `dir` (whatever was there is removed), covering nothing.
-fn create_disk(dir: Option<&Path>) -> Result<Disk, Status> {
-    if let Some(d) = dir.filter(|d| d.exists()) {
-        std::fs::remove_dir_all(d).map_err(|e| internal(&format!("remove {}", d.display()), e))?;
-    }
-    let tree = open_tree(dir).map_err(|e| internal("create", e))?;
-    let mut batch = sled::Batch::default();
-    batch.insert(META_FORMAT, FORMAT);
-    batch.insert(META_COVERED, &0u64.to_be_bytes()[..]);
-    batch.insert(META_ENTRIES, &0u64.to_be_bytes()[..]);
-    tree.apply_batch(batch).map_err(|e| internal("create", e))?;
-    tree.flush().map_err(|e| internal("create", e))?;
-    let filter_first_stage = FILTER_FIRST_STAGE_ENTRIES;
-    let filter = new_filter(filter_first_stage);
-    Ok(Disk { tree, covered: 0, entries: 0, filter, filter_first_stage })
-}
-
-/// sled's page cache for the index: lookups that pass the filter are retries or false
-/// positives, so a small cache does (sled's default, 1 GiB, would grow with the index).
-pub const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
-
-fn open_tree(dir: Option<&Path>) -> sled::Result<sled::Db> {
-    // Every batch is flushed explicitly (`flush_through`); no periodic flush in between.
-    let config = sled::Config::new().cache_capacity(SLED_CACHE_BYTES).flush_every_ms(None);
-    match dir {
-        Some(d) => config.path(d).open(),
-        None => config.temporary(true).open(),
+fn remove_quietly(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, "not removed");
     }
 }
 

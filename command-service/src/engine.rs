@@ -296,6 +296,10 @@ impl Engine {
                 tracing::warn!(error = %e, "dedup index flush skipped; the next one retries");
             }
             flushing.store(false, Ordering::SeqCst);
+            // Merging may take seconds; flushes go on meanwhile (at most one merge runs).
+            if let Err(e) = index.merge_due().await {
+                tracing::warn!(error = %e, "dedup runs not merged; the next flush retries");
+            }
         });
     }
 
@@ -565,12 +569,8 @@ impl Engine {
         if let Some(prior) = in_batch.get(key) {
             return Ok(Some(*prior));
         }
-        let Some(hit) = self.dedup.lookup(key)? else { return Ok(None) };
-        let entry = match hit.from_disk {
-            true => self.dedup.confirm(key, &hit).await?,
-            false => Some(hit.entry),
-        };
-        Ok(entry.map(|e| PriorUsage { digest: e.digest, position: e.position }))
+        let hit = self.dedup.find(key).await?;
+        Ok(hit.map(|h| PriorUsage { digest: h.entry.digest, position: h.entry.position }))
     }
 
     /// Stops taking commands, waits for the decider, writes a snapshot (with

@@ -58,6 +58,19 @@ async fn store_with(usages: u32) -> Arc<dyn EventStore> {
     store
 }
 
+async fn find(index: &DedupIndex, tx: u32) -> Option<Hit> {
+    index.find(&key_of(tx)).await.unwrap()
+}
+
+fn run_files(path: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 #[tokio::test]
 async fn notes_the_log_flushes_and_reopens_from_its_covered_position() {
     let dir = tempfile::tempdir().unwrap();
@@ -66,17 +79,18 @@ async fn notes_the_log_flushes_and_reopens_from_its_covered_position() {
     let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
     assert_eq!((index.covered_position(), index.next_position()), (0, 11));
     assert_eq!(index.pending_len(), 10);
-    let hit = index.lookup(&key_of(3)).unwrap().unwrap();
+    let hit = find(&index, 3).await.unwrap();
     assert_eq!(
         hit,
         Hit { entry: Entry { digest: hit.entry.digest, position: 4 }, from_disk: false }
     );
-    assert_eq!(index.lookup(&key_of(99)).unwrap(), None);
+    assert_eq!(find(&index, 99).await, None);
     index.flush_through(11).await.unwrap();
     assert_eq!((index.covered_position(), index.pending_len()), (11, 0));
-    let hit = index.lookup(&key_of(3)).unwrap().unwrap();
-    assert!(hit.from_disk);
-    assert_eq!(index.confirm(&key_of(3), &hit).await.unwrap(), Some(hit.entry));
+    assert_eq!(run_files(&path), vec![run::file_name(0, 11)]);
+    let from_run = find(&index, 3).await.unwrap();
+    assert_eq!(from_run, Hit { entry: hit.entry, from_disk: true }, "confirmed by the log");
+    assert_eq!(find(&index, 99).await, None);
     // Flushing at or below the covered position does nothing; past the noted one is refused.
     index.flush_through(5).await.unwrap();
     assert_eq!(index.covered_position(), 11);
@@ -89,8 +103,61 @@ async fn notes_the_log_flushes_and_reopens_from_its_covered_position() {
     let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
     assert_eq!((index.covered_position(), index.next_position()), (11, 17));
     assert_eq!(index.pending_len(), 5, "tx-10..tx-14 noted from the log, the rest on disk");
-    assert!(index.lookup(&key_of(0)).unwrap().unwrap().from_disk);
-    assert!(!index.lookup(&key_of(14)).unwrap().unwrap().from_disk);
+    assert!(find(&index, 0).await.unwrap().from_disk);
+    assert!(!find(&index, 14).await.unwrap().from_disk);
+}
+
+#[tokio::test]
+async fn runs_merge_in_the_background_and_every_transaction_stays_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dedup");
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
+    // 16 flushes of 10 transactions (each append also adds one other event).
+    for i in 0..16u32 {
+        append(&*store, i * 10, i * 10 + 10).await;
+        index.recover().await.unwrap(); // notes the new events from the log
+        index.flush_through(store.head()).await.unwrap();
+        assert!(index.runs_len() <= 2 + i as usize);
+        index.merge_due().await.unwrap();
+    }
+    assert!(index.runs_len() <= 5, "merged: {} runs", index.runs_len());
+    assert_eq!(run_files(&path).len(), index.runs_len(), "merged inputs removed");
+    for tx in 0..160 {
+        assert!(find(&index, tx).await.unwrap().from_disk, "tx-{tx}");
+    }
+    drop(index);
+    let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
+    assert_eq!((index.covered_position(), index.pending_len()), (store.head(), 0));
+    for tx in 0..160 {
+        assert!(find(&index, tx).await.unwrap().from_disk, "tx-{tx} after reopen");
+    }
+}
+
+#[tokio::test]
+async fn a_merge_cut_short_leaves_files_the_open_sorts_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dedup");
+    let store = store_with(0).await;
+    let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
+    for i in 0..2u32 {
+        append(&*store, i * 10, i * 10 + 10).await;
+        index.recover().await.unwrap();
+        index.flush_through(store.head()).await.unwrap();
+    }
+    let runs = index.state.lock().runs.clone();
+    assert_eq!(runs.len(), 2);
+    // The merged run was renamed into place, the inputs not yet removed; a temporary file too.
+    Run::merge(Some(&path), &runs).unwrap();
+    std::fs::write(path.join("run-x.dedup.tmp"), b"half").unwrap();
+    drop((runs, index));
+    let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
+    assert_eq!(index.runs_len(), 1, "the merged run replaces its inputs");
+    assert_eq!(run_files(&path), vec![run::file_name(0, store.head())]);
+    assert_eq!(index.pending_len(), 0);
+    for tx in 0..20 {
+        assert!(find(&index, tx).await.unwrap().from_disk);
+    }
 }
 
 #[tokio::test]
@@ -105,7 +172,7 @@ async fn missing_files_are_rebuilt_from_the_log() {
     let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
     assert_eq!((index.covered_position(), index.next_position()), (0, 21));
     for tx in 0..20 {
-        let hit = index.lookup(&key_of(tx)).unwrap().expect("rebuilt from the log");
+        let hit = find(&index, tx).await.expect("rebuilt from the log");
         assert_eq!(hit.entry.position, u64::from(tx) + 1);
     }
 }
@@ -115,30 +182,24 @@ async fn corrupt_files_are_rebuilt_from_the_log_never_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dedup");
     let store = store_with(20).await;
-    for damage in ["garbage", "truncated", "bad meta"] {
+    for damage in ["garbage", "truncated", "format", "flipped"] {
         let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
         index.flush_through(21).await.unwrap();
         drop(index);
+        let file = path.join(run::file_name(0, 21));
+        let mut bytes = std::fs::read(&file).unwrap();
         match damage {
-            "garbage" => {
-                for entry in std::fs::read_dir(&path).unwrap() {
-                    let p = entry.unwrap().path();
-                    if p.is_file() {
-                        std::fs::write(&p, vec![0xA5u8; 4096]).unwrap();
-                    }
-                }
-            }
-            "truncated" => std::fs::write(path.join("db"), b"").unwrap(),
-            _ => {
-                let tree = open_tree(Some(&path)).unwrap();
-                tree.insert(META_COVERED, &b"xx"[..]).unwrap();
-                tree.flush().unwrap();
-            }
+            "garbage" => bytes = vec![0xA5u8; 4096],
+            "truncated" => bytes.truncate(bytes.len() / 2),
+            "format" => bytes[8] = 77,
+            _ => bytes[run::HEADER_BYTES + 3] ^= 0x10,
         }
+        std::fs::write(&file, &bytes).unwrap();
         let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
-        assert_eq!(index.next_position(), 21, "{damage}");
+        assert_eq!((index.covered_position(), index.next_position()), (0, 21), "{damage}");
+        assert!(run_files(&path).is_empty(), "{damage}: the damaged run is removed");
         for tx in 0..20 {
-            let hit = index.lookup(&key_of(tx)).unwrap();
+            let hit = find(&index, tx).await;
             assert_eq!(hit.map(|h| h.entry.position), Some(u64::from(tx) + 1), "{damage}");
         }
         drop(index);
@@ -156,7 +217,7 @@ async fn an_index_of_another_log_is_rebuilt() {
     let shorter = store_with(5).await;
     let index = DedupIndex::open(Some(&path), shorter).await.unwrap();
     assert_eq!((index.covered_position(), index.next_position()), (0, 6));
-    assert_eq!(index.lookup(&key_of(10)).unwrap(), None, "not in this log");
+    assert_eq!(find(&index, 10).await, None, "not in this log");
     index.flush_through(6).await.unwrap();
     drop(index);
     // A log as long, with other events (another hash at covered − 1).
@@ -166,19 +227,16 @@ async fn an_index_of_another_log_is_rebuilt() {
 }
 
 #[tokio::test]
-async fn a_disk_entry_the_log_does_not_hold_is_not_confirmed() {
+async fn a_run_entry_the_log_does_not_hold_is_not_confirmed() {
     let store = store_with(3).await;
     let index = DedupIndex::open(None, store.clone()).await.unwrap();
     index.flush_through(4).await.unwrap();
-    let hit = index.lookup(&key_of(1)).unwrap().unwrap();
-    assert_eq!(index.confirm(&key_of(1), &hit).await.unwrap(), Some(hit.entry));
-    // The entry of tx-1 claims tx-2's position, or a position past the log.
-    assert_eq!(index.confirm(&key_of(2), &hit).await.unwrap(), None);
-    let beyond = Hit { entry: Entry { digest: 0, position: 99 }, from_disk: true };
-    assert_eq!(index.confirm(&key_of(1), &beyond).await.unwrap(), None);
-    // An event that is not usage.
-    let other = Hit { entry: Entry { digest: 0, position: 0 }, from_disk: true };
-    assert_eq!(index.confirm(&key_of(1), &other).await.unwrap(), None);
+    let hit = find(&index, 1).await.unwrap();
+    assert_eq!(index.confirm_at(&key_of(1), hit.entry.position).await.unwrap(), Some(hit.entry));
+    // tx-1's position claimed for tx-2, a position past the log, an event that is not usage.
+    assert_eq!(index.confirm_at(&key_of(2), hit.entry.position).await.unwrap(), None);
+    assert_eq!(index.confirm_at(&key_of(1), 99).await.unwrap(), None);
+    assert_eq!(index.confirm_at(&key_of(1), 0).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -188,37 +246,37 @@ async fn recover_forgets_pending_entries_the_log_does_not_hold() {
     // Decided but never landed (a failed append).
     let entry = Entry { digest: 1, position: 4 };
     index.note(4, Some((key("s1", "ghost"), entry)));
-    assert!(index.lookup(&key("s1", "ghost")).unwrap().is_some());
+    assert!(index.find(&key("s1", "ghost")).await.unwrap().is_some());
     index.recover().await.unwrap();
-    assert_eq!(index.lookup(&key("s1", "ghost")).unwrap(), None);
+    assert_eq!(index.find(&key("s1", "ghost")).await.unwrap(), None);
     assert_eq!(index.next_position(), 4);
-    assert!(index.lookup(&key_of(2)).unwrap().is_some());
+    assert!(find(&index, 2).await.is_some());
 }
 
-/// Prints the filter's bytes per transaction as it grows (figures for the decision record:
-/// `cargo test -p command-service --lib filter_memory -- --nocapture`).
 #[test]
-fn filter_memory_per_transaction_stays_small() {
-    let mut filter = new_filter(FILTER_FIRST_STAGE_ENTRIES);
-    let mut checkpoints = vec![100_000usize, 500_000, 1_000_000, 2_000_000];
-    let mut inserted = 0usize;
-    while let Some(&next) = checkpoints.first() {
-        while inserted < next {
-            filter.insert(key("sub-1234", &format!("txn-{inserted:012}")).as_slice());
-            inserted += 1;
-        }
-        checkpoints.remove(0);
-        let bytes = filter_bytes_of(filter.capacity(), FILTER_FIRST_STAGE_ENTRIES);
-        let per = bytes as f64 / inserted as f64;
-        let probes = 20_000u32;
-        let false_positives = (0..probes)
-            .filter(|i| filter.contains(key("sub-9999", &format!("new-{i}")).as_slice()))
-            .count();
-        println!(
-            "{inserted} transactions: filter {bytes} bytes = {per:.2} bytes each, false \
-             positives {false_positives}/{probes}"
-        );
-        assert!(per <= 3.0, "{per} bytes per transaction");
-        assert!(false_positives * 20 < probes as usize, "under 5 % false positives");
-    }
+fn merges_are_due_while_the_newest_runs_are_comparable() {
+    let due = |sizes: &[u64]| {
+        let mut at = 0;
+        let runs: Vec<_> = sizes
+            .iter()
+            .map(|&n| {
+                at += n + 1;
+                (n, at - n - 1, at)
+            })
+            .collect();
+        due_suffix(&runs).map_or(0, |start| runs.len() - start)
+    };
+    assert_eq!(due(&[]), 0);
+    assert_eq!(due(&[8]), 0);
+    assert_eq!(due(&[8, 1]), 0, "8 > 2 × 1");
+    assert_eq!(due(&[8, 4]), 2);
+    assert_eq!(due(&[8, 2, 1]), 2, "[2, 1] merge; 8 > 2 × 3");
+    assert_eq!(due(&[4, 2, 1]), 3);
+    assert_eq!(due(&[0, 0]), 2, "runs without usage merge");
+    assert_eq!(due(&[RUN_ENTRIES_MAX, RUN_ENTRIES_MAX]), 0, "full runs are not merged");
+    let wide = [
+        (1, 0, run::SPAN_POSITIONS_MAX),
+        (1, run::SPAN_POSITIONS_MAX, run::SPAN_POSITIONS_MAX + 5),
+    ];
+    assert_eq!(due_suffix(&wide), None, "a merged run would span more than 32 bits");
 }
