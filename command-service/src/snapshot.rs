@@ -30,10 +30,10 @@ use sha2::{Digest, Sha256};
 pub const FILE_NAME: &str = "write-model.snapshot";
 /// Default bound on the events a restart folds after the snapshot (while the server runs): a
 /// snapshot is written in the background once the log grew this much since the last one; 0
-/// writes one only at a graceful stop. 0 while the model holds every transaction id of the
-/// open period: measured with `bench scale` at 20M events, the periodic copy and JSON encoding
-/// of that model took the server's RSS to 10.2 GiB (docs/decisions/0025).
-pub const INTERVAL_EVENTS_DEFAULT: u64 = 0;
+/// writes one only at a graceful stop. It was 0 while the model held every transaction id of the
+/// open period (a periodic copy took RSS to 10.2 GiB at 20M events, docs/decisions/0025); the
+/// dedup index holds them now and the model is per subscription.
+pub const INTERVAL_EVENTS_DEFAULT: u64 = 1_000_000;
 /// How often the background task checks the log's growth.
 pub const CHECK_INTERVAL_MS: u64 = 1_000;
 
