@@ -1,7 +1,7 @@
 //! The dedup index: (subscription, transaction id) → log position of every usage event ever
 //! recorded, so a retried transaction is answered as a duplicate for the subscription's whole
 //! life (after its period closed, after any restart) while the write model keeps no per-event
-//! state (docs/decisions/0028-dedup-runs.md).
+//! state (docs/decisions/0029-dedup-index.md).
 //!
 //! Two layers:
 //! - *runs* ([`run`]): immutable files in `<data-dir>/dedup`, each holding the 64-bit key hash

@@ -415,4 +415,26 @@ mod tests {
     fn a_span_past_32_bits_is_refused() {
         assert!(encode(0, SPAN_POSITIONS_MAX + 1, [0; 32], vec![]).is_err());
     }
+
+    /// Prints the memory a run keeps per transaction and its false positives (figures for the
+    /// decision record: `cargo test -p command-service --lib memory_per_transaction -- --nocapture`).
+    #[test]
+    fn memory_per_transaction_is_about_a_byte_and_false_positives_rare() {
+        let n = 200_000u64;
+        let run = Run::write(None, 0, n, [0; 32], entries(n, 0)).unwrap();
+        let in_memory = run.memory_bytes()
+            - match &run.bytes {
+                Bytes::Memory(b) => b.len(),
+                Bytes::File(_) => 0,
+            };
+        let per = in_memory as f64 / n as f64;
+        let probes = 100_000u64;
+        let filter = run.filter.as_ref().unwrap();
+        let maybes = (n..n + probes)
+            .filter(|i| filter.contains(&xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes())))
+            .count();
+        println!("{n} transactions: {in_memory} bytes in memory = {per:.3} each; filter maybes for new ids {maybes}/{probes}");
+        assert!(per < 1.25, "{per} bytes per transaction");
+        assert!(maybes * 100 < probes as usize, "under 1 % of new ids read a block");
+    }
 }
