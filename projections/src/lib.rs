@@ -55,6 +55,7 @@ pub mod metrics;
 pub mod mrr;
 mod runner;
 mod shared;
+pub mod state_snapshot;
 mod store;
 pub mod testkit;
 pub mod usage_meter;
