@@ -365,7 +365,7 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
             let checkpoint = self.checkpoint;
             return Err(format!("stale: it covers {p} events, the checkpoint is {checkpoint}"));
         }
-        if self.hash_at(p).await? != covers.last_hash {
+        if hash_at(&self.store, p).await? != covers.last_hash {
             let at = p - 1;
             return Err(format!("stale: the log's event {at} has another hash (another log)"));
         }
@@ -373,16 +373,6 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         Ok(p)
     }
 
-    /// The hash of the log's event `position - 1` (`position` > 0).
-    async fn hash_at(&self, position: Position) -> Result<[u8; 32], String> {
-        assert!(position > 0, "a snapshot covers at least one event");
-        let at = position - 1;
-        let events = self.store.read_all(at, 1).await.map_err(|e| format!("reading {at}: {e}"))?;
-        match events.first() {
-            Some(e) if e.position == at => Ok(e.hash),
-            _ => Err(format!("stale: the log has no event {at}")),
-        }
-    }
 
     /// Stores a snapshot of the projection's in-memory state at the checkpoint, if it wants
     /// one at a stop ([`Projection::save_state`] with `stopping`), and flushes the tree. A
@@ -394,7 +384,7 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         let (projection, position) = (self.projection.name(), self.checkpoint);
         let last_hash = match self.last_hash {
             Some(hash) => Ok(hash),
-            None => self.hash_at(position).await,
+            None => hash_at(&self.store, position).await,
         };
         let saved = last_hash.map_err(ProjectionError::InvalidArgument).and_then(|last_hash| {
             let Some(framed) = framed_state(&mut self.projection, position, last_hash, true)
@@ -497,6 +487,18 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
                 return Ok(());
             }
         }
+    }
+}
+
+/// The hash of the log's event `position - 1` (`position` > 0). A free function: the runner
+/// is not `Sync`, so no reference to it is held across an await.
+async fn hash_at<S: EventStore>(store: &S, position: Position) -> Result<[u8; 32], String> {
+    assert!(position > 0, "a snapshot covers at least one event");
+    let at = position - 1;
+    let events = store.read_all(at, 1).await.map_err(|e| format!("reading {at}: {e}"))?;
+    match events.first() {
+        Some(e) if e.position == at => Ok(e.hash),
+        _ => Err(format!("stale: the log has no event {at}")),
     }
 }
 
