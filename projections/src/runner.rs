@@ -331,7 +331,11 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
             }
             Err(e) => {
                 let reason = format!("unreadable: {e}");
-                tracing::warn!(projection, reason, "state snapshot ignored; folding the log from 0");
+                tracing::warn!(
+                    projection,
+                    reason,
+                    "state snapshot ignored; folding the log from 0"
+                );
                 return 0;
             }
         };
@@ -352,7 +356,11 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
             }
             Err(reason) => {
                 self.projection.forget();
-                tracing::warn!(projection, reason, "state snapshot ignored; folding the log from 0");
+                tracing::warn!(
+                    projection,
+                    reason,
+                    "state snapshot ignored; folding the log from 0"
+                );
                 0
             }
         }
@@ -373,7 +381,6 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         Ok(p)
     }
 
-
     /// Stores a snapshot of the projection's in-memory state at the checkpoint, if it wants
     /// one at a stop ([`Projection::save_state`] with `stopping`), and flushes the tree. A
     /// failure is logged, never an error: the snapshot is only an optimisation.
@@ -387,8 +394,7 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
             None => hash_at(&self.store, position).await,
         };
         let saved = last_hash.map_err(ProjectionError::InvalidArgument).and_then(|last_hash| {
-            let Some(framed) = framed_state(&mut self.projection, position, last_hash, true)
-            else {
+            let Some(framed) = framed_state(&mut self.projection, position, last_hash, true) else {
                 return Ok(());
             };
             let mut alone = Writes::new(self.model.tree());

@@ -48,7 +48,10 @@ pub fn encode(covers: Covers, payload: &[u8]) -> Vec<u8> {
 /// Checks a snapshot's framing and checksum; returns what it covers and its payload.
 pub fn decode(bytes: &[u8]) -> Result<(Covers, &[u8]), String> {
     if bytes.len() < HEADER_BYTES {
-        return Err(format!("truncated: {} bytes, the header alone is {HEADER_BYTES}", bytes.len()));
+        return Err(format!(
+            "truncated: {} bytes, the header alone is {HEADER_BYTES}",
+            bytes.len()
+        ));
     }
     let (head, payload) = bytes.split_at(HEADER_BYTES);
     if &head[..8] != MAGIC {

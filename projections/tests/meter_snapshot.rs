@@ -248,7 +248,8 @@ async fn a_stale_snapshot_falls_back_to_the_full_fold() {
 
 #[tokio::test]
 async fn a_snapshot_of_another_format_or_an_undecodable_meter_falls_back() {
-    let version = |p: &mut Vec<u8>| p[..4].copy_from_slice(&(METER_FORMAT_VERSION + 1).to_be_bytes());
+    let version =
+        |p: &mut Vec<u8>| p[..4].copy_from_slice(&(METER_FORMAT_VERSION + 1).to_be_bytes());
     falls_back(|db, bytes, _| put_stored(db, &reframed(&bytes, |_, p| version(p)))).await;
     let not_a_ledger = |p: &mut Vec<u8>| p.truncate(4 + 10);
     falls_back(|db, bytes, _| put_stored(db, &reframed(&bytes, |_, p| not_a_ledger(p)))).await;
