@@ -251,7 +251,14 @@ async fn a_snapshot_of_another_format_or_an_undecodable_meter_falls_back() {
     let version =
         |p: &mut Vec<u8>| p[..4].copy_from_slice(&(METER_FORMAT_VERSION + 1).to_be_bytes());
     falls_back(|db, bytes, _| put_stored(db, &reframed(&bytes, |_, p| version(p)))).await;
-    let not_a_ledger = |p: &mut Vec<u8>| p.truncate(4 + 10);
+    let cut_block = |p: &mut Vec<u8>| p.truncate(4 + 10);
+    falls_back(|db, bytes, _| put_stored(db, &reframed(&bytes, |_, p| cut_block(p)))).await;
+    let huge_length = |p: &mut Vec<u8>| p[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    falls_back(|db, bytes, _| put_stored(db, &reframed(&bytes, |_, p| huge_length(p)))).await;
+    let not_a_ledger = |p: &mut Vec<u8>| {
+        p.truncate(4);
+        p.extend(lz4_flex::block::compress_prepend_size(b"{\"customers\": 7}"));
+    };
     falls_back(|db, bytes, _| put_stored(db, &reframed(&bytes, |_, p| not_a_ledger(p)))).await;
 }
 
