@@ -8,10 +8,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, log_records, register_acme_and_api_calls, start_sub_1, Server};
+use common::{
+    free_port, log_records, register_acme_and_api_calls, replay_verify_at, start_sub_1, Server,
+};
 use proto::v1 as pb;
 use proto::v1::command_service_client::CommandServiceClient;
 use proto::v1::query_service_client::QueryServiceClient;
@@ -58,19 +59,6 @@ async fn books(server: &Server, head: u64) -> Vec<(String, String, String)> {
     assert_eq!(debits, credits, "the books balance");
     assert!(!debits.is_zero(), "usage is accrued");
     tb.rows.iter().map(|r| (r.account.clone(), r.debit.clone(), r.credit.clone())).collect()
-}
-
-/// `accrual replay verify` on the stopped server's data: every model equals its rebuild.
-fn verify(data_dir: &Path, head: u64) {
-    let out = Command::new(env!("CARGO_BIN_EXE_accrual"))
-        .args(["replay", "verify", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .expect("run accrual replay verify");
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
-    let journal = report.lines().find(|l| l.starts_with("journal")).expect("a journal line");
-    assert!(journal.contains(&format!("position={head}")), "journal at the head: {journal}");
 }
 
 /// The journal's record of `message` in `log`, waiting for it (the warm-up runs in the
@@ -120,7 +108,7 @@ async fn a_restart_restores_the_journal_meter_and_folds_only_the_tail() {
         (stored["position"].as_u64(), stored["stopping"].as_bool()),
         (Some(first_head), Some(true))
     );
-    verify(&data, first_head);
+    replay_verify_at(&data, first_head);
 
     // Restart: the meter is restored at the head; nothing is folded.
     let server = Server::start_logged(&data, free_port(), &log("second.log"));
@@ -148,7 +136,7 @@ async fn a_restart_restores_the_journal_meter_and_folds_only_the_tail() {
     );
     assert_eq!(books(&server, second_head).await, before_crash);
     assert!(server.terminate().success());
-    verify(&data, second_head);
+    replay_verify_at(&data, second_head);
 
     // The stop after the crash stored the meter at the new head: the next start folds nothing.
     let server = Server::start_logged(&data, free_port(), &log("fourth.log"));

@@ -156,6 +156,22 @@ pub fn log_records(log: &std::path::Path, message: &str) -> Vec<serde_json::Valu
         .collect()
 }
 
+/// `accrual replay verify` on a stopped server's data dir: every read model (invoices, MRR,
+/// journal) equals its rebuild from the log, at position `head`.
+pub fn replay_verify_at(data_dir: &std::path::Path, head: u64) {
+    let out = Command::new(env!("CARGO_BIN_EXE_accrual"))
+        .args(["replay", "verify", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run accrual replay verify");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["invoices", "mrr", "journal"] {
+        let line = report.lines().find(|l| l.starts_with(name)).expect("a line per model");
+        assert!(line.contains(&format!("position={head}")), "{name} at the head: {line}");
+    }
+}
+
 /// Bound of a graceful shutdown in tests (calls in flight finish, the store flushes).
 pub const TERMINATE_WAIT_MS_MAX: u64 = 60_000;
 
