@@ -81,7 +81,9 @@
 //! * Usage accruals enter the revenue waterfall when the period is invoiced (before that they
 //!   belong to no invoice line); balances and the journal show them from the day of use.
 //! * The usage meter holds the ledger in memory (without its dedup index) and is rebuilt by
-//!   folding the log up to the checkpoint when the runner opens.
+//!   folding the log up to the checkpoint when the runner opens, from its snapshot (stored every
+//!   [`METER_SNAPSHOT_INTERVAL_EVENTS_DEFAULT`] events and at a stop) and the log's tail after
+//!   it when that snapshot is valid.
 //! * Voiding the invoice of a credited line does not undo the credits against it (void those
 //!   invoices too); voiding a credit gives its days back to the credited line.
 //! * Balances as of a date sum the daily nets of each account from the first day: O(days ×

@@ -279,7 +279,8 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
 
     /// Folds `[0, checkpoint)` into the projection's in-memory state, in bounded reads (for a
     /// projection that [`Projection::remembers`]; otherwise, or when already warm, nothing).
-    /// A valid state snapshot at `P` ([`Runner::restore`]) leaves only `[P, checkpoint)`.
+    /// A valid state snapshot at `P` (see [`Projection::restore_state`]) leaves only
+    /// `[P, checkpoint)`.
     pub async fn warm_up(&mut self) -> Result<()> {
         if self.warm {
             return Ok(());
