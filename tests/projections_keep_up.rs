@@ -7,11 +7,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, register_acme_and_api_calls, start_sub_1_backdated, Server};
+use common::{
+    free_port, register_acme_and_api_calls, replay_verify_at, start_sub_1_backdated, Server,
+};
 use proto::v1 as pb;
 use proto::v1::command_service_client::CommandServiceClient;
 use proto::v1::query_service_client::QueryServiceClient;
@@ -91,21 +91,6 @@ async fn positions(q: &mut QueryServiceClient<Channel>, head: u64) -> [u64; 3] {
     [invoices.into_inner().position, mrr.into_inner().position, tb.position]
 }
 
-/// `accrual replay verify` on the stopped server's data: every model equals its rebuild.
-fn verify(data_dir: &Path, head: u64) {
-    let out = Command::new(env!("CARGO_BIN_EXE_accrual"))
-        .args(["replay", "verify", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .expect("run accrual replay verify");
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
-    for name in ["invoices", "mrr", "journal"] {
-        let line = report.lines().find(|l| l.starts_with(name)).expect("a line per model");
-        assert!(line.contains(&format!("position={head}")), "{name} at the head: {line}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_read_model_reaches_the_head_and_equals_its_rebuild_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -141,7 +126,7 @@ async fn every_read_model_reaches_the_head_and_equals_its_rebuild_across_a_resta
     let reached = positions(&mut q, head).await;
     assert!(reached.iter().all(|p| *p >= head), "{reached:?} vs head {head}");
     assert!(server.terminate().success());
-    verify(&data, head);
+    replay_verify_at(&data, head);
 
     // Restart: the journal folds its meter again, then all follow new appends.
     let server = Server::start(&data, free_port());
@@ -152,5 +137,5 @@ async fn every_read_model_reaches_the_head_and_equals_its_rebuild_across_a_resta
     let reached = reached.expect("the read models catch up after a restart");
     assert!(reached.iter().all(|p| *p >= head), "{reached:?} vs head {head}");
     assert!(server.terminate().success());
-    verify(&data, head);
+    replay_verify_at(&data, head);
 }

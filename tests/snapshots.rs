@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::{
-    acme_request, free_port, growth_plan, register_acme_and_api_calls, start_sub_1, Server,
+    acme_request, free_port, growth_plan, log_records, register_acme_and_api_calls, start_sub_1,
+    Server,
 };
 use proto::v1 as pb;
 use proto::v1::command_service_client::CommandServiceClient;
@@ -43,18 +44,8 @@ fn start_logged_with(data_dir: &Path, log: &Path, extra: &[&str]) -> Server {
     Server::adopt(child, port)
 }
 
-/// The `fields` of the log's records whose message is `message`.
-fn records(log: &Path, message: &str) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(log).unwrap();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|r| r["fields"].clone())
-        .filter(|f| f["message"] == message)
-        .collect()
-}
-
 fn one(log: &Path, message: &str) -> serde_json::Value {
-    let found = records(log, message);
+    let found = log_records(log, message);
     assert_eq!(found.len(), 1, "one {message:?} in\n{}", std::fs::read_to_string(log).unwrap());
     found[0].clone()
 }
@@ -133,7 +124,7 @@ async fn a_restart_loads_the_snapshot_and_folds_only_the_tail() {
         (loaded["snapshot_position"].clone(), loaded["tail_events"].clone()),
         (head.into(), 0.into())
     );
-    assert!(records(&log, "write model rebuilt from the log").is_empty());
+    assert!(log_records(&log, "write model rebuilt from the log").is_empty());
 
     // A crash after more usage: the next start loads the last snapshot and folds the rest.
     let log = dir.path().join("third.log");

@@ -81,7 +81,9 @@
 //! * Usage accruals enter the revenue waterfall when the period is invoiced (before that they
 //!   belong to no invoice line); balances and the journal show them from the day of use.
 //! * The usage meter holds the ledger in memory (without its dedup index) and is rebuilt by
-//!   folding the log up to the checkpoint when the runner opens.
+//!   folding the log up to the checkpoint when the runner opens, from its snapshot (stored every
+//!   [`METER_SNAPSHOT_INTERVAL_EVENTS_DEFAULT`] events and at a stop) and the log's tail after
+//!   it when that snapshot is valid.
 //! * Voiding the invoice of a credited line does not undo the credits against it (void those
 //!   invoices too); voiding a credit gives its days back to the credited line.
 //! * Balances as of a date sum the daily nets of each account from the first day: O(days ×
@@ -500,11 +502,41 @@ fn check_recognizable(
     }
 }
 
+/// Default of [`JournalProjection::with_meter_snapshot_interval_events`]: a restart after a
+/// crash folds at most about this many events into the usage meter (docs/decisions/0028).
+pub const METER_SNAPSHOT_INTERVAL_EVENTS_DEFAULT: u64 = 1_000_000;
+
 /// The `journal` projection. It keeps a [`UsageMeter`] (the read side's copy of the ledger)
-/// to recognize usage as it is consumed and to keep the current-usage drafts.
-#[derive(Debug, Default)]
+/// to recognize usage as it is consumed and to keep the current-usage drafts, and snapshots
+/// it with its checkpoint so a restart folds only the log's tail.
+#[derive(Debug)]
 pub struct JournalProjection {
     meter: UsageMeter,
+    /// A meter snapshot is stored with the first checkpoint at least this many events after
+    /// the last one (0: only when the runner stops).
+    meter_snapshot_interval_events: u64,
+    /// Position of the last meter snapshot stored or restored (0: none).
+    meter_snapshot_position: Position,
+}
+
+impl Default for JournalProjection {
+    fn default() -> Self {
+        JournalProjection::with_meter_snapshot_interval_events(
+            METER_SNAPSHOT_INTERVAL_EVENTS_DEFAULT,
+        )
+    }
+}
+
+impl JournalProjection {
+    /// A journal storing a usage-meter snapshot every `interval_events` events (0: only at a
+    /// stop).
+    pub fn with_meter_snapshot_interval_events(interval_events: u64) -> Self {
+        JournalProjection {
+            meter: UsageMeter::default(),
+            meter_snapshot_interval_events: interval_events,
+            meter_snapshot_position: 0,
+        }
+    }
 }
 
 impl Projection for JournalProjection {
@@ -571,6 +603,25 @@ impl Projection for JournalProjection {
 
     fn forget(&mut self) {
         self.meter.forget();
+        self.meter_snapshot_position = 0;
+    }
+
+    fn save_state(&mut self, position: Position, stopping: bool) -> Option<Vec<u8>> {
+        let since = position.checked_sub(self.meter_snapshot_position)?;
+        let interval = self.meter_snapshot_interval_events;
+        let due = if stopping { since > 0 } else { interval > 0 && since >= interval };
+        if !due {
+            return None;
+        }
+        let encoded = self.meter.encode()?;
+        self.meter_snapshot_position = position;
+        Some(encoded)
+    }
+
+    fn restore_state(&mut self, position: Position, payload: &[u8]) -> Result<(), String> {
+        self.meter = UsageMeter::decode(payload)?;
+        self.meter_snapshot_position = position;
+        Ok(())
     }
 }
 

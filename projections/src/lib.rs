@@ -14,7 +14,9 @@
 //!
 //! * **Meta keys** start with byte `0x00` and are not part of the model:
 //!   `\0checkpoint` = the next log position to apply (u64 big-endian; absent = 0, nothing
-//!   applied), `\0version` = the projection's [`Projection::version`] (u32 big-endian).
+//!   applied), `\0version` = the projection's [`Projection::version`] (u32 big-endian),
+//!   `\0state` = a snapshot of the projection's in-memory state at the checkpoint committed
+//!   with it ([`state_snapshot`]; the journal's usage meter), restored before the warm-up.
 //! * **Model keys** (any other first byte) belong to the projection. The invoices projection:
 //!   `inv/<invoice_id>` → the [`invoices::InvoiceRecord`] as JSON (`"v": 1`), and four index keys
 //!   per invoice whose value is the invoice id, `<pos>` being the `InvoiceIssued` position as 16
@@ -39,7 +41,8 @@
 //! A read model is a pure function of the log prefix `[0, checkpoint)`. Projections keep no state
 //! outside their keys except what is itself a pure function of that prefix and is rebuilt from
 //! the log when the runner opens (the journal's [`usage_meter::UsageMeter`], see
-//! [`Projection::remembers`]), and batch boundaries never change the result, so a read model can be
+//! [`Projection::remembers`]; from its `\0state` snapshot and the log's tail after it when that
+//! snapshot is valid), and batch boundaries never change the result, so a read model can be
 //! dropped and rebuilt from the log with the same digest at the same position (SPEC §1, §6). A
 //! projection whose [`Projection::version`] changes is cleared and rebuilt from position 0 when
 //! its runner opens.
@@ -55,6 +58,7 @@ pub mod metrics;
 pub mod mrr;
 mod runner;
 mod shared;
+pub mod state_snapshot;
 mod store;
 pub mod testkit;
 pub mod usage_meter;

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::metrics::RunnerMetrics;
+use crate::state_snapshot;
 use crate::store::{prepare, ReadModel, Writes};
 use crate::{ProjectionError, Result};
 
@@ -58,6 +59,19 @@ pub trait Projection: Send + 'static {
     fn remember(&mut self, _event: &RecordedEvent, _decoded: &Event) {}
     /// Drops the in-memory state.
     fn forget(&mut self) {}
+    /// The in-memory state encoded, if the projection wants a snapshot of it stored now: at the
+    /// end of a batch after which `[0, position)` is applied, or (`stopping`) when the runner
+    /// stops. The runner commits it with that checkpoint, in the same sled batch
+    /// ([`crate::state_snapshot`]). Default: never.
+    fn save_state(&mut self, _position: Position, _stopping: bool) -> Option<Vec<u8>> {
+        None
+    }
+    /// Replaces the in-memory state by the one [`Projection::save_state`] returned at
+    /// `position`. On `Err(reason)` the runner logs it, calls [`Projection::forget`] and folds
+    /// the log from 0: a snapshot is an optimisation, never a source of truth.
+    fn restore_state(&mut self, _position: Position, _payload: &[u8]) -> Result<(), String> {
+        Err("this projection does not restore snapshots".into())
+    }
 }
 
 /// Events of one batch read by someone else: `decoded[i]`, when given and `Some`, is
@@ -107,6 +121,11 @@ pub struct Runner<S, P> {
     config: RunnerConfig,
     /// Whether the projection's in-memory state matches the checkpoint.
     warm: bool,
+    /// The hash of event `checkpoint - 1`, once this runner applied a batch.
+    last_hash: Option<[u8; 32]>,
+    /// Where the last warm-up started folding: 0, or the position of the state snapshot it
+    /// restored.
+    warmed_from: Option<Position>,
 }
 
 impl<S: EventStore, P: Projection> Runner<S, P> {
@@ -121,7 +140,17 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         let model = ReadModel::new(name, tree);
         let applied = watch::channel(checkpoint).0;
         let warm = !projection.remembers();
-        Ok(Runner { store, projection, model, checkpoint, applied, config, warm })
+        Ok(Runner {
+            store,
+            projection,
+            model,
+            checkpoint,
+            applied,
+            config,
+            warm,
+            last_hash: None,
+            warmed_from: None,
+        })
     }
 
     /// The runner's settings.
@@ -132,6 +161,12 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
     /// The projection's name.
     pub fn projection_name(&self) -> &'static str {
         self.projection.name()
+    }
+
+    /// Where the last warm-up of the in-memory state started folding the log: 0 (the whole
+    /// prefix), or the position of the state snapshot it restored; `None` before any warm-up.
+    pub fn warmed_from(&self) -> Option<Position> {
+        self.warmed_from
     }
 
     /// Next position to apply (= number of events applied).
@@ -244,13 +279,16 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
 
     /// Folds `[0, checkpoint)` into the projection's in-memory state, in bounded reads (for a
     /// projection that [`Projection::remembers`]; otherwise, or when already warm, nothing).
+    /// A valid state snapshot at `P` (see [`Projection::restore_state`]) leaves only
+    /// `[P, checkpoint)`.
     pub async fn warm_up(&mut self) -> Result<()> {
         if self.warm {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let mut next: Position = 0;
-        let rounds = self.checkpoint.div_ceil(self.config.batch_events_max as u64);
+        let from = self.restore().await;
+        let mut next: Position = from;
+        let rounds = (self.checkpoint - from).div_ceil(self.config.batch_events_max as u64);
         for _ in 0..rounds {
             let left = usize::try_from(self.checkpoint - next).unwrap_or(usize::MAX);
             let events = self.store.read_all(next, self.config.batch_events_max.min(left)).await?;
@@ -269,9 +307,105 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         }
         assert_eq!(next, self.checkpoint, "warm-up folds exactly the applied prefix");
         let (projection, ms) = (self.projection.name(), started.elapsed().as_millis());
-        tracing::info!(projection, events = next, ms, "in-memory state folded from the log");
+        let events = next - from;
+        tracing::info!(projection, from, events, ms, "in-memory state folded from the log");
         self.warm = true;
+        self.warmed_from = Some(from);
         Ok(())
+    }
+
+    /// Restores the projection's in-memory state from its stored snapshot, if there is one
+    /// and it is valid: framing and checksum intact, covering `P` ≤ the checkpoint, the log's
+    /// event `P - 1` carrying the recorded hash, and the projection accepting the payload.
+    /// Returns `P` (the warm-up folds `[P, checkpoint)`), or 0 after logging why the snapshot
+    /// was not used (the state is then folded from the whole log). Never fails.
+    async fn restore(&mut self) -> Position {
+        if self.checkpoint == 0 {
+            return 0;
+        }
+        let projection = self.projection.name();
+        let stored = match self.model.state() {
+            Ok(Some(stored)) => stored,
+            Ok(None) => {
+                tracing::info!(projection, "no state snapshot; folding the log from 0");
+                return 0;
+            }
+            Err(e) => {
+                let reason = format!("unreadable: {e}");
+                tracing::warn!(
+                    projection,
+                    reason,
+                    "state snapshot ignored; folding the log from 0"
+                );
+                return 0;
+            }
+        };
+        let started = std::time::Instant::now();
+        match self.restore_from(&stored).await {
+            Ok(position) => {
+                let ms = started.elapsed().as_millis();
+                let (bytes, tail_events) = (stored.len(), self.checkpoint - position);
+                tracing::info!(
+                    projection,
+                    snapshot_position = position,
+                    bytes,
+                    tail_events,
+                    ms,
+                    "in-memory state restored from a snapshot; folding the log's tail"
+                );
+                position
+            }
+            Err(reason) => {
+                self.projection.forget();
+                tracing::warn!(
+                    projection,
+                    reason,
+                    "state snapshot ignored; folding the log from 0"
+                );
+                0
+            }
+        }
+    }
+
+    async fn restore_from(&mut self, stored: &[u8]) -> Result<Position, String> {
+        let (covers, payload) = state_snapshot::decode(stored)?;
+        let p = covers.position;
+        if p > self.checkpoint {
+            let checkpoint = self.checkpoint;
+            return Err(format!("stale: it covers {p} events, the checkpoint is {checkpoint}"));
+        }
+        if hash_at(&self.store, p).await? != covers.last_hash {
+            let at = p - 1;
+            return Err(format!("stale: the log's event {at} has another hash (another log)"));
+        }
+        self.projection.restore_state(p, payload)?;
+        Ok(p)
+    }
+
+    /// Stores a snapshot of the projection's in-memory state at the checkpoint, if it wants
+    /// one at a stop ([`Projection::save_state`] with `stopping`), and flushes the tree. A
+    /// failure is logged, never an error: the snapshot is only an optimisation.
+    pub async fn save_state_at_stop(&mut self) {
+        if !self.warm || self.checkpoint == 0 {
+            return;
+        }
+        let (projection, position) = (self.projection.name(), self.checkpoint);
+        let last_hash = match self.last_hash {
+            Some(hash) => Ok(hash),
+            None => hash_at(&self.store, position).await,
+        };
+        let saved = last_hash.map_err(ProjectionError::InvalidArgument).and_then(|last_hash| {
+            let Some(framed) = framed_state(&mut self.projection, position, last_hash, true) else {
+                return Ok(());
+            };
+            let mut alone = Writes::new(self.model.tree());
+            alone.put_state(framed);
+            self.model.commit(alone, position)?;
+            Ok(self.model.tree().flush().map(|_| ())?)
+        });
+        if let Err(e) = saved {
+            tracing::warn!(projection, error = %e, "no state snapshot written at the stop");
+        }
     }
 
     /// The decoded event, if the projection wants its type.
@@ -286,6 +420,7 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
     fn apply_batch(&mut self, segments: &[Segment<'_>]) -> Result<Position> {
         let mut writes = Writes::new(self.model.tree());
         let mut next = self.checkpoint;
+        let mut last_hash = self.last_hash;
         for segment in segments {
             if let Some(decoded) = segment.decoded {
                 assert_eq!(segment.events.len(), decoded.len(), "one decoded slot per event");
@@ -295,6 +430,7 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
                     return Err(ProjectionError::Gap { expected: next, actual: event.position });
                 }
                 next += 1;
+                last_hash = Some(event.hash);
                 if !self.projection.wants(&event.event_type) {
                     continue;
                 }
@@ -310,7 +446,13 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
             }
         }
         self.projection.finish_batch(&mut writes)?;
+        if let Some(hash) = last_hash.filter(|_| next > self.checkpoint) {
+            if let Some(framed) = framed_state(&mut self.projection, next, hash, false) {
+                writes.put_state(framed);
+            }
+        }
         self.model.commit(writes, next)?;
+        self.last_hash = last_hash;
         Ok(next)
     }
 
@@ -337,6 +479,7 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         let metrics = RunnerMetrics::new(self.projection.name());
         loop {
             if *shutdown.borrow() {
+                self.save_state_at_stop().await;
                 return Ok(());
             }
             let target = *head.borrow_and_update();
@@ -347,10 +490,39 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
                 continue;
             }
             if !wait_for_more(&mut head, &mut shutdown, poll).await {
+                self.save_state_at_stop().await;
                 return Ok(());
             }
         }
     }
+}
+
+/// The hash of the log's event `position - 1` (`position` > 0). A free function: the runner
+/// is not `Sync`, so no reference to it is held across an await.
+async fn hash_at<S: EventStore>(store: &S, position: Position) -> Result<[u8; 32], String> {
+    assert!(position > 0, "a snapshot covers at least one event");
+    let at = position - 1;
+    let events = store.read_all(at, 1).await.map_err(|e| format!("reading {at}: {e}"))?;
+    match events.first() {
+        Some(e) if e.position == at => Ok(e.hash),
+        _ => Err(format!("stale: the log has no event {at}")),
+    }
+}
+
+/// The projection's state snapshot at `position` ([`Projection::save_state`]), framed
+/// ([`state_snapshot`]), if it wants one stored now. Logs its size and encoding time.
+fn framed_state<P: Projection>(
+    projection: &mut P,
+    position: Position,
+    last_hash: [u8; 32],
+    stopping: bool,
+) -> Option<Vec<u8>> {
+    let started = std::time::Instant::now();
+    let payload = projection.save_state(position, stopping)?;
+    let framed = state_snapshot::encode(state_snapshot::Covers { position, last_hash }, &payload);
+    let (name, bytes, ms) = (projection.name(), framed.len(), started.elapsed().as_millis());
+    tracing::info!(projection = name, position, bytes, ms, stopping, "state snapshot encoded");
+    Some(framed)
 }
 
 /// Decodes a recorded event's payload (older schema versions are upcast).

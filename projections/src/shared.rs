@@ -264,6 +264,7 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
         // Ends on shutdown, on an error, or when the reader is gone (then as `run`).
         loop {
             if *shutdown.borrow() {
+                stop_off_the_workers(runner).await;
                 return Ok(());
             }
             let started = Instant::now();
@@ -282,6 +283,7 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
                 _ = tokio::time::sleep(poll) => true,
             };
             if !more && *shutdown.borrow() {
+                stop_off_the_workers(runner).await;
                 return Ok(());
             }
             if !more {
@@ -338,4 +340,11 @@ async fn off_the_workers<S: EventStore, P: Projection>(
         (runner, applied)
     });
     work.await.expect("projection batches do not panic")
+}
+
+/// [`Runner::save_state_at_stop`] on the blocking pool (encoding a state snapshot is CPU work).
+async fn stop_off_the_workers<S: EventStore, P: Projection>(mut runner: Runner<S, P>) {
+    let handle = tokio::runtime::Handle::current();
+    let work = tokio::task::spawn_blocking(move || handle.block_on(runner.save_state_at_stop()));
+    work.await.expect("saving a state snapshot does not panic")
 }

@@ -19,6 +19,9 @@ pub const META_PREFIX: u8 = 0x00;
 pub const SEGMENT_SIZE_BYTES: usize = 8 << 20;
 pub(crate) const CHECKPOINT_KEY: &[u8] = b"\x00checkpoint";
 pub(crate) const VERSION_KEY: &[u8] = b"\x00version";
+/// A snapshot of the projection's in-memory state ([`crate::state_snapshot`]), committed with
+/// the checkpoint it covers.
+pub(crate) const STATE_KEY: &[u8] = b"\x00state";
 /// Smallest model key: everything at or after it is part of the digest.
 const MODEL_START: &[u8] = &[META_PREFIX + 1];
 
@@ -100,11 +103,13 @@ pub struct Writes<'a> {
     pending: BTreeMap<Vec<u8>, Option<IVec>>,
     /// Decoded records a projection keeps for the rest of the batch (see [`Writes::memo`]).
     memo: Option<Box<dyn std::any::Any + Send>>,
+    /// A state snapshot to commit under [`STATE_KEY`] with this batch's checkpoint.
+    state: Option<Vec<u8>>,
 }
 
 impl<'a> Writes<'a> {
     pub(crate) fn new(tree: &'a Tree) -> Self {
-        Writes { tree, pending: BTreeMap::new(), memo: None }
+        Writes { tree, pending: BTreeMap::new(), memo: None, state: None }
     }
 
     /// Decoded records of type `T` by key, kept for this batch only, so a record that many
@@ -139,6 +144,12 @@ impl<'a> Writes<'a> {
         self.pending.insert(key, None);
     }
 
+    /// Commits `snapshot` (a framed [`crate::state_snapshot`] covering this batch's checkpoint)
+    /// under [`STATE_KEY`] in the same sled batch as the checkpoint.
+    pub(crate) fn put_state(&mut self, snapshot: Vec<u8>) {
+        self.state = Some(snapshot);
+    }
+
     /// Number of keys this batch writes or removes.
     pub fn len(&self) -> usize {
         self.pending.len()
@@ -155,6 +166,9 @@ impl<'a> Writes<'a> {
                 Some(value) => batch.insert(key, value),
                 None => batch.remove(key),
             }
+        }
+        if let Some(state) = self.state {
+            batch.insert(STATE_KEY, state);
         }
         batch.insert(CHECKPOINT_KEY, &checkpoint.to_be_bytes());
         batch
@@ -234,6 +248,11 @@ impl ReadModel {
     /// The canonical digest with its position. Scans the whole model while holding off commits.
     pub fn digest(&self) -> Result<Digest> {
         self.read(|s| s.digest())
+    }
+
+    /// The stored state snapshot (see [`STATE_KEY`]), if any.
+    pub(crate) fn state(&self) -> Result<Option<IVec>> {
+        Ok(self.tree.get(STATE_KEY)?)
     }
 
     /// Writes a batch and its checkpoint atomically.

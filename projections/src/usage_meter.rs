@@ -21,6 +21,16 @@
 //! runner opens or after a failed batch. The meter folds an event only when it refers to
 //! aggregates it knows (in a log written by the command service that is every event; hand-built
 //! test logs may skip the subscription). Memory: the ledger without its dedup index.
+//!
+//! # Snapshot
+//!
+//! At a batch end the runs are closed, so the meter is its ledger alone: [`UsageMeter::encode`]
+//! writes it as [`METER_FORMAT_VERSION`] (u32 BE) followed by the ledger in JSON through the
+//! domain's serde (never its field layout), compressed as one LZ4 block with its length
+//! prepended (u32 LE; 9–20× smaller, chosen by figures), and [`UsageMeter::decode`] reads it
+//! back. The
+//! journal stores it with its checkpoint so a restart folds only the log's tail
+//! (docs/decisions/0028-journal-meter-snapshot.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +40,12 @@ use domain::invoice::Invoice;
 use domain::ledger::{Ledger, RatedUsage};
 use event_store::Position;
 use jiff::civil::Date;
+
+/// Layout of [`UsageMeter::encode`]'s output. Bump it when the encoding or the ledger's serde
+/// shape changes: a snapshot of another version is ignored and the meter folded from the log.
+pub const METER_FORMAT_VERSION: u32 = 1;
+/// LZ4 expands at most this much: a longer length prefix is refused before allocating.
+const LZ4_RATIO_MAX: usize = 255;
 
 /// A run of events of one subscription and period on one local day.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +83,44 @@ impl UsageMeter {
         if self.knows(event) {
             self.ledger.evolve(event, position);
         }
+    }
+
+    /// The meter's state at a batch end (no open run), encoded (see the module documentation);
+    /// `None` in the middle of a batch, which is never snapshotted.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        if !self.runs.is_empty() || !self.touched.is_empty() || self.seen.is_some() {
+            return None;
+        }
+        let json = serde_json::to_vec(&self.ledger).expect("the ledger serializes");
+        let mut out = METER_FORMAT_VERSION.to_be_bytes().to_vec();
+        out.extend_from_slice(&lz4_flex::block::compress_prepend_size(&json));
+        Some(out)
+    }
+
+    /// A meter from [`UsageMeter::encode`]'s output, or why it cannot be read.
+    pub fn decode(bytes: &[u8]) -> Result<UsageMeter, String> {
+        let Some((version, compressed)) = bytes.split_first_chunk::<4>() else {
+            return Err(format!("truncated: {} bytes, no format version", bytes.len()));
+        };
+        let version = u32::from_be_bytes(*version);
+        if version != METER_FORMAT_VERSION {
+            return Err(format!(
+                "unknown meter format version {version} (this build reads {METER_FORMAT_VERSION})"
+            ));
+        }
+        let Some((length, _)) = compressed.split_first_chunk::<4>() else {
+            return Err(format!("truncated: {} bytes, no length", bytes.len()));
+        };
+        let length = u32::from_le_bytes(*length) as usize;
+        if length > compressed.len().saturating_mul(LZ4_RATIO_MAX) {
+            return Err(format!("corrupt: {length} bytes cannot come from {}", compressed.len()));
+        }
+        let json = lz4_flex::block::decompress_size_prepended(compressed)
+            .map_err(|e| format!("corrupt: the LZ4 block does not decompress: {e}"))?;
+        let mut ledger: Ledger = serde_json::from_slice(&json)
+            .map_err(|e| format!("the ledger does not decode: {e}"))?;
+        ledger.without_dedup_index = true;
+        Ok(UsageMeter { ledger, ..UsageMeter::default() })
     }
 
     /// Forgets everything (after a failed batch; the runner then replays the log prefix).

@@ -45,6 +45,22 @@ impl Server {
         Server { child, port }
     }
 
+    /// Starts `accrual serve` with its log as JSON lines at info level in `log` (read them
+    /// with [`log_records`]).
+    pub fn start_logged(data_dir: &std::path::Path, port: u16, log: &std::path::Path) -> Server {
+        let child = Command::new(env!("CARGO_BIN_EXE_accrual"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--scheduler-interval-secs", "0", "--data-dir"])
+            .arg(data_dir)
+            .env("ACCRUAL_LOG_LEVEL", "info")
+            .env("ACCRUAL_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("create the server's log"))
+            .spawn()
+            .expect("start accrual serve");
+        Server { child, port }
+    }
+
     /// An `accrual serve` the caller spawned itself (e.g. configured through the environment).
     pub fn adopt(child: Child, port: u16) -> Server {
         Server { child, port }
@@ -126,6 +142,33 @@ async fn wait_serving(endpoint: tonic::transport::Endpoint, service: &str, what:
         }
         assert!(Instant::now() < deadline, "{what} did not come up");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `fields` of the JSON log records (see [`Server::start_logged`]) whose message is
+/// `message`, in order.
+pub fn log_records(log: &std::path::Path, message: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|r| r["fields"].clone())
+        .filter(|f| f["message"] == message)
+        .collect()
+}
+
+/// `accrual replay verify` on a stopped server's data dir: every read model (invoices, MRR,
+/// journal) equals its rebuild from the log, at position `head`.
+pub fn replay_verify_at(data_dir: &std::path::Path, head: u64) {
+    let out = Command::new(env!("CARGO_BIN_EXE_accrual"))
+        .args(["replay", "verify", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run accrual replay verify");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["invoices", "mrr", "journal"] {
+        let line = report.lines().find(|l| l.starts_with(name)).expect("a line per model");
+        assert!(line.contains(&format!("position={head}")), "{name} at the head: {line}");
     }
 }
 
