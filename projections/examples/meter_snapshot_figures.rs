@@ -29,7 +29,7 @@ fn events(subscriptions: u64, usage_events: u64) -> Vec<Event> {
     let now: jiff::Timestamp = "2026-12-03T12:00:00Z".parse().unwrap();
     let ctx = Context { now, policy: Policy::default() };
     let usd = Currency::parse("USD").unwrap();
-    let mut ledger = Ledger { without_dedup_index: true, ..Ledger::default() };
+    let mut ledger = Ledger::default();
     let mut out = Vec::new();
     let run = |ledger: &mut Ledger, cmd: Command, out: &mut Vec<Event>| {
         out.extend(ledger.execute(&cmd, &ctx, out.len() as u64).expect("a valid command"));

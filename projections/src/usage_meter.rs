@@ -117,9 +117,8 @@ impl UsageMeter {
         }
         let json = lz4_flex::block::decompress_size_prepended(compressed)
             .map_err(|e| format!("corrupt: the LZ4 block does not decompress: {e}"))?;
-        let mut ledger: Ledger = serde_json::from_slice(&json)
+        let ledger: Ledger = serde_json::from_slice(&json)
             .map_err(|e| format!("the ledger does not decode: {e}"))?;
-        ledger.without_dedup_index = true;
         Ok(UsageMeter { ledger, ..UsageMeter::default() })
     }
 
