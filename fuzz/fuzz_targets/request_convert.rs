@@ -162,8 +162,8 @@ fuzz_target!(|data: &[u8]| {
     let ctx = ctx();
     if let Command::RecordUsage(u) = &cmd {
         // The ingest hot path decides and applies in one step; it must agree with decide.
-        let decided = ledger.decide_usage(u, &ctx).map(|_| ());
-        let recorded = ledger.record_usage(u.clone(), &ctx, 1_000).map(|_| ());
+        let decided = ledger.decide_usage(u, &ctx, None).map(|_| ());
+        let recorded = ledger.record_usage(u.clone(), &ctx, 1_000, None).map(|_| ());
         assert_eq!(decided.is_ok(), recorded.is_ok(), "decide_usage and record_usage agree");
     }
     if let Err(err) = ledger.execute(&cmd, &ctx, 2_000) {
