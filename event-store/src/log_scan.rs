@@ -196,9 +196,22 @@ mod tests {
         LogScan::open(path).unwrap().events().collect()
     }
 
-    /// Rewrites the log tree directly (the store must be closed).
+    /// Rewrites the log tree directly (the store must be closed). sled's background threads
+    /// may hold the closed store's file lock for a moment on a loaded machine (seen once in CI:
+    /// "could not acquire lock"), so the open is retried for at most 5 s.
     fn tamper(path: &Path, f: impl FnOnce(&sled::Tree)) {
-        let db = sled::Config::new().path(path).segment_size(SLED_SEGMENT_BYTES).open().unwrap();
+        let config = sled::Config::new().path(path).segment_size(SLED_SEGMENT_BYTES);
+        let mut tries_left = 50u32;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if tries_left > 0 && e.to_string().contains("could not acquire lock") => {
+                    tries_left -= 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("open the closed store: {e}"),
+            }
+        };
         f(&db.open_tree(LOG_TREE).unwrap());
         db.flush().unwrap();
     }
