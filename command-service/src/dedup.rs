@@ -39,6 +39,10 @@ pub const FLUSH_EVENTS: usize = 65_536;
 pub const PENDING_EVENTS_MAX: usize = 262_144;
 /// Events read per call while bringing the index up to the log.
 pub const CATCH_UP_CHUNK_EVENTS: usize = 10_000;
+/// While the open notes the log (a rebuild reads it all), a run is written every this many
+/// pending entries: the log below the head is durable, and this bounds the pending map of a
+/// rebuild (~100 bytes per entry) to ~200 MiB. Two such runs merge into one full run.
+pub const CATCH_UP_FLUSH_EVENTS: usize = (RUN_ENTRIES_MAX / 2) as usize;
 /// Runs are not merged past this many entries: a merge holds its entries in memory (~30 bytes
 /// each while the filter is built), so this bounds a merge's memory to ~130 MiB.
 pub const RUN_ENTRIES_MAX: u64 = 1 << 22;
@@ -147,6 +151,15 @@ impl DedupIndex {
     /// differs, or they reach past the head), subsumed by a merged run or not adjacent to the
     /// runs before them are removed; what they held is noted again from the log.
     pub async fn open(dir: Option<&Path>, store: Arc<dyn EventStore>) -> Result<Self, Status> {
+        DedupIndex::open_flushing_every(dir, store, CATCH_UP_FLUSH_EVENTS).await
+    }
+
+    /// [`DedupIndex::open`], writing a run every `flush_events` entries while it notes the log.
+    async fn open_flushing_every(
+        dir: Option<&Path>,
+        store: Arc<dyn EventStore>,
+        flush_events: usize,
+    ) -> Result<Self, Status> {
         let started = std::time::Instant::now();
         let runs = match dir {
             Some(d) => open_runs(d, &*store).await?,
@@ -162,7 +175,7 @@ impl DedupIndex {
             flushing: tokio::sync::Mutex::new(()),
             merging: tokio::sync::Mutex::new(()),
         };
-        index.catch_up().await?;
+        index.catch_up_at_open(flush_events).await?;
         tracing::info!(
             covered,
             runs = index.runs_len(),
@@ -185,6 +198,26 @@ impl DedupIndex {
             }
             for r in &chunk {
                 self.note(r.position, usage_entry(r)?);
+            }
+        }
+    }
+
+    /// At open: notes the log up to the head, writing a run (and merging) every
+    /// `flush_events` entries, so a rebuild from the log keeps its memory bounded.
+    async fn catch_up_at_open(&self, flush_events: usize) -> Result<(), Status> {
+        loop {
+            let from = self.next_position();
+            let chunk =
+                self.store.read_all(from, CATCH_UP_CHUNK_EVENTS).await.map_err(from_store)?;
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            for r in &chunk {
+                self.note(r.position, usage_entry(r)?);
+            }
+            if self.pending_len() >= flush_events {
+                self.flush_through(self.next_position()).await?;
+                self.merge_due().await?;
             }
         }
     }

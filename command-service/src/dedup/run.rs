@@ -1,20 +1,23 @@
 //! One run of the dedup index: an immutable file holding, for every usage event of the log
 //! positions `[from, to)`, the 64-bit hash of its key and its position, sorted by hash, with a
-//! binary fuse filter over the hashes (so a key not in the run rarely costs a read) and a
-//! CRC-32 of the whole.
+//! binary fuse filter over the hashes (so a key not in the run rarely costs a read).
 //!
 //! Layout (little-endian):
 //! - header, [`HEADER_BYTES`]: magic `ACCDEDUP`, format `u32`, 4 zero bytes, `from u64`,
 //!   `to u64`, `entries u64`, the log's hash of the event at `to − 1` (32 bytes; zero when
 //!   `to` is 0), the filter's seed `u64`, segment length `u32`, segment length mask `u32`,
 //!   segment count length `u32`, fingerprint bytes `u32`;
-//! - `entries` × (hash `u64`, position − from `u32`), sorted by (hash, position);
-//! - the filter's fingerprints;
-//! - the CRC-32 of everything before it (`u32`).
+//! - `entries` × (hash `u64`, position − from `u32`), sorted by (hash, position), in blocks of
+//!   [`FENCE_ENTRIES`];
+//! - the *index tail*: the filter's fingerprints, the first hash of every block (`u64`), the
+//!   CRC-32 of every block (`u32`), and the CRC-32 of the header and the index tail before it.
 //!
-//! A run is named `run-<from>-<to>.dedup` (20 digits each), so the index's runs are found and
-//! tiled by name; a run is written to a temporary name, fsynced and renamed, so a name on disk
-//! always holds a whole file (damage is still checked: magic, format, sizes, CRC).
+//! The open reads the header and the index tail only (a few percent of the file: its cost does
+//! not grow with the entries); a block's CRC is checked each time the block is read, and a
+//! damaged block is an error that says to remove the directory (the index is then rebuilt from
+//! the log). A run is named `run-<from>-<to>.dedup` (20 digits each), so the index's runs are
+//! found and tiled by name; it is written to a temporary name, fsynced and renamed, so a name
+//! on disk always holds a whole file.
 
 use std::fs::File;
 use std::io::Write;
@@ -25,7 +28,7 @@ use event_store::Position;
 use xorf::{BinaryFuse8, Descriptor, Filter};
 
 /// The run file format this build writes and reads.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 const MAGIC: &[u8; 8] = b"ACCDEDUP";
 pub const HEADER_BYTES: usize = 8 + 4 + 4 + 8 + 8 + 8 + 32 + 8 + 4 + 4 + 4 + 4;
 pub const ENTRY_BYTES: usize = 12;
@@ -61,6 +64,8 @@ pub struct Run {
     /// `None` for a run without entries.
     filter: Option<BinaryFuse8>,
     fences: Vec<u64>,
+    /// The CRC-32 of every block of entries.
+    block_crcs: Vec<u32>,
 }
 
 /// The file name of the run of `[from, to)`.
@@ -110,7 +115,12 @@ fn encode(
     let fingerprints: &[u8] = filter.as_ref().map_or(&[], |f| &f.fingerprints);
     let fingerprint_bytes = u32::try_from(fingerprints.len()).map_err(|_| "filter too large")?;
     let d = filter.as_ref().map(|f| f.descriptor.clone());
-    let total = HEADER_BYTES + entries.len() * ENTRY_BYTES + fingerprints.len() + CRC_BYTES;
+    let blocks = entries.len().div_ceil(FENCE_ENTRIES);
+    let total = HEADER_BYTES
+        + entries.len() * ENTRY_BYTES
+        + fingerprints.len()
+        + blocks * (8 + CRC_BYTES)
+        + CRC_BYTES;
     let mut b = Vec::with_capacity(total);
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&FORMAT.to_le_bytes());
@@ -130,9 +140,21 @@ fn encode(
         b.extend_from_slice(&e.hash.to_le_bytes());
         b.extend_from_slice(&((e.position - from) as u32).to_le_bytes());
     }
+    let tail_at = b.len();
     b.extend_from_slice(fingerprints);
-    let crc = crc32fast::hash(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
+    for block in entries.chunks(FENCE_ENTRIES) {
+        b.extend_from_slice(&block[0].hash.to_le_bytes());
+    }
+    for i in 0..blocks {
+        let at = HEADER_BYTES + i * FENCE_ENTRIES * ENTRY_BYTES;
+        let end = (at + FENCE_ENTRIES * ENTRY_BYTES).min(tail_at);
+        let crc = crc32fast::hash(&b[at..end]);
+        b.extend_from_slice(&crc.to_le_bytes());
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&b[..HEADER_BYTES]);
+    crc.update(&b[tail_at..]);
+    b.extend_from_slice(&crc.finalize().to_le_bytes());
     debug_assert_eq!(b.len(), total);
     Ok(b)
 }
@@ -150,6 +172,86 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> 
     Ok(path)
 }
 
+/// What a run keeps in memory, read from its header and index tail.
+struct Index {
+    from: Position,
+    to: Position,
+    entries: u64,
+    log_hash: [u8; 32],
+    filter: Option<BinaryFuse8>,
+    fences: Vec<u64>,
+    block_crcs: Vec<u32>,
+}
+
+/// Entries and blocks of a run whose header says `entries`, if the count is sane.
+fn sizes(entries: u64) -> Result<(usize, usize), String> {
+    let n = usize::try_from(entries).map_err(|_| "entry count out of range")?;
+    let bytes = n.checked_mul(ENTRY_BYTES).ok_or("entry count out of range")?;
+    Ok((bytes, n.div_ceil(FENCE_ENTRIES)))
+}
+
+/// Where the index tail of a file of `len` bytes with this header starts.
+fn tail_offset(header: &[u8; HEADER_BYTES], len: u64) -> Result<u64, String> {
+    if &header[..8] != MAGIC {
+        return Err("not a dedup run (magic)".into());
+    }
+    let format = u32_at(header, 8);
+    if format != FORMAT {
+        return Err(format!("run format {format}, this build reads {FORMAT}"));
+    }
+    let (entry_bytes, _) = sizes(u64_at(header, 32))?;
+    let tail_at = (HEADER_BYTES + entry_bytes) as u64;
+    if tail_at + CRC_BYTES as u64 > len {
+        return Err(format!("{len} bytes, too short for its header"));
+    }
+    Ok(tail_at)
+}
+
+/// The header and index tail of a whole run's bytes.
+fn split_index(bytes: &[u8]) -> Result<(&[u8; HEADER_BYTES], &[u8]), String> {
+    let header: &[u8; HEADER_BYTES] =
+        bytes.get(..HEADER_BYTES).and_then(|h| h.try_into().ok()).ok_or("too short")?;
+    let tail_at = tail_offset(header, bytes.len() as u64)? as usize;
+    Ok((header, &bytes[tail_at..]))
+}
+
+/// Checks a run's header and index tail (sizes against `len`, the file's length, and the CRC)
+/// and decodes them.
+fn decode_index(header: &[u8; HEADER_BYTES], tail: &[u8], len: u64) -> Result<Index, String> {
+    let (from, to, entries) = (u64_at(header, 16), u64_at(header, 24), u64_at(header, 32));
+    let log_hash: [u8; 32] = header[40..72].try_into().expect("32 bytes");
+    let descriptor = Descriptor {
+        seed: u64_at(header, 72),
+        segment_length: u32_at(header, 80),
+        segment_length_mask: u32_at(header, 84),
+        segment_count_length: u32_at(header, 88),
+    };
+    let fingerprint_bytes = u32_at(header, 92) as usize;
+    let (entry_bytes, blocks) = sizes(entries)?;
+    let tail_bytes = fingerprint_bytes + blocks * (8 + CRC_BYTES) + CRC_BYTES;
+    let expected = (HEADER_BYTES + entry_bytes + tail_bytes) as u64;
+    if len != expected || tail.len() != tail_bytes || from > to || to - from > SPAN_POSITIONS_MAX {
+        return Err(format!("{len} bytes, its header says {expected}"));
+    }
+    let body = tail.len() - CRC_BYTES;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(header);
+    crc.update(&tail[..body]);
+    if crc.finalize() != u32_at(tail, body) {
+        return Err("CRC mismatch in its header or index (the file is damaged)".into());
+    }
+    if (entries == 0) != (fingerprint_bytes == 0) {
+        return Err("a filter without entries, or entries without a filter".into());
+    }
+    let filter = (entries > 0)
+        .then(|| BinaryFuse8 { descriptor, fingerprints: tail[..fingerprint_bytes].into() });
+    let fences_at = fingerprint_bytes;
+    let crcs_at = fences_at + blocks * 8;
+    let fences = (0..blocks).map(|i| u64_at(tail, fences_at + i * 8)).collect();
+    let block_crcs = (0..blocks).map(|i| u32_at(tail, crcs_at + i * 4)).collect();
+    Ok(Index { from, to, entries, log_hash, filter, fences, block_crcs })
+}
+
 impl Run {
     /// Writes the run of `[from, to)` with `entries` (any order) into `dir` (`None`: kept in
     /// memory) and opens it.
@@ -162,75 +264,47 @@ impl Run {
     ) -> Result<Run, String> {
         let bytes = encode(from, to, log_hash, entries)?;
         match dir {
-            None => Run::decode(bytes, None, None),
+            None => {
+                let (header, tail) = split_index(&bytes)?;
+                let meta = decode_index(header, tail, bytes.len() as u64)?;
+                Ok(Run::with(meta, None, Bytes::Memory(bytes)))
+            }
             Some(d) => {
                 let path = write_file(d, &file_name(from, to), &bytes)
                     .map_err(|e| format!("write {}: {e}", d.display()))?;
                 let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                Run::decode(bytes, Some(path), Some(file))
+                let (header, tail) = split_index(&bytes)?;
+                let meta = decode_index(header, tail, bytes.len() as u64)?;
+                Ok(Run::with(meta, Some(path), Bytes::File(file)))
             }
         }
     }
 
-    /// Opens and checks the run file at `path` (reads it whole once: CRC, fences, filter).
+    /// Opens and checks the run file at `path`: reads its header and index tail (filter,
+    /// fences, block CRCs) and checks their CRC; the entries are checked block by block when
+    /// read.
     pub fn open(path: &Path) -> Result<Run, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("read: {e}"))?;
         let file = File::open(path).map_err(|e| format!("open: {e}"))?;
-        let run = Run::decode(bytes, Some(path.to_path_buf()), Some(file))?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if parse_name(name) != Some((run.from, run.to)) {
-            return Err(format!("it holds [{}, {}), its name says otherwise", run.from, run.to));
+        let len = file.metadata().map_err(|e| format!("stat: {e}"))?.len();
+        if len < (HEADER_BYTES + CRC_BYTES) as u64 {
+            return Err(format!("not a dedup run ({len} bytes)"));
         }
-        Ok(run)
+        let mut header = [0u8; HEADER_BYTES];
+        file.read_exact_at(&mut header, 0).map_err(|e| format!("read: {e}"))?;
+        let tail_at = tail_offset(&header, len)?;
+        let mut tail = vec![0u8; (len - tail_at) as usize];
+        file.read_exact_at(&mut tail, tail_at).map_err(|e| format!("read: {e}"))?;
+        let meta = decode_index(&header, &tail, len)?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if parse_name(name) != Some((meta.from, meta.to)) {
+            return Err(format!("it holds [{}, {}), its name says otherwise", meta.from, meta.to));
+        }
+        Ok(Run::with(meta, Some(path.to_path_buf()), Bytes::File(file)))
     }
 
-    /// Checks `bytes` and keeps what lookups need; the entries stay in `file` (or in memory).
-    fn decode(bytes: Vec<u8>, path: Option<PathBuf>, file: Option<File>) -> Result<Run, String> {
-        if bytes.len() < HEADER_BYTES + CRC_BYTES || &bytes[..8] != MAGIC {
-            return Err("not a dedup run (magic or size)".into());
-        }
-        let format = u32_at(&bytes, 8);
-        if format != FORMAT {
-            return Err(format!("run format {format}, this build reads {FORMAT}"));
-        }
-        let (from, to, entries) = (u64_at(&bytes, 16), u64_at(&bytes, 24), u64_at(&bytes, 32));
-        let log_hash: [u8; 32] = bytes[40..72].try_into().expect("32 bytes");
-        let descriptor = Descriptor {
-            seed: u64_at(&bytes, 72),
-            segment_length: u32_at(&bytes, 80),
-            segment_length_mask: u32_at(&bytes, 84),
-            segment_count_length: u32_at(&bytes, 88),
-        };
-        let fingerprint_bytes = u32_at(&bytes, 92) as usize;
-        let entry_bytes = usize::try_from(entries)
-            .ok()
-            .and_then(|n| n.checked_mul(ENTRY_BYTES))
-            .ok_or("entry count out of range")?;
-        let expected = HEADER_BYTES + entry_bytes + fingerprint_bytes + CRC_BYTES;
-        if bytes.len() != expected || from > to || to - from > SPAN_POSITIONS_MAX {
-            return Err(format!("{} bytes, its header says {expected}", bytes.len()));
-        }
-        let body = bytes.len() - CRC_BYTES;
-        if crc32fast::hash(&bytes[..body]) != u32_at(&bytes, body) {
-            return Err("CRC mismatch (the file is damaged)".into());
-        }
-        if (entries == 0) != (fingerprint_bytes == 0) {
-            return Err("a filter without entries, or entries without a filter".into());
-        }
-        let fences = (0..entries as usize)
-            .step_by(FENCE_ENTRIES)
-            .map(|i| u64_at(&bytes, HEADER_BYTES + i * ENTRY_BYTES))
-            .collect();
-        let fingerprints_at = HEADER_BYTES + entry_bytes;
-        let filter = (entries > 0).then(|| BinaryFuse8 {
-            descriptor,
-            fingerprints: bytes[fingerprints_at..fingerprints_at + fingerprint_bytes].into(),
-        });
-        let bytes = match file {
-            Some(f) => Bytes::File(f),
-            None => Bytes::Memory(bytes),
-        };
-        Ok(Run { from, to, entries, log_hash, path, bytes, filter, fences })
+    fn with(meta: Index, path: Option<PathBuf>, bytes: Bytes) -> Run {
+        let Index { from, to, entries, log_hash, filter, fences, block_crcs } = meta;
+        Run { from, to, entries, log_hash, path, bytes, filter, fences, block_crcs }
     }
 
     /// Bytes the run keeps in memory (filter and fences; an in-memory run's entries too).
@@ -240,7 +314,7 @@ impl Run {
             Bytes::Memory(b) => b.len(),
             Bytes::File(_) => 0,
         };
-        filter + self.fences.len() * 8 + memory
+        filter + self.fences.len() * 8 + self.block_crcs.len() * 4 + memory
     }
 
     fn read_at(&self, buf: &mut [u8], at: usize) -> std::io::Result<()> {
@@ -253,6 +327,25 @@ impl Run {
         }
     }
 
+    /// The entries of block `block` into `buf`, checked against the block's CRC.
+    fn read_block<'b>(&self, block: usize, buf: &'b mut Vec<u8>) -> std::io::Result<&'b [u8]> {
+        let first = block * FENCE_ENTRIES;
+        let n = FENCE_ENTRIES.min(self.entries as usize - first);
+        buf.resize(n * ENTRY_BYTES, 0);
+        self.read_at(buf, HEADER_BYTES + first * ENTRY_BYTES)?;
+        if crc32fast::hash(buf) != self.block_crcs[block] {
+            let name = self.path.as_ref().map_or("in memory".into(), |p| p.display().to_string());
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "dedup run {name} is damaged (block {block}); stop the server and remove its \
+                     directory: the next start rebuilds the index from the log"
+                ),
+            ));
+        }
+        Ok(buf)
+    }
+
     /// Positions of the entries whose hash is `hash` (usually none or one; more only when two
     /// keys' hashes collide). The filter answers most misses without a read.
     pub fn positions_of(&self, hash: u64) -> std::io::Result<Vec<Position>> {
@@ -262,16 +355,12 @@ impl Run {
         }
         // The first block whose fence is ≥ hash may hold it only from its start; equal hashes
         // may also end the block before it.
-        let block = self.fences.partition_point(|&f| f < hash).saturating_sub(1);
-        let entries = self.entries as usize;
-        let mut at = block * FENCE_ENTRIES;
-        let mut buf = vec![0u8; FENCE_ENTRIES * ENTRY_BYTES];
-        while at < entries {
-            let n = FENCE_ENTRIES.min(entries - at);
-            let buf = &mut buf[..n * ENTRY_BYTES];
-            self.read_at(buf, HEADER_BYTES + at * ENTRY_BYTES)?;
-            for i in 0..n {
-                let e = entry_at(buf, i * ENTRY_BYTES, self.from);
+        let first = self.fences.partition_point(|&f| f < hash).saturating_sub(1);
+        let mut buf = Vec::with_capacity(FENCE_ENTRIES * ENTRY_BYTES);
+        for block in first..self.fences.len() {
+            let bytes = self.read_block(block, &mut buf)?;
+            for at in (0..bytes.len()).step_by(ENTRY_BYTES) {
+                let e = entry_at(bytes, at, self.from);
                 if e.hash > hash {
                     return Ok(found);
                 }
@@ -279,16 +368,19 @@ impl Run {
                     found.push(e.position);
                 }
             }
-            at += n;
         }
         Ok(found)
     }
 
-    /// Every entry, in hash order (reads the run whole).
+    /// Every entry, in hash order (reads the run whole, checking every block).
     pub fn read_entries(&self) -> std::io::Result<Vec<RunEntry>> {
-        let mut buf = vec![0u8; self.entries as usize * ENTRY_BYTES];
-        self.read_at(&mut buf, HEADER_BYTES)?;
-        Ok(buf.chunks_exact(ENTRY_BYTES).map(|c| entry_at(c, 0, self.from)).collect())
+        let mut entries = Vec::with_capacity(self.entries as usize);
+        let mut buf = Vec::with_capacity(FENCE_ENTRIES * ENTRY_BYTES);
+        for block in 0..self.fences.len() {
+            let bytes = self.read_block(block, &mut buf)?;
+            entries.extend(bytes.chunks_exact(ENTRY_BYTES).map(|c| entry_at(c, 0, self.from)));
+        }
+        Ok(entries)
     }
 
     /// Writes one run holding every entry of `runs` (consecutive: each starts where the one
@@ -392,7 +484,8 @@ mod tests {
         let path = dir.path().join(file_name(0, 50));
         let good = encode(0, 50, [3; 32], entries(50, 0)).unwrap();
         let mut flipped = good.clone();
-        flipped[HEADER_BYTES + 5] ^= 1;
+        let in_the_filter = HEADER_BYTES + 50 * ENTRY_BYTES + 1;
+        flipped[in_the_filter] ^= 1;
         let mut other_format = good.clone();
         other_format[8] = 9;
         let cases: [(&str, Vec<u8>); 5] = [
@@ -406,6 +499,16 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             assert!(Run::open(&path).is_err(), "{what}");
         }
+        // A damaged entry: the open reads only the header and the index tail; the block's CRC
+        // refuses it when read, with what to do.
+        let mut entry_flipped = good.clone();
+        entry_flipped[HEADER_BYTES + 5] ^= 1;
+        std::fs::write(&path, &entry_flipped).unwrap();
+        let run = Run::open(&path).unwrap();
+        let err = run.read_entries().unwrap_err().to_string();
+        assert!(err.contains("damaged") && err.contains("remove its directory"), "{err}");
+        let in_block_0 = entries(50, 0).iter().map(|e| e.hash).min().unwrap();
+        assert!(run.positions_of(in_block_0).is_err());
         std::fs::write(dir.path().join(file_name(0, 51)), &good).unwrap();
         let misnamed = Run::open(&dir.path().join(file_name(0, 51))).err().unwrap();
         assert!(misnamed.contains("name"), "{misnamed}");

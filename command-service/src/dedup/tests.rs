@@ -161,6 +161,27 @@ async fn a_merge_cut_short_leaves_files_the_open_sorts_out() {
 }
 
 #[tokio::test]
+async fn a_rebuild_writes_runs_as_it_goes_so_its_memory_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dedup");
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    for i in 0..10u32 {
+        append(&*store, i * 10, i * 10 + 10).await; // 100 transactions, 110 events
+    }
+    // The default open keeps what it noted pending (100 entries, below its threshold) ...
+    let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
+    assert_eq!((index.covered_position(), index.pending_len()), (0, 100));
+    drop(index);
+    // ... past the threshold it writes them as a run while it reads (one chunk here).
+    let index = DedupIndex::open_flushing_every(Some(&path), store.clone(), 25).await.unwrap();
+    assert_eq!((index.covered_position(), index.pending_len()), (110, 0));
+    assert_eq!(index.runs_len(), 1);
+    for tx in 0..100 {
+        assert!(find(&index, tx).await.unwrap().from_disk, "tx-{tx}");
+    }
+}
+
+#[tokio::test]
 async fn missing_files_are_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dedup");
@@ -192,7 +213,10 @@ async fn corrupt_files_are_rebuilt_from_the_log_never_a_panic() {
             "garbage" => bytes = vec![0xA5u8; 4096],
             "truncated" => bytes.truncate(bytes.len() / 2),
             "format" => bytes[8] = 77,
-            _ => bytes[run::HEADER_BYTES + 3] ^= 0x10,
+            _ => {
+                let in_the_index_tail = bytes.len() - 6;
+                bytes[in_the_index_tail] ^= 0x10
+            }
         }
         std::fs::write(&file, &bytes).unwrap();
         let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
@@ -204,6 +228,30 @@ async fn corrupt_files_are_rebuilt_from_the_log_never_a_panic() {
         }
         drop(index);
     }
+}
+
+#[tokio::test]
+async fn a_damaged_entry_is_an_error_naming_the_fix_never_a_wrong_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dedup");
+    let store = store_with(20).await;
+    let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
+    index.flush_through(21).await.unwrap();
+    drop(index);
+    let file = path.join(run::file_name(0, 21));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[run::HEADER_BYTES + 3] ^= 0x10; // an entry (the open does not read entries)
+    std::fs::write(&file, &bytes).unwrap();
+    let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
+    assert_eq!(index.covered_position(), 21);
+    let err = index.find(&key_of(7)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Internal);
+    assert!(err.message().contains("remove its directory"), "{}", err.message());
+    // Removing the directory, as the message says, rebuilds it from the log.
+    drop(index);
+    std::fs::remove_dir_all(&path).unwrap();
+    let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
+    assert_eq!(find(&index, 7).await.map(|h| h.entry.position), Some(8));
 }
 
 #[tokio::test]
