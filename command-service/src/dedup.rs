@@ -41,8 +41,9 @@ pub const PENDING_EVENTS_MAX: usize = 262_144;
 pub const CATCH_UP_CHUNK_EVENTS: usize = 10_000;
 /// While the open notes the log (a rebuild reads it all), a run is written every this many
 /// pending entries: the log below the head is durable, and this bounds the pending map of a
-/// rebuild (~100 bytes per entry) to ~200 MiB. Two such runs merge into one full run.
-pub const CATCH_UP_FLUSH_EVENTS: usize = (RUN_ENTRIES_MAX / 2) as usize;
+/// rebuild (~100 bytes per entry) to ~200 MiB. Two such runs (each up to one read chunk
+/// larger) merge into one full run.
+pub const CATCH_UP_FLUSH_EVENTS: usize = (RUN_ENTRIES_MAX / 2) as usize - CATCH_UP_CHUNK_EVENTS;
 /// Runs are not merged past this many entries: a merge holds its entries in memory (~30 bytes
 /// each while the filter is built), so this bounds a merge's memory to ~130 MiB.
 pub const RUN_ENTRIES_MAX: u64 = 1 << 22;

@@ -322,6 +322,8 @@ fn merges_are_due_while_the_newest_runs_are_comparable() {
     assert_eq!(due(&[4, 2, 1]), 3);
     assert_eq!(due(&[0, 0]), 2, "runs without usage merge");
     assert_eq!(due(&[RUN_ENTRIES_MAX, RUN_ENTRIES_MAX]), 0, "full runs are not merged");
+    let rebuilt = (CATCH_UP_FLUSH_EVENTS + CATCH_UP_CHUNK_EVENTS) as u64;
+    assert_eq!(due(&[rebuilt, rebuilt]), 2, "two runs of a rebuild make one full run");
     let wide = [
         (1, 0, run::SPAN_POSITIONS_MAX),
         (1, run::SPAN_POSITIONS_MAX, run::SPAN_POSITIONS_MAX + 5),
