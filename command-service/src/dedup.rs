@@ -176,7 +176,7 @@ impl DedupIndex {
             flushing: tokio::sync::Mutex::new(()),
             merging: tokio::sync::Mutex::new(()),
         };
-        index.catch_up_at_open(flush_events).await?;
+        index.catch_up(Some(flush_events)).await?;
         tracing::info!(
             covered,
             runs = index.runs_len(),
@@ -188,8 +188,10 @@ impl DedupIndex {
         Ok(index)
     }
 
-    /// Notes the events of the log from the index's next position up to the head.
-    async fn catch_up(&self) -> Result<(), Status> {
+    /// Notes the events of the log from the index's next position up to the head. With
+    /// `flush_events` (at open, where the log below the head is durable) it writes a run (and
+    /// merges) every that many pending entries, so a rebuild keeps its memory bounded.
+    async fn catch_up(&self, flush_events: Option<usize>) -> Result<(), Status> {
         loop {
             let from = self.next_position();
             let chunk =
@@ -200,23 +202,7 @@ impl DedupIndex {
             for r in &chunk {
                 self.note(r.position, usage_entry(r)?);
             }
-        }
-    }
-
-    /// At open: notes the log up to the head, writing a run (and merging) every
-    /// `flush_events` entries, so a rebuild from the log keeps its memory bounded.
-    async fn catch_up_at_open(&self, flush_events: usize) -> Result<(), Status> {
-        loop {
-            let from = self.next_position();
-            let chunk =
-                self.store.read_all(from, CATCH_UP_CHUNK_EVENTS).await.map_err(from_store)?;
-            if chunk.is_empty() {
-                return Ok(());
-            }
-            for r in &chunk {
-                self.note(r.position, usage_entry(r)?);
-            }
-            if self.pending_len() >= flush_events {
+            if flush_events.is_some_and(|n| self.pending_len() >= n) {
                 self.flush_through(self.next_position()).await?;
                 self.merge_due().await?;
             }
@@ -232,7 +218,8 @@ impl DedupIndex {
             s.pending.clear();
             s.next = s.covered;
         }
-        self.catch_up().await
+        // The flushing lock is held: no run is written while recovering.
+        self.catch_up(None).await
     }
 
     /// Notes the event at `position` (`entry`: its key and entry if it is a usage event).

@@ -62,6 +62,13 @@ async fn find(index: &DedupIndex, tx: u32) -> Option<Hit> {
     index.find(&key_of(tx)).await.unwrap()
 }
 
+/// Appends `tx-<10 i>..tx-<10 i + 10>`, notes them from the log and writes them as one run.
+async fn append_and_flush(index: &DedupIndex, store: &dyn EventStore, i: u32) {
+    append(store, i * 10, i * 10 + 10).await;
+    index.recover().await.unwrap(); // notes the new events from the log
+    index.flush_through(store.head()).await.unwrap();
+}
+
 fn run_files(path: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(path)
         .unwrap()
@@ -115,9 +122,7 @@ async fn runs_merge_in_the_background_and_every_transaction_stays_found() {
     let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
     // 16 flushes of 10 transactions (each append also adds one other event).
     for i in 0..16u32 {
-        append(&*store, i * 10, i * 10 + 10).await;
-        index.recover().await.unwrap(); // notes the new events from the log
-        index.flush_through(store.head()).await.unwrap();
+        append_and_flush(&index, &*store, i).await;
         assert!(index.runs_len() <= 2 + i as usize);
         index.merge_due().await.unwrap();
     }
@@ -141,9 +146,7 @@ async fn a_merge_cut_short_leaves_files_the_open_sorts_out() {
     let store = store_with(0).await;
     let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
     for i in 0..2u32 {
-        append(&*store, i * 10, i * 10 + 10).await;
-        index.recover().await.unwrap();
-        index.flush_through(store.head()).await.unwrap();
+        append_and_flush(&index, &*store, i).await;
     }
     let runs = index.state.lock().runs.clone();
     assert_eq!(runs.len(), 2);
