@@ -261,7 +261,8 @@ mod tests {
     }
 
     fn raw(path: &Path, f: impl FnOnce(&sled::Db)) {
-        let db = sled::Config::new().path(path).segment_size(SLED_SEGMENT_BYTES).open().unwrap();
+        let config = sled::Config::new().path(path).segment_size(SLED_SEGMENT_BYTES);
+        let db = crate::sled_store::open_waiting(&config).unwrap();
         f(&db);
         db.flush().unwrap();
     }

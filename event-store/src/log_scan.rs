@@ -53,14 +53,11 @@ impl LogScan {
             return Err(StoreError::Unavailable(format!("no sled event log at {shown}")));
         }
         let config = sled::Config::new().path(&path).segment_size(SLED_SEGMENT_BYTES);
-        let db = config.open().map_err(|e| match e {
-            // sled 0.34 reports its file lock as an `Other` I/O error with this text.
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                StoreError::Unavailable(format!(
-                    "the event log at {shown} is in use by another process \
-                     (stop `accrual serve` first): {io}"
-                ))
-            }
+        let db = crate::sled_store::open_waiting(&config).map_err(|e| match e {
+            e if crate::sled_store::is_lock_held(&e) => StoreError::Unavailable(format!(
+                "the event log at {shown} is in use by another process \
+                 (stop `accrual serve` first): {e}"
+            )),
             other => {
                 StoreError::Unavailable(format!("cannot open the event log at {shown}: {other}"))
             }
@@ -196,22 +193,10 @@ mod tests {
         LogScan::open(path).unwrap().events().collect()
     }
 
-    /// Rewrites the log tree directly (the store must be closed). sled's background threads
-    /// may hold the closed store's file lock for a moment on a loaded machine (seen once in CI:
-    /// "could not acquire lock"), so the open is retried for at most 5 s.
+    /// Rewrites the log tree directly (the store must be closed).
     fn tamper(path: &Path, f: impl FnOnce(&sled::Tree)) {
         let config = sled::Config::new().path(path).segment_size(SLED_SEGMENT_BYTES);
-        let mut tries_left = 50u32;
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(e) if tries_left > 0 && e.to_string().contains("could not acquire lock") => {
-                    tries_left -= 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(e) => panic!("open the closed store: {e}"),
-            }
-        };
+        let db = crate::sled_store::open_waiting(&config).unwrap();
         f(&db.open_tree(LOG_TREE).unwrap());
         db.flush().unwrap();
     }

@@ -276,15 +276,26 @@ fn open_db(path: &std::path::Path, cache_bytes_max: u64) -> Result<sled::Db, Sto
         .segment_size(SLED_SEGMENT_BYTES)
         .cache_capacity(cache_bytes_max)
         .flush_every_ms(None); // durability comes from the flush of every group commit
+    open_waiting(&config).map_err(io_error)
+}
+
+/// Whether sled refused to open because another handle holds its file lock (sled 0.34 reports
+/// it as an `Other` I/O error naming the lock, wrapping the OS's `WouldBlock`).
+pub(crate) fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
+}
+
+/// Opens sled with `config`, retrying for at most `OPEN_LOCK_ATTEMPTS_MAX × OPEN_LOCK_RETRY_MS`
+/// (2 s) while its file lock is held: a store closed a moment ago in this process may still be
+/// releasing it. A lock still held after that is returned as the error.
+pub(crate) fn open_waiting(config: &sled::Config) -> sled::Result<sled::Db> {
     for attempt in 1..=OPEN_LOCK_ATTEMPTS_MAX {
         match config.open() {
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && attempt < OPEN_LOCK_ATTEMPTS_MAX =>
-            {
+            Err(e) if is_lock_held(&e) && attempt < OPEN_LOCK_ATTEMPTS_MAX => {
                 std::thread::sleep(std::time::Duration::from_millis(OPEN_LOCK_RETRY_MS));
             }
-            other => return other.map_err(io_error),
+            other => return other,
         }
     }
     unreachable!("the last attempt returns")
@@ -868,6 +879,22 @@ mod tests {
         assert_eq!(store.stream_version("a"), Some(2));
     }
 
+    #[test]
+    fn an_open_waits_for_a_lock_released_a_moment_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = sled::Config::new().path(dir.path()).segment_size(SLED_SEGMENT_BYTES);
+        let held = config.open().unwrap();
+        // sled 0.34 reports the lock as an `Other` I/O error (not `WouldBlock`): recognised.
+        let refused = config.open().map(drop).unwrap_err();
+        assert!(is_lock_held(&refused), "{refused:?}");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        assert!(open_waiting(&config).is_ok(), "opened once the lock was released");
+        release.join().unwrap();
+    }
+
     #[tokio::test]
     async fn corrupt_log_fails_open_with_corrupt() {
         let dir = tempfile::tempdir().unwrap();
@@ -876,7 +903,7 @@ mod tests {
         drop(store);
         {
             let config = sled::Config::new().path(dir.path()).segment_size(SLED_SEGMENT_BYTES);
-            let db = config.open().unwrap();
+            let db = open_waiting(&config).unwrap();
             let log = db.open_tree(LOG_TREE).unwrap();
             log.insert(2u64.to_be_bytes(), &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1, 0xff][..])
                 .unwrap();
