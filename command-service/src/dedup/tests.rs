@@ -69,6 +69,14 @@ async fn append_and_flush(index: &DedupIndex, store: &dyn EventStore, i: u32) {
     index.flush_through(store.head()).await.unwrap();
 }
 
+/// `tx-0..tx-<n>` are each found in a run (and confirmed by the log).
+async fn assert_all_in_runs(index: &DedupIndex, n: u32, when: &str) {
+    for tx in 0..n {
+        let hit = find(index, tx).await.unwrap_or_else(|| panic!("tx-{tx} not found ({when})"));
+        assert!(hit.from_disk, "tx-{tx} pending, not in a run ({when})");
+    }
+}
+
 fn run_files(path: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(path)
         .unwrap()
@@ -128,15 +136,11 @@ async fn runs_merge_in_the_background_and_every_transaction_stays_found() {
     }
     assert!(index.runs_len() <= 5, "merged: {} runs", index.runs_len());
     assert_eq!(run_files(&path).len(), index.runs_len(), "merged inputs removed");
-    for tx in 0..160 {
-        assert!(find(&index, tx).await.unwrap().from_disk, "tx-{tx}");
-    }
+    assert_all_in_runs(&index, 160, "merged").await;
     drop(index);
     let index = DedupIndex::open(Some(&path), store.clone()).await.unwrap();
     assert_eq!((index.covered_position(), index.pending_len()), (store.head(), 0));
-    for tx in 0..160 {
-        assert!(find(&index, tx).await.unwrap().from_disk, "tx-{tx} after reopen");
-    }
+    assert_all_in_runs(&index, 160, "after reopen").await;
 }
 
 #[tokio::test]
@@ -158,9 +162,7 @@ async fn a_merge_cut_short_leaves_files_the_open_sorts_out() {
     assert_eq!(index.runs_len(), 1, "the merged run replaces its inputs");
     assert_eq!(run_files(&path), vec![run::file_name(0, store.head())]);
     assert_eq!(index.pending_len(), 0);
-    for tx in 0..20 {
-        assert!(find(&index, tx).await.unwrap().from_disk);
-    }
+    assert_all_in_runs(&index, 20, "merge cut short").await;
 }
 
 #[tokio::test]
@@ -179,9 +181,7 @@ async fn a_rebuild_writes_runs_as_it_goes_so_its_memory_stays_bounded() {
     let index = DedupIndex::open_flushing_every(Some(&path), store.clone(), 25).await.unwrap();
     assert_eq!((index.covered_position(), index.pending_len()), (110, 0));
     assert_eq!(index.runs_len(), 1);
-    for tx in 0..100 {
-        assert!(find(&index, tx).await.unwrap().from_disk, "tx-{tx}");
-    }
+    assert_all_in_runs(&index, 100, "rebuilt").await;
 }
 
 #[tokio::test]
