@@ -137,15 +137,6 @@ fn usage_entry(r: &event_store::RecordedEvent) -> Result<Option<(Vec<u8>, Entry)
     Ok(Some((key(&u.subscription_id, &u.transaction_id), Entry { digest, position: r.position })))
 }
 
-/// The log's hash of the event at `position`, if the log has it.
-async fn log_hash_at(
-    store: &dyn EventStore,
-    position: Position,
-) -> Result<Option<[u8; 32]>, Status> {
-    let at = store.read_all(position, 1).await.map_err(from_store)?;
-    Ok(at.first().filter(|r| r.position == position).map(|r| r.hash))
-}
-
 impl DedupIndex {
     /// Opens the index in `dir` (`None`: runs in memory, for tests) and brings it up to the log
     /// head. Runs that are damaged, of another format, of another log (their last event's hash
@@ -346,8 +337,9 @@ impl DedupIndex {
             }
             (s.covered, entries, flushed)
         };
-        let hash = log_hash_at(&*self.store, position - 1)
-            .await?
+        let hash = event_store::hash_at(&*self.store, position - 1)
+            .await
+            .map_err(from_store)?
             .ok_or_else(|| internal("flush", format!("no event at {}", position - 1)))?;
         let dir = self.dir.clone();
         let run = tokio::task::spawn_blocking(move || {
@@ -464,7 +456,10 @@ async fn open_runs(dir: &Path, store: &dyn EventStore) -> Result<Vec<Arc<Run>>, 
         .await
         .map_err(|e| internal("open task", e))?;
         let why = match opened {
-            Ok(run) if log_hash_at(store, to - 1).await? == Some(run.log_hash) => {
+            Ok(run)
+                if event_store::hash_at(store, to - 1).await.map_err(from_store)?
+                    == Some(run.log_hash) =>
+            {
                 runs.push(Arc::new(run));
                 at = to;
                 continue;

@@ -209,11 +209,9 @@ pub fn write(path: &Path, header: Header, payload: &[u8]) -> std::io::Result<()>
 pub async fn head_hash_at(store: &dyn EventStore, position: Position) -> Result<[u8; 32], String> {
     assert!(position > 0, "a snapshot covers at least one event");
     let at = position - 1;
-    let events = store.read_all(at, 1).await.map_err(|e| format!("reading event {at}: {e}"))?;
-    match events.first() {
-        Some(e) if e.position == at => Ok(e.hash),
-        _ => Err(format!("the log has no event {at}")),
-    }
+    let hash = event_store::hash_at(store, at).await;
+    hash.map_err(|e| format!("reading event {at}: {e}"))?
+        .ok_or_else(|| format!("the log has no event {at}"))
 }
 
 #[cfg(test)]

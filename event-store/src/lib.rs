@@ -126,6 +126,16 @@ pub use sled_store::{
 /// Global position of an event in the log (0-based, contiguous).
 pub type Position = u64;
 
+/// The hash of the log's event at `position`, if the log has it: what a snapshot, checkpoint or
+/// index records to be checked against the log later.
+pub async fn hash_at<S: EventStore + ?Sized>(
+    store: &S,
+    position: Position,
+) -> Result<Option<[u8; 32]>, StoreError> {
+    let events = store.read_all(position, 1).await?;
+    Ok(events.first().filter(|e| e.position == position).map(|e| e.hash))
+}
+
 /// Clock read by the store to stamp `recorded_at`: unix time in microseconds.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 

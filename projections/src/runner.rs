@@ -502,11 +502,8 @@ impl<S: EventStore, P: Projection> Runner<S, P> {
 async fn hash_at<S: EventStore>(store: &S, position: Position) -> Result<[u8; 32], String> {
     assert!(position > 0, "a snapshot covers at least one event");
     let at = position - 1;
-    let events = store.read_all(at, 1).await.map_err(|e| format!("reading {at}: {e}"))?;
-    match events.first() {
-        Some(e) if e.position == at => Ok(e.hash),
-        _ => Err(format!("stale: the log has no event {at}")),
-    }
+    let hash = event_store::hash_at(store, at).await.map_err(|e| format!("reading {at}: {e}"))?;
+    hash.ok_or_else(|| format!("stale: the log has no event {at}"))
 }
 
 /// The projection's state snapshot at `position` ([`Projection::save_state`]), framed
