@@ -144,7 +144,16 @@ pub(crate) fn start_projections(
     store: Arc<dyn EventStore>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(ReadModels, Vec<tokio::task::JoinHandle<()>>)> {
-    let db = projections::open_db(data_dir.join("read-models"))?;
+    start_projections_on(&projections::open_db(data_dir.join("read-models"))?, store, stop)
+}
+
+/// [`start_projections`] on the read-model database `db`, already open.
+fn start_projections_on(
+    db: &sled::Db,
+    store: Arc<dyn EventStore>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(ReadModels, Vec<tokio::task::JoinHandle<()>>)> {
+    let db = db.clone();
     let mut log = SharedLog::new(store.clone(), SharedConfig::default())?;
     let s = (store.clone(), store.clone(), store);
     let (invoices, a) =
@@ -196,7 +205,15 @@ pub(crate) fn open_projections(
     data_dir: &std::path::Path,
     store: Option<Arc<dyn EventStore>>,
 ) -> anyhow::Result<ReadModels> {
-    let db = projections::open_db(data_dir.join("read-models"))?;
+    open_projections_on(&projections::open_db(data_dir.join("read-models"))?, store)
+}
+
+/// [`open_projections`] on the read-model database `db`, already open.
+fn open_projections_on(
+    db: &sled::Db,
+    store: Option<Arc<dyn EventStore>>,
+) -> anyhow::Result<ReadModels> {
+    let db = db.clone();
     let head = || store.as_ref().map(|s| s.watch_head());
     Ok(ReadModels {
         invoices: still_view(&db, InvoicesProjection, InvoiceReader::new, head())?,
@@ -237,15 +254,23 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     tracing::info!(roles = %roles, store = %s.store, data_dir = %s.data_dir.display(), listen = %listener.local_addr()?, "accrual serving");
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let models = if roles.projector {
-        let (models, projectors) = start_projections(&s.data_dir, store.clone(), stop_rx.clone())?;
-        tasks.extend(projectors);
-        Some(models)
-    } else if roles.query {
-        Some(open_projections(&s.data_dir, Some(store.clone()))?)
-    } else {
-        None
+    // The read models are opened without reading them whole, so the restart does not grow with
+    // them; the full read that finds a damaged page runs while serving (`read_models_damaged`).
+    let read_models = s.data_dir.join("read-models");
+    let db = match roles.projector || roles.query {
+        true => Some(projections::open_db_unchecked(&read_models)?),
+        false => None,
     };
+    let models = match &db {
+        Some(db) if roles.projector => {
+            let (models, projectors) = start_projections_on(db, store.clone(), stop_rx.clone())?;
+            tasks.extend(projectors);
+            Some(models)
+        }
+        Some(db) => Some(open_projections_on(db, Some(store.clone()))?),
+        None => None,
+    };
+    let damaged = read_models_damaged(db, read_models);
     let models = models.filter(|_| roles.query);
     // The audit side needs the log, which this process has open, and the query role's models.
     let audit = match &models {
@@ -257,9 +282,15 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         let interval = s.scheduler_interval_secs;
         tasks.push(tokio::spawn(scheduler(engine.clone(), interval, stop_rx.clone())));
     }
+    let (damage_tx, mut damage_rx) = tokio::sync::oneshot::channel();
     let shutdown = async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested");
+        tokio::select! {
+            _ = shutdown_signal() => tracing::info!("shutdown requested"),
+            e = damaged => {
+                tracing::error!(error = %e, "read models damaged: stopping");
+                let _ = damage_tx.send(e);
+            }
+        }
         let _ = stop_tx.send(true);
     };
     let limits = (s.limits.clone(), server_limits(&s));
@@ -267,7 +298,37 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     for task in tasks {
         task.await?;
     }
-    Ok(())
+    match damage_rx.try_recv() {
+        Ok(e) => Err(e.into()),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Reads the whole read-model database `db` (at `path`) on the blocking pool while the server
+/// serves: resolves with the damaged-store error if a page cannot be read, and never if every
+/// page can (or there is no database), so it can end the server as a shutdown signal would.
+async fn read_models_damaged(
+    db: Option<sled::Db>,
+    path: std::path::PathBuf,
+) -> projections::ProjectionError {
+    let Some(db) = db else { return std::future::pending().await };
+    let started = std::time::Instant::now();
+    let (data_dir, shown) = (path.parent().map(|p| p.display().to_string()), path.display());
+    let (data_dir, shown) = (data_dir.unwrap_or_default(), shown.to_string());
+    let checked = tokio::task::spawn_blocking(move || projections::check_db(&db, path)).await;
+    match checked {
+        Ok(Ok(())) => {
+            let read_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(read_ms, "read models read whole: no damaged page");
+            std::future::pending().await
+        }
+        Ok(Err(e)) => e,
+        Err(join) => projections::ProjectionError::Damaged {
+            path: shown,
+            data_dir,
+            detail: format!("the read did not finish: {join}"),
+        },
+    }
 }
 
 /// `--read-only` (query role only): serves the read models of a data directory, or of a

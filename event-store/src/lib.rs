@@ -119,7 +119,7 @@ pub use esdb::{EsdbConfig, EsdbStore};
 pub use log_scan::{LogScan, ScanEvents};
 pub use memory_store::MemoryStore;
 pub use sled_store::{
-    OpenReport, SledConfig, SledStore, DEFAULT_CACHE_BYTES_MAX,
+    open_waiting as open_sled_waiting, OpenReport, SledConfig, SledStore, DEFAULT_CACHE_BYTES_MAX,
     DEFAULT_INDEX_CHECKPOINT_INTERVAL_EVENTS, IDEMPOTENCY_TREE, LOG_TREE, SLED_SEGMENT_BYTES,
 };
 

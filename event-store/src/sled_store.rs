@@ -289,7 +289,7 @@ pub(crate) fn is_lock_held(e: &sled::Error) -> bool {
 /// Opens sled with `config`, retrying for at most `OPEN_LOCK_ATTEMPTS_MAX × OPEN_LOCK_RETRY_MS`
 /// (2 s) while its file lock is held: a store closed a moment ago in this process may still be
 /// releasing it. A lock still held after that is returned as the error.
-pub(crate) fn open_waiting(config: &sled::Config) -> sled::Result<sled::Db> {
+pub fn open_waiting(config: &sled::Config) -> sled::Result<sled::Db> {
     for attempt in 1..=OPEN_LOCK_ATTEMPTS_MAX {
         match config.open() {
             Err(e) if is_lock_held(&e) && attempt < OPEN_LOCK_ATTEMPTS_MAX => {

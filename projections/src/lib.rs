@@ -69,8 +69,8 @@ pub use runner::{
 };
 pub use shared::{SharedConfig, SharedFeed, SharedLog, RING_EVENTS_MAX_LIMIT};
 pub use store::{
-    open_db, Digest, ReadModel, Snapshot, Writes, CACHE_CAPACITY_BYTES, META_PREFIX,
-    SEGMENT_SIZE_BYTES,
+    check_db, open_db, open_db_unchecked, Digest, ReadModel, Snapshot, Writes,
+    CACHE_CAPACITY_BYTES, META_PREFIX, SEGMENT_SIZE_BYTES,
 };
 
 use event_store::{Position, StoreError};
