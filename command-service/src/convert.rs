@@ -6,6 +6,7 @@ use std::str::FromStr;
 use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, PaymentOutcome};
+use domain::credit_note::{CreditDestination, CreditLineRequest, CreditNote, CreditNoteRequest};
 use domain::error::{DomainError, Violations};
 use domain::events::Usage;
 use domain::invoice::InvoiceAccount;
@@ -305,6 +306,62 @@ pub fn record_payment(r: &pb::RecordPaymentRequest, now: Timestamp) -> Parsed<Co
     Ok(Command::RecordPayment { invoice_id: r.invoice_id.clone(), outcome, occurred_at })
 }
 
+/// An `IssueCreditNote` request as a command (amounts parsed; the rules are the domain's).
+pub fn credit_note(r: &pb::IssueCreditNoteRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let destination = CreditDestination::parse(&r.destination);
+    if destination.is_none() {
+        v.push("destination", format!("{:?} is not one of credit, refund, offset", r.destination));
+    }
+    if r.lines.len() > domain::credit_note::CREDIT_NOTE_LINES_MAX {
+        let max = domain::credit_note::CREDIT_NOTE_LINES_MAX;
+        v.push("lines", format!("must name 1 to {max} invoice lines"));
+    }
+    let lines: Vec<CreditLineRequest> = r
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| CreditLineRequest {
+            line_index: l.line_index,
+            amount: dec(&mut v, &format!("lines[{i}].amount"), &l.amount, false),
+        })
+        .collect();
+    v.into_result()?;
+    Ok(Command::IssueCreditNote(CreditNoteRequest {
+        invoice_id: r.invoice_id.clone(),
+        lines,
+        reason: r.reason.clone(),
+        destination: destination.expect("checked"),
+    }))
+}
+
+/// A credit note on the wire.
+pub fn credit_note_reply(n: &CreditNote) -> pb::CreditNote {
+    let m = |amount: Decimal| money(n.currency, amount);
+    pb::CreditNote {
+        credit_note_id: n.credit_note_id.clone(),
+        number: n.number,
+        customer_id: n.customer_id.clone(),
+        invoice_id: n.invoice_id.clone(),
+        currency: n.currency.code().to_string(),
+        issued_at: Some(to_timestamp(n.issued_at)),
+        reason: n.reason.clone(),
+        destination: n.destination.as_str().to_string(),
+        lines: n
+            .lines
+            .iter()
+            .map(|l| pb::CreditNoteLine {
+                line_index: l.line_index,
+                description: l.description.clone(),
+                amount: m(l.amount),
+            })
+            .collect(),
+        subtotal: m(n.subtotal),
+        tax: m(n.tax),
+        total: m(n.total),
+    }
+}
+
 /// Money on the wire: exactly the currency's minor-unit digits ("5.00" USD, "5" JPY, "5.000"
 /// KWD; [`Currency::format`], as the exports write it). An amount with more digits (none in
 /// the ledger) is written whole, never rounded, and logged.
@@ -336,6 +393,8 @@ pub fn invoice(acc: &InvoiceAccount) -> pb::Invoice {
         status: acc.status.as_str().to_string(),
         failed_attempts: acc.failed_attempts,
         reason: i.reason.as_str().to_string(),
+        amount_credited: m(acc.credits.total()),
+        credit_note_ids: acc.credits.credit_note_ids.clone(),
     }
 }
 

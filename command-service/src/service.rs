@@ -482,6 +482,28 @@ impl CommandService for CommandApi {
         self.invoice_reply(&r.invoice_id, done).await
     }
 
+    #[tracing::instrument(skip_all, fields(invoice_id = %echo(&request.get_ref().invoice_id)))]
+    async fn issue_credit_note(
+        &self,
+        request: Request<pb::IssueCreditNoteRequest>,
+    ) -> Result<Response<pb::CreditNoteResponse>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| check_invoice_id(v, "invoice_id", &r.invoice_id))?;
+        let cmd = convert::credit_note(&r);
+        let done = self.run("IssueCreditNote", &r, &key, cmd, None).await?;
+        let note = done.events.iter().find_map(|e| match e {
+            Event::CreditNoteIssued(n) => Some(convert::credit_note_reply(n)),
+            _ => None,
+        });
+        let invoice = self.engine.read(|l| l.invoices.get(&r.invoice_id).map(convert::invoice));
+        let invoice = invoice.await;
+        Ok(Response::new(pb::CreditNoteResponse {
+            ack: Some(ack(&done)),
+            credit_note: note,
+            invoice,
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(subscription_id = %echo(&request.get_ref().subscription_id)))]
     async fn get_current_usage(
         &self,

@@ -89,4 +89,5 @@ pub enum Command {
         invoice_id: String,
         reason: String,
     },
+    IssueCreditNote(crate::credit_note::CreditNoteRequest),
 }

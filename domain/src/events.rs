@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::calendar::{Anchor, Period};
 use crate::catalog::{Customer, Metric, Plan, PlanRef};
+use crate::credit_note::CreditNote;
 use crate::invoice::Invoice;
 
 /// Current schema version of every event type.
@@ -18,7 +19,7 @@ pub const SCHEMA_VERSION: u16 = 1;
 
 /// Every event type [`Event::type_name`] gives, for readers that pick types before decoding
 /// (the projections' shared reader).
-pub const EVENT_TYPES: [&str; 16] = [
+pub const EVENT_TYPES: [&str; 17] = [
     "CustomerRegistered",
     "CustomerUpdated",
     "BillableMetricDefined",
@@ -35,6 +36,7 @@ pub const EVENT_TYPES: [&str; 16] = [
     "PaymentSucceeded",
     "PaymentFailed",
     "InvoiceMarkedUncollectible",
+    "CreditNoteIssued",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +126,8 @@ pub enum Event {
         invoice_id: String,
         occurred_at: Timestamp,
     },
+    /// A credit note against an issued invoice (SPEC §8.3).
+    CreditNoteIssued(CreditNote),
 }
 
 /// The persisted form of `UsageRecorded` (`{"type": "UsageRecorded", ...Usage}`), read
@@ -173,6 +177,7 @@ impl Event {
             | Event::InvoiceMarkedUncollectible { invoice_id, .. } => {
                 format!("invoice-{invoice_id}")
             }
+            Event::CreditNoteIssued(n) => format!("credit-note-{}", n.credit_note_id),
         }
     }
 
@@ -194,6 +199,7 @@ impl Event {
             Event::PaymentSucceeded { .. } => "PaymentSucceeded",
             Event::PaymentFailed { .. } => "PaymentFailed",
             Event::InvoiceMarkedUncollectible { .. } => "InvoiceMarkedUncollectible",
+            Event::CreditNoteIssued(_) => "CreditNoteIssued",
         }
     }
 
@@ -212,6 +218,7 @@ impl Event {
             Event::UsageRecorded(u) => Some(u.occurred_at),
             Event::BillingPeriodClosed { closed_at, .. } => Some(*closed_at),
             Event::InvoiceIssued(i) => Some(i.issued_at),
+            Event::CreditNoteIssued(n) => Some(n.issued_at),
             Event::TrialEnded { .. }
             | Event::PlanChanged { .. }
             | Event::CustomerRegistered(_)

@@ -6,6 +6,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::Period;
+use crate::credit_note::{CreditNote, InvoiceCredits};
 use crate::error::DomainError;
 use crate::money::{checked_sum, Currency};
 
@@ -180,6 +181,8 @@ pub enum InvoiceStatus {
     Paid,
     Void,
     Uncollectible,
+    /// Nothing due: credit notes offset what payments had not covered (SPEC §8.3).
+    Closed,
 }
 
 impl InvoiceStatus {
@@ -189,6 +192,7 @@ impl InvoiceStatus {
             InvoiceStatus::Paid => "paid",
             InvoiceStatus::Void => "void",
             InvoiceStatus::Uncollectible => "uncollectible",
+            InvoiceStatus::Closed => "closed",
         }
     }
 }
@@ -200,6 +204,9 @@ pub struct InvoiceAccount {
     pub amount_paid: Decimal,
     pub failed_attempts: u32,
     pub status: InvoiceStatus,
+    /// What its credit notes credited (SPEC §8.3).
+    #[serde(default)]
+    pub credits: InvoiceCredits,
 }
 
 impl InvoiceAccount {
@@ -207,13 +214,46 @@ impl InvoiceAccount {
     pub fn issued(invoice: Invoice) -> Self {
         let status =
             if invoice.total <= Decimal::ZERO { InvoiceStatus::Paid } else { InvoiceStatus::Open };
-        InvoiceAccount { invoice, amount_paid: Decimal::ZERO, failed_attempts: 0, status }
+        InvoiceAccount {
+            invoice,
+            amount_paid: Decimal::ZERO,
+            failed_attempts: 0,
+            status,
+            credits: InvoiceCredits::default(),
+        }
     }
 
+    /// Total less payments and offsets (never below zero); nothing on a void invoice.
     pub fn amount_due(&self) -> Decimal {
         match self.status {
             InvoiceStatus::Void => Decimal::ZERO,
-            _ => (self.invoice.total - self.amount_paid).max(Decimal::ZERO),
+            _ => (self.invoice.total - self.amount_paid - self.credits.offset).max(Decimal::ZERO),
+        }
+    }
+
+    /// What was paid and not yet returned by a `refund` or `credit` note.
+    pub fn refundable(&self) -> Decimal {
+        (self.amount_paid - self.credits.refunded - self.credits.to_balance).max(Decimal::ZERO)
+    }
+
+    /// Applies a payment (checked when it was decided): paid once nothing is due.
+    pub fn pay(&mut self, amount: Decimal) {
+        self.amount_paid += amount;
+        let settled = self.amount_paid + self.credits.offset;
+        assert!(settled <= self.invoice.total, "overpaid invoice {}", self.invoice.invoice_id);
+        if self.status != InvoiceStatus::Void && self.amount_due().is_zero() {
+            self.status = InvoiceStatus::Paid;
+        }
+    }
+
+    /// Applies a credit note (checked when it was decided): an offset that leaves nothing due
+    /// closes an open invoice.
+    pub fn credit(&mut self, note: &CreditNote) {
+        assert_eq!(note.invoice_id, self.invoice.invoice_id, "the note credits this invoice");
+        self.credits.add(note);
+        assert!(self.credits.subtotal <= self.invoice.subtotal, "credited past the subtotal");
+        if self.status == InvoiceStatus::Open && self.amount_due().is_zero() {
+            self.status = InvoiceStatus::Closed;
         }
     }
 }

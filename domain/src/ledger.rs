@@ -15,6 +15,7 @@ use crate::catalog::{
     check_id, check_tax_rate, Charge, Customer, FeeTiming, Metric, Plan, PlanRef,
 };
 use crate::commands::{Command, Context, PaymentOutcome};
+use crate::credit_note::{self, CreditDestination};
 use crate::error::{DomainError, Violations, PLAN_OUT_OF_BOUNDS};
 use crate::events::{Event, PlanChangeKind, Usage};
 use crate::invoice::{
@@ -64,6 +65,12 @@ pub struct CustomerState {
     pub customer: Customer,
     #[serde(with = "jiff::fmt::serde::tz::required")]
     pub time_zone: TimeZone,
+    /// Credit notes issued to the customer (the last one's number).
+    #[serde(default)]
+    pub credit_notes_issued: u32,
+    /// Credit from `credit` notes not yet consumed (SPEC §8.3).
+    #[serde(default)]
+    pub credit_balance: Decimal,
 }
 
 /// What a usage command came to.
@@ -208,6 +215,15 @@ impl Ledger {
             }
             Command::VoidInvoice { invoice_id, reason } => {
                 self.decide_void(invoice_id, reason, ctx)
+            }
+            Command::IssueCreditNote(req) => {
+                let account = self.invoice(&req.invoice_id)?;
+                let customer = self.customer(&account.invoice.customer_id)?;
+                let number = customer.credit_notes_issued.checked_add(1).ok_or_else(|| {
+                    DomainError::overflow(event_stream_of(account), "credit note numbers")
+                })?;
+                let note = credit_note::decide(account, number, req, ctx.now)?;
+                Ok(vec![Event::CreditNoteIssued(note)])
             }
         }
     }
@@ -1036,7 +1052,10 @@ impl Ledger {
                         ),
                     ));
                 }
-                if matches!(inv.status, InvoiceStatus::Paid | InvoiceStatus::Void) {
+                if matches!(
+                    inv.status,
+                    InvoiceStatus::Paid | InvoiceStatus::Void | InvoiceStatus::Closed
+                ) {
                     return Err(DomainError::precondition(
                         "INVOICE_NOT_PAYABLE",
                         subject,
@@ -1092,6 +1111,16 @@ impl Ledger {
         crate::catalog::check_text(&mut v, "reason", reason, false);
         v.into_result()?;
         let inv = self.invoice(id)?;
+        if !inv.credits.credit_note_ids.is_empty() {
+            return Err(DomainError::precondition(
+                "INVOICE_NOT_VOIDABLE",
+                format!("invoice-{id}"),
+                format!(
+                    "invoice {id} has credit notes ({}): correct it with another credit note",
+                    inv.credits.credit_note_ids.join(", ")
+                ),
+            ));
+        }
         if inv.status != InvoiceStatus::Open || !inv.amount_paid.is_zero() {
             return Err(DomainError::precondition(
                 "INVOICE_NOT_VOIDABLE",
@@ -1120,7 +1149,12 @@ impl Ledger {
                 let time_zone = parse_time_zone(&c.time_zone).expect("validated at decide");
                 self.customers.insert(
                     c.customer_id.clone(),
-                    CustomerState { customer: c.clone(), time_zone },
+                    CustomerState {
+                        customer: c.clone(),
+                        time_zone,
+                        credit_notes_issued: 0,
+                        credit_balance: Decimal::ZERO,
+                    },
                 );
             }
             Event::CustomerUpdated { customer_id, name, tax_rate, .. } => {
@@ -1151,11 +1185,19 @@ impl Ledger {
                 self.invoice_mut(invoice_id).status = InvoiceStatus::Void
             }
             Event::PaymentSucceeded { invoice_id, amount, .. } => {
-                let inv = self.invoice_mut(invoice_id);
-                inv.amount_paid += *amount;
-                assert!(inv.amount_paid <= inv.invoice.total, "overpaid invoice {invoice_id}");
-                if inv.amount_paid == inv.invoice.total {
-                    inv.status = InvoiceStatus::Paid;
+                self.invoice_mut(invoice_id).pay(*amount)
+            }
+            Event::CreditNoteIssued(note) => {
+                self.invoice_mut(&note.invoice_id).credit(note);
+                let customer = self.customers.get_mut(&note.customer_id).expect("customer exists");
+                assert_eq!(
+                    customer.credit_notes_issued + 1,
+                    note.number,
+                    "notes numbered in order"
+                );
+                customer.credit_notes_issued = note.number;
+                if note.destination == CreditDestination::Credit {
+                    customer.credit_balance += note.total;
                 }
             }
             Event::PaymentFailed { invoice_id, attempt, .. } => {
@@ -1357,6 +1399,11 @@ fn monthly_fee(sub: &Subscription, plan: &Plan) -> Result<Decimal, DomainError> 
         let what = format!("monthly base fee of plan {} v{}", plan.code, plan.version);
         DomainError::overflow(sub.subject(), what)
     })
+}
+
+/// The stream a credit note's failure names: its customer's.
+fn event_stream_of(account: &InvoiceAccount) -> String {
+    format!("customer-{}", account.invoice.customer_id)
 }
 
 fn precondition(

@@ -8,6 +8,7 @@
 pub mod calendar;
 pub mod catalog;
 pub mod commands;
+pub mod credit_note;
 pub mod error;
 pub mod events;
 pub mod invoice;

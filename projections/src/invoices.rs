@@ -1,7 +1,8 @@
 //! The `invoices` read model (SPEC §5): every issued invoice with its lines, tax, totals,
 //! status (open, paid, void, uncollectible), amount paid, amount due and failed attempts, built
-//! from `InvoiceIssued`, `PaymentSucceeded`, `PaymentFailed`, `InvoiceVoided` and
-//! `InvoiceMarkedUncollectible`. Status rules are the write model's (`domain::ledger` evolve):
+//! from `InvoiceIssued`, `PaymentSucceeded`, `PaymentFailed`, `InvoiceVoided`,
+//! `InvoiceMarkedUncollectible` and `CreditNoteIssued` (which also keeps the credit note
+//! itself and the customer's credit balance). Status rules are the write model's (`domain::ledger` evolve):
 //! an invoice with total ≤ 0 is paid at issue; it becomes paid when the payments reach its total
 //! (also from uncollectible); nothing is due on a void invoice.
 //!
@@ -12,6 +13,7 @@
 //! customer/status index yields, a bounded number per page ([`PERIOD_SCAN_MAX`]).
 
 use domain::calendar::Period;
+use domain::credit_note::{CreditDestination, CreditNote, InvoiceCredits};
 use domain::events::Event;
 use domain::invoice::{Invoice, InvoiceAccount, InvoiceStatus};
 use event_store::{Position, RecordedEvent};
@@ -54,6 +56,19 @@ pub struct InvoiceRecord {
     pub issued_position: Position,
     /// Position of the last event that changed the invoice.
     pub updated_position: Position,
+    /// What its credit notes credited (SPEC §8.3).
+    #[serde(default)]
+    pub credits: InvoiceCredits,
+}
+
+/// A credit note as the read model holds it (`cn/<credit_note_id>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditNoteRecord {
+    /// Encoding version, [`RECORD_VERSION`].
+    pub v: u16,
+    pub note: CreditNote,
+    /// Position of `CreditNoteIssued`.
+    pub position: Position,
 }
 
 impl InvoiceRecord {
@@ -74,6 +89,7 @@ impl InvoiceRecord {
             uncollectible_at: None,
             issued_position: position,
             updated_position: position,
+            credits: InvoiceCredits::default(),
         }
     }
 
@@ -84,12 +100,34 @@ impl InvoiceRecord {
                 self.invoice.invoice_id, self.invoice.customer_id
             )
         })?;
-        if self.amount_paid > self.invoice.total {
-            return Err(format!("payments {} exceed the total", self.amount_paid));
+        let settled = self.amount_paid.saturating_add(self.credits.offset);
+        if settled > self.invoice.total {
+            return Err(format!("payments {} and offsets exceed the total", self.amount_paid));
         }
-        if self.amount_paid == self.invoice.total {
+        if settled == self.invoice.total {
             self.status = InvoiceStatus::Paid;
             self.paid_at = Some(at);
+        }
+        Ok(())
+    }
+
+    /// Same rule as `InvoiceAccount::credit`: an offset that leaves nothing due closes an open
+    /// invoice.
+    fn credit(&mut self, note: &CreditNote) -> Result<(), String> {
+        if matches!(self.status, InvoiceStatus::Void | InvoiceStatus::Uncollectible) {
+            return Err(format!(
+                "credit note {} on a {} invoice",
+                note.credit_note_id,
+                self.status.as_str()
+            ));
+        }
+        self.credits.add(note);
+        if self.credits.subtotal > self.invoice.subtotal {
+            return Err(format!("credit notes exceed the subtotal of invoice {}", note.invoice_id));
+        }
+        self.refresh_amount_due();
+        if self.status == InvoiceStatus::Open && self.amount_due.is_zero() {
+            self.status = InvoiceStatus::Closed;
         }
         Ok(())
     }
@@ -118,7 +156,10 @@ impl InvoiceRecord {
         self.amount_due = match self.status {
             InvoiceStatus::Void => Decimal::ZERO,
             // Saturating is exact here: a result below the range is clamped to 0 anyway.
-            _ => self.invoice.total.saturating_sub(self.amount_paid).max(Decimal::ZERO),
+            _ => {
+                let settled = self.amount_paid.saturating_add(self.credits.offset);
+                self.invoice.total.saturating_sub(settled).max(Decimal::ZERO)
+            }
         };
     }
 
@@ -166,7 +207,9 @@ impl Projection for InvoicesProjection {
     }
 
     fn wants(&self, event_type: &str) -> bool {
-        event_type.starts_with("Invoice") || event_type.starts_with("Payment")
+        event_type.starts_with("Invoice")
+            || event_type.starts_with("Payment")
+            || event_type == "CreditNoteIssued"
     }
 
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
@@ -185,8 +228,60 @@ impl Projection for InvoicesProjection {
             Event::InvoiceMarkedUncollectible { invoice_id, occurred_at } => {
                 update(w, invoice_id, at, |r| r.mark_uncollectible(*occurred_at))
             }
+            Event::CreditNoteIssued(note) => credit(w, note, at),
             _ => Ok(()),
         }
+    }
+}
+
+fn credit_note_key(credit_note_id: &str) -> Vec<u8> {
+    format!("cn/{credit_note_id}").into_bytes()
+}
+
+fn credit_balance_key(customer_id: &str) -> Vec<u8> {
+    format!("cb/{customer_id}").into_bytes()
+}
+
+/// Records a credit note: the document and its indexes (`cnx/i/<invoice>/<pos>`,
+/// `cnx/c/<customer>/<pos>` → id), the credited invoice, and for a `credit` note the
+/// customer's credit balance (`cb/<customer>`).
+fn credit(w: &mut Writes<'_>, note: &CreditNote, position: Position) -> Result<()> {
+    if w.get(&credit_note_key(&note.credit_note_id))?.is_some() {
+        let detail = format!("credit note {} issued twice", note.credit_note_id);
+        return Err(inconsistent(position, detail));
+    }
+    update(w, &note.invoice_id, position, |r| r.credit(note))?;
+    let record = CreditNoteRecord { v: RECORD_VERSION, note: note.clone(), position };
+    let encoded = serde_json::to_vec(&record).expect("credit notes serialize");
+    w.put(credit_note_key(&note.credit_note_id), encoded);
+    let pos = position_token(position);
+    let id = note.credit_note_id.as_bytes();
+    w.put(format!("cnx/i/{}/{pos}", note.invoice_id), id);
+    w.put(format!("cnx/c/{}/{pos}", note.customer_id), id);
+    if note.destination == CreditDestination::Credit {
+        let key = credit_balance_key(&note.customer_id);
+        let mut credit = match w.get(&key)? {
+            Some(b) => CreditBalance::decode(&b)?,
+            None => CreditBalance { currency: note.currency, balance: Decimal::ZERO },
+        };
+        credit.balance = credit.balance.checked_add(note.total).ok_or_else(|| {
+            inconsistent(position, format!("credit balance of {} overflows", note.customer_id))
+        })?;
+        w.put(key, serde_json::to_vec(&credit).expect("balances serialize"));
+    }
+    Ok(())
+}
+
+/// A customer's credit balance from `credit` notes (`cb/<customer>`), in its currency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditBalance {
+    pub currency: domain::money::Currency,
+    pub balance: Decimal,
+}
+
+impl CreditBalance {
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| corrupt(NAME, format!("credit balance: {e}")))
     }
 }
 
@@ -334,6 +429,41 @@ impl InvoiceReader {
             .read(|snap| Listing { snap, filter, prefix: &prefix, size, budget }.collect(after))
     }
 
+    /// The credit note, if it has been issued.
+    pub fn credit_note(&self, credit_note_id: &str) -> Result<Option<CreditNoteRecord>> {
+        self.model.read(|snap| load_credit_note(snap, credit_note_id.as_bytes()))
+    }
+
+    /// The credit notes of an invoice, or of a customer, in issue order (at most
+    /// [`PAGE_SIZE_MAX`]; `of` must be non-empty without '/').
+    pub fn credit_notes(&self, of: CreditNotesOf<'_>) -> Result<Vec<CreditNoteRecord>> {
+        let (prefix, id) = match of {
+            CreditNotesOf::Invoice(id) => ("cnx/i/", id),
+            CreditNotesOf::Customer(id) => ("cnx/c/", id),
+        };
+        if id.is_empty() || id.contains('/') {
+            let msg = format!("id {id:?} must be non-empty without '/'");
+            return Err(ProjectionError::InvalidArgument(msg));
+        }
+        let prefix = format!("{prefix}{id}/");
+        self.model.read(|snap| {
+            let hits = snap.scan(prefix.as_bytes(), None, PAGE_SIZE_MAX)?;
+            let missing = |id: &[u8]| corrupt(NAME, format!("index names missing note {id:?}"));
+            hits.iter()
+                .map(|(_, id)| load_credit_note(snap, id)?.ok_or_else(|| missing(id)))
+                .collect()
+        })
+    }
+
+    /// The customer's credit balance from `credit` notes (`None`: never had one).
+    pub fn credit_balance(&self, customer_id: &str) -> Result<Option<CreditBalance>> {
+        self.model.read(|snap| {
+            snap.get(&credit_balance_key(customer_id))?
+                .map(|b| CreditBalance::decode(&b))
+                .transpose()
+        })
+    }
+
     /// The ids of every invoice issued to `customer_id`, in issue order (index keys only).
     pub fn customer_invoice_ids(&self, customer_id: &str) -> Result<Vec<String>> {
         let filter = InvoiceFilter { customer_id: Some(customer_id.into()), ..Default::default() };
@@ -395,6 +525,26 @@ impl Listing<'_, '_> {
 fn load(snap: &Snapshot<'_>, invoice_id: &[u8]) -> Result<Option<InvoiceRecord>> {
     let key = [b"inv/".as_slice(), invoice_id].concat();
     snap.get(&key)?.map(|bytes| InvoiceRecord::decode(&bytes)).transpose()
+}
+
+fn load_credit_note(snap: &Snapshot<'_>, id: &[u8]) -> Result<Option<CreditNoteRecord>> {
+    let key = [b"cn/".as_slice(), id].concat();
+    let decode = |bytes: &[u8]| -> Result<CreditNoteRecord> {
+        let record: CreditNoteRecord = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(NAME, format!("credit note record: {e}")))?;
+        if record.v != RECORD_VERSION {
+            return Err(corrupt(NAME, format!("unknown credit note version {}", record.v)));
+        }
+        Ok(record)
+    };
+    snap.get(&key)?.map(|bytes| decode(&bytes)).transpose()
+}
+
+/// Whose credit notes to list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreditNotesOf<'a> {
+    Invoice(&'a str),
+    Customer(&'a str),
 }
 
 fn parse_page_token(token: &str) -> Result<String> {

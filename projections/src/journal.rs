@@ -98,6 +98,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::ops::Bound;
 
 use domain::calendar::{local_date, Period};
+use domain::credit_note::{CreditDestination, CreditNote};
 use domain::events::Event;
 use domain::invoice::{Invoice, InvoiceLine, InvoiceStatus, LineKind};
 use domain::money::{checked_sum, Currency};
@@ -155,10 +156,12 @@ pub enum Account {
     DeferredRevenue,
     TaxPayable,
     Revenue(RevenueType),
+    /// What `credit` notes owe the customer until later invoices consume it (liability).
+    CustomerCredit,
 }
 
 /// Every account, in report order.
-pub const ACCOUNTS: [Account; 10] = [
+pub const ACCOUNTS: [Account; 11] = [
     Account::AccountsReceivable,
     Account::UnbilledReceivable,
     Account::Cash,
@@ -169,6 +172,7 @@ pub const ACCOUNTS: [Account; 10] = [
     Account::Revenue(RevenueType::Usage),
     Account::Revenue(RevenueType::TrueUp),
     Account::Revenue(RevenueType::Credit),
+    Account::CustomerCredit,
 ];
 
 impl Account {
@@ -184,6 +188,7 @@ impl Account {
             Account::Revenue(RevenueType::Usage) => "revenue:usage",
             Account::Revenue(RevenueType::TrueUp) => "revenue:true_up",
             Account::Revenue(RevenueType::Credit) => "revenue:credit",
+            Account::CustomerCredit => "customer_credit",
         }
     }
 
@@ -230,6 +235,10 @@ pub enum EntryKind {
     /// entry per subscription and day; also its reversal when a period closes without
     /// invoicing a metric that had accrued.
     UsageAccrual,
+    /// A credit note (SPEC §8.5): Dr deferred revenue (the unrecognized part of each credited
+    /// line first), Dr revenue (the recognized part), Dr tax payable / Cr customer credit,
+    /// accounts receivable or cash (its destination).
+    CreditNote,
 }
 
 impl EntryKind {
@@ -243,6 +252,7 @@ impl EntryKind {
             EntryKind::Void => "void",
             EntryKind::VoidRecognition => "void_recognition",
             EntryKind::UsageAccrual => "usage_accrual",
+            EntryKind::CreditNote => "credit_note",
         }
     }
 }
@@ -269,6 +279,9 @@ pub struct JournalEntry {
     /// Set on usage accruals only.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subscription_id: String,
+    /// Set on credit-note entries only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credit_note_id: String,
     pub currency: Currency,
     /// Log position of the event that posted it.
     pub position: Position,
@@ -382,6 +395,9 @@ struct InvoiceState {
     total: Decimal,
     paid: Decimal,
     written_off: Decimal,
+    /// Σ `offset` credit notes: no longer receivable.
+    #[serde(default)]
+    offset: Decimal,
     status: InvoiceStatus,
     voided_on: Option<Date>,
     issue_entry: EntryRef,
@@ -570,6 +586,7 @@ impl Projection for JournalProjection {
             Event::BillingPeriodClosed { subscription_id, period, .. } => {
                 j.close_accruals(subscription_id, period)?
             }
+            Event::CreditNoteIssued(note) => j.credit_note(note)?,
             _ => {}
         }
         self.meter.after(decoded, event.position);
@@ -692,6 +709,18 @@ impl Journal<'_, '_> {
         currency: Currency,
         legs: &Legs,
     ) -> Result<Option<EntryRef>> {
+        self.post_for(date, kind, (invoice_id, ""), currency, legs)
+    }
+
+    /// [`Journal::post`] for a document: `(invoice_id, credit_note_id)`.
+    fn post_for(
+        &mut self,
+        date: Date,
+        kind: EntryKind,
+        (invoice_id, credit_note_id): (&str, &str),
+        currency: Currency,
+        legs: &Legs,
+    ) -> Result<Option<EntryRef>> {
         let postings = legs.postings().map_err(|what| {
             overflow(self.position, format_args!("{kind:?} of invoice {invoice_id}: {what}"))
         })?;
@@ -707,6 +736,7 @@ impl Journal<'_, '_> {
             kind,
             invoice_id: invoice_id.to_string(),
             subscription_id: String::new(),
+            credit_note_id: credit_note_id.to_string(),
             currency,
             position: self.position,
             postings,
@@ -1016,6 +1046,7 @@ impl Journal<'_, '_> {
             total: inv.total,
             paid: Decimal::ZERO,
             written_off: Decimal::ZERO,
+            offset: Decimal::ZERO,
             status,
             voided_on: None,
             issue_entry,
@@ -1113,7 +1144,7 @@ impl Journal<'_, '_> {
         s.written_off -= recovery;
         s.paid =
             plus(s.paid, amount, self.position, || format!("payments of invoice {invoice_id}"))?;
-        if s.status != InvoiceStatus::Void && s.paid >= s.total {
+        if s.status != InvoiceStatus::Void && s.paid.saturating_add(s.offset) >= s.total {
             s.status = InvoiceStatus::Paid;
         }
         self.store(&s);
@@ -1127,6 +1158,7 @@ impl Journal<'_, '_> {
         }
         let date = self.local(&s, at);
         let due = s.total.checked_sub(s.paid).and_then(|x| x.checked_sub(s.written_off));
+        let due = due.and_then(|x| x.checked_sub(s.offset));
         let what = || format!("amount due of invoice {invoice_id}");
         let due = due.ok_or_else(|| overflow(self.position, what()))?.max(Decimal::ZERO);
         let mut legs = Legs::default();
@@ -1135,6 +1167,65 @@ impl Journal<'_, '_> {
         self.post(date, EntryKind::Uncollectible, invoice_id, s.currency, &legs)?;
         s.written_off = plus(s.written_off, due, self.position, what)?;
         s.status = InvoiceStatus::Uncollectible;
+        self.store(&s);
+        Ok(())
+    }
+
+    /// A credit note: each credited line's schedule loses the credited amount, its
+    /// unrecognized part first (`recognition::credit_reversal` on the note's date, as a credit
+    /// line reverses a base fee); the entry debits what that reverses (deferred revenue for
+    /// days from the note's date, revenue for the excess recognized on it) and tax payable,
+    /// and credits the destination.
+    fn credit_note(&mut self, note: &CreditNote) -> Result<()> {
+        let position = self.position;
+        let mut s = self.load(&note.invoice_id)?;
+        if s.voided_on.is_some() || s.currency != note.currency {
+            let detail = format!("credit note {} on void or foreign invoice", note.credit_note_id);
+            return Err(inconsistent(position, detail));
+        }
+        let date = self.local(&s, note.issued_at).max(s.issue_date);
+        let cur = s.currency;
+        let mut entry = Legs::default();
+        entry.dr(Account::TaxPayable, note.tax);
+        entry.cr(destination_account(note.destination), note.total);
+        let mut days: BTreeMap<Date, Legs> = BTreeMap::new();
+        for credited in &note.lines {
+            let i = credited.line_index as usize;
+            let what = || format!("credit note {} line {i}", note.credit_note_id);
+            let Some(line) = s.lines.get_mut(i) else {
+                return Err(inconsistent(position, format!("{}: no such line", what())));
+            };
+            let effective = merge(&line.entries, &line.adjustments)
+                .ok_or_else(|| overflow(position, what()))?;
+            let reversal = recognition::credit_reversal(&effective, -credited.amount, date, cur);
+            line.adjustments = merge_nonzero(&line.adjustments, &reversal)
+                .ok_or_else(|| overflow(position, what()))?;
+            let revenue_type = line.revenue_type;
+            let this = LineRef { invoice_id: note.invoice_id.clone(), line_index: i };
+            for (d, a) in &reversal {
+                self.add_to_waterfall(*d, &this, cur, revenue_type, *a)?;
+                let source = if *d < s.issue_date {
+                    Account::UnbilledReceivable
+                } else {
+                    Account::DeferredRevenue
+                };
+                entry.cr(source, *a);
+                let day = days.entry(*d).or_default();
+                day.dr(source, *a);
+                day.cr(Account::Revenue(revenue_type), *a);
+            }
+        }
+        let document = (note.invoice_id.as_str(), note.credit_note_id.as_str());
+        self.post_for(date, EntryKind::CreditNote, document, cur, &entry)?;
+        for (d, legs) in &days {
+            let posted = self.post_for(*d, EntryKind::Recognition, document, cur, legs)?;
+            s.scheduled.extend(posted);
+        }
+        if note.destination == CreditDestination::Offset {
+            s.offset = plus(s.offset, note.total, position, || {
+                format!("offsets of invoice {}", note.invoice_id)
+            })?;
+        }
         self.store(&s);
         Ok(())
     }
@@ -1214,6 +1305,15 @@ impl Journal<'_, '_> {
     }
 }
 
+/// The account a credit note's money goes to.
+fn destination_account(destination: CreditDestination) -> Account {
+    match destination {
+        CreditDestination::Credit => Account::CustomerCredit,
+        CreditDestination::Refund => Account::Cash,
+        CreditDestination::Offset => Account::AccountsReceivable,
+    }
+}
+
 /// The usage entry `r` of a subscription: Dr unbilled receivable / Cr usage revenue for
 /// `amount` (a negative amount reverses).
 fn usage_entry(
@@ -1236,6 +1336,7 @@ fn usage_entry(
         kind: EntryKind::UsageAccrual,
         invoice_id: String::new(),
         subscription_id: subscription_id.to_string(),
+        credit_note_id: String::new(),
         currency,
         position,
         postings,
@@ -1283,6 +1384,8 @@ pub struct Balances {
     pub bad_debt: Decimal,
     pub deferred_revenue: Decimal,
     pub tax_payable: Decimal,
+    /// Owed to customers by `credit` notes (liability).
+    pub customer_credit: Decimal,
     /// Recognized revenue by type (types with a non-zero balance).
     pub recognized_revenue: BTreeMap<RevenueType, Decimal>,
 }
@@ -1393,6 +1496,7 @@ impl JournalReader {
                         Account::BadDebt => b.bad_debt = net,
                         Account::DeferredRevenue => b.deferred_revenue = -net,
                         Account::TaxPayable => b.tax_payable = -net,
+                        Account::CustomerCredit => b.customer_credit = -net,
                         Account::Revenue(t) => {
                             b.recognized_revenue.insert(t, -net);
                         }

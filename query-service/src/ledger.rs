@@ -37,7 +37,15 @@ pub fn parse_entries(r: &pb::ListJournalEntriesRequest) -> Result<EntriesArgs, S
     })
 }
 
-fn description(k: EntryKind, invoice_id: &str, subscription_id: &str) -> String {
+fn description(k: EntryKind, e: &JournalEntry) -> String {
+    let (invoice_id, subscription_id) = (&e.invoice_id, &e.subscription_id);
+    if !e.credit_note_id.is_empty() {
+        let note = &e.credit_note_id;
+        return match k {
+            EntryKind::Recognition => format!("Revenue of {invoice_id} reversed by {note}"),
+            _ => format!("Credit note {note} on {invoice_id}"),
+        };
+    }
     match k {
         EntryKind::UsageAccrual => {
             format!("Usage of subscription {subscription_id} recognized as consumed")
@@ -50,6 +58,7 @@ fn description(k: EntryKind, invoice_id: &str, subscription_id: &str) -> String 
         EntryKind::VoidRecognition => {
             format!("Revenue recognized on {invoice_id} before its void reversed")
         }
+        EntryKind::CreditNote => format!("Credit note on {invoice_id}"),
     }
 }
 
@@ -69,9 +78,10 @@ pub fn entry(e: JournalEntry) -> pb::JournalEntry {
         entry_id: entry_id(e.seq),
         date: e.date.to_string(),
         kind: e.kind.as_str().into(),
-        description: description(e.kind, &e.invoice_id, &e.subscription_id),
+        description: description(e.kind, &e),
         invoice_id: e.invoice_id,
         subscription_id: e.subscription_id,
+        credit_note_id: e.credit_note_id,
         currency: currency.into(),
         source_position: e.position,
         lines,

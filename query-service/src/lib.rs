@@ -22,7 +22,7 @@ use command_service::status::{bad_field, beyond_head, echo};
 use domain::invoice::{InvoiceAccount, InvoiceStatus};
 use domain::money::Currency;
 use jiff::civil::Date;
-use projections::invoices::{InvoiceFilter, InvoiceReader, InvoiceRecord};
+use projections::invoices::{CreditNotesOf, InvoiceFilter, InvoiceReader, InvoiceRecord};
 use projections::journal::JournalReader;
 use projections::mrr::{Granularity, MovementBucket, MrrReader};
 use projections::{Progress, WaitError};
@@ -131,6 +131,7 @@ fn invoice(record: InvoiceRecord) -> pb::Invoice {
         amount_paid: record.amount_paid,
         failed_attempts: record.failed_attempts,
         status: record.status,
+        credits: record.credits,
     };
     command_service::convert::invoice(&account)
 }
@@ -142,8 +143,10 @@ fn parse_status(c: &mut Check, s: &str) -> Option<Option<InvoiceStatus>> {
         "paid" => InvoiceStatus::Paid,
         "void" => InvoiceStatus::Void,
         "uncollectible" => InvoiceStatus::Uncollectible,
+        "closed" => InvoiceStatus::Closed,
         other => {
-            c.bad("status", format!("{other:?} is not one of open, paid, void, uncollectible"));
+            let all = "open, paid, void, uncollectible, closed";
+            c.bad("status", format!("{other:?} is not one of {all}"));
             return None;
         }
     }))
@@ -232,6 +235,84 @@ impl QueryService for QueryApi {
         let record = view.reader.get(id).map_err(read_error("invoice_id"))?;
         let record = record.ok_or_else(|| not_found("invoice", id))?;
         Ok(Response::new(pb::InvoiceView { invoice: Some(invoice(record)), position }))
+    }
+
+    #[tracing::instrument(skip_all, fields(credit_note_id = %echo(&request.get_ref().credit_note_id)))]
+    async fn get_credit_note(
+        &self,
+        request: Request<pb::CreditNoteQuery>,
+    ) -> Result<Response<pb::CreditNoteView>, Status> {
+        let view = &self.models.invoices;
+        let id = &request.get_ref().credit_note_id;
+        let mut c = Check::default();
+        c.invoice_id("credit_note_id", id);
+        c.done()?;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let position = position(view.reader.model())?;
+        let record = view.reader.credit_note(id).map_err(read_error("credit_note_id"))?;
+        let record = record.ok_or_else(|| not_found("credit note", id))?;
+        let credit_note = Some(command_service::convert::credit_note_reply(&record.note));
+        Ok(Response::new(pb::CreditNoteView { credit_note, position }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_credit_notes(
+        &self,
+        request: Request<pb::ListCreditNotesRequest>,
+    ) -> Result<Response<pb::ListCreditNotesResponse>, Status> {
+        let view = &self.models.invoices;
+        let r = request.get_ref();
+        let mut c = Check::default();
+        let of = match (r.invoice_id.is_empty(), r.customer_id.is_empty()) {
+            (false, true) => {
+                c.invoice_id("invoice_id", &r.invoice_id);
+                Some(CreditNotesOf::Invoice(&r.invoice_id))
+            }
+            (true, false) => {
+                c.id("customer_id", &r.customer_id);
+                Some(CreditNotesOf::Customer(&r.customer_id))
+            }
+            _ => {
+                c.bad("invoice_id", "give exactly one of invoice_id and customer_id");
+                None
+            }
+        };
+        c.done()?;
+        catch_up(&[&view.progress], &request, r.min_position).await?;
+        let position = position(view.reader.model())?;
+        let of = of.expect("checked");
+        let notes = view.reader.credit_notes(of).map_err(read_error("invoice_id"))?;
+        let credit_notes =
+            notes.iter().map(|n| command_service::convert::credit_note_reply(&n.note)).collect();
+        Ok(Response::new(pb::ListCreditNotesResponse { credit_notes, position }))
+    }
+
+    #[tracing::instrument(skip_all, fields(customer_id = %echo(&request.get_ref().customer_id)))]
+    async fn get_customer_credit(
+        &self,
+        request: Request<pb::CustomerCreditQuery>,
+    ) -> Result<Response<pb::CustomerCreditView>, Status> {
+        let view = &self.models.invoices;
+        let id = &request.get_ref().customer_id;
+        let mut c = Check::default();
+        c.id("customer_id", id);
+        c.done()?;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let position = position(view.reader.model())?;
+        let credit = view.reader.credit_balance(id).map_err(read_error("customer_id"))?;
+        let (currency, balance) = match credit {
+            Some(c) => (
+                c.currency.code().to_string(),
+                command_service::convert::money(c.currency, c.balance),
+            ),
+            None => (String::new(), "0".to_string()),
+        };
+        Ok(Response::new(pb::CustomerCreditView {
+            customer_id: id.clone(),
+            currency,
+            balance,
+            position,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(subscription_id = %echo(&request.get_ref().subscription_id)))]
@@ -497,6 +578,7 @@ impl QueryApi {
                 bad_debt: money(cur, b.bad_debt),
                 deferred_revenue: money(cur, b.deferred_revenue),
                 tax_payable: money(cur, b.tax_payable),
+                customer_credit: money(cur, b.customer_credit),
                 total_recognized_revenue: money(cur, b.total_revenue()),
                 recognized_revenue: b
                     .recognized_revenue
