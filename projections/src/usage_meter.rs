@@ -247,6 +247,9 @@ impl UsageMeter {
                 l.invoices.contains_key(invoice_id)
             }
             Event::CustomerUpdated { customer_id, .. } => l.customers.contains_key(customer_id),
+            Event::CreditNoteIssued(n) => {
+                l.invoices.contains_key(&n.invoice_id) && l.customers.contains_key(&n.customer_id)
+            }
             other => subscription_of(other).is_none_or(|s| l.subscriptions.contains_key(s)),
         }
     }
