@@ -676,8 +676,8 @@ impl AuditService for AuditApi {
             check.bad(
                 "kind",
                 format!(
-                    "{:?} is not invoices, journal, trial-balance, revenue-waterfall or \
-                     mrr-movements",
+                    "{:?} is not invoices, credit-notes, journal, trial-balance, \
+                     revenue-waterfall or mrr-movements",
                     r.kind
                 ),
             );

@@ -80,11 +80,15 @@ struct Stats {
     usage_accepted: u64,
     usage_rejected: u64,
     invoices: u64,
+    credit_notes: u64,
     last_position: u64,
 }
 
 struct Sim {
     rng: StdRng,
+    /// Which invoices get a credit note: a stream of its own, so the rest of the simulation
+    /// draws what it drew before credit notes existed.
+    notes_rng: StdRng,
     clock: Arc<AtomicI64>,
     cmd: Cmd,
     start: Date,
@@ -181,6 +185,7 @@ impl Sim {
     fn new(seed: u64, clock: Arc<AtomicI64>, cmd: Cmd, start: Date) -> Sim {
         Sim {
             rng: StdRng::seed_from_u64(seed),
+            notes_rng: StdRng::seed_from_u64(seed ^ NOTES_SEED_SALT),
             clock,
             cmd,
             start,
@@ -523,12 +528,53 @@ impl Sim {
             idempotency_key: key(format_args!("billing-{day}")),
             as_of: Some(self.now()),
         };
-        let r = self.cmd.run_billing(req).await?.into_inner();
-        self.issued(&r.invoices);
+        let mut r = self.cmd.run_billing(req).await?.into_inner();
         self.ack(r.ack.as_ref());
+        for invoice in &mut r.invoices {
+            self.maybe_credit(invoice).await?;
+        }
+        self.issued(&r.invoices);
+        Ok(())
+    }
+
+    /// Now and then (a [`CREDIT_NOTE_CHANCE`] of open invoices) a service credit: an `offset`
+    /// credit note for a tenth of the invoice's largest line; `invoice` becomes the credited
+    /// invoice (its amount due is what the customer then pays).
+    async fn maybe_credit(&mut self, invoice: &mut pb::Invoice) -> anyhow::Result<()> {
+        if invoice.status != "open" || self.notes_rng.gen::<f64>() >= CREDIT_NOTE_CHANCE {
+            return Ok(());
+        }
+        let currency = domain::money::Currency::parse(&invoice.currency)?;
+        let largest = invoice.lines.iter().enumerate().max_by_key(|(_, l)| dec(&l.amount));
+        let Some((index, line)) = largest else { return Ok(()) };
+        let tenth = (dec(&line.amount) / Decimal::TEN).round_dp(currency.minor_units());
+        if tenth <= Decimal::ZERO {
+            return Ok(());
+        }
+        let req = pb::IssueCreditNoteRequest {
+            idempotency_key: key(format_args!("credit-{}", invoice.invoice_id)),
+            invoice_id: invoice.invoice_id.clone(),
+            lines: vec![pb::CreditNoteLineRequest {
+                line_index: index as u32,
+                amount: tenth.to_string(),
+            }],
+            reason: "service credit: degraded performance".into(),
+            destination: "offset".into(),
+        };
+        let reply = self.cmd.issue_credit_note(req).await?.into_inner();
+        self.ack(reply.ack.as_ref());
+        self.stats.credit_notes += 1;
+        if let Some(credited) = reply.invoice {
+            *invoice = credited;
+        }
         Ok(())
     }
 }
+
+/// Share of open invoices that get a service credit (an `offset` credit note).
+const CREDIT_NOTE_CHANCE: f64 = 0.05;
+/// Mixed into the seed of the credit notes' random stream.
+const NOTES_SEED_SALT: u64 = 0xC2ED_170F_u64;
 
 fn payment_request(d: &Due, day: usize, now: prost_types::Timestamp) -> pb::RecordPaymentRequest {
     let succeeded = d.failures_left == 0;
@@ -633,8 +679,13 @@ async fn report(q: &mut Query, sim: &Sim, end: Date) -> anyhow::Result<bool> {
         sim.start
     );
     println!(
-        "commands {} (rejected {}), usage events {} (rejected {}), invoices {}",
-        s.commands, s.rejected_commands, s.usage_accepted, s.usage_rejected, s.invoices
+        "commands {} (rejected {}), usage events {} (rejected {}), invoices {}, credit notes {}",
+        s.commands,
+        s.rejected_commands,
+        s.usage_accepted,
+        s.usage_rejected,
+        s.invoices,
+        s.credit_notes
     );
     let ends = month_ends(sim.start, end);
     mrr_report(q, sim.start, &ends, pos).await?;

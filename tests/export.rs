@@ -12,8 +12,8 @@ use std::sync::Arc;
 use event_store::{EventStore, SledConfig, SledStore};
 use rust_decimal::Decimal;
 
-const KINDS: [&str; 5] =
-    ["invoices", "journal", "trial-balance", "revenue-waterfall", "mrr-movements"];
+const KINDS: [&str; 6] =
+    ["invoices", "credit-notes", "journal", "trial-balance", "revenue-waterfall", "mrr-movements"];
 
 fn accrual(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_accrual"))
@@ -87,6 +87,36 @@ fn columns(csv: &Csv, names: &[&str]) {
     assert_eq!(&header[..names.len()], names);
 }
 
+/// The demo's service credits: offset notes whose totals the credited invoices show.
+fn check_credit_notes(csv: &Csv, invoices: &Csv) {
+    columns(
+        csv,
+        &[
+            "credit_note_id",
+            "number",
+            "customer_id",
+            "invoice_id",
+            "currency",
+            "issued_at",
+            "destination",
+            "reason",
+            "subtotal",
+            "tax",
+            "total",
+            "line_count",
+        ],
+    );
+    assert!(!csv.rows.is_empty(), "the demo issues a credit note");
+    for r in &csv.rows {
+        assert_eq!(usd(&r["total"]), usd(&r["subtotal"]) + usd(&r["tax"]), "{r:?}");
+        assert_eq!(r["destination"], "offset");
+        let invoice = invoices.rows.iter().find(|i| i["invoice_id"] == r["invoice_id"]);
+        let invoice = invoice.expect("the credited invoice is exported");
+        assert_eq!(usd(&invoice["amount_credited"]), usd(&r["total"]), "{r:?}");
+        assert_eq!(usd(&invoice["amount_offset"]), usd(&r["total"]), "{r:?}");
+    }
+}
+
 fn check_invoices(csv: &Csv) {
     columns(
         csv,
@@ -108,6 +138,9 @@ fn check_invoices(csv: &Csv) {
             "amount_due",
             "failed_attempts",
             "line_count",
+            "amount_credited",
+            "amount_offset",
+            "credit_applied",
         ],
     );
     assert!(csv.rows.len() >= 5, "the demo issues invoices: {}", csv.rows.len());
@@ -115,7 +148,9 @@ fn check_invoices(csv: &Csv) {
         assert_eq!(r["currency"], "USD");
         assert_eq!(usd(&r["total"]), usd(&r["subtotal"]) + usd(&r["tax"]), "{r:?}");
         if r["status"] != "void" {
-            let due = (usd(&r["total"]) - usd(&r["amount_paid"])).max(Decimal::ZERO);
+            let settled =
+                usd(&r["amount_paid"]) + usd(&r["amount_offset"]) + usd(&r["credit_applied"]);
+            let due = (usd(&r["total"]) - settled).max(Decimal::ZERO);
             assert_eq!(usd(&r["amount_due"]), due, "{r:?}");
         }
         assert!(r["period_start"] < r["period_end_exclusive"], "{r:?}");
@@ -209,6 +244,9 @@ fn check_all(dir: &Path) {
         let csv = Csv::parse(&export(dir, kind, "csv", &[]));
         match kind {
             "invoices" => check_invoices(&csv),
+            "credit-notes" => {
+                check_credit_notes(&csv, &Csv::parse(&export(dir, "invoices", "csv", &[])))
+            }
             "journal" => check_journal(&csv),
             "trial-balance" => check_trial_balance(&csv),
             "revenue-waterfall" => check_waterfall(&csv),

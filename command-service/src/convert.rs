@@ -394,6 +394,7 @@ pub fn invoice(acc: &InvoiceAccount) -> pb::Invoice {
         failed_attempts: acc.failed_attempts,
         reason: i.reason.as_str().to_string(),
         amount_credited: m(acc.credits.total()),
+        credit_applied: m(i.credit_applied),
         credit_note_ids: acc.credits.credit_note_ids.clone(),
     }
 }

@@ -287,23 +287,30 @@ fn check_destination(
             Err(DomainError::precondition(
                 CREDIT_EXCEEDS_DUE,
                 subject,
-                format!("an offset of {total} exceeds the amount due {} of invoice {id}", account.amount_due()),
+                format!(
+                    "an offset of {total} exceeds the amount due {} of invoice {id}",
+                    account.amount_due()
+                ),
             ))
         }
-        CreditDestination::Refund | CreditDestination::Credit
-            if total > account.refundable() =>
-        {
+        CreditDestination::Refund | CreditDestination::Credit => {
+            let limit = match destination {
+                CreditDestination::Refund => account.refundable(),
+                _ => account.returnable(),
+            };
+            if total <= limit {
+                return Ok(());
+            }
             Err(DomainError::precondition(
                 CREDIT_EXCEEDS_PAID,
                 subject,
                 format!(
-                    "a {} of {total} exceeds what invoice {id} was paid and has not had returned ({})",
+                    "a {} of {total} exceeds what invoice {id} was paid and has not had returned ({limit})",
                     destination.as_str(),
-                    account.refundable()
                 ),
             ))
         }
-        _ => Ok(()),
+        CreditDestination::Offset => Ok(()),
     }
 }
 

@@ -95,6 +95,18 @@ pub struct Invoice {
     pub tax_rate: Decimal,
     pub tax: Decimal,
     pub total: Decimal,
+    /// The customer's credit balance (from `credit` notes) applied at issue, after tax
+    /// (SPEC §8): `0 ≤ credit_applied ≤ max(total, 0)`. What is due at issue is
+    /// `total − credit_applied`.
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub credit_applied: Decimal,
+}
+
+impl Invoice {
+    /// What the customer owed when it was issued: the total less the credit applied.
+    pub fn due_at_issue(&self) -> Decimal {
+        self.total - self.credit_applied
+    }
 }
 
 /// The header of an invoice about to be built.
@@ -136,6 +148,7 @@ pub fn build_invoice(h: InvoiceHeader, drafts: Vec<LineDraft>) -> Result<Invoice
         tax_rate: h.tax_rate,
         tax,
         total,
+        credit_applied: Decimal::ZERO,
     })
 }
 
@@ -210,10 +223,14 @@ pub struct InvoiceAccount {
 }
 
 impl InvoiceAccount {
-    /// An invoice whose total is zero or negative (a credit) has nothing due and is paid.
+    /// An invoice with nothing due at issue (a total of zero or less, or one the customer's
+    /// credit balance covered) is paid.
     pub fn issued(invoice: Invoice) -> Self {
-        let status =
-            if invoice.total <= Decimal::ZERO { InvoiceStatus::Paid } else { InvoiceStatus::Open };
+        let status = if invoice.due_at_issue() <= Decimal::ZERO {
+            InvoiceStatus::Paid
+        } else {
+            InvoiceStatus::Open
+        };
         InvoiceAccount {
             invoice,
             amount_paid: Decimal::ZERO,
@@ -223,24 +240,35 @@ impl InvoiceAccount {
         }
     }
 
-    /// Total less payments and offsets (never below zero); nothing on a void invoice.
+    /// Total less the credit applied, payments and offsets (never below zero); nothing on a
+    /// void invoice.
     pub fn amount_due(&self) -> Decimal {
         match self.status {
             InvoiceStatus::Void => Decimal::ZERO,
-            _ => (self.invoice.total - self.amount_paid - self.credits.offset).max(Decimal::ZERO),
+            _ => (self.invoice.due_at_issue() - self.amount_paid - self.credits.offset)
+                .max(Decimal::ZERO),
         }
     }
 
-    /// What was paid and not yet returned by a `refund` or `credit` note.
+    /// What a `credit` note may return to the customer's credit balance: what was settled
+    /// with money or with credit, less what notes already returned.
+    pub fn returnable(&self) -> Decimal {
+        let settled = self.amount_paid + self.invoice.credit_applied;
+        (settled - self.credits.refunded - self.credits.to_balance).max(Decimal::ZERO)
+    }
+
+    /// What a `refund` note may return as money: [`InvoiceAccount::returnable`], and never
+    /// more than was paid with money.
     pub fn refundable(&self) -> Decimal {
-        (self.amount_paid - self.credits.refunded - self.credits.to_balance).max(Decimal::ZERO)
+        self.returnable().min((self.amount_paid - self.credits.refunded).max(Decimal::ZERO))
     }
 
     /// Applies a payment (checked when it was decided): paid once nothing is due.
     pub fn pay(&mut self, amount: Decimal) {
         self.amount_paid += amount;
         let settled = self.amount_paid + self.credits.offset;
-        assert!(settled <= self.invoice.total, "overpaid invoice {}", self.invoice.invoice_id);
+        let due = self.invoice.due_at_issue();
+        assert!(settled <= due, "overpaid invoice {}", self.invoice.invoice_id);
         if self.status != InvoiceStatus::Void && self.amount_due().is_zero() {
             self.status = InvoiceStatus::Paid;
         }

@@ -888,6 +888,8 @@ impl Ledger {
         lines.extend(self.true_up_line(sub, rating_plan, &p, &lines)?);
         let mut draft = self.invoice_for(sub, p, IssueReason::PeriodClose, lines, at)?;
         draft.invoice_id = format!("draft-{subscription_id}-{}", p.start);
+        // A draft consumes nothing: the balance applies when the invoice is issued.
+        draft.credit_applied = Decimal::ZERO;
         Ok(Some(draft))
     }
 
@@ -1027,7 +1029,11 @@ impl Ledger {
             reason,
             tax_rate: customer.tax_rate,
         };
-        build_invoice(header, lines)
+        let mut invoice = build_invoice(header, lines)?;
+        // The customer's credit balance pays what it can, after tax (SPEC §8 order).
+        let balance = self.customers[&sub.customer_id].credit_balance;
+        invoice.credit_applied = balance.min(invoice.total).max(Decimal::ZERO);
+        Ok(invoice)
     }
 
     fn decide_payment(
@@ -1225,6 +1231,11 @@ impl Ledger {
     }
 
     fn evolve_invoice(&mut self, inv: &Invoice) {
+        if !inv.credit_applied.is_zero() {
+            let customer = self.customers.get_mut(&inv.customer_id).expect("customer exists");
+            customer.credit_balance -= inv.credit_applied;
+            assert!(customer.credit_balance >= Decimal::ZERO, "credit applied past the balance");
+        }
         let sub = self.subscriptions.get_mut(&inv.subscription_id).expect("subscription exists");
         sub.invoice_ids.push(inv.invoice_id.clone());
         for line in &inv.lines {

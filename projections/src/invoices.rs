@@ -101,10 +101,10 @@ impl InvoiceRecord {
             )
         })?;
         let settled = self.amount_paid.saturating_add(self.credits.offset);
-        if settled > self.invoice.total {
+        if settled > self.invoice.due_at_issue() {
             return Err(format!("payments {} and offsets exceed the total", self.amount_paid));
         }
-        if settled == self.invoice.total {
+        if settled == self.invoice.due_at_issue() {
             self.status = InvoiceStatus::Paid;
             self.paid_at = Some(at);
         }
@@ -158,7 +158,7 @@ impl InvoiceRecord {
             // Saturating is exact here: a result below the range is clamped to 0 anyway.
             _ => {
                 let settled = self.amount_paid.saturating_add(self.credits.offset);
-                self.invoice.total.saturating_sub(settled).max(Decimal::ZERO)
+                self.invoice.due_at_issue().saturating_sub(settled).max(Decimal::ZERO)
             }
         };
     }
@@ -242,7 +242,7 @@ fn credit_balance_key(customer_id: &str) -> Vec<u8> {
     format!("cb/{customer_id}").into_bytes()
 }
 
-/// Records a credit note: the document and its indexes (`cnx/i/<invoice>/<pos>`,
+/// Records a credit note: the document and its indexes (`cnx/a/<pos>`, `cnx/i/<invoice>/<pos>`,
 /// `cnx/c/<customer>/<pos>` → id), the credited invoice, and for a `credit` note the
 /// customer's credit balance (`cb/<customer>`).
 fn credit(w: &mut Writes<'_>, note: &CreditNote, position: Position) -> Result<()> {
@@ -256,6 +256,7 @@ fn credit(w: &mut Writes<'_>, note: &CreditNote, position: Position) -> Result<(
     w.put(credit_note_key(&note.credit_note_id), encoded);
     let pos = position_token(position);
     let id = note.credit_note_id.as_bytes();
+    w.put(format!("cnx/a/{pos}"), id);
     w.put(format!("cnx/i/{}/{pos}", note.invoice_id), id);
     w.put(format!("cnx/c/{}/{pos}", note.customer_id), id);
     if note.destination == CreditDestination::Credit {
@@ -294,6 +295,23 @@ fn issue(w: &mut Writes<'_>, invoice: &Invoice, position: Position) -> Result<()
         return Err(inconsistent(position, format!("invoice {} issued twice", invoice.invoice_id)));
     }
     put(w, &InvoiceRecord::issued(invoice, position));
+    if !invoice.credit_applied.is_zero() {
+        let key = credit_balance_key(&invoice.customer_id);
+        let bytes = w.get(&key)?.ok_or_else(|| {
+            inconsistent(
+                position,
+                format!("credit applied without a balance: {}", invoice.invoice_id),
+            )
+        })?;
+        let mut credit = CreditBalance::decode(&bytes)?;
+        credit.balance -= invoice.credit_applied;
+        if credit.balance < Decimal::ZERO {
+            let detail =
+                format!("invoice {} applies more credit than the balance", invoice.invoice_id);
+            return Err(inconsistent(position, detail));
+        }
+        w.put(key, serde_json::to_vec(&credit).expect("balances serialize"));
+    }
     Ok(())
 }
 
@@ -435,19 +453,33 @@ impl InvoiceReader {
     }
 
     /// The credit notes of an invoice, or of a customer, in issue order (at most
-    /// [`PAGE_SIZE_MAX`]; `of` must be non-empty without '/').
+    /// [`PAGE_SIZE_MAX`]; an id must be non-empty without '/').
     pub fn credit_notes(&self, of: CreditNotesOf<'_>) -> Result<Vec<CreditNoteRecord>> {
+        self.credit_notes_after(of, None, PAGE_SIZE_MAX)
+    }
+
+    /// Up to `size` (at most [`PAGE_SIZE_MAX`]) credit notes of `of` issued after log position
+    /// `after`, in issue order.
+    pub fn credit_notes_after(
+        &self,
+        of: CreditNotesOf<'_>,
+        after: Option<Position>,
+        size: usize,
+    ) -> Result<Vec<CreditNoteRecord>> {
         let (prefix, id) = match of {
-            CreditNotesOf::Invoice(id) => ("cnx/i/", id),
-            CreditNotesOf::Customer(id) => ("cnx/c/", id),
+            CreditNotesOf::All => ("cnx/a", None),
+            CreditNotesOf::Invoice(id) => ("cnx/i/", Some(id)),
+            CreditNotesOf::Customer(id) => ("cnx/c/", Some(id)),
         };
-        if id.is_empty() || id.contains('/') {
+        if let Some(id) = id.filter(|id| id.is_empty() || id.contains('/')) {
             let msg = format!("id {id:?} must be non-empty without '/'");
             return Err(ProjectionError::InvalidArgument(msg));
         }
-        let prefix = format!("{prefix}{id}/");
+        let prefix = format!("{prefix}{}/", id.unwrap_or_default());
+        let after = after.map(position_token);
         self.model.read(|snap| {
-            let hits = snap.scan(prefix.as_bytes(), None, PAGE_SIZE_MAX)?;
+            let after = after.as_deref().map(str::as_bytes);
+            let hits = snap.scan(prefix.as_bytes(), after, size.min(PAGE_SIZE_MAX))?;
             let missing = |id: &[u8]| corrupt(NAME, format!("index names missing note {id:?}"));
             hits.iter()
                 .map(|(_, id)| load_credit_note(snap, id)?.ok_or_else(|| missing(id)))
@@ -543,6 +575,7 @@ fn load_credit_note(snap: &Snapshot<'_>, id: &[u8]) -> Result<Option<CreditNoteR
 /// Whose credit notes to list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CreditNotesOf<'a> {
+    All,
     Invoice(&'a str),
     Customer(&'a str),
 }

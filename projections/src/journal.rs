@@ -395,7 +395,7 @@ struct InvoiceState {
     total: Decimal,
     paid: Decimal,
     written_off: Decimal,
-    /// Σ `offset` credit notes: no longer receivable.
+    /// Σ `offset` credit notes and the customer credit applied at issue: no longer receivable.
     #[serde(default)]
     offset: Decimal,
     status: InvoiceStatus,
@@ -965,6 +965,9 @@ impl Journal<'_, '_> {
         let mut issue = Legs::default();
         issue.dr(Account::AccountsReceivable, inv.total);
         issue.cr(Account::TaxPayable, inv.tax);
+        // The customer's credit balance pays part of it at issue.
+        issue.dr(Account::CustomerCredit, inv.credit_applied);
+        issue.cr(Account::AccountsReceivable, inv.credit_applied);
         let mut days: BTreeMap<Date, Legs> = BTreeMap::new();
         let mut lines = Vec::with_capacity(inv.lines.len());
         for (i, line) in inv.lines.iter().enumerate() {
@@ -1034,8 +1037,11 @@ impl Journal<'_, '_> {
         sub_lines.drain(..keep_from);
         let sub_lines = serde_json::to_vec(&sub_lines).expect("line refs serialize");
         self.w.put(sub_key(&inv.subscription_id), sub_lines);
-        let status =
-            if inv.total <= Decimal::ZERO { InvoiceStatus::Paid } else { InvoiceStatus::Open };
+        let status = if inv.due_at_issue() <= Decimal::ZERO {
+            InvoiceStatus::Paid
+        } else {
+            InvoiceStatus::Open
+        };
         self.store(&InvoiceState {
             v: RECORD_VERSION,
             invoice_id: inv.invoice_id.clone(),
@@ -1046,7 +1052,7 @@ impl Journal<'_, '_> {
             total: inv.total,
             paid: Decimal::ZERO,
             written_off: Decimal::ZERO,
-            offset: Decimal::ZERO,
+            offset: inv.credit_applied,
             status,
             voided_on: None,
             issue_entry,

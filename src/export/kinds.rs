@@ -4,7 +4,9 @@ use std::io::Write;
 
 use domain::money::Currency;
 use jiff::civil::Date;
-use projections::invoices::{InvoiceFilter, InvoiceReader, PAGE_SIZE_MAX as INVOICE_PAGE};
+use projections::invoices::{
+    CreditNotesOf, InvoiceFilter, InvoiceReader, PAGE_SIZE_MAX as INVOICE_PAGE,
+};
 use projections::journal::{entry_id, JournalReader, PAGE_SIZE_MAX as JOURNAL_PAGE};
 use projections::mrr::{Granularity, MrrReader, PAGE_SIZE_MAX as MRR_PAGE};
 use rust_decimal::Decimal;
@@ -24,7 +26,7 @@ fn columns(names: &[&str]) -> Vec<String> {
 }
 
 /// Invoice header columns (lines are in the JSON export only).
-pub const INVOICE_COLUMNS: [&str; 17] = [
+pub const INVOICE_COLUMNS: [&str; 20] = [
     "invoice_id",
     "customer_id",
     "subscription_id",
@@ -42,6 +44,9 @@ pub const INVOICE_COLUMNS: [&str; 17] = [
     "amount_due",
     "failed_attempts",
     "line_count",
+    "amount_credited",
+    "amount_offset",
+    "credit_applied",
 ];
 
 /// An invoice line in the JSON export (fields in this order).
@@ -56,6 +61,81 @@ struct LineJson<'a> {
     service_period_start: String,
     service_period_end_exclusive: String,
     amount: String,
+}
+
+/// Credit note columns (lines are in the JSON export only).
+pub const CREDIT_NOTE_COLUMNS: [&str; 12] = [
+    "credit_note_id",
+    "number",
+    "customer_id",
+    "invoice_id",
+    "currency",
+    "issued_at",
+    "destination",
+    "reason",
+    "subtotal",
+    "tax",
+    "total",
+    "line_count",
+];
+
+/// A credit note line in the JSON export (fields in this order).
+#[derive(serde::Serialize)]
+struct CreditLineJson<'a> {
+    line_index: u32,
+    description: &'a str,
+    amount: String,
+}
+
+/// One row per credit note in issue order, issued (UTC date of `issued_at`) within `window`.
+pub fn credit_notes<W: Write>(
+    reader: &InvoiceReader,
+    window: Window,
+    format: ExportFormat,
+    out: W,
+) -> anyhow::Result<(W, u64)> {
+    let mut sink = Sink::new(format, out, columns(&CREDIT_NOTE_COLUMNS))?;
+    let (from, to) = (window.from, window.to);
+    let mut after = None;
+    loop {
+        let page = reader.credit_notes_after(CreditNotesOf::All, after, INVOICE_PAGE)?;
+        for r in &page {
+            let n = &r.note;
+            let day = n.issued_at.to_zoned(jiff::tz::TimeZone::UTC).date();
+            if from.is_some_and(|f| day < f) || to.is_some_and(|t| day > t) {
+                continue;
+            }
+            let cur = n.currency;
+            let cells = [
+                Cell::from(n.credit_note_id.as_str()),
+                Cell::from(u64::from(n.number)),
+                Cell::from(n.customer_id.as_str()),
+                Cell::from(n.invoice_id.as_str()),
+                Cell::from(cur.code()),
+                Cell::from(n.issued_at.to_string()),
+                Cell::from(n.destination.as_str()),
+                Cell::from(n.reason.as_str()),
+                Cell::from(amount(n.subtotal, cur)?),
+                Cell::from(amount(n.tax, cur)?),
+                Cell::from(amount(n.total, cur)?),
+                Cell::from(n.lines.len() as u64),
+            ];
+            let mut lines = Vec::with_capacity(n.lines.len());
+            for l in &n.lines {
+                let amount = amount(l.amount, cur)?;
+                lines.push(CreditLineJson {
+                    line_index: l.line_index,
+                    description: &l.description,
+                    amount,
+                });
+            }
+            sink.row(&cells, &[("lines", serde_json::to_string(&lines)?)])?;
+        }
+        match page.last() {
+            Some(last) if page.len() == INVOICE_PAGE => after = Some(last.position),
+            _ => return sink.finish(),
+        }
+    }
 }
 
 /// One row per invoice in issue order, issued (UTC date of `issued_at`) within `window`.
@@ -98,6 +178,9 @@ pub fn invoices<W: Write>(
                 Cell::from(amount(r.amount_due, cur)?),
                 Cell::from(u64::from(r.failed_attempts)),
                 Cell::from(i.lines.len() as u64),
+                Cell::from(amount(r.credits.total(), cur)?),
+                Cell::from(amount(r.credits.offset, cur)?),
+                Cell::from(amount(i.credit_applied, cur)?),
             ];
             let mut lines = Vec::with_capacity(i.lines.len());
             for (index, l) in i.lines.iter().enumerate() {

@@ -49,6 +49,7 @@ SOURCE
 EFFECTIVE DATES (--from, --effective: YYYY-MM-DD, both inclusive)
   invoices           issued on those days (the UTC date of issued_at). Status, payments and
                      amount due are as of the log's end (or T), not as of --effective.
+  credit-notes       issued on those days (the UTC date of issued_at).
   journal            entries dated on those days (business dates: the customer's local date).
   trial-balance      balances at the end of --effective. Default: the date of the last journal
                      entry (recognition is posted ahead, so this includes scheduled revenue);
@@ -72,9 +73,17 @@ COLUMNS
   invoices           one row per invoice, in issue order: invoice_id, customer_id,
                      subscription_id, currency, period_start, period_end_exclusive, issued_at,
                      reason, status, subtotal, tax_rate_percent, tax, total, amount_paid,
-                     amount_due, failed_attempts, line_count. JSON adds `lines` (line_index,
+                     amount_due, failed_attempts, line_count, amount_credited (Σ its credit
+                     notes), amount_offset (of which offset against the amount due),
+                     credit_applied (the customer's credit balance applied at issue):
+                     amount_due = total - credit_applied - amount_paid - amount_offset. JSON
+                     adds `lines` (line_index,
                      kind, description, metric_code, charge_model, units, service_period_start,
                      service_period_end_exclusive, amount); CSV has no lines.
+  credit-notes       one row per credit note, in issue order: credit_note_id, number,
+                     customer_id, invoice_id, currency, issued_at, destination, reason,
+                     subtotal, tax, total, line_count. JSON adds `lines` (line_index,
+                     description, amount).
   journal            one row per posting, entries in date then posting order: entry, date,
                      kind, invoice_id, subscription_id, currency, account, debit, credit,
                      log_position. `entry` is the posting counter, or A<n> for a usage accrual
@@ -94,6 +103,7 @@ and renamed into place when complete).";
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum ExportKind {
     Invoices,
+    CreditNotes,
     Journal,
     TrialBalance,
     RevenueWaterfall,
@@ -109,7 +119,7 @@ impl ExportKind {
     /// The read model the export reads.
     pub fn source(self) -> Kind {
         match self {
-            ExportKind::Invoices => Kind::Invoices,
+            ExportKind::Invoices | ExportKind::CreditNotes => Kind::Invoices,
             ExportKind::Journal | ExportKind::TrialBalance | ExportKind::RevenueWaterfall => {
                 Kind::Journal
             }
@@ -120,6 +130,7 @@ impl ExportKind {
     pub fn name(self) -> &'static str {
         match self {
             ExportKind::Invoices => "invoices",
+            ExportKind::CreditNotes => "credit-notes",
             ExportKind::Journal => "journal",
             ExportKind::TrialBalance => "trial-balance",
             ExportKind::RevenueWaterfall => "revenue-waterfall",
@@ -322,6 +333,9 @@ pub fn write<W: Write>(spec: &Spec, model: ReadModel, out: W) -> anyhow::Result<
     let mut note = None;
     let (mut out, rows) = match spec.kind {
         ExportKind::Invoices => kinds::invoices(&InvoiceReader::new(model), window, format, out)?,
+        ExportKind::CreditNotes => {
+            kinds::credit_notes(&InvoiceReader::new(model), window, format, out)?
+        }
         ExportKind::Journal => kinds::journal(&JournalReader::new(model), window, format, out)?,
         ExportKind::TrialBalance => {
             let reader = JournalReader::new(model);

@@ -1166,6 +1166,7 @@ fn commands_that_would_issue_an_overflowing_invoice_are_refused_and_change_nothi
     assert!(w.ledger.subscriptions["s2"].pending_change.is_none());
 }
 
+mod credit_notes;
 mod input_rules;
 
 /// A retry is recognised before anything that depends on the event being new: after its period

@@ -1,5 +1,5 @@
 //! A generator of random valid event logs: random operations (start, usage, plan change,
-//! cancel, payment, days passing with a billing run) over four customers in four time zones,
+//! cancel, payment, credit note, days passing with a billing run) over four customers in four time zones,
 //! decided by the real domain ledger, so every log is one the write side could have produced.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,9 @@ use std::sync::Arc;
 use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, Context, PaymentOutcome, Policy};
+use domain::credit_note::{CreditDestination, CreditLineRequest, CreditNoteRequest};
 use domain::events::{Event, Usage};
+use domain::invoice::{InvoiceAccount, InvoiceStatus};
 use domain::ledger::Ledger;
 use domain::money::Currency;
 use domain::rating::{Aggregation, ChargeModel};
@@ -20,11 +22,31 @@ use rust_decimal_macros::dec;
 
 #[derive(Clone, Debug)]
 pub enum Op {
-    Start { customer: u8, pro: bool },
-    Usage { customer: u8, calls: u16 },
-    Change { customer: u8, pro: bool },
-    Cancel { customer: u8, immediately: bool },
-    Pay { fail: bool },
+    Start {
+        customer: u8,
+        pro: bool,
+    },
+    Usage {
+        customer: u8,
+        calls: u16,
+    },
+    Change {
+        customer: u8,
+        pro: bool,
+    },
+    Cancel {
+        customer: u8,
+        immediately: bool,
+    },
+    Pay {
+        fail: bool,
+    },
+    /// A credit note on the oldest invoice with something creditable: `percent` of its largest
+    /// line's creditable amount, to destination `destination % 3` (offset, refund, credit).
+    Credit {
+        percent: u8,
+        destination: u8,
+    },
     Days(u8),
 }
 
@@ -35,6 +57,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4, any::<bool>()).prop_map(|(customer, pro)| Op::Change { customer, pro }),
         1 => (0u8..4, any::<bool>()).prop_map(|(customer, immediately)| Op::Cancel { customer, immediately }),
         2 => any::<bool>().prop_map(|fail| Op::Pay { fail }),
+        1 => (1u8..=100, 0u8..3).prop_map(|(percent, destination)| Op::Credit { percent, destination }),
         3 => (1u8..25).prop_map(Op::Days),
     ]
 }
@@ -146,6 +169,10 @@ pub fn simulate(ops: &[Op], arrears: bool) -> Vec<Event> {
                 };
                 Command::RecordPayment { invoice_id: inv, outcome, occurred_at: now }
             }
+            Op::Credit { percent, destination } => {
+                let Some(cmd) = credit_note(&ledger, *percent, *destination) else { continue };
+                cmd
+            }
             Op::Days(d) => {
                 now = now.checked_add(SignedDuration::from_hours(24 * i64::from(*d))).unwrap();
                 Command::RunBilling { as_of: now }
@@ -154,6 +181,34 @@ pub fn simulate(ops: &[Op], arrears: bool) -> Vec<Event> {
         run(&mut ledger, cmd, now, &mut events);
     }
     events
+}
+
+/// A credit note per [`Op::Credit`], or `None` when no invoice has anything creditable.
+fn credit_note(ledger: &Ledger, percent: u8, destination: u8) -> Option<Command> {
+    let creditable = |a: &InvoiceAccount| {
+        let lines = a.invoice.lines.iter().enumerate();
+        let left = lines.map(|(i, l)| (i, l.amount - a.credits.on_line(i as u32)));
+        left.filter(|(_, x)| *x > Decimal::ZERO).max_by_key(|(_, x)| *x)
+    };
+    let mut open: Vec<&InvoiceAccount> = ledger
+        .invoices
+        .values()
+        .filter(|a| matches!(a.status, InvoiceStatus::Open | InvoiceStatus::Paid))
+        .filter(|a| creditable(a).is_some())
+        .collect();
+    open.sort_by(|a, b| a.invoice.invoice_id.cmp(&b.invoice.invoice_id));
+    let account = open.first()?;
+    let (line, left) = creditable(account)?;
+    let amount = usd().round(left * Decimal::from(percent) / dec!(100)).max(dec!(0.01));
+    let destination =
+        [CreditDestination::Offset, CreditDestination::Refund, CreditDestination::Credit]
+            [usize::from(destination % 3)];
+    Some(Command::IssueCreditNote(CreditNoteRequest {
+        invoice_id: account.invoice.invoice_id.clone(),
+        lines: vec![CreditLineRequest { line_index: line as u32, amount: Some(amount) }],
+        reason: "sim".into(),
+        destination,
+    }))
 }
 
 pub async fn store_of(events: &[Event]) -> Arc<MemoryStore> {
