@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use domain::add_on::{AddOn, OneOffLine, OneOffRequest};
 use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, PaymentOutcome};
@@ -304,6 +305,59 @@ pub fn record_payment(r: &pb::RecordPaymentRequest, now: Timestamp) -> Parsed<Co
         PaymentOutcome::Failed { reason: r.reason.clone() }
     };
     Ok(Command::RecordPayment { invoice_id: r.invoice_id.clone(), outcome, occurred_at })
+}
+
+/// A `DefineAddOn` request as a command.
+pub fn define_add_on(r: &pb::DefineAddOnRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let currency = parse_enum(&mut v, Currency::parse(&r.currency));
+    let amount = dec_required(&mut v, "amount", &r.amount);
+    v.into_result()?;
+    Ok(Command::DefineAddOn(AddOn {
+        code: r.code.clone(),
+        name: r.name.clone(),
+        currency: currency.expect("checked"),
+        amount,
+        description: r.description.clone(),
+    }))
+}
+
+/// An `IssueOneOffInvoice` request as a command (the bounds are the domain's).
+pub fn one_off_invoice(r: &pb::IssueOneOffInvoiceRequest) -> Parsed<Command> {
+    if r.lines.len() > domain::add_on::ONE_OFF_LINES_MAX {
+        let max = domain::add_on::ONE_OFF_LINES_MAX;
+        return Err(DomainError::invalid("lines", format!("must hold 1 to {max} lines")));
+    }
+    let mut v = Violations::default();
+    let mut lines = Vec::with_capacity(r.lines.len());
+    for (i, l) in r.lines.iter().enumerate() {
+        let field = |f: &str| format!("lines[{i}].{f}");
+        let quantity = dec(&mut v, &field("quantity"), &l.quantity, false).unwrap_or(Decimal::ONE);
+        let unit_amount = dec(&mut v, &field("unit_amount"), &l.unit_amount, false);
+        let start = date(&mut v, &field("service_start"), &l.service_start);
+        let end = date(&mut v, &field("service_end"), &l.service_end);
+        let service_period =
+            match (start, end, l.service_start.is_empty(), l.service_end.is_empty()) {
+                (Some(start), Some(end), _, _) => Some(domain::calendar::Period { start, end }),
+                (_, _, true, true) => None,
+                _ => {
+                    v.push(
+                        field("service_start"),
+                        "give both service_start and service_end, or neither",
+                    );
+                    None
+                }
+            };
+        lines.push(OneOffLine {
+            add_on_code: l.add_on_code.clone(),
+            quantity,
+            unit_amount,
+            description: (!l.description.is_empty()).then(|| l.description.clone()),
+            service_period,
+        });
+    }
+    v.into_result()?;
+    Ok(Command::IssueOneOffInvoice(OneOffRequest { customer_id: r.customer_id.clone(), lines }))
 }
 
 /// An `IssueCreditNote` request as a command (amounts parsed; the rules are the domain's).

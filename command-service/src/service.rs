@@ -482,6 +482,36 @@ impl CommandService for CommandApi {
         self.invoice_reply(&r.invoice_id, done).await
     }
 
+    #[tracing::instrument(skip_all, fields(code = %echo(&request.get_ref().code)))]
+    async fn define_add_on(
+        &self,
+        request: Request<pb::DefineAddOnRequest>,
+    ) -> Result<Response<pb::CommandAck>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        let done = self.run("DefineAddOn", &r, &key, convert::define_add_on(&r), None).await?;
+        Ok(Response::new(ack(&done)))
+    }
+
+    #[tracing::instrument(skip_all, fields(customer_id = %echo(&request.get_ref().customer_id)))]
+    async fn issue_one_off_invoice(
+        &self,
+        request: Request<pb::IssueOneOffInvoiceRequest>,
+    ) -> Result<Response<pb::InvoiceResponse>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| check_id(v, "customer_id", &r.customer_id))?;
+        let cmd = convert::one_off_invoice(&r);
+        let done = self.run("IssueOneOffInvoice", &r, &key, cmd, None).await?;
+        let id = done.events.iter().find_map(|e| match e {
+            Event::InvoiceIssued(i) => Some(i.invoice_id.clone()),
+            _ => None,
+        });
+        let invoice = match id {
+            Some(id) => self.engine.read(move |l| l.invoices.get(&id).map(convert::invoice)).await,
+            None => None,
+        };
+        Ok(Response::new(pb::InvoiceResponse { ack: Some(ack(&done)), invoice }))
+    }
+
     #[tracing::instrument(skip_all, fields(invoice_id = %echo(&request.get_ref().invoice_id)))]
     async fn issue_credit_note(
         &self,

@@ -90,4 +90,6 @@ pub enum Command {
         reason: String,
     },
     IssueCreditNote(crate::credit_note::CreditNoteRequest),
+    DefineAddOn(crate::add_on::AddOn),
+    IssueOneOffInvoice(crate::add_on::OneOffRequest),
 }

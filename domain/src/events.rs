@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::add_on::AddOn;
 use crate::calendar::{Anchor, Period};
 use crate::catalog::{Customer, Metric, Plan, PlanRef};
 use crate::credit_note::CreditNote;
@@ -19,7 +20,7 @@ pub const SCHEMA_VERSION: u16 = 1;
 
 /// Every event type [`Event::type_name`] gives, for readers that pick types before decoding
 /// (the projections' shared reader).
-pub const EVENT_TYPES: [&str; 17] = [
+pub const EVENT_TYPES: [&str; 18] = [
     "CustomerRegistered",
     "CustomerUpdated",
     "BillableMetricDefined",
@@ -37,6 +38,7 @@ pub const EVENT_TYPES: [&str; 17] = [
     "PaymentFailed",
     "InvoiceMarkedUncollectible",
     "CreditNoteIssued",
+    "AddOnDefined",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +130,8 @@ pub enum Event {
     },
     /// A credit note against an issued invoice (SPEC §8.3).
     CreditNoteIssued(CreditNote),
+    /// A catalogue add-on (SPEC §8.4).
+    AddOnDefined(AddOn),
 }
 
 /// The persisted form of `UsageRecorded` (`{"type": "UsageRecorded", ...Usage}`), read
@@ -178,6 +182,7 @@ impl Event {
                 format!("invoice-{invoice_id}")
             }
             Event::CreditNoteIssued(n) => format!("credit-note-{}", n.credit_note_id),
+            Event::AddOnDefined(a) => format!("add-on-{}", a.code),
         }
     }
 
@@ -200,6 +205,7 @@ impl Event {
             Event::PaymentFailed { .. } => "PaymentFailed",
             Event::InvoiceMarkedUncollectible { .. } => "InvoiceMarkedUncollectible",
             Event::CreditNoteIssued(_) => "CreditNoteIssued",
+            Event::AddOnDefined(_) => "AddOnDefined",
         }
     }
 
@@ -223,7 +229,8 @@ impl Event {
             | Event::PlanChanged { .. }
             | Event::CustomerRegistered(_)
             | Event::BillableMetricDefined(_)
-            | Event::PlanPublished(_) => None,
+            | Event::PlanPublished(_)
+            | Event::AddOnDefined(_) => None,
         }
     }
 

@@ -18,6 +18,8 @@ pub enum LineKind {
     UsageInAdvance,
     MinimumCommitmentTrueUp,
     Credit,
+    /// A catalogue add-on on a one-off invoice (SPEC §8.4).
+    AddOn,
 }
 
 impl LineKind {
@@ -28,6 +30,7 @@ impl LineKind {
             LineKind::UsageInAdvance => "usage_in_advance",
             LineKind::MinimumCommitmentTrueUp => "minimum_commitment_true_up",
             LineKind::Credit => "credit",
+            LineKind::AddOn => "add_on",
         }
     }
 }
@@ -41,6 +44,8 @@ pub enum IssueReason {
     PlanUpgrade,
     Cancellation,
     UsageInAdvance,
+    /// A one-off invoice of add-ons, outside any subscription.
+    OneOff,
 }
 
 impl IssueReason {
@@ -52,6 +57,7 @@ impl IssueReason {
             IssueReason::PlanUpgrade => "plan_upgrade",
             IssueReason::Cancellation => "cancellation",
             IssueReason::UsageInAdvance => "usage_in_advance",
+            IssueReason::OneOff => "one_off",
         }
     }
 }

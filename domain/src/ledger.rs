@@ -29,6 +29,7 @@ use crate::rating::{
 };
 use crate::subscription::{add_usage, base_fee_line, credit_line, segment_lines, Subscription};
 
+mod add_ons;
 mod rules;
 pub use rules::{
     check_not_future, latest_accepted, rated_units, METRIC_NOT_ON_PLAN, PAYMENT_BEFORE_ISSUE,
@@ -71,6 +72,9 @@ pub struct CustomerState {
     /// Credit from `credit` notes not yet consumed (SPEC §8.3).
     #[serde(default)]
     pub credit_balance: Decimal,
+    /// One-off invoices issued to the customer (the last one's number).
+    #[serde(default)]
+    pub one_off_invoices: u32,
 }
 
 /// What a usage command came to.
@@ -120,6 +124,9 @@ pub struct Ledger {
     /// `metric-<code>`, `subscription-<id>`; `plan-<code>`: its latest version), so an
     /// identical re-run is answered as a replay (see [`Ledger::replay_position`]).
     pub created_at: HashMap<String, u64>,
+    /// The add-on catalogue (SPEC §8.4).
+    #[serde(default)]
+    pub add_ons: HashMap<String, crate::add_on::AddOn>,
 }
 
 /// The rated amounts of a subscription's open period so far (see [`Ledger::rated_usage`]).
@@ -216,6 +223,8 @@ impl Ledger {
             Command::VoidInvoice { invoice_id, reason } => {
                 self.decide_void(invoice_id, reason, ctx)
             }
+            Command::DefineAddOn(a) => self.decide_define_add_on(a),
+            Command::IssueOneOffInvoice(req) => self.decide_one_off(req, ctx),
             Command::IssueCreditNote(req) => {
                 let account = self.invoice(&req.invoice_id)?;
                 let customer = self.customer(&account.invoice.customer_id)?;
@@ -1029,11 +1038,8 @@ impl Ledger {
             reason,
             tax_rate: customer.tax_rate,
         };
-        let mut invoice = build_invoice(header, lines)?;
-        // The customer's credit balance pays what it can, after tax (SPEC §8 order).
-        let balance = self.customers[&sub.customer_id].credit_balance;
-        invoice.credit_applied = balance.min(invoice.total).max(Decimal::ZERO);
-        Ok(invoice)
+        let invoice = build_invoice(header, lines)?;
+        Ok(with_credit_applied(&self.customers[&sub.customer_id], invoice))
     }
 
     fn decide_payment(
@@ -1160,6 +1166,7 @@ impl Ledger {
                         time_zone,
                         credit_notes_issued: 0,
                         credit_balance: Decimal::ZERO,
+                        one_off_invoices: 0,
                     },
                 );
             }
@@ -1192,6 +1199,10 @@ impl Ledger {
             }
             Event::PaymentSucceeded { invoice_id, amount, .. } => {
                 self.invoice_mut(invoice_id).pay(*amount)
+            }
+            Event::AddOnDefined(a) => {
+                self.created_at.insert(event.stream(), position);
+                self.add_ons.insert(a.code.clone(), a.clone());
             }
             Event::CreditNoteIssued(note) => {
                 self.invoice_mut(&note.invoice_id).credit(note);
@@ -1235,6 +1246,14 @@ impl Ledger {
             let customer = self.customers.get_mut(&inv.customer_id).expect("customer exists");
             customer.credit_balance -= inv.credit_applied;
             assert!(customer.credit_balance >= Decimal::ZERO, "credit applied past the balance");
+        }
+        if inv.subscription_id.is_empty() {
+            let customer = self.customers.get_mut(&inv.customer_id).expect("customer exists");
+            customer.one_off_invoices += 1;
+            let previous =
+                self.invoices.insert(inv.invoice_id.clone(), InvoiceAccount::issued(inv.clone()));
+            assert!(previous.is_none(), "invoice ids are unique");
+            return;
         }
         let sub = self.subscriptions.get_mut(&inv.subscription_id).expect("subscription exists");
         sub.invoice_ids.push(inv.invoice_id.clone());
@@ -1410,6 +1429,13 @@ fn monthly_fee(sub: &Subscription, plan: &Plan) -> Result<Decimal, DomainError> 
         let what = format!("monthly base fee of plan {} v{}", plan.code, plan.version);
         DomainError::overflow(sub.subject(), what)
     })
+}
+
+/// `invoice` with the customer's credit balance applied: after tax (SPEC §8 order), as much
+/// as the balance and the total allow.
+fn with_credit_applied(customer: &CustomerState, mut invoice: Invoice) -> Invoice {
+    invoice.credit_applied = customer.credit_balance.min(invoice.total).max(Decimal::ZERO);
+    invoice
 }
 
 /// The stream a credit note's failure names: its customer's.

@@ -41,6 +41,7 @@ pub enum RevenueType {
     Usage,
     TrueUp,
     Credit,
+    AddOn,
 }
 
 impl RevenueType {
@@ -51,6 +52,7 @@ impl RevenueType {
             RevenueType::Usage => "usage",
             RevenueType::TrueUp => "true_up",
             RevenueType::Credit => "credit",
+            RevenueType::AddOn => "add_on",
         }
     }
 }
@@ -63,6 +65,7 @@ pub fn revenue_type(kind: LineKind) -> RevenueType {
         LineKind::Usage | LineKind::UsageInAdvance => RevenueType::Usage,
         LineKind::MinimumCommitmentTrueUp => RevenueType::TrueUp,
         LineKind::Credit => RevenueType::Credit,
+        LineKind::AddOn => RevenueType::AddOn,
     }
 }
 
@@ -93,7 +96,10 @@ impl Schedule {
 pub fn schedule_for_line(line: &InvoiceLine, currency: Currency) -> Schedule {
     let p = line.service_period;
     let entries = match line.kind {
-        LineKind::BaseFee | LineKind::Credit => ratable_schedule(line.amount, currency, p),
+        // An add-on without a service period of its own has the issue day (point in time).
+        LineKind::BaseFee | LineKind::Credit | LineKind::AddOn => {
+            ratable_schedule(line.amount, currency, p)
+        }
         LineKind::MinimumCommitmentTrueUp => point_schedule(line.amount, currency, last_day(p)),
         LineKind::UsageInAdvance => point_schedule(line.amount, currency, p.start),
         LineKind::Usage => usage_schedule(p, &[], line.amount, currency),

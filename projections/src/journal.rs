@@ -161,7 +161,7 @@ pub enum Account {
 }
 
 /// Every account, in report order.
-pub const ACCOUNTS: [Account; 11] = [
+pub const ACCOUNTS: [Account; 12] = [
     Account::AccountsReceivable,
     Account::UnbilledReceivable,
     Account::Cash,
@@ -172,6 +172,7 @@ pub const ACCOUNTS: [Account; 11] = [
     Account::Revenue(RevenueType::Usage),
     Account::Revenue(RevenueType::TrueUp),
     Account::Revenue(RevenueType::Credit),
+    Account::Revenue(RevenueType::AddOn),
     Account::CustomerCredit,
 ];
 
@@ -188,6 +189,7 @@ impl Account {
             Account::Revenue(RevenueType::Usage) => "revenue:usage",
             Account::Revenue(RevenueType::TrueUp) => "revenue:true_up",
             Account::Revenue(RevenueType::Credit) => "revenue:credit",
+            Account::Revenue(RevenueType::AddOn) => "revenue:add_on",
             Account::CustomerCredit => "customer_credit",
         }
     }
@@ -957,8 +959,10 @@ impl Journal<'_, '_> {
         let (tz_name, tz) = self.time_zone(&inv.customer_id)?;
         let issue_date = local_date(inv.issued_at, &tz);
         let cur = inv.currency;
+        // A one-off invoice (no subscription) has no base-fee lines to match credits against.
+        let one_off = inv.subscription_id.is_empty();
         let mut sub_lines: Vec<(LineRef, Period)> =
-            match self.w.get(&sub_key(&inv.subscription_id))? {
+            match self.w.get(&sub_key(&inv.subscription_id))?.filter(|_| !one_off) {
                 Some(b) => json(&b, "subscription lines")?,
                 None => Vec::new(),
             };
@@ -1035,8 +1039,10 @@ impl Journal<'_, '_> {
         }
         let keep_from = sub_lines.len().saturating_sub(SUB_LINES_KEPT);
         sub_lines.drain(..keep_from);
-        let sub_lines = serde_json::to_vec(&sub_lines).expect("line refs serialize");
-        self.w.put(sub_key(&inv.subscription_id), sub_lines);
+        if !one_off {
+            let sub_lines = serde_json::to_vec(&sub_lines).expect("line refs serialize");
+            self.w.put(sub_key(&inv.subscription_id), sub_lines);
+        }
         let status = if inv.due_at_issue() <= Decimal::ZERO {
             InvoiceStatus::Paid
         } else {
@@ -1074,7 +1080,7 @@ impl Journal<'_, '_> {
     ) -> Result<(Entries, RevenueType, Option<LineRef>)> {
         let p = line.service_period;
         Ok(match line.kind {
-            LineKind::BaseFee | LineKind::MinimumCommitmentTrueUp => {
+            LineKind::BaseFee | LineKind::MinimumCommitmentTrueUp | LineKind::AddOn => {
                 let s = recognition::schedule_for_line(line, cur);
                 (s.entries, s.revenue_type, None)
             }

@@ -247,6 +247,9 @@ impl UsageMeter {
                 l.invoices.contains_key(invoice_id)
             }
             Event::CustomerUpdated { customer_id, .. } => l.customers.contains_key(customer_id),
+            Event::InvoiceIssued(inv) if inv.subscription_id.is_empty() => {
+                l.customers.contains_key(&inv.customer_id)
+            }
             Event::CreditNoteIssued(n) => {
                 l.invoices.contains_key(&n.invoice_id) && l.customers.contains_key(&n.customer_id)
             }
@@ -265,7 +268,8 @@ fn subscription_of(event: &Event) -> Option<&str> {
         | Event::SubscriptionCanceled { subscription_id, .. }
         | Event::BillingPeriodClosed { subscription_id, .. } => Some(subscription_id),
         Event::UsageRecorded(u) => Some(&u.subscription_id),
-        Event::InvoiceIssued(inv) => Some(&inv.subscription_id),
+        // A one-off invoice belongs to no subscription.
+        Event::InvoiceIssued(inv) => Some(inv.subscription_id.as_str()).filter(|s| !s.is_empty()),
         _ => None,
     }
 }

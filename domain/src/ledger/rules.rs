@@ -201,6 +201,9 @@ impl Ledger {
             Command::DefineMetric(m) => {
                 (self.metrics.get(&m.code)? == m).then(|| format!("metric-{}", m.code))?
             }
+            Command::DefineAddOn(a) => {
+                (self.add_ons.get(&a.code)? == a).then(|| format!("add-on-{}", a.code))?
+            }
             Command::PublishPlan(p) => {
                 let latest = self.plans.get(&p.code)?.last()?;
                 let same = Plan { version: latest.version, ..p.clone() } == *latest;
