@@ -9,6 +9,7 @@ pub mod add_on;
 pub mod calendar;
 pub mod catalog;
 pub mod commands;
+pub mod coupon;
 pub mod credit_note;
 pub mod error;
 pub mod events;
