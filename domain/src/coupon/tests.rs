@@ -38,6 +38,8 @@ fn add_on(amount: Decimal) -> LineToDiscount {
 }
 
 /// (name, coupons, lines, discount per line)
+type Case = (&'static str, Vec<Coupon>, Vec<LineToDiscount>, Vec<Decimal>);
+
 #[test]
 fn discounts_of_one_invoice_table() {
     use Frequency::{Forever, Once};
@@ -47,7 +49,7 @@ fn discounts_of_one_invoice_table() {
         applies_to_add_ons: add_ons,
         ..percent(dec!(10), Forever)
     };
-    let cases: Vec<(&str, Vec<Coupon>, Vec<LineToDiscount>, Vec<Decimal>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "10 % per line, rounded per line",
             vec![percent(dec!(10), Once)],
