@@ -3,7 +3,8 @@
 
 use jiff::Timestamp;
 
-use super::{with_credit_applied, CustomerState, Ledger};
+use super::billing::with_credit_applied;
+use super::{CustomerState, Ledger};
 use crate::add_on::{one_off_invoice_id, AddOn, OneOffRequest};
 use crate::calendar::{local_date, Period};
 use crate::commands::Context;

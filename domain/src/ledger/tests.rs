@@ -10,8 +10,10 @@ use rust_decimal_macros::dec;
 
 use super::*;
 use crate::calendar::{Anchor, Interval};
-use crate::catalog::Charge;
+use crate::catalog::{Charge, FeeTiming};
 use crate::commands::Policy;
+use crate::events::{PlanChangeKind, Usage};
+use crate::invoice::LineKind;
 use crate::money::Currency;
 use crate::rating::{Aggregation, ChargeModel, Tier};
 
