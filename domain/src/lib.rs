@@ -25,5 +25,6 @@ mod snapshot_tests;
 pub mod subscription;
 #[cfg(test)]
 mod test_strategies;
+pub mod wallet;
 
 pub use error::{DomainError, FieldViolation};
