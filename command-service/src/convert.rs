@@ -7,6 +7,7 @@ use domain::add_on::{AddOn, OneOffLine, OneOffRequest};
 use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, PaymentOutcome};
+use domain::coupon::{Coupon, CouponKind, Frequency};
 use domain::credit_note::{CreditDestination, CreditLineRequest, CreditNote, CreditNoteRequest};
 use domain::error::{DomainError, Violations};
 use domain::events::Usage;
@@ -322,6 +323,46 @@ pub fn define_add_on(r: &pb::DefineAddOnRequest) -> Parsed<Command> {
     }))
 }
 
+/// A `DefineCoupon` request as a command (the bounds are the domain's).
+pub fn define_coupon(r: &pb::DefineCouponRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let kind = match r.kind.as_str() {
+        "fixed_amount" => {
+            let currency = parse_enum(&mut v, Currency::parse(&r.currency));
+            let amount = dec_required(&mut v, "amount", &r.amount);
+            currency.map(|currency| CouponKind::FixedAmount { amount, currency })
+        }
+        "percentage" => {
+            let percent = dec_required(&mut v, "percent", &r.percent);
+            Some(CouponKind::Percentage { percent })
+        }
+        other => {
+            v.push("kind", format!("{other:?} is not one of fixed_amount, percentage"));
+            None
+        }
+    };
+    let frequency = match r.frequency.as_str() {
+        "once" => Some(Frequency::Once),
+        "recurring" => Some(Frequency::Recurring { periods: r.periods }),
+        "forever" => Some(Frequency::Forever),
+        other => {
+            v.push("frequency", format!("{other:?} is not one of once, recurring, forever"));
+            None
+        }
+    };
+    let expires_on = date(&mut v, "expires_on", &r.expires_on);
+    v.into_result()?;
+    Ok(Command::DefineCoupon(Coupon {
+        code: r.code.clone(),
+        kind: kind.expect("checked"),
+        frequency: frequency.expect("checked"),
+        plan_codes: r.plan_codes.clone(),
+        metric_codes: r.metric_codes.clone(),
+        applies_to_add_ons: r.applies_to_add_ons,
+        expires_on,
+    }))
+}
+
 /// An `IssueOneOffInvoice` request as a command (the bounds are the domain's).
 pub fn one_off_invoice(r: &pb::IssueOneOffInvoiceRequest) -> Parsed<Command> {
     if r.lines.len() > domain::add_on::ONE_OFF_LINES_MAX {
@@ -449,6 +490,11 @@ pub fn invoice(acc: &InvoiceAccount) -> pb::Invoice {
         reason: i.reason.as_str().to_string(),
         amount_credited: m(acc.credits.total()),
         credit_applied: m(i.credit_applied),
+        coupons: i
+            .coupons
+            .iter()
+            .map(|u| pb::CouponUse { coupon_code: u.coupon_code.clone(), amount: m(u.amount) })
+            .collect(),
         credit_note_ids: acc.credits.credit_note_ids.clone(),
     }
 }
@@ -472,5 +518,6 @@ fn line(l: &domain::invoice::InvoiceLine, currency: Currency) -> pb::InvoiceLine
         service_start: l.service_period.start.to_string(),
         service_end: l.service_period.end.to_string(),
         amount: money(currency, l.amount),
+        discount: money(currency, l.discount),
     }
 }

@@ -492,6 +492,52 @@ impl CommandService for CommandApi {
         Ok(Response::new(ack(&done)))
     }
 
+    #[tracing::instrument(skip_all, fields(code = %echo(&request.get_ref().code)))]
+    async fn define_coupon(
+        &self,
+        request: Request<pb::DefineCouponRequest>,
+    ) -> Result<Response<pb::CommandAck>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        let done = self.run("DefineCoupon", &r, &key, convert::define_coupon(&r), None).await?;
+        Ok(Response::new(ack(&done)))
+    }
+
+    #[tracing::instrument(skip_all, fields(customer_id = %echo(&request.get_ref().customer_id)))]
+    async fn apply_coupon(
+        &self,
+        request: Request<pb::CustomerCouponRequest>,
+    ) -> Result<Response<pb::CommandAck>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| {
+            check_id(v, "customer_id", &r.customer_id);
+            check_id(v, "coupon_code", &r.coupon_code);
+        })?;
+        let cmd = Command::ApplyCoupon {
+            customer_id: r.customer_id.clone(),
+            coupon_code: r.coupon_code.clone(),
+        };
+        let done = self.run("ApplyCoupon", &r, &key, Ok(cmd), None).await?;
+        Ok(Response::new(ack(&done)))
+    }
+
+    #[tracing::instrument(skip_all, fields(customer_id = %echo(&request.get_ref().customer_id)))]
+    async fn remove_coupon(
+        &self,
+        request: Request<pb::CustomerCouponRequest>,
+    ) -> Result<Response<pb::CommandAck>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| {
+            check_id(v, "customer_id", &r.customer_id);
+            check_id(v, "coupon_code", &r.coupon_code);
+        })?;
+        let cmd = Command::RemoveCoupon {
+            customer_id: r.customer_id.clone(),
+            coupon_code: r.coupon_code.clone(),
+        };
+        let done = self.run("RemoveCoupon", &r, &key, Ok(cmd), None).await?;
+        Ok(Response::new(ack(&done)))
+    }
+
     #[tracing::instrument(skip_all, fields(customer_id = %echo(&request.get_ref().customer_id)))]
     async fn issue_one_off_invoice(
         &self,

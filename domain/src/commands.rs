@@ -91,5 +91,14 @@ pub enum Command {
     },
     IssueCreditNote(crate::credit_note::CreditNoteRequest),
     DefineAddOn(crate::add_on::AddOn),
+    DefineCoupon(crate::coupon::Coupon),
+    ApplyCoupon {
+        customer_id: String,
+        coupon_code: String,
+    },
+    RemoveCoupon {
+        customer_id: String,
+        coupon_code: String,
+    },
     IssueOneOffInvoice(crate::add_on::OneOffRequest),
 }

@@ -1,6 +1,6 @@
-//! Coupons (SPEC §8.2), the pure part: what a coupon is, and how the coupons a customer holds
-//! discount the lines of one invoice. Not wired into the ledger yet (no command or event uses
-//! it): see docs/decisions/0032-coupons.md for what is decided and what is left.
+//! Coupons (SPEC §8.2): what a coupon is, its validation, and how the coupons a customer holds
+//! discount the lines of one invoice (docs/decisions/0032-coupons.md). The ledger applies them
+//! when it builds an invoice and records on the invoice what each coupon gave.
 //!
 //! Rules of [`discount`]:
 //! - Coupons apply in the order they were applied to the customer; each sees the lines as the
@@ -15,10 +15,20 @@
 //!   remaining amounts, rounded per line; the rounding remainder goes to the largest line.
 //! - No line goes below zero; negative lines (credits) are never eligible.
 
+use jiff::civil::Date;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::money::Currency;
+use crate::catalog::check_id;
+use crate::error::{DomainError, Violations};
+use crate::money::{check_bounded, Currency, AMOUNT_MAX};
+
+/// Most plan or metric codes one coupon may be limited to.
+pub const COUPON_LIMITS_MAX: usize = 50;
+/// Most billing periods of a recurring coupon.
+pub const COUPON_PERIODS_MAX: u32 = 1_200;
+/// Most decimal places of a percentage.
+pub const PERCENT_SCALE_MAX: u32 = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -54,6 +64,64 @@ pub struct Coupon {
     /// Whether add-on lines (one-off invoices) are eligible.
     #[serde(default)]
     pub applies_to_add_ons: bool,
+    /// The offer ends: the coupon cannot be applied to a customer on or after this date (one
+    /// already applied keeps working).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_on: Option<Date>,
+}
+
+impl Coupon {
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let mut v = Violations::default();
+        check_id(&mut v, "code", &self.code);
+        match &self.kind {
+            CouponKind::FixedAmount { amount, currency } => {
+                if let Err(violation) = check_bounded("amount", *amount, AMOUNT_MAX) {
+                    v.0.push(violation);
+                } else if amount.is_zero() || amount.scale() > currency.minor_units() {
+                    let places = currency.minor_units();
+                    v.push(
+                        "amount",
+                        format!("must be positive with at most {places} decimal places"),
+                    );
+                }
+            }
+            CouponKind::Percentage { percent } => {
+                let p = *percent;
+                if p <= Decimal::ZERO || p > Decimal::ONE_HUNDRED || p.scale() > PERCENT_SCALE_MAX {
+                    v.push(
+                        "percent",
+                        format!(
+                            "must be above 0 and at most 100, {PERCENT_SCALE_MAX} decimal places"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Frequency::Recurring { periods } = self.frequency {
+            if !(1..=COUPON_PERIODS_MAX).contains(&periods) {
+                v.push("periods", format!("must be 1 to {COUPON_PERIODS_MAX}"));
+            }
+        }
+        for (field, codes) in
+            [("plan_codes", &self.plan_codes), ("metric_codes", &self.metric_codes)]
+        {
+            if codes.len() > COUPON_LIMITS_MAX {
+                v.push(field, format!("at most {COUPON_LIMITS_MAX} codes"));
+            }
+            for (i, code) in codes.iter().enumerate() {
+                check_id(&mut v, &format!("{field}[{i}]"), code);
+            }
+        }
+        v.into_result()
+    }
+}
+
+/// What one coupon gave on one invoice (recorded on the invoice).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponUse {
+    pub coupon_code: String,
+    pub amount: Decimal,
 }
 
 /// A coupon a customer holds, with what is left of it.
@@ -79,6 +147,20 @@ impl HeldCoupon {
             Frequency::Forever => u32::MAX,
         };
         HeldCoupon { coupon, amount_left, periods_left }
+    }
+
+    /// Records that it gave `amount` on an invoice: a fixed `once` coupon has that much less
+    /// left; a recurring one, one period less when it gave anything.
+    pub fn record_use(&mut self, amount: Decimal) {
+        match (&self.coupon.kind, self.coupon.frequency) {
+            (CouponKind::FixedAmount { .. }, Frequency::Once) => {
+                self.amount_left -= amount;
+                assert!(self.amount_left >= Decimal::ZERO, "coupon {} overused", self.coupon.code);
+            }
+            (_, Frequency::Forever) => {}
+            _ if amount.is_zero() => {}
+            _ => self.periods_left = self.periods_left.saturating_sub(1),
+        }
     }
 
     /// Whether it can still discount anything.
@@ -165,14 +247,7 @@ pub fn discount(held: &[HeldCoupon], lines: &[LineToDiscount], currency: Currenc
             per_line[*i] += *cut;
             total += *cut;
         }
-        if let (CouponKind::FixedAmount { .. }, Frequency::Once) =
-            (&h.coupon.kind, h.coupon.frequency)
-        {
-            h.amount_left -= total;
-        } else if h.coupon.frequency != Frequency::Forever && !total.is_zero() {
-            h.periods_left -= 1;
-        }
-        debug_assert!(h.amount_left >= Decimal::ZERO);
+        h.record_use(total);
         given.push(total);
         after.push(h);
     }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::add_on::AddOn;
 use crate::calendar::{Anchor, Period};
 use crate::catalog::{Customer, Metric, Plan, PlanRef};
+use crate::coupon::Coupon;
 use crate::credit_note::CreditNote;
 use crate::invoice::Invoice;
 
@@ -20,7 +21,7 @@ pub const SCHEMA_VERSION: u16 = 1;
 
 /// Every event type [`Event::type_name`] gives, for readers that pick types before decoding
 /// (the projections' shared reader).
-pub const EVENT_TYPES: [&str; 18] = [
+pub const EVENT_TYPES: [&str; 21] = [
     "CustomerRegistered",
     "CustomerUpdated",
     "BillableMetricDefined",
@@ -39,6 +40,9 @@ pub const EVENT_TYPES: [&str; 18] = [
     "InvoiceMarkedUncollectible",
     "CreditNoteIssued",
     "AddOnDefined",
+    "CouponDefined",
+    "CouponApplied",
+    "CouponRemoved",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +136,20 @@ pub enum Event {
     CreditNoteIssued(CreditNote),
     /// A catalogue add-on (SPEC §8.4).
     AddOnDefined(AddOn),
+    /// A catalogue coupon (SPEC §8.2).
+    CouponDefined(Coupon),
+    /// The customer holds the coupon from now on; coupons apply in this order.
+    CouponApplied {
+        customer_id: String,
+        coupon_code: String,
+        occurred_at: Timestamp,
+    },
+    /// The customer no longer holds the coupon.
+    CouponRemoved {
+        customer_id: String,
+        coupon_code: String,
+        occurred_at: Timestamp,
+    },
 }
 
 /// The persisted form of `UsageRecorded` (`{"type": "UsageRecorded", ...Usage}`), read
@@ -183,6 +201,10 @@ impl Event {
             }
             Event::CreditNoteIssued(n) => format!("credit-note-{}", n.credit_note_id),
             Event::AddOnDefined(a) => format!("add-on-{}", a.code),
+            Event::CouponDefined(c) => format!("coupon-{}", c.code),
+            Event::CouponApplied { customer_id, .. } | Event::CouponRemoved { customer_id, .. } => {
+                format!("customer-{customer_id}")
+            }
         }
     }
 
@@ -206,6 +228,9 @@ impl Event {
             Event::InvoiceMarkedUncollectible { .. } => "InvoiceMarkedUncollectible",
             Event::CreditNoteIssued(_) => "CreditNoteIssued",
             Event::AddOnDefined(_) => "AddOnDefined",
+            Event::CouponDefined(_) => "CouponDefined",
+            Event::CouponApplied { .. } => "CouponApplied",
+            Event::CouponRemoved { .. } => "CouponRemoved",
         }
     }
 
@@ -225,12 +250,16 @@ impl Event {
             Event::BillingPeriodClosed { closed_at, .. } => Some(*closed_at),
             Event::InvoiceIssued(i) => Some(i.issued_at),
             Event::CreditNoteIssued(n) => Some(n.issued_at),
+            Event::CouponApplied { occurred_at, .. } | Event::CouponRemoved { occurred_at, .. } => {
+                Some(*occurred_at)
+            }
             Event::TrialEnded { .. }
             | Event::PlanChanged { .. }
             | Event::CustomerRegistered(_)
             | Event::BillableMetricDefined(_)
             | Event::PlanPublished(_)
-            | Event::AddOnDefined(_) => None,
+            | Event::AddOnDefined(_)
+            | Event::CouponDefined(_) => None,
         }
     }
 

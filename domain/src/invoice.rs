@@ -6,6 +6,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::Period;
+use crate::coupon::CouponUse;
 use crate::credit_note::{CreditNote, InvoiceCredits};
 use crate::error::DomainError;
 use crate::money::{checked_sum, Currency};
@@ -82,8 +83,11 @@ pub struct InvoiceLine {
     pub charge_model: Option<String>,
     pub units: Option<Decimal>,
     pub service_period: Period,
-    /// Rounded once to the currency's minor unit, half away from zero.
+    /// Rounded once to the currency's minor unit, half away from zero; net of `discount`.
     pub amount: Decimal,
+    /// What coupons took off the line (SPEC §8.2): the line was `amount + discount` before.
+    #[serde(default, skip_serializing_if = "Decimal::is_zero")]
+    pub discount: Decimal,
 }
 
 /// An issued invoice: a fact, carried whole by `InvoiceIssued`, never recomputed on replay.
@@ -106,6 +110,9 @@ pub struct Invoice {
     /// `total − credit_applied`.
     #[serde(default, skip_serializing_if = "Decimal::is_zero")]
     pub credit_applied: Decimal,
+    /// What each coupon gave on this invoice, in the order they apply (SPEC §8.2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coupons: Vec<CouponUse>,
 }
 
 impl Invoice {
@@ -155,7 +162,47 @@ pub fn build_invoice(h: InvoiceHeader, drafts: Vec<LineDraft>) -> Result<Invoice
         tax,
         total,
         credit_applied: Decimal::ZERO,
+        coupons: Vec::new(),
     })
+}
+
+/// `invoice` with the coupons' `per_line` discounts taken off its lines (each line's `amount`
+/// becomes net, its `discount` records the cut) and what each coupon gave (`uses`, zeros left
+/// out); subtotal, tax and total recomputed as [`build_invoice`] does, so tax is on the
+/// discounted lines (SPEC §8 order: coupons, then tax).
+pub fn with_discounts(
+    mut invoice: Invoice,
+    per_line: &[Decimal],
+    uses: Vec<CouponUse>,
+) -> Result<Invoice, DomainError> {
+    assert_eq!(per_line.len(), invoice.lines.len(), "one discount per line");
+    if per_line.iter().all(Decimal::is_zero) {
+        return Ok(invoice);
+    }
+    for (line, cut) in invoice.lines.iter_mut().zip(per_line) {
+        assert!(
+            *cut >= Decimal::ZERO && *cut <= line.amount.max(Decimal::ZERO),
+            "a discount past its line"
+        );
+        line.amount -= *cut;
+        line.discount += *cut;
+    }
+    let h = InvoiceHeader {
+        invoice_id: invoice.invoice_id.clone(),
+        customer_id: invoice.customer_id.clone(),
+        subscription_id: invoice.subscription_id.clone(),
+        currency: invoice.currency,
+        period: invoice.period,
+        issued_at: invoice.issued_at,
+        reason: invoice.reason,
+        tax_rate: invoice.tax_rate,
+    };
+    invoice.subtotal = subtotal(&h, &invoice.lines)?;
+    invoice.tax = tax(&h, invoice.subtotal)?;
+    let total = invoice.subtotal.checked_add(invoice.tax);
+    invoice.total = total.ok_or_else(|| overflow(&h, "total (subtotal + tax)"))?;
+    invoice.coupons = uses.into_iter().filter(|u| !u.amount.is_zero()).collect();
+    Ok(invoice)
 }
 
 /// Σ of the rounded lines; an overflow names the line that took the sum out of range.
@@ -190,6 +237,7 @@ fn round_line(currency: Currency, d: LineDraft) -> InvoiceLine {
         units: d.units,
         service_period: d.service_period,
         amount: currency.round(d.unrounded),
+        discount: Decimal::ZERO,
     }
 }
 

@@ -26,6 +26,7 @@ use crate::subscription::Subscription;
 
 mod add_ons;
 mod billing;
+mod coupons;
 mod evolve;
 mod rules;
 mod subscriptions;
@@ -58,6 +59,9 @@ pub struct CustomerState {
     /// One-off invoices issued to the customer (the last one's number).
     #[serde(default)]
     pub one_off_invoices: u32,
+    /// The coupons the customer holds, in the order applied (SPEC §8.2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coupons: Vec<crate::coupon::HeldCoupon>,
 }
 
 /// What a usage command came to.
@@ -110,6 +114,9 @@ pub struct Ledger {
     /// The add-on catalogue (SPEC §8.4).
     #[serde(default)]
     pub add_ons: HashMap<String, crate::add_on::AddOn>,
+    /// The coupon catalogue (SPEC §8.2).
+    #[serde(default)]
+    pub coupons: HashMap<String, crate::coupon::Coupon>,
 }
 
 /// The rated amounts of a subscription's open period so far (see [`Ledger::rated_usage`]).
@@ -207,6 +214,13 @@ impl Ledger {
                 self.decide_void(invoice_id, reason, ctx)
             }
             Command::DefineAddOn(a) => self.decide_define_add_on(a),
+            Command::DefineCoupon(c) => self.decide_define_coupon(c),
+            Command::ApplyCoupon { customer_id, coupon_code } => {
+                self.decide_apply_coupon(customer_id, coupon_code, ctx)
+            }
+            Command::RemoveCoupon { customer_id, coupon_code } => {
+                self.decide_remove_coupon(customer_id, coupon_code, ctx)
+            }
             Command::IssueOneOffInvoice(req) => self.decide_one_off(req, ctx),
             Command::IssueCreditNote(req) => {
                 let account = self.invoice(&req.invoice_id)?;

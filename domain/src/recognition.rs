@@ -515,6 +515,7 @@ mod tests {
             units: None,
             service_period: period,
             amount,
+            discount: Decimal::ZERO,
         }
     }
 

@@ -250,6 +250,10 @@ impl UsageMeter {
             Event::InvoiceIssued(inv) if inv.subscription_id.is_empty() => {
                 l.customers.contains_key(&inv.customer_id)
             }
+            Event::CouponApplied { customer_id, coupon_code, .. } => {
+                l.customers.contains_key(customer_id) && l.coupons.contains_key(coupon_code)
+            }
+            Event::CouponRemoved { customer_id, .. } => l.customers.contains_key(customer_id),
             Event::CreditNoteIssued(n) => {
                 l.invoices.contains_key(&n.invoice_id) && l.customers.contains_key(&n.customer_id)
             }

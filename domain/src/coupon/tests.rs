@@ -14,6 +14,7 @@ fn fixed(amount: Decimal, frequency: Frequency) -> Coupon {
         plan_codes: vec![],
         metric_codes: vec![],
         applies_to_add_ons: false,
+        expires_on: None,
     }
 }
 

@@ -93,6 +93,7 @@ impl Ledger {
             reason: IssueReason::OneOff,
             tax_rate: c.tax_rate,
         };
-        Ok(with_credit_applied(customer, build_invoice(header, drafts)?))
+        let invoice = Self::discounted(customer, None, build_invoice(header, drafts)?)?;
+        Ok(with_credit_applied(customer, invoice))
     }
 }

@@ -366,8 +366,10 @@ impl Ledger {
             reason,
             tax_rate: customer.tax_rate,
         };
-        let invoice = build_invoice(header, lines)?;
-        Ok(with_credit_applied(&self.customers[&sub.customer_id], invoice))
+        let customer = &self.customers[&sub.customer_id];
+        let plan = &sub.current_plan().code;
+        let invoice = Self::discounted(customer, Some(plan), build_invoice(header, lines)?)?;
+        Ok(with_credit_applied(customer, invoice))
     }
 }
 

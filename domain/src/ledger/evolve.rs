@@ -31,6 +31,7 @@ impl Ledger {
                         credit_notes_issued: 0,
                         credit_balance: Decimal::ZERO,
                         one_off_invoices: 0,
+                        coupons: Vec::new(),
                     },
                 );
             }
@@ -63,6 +64,16 @@ impl Ledger {
             }
             Event::PaymentSucceeded { invoice_id, amount, .. } => {
                 self.invoice_mut(invoice_id).pay(*amount)
+            }
+            Event::CouponDefined(c) => {
+                self.created_at.insert(event.stream(), position);
+                self.coupons.insert(c.code.clone(), c.clone());
+            }
+            Event::CouponApplied { customer_id, coupon_code, .. } => {
+                self.evolve_coupon_applied(customer_id, coupon_code)
+            }
+            Event::CouponRemoved { customer_id, coupon_code, .. } => {
+                self.evolve_coupon_removed(customer_id, coupon_code)
             }
             Event::AddOnDefined(a) => {
                 self.created_at.insert(event.stream(), position);
@@ -106,6 +117,9 @@ impl Ledger {
     }
 
     fn evolve_invoice(&mut self, inv: &Invoice) {
+        if !inv.coupons.is_empty() {
+            self.evolve_coupon_uses(&inv.customer_id, &inv.coupons);
+        }
         if !inv.credit_applied.is_zero() {
             let customer = self.customers.get_mut(&inv.customer_id).expect("customer exists");
             customer.credit_balance -= inv.credit_applied;

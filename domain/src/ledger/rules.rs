@@ -201,6 +201,9 @@ impl Ledger {
             Command::DefineMetric(m) => {
                 (self.metrics.get(&m.code)? == m).then(|| format!("metric-{}", m.code))?
             }
+            Command::DefineCoupon(c) => {
+                (self.coupons.get(&c.code)? == c).then(|| format!("coupon-{}", c.code))?
+            }
             Command::DefineAddOn(a) => {
                 (self.add_ons.get(&a.code)? == a).then(|| format!("add-on-{}", a.code))?
             }
