@@ -81,6 +81,8 @@ struct Stats {
     usage_rejected: u64,
     invoices: u64,
     credit_notes: u64,
+    coupons_applied: u64,
+    one_off_invoices: u64,
     last_position: u64,
 }
 
@@ -95,6 +97,8 @@ struct Sim {
     customers: Vec<Customer>,
     dues: Vec<Due>,
     sample_invoice: Option<String>,
+    /// The first invoice a coupon discounted.
+    sample_discounted: Option<String>,
     stats: Stats,
 }
 
@@ -192,6 +196,7 @@ impl Sim {
             customers: Vec::new(),
             dues: Vec::new(),
             sample_invoice: None,
+            sample_discounted: None,
             stats: Stats::default(),
         }
     }
@@ -239,7 +244,59 @@ impl Sim {
             let ack = self.cmd.publish_plan(plan).await?.into_inner().ack;
             self.ack(ack.as_ref());
         }
+        let welcome = pb::DefineCouponRequest {
+            idempotency_key: key(format_args!("coupon-{WELCOME_COUPON}")),
+            code: WELCOME_COUPON.into(),
+            kind: "percentage".into(),
+            percent: "20".into(),
+            frequency: "recurring".into(),
+            periods: 3,
+            ..Default::default()
+        };
+        let ack = self.cmd.define_coupon(welcome).await?.into_inner();
+        self.ack(Some(&ack));
+        let onboarding = pb::DefineAddOnRequest {
+            idempotency_key: key(format_args!("add-on-{ONBOARDING_ADD_ON}")),
+            code: ONBOARDING_ADD_ON.into(),
+            name: "Onboarding workshop".into(),
+            currency: "USD".into(),
+            amount: "250.00".into(),
+            description: String::new(),
+        };
+        let ack = self.cmd.define_add_on(onboarding).await?.into_inner();
+        self.ack(Some(&ack));
         self.arrivals(end);
+        Ok(())
+    }
+
+    /// Some new customers get the welcome coupon (20 % off their first three invoices) and
+    /// some buy the onboarding workshop (a one-off invoice), drawn from the notes' stream.
+    async fn extras(&mut self, i: usize) -> anyhow::Result<()> {
+        let id = self.customers[i].id.clone();
+        if self.notes_rng.gen::<f64>() < WELCOME_CHANCE {
+            let req = pb::CustomerCouponRequest {
+                idempotency_key: key(format_args!("welcome-{id}")),
+                customer_id: id.clone(),
+                coupon_code: WELCOME_COUPON.into(),
+            };
+            let ack = self.cmd.apply_coupon(req).await?.into_inner();
+            self.ack(Some(&ack));
+            self.stats.coupons_applied += 1;
+        }
+        if self.notes_rng.gen::<f64>() < ONBOARDING_CHANCE {
+            let req = pb::IssueOneOffInvoiceRequest {
+                idempotency_key: key(format_args!("onboarding-{id}")),
+                customer_id: id,
+                lines: vec![pb::OneOffLine {
+                    add_on_code: ONBOARDING_ADD_ON.into(),
+                    ..Default::default()
+                }],
+            };
+            let r = self.cmd.issue_one_off_invoice(req).await?.into_inner();
+            self.ack(r.ack.as_ref());
+            self.stats.one_off_invoices += 1;
+            self.issued(&r.invoice.into_iter().collect::<Vec<_>>());
+        }
         Ok(())
     }
 
@@ -300,6 +357,7 @@ impl Sim {
                 Ok(r) => self.ack(Some(&r.into_inner())),
                 Err(_) => self.rejected(),
             }
+            self.extras(i).await?;
             let plan = ["starter", "starter", "growth", "growth", "scale", "payments"]
                 [self.rng.gen_range(0..6)];
             self.start_sub(i, plan).await;
@@ -411,6 +469,9 @@ impl Sim {
             if self.sample_invoice.is_none() && inv.reason == "period_close" && inv.lines.len() > 1
             {
                 self.sample_invoice = Some(inv.invoice_id.clone());
+            }
+            if self.sample_discounted.is_none() && !inv.coupons.is_empty() {
+                self.sample_discounted = Some(inv.invoice_id.clone());
             }
             if inv.status != "open" || dec(&inv.amount_due) <= Decimal::ZERO {
                 continue;
@@ -571,6 +632,15 @@ impl Sim {
     }
 }
 
+/// The coupon some new customers get: 20 % off three invoices.
+const WELCOME_COUPON: &str = "welcome-20";
+/// Share of new customers that get [`WELCOME_COUPON`].
+const WELCOME_CHANCE: f64 = 0.25;
+/// The add-on some new customers buy on a one-off invoice.
+const ONBOARDING_ADD_ON: &str = "onboarding";
+/// Share of new customers that buy [`ONBOARDING_ADD_ON`].
+const ONBOARDING_CHANCE: f64 = 0.15;
+
 /// Share of open invoices that get a service credit (an `offset` credit note).
 const CREDIT_NOTE_CHANCE: f64 = 0.05;
 /// Mixed into the seed of the credit notes' random stream.
@@ -679,13 +749,16 @@ async fn report(q: &mut Query, sim: &Sim, end: Date) -> anyhow::Result<bool> {
         sim.start
     );
     println!(
-        "commands {} (rejected {}), usage events {} (rejected {}), invoices {}, credit notes {}",
+        "commands {} (rejected {}), usage events {} (rejected {}), invoices {} (one-off {}), \
+         credit notes {}, coupons applied {}",
         s.commands,
         s.rejected_commands,
         s.usage_accepted,
         s.usage_rejected,
         s.invoices,
-        s.credit_notes
+        s.one_off_invoices,
+        s.credit_notes,
+        s.coupons_applied
     );
     let ends = month_ends(sim.start, end);
     mrr_report(q, sim.start, &ends, pos).await?;
@@ -693,6 +766,11 @@ async fn report(q: &mut Query, sim: &Sim, end: Date) -> anyhow::Result<bool> {
     balances_report(q, &ends, pos).await?;
     let balanced = trial_balance(q, &ends, pos).await?;
     if let Some(id) = &sim.sample_invoice {
+        invoice_report(q, id, pos).await?;
+    }
+    if let Some(id) =
+        sim.sample_discounted.as_ref().filter(|d| Some(*d) != sim.sample_invoice.as_ref())
+    {
         invoice_report(q, id, pos).await?;
     }
     Ok(balanced)
@@ -852,7 +930,16 @@ async fn invoice_report(q: &mut Query, id: &str, pos: Option<u64>) -> anyhow::Re
         inv.invoice_id, inv.customer_id, inv.reason, inv.period_start, inv.period_end, inv.status
     );
     for l in &inv.lines {
-        println!("  {:<26} {:<34} {:>12} {:>10}", l.kind, l.description, l.units, money(&l.amount));
+        let discount = dec(&l.discount);
+        let note =
+            if discount.is_zero() { String::new() } else { format!("  (coupon -{discount:.2})") };
+        println!(
+            "  {:<26} {:<34} {:>12} {:>10}{note}",
+            l.kind,
+            l.description,
+            l.units,
+            money(&l.amount)
+        );
     }
     println!(
         "  subtotal {}  tax {} ({} %)  total {}  paid {}",
@@ -862,5 +949,8 @@ async fn invoice_report(q: &mut Query, id: &str, pos: Option<u64>) -> anyhow::Re
         money(&inv.total),
         money(&inv.amount_paid)
     );
+    for u in &inv.coupons {
+        println!("  coupon {} gave {}", u.coupon_code, money(&u.amount));
+    }
     Ok(())
 }
