@@ -259,11 +259,7 @@ impl Journal<'_, '_> {
                 overflow(position, format!("{} schedule net of accruals", what()))
             })?;
             for (d, a) in net.iter() {
-                let source = if *d < issue_date {
-                    Account::UnbilledReceivable
-                } else {
-                    Account::DeferredRevenue
-                };
+                let source = recognition_source(*d, issue_date);
                 issue.cr(source, *a);
                 let day = days.entry(*d).or_default();
                 day.dr(source, *a);
@@ -471,11 +467,7 @@ impl Journal<'_, '_> {
             let this = LineRef { invoice_id: note.invoice_id.clone(), line_index: i };
             for (d, a) in &reversal {
                 self.add_to_waterfall(*d, &this, cur, revenue_type, *a)?;
-                let source = if *d < s.issue_date {
-                    Account::UnbilledReceivable
-                } else {
-                    Account::DeferredRevenue
-                };
+                let source = recognition_source(*d, s.issue_date);
                 entry.cr(source, *a);
                 let day = days.entry(*d).or_default();
                 day.dr(source, *a);
@@ -544,11 +536,7 @@ impl Journal<'_, '_> {
             let mut kept = Vec::new();
             for (d, a) in &line.entries {
                 if *d < v {
-                    let source = if *d < s.issue_date {
-                        Account::UnbilledReceivable
-                    } else {
-                        Account::DeferredRevenue
-                    };
+                    let source = recognition_source(*d, s.issue_date);
                     recognized.dr(Account::Revenue(line.revenue_type), *a);
                     recognized.cr(source, *a);
                     let what = || format!("recognized revenue of invoice {invoice_id} line {i}");
@@ -602,4 +590,14 @@ pub(super) fn merge_nonzero(
     b: &[(Date, Decimal)],
 ) -> Option<Vec<(Date, Decimal)>> {
     Some(merge(a, b)?.into_iter().filter(|(_, x)| !x.is_zero()).collect())
+}
+
+/// The account a recognition on `day` draws from: revenue earned before the invoice's issue
+/// date was unbilled receivable; from the issue date on it was deferred revenue.
+fn recognition_source(day: Date, issue_date: Date) -> Account {
+    if day < issue_date {
+        Account::UnbilledReceivable
+    } else {
+        Account::DeferredRevenue
+    }
 }
