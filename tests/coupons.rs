@@ -112,6 +112,30 @@ async fn a_fixed_coupon_discounts_the_next_invoice_before_tax_and_revenue_is_net
     };
     assert_eq!(total(|r| &r.debit), total(|r| &r.credit), "the trial balance balances");
 
+    // The customer's coupons: welcome used up; a recurring one held, then removed.
+    let loyal = pb::DefineCouponRequest {
+        code: "loyal".into(),
+        kind: "percentage".into(),
+        percent: "12.5".into(),
+        frequency: "recurring".into(),
+        periods: 2,
+        ..welcome()
+    };
+    c.define_coupon(loyal).await.unwrap();
+    let at = c.apply_coupon(apply("ap-4", "loyal")).await.unwrap().into_inner().position;
+    let list = |min_position| pb::CustomerCouponsQuery { customer_id: "acme".into(), min_position };
+    let held = q.list_customer_coupons(list(Some(at))).await.unwrap().into_inner().coupons;
+    let summary: Vec<(&str, &str, u32, bool)> = held
+        .iter()
+        .map(|h| (h.coupon_code.as_str(), h.amount_left.as_str(), h.periods_left, h.used_up))
+        .collect();
+    assert_eq!(summary, [("welcome", "0.00", 0, true), ("loyal", "", 2, false)]);
+    assert_eq!((held[1].kind.as_str(), held[1].percent.as_str()), ("percentage", "12.5"));
+    let at = c.remove_coupon(apply("rm-2", "loyal")).await.unwrap().into_inner().position;
+    let held = q.list_customer_coupons(list(Some(at))).await.unwrap().into_inner().coupons;
+    assert_eq!(held.iter().map(|h| h.coupon_code.as_str()).collect::<Vec<_>>(), ["welcome"]);
+    let head = at;
+
     assert!(server.terminate().success());
     replay_verify_at(dir.path(), head);
 }

@@ -209,6 +209,7 @@ impl Projection for InvoicesProjection {
     fn wants(&self, event_type: &str) -> bool {
         event_type.starts_with("Invoice")
             || event_type.starts_with("Payment")
+            || event_type.starts_with("Coupon")
             || event_type == "CreditNoteIssued"
     }
 
@@ -229,6 +230,9 @@ impl Projection for InvoicesProjection {
                 update(w, invoice_id, at, |r| r.mark_uncollectible(*occurred_at))
             }
             Event::CreditNoteIssued(note) => credit(w, note, at),
+            Event::CouponDefined(_) | Event::CouponApplied { .. } | Event::CouponRemoved { .. } => {
+                crate::customer_coupons::apply(w, decoded, at)
+            }
             _ => Ok(()),
         }
     }
@@ -295,6 +299,7 @@ fn issue(w: &mut Writes<'_>, invoice: &Invoice, position: Position) -> Result<()
         return Err(inconsistent(position, format!("invoice {} issued twice", invoice.invoice_id)));
     }
     put(w, &InvoiceRecord::issued(invoice, position));
+    crate::customer_coupons::used(w, invoice, position)?;
     if !invoice.credit_applied.is_zero() {
         let key = credit_balance_key(&invoice.customer_id);
         let bytes = w.get(&key)?.ok_or_else(|| {

@@ -136,6 +136,47 @@ fn invoice(record: InvoiceRecord) -> pb::Invoice {
     command_service::convert::invoice(&account)
 }
 
+fn held_coupon(h: &domain::coupon::HeldCoupon) -> pb::HeldCoupon {
+    use domain::coupon::{CouponKind, Frequency};
+    let (kind, amount, currency, percent) = match &h.coupon.kind {
+        CouponKind::FixedAmount { amount, currency } => (
+            "fixed_amount",
+            command_service::convert::money(*currency, *amount),
+            currency.code().to_string(),
+            String::new(),
+        ),
+        CouponKind::Percentage { percent } => {
+            ("percentage", String::new(), String::new(), percent.normalize().to_string())
+        }
+    };
+    let amount_left = match &h.coupon.kind {
+        CouponKind::FixedAmount { currency, .. } if h.coupon.frequency == Frequency::Once => {
+            command_service::convert::money(*currency, h.amount_left)
+        }
+        _ => String::new(),
+    };
+    let frequency = match h.coupon.frequency {
+        Frequency::Once => "once",
+        Frequency::Recurring { .. } => "recurring",
+        Frequency::Forever => "forever",
+    };
+    let periods_left = match h.coupon.frequency {
+        Frequency::Recurring { .. } => h.periods_left,
+        _ => 0,
+    };
+    pb::HeldCoupon {
+        coupon_code: h.coupon.code.clone(),
+        kind: kind.into(),
+        amount,
+        currency,
+        percent,
+        frequency: frequency.into(),
+        amount_left,
+        periods_left,
+        used_up: h.is_used_up(),
+    }
+}
+
 fn parse_status(c: &mut Check, s: &str) -> Option<Option<InvoiceStatus>> {
     Some(Some(match s {
         "" => return Some(None),
@@ -313,6 +354,24 @@ impl QueryService for QueryApi {
             balance,
             position,
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(customer_id = %echo(&request.get_ref().customer_id)))]
+    async fn list_customer_coupons(
+        &self,
+        request: Request<pb::CustomerCouponsQuery>,
+    ) -> Result<Response<pb::CustomerCouponsView>, Status> {
+        let view = &self.models.invoices;
+        let id = &request.get_ref().customer_id;
+        let mut c = Check::default();
+        c.id("customer_id", id);
+        c.done()?;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let position = position(view.reader.model())?;
+        let held = projections::customer_coupons::held(&view.reader, id)
+            .map_err(read_error("customer_id"))?;
+        let coupons = held.iter().map(held_coupon).collect();
+        Ok(Response::new(pb::CustomerCouponsView { customer_id: id.clone(), coupons, position }))
     }
 
     #[tracing::instrument(skip_all, fields(subscription_id = %echo(&request.get_ref().subscription_id)))]

@@ -223,10 +223,10 @@ impl Ledger {
         let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of)?;
         lines.extend(self.usage_lines(sub, rating_plan, &p)?);
         lines.extend(self.true_up_line(sub, rating_plan, &p, &lines)?);
-        let mut draft = self.invoice_for(sub, p, IssueReason::PeriodClose, lines, at)?;
+        // A draft consumes nothing and shows usage at its rating, as the journal accrues it:
+        // coupons and the credit balance apply when the invoice is issued.
+        let mut draft = self.undiscounted_invoice(sub, p, IssueReason::PeriodClose, lines, at)?;
         draft.invoice_id = format!("draft-{subscription_id}-{}", p.start);
-        // A draft consumes nothing: the balance applies when the invoice is issued.
-        draft.credit_applied = Decimal::ZERO;
         Ok(Some(draft))
     }
 
@@ -346,8 +346,24 @@ impl Ledger {
     }
 
     /// The invoice of `lines` for `sub`, numbered after its earlier invoices, with the
-    /// customer's currency and tax rate; an overflow is the subscription's error.
+    /// customer's currency and tax rate, discounted by the customer's coupons before tax and
+    /// its credit balance applied after (SPEC §8 order); an overflow is the subscription's error.
     pub(super) fn invoice_for(
+        &self,
+        sub: &Subscription,
+        period: Period,
+        reason: IssueReason,
+        lines: Vec<LineDraft>,
+        now: Timestamp,
+    ) -> Result<Invoice, DomainError> {
+        let invoice = self.undiscounted_invoice(sub, period, reason, lines, now)?;
+        let customer = &self.customers[&sub.customer_id];
+        let plan = &sub.current_plan().code;
+        Ok(with_credit_applied(customer, Self::discounted(customer, Some(plan), invoice)?))
+    }
+
+    /// [`Ledger::invoice_for`] without coupons and credit.
+    fn undiscounted_invoice(
         &self,
         sub: &Subscription,
         period: Period,
@@ -366,10 +382,7 @@ impl Ledger {
             reason,
             tax_rate: customer.tax_rate,
         };
-        let customer = &self.customers[&sub.customer_id];
-        let plan = &sub.current_plan().code;
-        let invoice = Self::discounted(customer, Some(plan), build_invoice(header, lines)?)?;
-        Ok(with_credit_applied(customer, invoice))
+        build_invoice(header, lines)
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, Context, PaymentOutcome, Policy};
+use domain::coupon::{Coupon, CouponKind, Frequency};
 use domain::credit_note::{CreditDestination, CreditLineRequest, CreditNoteRequest};
 use domain::events::{Event, Usage};
 use domain::invoice::{InvoiceAccount, InvoiceStatus};
@@ -47,6 +48,11 @@ pub enum Op {
         percent: u8,
         destination: u8,
     },
+    /// Applies coupon `which % 3` (10.00 once, 20 % for two periods, 5 % forever) to a customer.
+    Coupon {
+        customer: u8,
+        which: u8,
+    },
     Days(u8),
 }
 
@@ -58,6 +64,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4, any::<bool>()).prop_map(|(customer, immediately)| Op::Cancel { customer, immediately }),
         2 => any::<bool>().prop_map(|fail| Op::Pay { fail }),
         1 => (1u8..=100, 0u8..3).prop_map(|(percent, destination)| Op::Credit { percent, destination }),
+        1 => (0u8..4, 0u8..3).prop_map(|(customer, which)| Op::Coupon { customer, which }),
         3 => (1u8..25).prop_map(Op::Days),
     ]
 }
@@ -99,6 +106,32 @@ pub fn simulate(ops: &[Op], arrears: bool) -> Vec<Event> {
         Command::PublishPlan(plan("basic", dec!(30), timing)),
         Command::PublishPlan(plan("pro", dec!(62), FeeTiming::Advance)),
     ];
+    let coupon = |code: &str, kind: CouponKind, frequency: Frequency| {
+        Command::DefineCoupon(Coupon {
+            code: code.into(),
+            kind,
+            frequency,
+            plan_codes: vec![],
+            metric_codes: vec![],
+            applies_to_add_ons: false,
+            expires_on: None,
+        })
+    };
+    setup.push(coupon(
+        "ten-once",
+        CouponKind::FixedAmount { amount: dec!(10), currency: usd() },
+        Frequency::Once,
+    ));
+    setup.push(coupon(
+        "twenty-twice",
+        CouponKind::Percentage { percent: dec!(20) },
+        Frequency::Recurring { periods: 2 },
+    ));
+    setup.push(coupon(
+        "five-forever",
+        CouponKind::Percentage { percent: dec!(5) },
+        Frequency::Forever,
+    ));
     for c in 0..4 {
         let tz = ["UTC", "America/New_York", "Europe/Berlin", "Asia/Tokyo"][c];
         let customer = Customer {
@@ -169,6 +202,11 @@ pub fn simulate(ops: &[Op], arrears: bool) -> Vec<Event> {
                 };
                 Command::RecordPayment { invoice_id: inv, outcome, occurred_at: now }
             }
+            Op::Coupon { customer, which } => Command::ApplyCoupon {
+                customer_id: format!("c{customer}"),
+                coupon_code: ["ten-once", "twenty-twice", "five-forever"][usize::from(which % 3)]
+                    .into(),
+            },
             Op::Credit { percent, destination } => {
                 let Some(cmd) = credit_note(&ledger, *percent, *destination) else { continue };
                 cmd
