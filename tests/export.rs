@@ -141,9 +141,12 @@ fn check_invoices(csv: &Csv) {
             "amount_credited",
             "amount_offset",
             "credit_applied",
+            "discount",
         ],
     );
     assert!(csv.rows.len() >= 5, "the demo issues invoices: {}", csv.rows.len());
+    let discounted = csv.rows.iter().filter(|r| usd(&r["discount"]) > Decimal::ZERO).count();
+    assert!(discounted > 0, "the demo's welcome coupons discount some invoices");
     for r in &csv.rows {
         assert_eq!(r["currency"], "USD");
         assert_eq!(usd(&r["total"]), usd(&r["subtotal"]) + usd(&r["tax"]), "{r:?}");

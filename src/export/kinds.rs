@@ -26,7 +26,7 @@ fn columns(names: &[&str]) -> Vec<String> {
 }
 
 /// Invoice header columns (lines are in the JSON export only).
-pub const INVOICE_COLUMNS: [&str; 20] = [
+pub const INVOICE_COLUMNS: [&str; 21] = [
     "invoice_id",
     "customer_id",
     "subscription_id",
@@ -47,6 +47,7 @@ pub const INVOICE_COLUMNS: [&str; 20] = [
     "amount_credited",
     "amount_offset",
     "credit_applied",
+    "discount",
 ];
 
 /// An invoice line in the JSON export (fields in this order).
@@ -60,7 +61,9 @@ struct LineJson<'a> {
     units: Option<String>,
     service_period_start: String,
     service_period_end_exclusive: String,
+    /// Net of `discount`.
     amount: String,
+    discount: String,
 }
 
 /// Credit note columns (lines are in the JSON export only).
@@ -181,6 +184,7 @@ pub fn invoices<W: Write>(
                 Cell::from(amount(r.credits.total(), cur)?),
                 Cell::from(amount(r.credits.offset, cur)?),
                 Cell::from(amount(i.credit_applied, cur)?),
+                Cell::from(amount(i.lines.iter().map(|l| l.discount).sum(), cur)?),
             ];
             let mut lines = Vec::with_capacity(i.lines.len());
             for (index, l) in i.lines.iter().enumerate() {
@@ -194,6 +198,7 @@ pub fn invoices<W: Write>(
                     service_period_start: date(l.service_period.start),
                     service_period_end_exclusive: date(l.service_period.end),
                     amount: amount(l.amount, cur)?,
+                    discount: amount(l.discount, cur)?,
                 });
             }
             sink.row(&cells, &[("lines", serde_json::to_string(&lines)?)])?;

@@ -76,10 +76,11 @@ COLUMNS
                      amount_due, failed_attempts, line_count, amount_credited (Σ its credit
                      notes), amount_offset (of which offset against the amount due),
                      credit_applied (the customer's credit balance applied at issue):
-                     amount_due = total - credit_applied - amount_paid - amount_offset. JSON
-                     adds `lines` (line_index,
+                     amount_due = total - credit_applied - amount_paid - amount_offset;
+                     discount (what coupons took off its lines, before tax). JSON adds `lines`
+                     (line_index,
                      kind, description, metric_code, charge_model, units, service_period_start,
-                     service_period_end_exclusive, amount); CSV has no lines.
+                     service_period_end_exclusive, amount, discount); CSV has no lines.
   credit-notes       one row per credit note, in issue order: credit_note_id, number,
                      customer_id, invoice_id, currency, issued_at, destination, reason,
                      subtotal, tax, total, line_count. JSON adds `lines` (line_index,
