@@ -108,6 +108,25 @@ impl CommandApi {
         Ok(Response::new(pb::InvoiceResponse { ack: Some(ack(&done)), invoice }))
     }
 
+    /// ApplyCoupon or RemoveCoupon (`method`): the same request and checks, `command` builds
+    /// the command from (customer id, coupon code).
+    async fn customer_coupon(
+        &self,
+        method: &str,
+        request: &pb::CustomerCouponRequest,
+        command: fn(String, String) -> Command,
+    ) -> Result<Response<pb::CommandAck>, Status> {
+        let mut r = request.clone();
+        let key = std::mem::take(&mut r.idempotency_key);
+        bounded_ids(|v| {
+            check_id(v, "customer_id", &r.customer_id);
+            check_id(v, "coupon_code", &r.coupon_code);
+        })?;
+        let cmd = command(r.customer_id.clone(), r.coupon_code.clone());
+        let done = self.run(method, &r, &key, Ok(cmd), None).await?;
+        Ok(Response::new(ack(&done)))
+    }
+
     async fn usage_chunk(
         &self,
         events: Vec<pb::UsageEvent>,
@@ -507,17 +526,8 @@ impl CommandService for CommandApi {
         &self,
         request: Request<pb::CustomerCouponRequest>,
     ) -> Result<Response<pb::CommandAck>, Status> {
-        let (r, key) = without_key!(request.get_ref());
-        bounded_ids(|v| {
-            check_id(v, "customer_id", &r.customer_id);
-            check_id(v, "coupon_code", &r.coupon_code);
-        })?;
-        let cmd = Command::ApplyCoupon {
-            customer_id: r.customer_id.clone(),
-            coupon_code: r.coupon_code.clone(),
-        };
-        let done = self.run("ApplyCoupon", &r, &key, Ok(cmd), None).await?;
-        Ok(Response::new(ack(&done)))
+        let apply = |customer_id, coupon_code| Command::ApplyCoupon { customer_id, coupon_code };
+        self.customer_coupon("ApplyCoupon", request.get_ref(), apply).await
     }
 
     #[tracing::instrument(skip_all, fields(customer_id = %echo(&request.get_ref().customer_id)))]
@@ -525,17 +535,8 @@ impl CommandService for CommandApi {
         &self,
         request: Request<pb::CustomerCouponRequest>,
     ) -> Result<Response<pb::CommandAck>, Status> {
-        let (r, key) = without_key!(request.get_ref());
-        bounded_ids(|v| {
-            check_id(v, "customer_id", &r.customer_id);
-            check_id(v, "coupon_code", &r.coupon_code);
-        })?;
-        let cmd = Command::RemoveCoupon {
-            customer_id: r.customer_id.clone(),
-            coupon_code: r.coupon_code.clone(),
-        };
-        let done = self.run("RemoveCoupon", &r, &key, Ok(cmd), None).await?;
-        Ok(Response::new(ack(&done)))
+        let remove = |customer_id, coupon_code| Command::RemoveCoupon { customer_id, coupon_code };
+        self.customer_coupon("RemoveCoupon", request.get_ref(), remove).await
     }
 
     #[tracing::instrument(skip_all, fields(customer_id = %echo(&request.get_ref().customer_id)))]
@@ -551,11 +552,7 @@ impl CommandService for CommandApi {
             Event::InvoiceIssued(i) => Some(i.invoice_id.clone()),
             _ => None,
         });
-        let invoice = match id {
-            Some(id) => self.engine.read(move |l| l.invoices.get(&id).map(convert::invoice)).await,
-            None => None,
-        };
-        Ok(Response::new(pb::InvoiceResponse { ack: Some(ack(&done)), invoice }))
+        self.invoice_reply(&id.unwrap_or_default(), done).await
     }
 
     #[tracing::instrument(skip_all, fields(invoice_id = %echo(&request.get_ref().invoice_id)))]

@@ -9,9 +9,9 @@ use domain::events::Event;
 use domain::invoice::Invoice;
 use event_store::Position;
 
-use crate::invoices::{InvoiceReader, NAME};
+use crate::invoices::{inconsistent, InvoiceReader, NAME};
 use crate::store::{corrupt, Writes};
-use crate::{ProjectionError, Result};
+use crate::Result;
 
 fn coupon_key(code: &str) -> Vec<u8> {
     format!("cpd/{code}").into_bytes()
@@ -21,15 +21,15 @@ fn held_key(customer_id: &str) -> Vec<u8> {
     format!("cph/{customer_id}").into_bytes()
 }
 
-fn inconsistent(position: Position, detail: String) -> ProjectionError {
-    ProjectionError::Inconsistent { projection: NAME, position, detail }
-}
-
-fn load_held(w: &Writes<'_>, customer_id: &str) -> Result<Vec<HeldCoupon>> {
-    match w.get(&held_key(customer_id))? {
+fn decode_held(bytes: Option<sled::IVec>) -> Result<Vec<HeldCoupon>> {
+    match bytes {
         Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt(NAME, format!("coupons: {e}"))),
         None => Ok(Vec::new()),
     }
+}
+
+fn load_held(w: &Writes<'_>, customer_id: &str) -> Result<Vec<HeldCoupon>> {
+    decode_held(w.get(&held_key(customer_id))?)
 }
 
 fn store_held(w: &mut Writes<'_>, customer_id: &str, held: &[HeldCoupon]) {
@@ -94,8 +94,5 @@ pub(crate) fn used(w: &mut Writes<'_>, invoice: &Invoice, position: Position) ->
 
 /// The coupons `customer_id` holds (used-up ones included, in the order applied).
 pub fn held(reader: &InvoiceReader, customer_id: &str) -> Result<Vec<HeldCoupon>> {
-    reader.model().read(|snap| match snap.get(&held_key(customer_id))? {
-        Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt(NAME, format!("coupons: {e}"))),
-        None => Ok(Vec::new()),
-    })
+    reader.model().read(|snap| decode_held(snap.get(&held_key(customer_id))?))
 }

@@ -290,7 +290,7 @@ impl CreditBalance {
     }
 }
 
-fn inconsistent(position: Position, detail: impl Into<String>) -> ProjectionError {
+pub(crate) fn inconsistent(position: Position, detail: impl Into<String>) -> ProjectionError {
     ProjectionError::Inconsistent { projection: NAME, position, detail: detail.into() }
 }
 
