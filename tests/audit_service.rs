@@ -250,7 +250,11 @@ async fn audit_service_over_the_live_log() {
     assert_eq!((all.end_position, all.projections.len()), (head, 1));
     assert_eq!(all.log_head_hash, digest.head_hash);
 
-    // Exports: the live journal balances entry by entry; at a cutoff only earlier events.
+    // Exports: the live journal balances entry by entry; at a cutoff only earlier events. A live
+    // export reads the read model as it stands, so first wait until it includes the whole log.
+    let mut live = QueryServiceClient::new(channel.clone());
+    let caught_up = pb::AsOfRequest { as_of: "2099-12-31".into(), min_position: Some(head) };
+    live.get_trial_balance(caught_up).await.unwrap();
     let journal = pb::ExportRequest { kind: "journal".into(), ..Default::default() };
     let (csv, position) = export(&mut a, journal.clone()).await;
     let positions = check_journal_csv(&csv);
