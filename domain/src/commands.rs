@@ -101,4 +101,6 @@ pub enum Command {
         coupon_code: String,
     },
     IssueOneOffInvoice(crate::add_on::OneOffRequest),
+    OpenWallet(crate::wallet::OpenWallet),
+    TopUpWallet(crate::wallet::TopUpRequest),
 }

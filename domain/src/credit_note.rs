@@ -211,6 +211,17 @@ pub fn decide(
             format!("invoice {} is {}", inv.invoice_id, account.status.as_str()),
         ));
     }
+    if inv.reason == crate::invoice::IssueReason::WalletTopUp {
+        return Err(DomainError::precondition(
+            INVOICE_NOT_CREDITABLE,
+            subject,
+            format!(
+                "invoice {} buys wallet credits: it is not revenue to credit (void it while \
+                 its credits are pending)",
+                inv.invoice_id
+            ),
+        ));
+    }
     let credits = &account.credits;
     let mut lines = Vec::with_capacity(req.lines.len());
     for line in &req.lines {

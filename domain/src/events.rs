@@ -15,13 +15,14 @@ use crate::catalog::{Customer, Metric, Plan, PlanRef};
 use crate::coupon::Coupon;
 use crate::credit_note::CreditNote;
 use crate::invoice::Invoice;
+use crate::wallet::{Taken, TopUp, WalletOpened};
 
 /// Current schema version of every event type.
 pub const SCHEMA_VERSION: u16 = 1;
 
 /// Every event type [`Event::type_name`] gives, for readers that pick types before decoding
 /// (the projections' shared reader).
-pub const EVENT_TYPES: [&str; 21] = [
+pub const EVENT_TYPES: [&str; 26] = [
     "CustomerRegistered",
     "CustomerUpdated",
     "BillableMetricDefined",
@@ -43,6 +44,11 @@ pub const EVENT_TYPES: [&str; 21] = [
     "CouponDefined",
     "CouponApplied",
     "CouponRemoved",
+    "WalletOpened",
+    "WalletToppedUp",
+    "WalletCreditsUsable",
+    "WalletCreditsExpired",
+    "WalletBalanceLow",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +156,32 @@ pub enum Event {
         coupon_code: String,
         occurred_at: Timestamp,
     },
+    /// A prepaid wallet (SPEC §8.1).
+    WalletOpened(WalletOpened),
+    /// Credits added to a wallet: granted, or paid (with the purchase invoice).
+    WalletToppedUp(TopUp),
+    /// A paid top-up's invoice was paid: its credits are usable from now on.
+    WalletCreditsUsable {
+        wallet_id: String,
+        customer_id: String,
+        top_up: u32,
+        occurred_at: Timestamp,
+    },
+    /// The lots that expire on `expired_on` (paid ones become breakage revenue).
+    WalletCreditsExpired {
+        wallet_id: String,
+        customer_id: String,
+        expired_on: Date,
+        lots: Vec<Taken>,
+    },
+    /// The wallet's balance fell below its threshold (once per crossing).
+    WalletBalanceLow {
+        wallet_id: String,
+        customer_id: String,
+        balance: Decimal,
+        threshold: Decimal,
+        occurred_at: Timestamp,
+    },
 }
 
 /// The persisted form of `UsageRecorded` (`{"type": "UsageRecorded", ...Usage}`), read
@@ -205,6 +237,11 @@ impl Event {
             Event::CouponApplied { customer_id, .. } | Event::CouponRemoved { customer_id, .. } => {
                 format!("customer-{customer_id}")
             }
+            Event::WalletOpened(w) => format!("wallet-{}", w.wallet_id),
+            Event::WalletToppedUp(t) => format!("wallet-{}", t.wallet_id),
+            Event::WalletCreditsUsable { wallet_id, .. }
+            | Event::WalletCreditsExpired { wallet_id, .. }
+            | Event::WalletBalanceLow { wallet_id, .. } => format!("wallet-{wallet_id}"),
         }
     }
 
@@ -231,6 +268,11 @@ impl Event {
             Event::CouponDefined(_) => "CouponDefined",
             Event::CouponApplied { .. } => "CouponApplied",
             Event::CouponRemoved { .. } => "CouponRemoved",
+            Event::WalletOpened(_) => "WalletOpened",
+            Event::WalletToppedUp(_) => "WalletToppedUp",
+            Event::WalletCreditsUsable { .. } => "WalletCreditsUsable",
+            Event::WalletCreditsExpired { .. } => "WalletCreditsExpired",
+            Event::WalletBalanceLow { .. } => "WalletBalanceLow",
         }
     }
 
@@ -253,7 +295,12 @@ impl Event {
             Event::CouponApplied { occurred_at, .. } | Event::CouponRemoved { occurred_at, .. } => {
                 Some(*occurred_at)
             }
-            Event::TrialEnded { .. }
+            Event::WalletOpened(w) => Some(w.occurred_at),
+            Event::WalletToppedUp(t) => Some(t.occurred_at),
+            Event::WalletCreditsUsable { occurred_at, .. }
+            | Event::WalletBalanceLow { occurred_at, .. } => Some(*occurred_at),
+            Event::WalletCreditsExpired { .. }
+            | Event::TrialEnded { .. }
             | Event::PlanChanged { .. }
             | Event::CustomerRegistered(_)
             | Event::BillableMetricDefined(_)

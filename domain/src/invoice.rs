@@ -10,6 +10,7 @@ use crate::coupon::CouponUse;
 use crate::credit_note::{CreditNote, InvoiceCredits};
 use crate::error::DomainError;
 use crate::money::{checked_sum, Currency};
+use crate::wallet::WalletUse;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,6 +22,8 @@ pub enum LineKind {
     Credit,
     /// A catalogue add-on on a one-off invoice (SPEC §8.4).
     AddOn,
+    /// Paid wallet credits bought (SPEC §8.1): a liability, never revenue, untaxed.
+    PrepaidCredits,
 }
 
 impl LineKind {
@@ -32,6 +35,7 @@ impl LineKind {
             LineKind::MinimumCommitmentTrueUp => "minimum_commitment_true_up",
             LineKind::Credit => "credit",
             LineKind::AddOn => "add_on",
+            LineKind::PrepaidCredits => "prepaid_credits",
         }
     }
 }
@@ -47,6 +51,8 @@ pub enum IssueReason {
     UsageInAdvance,
     /// A one-off invoice of add-ons, outside any subscription.
     OneOff,
+    /// The purchase of paid wallet credits (one `prepaid_credits` line).
+    WalletTopUp,
 }
 
 impl IssueReason {
@@ -59,6 +65,7 @@ impl IssueReason {
             IssueReason::Cancellation => "cancellation",
             IssueReason::UsageInAdvance => "usage_in_advance",
             IssueReason::OneOff => "one_off",
+            IssueReason::WalletTopUp => "wallet_top_up",
         }
     }
 }
@@ -113,12 +120,22 @@ pub struct Invoice {
     /// What each coupon gave on this invoice, in the order they apply (SPEC §8.2).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub coupons: Vec<CouponUse>,
+    /// What the customer's wallet credits paid at issue, after the credit balance (SPEC §8.1):
+    /// per lot, in the order taken; `credit_applied + Σ ≤ max(total, 0)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wallet_applied: Vec<WalletUse>,
 }
 
 impl Invoice {
-    /// What the customer owed when it was issued: the total less the credit applied.
+    /// What the customer owed when it was issued: the total less the credit balance and the
+    /// wallet credits applied.
     pub fn due_at_issue(&self) -> Decimal {
-        self.total - self.credit_applied
+        self.total - self.credit_applied - self.wallet_total()
+    }
+
+    /// Σ of what wallet credits paid at issue.
+    pub fn wallet_total(&self) -> Decimal {
+        self.wallet_applied.iter().map(|u| u.amount).sum()
     }
 }
 
@@ -163,6 +180,7 @@ pub fn build_invoice(h: InvoiceHeader, drafts: Vec<LineDraft>) -> Result<Invoice
         total,
         credit_applied: Decimal::ZERO,
         coupons: Vec::new(),
+        wallet_applied: Vec::new(),
     })
 }
 
@@ -307,7 +325,7 @@ impl InvoiceAccount {
     /// What a `credit` note may return to the customer's credit balance: what was settled
     /// with money or with credit, less what notes already returned.
     pub fn returnable(&self) -> Decimal {
-        let settled = self.amount_paid + self.invoice.credit_applied;
+        let settled = self.amount_paid + self.invoice.credit_applied + self.invoice.wallet_total();
         (settled - self.credits.refunded - self.credits.to_balance).max(Decimal::ZERO)
     }
 

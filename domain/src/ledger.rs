@@ -31,6 +31,7 @@ mod evolve;
 mod rules;
 mod subscriptions;
 mod usage;
+mod wallets;
 pub use billing::check_billing_time;
 pub use rules::{
     check_not_future, latest_accepted, rated_units, METRIC_NOT_ON_PLAN, PAYMENT_BEFORE_ISSUE,
@@ -62,6 +63,9 @@ pub struct CustomerState {
     /// The coupons the customer holds, in the order applied (SPEC §8.2).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub coupons: Vec<crate::coupon::HeldCoupon>,
+    /// The customer's wallets, in the order opened: the order they pay invoices in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wallets: Vec<String>,
 }
 
 /// What a usage command came to.
@@ -117,6 +121,9 @@ pub struct Ledger {
     /// The coupon catalogue (SPEC §8.2).
     #[serde(default)]
     pub coupons: HashMap<String, crate::coupon::Coupon>,
+    /// Prepaid wallets by id (SPEC §8.1); ordered, so expiry events come in a fixed order.
+    #[serde(default)]
+    pub wallets: BTreeMap<String, crate::wallet::WalletAccount>,
 }
 
 /// The rated amounts of a subscription's open period so far (see [`Ledger::rated_usage`]).
@@ -222,6 +229,8 @@ impl Ledger {
                 self.decide_remove_coupon(customer_id, coupon_code, ctx)
             }
             Command::IssueOneOffInvoice(req) => self.decide_one_off(req, ctx),
+            Command::OpenWallet(w) => self.decide_open_wallet(w, ctx),
+            Command::TopUpWallet(req) => self.decide_top_up(req, ctx),
             Command::IssueCreditNote(req) => {
                 let account = self.invoice(&req.invoice_id)?;
                 let customer = self.customer(&account.invoice.customer_id)?;
@@ -243,7 +252,7 @@ impl Ledger {
         ctx: &Context,
         next_position: u64,
     ) -> Result<Vec<Event>, DomainError> {
-        match cmd {
+        let mut events = match cmd {
             Command::RunBilling { as_of } => {
                 check_billing_time(*as_of, ctx)?;
                 self.execute_billing(*as_of, ctx, next_position)
@@ -271,7 +280,10 @@ impl Ledger {
                 self.apply_all(&events, next_position);
                 Ok(events)
             }
-        }
+        }?;
+        let low = self.follow_wallets(&events, ctx.now, next_position + events.len() as u64);
+        events.extend(low);
+        Ok(events)
     }
 
     fn apply_all(&mut self, events: &[Event], first_position: u64) {
@@ -404,11 +416,14 @@ impl Ledger {
                         format!("amount {amount} exceeds the amount due {}", inv.amount_due()),
                     ));
                 }
-                Ok(vec![Event::PaymentSucceeded {
+                let mut events = vec![Event::PaymentSucceeded {
                     invoice_id: id.to_string(),
                     amount: *amount,
                     occurred_at: at,
-                }])
+                }];
+                let due = inv.amount_due();
+                events.extend(self.credits_usable_on_payment(&inv.invoice, *amount, due, at));
+                Ok(events)
             }
             PaymentOutcome::Failed { reason } => {
                 if inv.status != InvoiceStatus::Open {
@@ -454,6 +469,13 @@ impl Ledger {
                     "invoice {id} has credit notes ({}): correct it with another credit note",
                     inv.credits.credit_note_ids.join(", ")
                 ),
+            ));
+        }
+        if let Some(why) = self.wallet_void_refusal(&inv.invoice) {
+            return Err(DomainError::precondition(
+                "INVOICE_NOT_VOIDABLE",
+                format!("invoice-{id}"),
+                why,
             ));
         }
         if inv.status != InvoiceStatus::Open || !inv.amount_paid.is_zero() {

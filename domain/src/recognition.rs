@@ -42,6 +42,9 @@ pub enum RevenueType {
     TrueUp,
     Credit,
     AddOn,
+    /// Prepaid wallet credits: never revenue when bought (a liability); what expires unused
+    /// becomes breakage revenue.
+    Breakage,
 }
 
 impl RevenueType {
@@ -53,6 +56,7 @@ impl RevenueType {
             RevenueType::TrueUp => "true_up",
             RevenueType::Credit => "credit",
             RevenueType::AddOn => "add_on",
+            RevenueType::Breakage => "breakage",
         }
     }
 }
@@ -66,6 +70,7 @@ pub fn revenue_type(kind: LineKind) -> RevenueType {
         LineKind::MinimumCommitmentTrueUp => RevenueType::TrueUp,
         LineKind::Credit => RevenueType::Credit,
         LineKind::AddOn => RevenueType::AddOn,
+        LineKind::PrepaidCredits => RevenueType::Breakage,
     }
 }
 
@@ -103,6 +108,8 @@ pub fn schedule_for_line(line: &InvoiceLine, currency: Currency) -> Schedule {
         LineKind::MinimumCommitmentTrueUp => point_schedule(line.amount, currency, last_day(p)),
         LineKind::UsageInAdvance => point_schedule(line.amount, currency, p.start),
         LineKind::Usage => usage_schedule(p, &[], line.amount, currency),
+        // Bought credits are a liability: nothing is recognized when they are sold.
+        LineKind::PrepaidCredits => Vec::new(),
     };
     Schedule { revenue_type: revenue_type(line.kind), entries }
 }

@@ -3,7 +3,6 @@
 
 use jiff::Timestamp;
 
-use super::billing::with_credit_applied;
 use super::{CustomerState, Ledger};
 use crate::add_on::{one_off_invoice_id, AddOn, OneOffRequest};
 use crate::calendar::{local_date, Period};
@@ -94,6 +93,6 @@ impl Ledger {
             tax_rate: c.tax_rate,
         };
         let invoice = Self::discounted(customer, None, build_invoice(header, drafts)?)?;
-        Ok(with_credit_applied(customer, invoice))
+        Ok(self.with_credits_applied(customer, invoice))
     }
 }

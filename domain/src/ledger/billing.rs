@@ -42,7 +42,7 @@ impl Ledger {
         next_position: u64,
     ) -> Result<Vec<Event>, DomainError> {
         let ids: Vec<String> = self.subscriptions.keys().cloned().collect();
-        let mut events = Vec::new();
+        let mut events = self.expire_wallets(as_of, ctx, next_position);
         for id in ids {
             let more = self.run_subscription(&id, as_of, ctx, next_position + events.len() as u64);
             events.extend(more);
@@ -78,9 +78,12 @@ impl Ledger {
         for _ in 0..ctx.policy.billing_steps_max {
             let Some(sub) = self.subscriptions.get(id) else { break };
             match self.billing_step(sub, as_of, ctx) {
-                Ok(Some(step)) => {
+                Ok(Some(mut step)) => {
                     self.apply_all(&step, position);
                     position += step.len() as u64;
+                    let low = self.follow_wallets(&step, ctx.now, position);
+                    position += low.len() as u64;
+                    step.extend(low);
                     events.extend(step);
                 }
                 Ok(None) => break,
@@ -359,7 +362,7 @@ impl Ledger {
         let invoice = self.undiscounted_invoice(sub, period, reason, lines, now)?;
         let customer = &self.customers[&sub.customer_id];
         let plan = &sub.current_plan().code;
-        Ok(with_credit_applied(customer, Self::discounted(customer, Some(plan), invoice)?))
+        Ok(self.with_credits_applied(customer, Self::discounted(customer, Some(plan), invoice)?))
     }
 
     /// [`Ledger::invoice_for`] without coupons and credit.

@@ -32,6 +32,7 @@ impl Ledger {
                         credit_balance: Decimal::ZERO,
                         one_off_invoices: 0,
                         coupons: Vec::new(),
+                        wallets: Vec::new(),
                     },
                 );
             }
@@ -60,8 +61,23 @@ impl Ledger {
             Event::InvoiceIssued(inv) => self.evolve_invoice(inv),
             Event::UsageRecorded(u) => self.evolve_usage(u, position),
             Event::InvoiceVoided { invoice_id, .. } => {
-                self.invoice_mut(invoice_id).status = InvoiceStatus::Void
+                let account = self.invoice_mut(invoice_id);
+                account.status = InvoiceStatus::Void;
+                let invoice = account.invoice.clone();
+                // The credit balance it took returns to the customer (the journal's void
+                // reverses its customer_credit leg too); a top-up's pending credits never come.
+                if !invoice.credit_applied.is_zero() {
+                    let customer =
+                        self.customers.get_mut(&invoice.customer_id).expect("customer exists");
+                    customer.credit_balance += invoice.credit_applied;
+                }
+                self.evolve_wallet_void(&invoice);
             }
+            Event::WalletOpened(_)
+            | Event::WalletToppedUp(_)
+            | Event::WalletCreditsUsable { .. }
+            | Event::WalletCreditsExpired { .. }
+            | Event::WalletBalanceLow { .. } => self.evolve_wallet(event),
             Event::PaymentSucceeded { invoice_id, amount, .. } => {
                 self.invoice_mut(invoice_id).pay(*amount)
             }
@@ -119,6 +135,9 @@ impl Ledger {
     fn evolve_invoice(&mut self, inv: &Invoice) {
         if !inv.coupons.is_empty() {
             self.evolve_coupon_uses(&inv.customer_id, &inv.coupons);
+        }
+        if !inv.wallet_applied.is_empty() {
+            self.evolve_wallet_uses(&inv.wallet_applied);
         }
         if !inv.credit_applied.is_zero() {
             let customer = self.customers.get_mut(&inv.customer_id).expect("customer exists");

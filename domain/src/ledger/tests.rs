@@ -1171,6 +1171,7 @@ fn commands_that_would_issue_an_overflowing_invoice_are_refused_and_change_nothi
 mod coupons;
 mod credit_notes;
 mod input_rules;
+mod wallets;
 
 /// A retry is recognised before anything that depends on the event being new: after its period
 /// closed, after the service ended, even once its metric's value would be refused now.

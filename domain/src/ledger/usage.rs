@@ -118,6 +118,8 @@ impl Ledger {
                     let issued = Event::InvoiceIssued(*invoice);
                     self.evolve(&issued, next_position + 1);
                     events.push(issued);
+                    let low = self.follow_wallets(&events[1..], ctx.now, next_position + 2);
+                    events.extend(low);
                 }
                 Ok(UsageOutcome::Accepted(events))
             }
