@@ -14,6 +14,7 @@ use domain::events::Usage;
 use domain::invoice::InvoiceAccount;
 use domain::money::Currency;
 use domain::rating::{Aggregation, ChargeModel, PercentTier, Tier};
+use domain::wallet::{CreditKind, OpenWallet, TopUpRequest};
 use jiff::civil::Date;
 use jiff::Timestamp;
 use proto::v1 as pb;
@@ -363,6 +364,58 @@ pub fn define_coupon(r: &pb::DefineCouponRequest) -> Parsed<Command> {
     }))
 }
 
+/// An `OpenWallet` request as a command (the bounds are the domain's).
+pub fn open_wallet(r: &pb::OpenWalletRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let rate_amount = dec(&mut v, "rate_amount", &r.rate_amount, false).unwrap_or(Decimal::ONE);
+    let low_balance_threshold =
+        dec(&mut v, "low_balance_threshold", &r.low_balance_threshold, false);
+    v.into_result()?;
+    Ok(Command::OpenWallet(OpenWallet {
+        wallet_id: r.wallet_id.clone(),
+        customer_id: r.customer_id.clone(),
+        name: r.name.clone(),
+        rate_amount,
+        low_balance_threshold,
+    }))
+}
+
+/// A `TopUpWallet` request as a command (the bounds are the domain's).
+pub fn top_up_wallet(r: &pb::TopUpWalletRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let kind = match r.kind.as_str() {
+        "granted" => Some(CreditKind::Granted),
+        "paid" => Some(CreditKind::Paid),
+        other => {
+            v.push("kind", format!("{other:?} is not one of granted, paid"));
+            None
+        }
+    };
+    let credits = dec(&mut v, "credits", &r.credits, true);
+    let expires_on = date(&mut v, "expires_on", &r.expires_on);
+    let req = TopUpRequest {
+        wallet_id: r.wallet_id.clone(),
+        kind: kind.unwrap_or(CreditKind::Granted),
+        credits: credits.unwrap_or(Decimal::ONE),
+        expires_on,
+        usable_at_once: r.usable_at_once,
+    };
+    // Every bad field at once: the domain's bounds too.
+    if let (Err(DomainError::Invalid(more)), Some(_)) = (req.validate(), credits) {
+        v.0.extend(more.into_iter().filter(|f| f.field == "credits"));
+    }
+    v.into_result()?;
+    Ok(Command::TopUpWallet(req))
+}
+
+/// A wallet credit kind's wire name.
+pub fn credit_kind(kind: CreditKind) -> &'static str {
+    match kind {
+        CreditKind::Granted => "granted",
+        CreditKind::Paid => "paid",
+    }
+}
+
 /// An `IssueOneOffInvoice` request as a command (the bounds are the domain's).
 pub fn one_off_invoice(r: &pb::IssueOneOffInvoiceRequest) -> Parsed<Command> {
     if r.lines.len() > domain::add_on::ONE_OFF_LINES_MAX {
@@ -494,6 +547,16 @@ pub fn invoice(acc: &InvoiceAccount) -> pb::Invoice {
             .coupons
             .iter()
             .map(|u| pb::CouponUse { coupon_code: u.coupon_code.clone(), amount: m(u.amount) })
+            .collect(),
+        wallet_applied: i
+            .wallet_applied
+            .iter()
+            .map(|u| pb::WalletUse {
+                wallet_id: u.wallet_id.clone(),
+                top_up: u.top_up,
+                kind: credit_kind(u.kind).to_string(),
+                amount: m(u.amount),
+            })
             .collect(),
         credit_note_ids: acc.credits.credit_note_ids.clone(),
     }

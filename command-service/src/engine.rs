@@ -408,6 +408,12 @@ impl Engine {
         let run_key = key.as_ref().map(|(k, _)| k.clone());
         let mut key = key.map(|(key, digest)| Idempotency { key, digest });
         let correlation_id = Uuid::new_v4();
+        // Wallet lots expiring by `as_of` first: no invoice of the run may take them.
+        let next = model.next_position;
+        let expired = model.ledger.expire_wallets(as_of, &ctx, next);
+        pending_bytes +=
+            expired.iter().map(|e| e.encode().len() + ENVELOPE_BYTES_ESTIMATE).sum::<usize>();
+        pending.extend(expired);
         for (i, id) in ids.iter().enumerate() {
             let position = model.next_position + pending.len() as u64;
             let (more, stopped) =
@@ -430,6 +436,15 @@ impl Engine {
                 tickets.push((ticket, first));
                 events.append(&mut pending);
             }
+        }
+        if !pending.is_empty() {
+            // Expiry events of a run with no subscription to bill.
+            let first = model.next_position;
+            let ticket =
+                self.submit(&mut model, &pending, key.take(), ctx.now, correlation_id).await;
+            extend_keyed(&mut model, run_key.as_deref());
+            tickets.push((ticket, first));
+            events.append(&mut pending);
         }
         drop(model);
         if tickets.is_empty() {

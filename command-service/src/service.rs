@@ -555,6 +555,53 @@ impl CommandService for CommandApi {
         self.invoice_reply(&id.unwrap_or_default(), done).await
     }
 
+    #[tracing::instrument(skip_all, fields(wallet_id = %echo(&request.get_ref().wallet_id)))]
+    async fn open_wallet(
+        &self,
+        request: Request<pb::OpenWalletRequest>,
+    ) -> Result<Response<pb::CommandAck>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| {
+            check_id(v, "wallet_id", &r.wallet_id);
+            check_id(v, "customer_id", &r.customer_id);
+        })?;
+        let done = self.run("OpenWallet", &r, &key, convert::open_wallet(&r), None).await?;
+        Ok(Response::new(ack(&done)))
+    }
+
+    #[tracing::instrument(skip_all, fields(wallet_id = %echo(&request.get_ref().wallet_id)))]
+    async fn top_up_wallet(
+        &self,
+        request: Request<pb::TopUpWalletRequest>,
+    ) -> Result<Response<pb::TopUpWalletResponse>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| check_id(v, "wallet_id", &r.wallet_id))?;
+        let done = self.run("TopUpWallet", &r, &key, convert::top_up_wallet(&r), None).await?;
+        let top_up = done.events.iter().find_map(|e| match e {
+            Event::WalletToppedUp(t) => Some(t.clone()),
+            _ => None,
+        });
+        let Some(t) = top_up else {
+            return Err(Status::internal("TopUpWallet appended no WalletToppedUp"));
+        };
+        let invoice = match &t.invoice_id {
+            Some(id) => self.engine.read(|l| l.invoices.get(id).map(convert::invoice)).await,
+            None => None,
+        };
+        let currency = self.engine.read(|l| l.wallets.get(&t.wallet_id).map(|w| w.wallet.currency));
+        let amount = match currency.await {
+            Some(c) => convert::money(c, t.amount),
+            None => t.amount.to_string(),
+        };
+        Ok(Response::new(pb::TopUpWalletResponse {
+            ack: Some(ack(&done)),
+            top_up: t.top_up,
+            amount,
+            invoice,
+            usable: t.usable,
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(invoice_id = %echo(&request.get_ref().invoice_id)))]
     async fn issue_credit_note(
         &self,

@@ -171,6 +171,7 @@ pub enum Event {
     WalletCreditsExpired {
         wallet_id: String,
         customer_id: String,
+        currency: crate::money::Currency,
         expired_on: Date,
         lots: Vec<Taken>,
     },

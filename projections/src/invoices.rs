@@ -211,6 +211,8 @@ impl Projection for InvoicesProjection {
             || event_type.starts_with("Payment")
             || event_type.starts_with("Coupon")
             || event_type == "CreditNoteIssued"
+            || event_type.starts_with("Wallet")
+            || event_type == "SubscriptionStarted"
     }
 
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
@@ -224,7 +226,8 @@ impl Projection for InvoicesProjection {
                 update(w, invoice_id, at, |r| r.fail(*attempt, reason))
             }
             Event::InvoiceVoided { invoice_id, reason, occurred_at } => {
-                update(w, invoice_id, at, |r| r.void(reason, *occurred_at))
+                update(w, invoice_id, at, |r| r.void(reason, *occurred_at))?;
+                voided(w, invoice_id, at)
             }
             Event::InvoiceMarkedUncollectible { invoice_id, occurred_at } => {
                 update(w, invoice_id, at, |r| r.mark_uncollectible(*occurred_at))
@@ -233,6 +236,12 @@ impl Projection for InvoicesProjection {
             Event::CouponDefined(_) | Event::CouponApplied { .. } | Event::CouponRemoved { .. } => {
                 crate::customer_coupons::apply(w, decoded, at)
             }
+            Event::SubscriptionStarted { .. }
+            | Event::WalletOpened(_)
+            | Event::WalletToppedUp(_)
+            | Event::WalletCreditsUsable { .. }
+            | Event::WalletCreditsExpired { .. }
+            | Event::WalletBalanceLow { .. } => crate::wallets::apply(w, decoded, at),
             _ => Ok(()),
         }
     }
@@ -300,6 +309,7 @@ fn issue(w: &mut Writes<'_>, invoice: &Invoice, position: Position) -> Result<()
     }
     put(w, &InvoiceRecord::issued(invoice, position));
     crate::customer_coupons::used(w, invoice, position)?;
+    crate::wallets::used(w, invoice, position)?;
     if !invoice.credit_applied.is_zero() {
         let key = credit_balance_key(&invoice.customer_id);
         let bytes = w.get(&key)?.ok_or_else(|| {
@@ -318,6 +328,27 @@ fn issue(w: &mut Writes<'_>, invoice: &Invoice, position: Position) -> Result<()
         w.put(key, serde_json::to_vec(&credit).expect("balances serialize"));
     }
     Ok(())
+}
+
+/// A void returns the credit balance the invoice took (as the write model does), and cancels a
+/// purchase invoice's pending wallet credits.
+fn voided(w: &mut Writes<'_>, invoice_id: &str, position: Position) -> Result<()> {
+    let bytes = w.get(&record_key(invoice_id))?;
+    let bytes =
+        bytes.ok_or_else(|| inconsistent(position, format!("unknown invoice {invoice_id}")))?;
+    let invoice = InvoiceRecord::decode(&bytes)?.invoice;
+    if !invoice.credit_applied.is_zero() {
+        let key = credit_balance_key(&invoice.customer_id);
+        let bytes = w.get(&key)?.ok_or_else(|| {
+            inconsistent(position, format!("credit applied without a balance: {invoice_id}"))
+        })?;
+        let mut credit = CreditBalance::decode(&bytes)?;
+        credit.balance = credit.balance.checked_add(invoice.credit_applied).ok_or_else(|| {
+            inconsistent(position, format!("credit balance of {} overflows", invoice.customer_id))
+        })?;
+        w.put(key, serde_json::to_vec(&credit).expect("balances serialize"));
+    }
+    crate::wallets::voided(w, &invoice, position)
 }
 
 fn update(

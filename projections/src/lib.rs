@@ -63,6 +63,7 @@ pub mod state_snapshot;
 mod store;
 pub mod testkit;
 pub mod usage_meter;
+pub mod wallets;
 
 pub use runner::{
     decode_event, Progress, Projection, Runner, RunnerConfig, WaitError, BATCH_EVENTS_MAX_LIMIT,

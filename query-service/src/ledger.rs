@@ -59,6 +59,9 @@ fn description(k: EntryKind, e: &JournalEntry) -> String {
             format!("Revenue recognized on {invoice_id} before its void reversed")
         }
         EntryKind::CreditNote => format!("Credit note on {invoice_id}"),
+        EntryKind::WalletExpiry => {
+            format!("Paid credits of wallet {} expired unused (breakage)", e.wallet_id)
+        }
     }
 }
 
@@ -82,6 +85,7 @@ pub fn entry(e: JournalEntry) -> pb::JournalEntry {
         invoice_id: e.invoice_id,
         subscription_id: e.subscription_id,
         credit_note_id: e.credit_note_id,
+        wallet_id: e.wallet_id,
         currency: currency.into(),
         source_position: e.position,
         lines,

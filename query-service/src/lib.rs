@@ -13,6 +13,7 @@
 mod check;
 mod ledger;
 mod schedule;
+mod wallets;
 
 use std::time::Duration;
 
@@ -374,6 +375,82 @@ impl QueryService for QueryApi {
         Ok(Response::new(pb::CustomerCouponsView { customer_id: id.clone(), coupons, position }))
     }
 
+    #[tracing::instrument(skip_all, fields(wallet_id = %echo(&request.get_ref().wallet_id)))]
+    async fn get_wallet(
+        &self,
+        request: Request<pb::WalletQuery>,
+    ) -> Result<Response<pb::WalletView>, Status> {
+        let (view, journal) = (&self.models.invoices, &self.models.journal);
+        let id = &request.get_ref().wallet_id;
+        let mut c = Check::default();
+        c.id("wallet_id", id);
+        c.done()?;
+        catch_up(&[&view.progress, &journal.progress], &request, request.get_ref().min_position)
+            .await?;
+        let position = position(view.reader.model())?;
+        let record = view.reader.wallet(id).map_err(read_error("wallet_id"))?;
+        let record = record.ok_or_else(|| not_found("wallet", id))?;
+        let customer = &record.account.customer_id;
+        let usage = wallets::ongoing_usage(&view.reader, &journal.reader, customer)
+            .map_err(read_error("wallet_id"))?;
+        let cur = record.account.wallet.currency;
+        let ongoing = record.account.balance().saturating_sub(usage);
+        Ok(Response::new(pb::WalletView {
+            wallet: Some(wallets::wallet(&record)),
+            ongoing_balance: money(cur, ongoing),
+            ongoing_usage: money(cur, usage),
+            position,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(customer_id = %echo(&request.get_ref().customer_id)))]
+    async fn list_wallets(
+        &self,
+        request: Request<pb::CustomerWalletsQuery>,
+    ) -> Result<Response<pb::ListWalletsResponse>, Status> {
+        let (view, journal) = (&self.models.invoices, &self.models.journal);
+        let id = &request.get_ref().customer_id;
+        let mut c = Check::default();
+        c.id("customer_id", id);
+        c.done()?;
+        catch_up(&[&view.progress, &journal.progress], &request, request.get_ref().min_position)
+            .await?;
+        let position = position(view.reader.model())?;
+        let records = view.reader.wallets_of(id).map_err(read_error("customer_id"))?;
+        if records.is_empty() {
+            known_customer(journal, id)?;
+        }
+        let wallets = records.iter().map(wallets::wallet).collect();
+        Ok(Response::new(pb::ListWalletsResponse { wallets, position }))
+    }
+
+    #[tracing::instrument(skip_all, fields(wallet_id = %echo(&request.get_ref().wallet_id)))]
+    async fn list_wallet_transactions(
+        &self,
+        request: Request<pb::WalletTransactionsQuery>,
+    ) -> Result<Response<pb::WalletTransactionsResponse>, Status> {
+        let view = &self.models.invoices;
+        let r = request.get_ref();
+        let mut c = Check::default();
+        c.id("wallet_id", &r.wallet_id);
+        c.done()?;
+        catch_up(&[&view.progress], &request, r.min_position).await?;
+        let position = position(view.reader.model())?;
+        let record = view.reader.wallet(&r.wallet_id).map_err(read_error("wallet_id"))?;
+        let record = record.ok_or_else(|| not_found("wallet", &r.wallet_id))?;
+        let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let page = view
+            .reader
+            .wallet_transactions(&r.wallet_id, token, r.page_size as usize)
+            .map_err(read_error("page_token"))?;
+        let cur = record.account.wallet.currency;
+        Ok(Response::new(pb::WalletTransactionsResponse {
+            transactions: page.transactions.iter().map(|t| wallets::transaction(t, cur)).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+            position,
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(subscription_id = %echo(&request.get_ref().subscription_id)))]
     async fn get_current_usage(
         &self,
@@ -638,6 +715,8 @@ impl QueryApi {
                 deferred_revenue: money(cur, b.deferred_revenue),
                 tax_payable: money(cur, b.tax_payable),
                 customer_credit: money(cur, b.customer_credit),
+                prepaid_credits: money(cur, b.prepaid_credits),
+                discounts: money(cur, b.discounts),
                 total_recognized_revenue: money(cur, b.total_revenue()),
                 recognized_revenue: b
                     .recognized_revenue

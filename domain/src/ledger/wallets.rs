@@ -202,6 +202,7 @@ impl Ledger {
                 events.push(Event::WalletCreditsExpired {
                     wallet_id: account.wallet_id.clone(),
                     customer_id: account.customer_id.clone(),
+                    currency: account.wallet.currency,
                     expired_on,
                     lots,
                 });

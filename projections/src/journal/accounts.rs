@@ -26,10 +26,14 @@ pub enum Account {
     Revenue(RevenueType),
     /// What `credit` notes owe the customer until later invoices consume it (liability).
     CustomerCredit,
+    /// Paid wallet credits not used or expired yet (a contract liability, SPEC §8.5).
+    PrepaidCredits,
+    /// Granted wallet credits used on invoices (contra-revenue, debit-normal).
+    Discounts,
 }
 
 /// Every account, in report order.
-pub const ACCOUNTS: [Account; 12] = [
+pub const ACCOUNTS: [Account; 15] = [
     Account::AccountsReceivable,
     Account::UnbilledReceivable,
     Account::Cash,
@@ -41,7 +45,10 @@ pub const ACCOUNTS: [Account; 12] = [
     Account::Revenue(RevenueType::TrueUp),
     Account::Revenue(RevenueType::Credit),
     Account::Revenue(RevenueType::AddOn),
+    Account::Revenue(RevenueType::Breakage),
     Account::CustomerCredit,
+    Account::PrepaidCredits,
+    Account::Discounts,
 ];
 
 impl Account {
@@ -58,7 +65,11 @@ impl Account {
             Account::Revenue(RevenueType::TrueUp) => "revenue:true_up",
             Account::Revenue(RevenueType::Credit) => "revenue:credit",
             Account::Revenue(RevenueType::AddOn) => "revenue:add_on",
+            // SPEC §8.5's name: paid wallet credits that expired unused.
+            Account::Revenue(RevenueType::Breakage) => "breakage_revenue",
             Account::CustomerCredit => "customer_credit",
+            Account::PrepaidCredits => "prepaid_credits",
+            Account::Discounts => "discounts",
         }
     }
 
@@ -74,6 +85,7 @@ impl Account {
                 | Account::UnbilledReceivable
                 | Account::Cash
                 | Account::BadDebt
+                | Account::Discounts
         )
     }
 }
@@ -101,6 +113,8 @@ pub enum EntryKind {
     Uncollectible,
     Void,
     VoidRecognition,
+    /// Paid wallet credits that expired unused: Dr prepaid credits / Cr breakage revenue.
+    WalletExpiry,
     /// Usage revenue recognized as consumed (Dr unbilled receivable / Cr usage revenue), one
     /// entry per subscription and day; also its reversal when a period closes without
     /// invoicing a metric that had accrued.
@@ -123,6 +137,7 @@ impl EntryKind {
             EntryKind::VoidRecognition => "void_recognition",
             EntryKind::UsageAccrual => "usage_accrual",
             EntryKind::CreditNote => "credit_note",
+            EntryKind::WalletExpiry => "wallet_expiry",
         }
     }
 }
@@ -152,6 +167,9 @@ pub struct JournalEntry {
     /// Set on credit-note entries only.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub credit_note_id: String,
+    /// Set on wallet entries (expiry) only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub wallet_id: String,
     pub currency: Currency,
     /// Log position of the event that posted it.
     pub position: Position,
@@ -244,6 +262,10 @@ pub struct Balances {
     pub tax_payable: Decimal,
     /// Owed to customers by `credit` notes (liability).
     pub customer_credit: Decimal,
+    /// Paid wallet credits not used or expired yet (liability).
+    pub prepaid_credits: Decimal,
+    /// Granted wallet credits used (contra-revenue: recognized revenue is gross of it).
+    pub discounts: Decimal,
     /// Recognized revenue by type (types with a non-zero balance).
     pub recognized_revenue: BTreeMap<RevenueType, Decimal>,
 }

@@ -181,6 +181,7 @@ fn usage_entry(
         invoice_id: String::new(),
         subscription_id: subscription_id.to_string(),
         credit_note_id: String::new(),
+        wallet_id: String::new(),
         currency,
         position,
         postings,

@@ -12,6 +12,7 @@ use domain::credit_note::{CreditDestination, CreditNote};
 use domain::invoice::{Invoice, InvoiceLine, InvoiceStatus, LineKind};
 use domain::money::{checked_sum, Currency};
 use domain::recognition::{self, RevenueType};
+use domain::wallet::{CreditKind, Taken};
 use event_store::Position;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
@@ -63,15 +64,15 @@ impl Journal<'_, '_> {
         currency: Currency,
         legs: &Legs,
     ) -> Result<Option<EntryRef>> {
-        self.post_for(date, kind, (invoice_id, ""), currency, legs)
+        self.post_for(date, kind, (invoice_id, "", ""), currency, legs)
     }
 
-    /// [`Journal::post`] for a document: `(invoice_id, credit_note_id)`.
+    /// [`Journal::post`] for a document: `(invoice_id, credit_note_id, wallet_id)`.
     fn post_for(
         &mut self,
         date: Date,
         kind: EntryKind,
-        (invoice_id, credit_note_id): (&str, &str),
+        (invoice_id, credit_note_id, wallet_id): (&str, &str, &str),
         currency: Currency,
         legs: &Legs,
     ) -> Result<Option<EntryRef>> {
@@ -91,6 +92,7 @@ impl Journal<'_, '_> {
             invoice_id: invoice_id.to_string(),
             subscription_id: String::new(),
             credit_note_id: credit_note_id.to_string(),
+            wallet_id: wallet_id.to_string(),
             currency,
             position: self.position,
             postings,
@@ -224,14 +226,37 @@ impl Journal<'_, '_> {
         let mut issue = Legs::default();
         issue.dr(Account::AccountsReceivable, inv.total);
         issue.cr(Account::TaxPayable, inv.tax);
-        // The customer's credit balance pays part of it at issue.
+        // The customer's credit balance, then wallet credits, pay part of it at issue: paid
+        // credits leave the contract liability, granted ones are a discount (SPEC §8.5).
         issue.dr(Account::CustomerCredit, inv.credit_applied);
         issue.cr(Account::AccountsReceivable, inv.credit_applied);
+        for u in &inv.wallet_applied {
+            let source = match u.kind {
+                CreditKind::Paid => Account::PrepaidCredits,
+                CreditKind::Granted => Account::Discounts,
+            };
+            issue.dr(source, u.amount);
+            issue.cr(Account::AccountsReceivable, u.amount);
+        }
         let mut days: BTreeMap<Date, Legs> = BTreeMap::new();
         let mut lines = Vec::with_capacity(inv.lines.len());
         for (i, line) in inv.lines.iter().enumerate() {
             let what = || format!("invoice {} line {i}", inv.invoice_id);
             check_recognizable(line.amount, cur, position, what)?;
+            if line.kind == LineKind::PrepaidCredits {
+                // Bought credits: a contract liability until used or expired, never revenue.
+                issue.cr(Account::PrepaidCredits, line.amount);
+                lines.push(LineSchedule {
+                    kind: line.kind,
+                    revenue_type: RevenueType::Breakage,
+                    amount: line.amount,
+                    service_period: line.service_period,
+                    credited_line: None,
+                    entries: Vec::new(),
+                    adjustments: Vec::new(),
+                });
+                continue;
+            }
             let this = LineRef { invoice_id: inv.invoice_id.clone(), line_index: i };
             let accrued = match line.kind {
                 LineKind::Usage => self.take_accrued(&inv.subscription_id, line)?,
@@ -309,7 +334,7 @@ impl Journal<'_, '_> {
             total: inv.total,
             paid: Decimal::ZERO,
             written_off: Decimal::ZERO,
-            offset: inv.credit_applied,
+            offset: inv.credit_applied + inv.wallet_total(),
             status,
             voided_on: None,
             issue_entry,
@@ -331,7 +356,10 @@ impl Journal<'_, '_> {
     ) -> Result<(Entries, RevenueType, Option<LineRef>)> {
         let p = line.service_period;
         Ok(match line.kind {
-            LineKind::BaseFee | LineKind::MinimumCommitmentTrueUp | LineKind::AddOn => {
+            LineKind::BaseFee
+            | LineKind::MinimumCommitmentTrueUp
+            | LineKind::AddOn
+            | LineKind::PrepaidCredits => {
                 let s = recognition::schedule_for_line(line, cur);
                 (s.entries, s.revenue_type, None)
             }
@@ -474,7 +502,7 @@ impl Journal<'_, '_> {
                 day.cr(Account::Revenue(revenue_type), *a);
             }
         }
-        let document = (note.invoice_id.as_str(), note.credit_note_id.as_str());
+        let document = (note.invoice_id.as_str(), note.credit_note_id.as_str(), "");
         self.post_for(date, EntryKind::CreditNote, document, cur, &entry)?;
         for (d, legs) in &days {
             let posted = self.post_for(*d, EntryKind::Recognition, document, cur, legs)?;
@@ -486,6 +514,26 @@ impl Journal<'_, '_> {
             })?;
         }
         self.store(&s);
+        Ok(())
+    }
+
+    /// Paid credits that expired unused become breakage revenue on their expiry date
+    /// (SPEC §8.5); granted ones had no entry and leave none.
+    pub(super) fn wallet_expiry(
+        &mut self,
+        wallet_id: &str,
+        currency: Currency,
+        expired_on: Date,
+        lots: &[Taken],
+    ) -> Result<()> {
+        let paid = lots.iter().filter(|t| t.kind == CreditKind::Paid).map(|t| t.amount);
+        let paid = checked_sum(paid)
+            .ok_or_else(|| overflow(self.position, format!("expiry of wallet {wallet_id}")))?;
+        let mut legs = Legs::default();
+        legs.dr(Account::PrepaidCredits, paid);
+        legs.cr(Account::Revenue(RevenueType::Breakage), paid);
+        let document = ("", "", wallet_id);
+        self.post_for(expired_on, EntryKind::WalletExpiry, document, currency, &legs)?;
         Ok(())
     }
 

@@ -82,6 +82,9 @@ impl Projection for JournalProjection {
                 j.close_accruals(subscription_id, period)?
             }
             Event::CreditNoteIssued(note) => j.credit_note(note)?,
+            Event::WalletCreditsExpired { wallet_id, currency, expired_on, lots, .. } => {
+                j.wallet_expiry(wallet_id, *currency, *expired_on, lots)?
+            }
             _ => {}
         }
         self.meter.after(decoded, event.position);

@@ -134,6 +134,8 @@ impl JournalReader {
                         Account::DeferredRevenue => b.deferred_revenue = -net,
                         Account::TaxPayable => b.tax_payable = -net,
                         Account::CustomerCredit => b.customer_credit = -net,
+                        Account::PrepaidCredits => b.prepaid_credits = -net,
+                        Account::Discounts => b.discounts = net,
                         Account::Revenue(t) => {
                             b.recognized_revenue.insert(t, -net);
                         }
