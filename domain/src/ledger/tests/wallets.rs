@@ -139,7 +139,8 @@ fn paid_credits_become_usable_when_their_invoice_is_paid() {
 /// 10 expiring Feb 15, paid 20 expiring Feb 15, granted 5 expiring Mar 10, paid 7 never.
 #[test]
 fn expiry_in_billing_runs_table() {
-    let cases: [(&str, Vec<(jiff::civil::Date, Vec<(u32, CreditKind, Decimal)>)>); 3] = [
+    type Expired = Vec<(jiff::civil::Date, Vec<(u32, CreditKind, Decimal)>)>;
+    let cases: [(&str, Expired); 3] = [
         ("2025-02-14T23:00:00Z", vec![]),
         (
             "2025-02-15T00:00:00Z",
