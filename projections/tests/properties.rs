@@ -1,13 +1,15 @@
 //! Properties of the read models over random valid command sequences (decided by the real
 //! domain): the books always balance, billed revenue is all recognized once service has passed
-//! (usage as it is consumed: unbilled receivable = usage of the open periods' drafts), and the
-//! MRR series equals the sum of its movements.
+//! (usage as it is consumed: unbilled receivable = usage of the open periods' drafts; expired
+//! paid wallet credits as breakage), the prepaid-credits liability is what was bought less what
+//! was used or expired, and the MRR series equals the sum of its movements.
 
 mod common;
 
 use common::sim::{op, simulate, store_of, usd};
 use domain::events::Event;
-use domain::invoice::LineKind;
+use domain::invoice::{IssueReason, LineKind};
+use domain::wallet::CreditKind;
 use jiff::civil::{date, Date};
 use projections::journal::{JournalProjection, JournalReader};
 use projections::mrr::{Granularity, MrrProjection, MrrReader};
@@ -46,23 +48,51 @@ fn check(events: Vec<Event>) -> Result<(), TestCaseError> {
             let credits: Decimal = rows.iter().map(|r| r.credit).sum();
             prop_assert_eq!(debits, credits, "trial balance on {}", d);
         }
+        // Bought wallet credits are billed but are not revenue; paid credits that expire are.
         let billed: Decimal = events
             .iter()
             .filter_map(|e| match e {
-                Event::InvoiceIssued(i) => Some(i.subtotal),
+                Event::InvoiceIssued(i) if i.reason != IssueReason::WalletTopUp => Some(i.subtotal),
                 Event::CreditNoteIssued(n) => Some(-n.subtotal),
                 _ => None,
             })
             .sum();
+        let paid = |kind: CreditKind| kind == CreditKind::Paid;
+        let mut breakage = Decimal::ZERO;
+        let mut prepaid = Decimal::ZERO;
+        for e in &events {
+            match e {
+                Event::InvoiceIssued(i) if i.reason == IssueReason::WalletTopUp => {
+                    prepaid += i.total
+                }
+                Event::InvoiceIssued(i) => {
+                    prepaid -= i
+                        .wallet_applied
+                        .iter()
+                        .filter(|u| paid(u.kind))
+                        .map(|u| u.amount)
+                        .sum::<Decimal>()
+                }
+                Event::WalletCreditsExpired { lots, .. } => {
+                    let expired: Decimal =
+                        lots.iter().filter(|t| paid(t.kind)).map(|t| t.amount).sum();
+                    breakage += expired;
+                    prepaid -= expired;
+                }
+                _ => {}
+            }
+        }
         let end = books.balances(date(2030, 1, 1)).unwrap();
-        let (recognized, deferred, unbilled) = end.first().map_or(Default::default(), |(_, b)| {
-            (b.total_revenue(), b.deferred_revenue, b.unbilled_receivable)
-        });
+        let (recognized, deferred, unbilled, liability) =
+            end.first().map_or(Default::default(), |(_, b)| {
+                (b.total_revenue(), b.deferred_revenue, b.unbilled_receivable, b.prepaid_credits)
+            });
+        prop_assert_eq!(liability, prepaid, "prepaid credits: bought − used − expired");
         prop_assert_eq!(deferred, Decimal::ZERO, "nothing stays deferred once service has passed");
         prop_assert_eq!(
             recognized,
-            billed + unbilled,
-            "everything billed (less credit notes) is recognized, and usage as consumed"
+            billed + unbilled + breakage,
+            "everything billed (less credit notes) is recognized, usage as consumed, breakage"
         );
         let drafted: Decimal = subscriptions(&events)
             .iter()

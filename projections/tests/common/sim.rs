@@ -15,6 +15,7 @@ use domain::invoice::{InvoiceAccount, InvoiceStatus};
 use domain::ledger::Ledger;
 use domain::money::Currency;
 use domain::rating::{Aggregation, ChargeModel};
+use domain::wallet::{CreditKind, OpenWallet, TopUpRequest};
 use event_store::MemoryStore;
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
@@ -53,6 +54,16 @@ pub enum Op {
         customer: u8,
         which: u8,
     },
+    /// Tops up customer `customer`'s wallet (opened on first use, low-balance threshold
+    /// 20.00): `credits` credits, paid or granted, expiring in 10 days or never, paid ones
+    /// usable at once or when their invoice is paid (an `Op::Pay` pays it).
+    Wallet {
+        customer: u8,
+        paid: bool,
+        credits: u8,
+        expires: bool,
+        at_once: bool,
+    },
     Days(u8),
 }
 
@@ -65,6 +76,9 @@ pub fn op() -> impl Strategy<Value = Op> {
         2 => any::<bool>().prop_map(|fail| Op::Pay { fail }),
         1 => (1u8..=100, 0u8..3).prop_map(|(percent, destination)| Op::Credit { percent, destination }),
         1 => (0u8..4, 0u8..3).prop_map(|(customer, which)| Op::Coupon { customer, which }),
+        1 => (0u8..4, any::<bool>(), 1u8..=120, any::<bool>(), any::<bool>()).prop_map(
+            |(customer, paid, credits, expires, at_once)| Op::Wallet { customer, paid, credits, expires, at_once }
+        ),
         3 => (1u8..25).prop_map(Op::Days),
     ]
 }
@@ -210,6 +224,28 @@ pub fn simulate(ops: &[Op], arrears: bool) -> Vec<Event> {
             Op::Credit { percent, destination } => {
                 let Some(cmd) = credit_note(&ledger, *percent, *destination) else { continue };
                 cmd
+            }
+            Op::Wallet { customer, paid, credits, expires, at_once } => {
+                let wallet_id = format!("w{customer}");
+                if !ledger.wallets.contains_key(&wallet_id) {
+                    let open = Command::OpenWallet(OpenWallet {
+                        wallet_id: wallet_id.clone(),
+                        customer_id: format!("c{customer}"),
+                        name: String::new(),
+                        rate_amount: dec!(1),
+                        low_balance_threshold: Some(dec!(20)),
+                    });
+                    run(&mut ledger, open, now, &mut events);
+                }
+                let in_10_days = now.checked_add(SignedDuration::from_hours(240)).unwrap();
+                Command::TopUpWallet(TopUpRequest {
+                    wallet_id,
+                    kind: if *paid { CreditKind::Paid } else { CreditKind::Granted },
+                    credits: Decimal::from(*credits),
+                    expires_on: expires
+                        .then(|| in_10_days.to_zoned(jiff::tz::TimeZone::UTC).date()),
+                    usable_at_once: *at_once,
+                })
             }
             Op::Days(d) => {
                 now = now.checked_add(SignedDuration::from_hours(24 * i64::from(*d))).unwrap();
