@@ -83,6 +83,8 @@ struct Stats {
     credit_notes: u64,
     coupons_applied: u64,
     one_off_invoices: u64,
+    wallets_opened: u64,
+    wallet_top_ups: u64,
     last_position: u64,
 }
 
@@ -99,6 +101,8 @@ struct Sim {
     sample_invoice: Option<String>,
     /// The first invoice a coupon discounted.
     sample_discounted: Option<String>,
+    /// The wallets opened, in order (the report shows the first whose purchase was paid).
+    wallets: Vec<String>,
     stats: Stats,
 }
 
@@ -197,6 +201,7 @@ impl Sim {
             dues: Vec::new(),
             sample_invoice: None,
             sample_discounted: None,
+            wallets: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -286,7 +291,7 @@ impl Sim {
         if self.notes_rng.gen::<f64>() < ONBOARDING_CHANCE {
             let req = pb::IssueOneOffInvoiceRequest {
                 idempotency_key: key(format_args!("onboarding-{id}")),
-                customer_id: id,
+                customer_id: id.clone(),
                 lines: vec![pb::OneOffLine {
                     add_on_code: ONBOARDING_ADD_ON.into(),
                     ..Default::default()
@@ -295,6 +300,44 @@ impl Sim {
             let r = self.cmd.issue_one_off_invoice(req).await?.into_inner();
             self.ack(r.ack.as_ref());
             self.stats.one_off_invoices += 1;
+            self.issued(&r.invoice.into_iter().collect::<Vec<_>>());
+        }
+        if self.notes_rng.gen::<f64>() < WALLET_CHANCE {
+            self.wallet(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// A prepaid wallet: granted welcome credits that expire, and paid credits bought on an
+    /// invoice (usable once it is paid; they expire too, so unused ones become breakage).
+    async fn wallet(&mut self, customer_id: &str) -> anyhow::Result<()> {
+        let wallet_id = format!("wal-{customer_id}");
+        let open = pb::OpenWalletRequest {
+            idempotency_key: key(format_args!("open-{wallet_id}")),
+            wallet_id: wallet_id.clone(),
+            customer_id: customer_id.into(),
+            name: "Prepaid usage".into(),
+            low_balance_threshold: WALLET_LOW_BALANCE.into(),
+            ..Default::default()
+        };
+        let ack = self.cmd.open_wallet(open).await?.into_inner();
+        self.ack(Some(&ack));
+        self.stats.wallets_opened += 1;
+        self.wallets.push(wallet_id.clone());
+        let today = self.day(self.today_index());
+        for (kind, credits, days) in WALLET_TOP_UPS {
+            let expires_on = today.checked_add(jiff::Span::new().days(days))?;
+            let req = pb::TopUpWalletRequest {
+                idempotency_key: key(format_args!("top-up-{wallet_id}-{kind}")),
+                wallet_id: wallet_id.clone(),
+                kind: kind.into(),
+                credits: credits.into(),
+                expires_on: expires_on.to_string(),
+                usable_at_once: false,
+            };
+            let r = self.cmd.top_up_wallet(req).await?.into_inner();
+            self.ack(r.ack.as_ref());
+            self.stats.wallet_top_ups += 1;
             self.issued(&r.invoice.into_iter().collect::<Vec<_>>());
         }
         Ok(())
@@ -641,6 +684,13 @@ const ONBOARDING_ADD_ON: &str = "onboarding";
 /// Share of new customers that buy [`ONBOARDING_ADD_ON`].
 const ONBOARDING_CHANCE: f64 = 0.15;
 
+/// Share of new customers that open a prepaid wallet.
+const WALLET_CHANCE: f64 = 0.2;
+/// The wallets' low-balance threshold (USD).
+const WALLET_LOW_BALANCE: &str = "25.00";
+/// A new wallet's top-ups: (kind, credits at 1.00 each, days until they expire).
+const WALLET_TOP_UPS: [(&str, &str, i64); 2] = [("granted", "20", 45), ("paid", "150", 90)];
+
 /// Share of open invoices that get a service credit (an `offset` credit note).
 const CREDIT_NOTE_CHANCE: f64 = 0.05;
 /// Mixed into the seed of the credit notes' random stream.
@@ -750,7 +800,7 @@ async fn report(q: &mut Query, sim: &Sim, end: Date) -> anyhow::Result<bool> {
     );
     println!(
         "commands {} (rejected {}), usage events {} (rejected {}), invoices {} (one-off {}), \
-         credit notes {}, coupons applied {}",
+         credit notes {}, coupons applied {}, wallets {} (top-ups {})",
         s.commands,
         s.rejected_commands,
         s.usage_accepted,
@@ -758,7 +808,9 @@ async fn report(q: &mut Query, sim: &Sim, end: Date) -> anyhow::Result<bool> {
         s.invoices,
         s.one_off_invoices,
         s.credit_notes,
-        s.coupons_applied
+        s.coupons_applied,
+        s.wallets_opened,
+        s.wallet_top_ups
     );
     let ends = month_ends(sim.start, end);
     mrr_report(q, sim.start, &ends, pos).await?;
@@ -772,6 +824,9 @@ async fn report(q: &mut Query, sim: &Sim, end: Date) -> anyhow::Result<bool> {
         sim.sample_discounted.as_ref().filter(|d| Some(*d) != sim.sample_invoice.as_ref())
     {
         invoice_report(q, id, pos).await?;
+    }
+    if let Some(last) = ends.last() {
+        wallet_report(q, &sim.wallets, *last, pos).await?;
     }
     Ok(balanced)
 }
@@ -850,6 +905,66 @@ async fn retention_report(
         money(&r.mrr_start),
         money(&r.mrr_end)
     );
+    Ok(())
+}
+
+/// The first wallet whose purchase was paid (else the first), and what wallets did to the
+/// books at `last` (a month end).
+async fn wallet_report(
+    q: &mut Query,
+    ids: &[String],
+    last: Date,
+    pos: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut shown = None;
+    for id in ids {
+        let view = q.get_wallet(pb::WalletQuery { wallet_id: id.clone(), min_position: pos });
+        let view = view.await?.into_inner();
+        let paid = view.wallet.as_ref().is_some_and(|w| dec(&w.pending).is_zero());
+        if shown.is_none() || paid {
+            shown = Some((id.clone(), view));
+        }
+        if paid {
+            break;
+        }
+    }
+    let Some((id, view)) = shown else { return Ok(()) };
+    let w = view.wallet.clone().unwrap_or_default();
+    println!(
+        "\nWallet {id} ({}): balance {} {}, pending {}, ongoing balance {} (current usage {}), \
+         {} top-ups{}",
+        w.customer_id,
+        w.balance,
+        w.currency,
+        w.pending,
+        view.ongoing_balance,
+        view.ongoing_usage,
+        w.top_ups,
+        if w.low { ", below its low-balance threshold" } else { "" }
+    );
+    let page = pb::WalletTransactionsQuery {
+        wallet_id: id.clone(),
+        min_position: pos,
+        page_size: 20,
+        ..Default::default()
+    };
+    for t in q.list_wallet_transactions(page).await?.into_inner().transactions {
+        println!(
+            "  {:<12} {:>8} {:>10} {:>10} {}",
+            t.kind, t.credit_kind, t.amount, t.balance_after, t.invoice_id
+        );
+    }
+    let req = pb::AsOfRequest { as_of: last.to_string(), min_position: pos };
+    let r = q.get_balances(req).await?.into_inner();
+    if let Some(b) = r.balances.iter().find(|b| b.currency == "USD") {
+        let breakage =
+            b.recognized_revenue.get("breakage").cloned().unwrap_or_else(|| "0.00".into());
+        println!(
+            "All wallets at {last}: prepaid credits (liability) {}, granted credits used \
+             (discounts) {}, breakage revenue {breakage}",
+            b.prepaid_credits, b.discounts
+        );
+    }
     Ok(())
 }
 

@@ -118,7 +118,9 @@ fn check_journal_csv(text: &str) -> Vec<u64> {
             "account",
             "debit",
             "credit",
-            "log_position"
+            "log_position",
+            "credit_note_id",
+            "wallet_id"
         ]
     );
     let mut entries: BTreeMap<String, (Decimal, Decimal)> = BTreeMap::new();

@@ -142,17 +142,22 @@ fn check_invoices(csv: &Csv) {
             "amount_offset",
             "credit_applied",
             "discount",
+            "wallet_applied",
         ],
     );
     assert!(csv.rows.len() >= 5, "the demo issues invoices: {}", csv.rows.len());
     let discounted = csv.rows.iter().filter(|r| usd(&r["discount"]) > Decimal::ZERO).count();
     assert!(discounted > 0, "the demo's welcome coupons discount some invoices");
+    let wallet_paid = csv.rows.iter().filter(|r| usd(&r["wallet_applied"]) > Decimal::ZERO).count();
+    assert!(wallet_paid > 0, "the demo's wallets pay some invoices");
     for r in &csv.rows {
         assert_eq!(r["currency"], "USD");
         assert_eq!(usd(&r["total"]), usd(&r["subtotal"]) + usd(&r["tax"]), "{r:?}");
         if r["status"] != "void" {
-            let settled =
-                usd(&r["amount_paid"]) + usd(&r["amount_offset"]) + usd(&r["credit_applied"]);
+            let settled = usd(&r["amount_paid"])
+                + usd(&r["amount_offset"])
+                + usd(&r["credit_applied"])
+                + usd(&r["wallet_applied"]);
             let due = (usd(&r["total"]) - settled).max(Decimal::ZERO);
             assert_eq!(usd(&r["amount_due"]), due, "{r:?}");
         }
@@ -175,6 +180,8 @@ fn check_journal(csv: &Csv) {
             "debit",
             "credit",
             "log_position",
+            "credit_note_id",
+            "wallet_id",
         ],
     );
     assert!(!csv.rows.is_empty());

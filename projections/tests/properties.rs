@@ -60,10 +60,24 @@ fn check(events: Vec<Event>) -> Result<(), TestCaseError> {
         let paid = |kind: CreditKind| kind == CreditKind::Paid;
         let mut breakage = Decimal::ZERO;
         let mut prepaid = Decimal::ZERO;
+        // Purchase invoices: (total, paid, uncollectible). An unpaid written-off purchase
+        // cancels its liability until it is paid.
+        let mut purchases = std::collections::BTreeMap::new();
         for e in &events {
             match e {
                 Event::InvoiceIssued(i) if i.reason == IssueReason::WalletTopUp => {
-                    prepaid += i.total
+                    prepaid += i.total;
+                    purchases.insert(i.invoice_id.clone(), (i.total, Decimal::ZERO, false));
+                }
+                Event::PaymentSucceeded { invoice_id, amount, .. } => {
+                    if let Some(p) = purchases.get_mut(invoice_id) {
+                        p.1 += *amount;
+                    }
+                }
+                Event::InvoiceMarkedUncollectible { invoice_id, .. } => {
+                    if let Some(p) = purchases.get_mut(invoice_id) {
+                        p.2 = true;
+                    }
                 }
                 Event::InvoiceIssued(i) => {
                     prepaid -= i
@@ -80,6 +94,11 @@ fn check(events: Vec<Event>) -> Result<(), TestCaseError> {
                     prepaid -= expired;
                 }
                 _ => {}
+            }
+        }
+        for (total, paid, uncollectible) in purchases.values() {
+            if *uncollectible {
+                prepaid -= total - paid;
             }
         }
         let end = books.balances(date(2030, 1, 1)).unwrap();

@@ -26,7 +26,7 @@ fn columns(names: &[&str]) -> Vec<String> {
 }
 
 /// Invoice header columns (lines are in the JSON export only).
-pub const INVOICE_COLUMNS: [&str; 21] = [
+pub const INVOICE_COLUMNS: [&str; 22] = [
     "invoice_id",
     "customer_id",
     "subscription_id",
@@ -48,6 +48,7 @@ pub const INVOICE_COLUMNS: [&str; 21] = [
     "amount_offset",
     "credit_applied",
     "discount",
+    "wallet_applied",
 ];
 
 /// An invoice line in the JSON export (fields in this order).
@@ -185,6 +186,7 @@ pub fn invoices<W: Write>(
                 Cell::from(amount(r.credits.offset, cur)?),
                 Cell::from(amount(i.credit_applied, cur)?),
                 Cell::from(amount(i.lines.iter().map(|l| l.discount).sum(), cur)?),
+                Cell::from(amount(i.wallet_total(), cur)?),
             ];
             let mut lines = Vec::with_capacity(i.lines.len());
             for (index, l) in i.lines.iter().enumerate() {
@@ -210,7 +212,7 @@ pub fn invoices<W: Write>(
     }
 }
 
-pub const JOURNAL_COLUMNS: [&str; 10] = [
+pub const JOURNAL_COLUMNS: [&str; 12] = [
     "entry",
     "date",
     "kind",
@@ -221,6 +223,8 @@ pub const JOURNAL_COLUMNS: [&str; 10] = [
     "debit",
     "credit",
     "log_position",
+    "credit_note_id",
+    "wallet_id",
 ];
 
 /// One row per posting, entries in date then posting order, dated within `window`.
@@ -257,6 +261,8 @@ pub fn journal<W: Write>(
                     Cell::from(amount(p.debit, e.currency)?),
                     Cell::from(amount(p.credit, e.currency)?),
                     Cell::from(e.position),
+                    Cell::from(e.credit_note_id.as_str()),
+                    Cell::from(e.wallet_id.as_str()),
                 ];
                 sink.row(&cells, &[])?;
             }

@@ -76,8 +76,11 @@ COLUMNS
                      amount_due, failed_attempts, line_count, amount_credited (Σ its credit
                      notes), amount_offset (of which offset against the amount due),
                      credit_applied (the customer's credit balance applied at issue):
-                     amount_due = total - credit_applied - amount_paid - amount_offset;
-                     discount (what coupons took off its lines, before tax). JSON adds `lines`
+                     amount_due = total - credit_applied - wallet_applied - amount_paid -
+                     amount_offset;
+                     discount (what coupons took off its lines, before tax); wallet_applied
+                     (what wallet credits paid at issue, after credit_applied; amount_due
+                     subtracts it too). JSON adds `lines`
                      (line_index,
                      kind, description, metric_code, charge_model, units, service_period_start,
                      service_period_end_exclusive, amount, discount); CSV has no lines.
@@ -87,8 +90,9 @@ COLUMNS
                      description, amount).
   journal            one row per posting, entries in date then posting order: entry, date,
                      kind, invoice_id, subscription_id, currency, account, debit, credit,
-                     log_position. `entry` is the posting counter, or A<n> for a usage accrual
-                     (numbered apart; n = log position of the day's first event).
+                     log_position, credit_note_id (its credit note's entries), wallet_id
+                     (wallet_expiry entries). `entry` is the posting counter, or A<n> for a usage
+                     accrual (numbered apart; n = log position of the day's first event).
   trial-balance      as_of, currency, account, debit, credit: each account with a balance, then
                      a TOTAL row per currency (Σ debit = Σ credit).
   revenue-waterfall  invoice_id, line_index, currency, revenue_type, one column per month

@@ -428,7 +428,7 @@ impl Journal<'_, '_> {
         } else {
             Decimal::ZERO
         };
-        legs.cr(Account::BadDebt, recovery);
+        legs.cr(write_off_account(&s), recovery);
         // 0 <= recovery <= amount when amount >= 0; a negative amount recovers nothing.
         legs.cr(Account::AccountsReceivable, amount - recovery);
         self.post(date, EntryKind::Payment, invoice_id, s.currency, &legs)?;
@@ -453,7 +453,7 @@ impl Journal<'_, '_> {
         let what = || format!("amount due of invoice {invoice_id}");
         let due = due.ok_or_else(|| overflow(self.position, what()))?.max(Decimal::ZERO);
         let mut legs = Legs::default();
-        legs.dr(Account::BadDebt, due);
+        legs.dr(write_off_account(&s), due);
         legs.cr(Account::AccountsReceivable, due);
         self.post(date, EntryKind::Uncollectible, invoice_id, s.currency, &legs)?;
         s.written_off = plus(s.written_off, due, self.position, what)?;
@@ -560,7 +560,7 @@ impl Journal<'_, '_> {
             }
         }
         reversal.dr(Account::AccountsReceivable, s.written_off);
-        reversal.cr(Account::BadDebt, s.written_off);
+        reversal.cr(write_off_account(&s), s.written_off);
         self.post(v, EntryKind::Void, invoice_id, cur, &reversal)?;
         // A voided credit no longer reduces what later credits may reverse on its target.
         for line in &s.lines {
@@ -623,6 +623,17 @@ pub(super) type Entries = Vec<(Date, Decimal)>;
 /// Σ of two date-ordered schedules, per date, in date order (a day of either is kept, so a
 /// ratable schedule keeps one entry per day).
 /// `None` if a day's sum overflows.
+/// Where an uncollectible invoice's amount due goes: bad debt, except for a purchase of
+/// wallet credits, whose credits were never delivered: the unpaid purchase cancels the
+/// contract liability it created (Dr prepaid credits), and a later payment restores it.
+fn write_off_account(s: &InvoiceState) -> Account {
+    if s.lines.iter().any(|l| l.kind == LineKind::PrepaidCredits) {
+        Account::PrepaidCredits
+    } else {
+        Account::BadDebt
+    }
+}
+
 pub(super) fn merge(a: &[(Date, Decimal)], b: &[(Date, Decimal)]) -> Option<Vec<(Date, Decimal)>> {
     let mut sum: BTreeMap<Date, Decimal> = BTreeMap::new();
     for (d, x) in a.iter().chain(b) {
