@@ -58,8 +58,15 @@ impl Default for ServerLimits {
     }
 }
 
-/// Serves until `shutdown` resolves, then stops accepting, lets calls in flight finish, and
-/// flushes the engine (every acknowledged command is already durable; this drains the rest).
+/// Longest a graceful shutdown waits for open connections to finish their calls and close
+/// (HTTP/2 GOAWAY, then a PING the client must answer). A client that never answers (hung, or
+/// a process whose runtime is blocked) would otherwise hold the shutdown until the keepalive
+/// gives up on it (50 s), past a typical orchestrator's grace period; after this the
+/// connections are dropped and the engine is flushed as usual.
+pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 5_000;
+
+/// Serves until `shutdown` resolves, then stops accepting, lets calls in flight finish (at most
+/// [`SHUTDOWN_DRAIN_MS_MAX`]), and flushes the engine (every acknowledged command is already durable; this drains the rest).
 /// `engine` serves the CommandService, `query` the QueryService and `audit` the AuditService;
 /// a service given `None` is not registered (its calls answer UNIMPLEMENTED). With `auth`, each
 /// of them admits only the roles `crate::auth` gives it; health and reflection stay open.
@@ -131,10 +138,26 @@ pub async fn serve(
         .add_optional_service(commands)
         .add_optional_service(query)
         .add_optional_service(audit);
+    let (requested_tx, requested_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = requested_tx.send(());
+    };
+    let drain_deadline = async move {
+        if requested_rx.await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(SHUTDOWN_DRAIN_MS_MAX)).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     match server.tls {
         Some(config) => {
             let (incoming, acceptor) = crate::tls::incoming(listener, config);
-            let served = router.serve_with_incoming_shutdown(incoming, shutdown).await;
+            let served = bounded_drain(
+                router.serve_with_incoming_shutdown(incoming, shutdown),
+                drain_deadline,
+            )
+            .await;
             acceptor.abort();
             served?
         }
@@ -143,7 +166,8 @@ pub async fn serve(
             // calls then wait on Nagle's algorithm, about 2x the p99).
             let incoming = TcpIncoming::from_listener(listener, true, None)
                 .map_err(|e| anyhow::anyhow!("listening: {e}"))?;
-            router.serve_with_incoming_shutdown(incoming, shutdown).await?
+            bounded_drain(router.serve_with_incoming_shutdown(incoming, shutdown), drain_deadline)
+                .await?
         }
     }
     if running.0 {
@@ -161,4 +185,22 @@ pub async fn serve(
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Runs `serving` until it ends, or until `deadline` (the drain bound after a shutdown request)
+/// passes first: then the connections still open are dropped with it.
+async fn bounded_drain<E>(
+    serving: impl Future<Output = Result<(), E>>,
+    deadline: impl Future<Output = ()>,
+) -> Result<(), E> {
+    tokio::select! {
+        served = serving => served,
+        () = deadline => {
+            tracing::warn!(
+                drain_ms_max = SHUTDOWN_DRAIN_MS_MAX,
+                "connections still open after the drain bound: closing them"
+            );
+            Ok(())
+        }
+    }
 }

@@ -187,5 +187,5 @@ async fn absurd_inputs_are_invalid_argument_and_append_nothing() {
         (first.tax.as_str(), first.total.as_str()),
         ("1100000000000.00", "12100000000000.00")
     );
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate().await.code(), Some(0));
 }

@@ -133,6 +133,6 @@ async fn a_one_off_invoice_of_add_ons_is_issued_taxed_recognized_and_rebuilt() {
     assert_eq!(total(|r| &r.debit), total(|r| &r.credit), "the trial balance balances");
     assert!(trial.rows.iter().any(|r| r.account == "revenue:add_on"));
 
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     replay_verify_at(dir.path(), head);
 }

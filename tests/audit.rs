@@ -50,7 +50,7 @@ async fn write_log(data_dir: &Path) {
         let ack = acks.message().await.unwrap().unwrap();
         assert_eq!((ack.accepted, ack.rejected), (5, 0));
     }
-    assert!(server.terminate().success(), "SIGTERM: graceful exit 0");
+    assert!(server.terminate().await.success(), "SIGTERM: graceful exit 0");
 }
 
 /// Runs `accrual audit <args> --data-dir <dir>`: (success, stdout, stderr).
@@ -309,7 +309,7 @@ async fn audit_refuses_a_running_server_and_a_missing_log() {
     server.serving("accrual.v1.CommandService").await;
     let (ok, _, stderr) = audit(dir.path(), &["verify"]);
     assert!(!ok && stderr.contains("stop `accrual serve` first"), "{stderr}");
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     let (ok, stdout, stderr) = audit(dir.path(), &["verify"]);
     assert!(
         ok && stdout.trim() == format!("chain ok events=0 head={}", "0".repeat(64)),

@@ -362,7 +362,7 @@ async fn audit_service_over_the_live_log() {
     drop(past);
 
     // After the server stops, the CLI's audit reads the same digests from the raw log.
-    assert!(server.terminate().success(), "SIGTERM: graceful exit 0");
+    assert!(server.terminate().await.success(), "SIGTERM: graceful exit 0");
     assert_eq!(cli_digest(&data, None), (head, digest.head_hash.clone()));
     assert_eq!(cli_digest(&data, Some(half)), (half, kept.head_hash.clone()));
 }

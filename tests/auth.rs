@@ -102,7 +102,7 @@ async fn each_service_admits_its_roles_only() {
         Err(Code::PermissionDenied)
     );
     assert_eq!(code(audit.get_digest(with(digest(), Some(&auditor))).await), Ok(()));
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
 }
 
 #[test]

@@ -136,6 +136,6 @@ async fn a_fixed_coupon_discounts_the_next_invoice_before_tax_and_revenue_is_net
     assert_eq!(held.iter().map(|h| h.coupon_code.as_str()).collect::<Vec<_>>(), ["welcome"]);
     let head = at;
 
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     replay_verify_at(dir.path(), head);
 }

@@ -532,7 +532,7 @@ async fn drain(data: &Path, clients: &Clients, rng: &mut StdRng) {
     let attempt = Attempt { retry: false, hedged: false };
     clients.commands.lock().unwrap().ack(&key, ack.duplicate, attempt).unwrap();
     caught_up(&server, ack.position).await;
-    assert!(server.terminate().success(), "a graceful stop");
+    assert!(server.terminate().await.success(), "a graceful stop");
 }
 
 /// Whether the invoices, MRR and journal read models include the event at `position` (each

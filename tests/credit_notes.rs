@@ -195,7 +195,7 @@ async fn credit_notes_credit_an_invoice_without_changing_it_and_keep_the_books_b
     assert_eq!(notes, ["cn-acme-1", "cn-acme-2"]);
 
     // After a restart the write model still numbers and checks notes from the log.
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     replay_verify_at(dir.path(), head);
     let server = Server::start(dir.path(), port);
     let mut c = server.client().await;

@@ -287,7 +287,7 @@ async fn the_pretty_log_written_to_a_file_has_no_colour_codes() {
         .expect("start accrual serve");
     let server = common::Server::adopt(child, port);
     server.serving("accrual.v1.CommandService").await;
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     let log = fs::read(&log_path).unwrap();
     assert!(text(&log).contains("INFO"), "the log holds info lines: {}", text(&log));
     assert!(!log.contains(&0x1B), "ESC (an ANSI colour code) in a log file:\n{}", text(&log));

@@ -647,7 +647,7 @@ async fn write_side_end_to_end_with_kill_and_restart() {
     let mut request = tonic::Request::new(never);
     request.set_timeout(Duration::from_millis(3_000));
     assert_code(q.get_invoice(request).await, Code::OutOfRange);
-    let status = server.terminate();
+    let status = server.terminate().await;
     assert!(status.success(), "SIGTERM shuts down gracefully with exit 0: {status:?}");
 }
 
@@ -686,7 +686,7 @@ async fn roles_run_a_subset_of_the_services() {
     assert!(!services.iter().any(|s| s == QUERY), "{services:?}");
     let mut q = QueryServiceClient::new(channel);
     assert_code(q.get_mrr(mrr_today(0)).await, Code::Unimplemented);
-    assert!(server.terminate().success(), "exit 0 after SIGTERM");
+    assert!(server.terminate().await.success(), "exit 0 after SIGTERM");
 
     let server = Server::start_with(dir.path(), port, &["--role", "projector,query"]);
     let channel = server.serving(QUERY).await;
@@ -697,7 +697,7 @@ async fn roles_run_a_subset_of_the_services() {
     let mut q = QueryServiceClient::new(channel);
     let mrr = q.get_mrr(mrr_today(subscribed)).await.unwrap().into_inner();
     assert_eq!(dec(&mrr.mrr), dec("20"), "the projector built the MRR of the command side's log");
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
 
     let env_role = Command::new(env!("CARGO_BIN_EXE_accrual"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -714,7 +714,7 @@ async fn roles_run_a_subset_of_the_services() {
     assert_eq!(dec(&mrr.mrr), dec("20"), "read models served as they are on disk");
     let unreached = q.get_mrr(mrr_today(mrr.position + 10)).await;
     assert_code(unreached, Code::OutOfRange);
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
 }
 
 /// An empty or unknown role stops `accrual serve` before it opens anything, naming the value.

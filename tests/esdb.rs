@@ -28,7 +28,7 @@ async fn store_flag_takes_a_sled_path() {
     let server = node(dir.path(), port, &store, None);
     let mut client = server.client().await;
     register_acme_and_api_calls(&mut client).await;
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     assert!(log_dir.join("conf").exists() || log_dir.join("db").exists(), "the log is there");
     assert!(!dir.path().join("log").exists(), "and not in the default place");
     let server = node(dir.path(), port, &store, None);
@@ -140,7 +140,7 @@ async fn scale_out(url: &str) -> String {
     assert!(reply.position >= ack.position, "the query node has read b's write");
     assert_eq!(reply.mrr.parse::<rust_decimal::Decimal>().unwrap(), rust_decimal::Decimal::ZERO);
     // A command node stopped: the other keeps serving, and it comes back where it was.
-    assert!(a.terminate().success());
+    assert!(a.terminate().await.success());
     let a = node(dirs[0].path(), ports[0], &store, Some("command"));
     let mut ca = a.client().await;
     assert!(ca.register_customer(globex()).await.unwrap().into_inner().duplicate);

@@ -86,7 +86,7 @@ async fn a_retried_transaction_is_a_duplicate_for_the_subscriptions_whole_life()
 
     // (b) After a clean restart on the same data dir (the index flushed at close) ...
     drop(c); // an open connection would hold the graceful shutdown
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     assert!(dir.path().join("dedup").is_dir(), "the index lives in <data-dir>/dedup");
     let server = Server::start(dir.path(), port);
     let mut c = server.client().await;
@@ -99,7 +99,7 @@ async fn a_retried_transaction_is_a_duplicate_for_the_subscriptions_whole_life()
 
     // (c) The index is derived data: deleted, it is rebuilt from the log.
     drop(c); // an open connection would hold the graceful shutdown
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     std::fs::remove_dir_all(dir.path().join("dedup")).unwrap();
     let server = Server::start(dir.path(), port);
     let mut c = server.client().await;
@@ -107,7 +107,7 @@ async fn a_retried_transaction_is_a_duplicate_for_the_subscriptions_whole_life()
 
     // Damaged files are rebuilt too (never a panic).
     drop(c); // an open connection would hold the graceful shutdown
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     for entry in std::fs::read_dir(dir.path().join("dedup")).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {

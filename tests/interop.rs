@@ -207,7 +207,7 @@ async fn python_grpcio_client_drives_the_server() {
     let checks = result["checks"].as_u64().expect("checks");
     assert!(checks >= CLIENT_CHECKS_MIN, "the Python client ran {checks} checks: {result}");
     verify_server_side(&server, port, &token, &result).await;
-    assert!(server.terminate().success(), "graceful shutdown");
+    assert!(server.terminate().await.success(), "graceful shutdown");
     let summary = format!(
         "interop: Python grpcio client passed {checks} checks in {client_ms} ms \
          (virtualenv ready in {setup_ms} ms)\n"

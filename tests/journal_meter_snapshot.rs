@@ -103,7 +103,7 @@ async fn a_restart_restores_the_journal_meter_and_folds_only_the_tail() {
     }
     let first_head = stream_usage(&mut c, 0).await;
     books(&server, first_head).await;
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     let stored = journal_record(&log("first.log"), ENCODED).await;
     assert_eq!(
         (stored["position"].as_u64(), stored["stopping"].as_bool()),
@@ -142,7 +142,7 @@ async fn a_restart_restores_the_journal_meter_and_folds_only_the_tail() {
         (Some(first_head), Some(tail))
     );
     assert_eq!(books(&server, second_head).await, before_crash);
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     replay_verify_at(&data, second_head);
 
     // The stop after the crash stored the meter at the new head: the next start folds nothing.
@@ -151,5 +151,5 @@ async fn a_restart_restores_the_journal_meter_and_folds_only_the_tail() {
     assert_eq!(restored["snapshot_position"].as_u64(), Some(second_head));
     assert_eq!(restored["tail_events"].as_u64(), Some(0));
     assert_eq!(books(&server, second_head).await, before_crash);
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
 }

@@ -195,7 +195,7 @@ async fn counters_equal_what_was_done() {
         let count = scrape.sum("accrual_projection_batch_seconds_count", &[("projection", p)]);
         assert!(count >= 1.0, "{p}: {count} batches");
     }
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
 }
 
 /// TCP ports the process `pid` listens on (Linux: its socket inodes in /proc/net/tcp{,6}).
@@ -232,7 +232,7 @@ async fn off_by_default_and_on_its_own_port_when_asked() {
     let server = Server::start(dir.path(), port);
     server.client().await;
     assert_eq!(listening_ports(server.pid()), vec![port], "only the gRPC port listens");
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
 
     let metrics_port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_accrual"))
@@ -251,7 +251,7 @@ async fn off_by_default_and_on_its_own_port_when_asked() {
     assert_eq!(listening_ports(server.pid()), expected, "ACCRUAL_METRICS_LISTEN turns it on");
     let scrape = Scrape::get(metrics_port).await.unwrap();
     assert!(scrape.has("accrual_log_events"), "a scrape after a restart");
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
 }
 
 /// Runs `accrual serve` with `extra` and expects it to exit (30 s at most).

@@ -171,7 +171,7 @@ async fn negative_usage_is_refused_unless_the_metric_allows_it() {
         (dec("0"), dec("0"))
     );
     assert_eq!(dec(&invoice.subtotal), dec("7") + dec(&line("seats").amount));
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate().await.code(), Some(0));
 }
 
 /// Items 2 and 3: a billing run or a payment later than the server's clock (+300 s) is refused,
@@ -241,7 +241,7 @@ async fn instants_past_the_clock_or_malformed_are_refused() {
     assert_eq!(append_probe(&mut c).await, before + 1, "refused payments appended nothing");
     let paid = c.record_payment(pay(None)).await.unwrap().into_inner().invoice.unwrap();
     assert_eq!(dec(&paid.amount_paid), dec("1"));
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate().await.code(), Some(0));
 }
 
 /// Item 4: pay in advance, graduated_percentage with a first-tier flat fee: the flat fee is
@@ -284,7 +284,7 @@ async fn in_advance_first_tier_flat_fee_is_billed_once_per_period() {
         .map(|l| (l.kind.as_str(), l.metric_code.as_str(), dec(&l.amount)))
         .collect();
     assert_eq!(amounts, [("usage_in_advance", "volume", dec("2.00"))]);
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate().await.code(), Some(0));
 }
 
 /// Item 5: usage for a metric that the subscription's plan does not charge is
@@ -325,7 +325,7 @@ async fn usage_for_a_metric_off_the_plan_is_refused_per_item() {
     let mut acks = c.ingest_usage(tokio_stream::iter(vec![batch])).await.unwrap().into_inner();
     let ack = acks.message().await.unwrap().unwrap();
     assert_eq!((ack.accepted, ack.duplicates, ack.rejected), (2, 0, 1));
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate().await.code(), Some(0));
 }
 
 /// Item 6 (code side): re-running catalog commands without a key: identical content is a
@@ -377,7 +377,7 @@ async fn catalog_reruns_without_a_key_are_replays_or_already_exists() {
     assert_eq!(c.start_subscription(other_start).await.unwrap_err().code(), Code::AlreadyExists);
     let repriced = c.publish_plan(common::growth_plan("0.40")).await.unwrap().into_inner();
     assert_eq!((repriced.version, repriced.ack.unwrap().duplicate), (2, false));
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate().await.code(), Some(0));
 }
 
 /// Item 7: "" and "-0" money, one metric in two charges, control characters in free text:
@@ -462,5 +462,5 @@ async fn empty_and_negative_zero_money_duplicate_charges_and_control_characters_
         pb::VoidInvoiceRequest { invoice_id, reason: "typo\u{1b}".into(), ..Default::default() };
     assert_eq!(bad_fields("void reason", c.void_invoice(void).await), ["reason"]);
     assert_eq!(append_probe(&mut c).await, before + 1, "refused commands appended nothing");
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate().await.code(), Some(0));
 }

@@ -125,7 +125,7 @@ async fn every_read_model_reaches_the_head_and_equals_its_rebuild_across_a_resta
     let mut q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
     let reached = positions(&mut q, head).await;
     assert!(reached.iter().all(|p| *p >= head), "{reached:?} vs head {head}");
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     replay_verify_at(&data, head);
 
     // Restart: the journal folds its meter again, then all follow new appends.
@@ -136,6 +136,6 @@ async fn every_read_model_reaches_the_head_and_equals_its_rebuild_across_a_resta
     let reached = tokio::time::timeout(Duration::from_secs(60), positions(&mut q, head)).await;
     let reached = reached.expect("the read models catch up after a restart");
     assert!(reached.iter().all(|p| *p >= head), "{reached:?} vs head {head}");
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     replay_verify_at(&data, head);
 }

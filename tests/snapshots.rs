@@ -96,7 +96,7 @@ async fn books(dir: &Path) -> (String, u64) {
     let head = record(&mut c, 0, 40).await;
     let before = answers(&mut c).await;
     drop(c);
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     let written = one(&log, "write-model snapshot written");
     assert_eq!(written["position"], head, "the snapshot at shutdown covers the whole log");
     assert!(dir.join("data").join(SNAPSHOT).exists());
@@ -110,7 +110,7 @@ async fn restart(dir: &Path, name: &str, expected: &str) -> PathBuf {
     let mut c = server.client().await;
     assert_eq!(answers(&mut c).await, expected, "the same answers after the restart");
     drop(c);
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     log
 }
 
@@ -194,7 +194,7 @@ async fn a_command_node_on_eventstoredb_keeps_its_snapshot_in_its_data_dir() {
     let head = record(&mut c, 0, 30).await;
     let before = answers(&mut c).await;
     drop(c);
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     assert_eq!(one(&log, "write-model snapshot written")["position"], head);
     let log = dir.path().join("second.log");
     let server = start_logged_with(&data, &log, &flags);
@@ -203,5 +203,5 @@ async fn a_command_node_on_eventstoredb_keeps_its_snapshot_in_its_data_dir() {
     let loaded = one(&log, "write model loaded from a snapshot; folded the log's tail");
     assert_eq!(loaded["snapshot_position"], head);
     drop(c);
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
 }

@@ -50,7 +50,7 @@ async fn the_log_opens_from_its_checkpoint_after_a_stop_and_scans_only_the_tail_
     register_acme_and_api_calls(&mut c).await;
     start_sub_1(&mut c, growth_plan("0.10")).await;
     ingest(&mut c, "first", 5).await;
-    assert!(server.terminate().success(), "SIGTERM: graceful exit 0");
+    assert!(server.terminate().await.success(), "SIGTERM: graceful exit 0");
     let (stopped_head, report) = open(dir.path()).await;
     assert!(report.from_checkpoint && report.events_scanned == 0, "{report:?}");
     assert!(stopped_head >= 50, "{stopped_head}");

@@ -185,7 +185,7 @@ async fn tls_serves_commands_health_and_reflection_to_clients_trusting_its_ca() 
     let _silent = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
     assert_eq!(health_over(server.port(), Some(pki.client("ca.pem", None))).await, Ok(1));
     assert_eq!(register(channel, "acme-2").await.position, first.position + 1);
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +220,7 @@ async fn mutual_tls_admits_only_client_certificates_from_the_configured_ca() {
 
     assert_eq!(health_over(port, Some(admitted)).await, Ok(1));
     assert_eq!(register(channel, "acme-2").await.position, first.position + 1);
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
 }
 
 /// Runs `accrual serve` with `args` and `env` (on a loopback port unless `args` has --listen),
@@ -329,5 +329,5 @@ async fn bench_ingest_over_mutual_tls_in_process_and_to_a_running_server() {
     let http = format!("http://127.0.0.1:{}", server.port());
     let (ok, _, err) = accrual(&["bench", "ingest", "--addr", &http, "--tls-ca", &ca]);
     assert!(!ok && err.contains("must be an https:// URL"), "{err}");
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
 }

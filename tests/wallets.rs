@@ -179,6 +179,6 @@ async fn wallet_credits_pay_invoices_after_tax_and_the_books_carry_them() {
     assert_eq!(total(|r| &r.debit), total(|r| &r.credit), "the trial balance balances");
     assert!(trial.rows.iter().any(|r| r.account == "prepaid_credits"), "{trial:?}");
 
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     replay_verify_at(dir.path(), head);
 }

@@ -102,7 +102,10 @@ impl Server {
     /// SIGTERM, then waits for the exit (graceful shutdown: the store is flushed and closed).
     /// SIGTERM, then waits for the exit (at most [`TERMINATE_WAIT_MS_MAX`]; the test fails
     /// if the graceful shutdown takes longer).
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    ///
+    /// Async, so the test's runtime keeps driving its client connections: they answer the
+    /// server's GOAWAY at once (a blocked runtime would hold the server's drain to its bound).
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         let deadline =
@@ -115,7 +118,7 @@ impl Server {
                 std::time::Instant::now() < deadline,
                 "the server did not exit within {TERMINATE_WAIT_MS_MAX} ms of SIGTERM"
             );
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 }
