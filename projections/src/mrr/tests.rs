@@ -13,6 +13,8 @@ use super::*;
 use crate::{Runner, RunnerConfig};
 use Movement::{Churn, Contraction, Expansion, New, Reactivation};
 
+mod coupons;
+
 type Store = Arc<MemoryStore>;
 
 fn d(s: &str) -> Decimal {
