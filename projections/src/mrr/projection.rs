@@ -187,6 +187,23 @@ fn load_coupon(w: &Writes<'_>, code: &str, pos: Position) -> Result<Coupon> {
     }
 }
 
+/// For a coupon event of `customer` at `at`: the coupon, the customer's currency and the local
+/// date, or `None` for a coupon that is never MRR.
+fn mrr_coupon_event(
+    w: &Writes<'_>,
+    customer: &str,
+    code: &str,
+    at: Timestamp,
+    pos: Position,
+) -> Result<Option<(Coupon, Currency, Date)>> {
+    let coupon = load_coupon(w, code, pos)?;
+    if !coupon_affects_mrr(&coupon) {
+        return Ok(None);
+    }
+    let (cur, date) = customer_date(w, customer, at, pos)?;
+    Ok(Some((coupon, cur, date)))
+}
+
 /// A `recurring` or `forever` coupon discounts the customer's subscriptions from the local date
 /// it was applied. Applied again (after it was used up), its earlier span ends that day: one
 /// coupon never discounts twice at once. `once` coupons are never MRR: not recorded.
@@ -197,11 +214,9 @@ fn apply_coupon(
     at: Timestamp,
     pos: Position,
 ) -> Result<()> {
-    let coupon = load_coupon(w, code, pos)?;
-    if !coupon_affects_mrr(&coupon) {
+    let Some((coupon, cur, date)) = mrr_coupon_event(w, customer, code, at, pos)? else {
         return Ok(());
-    }
-    let (cur, date) = customer_date(w, customer, at, pos)?;
+    };
     change_account(w, cur, customer, pos, |acct| {
         if let Some(earlier) = acct.coupons.iter_mut().rev().find(|c| c.held.coupon.code == code) {
             earlier.end(date);
@@ -219,10 +234,9 @@ fn remove_coupon(
     at: Timestamp,
     pos: Position,
 ) -> Result<()> {
-    if !coupon_affects_mrr(&load_coupon(w, code, pos)?) {
+    let Some((_, cur, date)) = mrr_coupon_event(w, customer, code, at, pos)? else {
         return Ok(());
-    }
-    let (cur, date) = customer_date(w, customer, at, pos)?;
+    };
     change_account(w, cur, customer, pos, |acct| {
         let span = acct.coupons.iter_mut().rev().find(|c| c.held.coupon.code == code);
         let missing = || inconsistent(pos, format!("customer {customer} holds no coupon {code}"));
