@@ -8,15 +8,15 @@ use domain::invoice::with_discounts;
 
 use super::*;
 
-fn pct(p: &str) -> CouponKind {
+pub(super) fn pct(p: &str) -> CouponKind {
     CouponKind::Percentage { percent: d(p) }
 }
 
-fn fixed(a: &str) -> CouponKind {
+pub(super) fn fixed(a: &str) -> CouponKind {
     CouponKind::FixedAmount { amount: d(a), currency: usd() }
 }
 
-fn define(code: &str, kind: CouponKind, frequency: Frequency, plans: &[&str]) -> Event {
+pub(super) fn define(code: &str, kind: CouponKind, frequency: Frequency, plans: &[&str]) -> Event {
     Event::CouponDefined(Coupon {
         code: code.into(),
         kind,
@@ -33,7 +33,7 @@ fn noon(on: Date) -> Timestamp {
     local_midnight(on, &jiff::tz::TimeZone::UTC) + jiff::SignedDuration::from_hours(12)
 }
 
-fn apply(cust: &str, code: &str, on: Date) -> Event {
+pub(super) fn apply(cust: &str, code: &str, on: Date) -> Event {
     Event::CouponApplied {
         customer_id: cust.into(),
         coupon_code: code.into(),
@@ -41,7 +41,7 @@ fn apply(cust: &str, code: &str, on: Date) -> Event {
     }
 }
 
-fn remove(cust: &str, code: &str, on: Date) -> Event {
+pub(super) fn remove(cust: &str, code: &str, on: Date) -> Event {
     Event::CouponRemoved {
         customer_id: cust.into(),
         coupon_code: code.into(),
