@@ -395,6 +395,36 @@ mod tests {
 
     proptest! {
         #[test]
+        fn a_discount_keeps_mrr_between_zero_and_undiscounted(
+            fee in 0i64..10_000_000,
+            interval in prop::sample::select(Interval::ALL.to_vec()),
+            cuts in prop::collection::vec((any::<bool>(), 1i64..1_000_000), 0..5),
+        ) {
+            let usd = Currency::parse("USD").unwrap();
+            let mrr = subscription_mrr(&plan("USD", interval, Decimal::new(fee, 2)), false);
+            let coupons: Vec<Coupon> = cuts
+                .iter()
+                .enumerate()
+                .map(|(i, (percent, n))| {
+                    let kind = if *percent {
+                        CouponKind::Percentage { percent: Decimal::new(n % 10_000 + 1, 2) }
+                    } else {
+                        CouponKind::FixedAmount { amount: Decimal::new(*n, 2), currency: usd }
+                    };
+                    coupon(&format!("c{i}"), kind, Frequency::Forever)
+                })
+                .collect();
+            let refs: Vec<&Coupon> = coupons.iter().collect();
+            let base = BaseMrr { mrr, plan_code: "p", interval };
+            let after = discounted_mrr(&base, &refs, usd);
+            prop_assert!(after >= Decimal::ZERO && after <= mrr, "{} → {}", mrr, after);
+            prop_assert!(after.scale() <= 2, "{}", after);
+            if refs.is_empty() {
+                prop_assert_eq!(after, mrr);
+            }
+        }
+
+        #[test]
         fn movements_sum_to_the_change_of_mrr(
             steps in prop::collection::vec(prop_oneof![Just(0i64), 0i64..1_000_000], 1..40),
             interval in prop::sample::select(Interval::ALL.to_vec()),
