@@ -7,11 +7,19 @@
 //! subscriptions), movement deltas and totals are then exact sums, and Σ of the movements
 //! equals the change of the total. The price is a cent per subscription for fees that do not
 //! divide evenly (10.00 weekly → 43.33, not 43.333…).
+//!
+//! **Coupons** ([`discounted_mrr`], docs/decisions/0034-mrr-discounts.md). A `recurring` or
+//! `forever` coupon lowers the MRR of each subscription it would discount while it applies;
+//! which lines a coupon discounts and by how much are `crate::coupon`'s rules, applied to one
+//! line: the subscription's MRR as its base fee. A `once` coupon is never MRR.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::calendar::Interval;
 use crate::catalog::Plan;
+use crate::coupon::{discount, Coupon, CouponKind, Frequency, HeldCoupon, LineToDiscount};
+use crate::money::Currency;
 
 /// A subscription's MRR: its plan's base fee normalized to a month (weekly × 52/12, monthly,
 /// quarterly / 3, semiannual / 6, yearly / 12), rounded to the minor unit; zero during a
@@ -20,8 +28,72 @@ pub fn subscription_mrr(plan: &Plan, in_trial: bool) -> Decimal {
     if in_trial {
         return Decimal::ZERO;
     }
-    let (num, den) = plan.interval.monthly_ratio();
-    plan.currency.round(mul_div(plan.base_fee, num, den))
+    monthly(plan.base_fee, plan.interval, plan.currency)
+}
+
+/// `amount` per `interval` normalized to a month (× 52/12, × 1, / 3, / 6, / 12) and rounded to
+/// the currency's minor unit, as [`subscription_mrr`] normalizes a base fee.
+pub fn monthly(amount: Decimal, interval: Interval, currency: Currency) -> Decimal {
+    let (num, den) = interval.monthly_ratio();
+    currency.round(mul_div(amount, num, den))
+}
+
+/// Whether `coupon` can ever lower MRR: `recurring` and `forever` coupons (a `once` coupon is a
+/// one-time discount, never recurring revenue). Whether it lowers a given subscription's MRR is
+/// [`discounted_mrr`]'s question (plan limits; a coupon limited to metrics touches usage only).
+pub fn coupon_affects_mrr(coupon: &Coupon) -> bool {
+    !matches!(coupon.frequency, Frequency::Once)
+}
+
+/// A subscription's MRR before coupons, with what the coupon rules read of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseMrr<'a> {
+    /// [`subscription_mrr`] (0 in a trial).
+    pub mrr: Decimal,
+    /// The plan it is on: a coupon limited to plans discounts only theirs.
+    pub plan_code: &'a str,
+    /// The plan's billing interval: a fixed amount is given per invoice, so per interval.
+    pub interval: Interval,
+}
+
+/// A subscription's MRR while `coupons` apply to its customer, in the order they were applied.
+/// It is what `coupon::discount` leaves of one base-fee line of `base.mrr` (no metric, not an
+/// add-on), with each coupon as its customer holds it when first applied:
+/// - eligibility is the coupon rule's: plan limits; a coupon limited to metrics never touches
+///   a base fee; add-on lines are not base fees. `once` coupons are skipped
+///   ([`coupon_affects_mrr`]).
+/// - percentage: `round(remaining × percent / 100)` comes off (the discount is rounded, half
+///   away from zero, as on an invoice line);
+/// - fixed amount: its amount normalized to a month for the subscription's interval
+///   ([`monthly`]), at most what is left, so MRR never goes below zero. Every subscription
+///   gets the whole amount: each is invoiced on its own, and a recurring or forever fixed
+///   coupon gives its amount on each of its invoices.
+pub fn discounted_mrr(base: &BaseMrr<'_>, coupons: &[&Coupon], currency: Currency) -> Decimal {
+    if base.mrr <= Decimal::ZERO {
+        return base.mrr.max(Decimal::ZERO);
+    }
+    let held: Vec<HeldCoupon> = coupons
+        .iter()
+        .filter(|c| coupon_affects_mrr(c))
+        .map(|c| {
+            let mut c = (*c).clone();
+            if let CouponKind::FixedAmount { amount, .. } = &mut c.kind {
+                *amount = monthly(*amount, base.interval, currency);
+            }
+            HeldCoupon::new(c)
+        })
+        .collect();
+    if held.is_empty() {
+        return base.mrr;
+    }
+    let line = LineToDiscount {
+        amount: base.mrr,
+        plan_code: Some(base.plan_code.to_string()),
+        metric_code: None,
+        add_on: false,
+    };
+    let cut = discount(&held, &[line], currency).per_line[0];
+    base.mrr - cut
 }
 
 /// `value × num / den`, multiplying first (exact); if the product overflows, dividing first
@@ -115,9 +187,7 @@ fn cohort_sums(cohort: &[(Decimal, Decimal)]) -> Option<(Decimal, Decimal, Decim
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calendar::Interval;
     use crate::catalog::{Charge, FeeTiming};
-    use crate::money::Currency;
     use crate::rating::ChargeModel;
     use proptest::prelude::*;
     use rust_decimal_macros::dec;
@@ -192,6 +262,91 @@ mod tests {
         assert_eq!(subscription_mrr(&max, false), Decimal::MAX);
     }
 
+    fn coupon(code: &str, kind: CouponKind, frequency: Frequency) -> Coupon {
+        Coupon {
+            code: code.into(),
+            kind,
+            frequency,
+            plan_codes: vec![],
+            metric_codes: vec![],
+            applies_to_add_ons: false,
+            expires_on: None,
+        }
+    }
+
+    #[test]
+    fn discounted_mrr_table() {
+        use Interval::*;
+        let usd = Currency::parse("USD").unwrap();
+        let pct = |p: Decimal| CouponKind::Percentage { percent: p };
+        let fixed = |a: Decimal| CouponKind::FixedAmount { amount: a, currency: usd };
+        let forever = Frequency::Forever;
+        let three = Frequency::Recurring { periods: 3 };
+        let p20 = coupon("p20", pct(dec!(20)), forever);
+        let p50 = coupon("p50", pct(dec!(50)), three);
+        let p100 = coupon("p100", pct(dec!(100)), forever);
+        let p_third = coupon("p33", pct(dec!(33.3333)), forever);
+        let f10 = coupon("f10", fixed(dec!(10.00)), three);
+        let f500 = coupon("f500", fixed(dec!(500.00)), forever);
+        let once = coupon("once", pct(dec!(50)), Frequency::Once);
+        let once_fixed = coupon("once10", fixed(dec!(10.00)), Frequency::Once);
+        let mut pro_only = coupon("pro", pct(dec!(50)), forever);
+        pro_only.plan_codes = vec!["pro".into()];
+        let mut api_only = coupon("api", pct(dec!(50)), forever);
+        api_only.metric_codes = vec!["api".into()];
+        let mut add_ons = coupon("addons", pct(dec!(50)), forever);
+        add_ons.applies_to_add_ons = true;
+        let mut add_ons_of_metric = add_ons.clone();
+        add_ons_of_metric.metric_codes = vec!["api".into()];
+        // (plan code, interval, MRR before coupons, coupons in the order applied, MRR)
+        let table: Vec<(&str, Interval, Decimal, Vec<&Coupon>, Decimal)> = vec![
+            ("basic", Monthly, dec!(100.00), vec![], dec!(100.00)),
+            ("basic", Monthly, dec!(100.00), vec![&p20], dec!(80.00)),
+            // The discount is rounded (half away from zero), as on an invoice line.
+            ("basic", Monthly, dec!(29.99), vec![&p20], dec!(23.99)),
+            ("basic", Monthly, dec!(0.05), vec![&p50], dec!(0.02)),
+            ("basic", Monthly, dec!(10.00), vec![&p_third], dec!(6.67)),
+            ("basic", Monthly, dec!(100.00), vec![&p100], dec!(0.00)),
+            // Fixed: per invoice, so per interval, normalized as the fee is.
+            ("basic", Monthly, dec!(100.00), vec![&f10], dec!(90.00)),
+            ("basic", Weekly, dec!(43.33), vec![&f10], dec!(0.00)),
+            ("basic", Weekly, dec!(86.67), vec![&f10], dec!(43.34)),
+            ("basic", Quarterly, dec!(30.00), vec![&f10], dec!(26.67)),
+            ("basic", Yearly, dec!(100.00), vec![&f10], dec!(99.17)),
+            // Never below zero.
+            ("basic", Monthly, dec!(100.00), vec![&f500], dec!(0.00)),
+            // 500.00 a year is 41.67 a month; then 20 % of the 58.33 left (11.67).
+            ("basic", Yearly, dec!(100.00), vec![&f500, &p20], dec!(46.66)),
+            // In the order applied: 50 % then 10.00 is 40.00; 10.00 then 50 % is 45.00.
+            ("basic", Monthly, dec!(100.00), vec![&p50, &f10], dec!(40.00)),
+            ("basic", Monthly, dec!(100.00), vec![&f10, &p50], dec!(45.00)),
+            ("basic", Monthly, dec!(100.00), vec![&p20, &p50], dec!(40.00)),
+            // `once` coupons are never MRR.
+            ("basic", Monthly, dec!(100.00), vec![&once, &once_fixed], dec!(100.00)),
+            ("basic", Monthly, dec!(100.00), vec![&once, &p20], dec!(80.00)),
+            // Plan limits; metric-limited coupons touch usage only.
+            ("basic", Monthly, dec!(100.00), vec![&pro_only], dec!(100.00)),
+            ("pro", Monthly, dec!(100.00), vec![&pro_only], dec!(50.00)),
+            ("pro", Monthly, dec!(100.00), vec![&api_only], dec!(100.00)),
+            // A coupon that may also take add-ons still discounts the base fee; one limited to
+            // a metric (usage and add-on lines only) never does.
+            ("basic", Monthly, dec!(100.00), vec![&add_ons], dec!(50.00)),
+            ("basic", Monthly, dec!(100.00), vec![&add_ons_of_metric], dec!(100.00)),
+            // No MRR (a trial): nothing to discount.
+            ("basic", Monthly, dec!(0), vec![&p20, &f10], dec!(0)),
+        ];
+        for (plan_code, interval, mrr, coupons, want) in table {
+            let base = BaseMrr { mrr, plan_code, interval };
+            let codes: Vec<&str> = coupons.iter().map(|c| c.code.as_str()).collect();
+            assert_eq!(discounted_mrr(&base, &coupons, usd), want, "{plan_code} {mrr} {codes:?}");
+        }
+        assert!(coupon_affects_mrr(&p20) && coupon_affects_mrr(&f10));
+        assert!(!coupon_affects_mrr(&once) && !coupon_affects_mrr(&once_fixed));
+        assert_eq!(monthly(dec!(10.00), Weekly, usd), dec!(43.33));
+        let jpy = Currency::parse("JPY").unwrap();
+        assert_eq!(monthly(dec!(100), Weekly, jpy), dec!(433));
+    }
+
     #[test]
     fn classify_table() {
         use Movement::*;
@@ -239,6 +394,36 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_discount_keeps_mrr_between_zero_and_undiscounted(
+            fee in 0i64..10_000_000,
+            interval in prop::sample::select(Interval::ALL.to_vec()),
+            cuts in prop::collection::vec((any::<bool>(), 1i64..1_000_000), 0..5),
+        ) {
+            let usd = Currency::parse("USD").unwrap();
+            let mrr = subscription_mrr(&plan("USD", interval, Decimal::new(fee, 2)), false);
+            let coupons: Vec<Coupon> = cuts
+                .iter()
+                .enumerate()
+                .map(|(i, (percent, n))| {
+                    let kind = if *percent {
+                        CouponKind::Percentage { percent: Decimal::new(n % 10_000 + 1, 2) }
+                    } else {
+                        CouponKind::FixedAmount { amount: Decimal::new(*n, 2), currency: usd }
+                    };
+                    coupon(&format!("c{i}"), kind, Frequency::Forever)
+                })
+                .collect();
+            let refs: Vec<&Coupon> = coupons.iter().collect();
+            let base = BaseMrr { mrr, plan_code: "p", interval };
+            let after = discounted_mrr(&base, &refs, usd);
+            prop_assert!(after >= Decimal::ZERO && after <= mrr, "{} → {}", mrr, after);
+            prop_assert!(after.scale() <= 2, "{}", after);
+            if refs.is_empty() {
+                prop_assert_eq!(after, mrr);
+            }
+        }
+
         #[test]
         fn movements_sum_to_the_change_of_mrr(
             steps in prop::collection::vec(prop_oneof![Just(0i64), 0i64..1_000_000], 1..40),

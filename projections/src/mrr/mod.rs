@@ -1,8 +1,9 @@
 //! The `mrr` read model (SPEC §5): monthly recurring revenue per currency (never converted), the
 //! movements that change it (`new`, `expansion`, `contraction`, `churn`, `reactivation`) per
 //! day and month, net / gross revenue retention of a cohort over a window, and usage revenue
-//! beside MRR. The rules themselves are `domain::mrr`'s ([`subscription_mrr`], [`classify`],
-//! [`retention`]); this module only dates and stores them.
+//! beside MRR. The rules themselves are `domain::mrr`'s ([`subscription_mrr`],
+//! [`discounted_mrr`], [`classify`], [`retention`]) and `domain::coupon`'s (`HeldCoupon`);
+//! this module only dates and stores them.
 //!
 //! # Rules
 //!
@@ -15,8 +16,23 @@
 //! * `PlanChanged` (upgrade: today; downgrade: the end of the period, recorded at its close)
 //!   switches the plan from its `effective_date`. `PlanChangeScheduled` changes nothing: a
 //!   scheduled downgrade becomes a movement when its `PlanChanged` is recorded.
+//! * Coupons (docs/decisions/0034-mrr-discounts.md): while a `recurring` or `forever` coupon
+//!   applies to a customer, each of its subscriptions' MRR is [`discounted_mrr`] of it, the
+//!   coupons that apply on that date combined in the order they were applied (eligibility,
+//!   percentage and fixed amount as `domain::coupon` rules them; a fixed amount per interval,
+//!   normalized to a month, on every eligible subscription; never below zero). `once` coupons,
+//!   coupons limited to metrics, and one-off invoices are never MRR. A coupon applies from the
+//!   customer-local date of its `CouponApplied` until (exclusive) the first of: the local date
+//!   of its `CouponRemoved`; the local date it is applied again (the new application takes
+//!   over); for a `recurring` coupon, the end of what the invoice that used its last period
+//!   discounted (the latest service-period end of that invoice's discounted lines; what is
+//!   left of its periods follows the invoices' `coupons` with `HeldCoupon::record_use`). Until
+//!   that invoice is in the log the coupon applies on every later date, as a trial does until
+//!   `TrialEnded`. A voided invoice does not give a period back (as in the write model).
+//!   A discount starting is a contraction (churn if it takes the customer's MRR to 0), its end
+//!   an expansion (or reactivation); on a customer's first day it is part of `new`.
 //! * A customer's MRR (per currency; a customer's subscriptions share its currency) is the sum
-//!   of its subscriptions' on each local date. Every date on which it differs from the day
+//!   of its subscriptions' (net of coupons) on each local date. Every date on which it differs from the day
 //!   before is one movement of that customer, classified by [`classify`] with "had MRR before"
 //!   = MRR > 0 on some earlier date. Movements are dated by the business effective date, not by
 //!   when they were recorded: an event may restate a customer's later movements (a subscription
@@ -40,10 +56,13 @@
 //! JSON with a `"v": 1` field, built from structs, `Vec`s and `BTreeMap`s only, so a value is a
 //! pure function of the log prefix and the digest does not depend on batch boundaries.
 //!
-//! * `plan/<code>/<version:010>` → [`PlanRecord`]: the plan's currency and MRR (outside trial).
+//! * `plan/<code>/<version:010>` → [`PlanRecord`]: the plan's currency, interval and MRR
+//!   (outside trial).
+//! * `cust/<customer>` → [`CustomerRecord`]: its currency and time zone (to date coupons).
+//! * `cpn/<code>` → [`CouponRecord`]: the coupon as defined.
 //! * `sub/<subscription_id>` → [`SubPointer`]: its customer and currency.
-//! * `acct/<cur>/<customer>` → [`Account`]: each subscription's MRR inputs ([`SubState`]) and
-//!   the customer's derived movement list.
+//! * `acct/<cur>/<customer>` → [`Account`]: each subscription's MRR inputs ([`SubState`]), the
+//!   customer's recurring and forever coupons ([`CouponSpan`]) and its derived movement list.
 //! * `mv/<cur>/<date>/<customer>` → [`MovementEntry`]: the customer's movement on that date
 //!   (at most one per customer and day: the net change of the day).
 //! * `day/<cur>/<date>` → [`DayTotals`]: count and amount per movement kind on that date
@@ -53,11 +72,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use domain::calendar::Interval;
 use domain::catalog::{Plan, PlanRef};
+use domain::coupon::{Coupon, HeldCoupon};
 use domain::events::Event;
 use domain::invoice::{Invoice, LineKind};
 use domain::money::{checked_sum, Currency};
-use domain::mrr::{classify, retention, subscription_mrr, Movement};
+use domain::mrr::{classify, discounted_mrr, retention, subscription_mrr, BaseMrr, Movement};
 use event_store::{Position, RecordedEvent};
 use jiff::civil::Date;
 use rust_decimal::Decimal;
@@ -85,8 +106,54 @@ pub const PAGE_SIZE_MAX: usize = 1_000;
 pub struct PlanRecord {
     pub v: u16,
     pub currency: Currency,
+    pub interval: Interval,
     /// [`subscription_mrr`] outside a trial.
     pub mrr: Decimal,
+}
+
+/// A customer, as MRR needs it: the account's currency and the time zone that dates its
+/// coupons.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerRecord {
+    pub v: u16,
+    pub currency: Currency,
+    pub time_zone: String,
+}
+
+/// A coupon of the catalogue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponRecord {
+    pub v: u16,
+    pub coupon: Coupon,
+}
+
+/// One application of a `recurring` or `forever` coupon to a customer: it discounts the
+/// customer's subscriptions on the dates in [`from`, `until`).
+///
+/// [`from`]: CouponSpan::from
+/// [`until`]: CouponSpan::until
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponSpan {
+    /// The coupon as the customer holds it: what is left of a recurring one's periods, kept
+    /// with the domain's `record_use` from what each issued invoice's coupons gave.
+    pub held: HeldCoupon,
+    /// The customer-local date it was applied.
+    pub from: Date,
+    /// Exclusive end, once known: the date it was removed or applied again, or the end of
+    /// the service period of the invoice that used a recurring coupon's last period.
+    pub until: Option<Date>,
+}
+
+impl CouponSpan {
+    fn applies_on(&self, d: Date) -> bool {
+        self.from <= d && self.until.is_none_or(|u| d < u)
+    }
+
+    /// Ends it on `date` (never before it began; an earlier end stays).
+    fn end(&mut self, date: Date) {
+        let date = date.max(self.from);
+        self.until = Some(self.until.map_or(date, |u| u.min(date)));
+    }
 }
 
 /// Where a subscription's account lives.
@@ -102,6 +169,7 @@ pub struct SubPointer {
 pub struct PlanSegment {
     pub from: Date,
     pub plan: PlanRef,
+    pub interval: Interval,
     pub mrr: Decimal,
 }
 
@@ -120,15 +188,33 @@ pub struct SubState {
 }
 
 impl SubState {
-    /// The subscription's MRR on local date `d`.
-    pub fn mrr_at(&self, d: Date) -> Decimal {
+    /// The plan it pays for on local date `d`: `None` before its start, from its end of
+    /// service and during a trial.
+    fn billed_plan_at(&self, d: Date) -> Option<&PlanSegment> {
         let out = d < self.start || self.ends_on.is_some_and(|e| d >= e);
         let in_trial = self.trial && self.trial_ended.is_none_or(|t| d < t);
         if out || in_trial {
-            return Decimal::ZERO;
+            return None;
         }
         let i = self.plans.partition_point(|s| s.from <= d);
-        self.plans.get(i.wrapping_sub(1)).map_or(Decimal::ZERO, |s| s.mrr)
+        self.plans.get(i.wrapping_sub(1))
+    }
+
+    /// The subscription's MRR on local date `d` before coupons.
+    pub fn mrr_at(&self, d: Date) -> Decimal {
+        self.billed_plan_at(d).map_or(Decimal::ZERO, |s| s.mrr)
+    }
+
+    /// The subscription's MRR on local date `d` while `coupons` (in the order applied) apply.
+    pub fn discounted_mrr_at(&self, d: Date, coupons: &[&Coupon], cur: Currency) -> Decimal {
+        match self.billed_plan_at(d) {
+            None => Decimal::ZERO,
+            Some(s) if coupons.is_empty() => s.mrr,
+            Some(s) => {
+                let base = BaseMrr { mrr: s.mrr, plan_code: &s.plan.code, interval: s.interval };
+                discounted_mrr(&base, coupons, cur)
+            }
+        }
     }
 
     /// Every date on which the MRR may change.
@@ -168,23 +254,32 @@ impl MovementRecord {
 pub struct Account {
     pub v: u16,
     pub subs: BTreeMap<String, SubState>,
+    /// The customer's `recurring` and `forever` coupons, in the order applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coupons: Vec<CouponSpan>,
     /// Ascending by date.
     pub movements: Vec<MovementRecord>,
 }
 
 impl Account {
-    /// The customer's MRR on `d`; `None` if the sum over its subscriptions overflows.
-    pub fn mrr_at(&self, d: Date) -> Option<Decimal> {
-        checked_sum(self.subs.values().map(|s| s.mrr_at(d)))
+    /// The customer's MRR in `cur` (the account's currency) on `d`, net of the coupons that
+    /// apply on `d`; `None` if the sum over its subscriptions overflows.
+    pub fn mrr_at(&self, d: Date, cur: Currency) -> Option<Decimal> {
+        let coupons: Vec<&Coupon> =
+            self.coupons.iter().filter(|c| c.applies_on(d)).map(|c| &c.held.coupon).collect();
+        checked_sum(self.subs.values().map(|s| s.discounted_mrr_at(d, &coupons, cur)))
     }
 
-    /// The movement list that follows from `subs`, or the date whose MRR overflows.
-    fn derive_movements(&self) -> Result<Vec<MovementRecord>, Date> {
-        let dates: BTreeSet<Date> = self.subs.values().flat_map(SubState::breakpoints).collect();
+    /// The movement list that follows from `subs` and `coupons`, or the date whose MRR
+    /// overflows.
+    fn derive_movements(&self, cur: Currency) -> Result<Vec<MovementRecord>, Date> {
+        let coupon_dates = self.coupons.iter().flat_map(|c| std::iter::once(c.from).chain(c.until));
+        let dates: BTreeSet<Date> =
+            self.subs.values().flat_map(SubState::breakpoints).chain(coupon_dates).collect();
         let (mut before, mut had) = (Decimal::ZERO, false);
         let mut out = Vec::new();
         for date in dates {
-            let after = self.mrr_at(date).ok_or(date)?;
+            let after = self.mrr_at(date, cur).ok_or(date)?;
             if let Some(movement) = classify(before, after, had) {
                 out.push(MovementRecord { date, movement, before, after });
             }
@@ -252,6 +347,14 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
 
 fn plan_key(plan: &PlanRef) -> String {
     format!("plan/{}/{:010}", plan.code, plan.version)
+}
+
+fn customer_key(id: &str) -> String {
+    format!("cust/{id}")
+}
+
+fn coupon_key(code: &str) -> String {
+    format!("cpn/{code}")
 }
 
 fn sub_key(id: &str) -> String {

@@ -1,6 +1,12 @@
-//! The `mrr` projection: applies catalog, subscription and invoice events to the keys of the
-//! model (plans, subscriptions, customer accounts with their movements, day totals, usage
-//! revenue). It only dates and stores what `domain::mrr` decides; it never serves a query.
+//! The `mrr` projection: applies catalog, subscription, coupon and invoice events to the keys
+//! of the model (plans, customers, coupons, subscriptions, customer accounts with their
+//! movements, day totals, usage revenue). It only dates and stores what `domain::mrr` and
+//! `domain::coupon` decide; it never serves a query.
+
+use domain::calendar::{local_date, parse_time_zone};
+use domain::catalog::Customer;
+use domain::mrr::coupon_affects_mrr;
+use jiff::Timestamp;
 
 use super::*;
 
@@ -13,8 +19,17 @@ impl Projection for MrrProjection {
         NAME
     }
 
+    /// 2: coupons (`cust/`, `cpn/`, the accounts' coupon spans, plan intervals).
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn wants(&self, event_type: &str) -> bool {
         [
+            "CustomerRegistered",
+            "CouponDefined",
+            "CouponApplied",
+            "CouponRemoved",
             "PlanPublished",
             "SubscriptionStarted",
             "TrialEnded",
@@ -37,6 +52,18 @@ impl Projection for MrrProjection {
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
         let pos = event.position;
         match decoded {
+            Event::CustomerRegistered(c) => register(w, c),
+            Event::CouponDefined(c) => {
+                let rec = CouponRecord { v: RECORD_VERSION, coupon: c.clone() };
+                w.put(coupon_key(&c.code), encode(&rec));
+                Ok(())
+            }
+            Event::CouponApplied { customer_id, coupon_code, occurred_at } => {
+                apply_coupon(w, customer_id, coupon_code, *occurred_at, pos)
+            }
+            Event::CouponRemoved { customer_id, coupon_code, occurred_at } => {
+                remove_coupon(w, customer_id, coupon_code, *occurred_at, pos)
+            }
             Event::PlanPublished(plan) => publish(w, plan),
             Event::SubscriptionStarted {
                 subscription_id,
@@ -62,6 +89,7 @@ impl Projection for MrrProjection {
                     plans: vec![PlanSegment {
                         from: *start_date,
                         plan: plan.clone(),
+                        interval: rec.interval,
                         mrr: rec.mrr,
                     }],
                     trial: trial_end.is_some(),
@@ -86,8 +114,12 @@ impl Projection for MrrProjection {
                         return Err(format!("plan {plan:?} is not in {cur}"));
                     }
                     s.plans.retain(|seg| seg.from < *effective_date);
-                    let seg =
-                        PlanSegment { from: *effective_date, plan: plan.clone(), mrr: rec.mrr };
+                    let seg = PlanSegment {
+                        from: *effective_date,
+                        plan: plan.clone(),
+                        interval: rec.interval,
+                        mrr: rec.mrr,
+                    };
                     s.plans.push(seg);
                     Ok(())
                 })
@@ -98,7 +130,10 @@ impl Projection for MrrProjection {
                     Ok(())
                 })
             }
-            Event::InvoiceIssued(invoice) => add_usage(w, invoice, pos),
+            Event::InvoiceIssued(invoice) => {
+                add_usage(w, invoice, pos)?;
+                use_coupons(w, invoice, pos)
+            }
             Event::InvoiceVoided { invoice_id, .. } => void_usage(w, invoice_id, pos),
             _ => Ok(()),
         }
@@ -109,6 +144,7 @@ fn publish(w: &mut Writes<'_>, plan: &Plan) -> Result<()> {
     let rec = PlanRecord {
         v: RECORD_VERSION,
         currency: plan.currency,
+        interval: plan.interval,
         mrr: subscription_mrr(plan, false),
     };
     w.put(plan_key(&plan.plan_ref()), encode(&rec));
@@ -120,6 +156,127 @@ fn load_plan(w: &Writes<'_>, plan: &PlanRef, pos: Position) -> Result<PlanRecord
         Some(bytes) => decode("plan record", &bytes),
         None => Err(inconsistent(pos, format!("unknown plan {} v{}", plan.code, plan.version))),
     }
+}
+
+fn register(w: &mut Writes<'_>, c: &Customer) -> Result<()> {
+    let rec =
+        CustomerRecord { v: RECORD_VERSION, currency: c.currency, time_zone: c.time_zone.clone() };
+    w.put(customer_key(&c.customer_id), encode(&rec));
+    Ok(())
+}
+
+/// The customer's currency and the customer-local date of `at`.
+fn customer_date(
+    w: &Writes<'_>,
+    customer: &str,
+    at: Timestamp,
+    pos: Position,
+) -> Result<(Currency, Date)> {
+    let bytes = w.get(customer_key(customer).as_bytes())?;
+    let bytes = bytes.ok_or_else(|| inconsistent(pos, format!("unknown customer {customer}")))?;
+    let rec: CustomerRecord = decode("customer", &bytes)?;
+    let tz = parse_time_zone(&rec.time_zone)
+        .map_err(|e| corrupt(NAME, format!("customer {customer}: {e}")))?;
+    Ok((rec.currency, local_date(at, &tz)))
+}
+
+fn load_coupon(w: &Writes<'_>, code: &str, pos: Position) -> Result<Coupon> {
+    match w.get(coupon_key(code).as_bytes())? {
+        Some(bytes) => Ok(decode::<CouponRecord>("coupon", &bytes)?.coupon),
+        None => Err(inconsistent(pos, format!("coupon {code} used before it was defined"))),
+    }
+}
+
+/// For a coupon event of `customer` at `at`: the coupon, the customer's currency and the local
+/// date, or `None` for a coupon that is never MRR.
+fn mrr_coupon_event(
+    w: &Writes<'_>,
+    customer: &str,
+    code: &str,
+    at: Timestamp,
+    pos: Position,
+) -> Result<Option<(Coupon, Currency, Date)>> {
+    let coupon = load_coupon(w, code, pos)?;
+    if !coupon_affects_mrr(&coupon) {
+        return Ok(None);
+    }
+    let (cur, date) = customer_date(w, customer, at, pos)?;
+    Ok(Some((coupon, cur, date)))
+}
+
+/// A `recurring` or `forever` coupon discounts the customer's subscriptions from the local date
+/// it was applied. Applied again (after it was used up), its earlier span ends that day: one
+/// coupon never discounts twice at once. `once` coupons are never MRR: not recorded.
+fn apply_coupon(
+    w: &mut Writes<'_>,
+    customer: &str,
+    code: &str,
+    at: Timestamp,
+    pos: Position,
+) -> Result<()> {
+    let Some((coupon, cur, date)) = mrr_coupon_event(w, customer, code, at, pos)? else {
+        return Ok(());
+    };
+    change_account(w, cur, customer, pos, |acct| {
+        if let Some(earlier) = acct.coupons.iter_mut().rev().find(|c| c.held.coupon.code == code) {
+            earlier.end(date);
+        }
+        acct.coupons.push(CouponSpan { held: HeldCoupon::new(coupon), from: date, until: None });
+        Ok(())
+    })
+}
+
+/// A removed coupon stops discounting on the local date it was removed.
+fn remove_coupon(
+    w: &mut Writes<'_>,
+    customer: &str,
+    code: &str,
+    at: Timestamp,
+    pos: Position,
+) -> Result<()> {
+    let Some((_, cur, date)) = mrr_coupon_event(w, customer, code, at, pos)? else {
+        return Ok(());
+    };
+    change_account(w, cur, customer, pos, |acct| {
+        let span = acct.coupons.iter_mut().rev().find(|c| c.held.coupon.code == code);
+        let missing = || inconsistent(pos, format!("customer {customer} holds no coupon {code}"));
+        span.ok_or_else(missing)?.end(date);
+        Ok(())
+    })
+}
+
+/// What an issued invoice's coupons gave comes off what the customer holds (the domain's
+/// `record_use`). A recurring coupon whose last period this invoice used stops discounting at
+/// the end of what the invoice discounted: the latest service-period end of its discounted
+/// lines (the invoice's period if none shows a discount).
+fn use_coupons(w: &mut Writes<'_>, invoice: &Invoice, pos: Position) -> Result<()> {
+    let mut uses = Vec::new();
+    for u in &invoice.coupons {
+        if coupon_affects_mrr(&load_coupon(w, &u.coupon_code, pos)?) {
+            uses.push(u);
+        }
+    }
+    if uses.is_empty() {
+        return Ok(());
+    }
+    let discounted = invoice.lines.iter().filter(|l| !l.discount.is_zero());
+    let end = discounted.map(|l| l.service_period.end).max().unwrap_or(invoice.period.end);
+    let customer = &invoice.customer_id;
+    change_account(w, invoice.currency, customer, pos, |acct| {
+        for u in uses {
+            let code = &u.coupon_code;
+            let span = acct.coupons.iter_mut().rev().find(|c| c.held.coupon.code == *code);
+            let Some(span) = span.filter(|s| s.until.is_none()) else {
+                let detail = format!("invoice {} uses unheld coupon {code}", invoice.invoice_id);
+                return Err(inconsistent(pos, detail));
+            };
+            span.held.record_use(u.amount);
+            if span.held.is_used_up() {
+                span.end(end);
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Changes one subscription's state and restates its customer's movements.
@@ -159,7 +316,7 @@ fn change_account(
         },
     };
     change(&mut acct)?;
-    let movements = acct.derive_movements().map_err(|date| {
+    let movements = acct.derive_movements(cur).map_err(|date| {
         overflow(pos, format_args!("MRR of customer {customer} ({cur}) on {date}"))
     })?;
     for old in acct.movements.iter().filter(|m| !movements.contains(m)) {

@@ -169,7 +169,7 @@ impl MrrReader {
         let key = account_key(currency, customer_id);
         self.model.read(|snap| match snap.get(key.as_bytes())? {
             Some(bytes) => decode::<Account>("account", &bytes)?
-                .mrr_at(date)
+                .mrr_at(date, currency)
                 .ok_or_else(|| sum_overflow(format_args!("MRR of customer {customer_id}"))),
             None => Ok(Decimal::ZERO),
         })
@@ -323,7 +323,9 @@ impl MrrReader {
             let mut cohort = Vec::new();
             for (_, bytes) in snap.scan(prefix.as_bytes(), None, usize::MAX)? {
                 let acct: Account = decode("account", &bytes)?;
-                let mrr = |d: Date| acct.mrr_at(d).ok_or_else(|| sum_overflow("a customer's MRR"));
+                let mrr = |d: Date| {
+                    acct.mrr_at(d, currency).ok_or_else(|| sum_overflow("a customer's MRR"))
+                };
                 let at_start = mrr(start)?;
                 if at_start > Decimal::ZERO {
                     cohort.push((at_start, mrr(end)?));

@@ -13,6 +13,12 @@ use super::*;
 use crate::{Runner, RunnerConfig};
 use Movement::{Churn, Contraction, Expansion, New, Reactivation};
 
+mod coupons;
+
+use coupons::{apply, define, fixed, pct, remove};
+use domain::coupon::Frequency;
+use domain::mrr::{discounted_mrr, BaseMrr};
+
 type Store = Arc<MemoryStore>;
 
 fn d(s: &str) -> Decimal {
@@ -488,8 +494,26 @@ fn plus(on: Date, days: u64) -> Date {
     on.checked_add(jiff::Span::new().days(days as i64)).unwrap()
 }
 
+/// The coupons of [`random_log`]: forever and recurring, percentage and fixed, some limited
+/// to the plans `p1*` or to a metric (never MRR), and a `once` coupon (never MRR).
+fn random_coupons() -> Vec<Event> {
+    let mut metric = define("metric", pct("30"), Frequency::Forever, &[]);
+    if let Event::CouponDefined(c) = &mut metric {
+        c.metric_codes = vec!["api".into()];
+    }
+    vec![
+        define("pct20", pct("20"), Frequency::Forever, &[]),
+        define("pct50p1", pct("50"), Frequency::Recurring { periods: 3 }, &["p10", "p11", "p12"]),
+        define("fix7", fixed("7.00"), Frequency::Forever, &[]),
+        define("fix100p1", fixed("100.00"), Frequency::Forever, &["p10", "p11", "p12"]),
+        define("once", pct("90"), Frequency::Once, &[]),
+        metric,
+    ]
+}
+
 /// Plans, customers and subscriptions with random starts, trials, plan changes and
-/// cancellations; each subscription's events in order, subscriptions interleaved.
+/// cancellations, and coupons applied and removed; each subscription's (and each customer's
+/// coupons') events in order, interleaved.
 fn random_log(seed: u64) -> Vec<Event> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let fees = ["10", "30", "62", "12", "120", "0"];
@@ -503,11 +527,39 @@ fn random_log(seed: u64) -> Vec<Event> {
             plans.push(code);
         }
     }
+    events.extend(random_coupons());
+    let codes = ["pct20", "pct50p1", "fix7", "fix100p1", "once", "metric"];
     let base = date(2025, 1, 1);
     let mut per_sub: Vec<Vec<Event>> = Vec::new();
     for c in 0..6 {
         let cust = format!("c{c}");
         events.push(customer(&cust));
+        // Up to three coupons, each applied on a random day and maybe removed (then maybe
+        // applied again) later; never two open applications of one code at once.
+        let mut evs = Vec::new();
+        let mut day = plus(base, rng.below(150));
+        for _ in 0..rng.below(4) {
+            let code = codes[rng.below(codes.len() as u64) as usize];
+            if evs.iter().any(
+                |e| matches!(e, Event::CouponApplied { coupon_code, .. } if coupon_code == code),
+            ) {
+                continue;
+            }
+            evs.push(apply(&cust, code, day));
+            if rng.below(2) == 0 {
+                day = plus(day, rng.below(90));
+                evs.push(remove(&cust, code, day));
+                if rng.below(2) == 0 {
+                    day = plus(day, rng.below(30));
+                    evs.push(apply(&cust, code, day));
+                }
+            }
+            day = plus(day, rng.below(40));
+        }
+        if !evs.is_empty() {
+            evs.reverse();
+            per_sub.push(evs);
+        }
         for s in 0..=rng.below(3) {
             let sub = format!("s{c}-{s}");
             let mut evs = Vec::new();
@@ -542,13 +594,31 @@ fn random_log(seed: u64) -> Vec<Event> {
     events
 }
 
-/// A customer's MRR on `on`, by replaying the log naively, event by event.
+/// A customer's MRR on `on`, by replaying the log naively, event by event; coupons: the
+/// applications in force on `on` (applied by then, not removed by then), in log order.
 fn oracle(log: &[Event], customer: &str, on: Date) -> Decimal {
+    let mut defined: BTreeMap<String, Coupon> = BTreeMap::new();
+    let mut applied: Vec<(Coupon, Date, Option<Date>)> = Vec::new();
     let mut plan_fee: BTreeMap<String, Plan> = BTreeMap::new();
     // subscription → (started by `on`, plan on `on`, in trial on `on`, ended by `on`)
     let mut subs: BTreeMap<String, (bool, Option<Plan>, bool, bool)> = BTreeMap::new();
+    let day = |at: &Timestamp| at.to_zoned(jiff::tz::TimeZone::UTC).date();
     for event in log {
         match event {
+            Event::CouponDefined(c) => {
+                defined.insert(c.code.clone(), c.clone());
+            }
+            Event::CouponApplied { customer_id, coupon_code, occurred_at }
+                if customer_id == customer =>
+            {
+                applied.push((defined[coupon_code].clone(), day(occurred_at), None));
+            }
+            Event::CouponRemoved { customer_id, coupon_code, occurred_at }
+                if customer_id == customer =>
+            {
+                let last = applied.iter_mut().rev().find(|a| a.0.code == *coupon_code).unwrap();
+                last.2 = Some(day(occurred_at));
+            }
             Event::PlanPublished(p) => {
                 plan_fee.insert(p.code.clone(), p.clone());
             }
@@ -588,9 +658,19 @@ fn oracle(log: &[Event], customer: &str, on: Date) -> Decimal {
             _ => {}
         }
     }
+    let coupons: Vec<&Coupon> = applied
+        .iter()
+        .filter(|(_, from, until)| *from <= on && until.is_none_or(|u| on < u))
+        .map(|(c, _, _)| c)
+        .collect();
     subs.values()
         .filter(|(started, _, in_trial, ended)| *started && !*in_trial && !*ended)
-        .map(|(_, plan, _, _)| subscription_mrr(plan.as_ref().unwrap(), false))
+        .map(|(_, plan, _, _)| {
+            let plan = plan.as_ref().unwrap();
+            let mrr = subscription_mrr(plan, false);
+            let base = BaseMrr { mrr, plan_code: &plan.code, interval: plan.interval };
+            discounted_mrr(&base, &coupons, usd())
+        })
         .sum()
 }
 
