@@ -174,6 +174,6 @@ async fn forever_and_recurring_coupons_lower_mrr_while_they_apply() {
     );
     assert_eq!((moves.mrr_before.as_str(), moves.mrr_at_to.as_str()), ("0.00", "146.00"));
 
-    assert!(server.terminate().success());
+    assert!(server.terminate().await.success());
     replay_verify_at(dir.path(), head);
 }
