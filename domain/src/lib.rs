@@ -5,6 +5,7 @@
 //! Architecture invariant: no I/O, no clock reads, no tokio, no gRPC types. Time and ids come
 //! in as arguments ([`commands::Context`]), so every decision replays the same way.
 
+pub mod accounting;
 pub mod add_on;
 pub mod calendar;
 pub mod catalog;

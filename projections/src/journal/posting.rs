@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 
+use domain::accounting::{self, recognition_source};
 use domain::calendar::{local_date, Period};
 use domain::credit_note::{CreditDestination, CreditNote};
 use domain::invoice::{Invoice, InvoiceLine, InvoiceStatus, LineKind};
 use domain::money::{checked_sum, Currency};
 use domain::recognition::{self, RevenueType};
-use domain::wallet::{CreditKind, Taken};
+use domain::wallet::Taken;
 use event_store::Position;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
@@ -223,29 +224,16 @@ impl Journal<'_, '_> {
                 Some(b) => json(&b, "subscription lines")?,
                 None => Vec::new(),
             };
-        let mut issue = Legs::default();
-        issue.dr(Account::AccountsReceivable, inv.total);
-        issue.cr(Account::TaxPayable, inv.tax);
-        // The customer's credit balance, then wallet credits, pay part of it at issue: paid
-        // credits leave the contract liability, granted ones are a discount (SPEC §8.5).
-        issue.dr(Account::CustomerCredit, inv.credit_applied);
-        issue.cr(Account::AccountsReceivable, inv.credit_applied);
-        for u in &inv.wallet_applied {
-            let source = match u.kind {
-                CreditKind::Paid => Account::PrepaidCredits,
-                CreditKind::Granted => Account::Discounts,
-            };
-            issue.dr(source, u.amount);
-            issue.cr(Account::AccountsReceivable, u.amount);
-        }
+        // Receivable, tax, what the credit balance and wallets paid, bought credits
+        // (`domain::accounting`); each revenue line's recognition is added below.
+        let mut issue = accounting::invoice_settlement_legs(inv);
         let mut days: BTreeMap<Date, Legs> = BTreeMap::new();
         let mut lines = Vec::with_capacity(inv.lines.len());
         for (i, line) in inv.lines.iter().enumerate() {
             let what = || format!("invoice {} line {i}", inv.invoice_id);
             check_recognizable(line.amount, cur, position, what)?;
             if line.kind == LineKind::PrepaidCredits {
-                // Bought credits: a contract liability until used or expired, never revenue.
-                issue.cr(Account::PrepaidCredits, line.amount);
+                // Bought credits (in the settlement legs): a liability, never revenue.
                 lines.push(LineSchedule {
                     kind: line.kind,
                     revenue_type: RevenueType::Breakage,
@@ -421,16 +409,13 @@ impl Journal<'_, '_> {
     pub(super) fn pay(&mut self, invoice_id: &str, amount: Decimal, at: Timestamp) -> Result<()> {
         let mut s = self.load(invoice_id)?;
         let date = self.local(&s, at);
-        let mut legs = Legs::default();
-        legs.dr(Account::Cash, amount);
         let recovery = if s.status == InvoiceStatus::Uncollectible {
             amount.min(s.written_off).max(Decimal::ZERO)
         } else {
             Decimal::ZERO
         };
-        legs.cr(write_off_account(&s), recovery);
         // 0 <= recovery <= amount when amount >= 0; a negative amount recovers nothing.
-        legs.cr(Account::AccountsReceivable, amount - recovery);
+        let legs = accounting::payment_legs(amount, recovery, write_off_account(&s));
         self.post(date, EntryKind::Payment, invoice_id, s.currency, &legs)?;
         s.written_off -= recovery;
         s.paid =
@@ -452,9 +437,7 @@ impl Journal<'_, '_> {
         let due = due.and_then(|x| x.checked_sub(s.offset));
         let what = || format!("amount due of invoice {invoice_id}");
         let due = due.ok_or_else(|| overflow(self.position, what()))?.max(Decimal::ZERO);
-        let mut legs = Legs::default();
-        legs.dr(write_off_account(&s), due);
-        legs.cr(Account::AccountsReceivable, due);
+        let legs = accounting::write_off_legs(due, write_off_account(&s));
         self.post(date, EntryKind::Uncollectible, invoice_id, s.currency, &legs)?;
         s.written_off = plus(s.written_off, due, self.position, what)?;
         s.status = InvoiceStatus::Uncollectible;
@@ -476,9 +459,7 @@ impl Journal<'_, '_> {
         }
         let date = self.local(&s, note.issued_at).max(s.issue_date);
         let cur = s.currency;
-        let mut entry = Legs::default();
-        entry.dr(Account::TaxPayable, note.tax);
-        entry.cr(destination_account(note.destination), note.total);
+        let mut entry = accounting::credit_note_legs(note);
         let mut days: BTreeMap<Date, Legs> = BTreeMap::new();
         for credited in &note.lines {
             let i = credited.line_index as usize;
@@ -526,12 +507,8 @@ impl Journal<'_, '_> {
         expired_on: Date,
         lots: &[Taken],
     ) -> Result<()> {
-        let paid = lots.iter().filter(|t| t.kind == CreditKind::Paid).map(|t| t.amount);
-        let paid = checked_sum(paid)
+        let legs = accounting::wallet_expiry_legs(lots)
             .ok_or_else(|| overflow(self.position, format!("expiry of wallet {wallet_id}")))?;
-        let mut legs = Legs::default();
-        legs.dr(Account::PrepaidCredits, paid);
-        legs.cr(Account::Revenue(RevenueType::Breakage), paid);
         let document = ("", "", wallet_id);
         self.post_for(expired_on, EntryKind::WalletExpiry, document, currency, &legs)?;
         Ok(())
@@ -608,32 +585,17 @@ impl Journal<'_, '_> {
     }
 }
 
-/// The account a credit note's money goes to.
-fn destination_account(destination: CreditDestination) -> Account {
-    match destination {
-        CreditDestination::Credit => Account::CustomerCredit,
-        CreditDestination::Refund => Account::Cash,
-        CreditDestination::Offset => Account::AccountsReceivable,
-    }
-}
-
 /// Dated amounts in date order (a schedule).
 pub(super) type Entries = Vec<(Date, Decimal)>;
+
+/// Where this invoice's write-off goes (`domain::accounting::write_off_account`).
+fn write_off_account(s: &InvoiceState) -> Account {
+    accounting::write_off_account(s.lines.iter().any(|l| l.kind == LineKind::PrepaidCredits))
+}
 
 /// Σ of two date-ordered schedules, per date, in date order (a day of either is kept, so a
 /// ratable schedule keeps one entry per day).
 /// `None` if a day's sum overflows.
-/// Where an uncollectible invoice's amount due goes: bad debt, except for a purchase of
-/// wallet credits, whose credits were never delivered: the unpaid purchase cancels the
-/// contract liability it created (Dr prepaid credits), and a later payment restores it.
-fn write_off_account(s: &InvoiceState) -> Account {
-    if s.lines.iter().any(|l| l.kind == LineKind::PrepaidCredits) {
-        Account::PrepaidCredits
-    } else {
-        Account::BadDebt
-    }
-}
-
 pub(super) fn merge(a: &[(Date, Decimal)], b: &[(Date, Decimal)]) -> Option<Vec<(Date, Decimal)>> {
     let mut sum: BTreeMap<Date, Decimal> = BTreeMap::new();
     for (d, x) in a.iter().chain(b) {
@@ -649,14 +611,4 @@ pub(super) fn merge_nonzero(
     b: &[(Date, Decimal)],
 ) -> Option<Vec<(Date, Decimal)>> {
     Some(merge(a, b)?.into_iter().filter(|(_, x)| !x.is_zero()).collect())
-}
-
-/// The account a recognition on `day` draws from: revenue earned before the invoice's issue
-/// date was unbilled receivable; from the issue date on it was deferred revenue.
-fn recognition_source(day: Date, issue_date: Date) -> Account {
-    if day < issue_date {
-        Account::UnbilledReceivable
-    } else {
-        Account::DeferredRevenue
-    }
 }
