@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "accrual/v1/command.proto",
         "accrual/v1/query.proto",
         "accrual/v1/audit.proto",
+        "accrual/v1/feed.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

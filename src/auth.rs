@@ -1,7 +1,8 @@
 //! Access control (issue #5): bearer tokens with roles, checked per gRPC service.
 //!
-//! * `writer` may call `CommandService`; `analyst` `QueryService`; `auditor` `QueryService` and
-//!   `AuditService`; `admin` everything. Health and reflection stay open.
+//! * `writer` may call `CommandService`; `analyst` `QueryService`; `auditor` `QueryService`,
+//!   `AuditService` and `FeedService`; `subscriber` `FeedService` (services that only react to
+//!   events); `admin` everything. Health and reflection stay open.
 //! * Tokens are configured as the hex SHA-256 of the token, never the token itself; the server
 //!   hashes the presented `authorization: Bearer <token>` and looks the hash up. No token, or
 //!   one it does not know → UNAUTHENTICATED; a known token of a role the service does not admit
@@ -24,8 +25,10 @@ pub enum Role {
     Writer,
     /// QueryService: invoices, MRR, revenue, the journal
     Analyst,
-    /// QueryService and AuditService
+    /// QueryService, AuditService and FeedService
     Auditor,
+    /// FeedService: the event feed only
+    Subscriber,
     /// every service
     Admin,
 }
@@ -37,9 +40,10 @@ impl Role {
             "analyst" => Ok(Role::Analyst),
             "auditor" => Ok(Role::Auditor),
             "admin" => Ok(Role::Admin),
-            other => {
-                anyhow::bail!("unknown role {other:?} (roles: writer, analyst, auditor, admin)")
-            }
+            "subscriber" => Ok(Role::Subscriber),
+            other => anyhow::bail!(
+                "unknown role {other:?} (roles: writer, analyst, auditor, subscriber, admin)"
+            ),
         }
     }
 
@@ -49,6 +53,7 @@ impl Role {
             Role::Analyst => "analyst",
             Role::Auditor => "auditor",
             Role::Admin => "admin",
+            Role::Subscriber => "subscriber",
         }
     }
 }
@@ -65,6 +70,7 @@ pub enum Guarded {
     Command,
     Query,
     Audit,
+    Feed,
 }
 
 impl Guarded {
@@ -75,6 +81,7 @@ impl Guarded {
                 | (Guarded::Command, Role::Writer)
                 | (Guarded::Query, Role::Analyst | Role::Auditor)
                 | (Guarded::Audit, Role::Auditor)
+                | (Guarded::Feed, Role::Subscriber | Role::Auditor)
         )
     }
 
@@ -83,6 +90,7 @@ impl Guarded {
             Guarded::Command => "accrual.v1.CommandService",
             Guarded::Query => "accrual.v1.QueryService",
             Guarded::Audit => "accrual.v1.AuditService",
+            Guarded::Feed => "accrual.v1.FeedService",
         }
     }
 }
@@ -234,15 +242,24 @@ mod tests {
     #[test]
     fn roles_admit_their_services_only() {
         use tonic::Code::{PermissionDenied, Unauthenticated};
-        let t = tokens(&[("writer", "w"), ("analyst", "a"), ("auditor", "u"), ("admin", "x")]);
-        let table: [(Guarded, [Result<(), tonic::Code>; 4]); 3] = [
-            (Guarded::Command, [Ok(()), Err(PermissionDenied), Err(PermissionDenied), Ok(())]),
-            (Guarded::Query, [Err(PermissionDenied), Ok(()), Ok(()), Ok(())]),
-            (Guarded::Audit, [Err(PermissionDenied), Err(PermissionDenied), Ok(()), Ok(())]),
+        let t = tokens(&[
+            ("writer", "w"),
+            ("analyst", "a"),
+            ("auditor", "u"),
+            ("subscriber", "s"),
+            ("admin", "x"),
+        ]);
+        let denied = Err(PermissionDenied);
+        // Columns: writer, analyst, auditor, subscriber, admin.
+        let table: [(Guarded, [Result<(), tonic::Code>; 5]); 4] = [
+            (Guarded::Command, [Ok(()), denied, denied, denied, Ok(())]),
+            (Guarded::Query, [denied, Ok(()), Ok(()), denied, Ok(())]),
+            (Guarded::Audit, [denied, denied, Ok(()), denied, Ok(())]),
+            (Guarded::Feed, [denied, denied, Ok(()), Ok(()), Ok(())]),
         ];
         for (service, expected) in table {
             let guard = Guard::new(Some(t.clone()), service);
-            for (token, want) in ["w", "a", "u", "x"].into_iter().zip(expected) {
+            for (token, want) in ["w", "a", "u", "s", "x"].into_iter().zip(expected) {
                 assert_eq!(call(&guard, Some(token)), want, "{service:?} with {token}");
             }
             assert_eq!(call(&guard, None), Err(Unauthenticated));

@@ -132,6 +132,13 @@ pub struct ServeArgs {
     /// non-loopback address gets a warning) [default: off]
     #[arg(long, env = "ACCRUAL_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Event feed: messages buffered per subscriber (1..=100000) [default: 1024]
+    #[arg(long, env = "ACCRUAL_FEED_BUFFER_EVENTS")]
+    pub feed_buffer_events: Option<usize>,
+    /// Event feed: how long a subscriber with a full buffer may read nothing before it is cut
+    /// off (100..=600000 ms) [default: 30000]
+    #[arg(long, env = "ACCRUAL_FEED_STALL_MS")]
+    pub feed_stall_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +162,8 @@ struct FileConfig {
     allow_plaintext: Option<bool>,
     limits: Option<crate::limits::LimitArgs>,
     metrics_listen: Option<SocketAddr>,
+    feed_buffer_events: Option<usize>,
+    feed_stall_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -180,6 +189,7 @@ pub struct Settings {
     pub server_limits: crate::server::ServerLimits,
     /// `None`: no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    pub feed: crate::feed::FeedOptions,
 }
 
 impl Settings {
@@ -249,6 +259,10 @@ impl Settings {
             limits,
             server_limits,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            feed: feed_options(
+                args.feed_buffer_events.or(file.feed_buffer_events),
+                args.feed_stall_ms.or(file.feed_stall_ms),
+            )?,
         };
         anyhow::ensure!(
             !settings.read_only
@@ -562,4 +576,27 @@ mod tls_tests {
         let from_file = ServeArgs { config: Some(config), ..public() };
         assert!(Settings::resolve(from_file).unwrap().allow_plaintext);
     }
+}
+
+/// The event feed's bounds, checked.
+fn feed_options(
+    buffer: Option<usize>,
+    stall_ms: Option<u64>,
+) -> anyhow::Result<crate::feed::FeedOptions> {
+    let default = crate::feed::FeedOptions::default();
+    let options = crate::feed::FeedOptions {
+        buffer_events_max: buffer.unwrap_or(default.buffer_events_max),
+        stall_ms_max: stall_ms.unwrap_or(default.stall_ms_max),
+    };
+    anyhow::ensure!(
+        (1..=100_000).contains(&options.buffer_events_max),
+        "--feed-buffer-events must be 1..=100000 (got {})",
+        options.buffer_events_max
+    );
+    anyhow::ensure!(
+        (100..=600_000).contains(&options.stall_ms_max),
+        "--feed-stall-ms must be 100..=600000 (got {})",
+        options.stall_ms_max
+    );
+    Ok(options)
 }

@@ -8,6 +8,7 @@ mod bench;
 mod config;
 mod demo;
 mod export;
+mod feed;
 mod grpc_metrics;
 mod limits;
 mod prometheus;

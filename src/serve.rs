@@ -272,9 +272,20 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     };
     let damaged = read_models_damaged(db, read_models);
     let models = models.filter(|_| roles.query);
-    // The audit side needs the log, which this process has open, and the query role's models.
-    let audit = match &models {
-        Some(models) => Some(AuditApi::new(store, models.clone(), &s.data_dir)?),
+    // The audit side and the event feed need the log, which this process has open, and the
+    // query role's models.
+    let log_services = match &models {
+        Some(models) => {
+            let invoices = &models.invoices;
+            let feed = crate::feed::FeedApi::new(
+                store.clone(),
+                invoices.reader.clone(),
+                invoices.progress.clone(),
+                s.feed,
+            );
+            let audit = AuditApi::new(store, models.clone(), &s.data_dir)?;
+            Some(crate::server::LogServices { audit, feed })
+        }
         None => None,
     };
     let query = models.map(QueryApi::new);
@@ -294,7 +305,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     };
     let limits = (s.limits.clone(), server_limits(&s));
-    serve(listener, engine, query, audit, s.auth.clone(), limits.0, limits.1, shutdown).await?;
+    let (auth, limits, server) = (s.auth.clone(), limits.0, limits.1);
+    serve(listener, engine, query, log_services, auth, limits, server, shutdown).await?;
     for task in tasks {
         task.await?;
     }

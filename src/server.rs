@@ -1,5 +1,6 @@
 //! The gRPC server: the command service and the query service (each when this process runs
-//! its role), the audit service (with the query role, when the process has the log open),
+//! its role), the audit service and the event feed (with the query role, when the process has
+//! the log open),
 //! health (SERVING for the services registered here; others are unknown to it) and reflection
 //! (so grpcurl, grpcui and Postman work with no proto files; it lists the services registered
 //! here), with explicit transport limits and graceful shutdown; over TLS (every service on the
@@ -13,6 +14,7 @@ use command_service::engine::Engine;
 use command_service::service::{CommandApi, Limits};
 use proto::v1::audit_service_server::{self, AuditServiceServer};
 use proto::v1::command_service_server::{self, CommandServiceServer};
+use proto::v1::feed_service_server::{self, FeedServiceServer};
 use proto::v1::query_service_server::{self, QueryServiceServer};
 use query_service::QueryApi;
 use tokio::net::TcpListener;
@@ -22,6 +24,13 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::audit_service::AuditApi;
 use crate::auth::{Guard, Guarded, Tokens};
+use crate::feed::FeedApi;
+
+/// The services that need the log open in this process and the query role's read models.
+pub struct LogServices {
+    pub audit: AuditApi,
+    pub feed: FeedApi,
+}
 
 pub mod call_limits;
 
@@ -75,7 +84,7 @@ pub async fn serve(
     listener: TcpListener,
     engine: Option<Arc<Engine>>,
     query: Option<QueryApi>,
-    audit: Option<AuditApi>,
+    log_services: Option<LogServices>,
     auth: Option<Arc<Tokens>>,
     limits: Limits,
     server: ServerLimits,
@@ -91,9 +100,15 @@ pub async fn serve(
         health.set_serving::<QueryServiceServer<QueryApi>>().await;
         services.push(query_service_server::SERVICE_NAME);
     }
+    let (audit, feed) = match log_services {
+        Some(LogServices { audit, feed }) => (Some(audit), Some(feed)),
+        None => (None, None),
+    };
     if audit.is_some() {
         health.set_serving::<AuditServiceServer<AuditApi>>().await;
+        health.set_serving::<FeedServiceServer<FeedApi>>().await;
         services.push(audit_service_server::SERVICE_NAME);
+        services.push(feed_service_server::SERVICE_NAME);
     }
     let reflection = |own: &str| {
         services.iter().chain([&own]).fold(
@@ -123,6 +138,10 @@ pub async fn serve(
         let api = AuditServiceServer::new(a).max_decoding_message_size(bytes_max);
         InterceptedService::new(api, guard(Guarded::Audit))
     });
+    let feed = feed.map(|f| {
+        let api = FeedServiceServer::new(f).max_decoding_message_size(bytes_max);
+        InterceptedService::new(api, guard(Guarded::Feed))
+    });
     let tls = server.tls.is_some();
     tracing::info!(addr = %listener.local_addr()?, services = ?services, tls, "accrual listening");
     let router = tonic::transport::Server::builder()
@@ -137,7 +156,8 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_optional_service(commands)
         .add_optional_service(query)
-        .add_optional_service(audit);
+        .add_optional_service(audit)
+        .add_optional_service(feed);
     let (requested_tx, requested_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
@@ -178,6 +198,7 @@ pub async fn serve(
     }
     if running.2 {
         health.set_not_serving::<AuditServiceServer<AuditApi>>().await;
+        health.set_not_serving::<FeedServiceServer<FeedApi>>().await;
     }
     tracing::info!("server stopped accepting; flushing");
     if let Some(engine) = engine {

@@ -206,6 +206,12 @@ impl Projection for InvoicesProjection {
         NAME
     }
 
+    /// 2: wallets, their transactions and each customer's subscriptions (`wal/`, `walc/`,
+    /// `walt/`, `csub/`, `subc/`; a model of version 1 lacks the subscriptions of old logs).
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn wants(&self, event_type: &str) -> bool {
         event_type.starts_with("Invoice")
             || event_type.starts_with("Payment")

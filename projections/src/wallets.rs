@@ -6,7 +6,8 @@
 //!
 //! Keys: `wal/<wallet_id>` → [`WalletRecord`]; `walc/<customer>` → the customer's wallet ids
 //! in the order opened (JSON, at most the domain's bound); `walt/<wallet_id>/<pos>/<i>` → [`WalletTransaction`] (`<pos>` 16 hex digits,
-//! `<i>` 4 hex digits: one event may make several); `csub/<customer>/<subscription>` → "".
+//! `<i>` 4 hex digits: one event may make several); `csub/<customer>/<subscription>` → "";
+//! `subc/<subscription>` → its customer (the event feed's customer filter).
 
 use domain::events::Event;
 use domain::invoice::{Invoice, IssueReason};
@@ -146,6 +147,7 @@ pub(crate) fn apply(w: &mut Writes<'_>, event: &Event, position: Position) -> Re
     match event {
         Event::SubscriptionStarted { subscription_id, customer_id, .. } => {
             w.put(format!("csub/{customer_id}/{subscription_id}"), "");
+            w.put(format!("subc/{subscription_id}"), customer_id.as_bytes());
         }
         Event::WalletOpened(o) => {
             if w.get(&wallet_key(&o.wallet_id))?.is_some() {
@@ -332,6 +334,13 @@ impl InvoiceReader {
             }
             Ok(out)
         })
+    }
+
+    /// The customer of a subscription, if it was started.
+    pub fn customer_of_subscription(&self, subscription_id: &str) -> Result<Option<String>> {
+        let key = format!("subc/{subscription_id}");
+        let found = self.model().read(|snap| snap.get(key.as_bytes()))?;
+        Ok(found.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     /// The customer's subscriptions (at most [`ONGOING_SUBSCRIPTIONS_MAX`], in id order).
