@@ -7,6 +7,7 @@
 //! `accrual bench soak`: a bounded run of mixed commands and queries against the whole server
 //! (see [`soak`]); prints throughput, p50/p99 per kind of call, errors and RSS over time.
 
+mod feed;
 mod scale;
 mod soak;
 
@@ -35,6 +36,9 @@ pub enum BenchCommand {
     /// How memory, projection lag, disk and restart time grow with history: a full server
     /// (child process, every role) fed millions of usage events, measured at checkpoints.
     Scale(scale::ScaleArgs),
+    /// The event feed at full ingest: feed events/s to one subscriber beside ingest events/s,
+    /// and the server's RSS while a subscriber reads nothing (issue 14).
+    Feed(feed::FeedArgs),
 }
 
 #[derive(Args, Clone)]
@@ -136,6 +140,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Replay(args) => replay(args).await,
         BenchCommand::Soak(args) => soak::run(args).await,
         BenchCommand::Scale(args) => scale::run(args).await,
+        BenchCommand::Feed(args) => feed::run(args).await,
     }
 }
 

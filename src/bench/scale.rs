@@ -82,7 +82,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         data_dir.display(),
         log_path.display()
     );
-    let mut server = ServerProcess::start(&data_dir, port, &log_path)?;
+    let mut server = ServerProcess::start(&data_dir, port, &log_path, &[])?;
     let started = Instant::now();
     let channel = server.serving(&url, args.start_s_max).await?;
     println!("scale first_start_to_serving_ms={}", started.elapsed().as_millis());
@@ -108,7 +108,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         let disk_bytes = dir_bytes(&data_dir);
         server.stop()?;
         let restart_started = Instant::now();
-        server = ServerProcess::start(&data_dir, port, &log_path)?;
+        server = ServerProcess::start(&data_dir, port, &log_path, &[])?;
         let channel = server.serving(&url, args.start_s_max).await?;
         probe_command(channel, &run_id, stage_no).await?;
         let restart_ms = restart_started.elapsed().as_millis();
@@ -148,7 +148,7 @@ fn check(args: &ScaleArgs) -> anyhow::Result<()> {
 }
 
 /// Streams events `range` from `--clients` connections; returns the batch-ack latencies (µs).
-async fn ingest(
+pub(super) async fn ingest(
     url: &str,
     args: &ScaleArgs,
     run_id: &str,
@@ -345,12 +345,18 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// `accrual serve` (this executable) as a child process with every role.
-struct ServerProcess {
+pub(super) struct ServerProcess {
     child: Child,
 }
 
 impl ServerProcess {
-    fn start(data_dir: &Path, port: u16, log: &Path) -> anyhow::Result<ServerProcess> {
+    /// `extra`: more `accrual serve` flags.
+    pub(super) fn start(
+        data_dir: &Path,
+        port: u16,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<ServerProcess> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let child = Command::new(std::env::current_exe()?)
             .arg("serve")
@@ -360,6 +366,7 @@ impl ServerProcess {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--log-level")
             .arg("warn")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -369,7 +376,7 @@ impl ServerProcess {
     }
 
     /// A channel once health reports the command and query services SERVING.
-    async fn serving(&mut self, url: &str, limit_s: u64) -> anyhow::Result<Channel> {
+    pub(super) async fn serving(&mut self, url: &str, limit_s: u64) -> anyhow::Result<Channel> {
         let deadline = Instant::now() + Duration::from_secs(limit_s);
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -387,7 +394,7 @@ impl ServerProcess {
         }
     }
 
-    fn rss_mib(&self) -> f64 {
+    pub(super) fn rss_mib(&self) -> f64 {
         super::proc_status_mib(&self.child.id().to_string(), "VmRSS:")
     }
 
@@ -397,7 +404,7 @@ impl ServerProcess {
     }
 
     /// SIGTERM (a graceful stop: calls finish, the store flushes) and wait for the exit.
-    fn stop(&mut self) -> anyhow::Result<()> {
+    pub(super) fn stop(&mut self) -> anyhow::Result<()> {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().context("kill -TERM")?;
         let status = self.child.wait()?;
