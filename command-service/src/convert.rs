@@ -4,6 +4,7 @@
 use std::str::FromStr;
 
 use domain::add_on::{AddOn, OneOffLine, OneOffRequest};
+use domain::alert::{AlertOn, UsageAlert};
 use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, PaymentOutcome};
@@ -406,6 +407,38 @@ pub fn top_up_wallet(r: &pb::TopUpWalletRequest) -> Parsed<Command> {
     }
     v.into_result()?;
     Ok(Command::TopUpWallet(req))
+}
+
+/// A `CreateUsageAlert` request as a command (the bounds are the domain's).
+pub fn create_usage_alert(r: &pb::CreateUsageAlertRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let on = match r.on.as_str() {
+        "units" => Some(AlertOn::Units),
+        "amount" => Some(AlertOn::Amount),
+        other => {
+            v.push("on", format!("{other:?} is not one of units, amount"));
+            None
+        }
+    };
+    let threshold = dec(&mut v, "threshold", &r.threshold, true);
+    let every = dec(&mut v, "every", &r.every, false);
+    let alert = UsageAlert {
+        alert_id: r.alert_id.clone(),
+        subscription_id: r.subscription_id.clone(),
+        metric_code: (!r.metric_code.is_empty()).then(|| r.metric_code.clone()),
+        on: on.unwrap_or(AlertOn::Amount),
+        threshold: threshold.unwrap_or(Decimal::ONE),
+        every,
+    };
+    // Every bad field at once: the domain's bounds too.
+    if let Err(DomainError::Invalid(more)) = alert.validate() {
+        let parsed = |f: &str| {
+            (f != "threshold" || threshold.is_some()) && (f != "metric_code" || on.is_some())
+        };
+        v.0.extend(more.into_iter().filter(|f| parsed(&f.field)));
+    }
+    v.into_result()?;
+    Ok(Command::CreateUsageAlert(alert))
 }
 
 /// A wallet credit kind's wire name.

@@ -555,6 +555,39 @@ impl CommandService for CommandApi {
         self.invoice_reply(&id.unwrap_or_default(), done).await
     }
 
+    #[tracing::instrument(skip_all, fields(alert_id = %echo(&request.get_ref().alert_id)))]
+    async fn create_usage_alert(
+        &self,
+        request: Request<pb::CreateUsageAlertRequest>,
+    ) -> Result<Response<pb::CommandAck>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| {
+            check_id(v, "alert_id", &r.alert_id);
+            check_id(v, "subscription_id", &r.subscription_id);
+        })?;
+        let cmd = convert::create_usage_alert(&r);
+        let done = self.run("CreateUsageAlert", &r, &key, cmd, None).await?;
+        Ok(Response::new(ack(&done)))
+    }
+
+    #[tracing::instrument(skip_all, fields(alert_id = %echo(&request.get_ref().alert_id)))]
+    async fn delete_usage_alert(
+        &self,
+        request: Request<pb::DeleteUsageAlertRequest>,
+    ) -> Result<Response<pb::CommandAck>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| {
+            check_id(v, "alert_id", &r.alert_id);
+            check_id(v, "subscription_id", &r.subscription_id);
+        })?;
+        let cmd = Command::DeleteUsageAlert {
+            subscription_id: r.subscription_id.clone(),
+            alert_id: r.alert_id.clone(),
+        };
+        let done = self.run("DeleteUsageAlert", &r, &key, Ok(cmd), None).await?;
+        Ok(Response::new(ack(&done)))
+    }
+
     #[tracing::instrument(skip_all, fields(wallet_id = %echo(&request.get_ref().wallet_id)))]
     async fn open_wallet(
         &self,

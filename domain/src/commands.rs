@@ -103,4 +103,9 @@ pub enum Command {
     IssueOneOffInvoice(crate::add_on::OneOffRequest),
     OpenWallet(crate::wallet::OpenWallet),
     TopUpWallet(crate::wallet::TopUpRequest),
+    CreateUsageAlert(crate::alert::UsageAlert),
+    DeleteUsageAlert {
+        subscription_id: String,
+        alert_id: String,
+    },
 }

@@ -22,7 +22,7 @@ pub const SCHEMA_VERSION: u16 = 1;
 
 /// Every event type [`Event::type_name`] gives, for readers that pick types before decoding
 /// (the projections' shared reader).
-pub const EVENT_TYPES: [&str; 26] = [
+pub const EVENT_TYPES: [&str; 29] = [
     "CustomerRegistered",
     "CustomerUpdated",
     "BillableMetricDefined",
@@ -49,6 +49,9 @@ pub const EVENT_TYPES: [&str; 26] = [
     "WalletCreditsUsable",
     "WalletCreditsExpired",
     "WalletBalanceLow",
+    "UsageAlertCreated",
+    "UsageAlertDeleted",
+    "UsageAlertTriggered",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +186,27 @@ pub enum Event {
         threshold: Decimal,
         occurred_at: Timestamp,
     },
+    /// A usage alert on a subscription (issue 14).
+    UsageAlertCreated {
+        alert: crate::alert::UsageAlert,
+        occurred_at: Timestamp,
+    },
+    UsageAlertDeleted {
+        alert_id: String,
+        subscription_id: String,
+        occurred_at: Timestamp,
+    },
+    /// The period's usage reached `level` (once per level per period).
+    UsageAlertTriggered {
+        alert_id: String,
+        subscription_id: String,
+        customer_id: String,
+        period_start: Date,
+        level: Decimal,
+        /// The units or amount when it fired.
+        value: Decimal,
+        occurred_at: Timestamp,
+    },
 }
 
 /// The persisted form of `UsageRecorded` (`{"type": "UsageRecorded", ...Usage}`), read
@@ -243,6 +267,13 @@ impl Event {
             Event::WalletCreditsUsable { wallet_id, .. }
             | Event::WalletCreditsExpired { wallet_id, .. }
             | Event::WalletBalanceLow { wallet_id, .. } => format!("wallet-{wallet_id}"),
+            Event::UsageAlertCreated { alert, .. } => {
+                format!("subscription-{}", alert.subscription_id)
+            }
+            Event::UsageAlertDeleted { subscription_id, .. }
+            | Event::UsageAlertTriggered { subscription_id, .. } => {
+                format!("subscription-{subscription_id}")
+            }
         }
     }
 
@@ -274,6 +305,9 @@ impl Event {
             Event::WalletCreditsUsable { .. } => "WalletCreditsUsable",
             Event::WalletCreditsExpired { .. } => "WalletCreditsExpired",
             Event::WalletBalanceLow { .. } => "WalletBalanceLow",
+            Event::UsageAlertCreated { .. } => "UsageAlertCreated",
+            Event::UsageAlertDeleted { .. } => "UsageAlertDeleted",
+            Event::UsageAlertTriggered { .. } => "UsageAlertTriggered",
         }
     }
 
@@ -299,7 +333,10 @@ impl Event {
             Event::WalletOpened(w) => Some(w.occurred_at),
             Event::WalletToppedUp(t) => Some(t.occurred_at),
             Event::WalletCreditsUsable { occurred_at, .. }
-            | Event::WalletBalanceLow { occurred_at, .. } => Some(*occurred_at),
+            | Event::WalletBalanceLow { occurred_at, .. }
+            | Event::UsageAlertCreated { occurred_at, .. }
+            | Event::UsageAlertDeleted { occurred_at, .. }
+            | Event::UsageAlertTriggered { occurred_at, .. } => Some(*occurred_at),
             Event::WalletCreditsExpired { .. }
             | Event::TrialEnded { .. }
             | Event::PlanChanged { .. }

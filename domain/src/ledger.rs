@@ -25,6 +25,7 @@ use crate::rating::{is_rating_overflow, Aggregation, ChargeModel};
 use crate::subscription::Subscription;
 
 mod add_ons;
+mod alerts;
 mod billing;
 mod coupons;
 mod evolve;
@@ -231,6 +232,10 @@ impl Ledger {
             Command::IssueOneOffInvoice(req) => self.decide_one_off(req, ctx),
             Command::OpenWallet(w) => self.decide_open_wallet(w, ctx),
             Command::TopUpWallet(req) => self.decide_top_up(req, ctx),
+            Command::CreateUsageAlert(alert) => self.decide_create_alert(alert, ctx),
+            Command::DeleteUsageAlert { subscription_id, alert_id } => {
+                self.decide_delete_alert(subscription_id, alert_id, ctx)
+            }
             Command::IssueCreditNote(req) => {
                 let account = self.invoice(&req.invoice_id)?;
                 let customer = self.customer(&account.invoice.customer_id)?;

@@ -7,6 +7,7 @@
 
 pub mod accounting;
 pub mod add_on;
+pub mod alert;
 pub mod calendar;
 pub mod catalog;
 pub mod commands;

@@ -61,6 +61,18 @@ pub struct Subscription {
     pub billed_by_period: BTreeMap<Date, Decimal>,
     pub open: BTreeMap<Date, OpenPeriod>,
     pub invoice_ids: Vec<String>,
+    /// Usage alerts (issue 14), in the order created, with the highest level each fired per
+    /// open period (entries of closed periods are dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<AlertState>,
+}
+
+/// A usage alert and what it fired.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AlertState {
+    pub alert: crate::alert::UsageAlert,
+    /// Period start → the highest level fired in that period.
+    pub fired: BTreeMap<Date, Decimal>,
 }
 
 impl Subscription {

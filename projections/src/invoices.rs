@@ -207,7 +207,8 @@ impl Projection for InvoicesProjection {
     }
 
     /// 2: wallets, their transactions and each customer's subscriptions (`wal/`, `walc/`,
-    /// `walt/`, `csub/`, `subc/`; a model of version 1 lacks the subscriptions of old logs).
+    /// `walt/`, `csub/`, `subc/`; a model of version 1 lacks the subscriptions of old logs),
+    /// and usage alerts (`ual/`, `ualt/`).
     fn version(&self) -> u32 {
         2
     }
@@ -219,6 +220,7 @@ impl Projection for InvoicesProjection {
             || event_type == "CreditNoteIssued"
             || event_type.starts_with("Wallet")
             || event_type == "SubscriptionStarted"
+            || event_type.starts_with("UsageAlert")
     }
 
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
@@ -248,6 +250,9 @@ impl Projection for InvoicesProjection {
             | Event::WalletCreditsUsable { .. }
             | Event::WalletCreditsExpired { .. }
             | Event::WalletBalanceLow { .. } => crate::wallets::apply(w, decoded, at),
+            Event::UsageAlertCreated { .. }
+            | Event::UsageAlertDeleted { .. }
+            | Event::UsageAlertTriggered { .. } => crate::alerts::apply(w, decoded, at),
             _ => Ok(()),
         }
     }

@@ -52,6 +52,7 @@
 //! SHA-256 over the model keys in key order, each entry as `u64 BE len(key) ‖ key ‖ u64 BE
 //! len(value) ‖ value`; meta keys are excluded and the checkpoint is reported beside the hash.
 
+pub mod alerts;
 pub mod customer_coupons;
 pub mod invoices;
 pub mod journal;

@@ -290,6 +290,15 @@ impl Snapshot<'_> {
         Ok(out)
     }
 
+    /// The last `limit` entries whose key starts with `prefix`, in reverse key order.
+    pub fn scan_rev(&self, prefix: &[u8], limit: usize) -> Result<Vec<(IVec, IVec)>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix).rev().take(limit) {
+            out.push(item?);
+        }
+        Ok(out)
+    }
+
     pub fn checkpoint(&self) -> Result<Position> {
         read_checkpoint(self.name, self.tree)
     }

@@ -375,6 +375,57 @@ impl QueryService for QueryApi {
         Ok(Response::new(pb::CustomerCouponsView { customer_id: id.clone(), coupons, position }))
     }
 
+    #[tracing::instrument(skip_all, fields(subscription_id = %echo(&request.get_ref().subscription_id)))]
+    async fn list_usage_alerts(
+        &self,
+        request: Request<pb::UsageAlertsQuery>,
+    ) -> Result<Response<pb::UsageAlertsResponse>, Status> {
+        let view = &self.models.invoices;
+        let id = &request.get_ref().subscription_id;
+        let mut c = Check::default();
+        c.id("subscription_id", id);
+        c.done()?;
+        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let position = position(view.reader.model())?;
+        let (alerts, fired) =
+            view.reader.usage_alerts(id).map_err(read_error("subscription_id"))?;
+        if alerts.is_empty()
+            && fired.is_empty()
+            && view
+                .reader
+                .customer_of_subscription(id)
+                .map_err(read_error("subscription_id"))?
+                .is_none()
+        {
+            return Err(not_found("subscription", id));
+        }
+        let d = |x: rust_decimal::Decimal| x.normalize().to_string();
+        Ok(Response::new(pb::UsageAlertsResponse {
+            alerts: alerts
+                .iter()
+                .map(|a| pb::UsageAlertDefinition {
+                    alert_id: a.alert_id.clone(),
+                    on: a.on.as_str().to_string(),
+                    metric_code: a.metric_code.clone().unwrap_or_default(),
+                    threshold: d(a.threshold),
+                    every: a.every.map(d).unwrap_or_default(),
+                })
+                .collect(),
+            triggered: fired
+                .iter()
+                .map(|t| pb::TriggeredUsageAlert {
+                    alert_id: t.alert_id.clone(),
+                    period_start: t.period_start.to_string(),
+                    level: d(t.level),
+                    value: d(t.value),
+                    at: Some(command_service::convert::to_timestamp(t.at)),
+                    position: t.position,
+                })
+                .collect(),
+            position,
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(wallet_id = %echo(&request.get_ref().wallet_id)))]
     async fn get_wallet(
         &self,

@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Every public type, in the order of the stored types (`domain::events::EVENT_TYPES`).
-pub const PUBLIC_TYPES: [&str; 26] = [
+pub const PUBLIC_TYPES: [&str; 29] = [
     "customer.registered",
     "customer.updated",
     "metric.defined",
@@ -41,6 +41,9 @@ pub const PUBLIC_TYPES: [&str; 26] = [
     "wallet.credits_usable",
     "wallet.credits_expired",
     "wallet.balance_low",
+    "usage_alert.created",
+    "usage_alert.deleted",
+    "usage_alert.triggered",
 ];
 
 /// The public type of a stored event type, if it has one.
@@ -77,6 +80,11 @@ pub fn ids(e: &Event) -> (String, String, String) {
             (none(), s(subscription_id), none())
         }
         Event::UsageRecorded(u) => (none(), s(&u.subscription_id), none()),
+        Event::UsageAlertCreated { alert, .. } => (none(), s(&alert.subscription_id), none()),
+        Event::UsageAlertDeleted { subscription_id, .. } => (none(), s(subscription_id), none()),
+        Event::UsageAlertTriggered { subscription_id, customer_id, .. } => {
+            (s(customer_id), s(subscription_id), none())
+        }
         Event::InvoiceIssued(i) => (s(&i.customer_id), s(&i.subscription_id), s(&i.invoice_id)),
         Event::InvoiceVoided { invoice_id, .. }
         | Event::PaymentSucceeded { invoice_id, .. }
@@ -194,6 +202,27 @@ pub fn feed_event(recorded: &RecordedEvent, e: &Event, customer_id: String) -> p
                 top_ups: lots.iter().map(|l| l.top_up).collect(),
                 amount: money(*currency, amount),
                 date: expired_on.to_string(),
+                ..Default::default()
+            })
+        }
+        Event::UsageAlertCreated { alert, .. } => Data::UsageAlert(pb::UsageAlertChange {
+            alert_id: alert.alert_id.clone(),
+            on: alert.on.as_str().to_string(),
+            metric_code: alert.metric_code.clone().unwrap_or_default(),
+            threshold: alert.threshold.normalize().to_string(),
+            every: alert.every.map(|e| e.normalize().to_string()).unwrap_or_default(),
+            ..Default::default()
+        }),
+        Event::UsageAlertDeleted { alert_id, .. } => Data::UsageAlert(pb::UsageAlertChange {
+            alert_id: alert_id.clone(),
+            ..Default::default()
+        }),
+        Event::UsageAlertTriggered { alert_id, period_start, level, value, .. } => {
+            Data::UsageAlert(pb::UsageAlertChange {
+                alert_id: alert_id.clone(),
+                period_start: period_start.to_string(),
+                level: level.normalize().to_string(),
+                value: value.normalize().to_string(),
                 ..Default::default()
             })
         }

@@ -78,6 +78,9 @@ impl Ledger {
             | Event::WalletCreditsUsable { .. }
             | Event::WalletCreditsExpired { .. }
             | Event::WalletBalanceLow { .. } => self.evolve_wallet(event),
+            Event::UsageAlertCreated { .. }
+            | Event::UsageAlertDeleted { .. }
+            | Event::UsageAlertTriggered { .. } => self.evolve_alert(event),
             Event::PaymentSucceeded { invoice_id, amount, .. } => {
                 self.invoice_mut(invoice_id).pay(*amount)
             }
@@ -239,7 +242,7 @@ impl Ledger {
         }
     }
 
-    fn sub_mut(&mut self, id: &str) -> &mut Subscription {
+    pub(super) fn sub_mut(&mut self, id: &str) -> &mut Subscription {
         self.subscriptions.get_mut(id).expect("subscription exists")
     }
 }

@@ -239,6 +239,7 @@ pub(super) fn preview_subscription(ledger: &Ledger, started: &Event) -> Subscrip
         billed_by_period: BTreeMap::new(),
         open: BTreeMap::new(),
         invoice_ids: Vec::new(),
+        alerts: Vec::new(),
     }
 }
 
@@ -274,6 +275,7 @@ impl Subscription {
             billed_by_period: self.billed_by_period.clone(),
             open: BTreeMap::new(),
             invoice_ids: self.invoice_ids.clone(),
+            alerts: self.alerts.clone(),
         }
     }
 }

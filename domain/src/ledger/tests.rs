@@ -1168,6 +1168,7 @@ fn commands_that_would_issue_an_overflowing_invoice_are_refused_and_change_nothi
     assert!(w.ledger.subscriptions["s2"].pending_change.is_none());
 }
 
+mod alerts;
 mod coupons;
 mod credit_notes;
 mod input_rules;

@@ -113,6 +113,7 @@ impl Ledger {
             UsageCheck::Duplicate { position } => Ok(UsageOutcome::Duplicate { position }),
             UsageCheck::New { facts, invoice } => {
                 self.apply_usage(&u, &facts, next_position);
+                let (sub_id, period_start) = (u.subscription_id.clone(), facts.period_start);
                 let mut events = vec![Event::UsageRecorded(u)];
                 if let Some(invoice) = invoice {
                     let issued = Event::InvoiceIssued(*invoice);
@@ -121,6 +122,9 @@ impl Ledger {
                     let low = self.follow_wallets(&events[1..], ctx.now, next_position + 2);
                     events.extend(low);
                 }
+                let position = next_position + events.len() as u64;
+                let fired = self.fire_alerts(&sub_id, period_start, ctx.now, position);
+                events.extend(fired);
                 Ok(UsageOutcome::Accepted(events))
             }
         }

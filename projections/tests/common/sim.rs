@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use domain::alert::{AlertOn, UsageAlert};
 use domain::calendar::{Anchor, Interval};
 use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, Context, PaymentOutcome, Policy};
@@ -64,6 +65,12 @@ pub enum Op {
         expires: bool,
         at_once: bool,
     },
+    /// A usage alert on the customer's current subscription: on units of calls every
+    /// `every` from `every`, or (odd `every`) on the rated amount.
+    Alert {
+        customer: u8,
+        every: u8,
+    },
     Days(u8),
 }
 
@@ -79,6 +86,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4, any::<bool>(), 1u8..=120, any::<bool>(), any::<bool>()).prop_map(
             |(customer, paid, credits, expires, at_once)| Op::Wallet { customer, paid, credits, expires, at_once }
         ),
+        1 => (0u8..4, 1u8..=200).prop_map(|(customer, every)| Op::Alert { customer, every }),
         3 => (1u8..25).prop_map(Op::Days),
     ]
 }
@@ -245,6 +253,17 @@ pub fn simulate(ops: &[Op], arrears: bool) -> Vec<Event> {
                     expires_on: expires
                         .then(|| in_10_days.to_zoned(jiff::tz::TimeZone::UTC).date()),
                     usable_at_once: *at_once,
+                })
+            }
+            Op::Alert { customer, every } => {
+                let on = if every % 2 == 0 { AlertOn::Units } else { AlertOn::Amount };
+                Command::CreateUsageAlert(UsageAlert {
+                    alert_id: format!("a{n}"),
+                    subscription_id: sub(customer, &generation),
+                    metric_code: Some("calls".into()),
+                    on,
+                    threshold: Decimal::from(*every),
+                    every: Some(Decimal::from(*every)),
                 })
             }
             Op::Days(d) => {
