@@ -2,7 +2,8 @@
 //!
 //! * `writer` may call `CommandService`; `analyst` `QueryService`; `auditor` `QueryService`,
 //!   `AuditService` and `FeedService`; `subscriber` `FeedService` (services that only react to
-//!   events); `admin` everything. Health and reflection stay open.
+//!   events); `admin` everything, and alone `WebhookService` (endpoint secrets). Health and
+//!   reflection stay open.
 //! * Tokens are configured as the hex SHA-256 of the token, never the token itself; the server
 //!   hashes the presented `authorization: Bearer <token>` and looks the hash up. No token, or
 //!   one it does not know → UNAUTHENTICATED; a known token of a role the service does not admit
@@ -71,6 +72,7 @@ pub enum Guarded {
     Query,
     Audit,
     Feed,
+    Webhooks,
 }
 
 impl Guarded {
@@ -91,6 +93,7 @@ impl Guarded {
             Guarded::Query => "accrual.v1.QueryService",
             Guarded::Audit => "accrual.v1.AuditService",
             Guarded::Feed => "accrual.v1.FeedService",
+            Guarded::Webhooks => "accrual.v1.WebhookService",
         }
     }
 }
@@ -251,11 +254,12 @@ mod tests {
         ]);
         let denied = Err(PermissionDenied);
         // Columns: writer, analyst, auditor, subscriber, admin.
-        let table: [(Guarded, [Result<(), tonic::Code>; 5]); 4] = [
+        let table: [(Guarded, [Result<(), tonic::Code>; 5]); 5] = [
             (Guarded::Command, [Ok(()), denied, denied, denied, Ok(())]),
             (Guarded::Query, [denied, Ok(()), Ok(()), denied, Ok(())]),
             (Guarded::Audit, [denied, denied, Ok(()), denied, Ok(())]),
             (Guarded::Feed, [denied, denied, Ok(()), Ok(()), Ok(())]),
+            (Guarded::Webhooks, [denied, denied, denied, denied, Ok(())]),
         ];
         for (service, expected) in table {
             let guard = Guard::new(Some(t.clone()), service);

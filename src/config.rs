@@ -139,6 +139,19 @@ pub struct ServeArgs {
     /// off (100..=600000 ms) [default: 30000]
     #[arg(long, env = "ACCRUAL_FEED_STALL_MS")]
     pub feed_stall_ms: Option<u64>,
+    /// Webhooks: attempts of one event before it is dead-lettered (1..=20) [default: 8]
+    #[arg(long, env = "ACCRUAL_WEBHOOK_ATTEMPTS_MAX")]
+    pub webhook_attempts_max: Option<u32>,
+    /// Webhooks: first retry delay, doubled each retry, ±20 % jitter (10..=600000 ms)
+    /// [default: 1000]
+    #[arg(long, env = "ACCRUAL_WEBHOOK_BACKOFF_MS")]
+    pub webhook_backoff_ms: Option<u64>,
+    /// Webhooks: dead letters in a row that disable an endpoint (1..=1000) [default: 10]
+    #[arg(long, env = "ACCRUAL_WEBHOOK_DISABLE_AFTER")]
+    pub webhook_disable_after: Option<u32>,
+    /// Webhooks: allow endpoints on loopback addresses (tests, local receivers)
+    #[arg(long, env = "ACCRUAL_WEBHOOKS_ALLOW_LOOPBACK")]
+    pub webhooks_allow_loopback: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +177,10 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     feed_buffer_events: Option<usize>,
     feed_stall_ms: Option<u64>,
+    webhook_attempts_max: Option<u32>,
+    webhook_backoff_ms: Option<u64>,
+    webhook_disable_after: Option<u32>,
+    webhooks_allow_loopback: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -190,6 +207,7 @@ pub struct Settings {
     /// `None`: no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
     pub feed: crate::feed::FeedOptions,
+    pub webhooks: crate::webhooks::dispatch::DeliveryOptions,
 }
 
 impl Settings {
@@ -262,6 +280,12 @@ impl Settings {
             feed: feed_options(
                 args.feed_buffer_events.or(file.feed_buffer_events),
                 args.feed_stall_ms.or(file.feed_stall_ms),
+            )?,
+            webhooks: webhook_options(
+                args.webhook_attempts_max.or(file.webhook_attempts_max),
+                args.webhook_backoff_ms.or(file.webhook_backoff_ms),
+                args.webhook_disable_after.or(file.webhook_disable_after),
+                args.webhooks_allow_loopback || file.webhooks_allow_loopback.unwrap_or(false),
             )?,
         };
         anyhow::ensure!(
@@ -597,6 +621,38 @@ fn feed_options(
         (100..=600_000).contains(&options.stall_ms_max),
         "--feed-stall-ms must be 100..=600000 (got {})",
         options.stall_ms_max
+    );
+    Ok(options)
+}
+
+/// The webhook deliveries' bounds, checked.
+fn webhook_options(
+    attempts: Option<u32>,
+    backoff_ms: Option<u64>,
+    disable_after: Option<u32>,
+    allow_loopback: bool,
+) -> anyhow::Result<crate::webhooks::dispatch::DeliveryOptions> {
+    let default = crate::webhooks::dispatch::DeliveryOptions::default();
+    let options = crate::webhooks::dispatch::DeliveryOptions {
+        attempts_max: attempts.unwrap_or(default.attempts_max),
+        backoff_ms: backoff_ms.unwrap_or(default.backoff_ms),
+        disable_after: disable_after.unwrap_or(default.disable_after),
+        allow_loopback,
+    };
+    anyhow::ensure!(
+        (1..=20).contains(&options.attempts_max),
+        "--webhook-attempts-max must be 1..=20 (got {})",
+        options.attempts_max
+    );
+    anyhow::ensure!(
+        (10..=600_000).contains(&options.backoff_ms),
+        "--webhook-backoff-ms must be 10..=600000 (got {})",
+        options.backoff_ms
+    );
+    anyhow::ensure!(
+        (1..=1_000).contains(&options.disable_after),
+        "--webhook-disable-after must be 1..=1000 (got {})",
+        options.disable_after
     );
     Ok(options)
 }

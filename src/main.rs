@@ -16,6 +16,7 @@ mod replay_cmd;
 mod serve;
 mod server;
 mod tls;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 

@@ -283,8 +283,12 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
                 invoices.progress.clone(),
                 s.feed,
             );
+            let hooks = crate::webhooks::store::Store::open(&s.data_dir.join("webhooks"))?;
+            let webhooks =
+                crate::webhooks::WebhookApi::start(hooks, store.clone(), s.webhooks).await?;
             let audit = AuditApi::new(store, models.clone(), &s.data_dir)?;
-            Some(crate::server::LogServices { audit, feed })
+            let webhooks = std::sync::Arc::new(webhooks);
+            Some(crate::server::LogServices { audit, feed, webhooks })
         }
         None => None,
     };

@@ -16,6 +16,7 @@ use proto::v1::audit_service_server::{self, AuditServiceServer};
 use proto::v1::command_service_server::{self, CommandServiceServer};
 use proto::v1::feed_service_server::{self, FeedServiceServer};
 use proto::v1::query_service_server::{self, QueryServiceServer};
+use proto::v1::webhook_service_server::{self, WebhookServiceServer};
 use query_service::QueryApi;
 use tokio::net::TcpListener;
 
@@ -30,6 +31,51 @@ use crate::feed::FeedApi;
 pub struct LogServices {
     pub audit: AuditApi,
     pub feed: FeedApi,
+    pub webhooks: Arc<crate::webhooks::WebhookApi>,
+}
+
+/// Serves the shared webhook API (the process keeps a handle to stop its tasks at shutdown).
+#[derive(Clone)]
+pub struct SharedWebhooks(pub Arc<crate::webhooks::WebhookApi>);
+
+#[tonic::async_trait]
+impl proto::v1::webhook_service_server::WebhookService for SharedWebhooks {
+    async fn create_webhook_endpoint(
+        &self,
+        r: tonic::Request<proto::v1::CreateWebhookEndpointRequest>,
+    ) -> Result<tonic::Response<proto::v1::CreateWebhookEndpointResponse>, tonic::Status> {
+        self.0.create_webhook_endpoint(r).await
+    }
+    async fn list_webhook_endpoints(
+        &self,
+        r: tonic::Request<proto::v1::ListWebhookEndpointsRequest>,
+    ) -> Result<tonic::Response<proto::v1::ListWebhookEndpointsResponse>, tonic::Status> {
+        self.0.list_webhook_endpoints(r).await
+    }
+    async fn set_webhook_endpoint_enabled(
+        &self,
+        r: tonic::Request<proto::v1::SetWebhookEndpointEnabledRequest>,
+    ) -> Result<tonic::Response<proto::v1::WebhookEndpoint>, tonic::Status> {
+        self.0.set_webhook_endpoint_enabled(r).await
+    }
+    async fn delete_webhook_endpoint(
+        &self,
+        r: tonic::Request<proto::v1::DeleteWebhookEndpointRequest>,
+    ) -> Result<tonic::Response<proto::v1::DeleteWebhookEndpointResponse>, tonic::Status> {
+        self.0.delete_webhook_endpoint(r).await
+    }
+    async fn list_webhook_deliveries(
+        &self,
+        r: tonic::Request<proto::v1::ListWebhookDeliveriesRequest>,
+    ) -> Result<tonic::Response<proto::v1::ListWebhookDeliveriesResponse>, tonic::Status> {
+        self.0.list_webhook_deliveries(r).await
+    }
+    async fn redeliver_webhook_event(
+        &self,
+        r: tonic::Request<proto::v1::RedeliverWebhookEventRequest>,
+    ) -> Result<tonic::Response<proto::v1::RedeliverWebhookEventResponse>, tonic::Status> {
+        self.0.redeliver_webhook_event(r).await
+    }
 }
 
 pub mod call_limits;
@@ -100,15 +146,18 @@ pub async fn serve(
         health.set_serving::<QueryServiceServer<QueryApi>>().await;
         services.push(query_service_server::SERVICE_NAME);
     }
-    let (audit, feed) = match log_services {
-        Some(LogServices { audit, feed }) => (Some(audit), Some(feed)),
-        None => (None, None),
+    let (audit, feed, webhooks) = match log_services {
+        Some(LogServices { audit, feed, webhooks }) => (Some(audit), Some(feed), Some(webhooks)),
+        None => (None, None, None),
     };
+    let webhooks_handle = webhooks.clone();
     if audit.is_some() {
         health.set_serving::<AuditServiceServer<AuditApi>>().await;
         health.set_serving::<FeedServiceServer<FeedApi>>().await;
+        health.set_serving::<WebhookServiceServer<SharedWebhooks>>().await;
         services.push(audit_service_server::SERVICE_NAME);
         services.push(feed_service_server::SERVICE_NAME);
+        services.push(webhook_service_server::SERVICE_NAME);
     }
     let reflection = |own: &str| {
         services.iter().chain([&own]).fold(
@@ -142,6 +191,10 @@ pub async fn serve(
         let api = FeedServiceServer::new(f).max_decoding_message_size(bytes_max);
         InterceptedService::new(api, guard(Guarded::Feed))
     });
+    let webhooks = webhooks.map(|w| {
+        let api = WebhookServiceServer::new(SharedWebhooks(w)).max_decoding_message_size(bytes_max);
+        InterceptedService::new(api, guard(Guarded::Webhooks))
+    });
     let tls = server.tls.is_some();
     tracing::info!(addr = %listener.local_addr()?, services = ?services, tls, "accrual listening");
     let router = tonic::transport::Server::builder()
@@ -157,7 +210,8 @@ pub async fn serve(
         .add_optional_service(commands)
         .add_optional_service(query)
         .add_optional_service(audit)
-        .add_optional_service(feed);
+        .add_optional_service(feed)
+        .add_optional_service(webhooks);
     let (requested_tx, requested_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
@@ -199,6 +253,10 @@ pub async fn serve(
     if running.2 {
         health.set_not_serving::<AuditServiceServer<AuditApi>>().await;
         health.set_not_serving::<FeedServiceServer<FeedApi>>().await;
+        health.set_not_serving::<WebhookServiceServer<SharedWebhooks>>().await;
+    }
+    if let Some(w) = webhooks_handle {
+        w.stop().await;
     }
     tracing::info!("server stopped accepting; flushing");
     if let Some(engine) = engine {

@@ -4,6 +4,7 @@
 #![allow(clippy::all, missing_docs)]
 
 pub mod codec;
+pub mod json;
 
 pub mod v1 {
     tonic::include_proto!("accrual.v1");
