@@ -10,6 +10,7 @@
 mod feed;
 mod scale;
 mod soak;
+mod webhooks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub enum BenchCommand {
     /// The event feed at full ingest: feed events/s to one subscriber beside ingest events/s,
     /// and the server's RSS while a subscriber reads nothing (issue 14).
     Feed(feed::FeedArgs),
+    /// Webhook deliveries per second to a fast local receiver (issue 14).
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 #[derive(Args, Clone)]
@@ -141,6 +144,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Soak(args) => soak::run(args).await,
         BenchCommand::Scale(args) => scale::run(args).await,
         BenchCommand::Feed(args) => feed::run(args).await,
+        BenchCommand::Webhooks(args) => webhooks::run(args).await,
     }
 }
 

@@ -95,6 +95,9 @@ impl WebhookApi {
         for id in ids {
             self.stop_task(&id).await;
         }
+        if let Err(e) = self.dispatcher.store.flush() {
+            tracing::warn!(error = %e, "webhook cursors not flushed at shutdown");
+        }
     }
 
     fn endpoint(&self, id: &str) -> Result<Endpoint, Status> {

@@ -48,7 +48,8 @@ const BACKOFF_MS_MAX: u64 = 300_000;
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Response bytes read at most (the rest is dropped).
 const RESPONSE_BYTES_MAX: usize = 64 * 1024;
-/// Events read from the log per batch.
+/// Events read from the log per batch; the cursor is flushed to disk after each batch (and
+/// before any wait), so a crash re-delivers at most one batch.
 const READ_BATCH_EVENTS_MAX: usize = 256;
 
 /// Why an endpoint's URL is refused, if it is: not http(s), no host, or a host that resolves
@@ -153,6 +154,7 @@ impl Dispatcher {
         }
         for recorded in batch {
             if *stop.borrow() {
+                self.store.flush()?;
                 return Ok(false);
             }
             let wanted = schema::public_type(&recorded.event_type)
@@ -166,13 +168,9 @@ impl Dispatcher {
                 }
             }
             e.position = recorded.position + 1;
-            self.store.put(&e)?;
-            // Disabled or deleted meanwhile: stop here.
-            match self.store.endpoint(id)? {
-                Some(now) if now.enabled => {}
-                _ => return Ok(false),
-            }
+            self.store.put_cursor(&e)?;
         }
+        self.store.flush()?;
         Ok(true)
     }
 
@@ -237,7 +235,8 @@ impl Dispatcher {
             let base = self.options.backoff_ms.saturating_mul(1 << (attempt - 1).min(20));
             let jitter = rand::thread_rng().gen_range(0.8..1.2);
             let wait = ((base.min(BACKOFF_MS_MAX) as f64) * jitter) as u64;
-            self.store.put(e)?;
+            self.store.put_cursor(e)?;
+            self.store.flush()?;
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(wait)) => {}
                 _ = stop.changed() => return Ok(false),

@@ -96,7 +96,19 @@ impl Store {
 
     /// Writes the endpoint, durably.
     pub fn put(&self, e: &Endpoint) -> anyhow::Result<()> {
+        self.put_cursor(e)?;
+        self.flush()
+    }
+
+    /// Writes the endpoint without waiting for the disk: a delivery task's cursor moves. A
+    /// crash loses at most the moves since the last [`Store::flush`], which are then delivered
+    /// again (at least once), never skipped.
+    pub fn put_cursor(&self, e: &Endpoint) -> anyhow::Result<()> {
         self.endpoints.insert(e.endpoint_id.as_bytes(), serde_json::to_vec(e)?)?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> anyhow::Result<()> {
         self.db.flush()?;
         Ok(())
     }
