@@ -147,8 +147,9 @@ impl Projection for InvoicesV2 {
         "invoices"
     }
 
+    /// One more than the invoices projection's own version.
     fn version(&self) -> u32 {
-        2
+        InvoicesProjection.version() + 1
     }
 
     fn apply(

@@ -166,6 +166,14 @@ impl projections::Projection for FailingAt {
         self.1
     }
 
+    fn version(&self) -> u32 {
+        projections::Projection::version(&InvoicesProjection)
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        projections::Projection::wants(&InvoicesProjection, event_type)
+    }
+
     fn apply(
         &mut self,
         w: &mut projections::Writes<'_>,
