@@ -65,6 +65,9 @@ pub struct FeedApi {
     store: Arc<dyn EventStore>,
     invoices: InvoiceReader,
     progress: Progress,
+    /// The followers' own runtime (one thread): on a busy server they would otherwise be one
+    /// task among the ingest tasks, and fall behind (BENCHMARKS.md, event feed).
+    followers: Followers,
     options: FeedOptions,
 }
 
@@ -76,7 +79,7 @@ impl FeedApi {
         options: FeedOptions,
     ) -> FeedApi {
         assert!(options.buffer_events_max >= 1, "a feed buffer holds at least one message");
-        FeedApi { store, invoices, progress, options }
+        FeedApi { store, invoices, progress, options, followers: Followers::start() }
     }
 }
 
@@ -147,7 +150,7 @@ impl FeedService for FeedApi {
             own: HashSet::new(),
             foreign: HashSet::new(),
         };
-        tokio::spawn(follower.run(sub));
+        self.followers.handle().spawn(follower.run(sub));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -338,6 +341,34 @@ impl Follower {
                 let _ = self.tx.try_send(Err(Status::resource_exhausted(why)));
                 Err(Stop::Gone)
             }
+        }
+    }
+}
+
+/// A runtime of its own for the followers; shut down in the background when dropped (a runtime
+/// may not be dropped inside another's async context).
+struct Followers(Option<tokio::runtime::Runtime>);
+
+impl Followers {
+    fn start() -> Followers {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("feed-follower")
+            .enable_all()
+            .build()
+            .expect("a runtime for the feed's followers");
+        Followers(Some(runtime))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running").handle()
+    }
+}
+
+impl Drop for Followers {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
         }
     }
 }
