@@ -34,11 +34,7 @@ impl Ledger {
         let customer = self.customer(&req.customer_id)?;
         let currency = customer.customer.currency;
         req.validate(currency)?;
-        let today = local_date(ctx.now, &customer.time_zone);
-        let tomorrow = today.tomorrow().map_err(|_| {
-            DomainError::invalid("now", format!("{today} is the last day the calendar has"))
-        })?;
-        let issue_day = Period { start: today, end: tomorrow };
+        let issue_day = issue_day(customer, ctx.now)?;
         let mut drafts = Vec::with_capacity(req.lines.len());
         for line in &req.lines {
             let add_on = self
@@ -78,21 +74,43 @@ impl Ledger {
         drafts: Vec<LineDraft>,
         now: Timestamp,
     ) -> Result<Invoice, DomainError> {
-        let c = &customer.customer;
-        let number = customer.one_off_invoices.checked_add(1).ok_or_else(|| {
-            DomainError::overflow(format!("customer-{}", c.customer_id), "one-off invoice numbers")
-        })?;
-        let header = InvoiceHeader {
-            invoice_id: one_off_invoice_id(&c.customer_id, number),
-            customer_id: c.customer_id.clone(),
-            subscription_id: String::new(),
-            currency: c.currency,
-            period: issue_day,
-            issued_at: now,
-            reason: IssueReason::OneOff,
-            tax_rate: c.tax_rate,
-        };
+        let tax_rate = customer.customer.tax_rate;
+        let header = one_off_header(customer, issue_day, now, IssueReason::OneOff, tax_rate)?;
         let invoice = Self::discounted(customer, None, build_invoice(header, drafts)?)?;
         Ok(self.with_credits_applied(customer, invoice))
     }
+}
+
+/// The customer's local day at `now` as a one-day period: a one-off invoice's period.
+pub(super) fn issue_day(customer: &CustomerState, now: Timestamp) -> Result<Period, DomainError> {
+    let today = local_date(now, &customer.time_zone);
+    let tomorrow = today.tomorrow().map_err(|_| {
+        DomainError::invalid("now", format!("{today} is the last day the calendar has"))
+    })?;
+    Ok(Period { start: today, end: tomorrow })
+}
+
+/// The header of the customer's next invoice outside any subscription (add-ons, wallet
+/// purchases), numbered `inv-<customer>-o<n>`.
+pub(super) fn one_off_header(
+    customer: &CustomerState,
+    period: Period,
+    now: Timestamp,
+    reason: IssueReason,
+    tax_rate: rust_decimal::Decimal,
+) -> Result<InvoiceHeader, DomainError> {
+    let c = &customer.customer;
+    let number = customer.one_off_invoices.checked_add(1).ok_or_else(|| {
+        DomainError::overflow(format!("customer-{}", c.customer_id), "one-off invoice numbers")
+    })?;
+    Ok(InvoiceHeader {
+        invoice_id: one_off_invoice_id(&c.customer_id, number),
+        customer_id: c.customer_id.clone(),
+        subscription_id: String::new(),
+        currency: c.currency,
+        period,
+        issued_at: now,
+        reason,
+        tax_rate,
+    })
 }

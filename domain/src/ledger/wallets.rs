@@ -6,14 +6,14 @@
 use jiff::Timestamp;
 use rust_decimal::Decimal;
 
+use super::add_ons::{issue_day, one_off_header};
 use super::billing::with_credit_applied;
 use super::{CustomerState, Ledger};
-use crate::add_on::one_off_invoice_id;
-use crate::calendar::{local_date, Period};
+use crate::calendar::local_date;
 use crate::commands::Context;
 use crate::error::DomainError;
 use crate::events::Event;
-use crate::invoice::{build_invoice, Invoice, InvoiceHeader, IssueReason, LineDraft, LineKind};
+use crate::invoice::{build_invoice, Invoice, IssueReason, LineDraft, LineKind};
 use crate::wallet::{
     CreditKind, OpenWallet, TopUp, TopUpRequest, WalletAccount, WalletOpened, WalletUse,
     TOP_UPS_MAX, WALLETS_PER_CUSTOMER_MAX,
@@ -127,27 +127,10 @@ impl Ledger {
         amount: Decimal,
         now: Timestamp,
     ) -> Result<Invoice, DomainError> {
-        let c = &customer.customer;
-        let number = customer.one_off_invoices.checked_add(1).ok_or_else(|| {
-            DomainError::overflow(format!("customer-{}", c.customer_id), "one-off invoice numbers")
-        })?;
-        let today = local_date(now, &customer.time_zone);
-        let tomorrow = today.tomorrow().map_err(|_| {
-            DomainError::invalid("now", format!("{today} is the last day the calendar has"))
-        })?;
-        let day = Period { start: today, end: tomorrow };
+        let day = issue_day(customer, now)?;
         let name = if account.name.is_empty() { &account.wallet_id } else { &account.name };
-        let header = InvoiceHeader {
-            invoice_id: one_off_invoice_id(&c.customer_id, number),
-            customer_id: c.customer_id.clone(),
-            subscription_id: String::new(),
-            currency: c.currency,
-            period: day,
-            issued_at: now,
-            reason: IssueReason::WalletTopUp,
-            // Credits are taxed when they pay an invoice, not when they are bought.
-            tax_rate: Decimal::ZERO,
-        };
+        // Credits are taxed when they pay an invoice, not when they are bought.
+        let header = one_off_header(customer, day, now, IssueReason::WalletTopUp, Decimal::ZERO)?;
         let line = LineDraft {
             kind: LineKind::PrepaidCredits,
             description: format!("Prepaid credits for wallet {name}"),
