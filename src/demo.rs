@@ -725,6 +725,8 @@ fn plan(
         base_fee_in_advance: true,
         trial_days: trial,
         minimum_commitment: String::new(),
+        progressive_thresholds: Vec::new(),
+        progressive_every: String::new(),
         charges: charge.into_iter().collect(),
     }
 }

@@ -153,7 +153,20 @@ pub fn publish_plan(r: &pb::PublishPlanRequest) -> Parsed<Command> {
         .enumerate()
         .map(|(i, c)| charge(&mut v, &format!("charges[{i}]."), c))
         .collect();
-    let all_parsed = charges.iter().all(Option::is_some);
+    let thresholds: Vec<Option<Decimal>> = r
+        .progressive_thresholds
+        .iter()
+        .enumerate()
+        .map(|(i, t)| dec(&mut v, &format!("progressive_thresholds[{i}]"), t, true))
+        .collect();
+    let every = dec(&mut v, "progressive_every", &r.progressive_every, false);
+    let all_parsed = charges.iter().all(Option::is_some) && thresholds.iter().all(Option::is_some);
+    let progressive_billing = (!thresholds.is_empty() || every.is_some()).then(|| {
+        domain::progressive::ProgressiveBilling {
+            thresholds: thresholds.into_iter().flatten().collect(),
+            every,
+        }
+    });
     let plan = Plan {
         code: r.code.clone(),
         version: 0,
@@ -165,8 +178,9 @@ pub fn publish_plan(r: &pb::PublishPlanRequest) -> Parsed<Command> {
         trial_days: r.trial_days,
         minimum_commitment,
         charges: charges.into_iter().flatten().collect(),
+        progressive_billing,
     };
-    // With a charge missing its model the indices no longer match: report the parse errors only.
+    // With a charge or threshold unparsed the indices no longer match: report the parse errors only.
     let checked = if all_parsed { plan.validate() } else { Ok(()) };
     also_validate(v, checked)?;
     Ok(Command::PublishPlan(plan))

@@ -182,6 +182,7 @@ async fn books_with(options: EngineOptions) -> (Arc<GatedStore>, Arc<Engine>) {
         fee_timing: FeeTiming::Arrears,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         // Usage is accepted only for a metric the plan charges.
         charges: vec![Charge {
             metric_code: "calls".into(),

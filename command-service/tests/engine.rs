@@ -55,6 +55,7 @@ async fn a_large_billing_run_is_split_into_bounded_appends_and_rebuilds_identica
         fee_timing: FeeTiming::Arrears,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges: vec![],
     };
     e.execute(Command::PublishPlan(plan), None, None).await.unwrap();
@@ -359,6 +360,7 @@ fn plan(code: &str, version: u32, base_fee: Decimal, charges: Vec<Charge>) -> Pl
         fee_timing: FeeTiming::Arrears,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges,
     }
 }

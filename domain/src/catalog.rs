@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::calendar::Interval;
 use crate::error::{DomainError, Violations};
 use crate::money::{check_amount, check_bounded, Currency, AMOUNT_MAX};
+use crate::progressive::ProgressiveBilling;
 use crate::rating::{Aggregation, ChargeModel};
 
 /// Longest id or code a caller may choose.
@@ -153,6 +154,11 @@ pub struct Plan {
     pub trial_days: u32,
     pub minimum_commitment: Option<Decimal>,
     pub charges: Vec<Charge>,
+    /// Usage-amount thresholds that invoice a period's usage before it closes (issue 14).
+    /// Absent in events written before it existed, and not written when absent, so every
+    /// other plan encodes as version 1 always did (pinned by the golden events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progressive_billing: Option<ProgressiveBilling>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -188,6 +194,9 @@ impl Plan {
             if let Err(f) = check_bounded("minimum_commitment", m, AMOUNT_MAX) {
                 v.0.push(f);
             }
+        }
+        if let Some(progressive) = &self.progressive_billing {
+            progressive.check(&mut v);
         }
         if self.charges.len() > CHARGES_MAX {
             v.push("charges", format!("at most {CHARGES_MAX} charges"));

@@ -53,6 +53,9 @@ pub enum IssueReason {
     OneOff,
     /// The purchase of paid wallet credits (one `prepaid_credits` line).
     WalletTopUp,
+    /// A period's usage so far, when it reached a progressive-billing threshold of the plan
+    /// (`crate::progressive`); the period's closing invoice bills only what is left.
+    Progressive,
 }
 
 impl IssueReason {
@@ -66,6 +69,7 @@ impl IssueReason {
             IssueReason::UsageInAdvance => "usage_in_advance",
             IssueReason::OneOff => "one_off",
             IssueReason::WalletTopUp => "wallet_top_up",
+            IssueReason::Progressive => "progressive",
         }
     }
 }

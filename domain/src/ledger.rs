@@ -29,6 +29,7 @@ mod alerts;
 mod billing;
 mod coupons;
 mod evolve;
+mod progressive;
 mod rules;
 mod subscriptions;
 mod usage;

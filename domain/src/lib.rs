@@ -19,6 +19,7 @@ pub mod invoice;
 pub mod ledger;
 pub mod money;
 pub mod mrr;
+pub mod progressive;
 pub mod rating;
 pub mod recognition;
 pub mod serde_pairs;

@@ -203,6 +203,7 @@ mod tests {
             fee_timing: FeeTiming::Advance,
             trial_days: 0,
             minimum_commitment: None,
+            progressive_billing: None,
             charges: vec![],
         }
     }

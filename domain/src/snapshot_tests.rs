@@ -87,6 +87,7 @@ fn plan(code: &str, fee: Decimal, timing: FeeTiming) -> Plan {
         fee_timing: timing,
         trial_days: 0,
         minimum_commitment: Some(Decimal::from(40)),
+        progressive_billing: None,
         charges,
     }
 }

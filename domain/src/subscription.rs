@@ -65,6 +65,10 @@ pub struct Subscription {
     /// open period (entries of closed periods are dropped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<AlertState>,
+    /// What progressive invoices billed per open period (start) and metric, before coupons;
+    /// the closing invoice deducts it. Entries of closed periods are dropped.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub progressive_billed: BTreeMap<Date, BTreeMap<String, Decimal>>,
 }
 
 /// A usage alert and what it fired.

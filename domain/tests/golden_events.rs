@@ -82,6 +82,7 @@ fn one_of_each() -> Vec<Event> {
             fee_timing: FeeTiming::Arrears,
             trial_days: 14,
             minimum_commitment: Some(dec!(100)),
+            progressive_billing: None,
             charges: vec![Charge {
                 metric_code: "api_calls".into(),
                 model: ChargeModel::Graduated { tiers },

@@ -58,6 +58,7 @@ fn plan() -> Command {
         fee_timing: FeeTiming::Advance,
         trial_days: 0,
         minimum_commitment: Some(Decimal::ONE_HUNDRED),
+        progressive_billing: None,
         charges: vec![
             charge("calls", ChargeModel::Graduated { tiers }),
             charge("seats", ChargeModel::Standard { unit_price: Decimal::ONE }),

@@ -65,6 +65,7 @@ fn events(subscriptions: u64, usage_events: u64) -> Vec<Event> {
         fee_timing: FeeTiming::Arrears,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges,
     };
     run(&mut ledger, Command::PublishPlan(plan), &mut out);

@@ -70,6 +70,7 @@ fn plan(fee: &str) -> Event {
         fee_timing: FeeTiming::Arrears,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges: vec![],
     })
 }

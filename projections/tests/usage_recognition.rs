@@ -43,6 +43,7 @@ fn plan(code: &str, fee: Decimal, price: Decimal) -> Plan {
         fee_timing: FeeTiming::Advance,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges: vec![Charge {
             metric_code: "calls".into(),
             model: ChargeModel::Graduated { tiers },

@@ -52,6 +52,7 @@ fn events() -> Vec<Event> {
         fee_timing: FeeTiming::Advance,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges: vec![],
     };
     run(Command::PublishPlan(plan), jan1);

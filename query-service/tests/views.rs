@@ -68,6 +68,7 @@ fn basic_plan() -> Event {
         fee_timing: FeeTiming::Advance,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges: vec![],
     })
 }

@@ -83,6 +83,7 @@ async fn q1_with_april_correction() -> Books {
         fee_timing: FeeTiming::Advance,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges: vec![],
     };
     let customer = Customer {

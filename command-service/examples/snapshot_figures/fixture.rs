@@ -46,6 +46,7 @@ pub async fn catalog(e: &Engine, subscriptions: u64, metrics: &[(&str, Aggregati
         fee_timing: FeeTiming::Arrears,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges,
     };
     e.execute(Command::PublishPlan(plan), None, None).await.unwrap();

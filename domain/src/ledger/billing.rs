@@ -9,6 +9,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use rust_decimal::Decimal;
 
+use super::progressive::net_of_progressive;
 use super::subscriptions::preview_change;
 use super::usage::check_amounts_kept;
 use super::{
@@ -171,7 +172,8 @@ impl Ledger {
         let rating_plan = self.plan(sub.plan_at(last_day));
         let plan_of = |r: &PlanRef| self.plan(r).clone();
         let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of)?;
-        lines.extend(self.usage_lines(sub, rating_plan, &p)?);
+        let usage = self.usage_lines(sub, rating_plan, &p)?;
+        lines.extend(net_of_progressive(sub, &p, usage, rating_plan.currency)?);
         let cut_short = sub
             .ends_on
             .is_some_and(|e| e < sub.cycle.period_containing(p.start).expect("in service").end);
@@ -224,7 +226,8 @@ impl Ledger {
         let rating_plan = self.plan(sub.plan_at(last_day));
         let plan_of = |r: &PlanRef| self.plan(r).clone();
         let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of)?;
-        lines.extend(self.usage_lines(sub, rating_plan, &p)?);
+        let usage = self.usage_lines(sub, rating_plan, &p)?;
+        lines.extend(net_of_progressive(sub, &p, usage, rating_plan.currency)?);
         lines.extend(self.true_up_line(sub, rating_plan, &p, &lines)?);
         // A draft consumes nothing and shows usage at its rating, as the journal accrues it:
         // coupons and the credit balance apply when the invoice is issued.
@@ -259,7 +262,7 @@ impl Ledger {
         Ok(Some(RatedUsage { period: p, currency: plan.currency, amounts }))
     }
 
-    fn usage_lines(
+    pub(super) fn usage_lines(
         &self,
         sub: &Subscription,
         plan: &Plan,

@@ -72,6 +72,9 @@ impl Ledger {
                     customer.credit_balance += invoice.credit_applied;
                 }
                 self.evolve_wallet_void(&invoice);
+                if invoice.reason == IssueReason::Progressive {
+                    self.evolve_progressive(&invoice, Decimal::NEGATIVE_ONE);
+                }
             }
             Event::WalletOpened(_)
             | Event::WalletToppedUp(_)
@@ -180,6 +183,9 @@ impl Ledger {
                 *billed = billed.saturating_add(line.amount);
             }
         }
+        if inv.reason == IssueReason::Progressive {
+            self.evolve_progressive(inv, Decimal::ONE);
+        }
         let previous =
             self.invoices.insert(inv.invoice_id.clone(), InvoiceAccount::issued(inv.clone()));
         assert!(previous.is_none(), "invoice ids are unique");
@@ -233,6 +239,7 @@ impl Ledger {
                 );
                 sub.open.remove(&period.start);
                 sub.billed_by_period.remove(&period.start);
+                sub.progressive_billed.remove(&period.start);
                 let full = sub.cycle.period_containing(period.start).expect("in service");
                 let ended = sub.ends_on.is_some_and(|e| e <= full.end);
                 sub.next_close =

@@ -240,6 +240,7 @@ pub(super) fn preview_subscription(ledger: &Ledger, started: &Event) -> Subscrip
         open: BTreeMap::new(),
         invoice_ids: Vec::new(),
         alerts: Vec::new(),
+        progressive_billed: BTreeMap::new(),
     }
 }
 
@@ -276,6 +277,7 @@ impl Subscription {
             open: BTreeMap::new(),
             invoice_ids: self.invoice_ids.clone(),
             alerts: self.alerts.clone(),
+            progressive_billed: self.progressive_billed.clone(),
         }
     }
 }

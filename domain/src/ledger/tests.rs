@@ -21,6 +21,8 @@ struct World {
     ledger: Ledger,
     position: u64,
     policy: Policy,
+    /// Every event appended, in order (position = index).
+    log: Vec<Event>,
 }
 
 fn at(s: &str) -> Timestamp {
@@ -37,7 +39,12 @@ impl World {
     }
 
     fn in_zone(tax_rate: Decimal, time_zone: &str) -> World {
-        let mut w = World { ledger: Ledger::default(), position: 0, policy: Policy::default() };
+        let mut w = World {
+            ledger: Ledger::default(),
+            position: 0,
+            policy: Policy::default(),
+            log: Vec::new(),
+        };
         let customer = Customer {
             customer_id: "acme".into(),
             name: "Acme".into(),
@@ -61,6 +68,7 @@ impl World {
         let c = Context { now: at(now), policy: self.policy.clone() };
         let events = self.ledger.execute(&cmd, &c, self.position)?;
         self.position += events.len() as u64;
+        self.log.extend(events.iter().cloned());
         Ok(events)
     }
 
@@ -83,6 +91,7 @@ impl World {
             fee_timing: timing,
             trial_days,
             minimum_commitment: minimum,
+            progressive_billing: None,
             charges,
         };
         self.run(Command::PublishPlan(plan), "2025-01-01T00:00:00Z").unwrap();
@@ -419,6 +428,7 @@ fn errors_change_nothing() {
         fee_timing: FeeTiming::Advance,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges: vec![Charge {
             metric_code: "nope".into(),
             model: ChargeModel::Standard { unit_price: dec!(1) },
@@ -886,6 +896,7 @@ fn weighted_sum_at_the_bound_over_a_leap_year() {
         fee_timing: FeeTiming::Arrears,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges: vec![plan_charge],
     };
     w.run(Command::PublishPlan(plan), "2024-01-01T00:00:00Z").unwrap();
@@ -918,6 +929,7 @@ fn a_billing_step_that_overflows_is_reported_not_dropped() {
         fee_timing: FeeTiming::Arrears,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges: vec![Charge {
             metric_code: "calls".into(),
             model: ChargeModel::Standard { unit_price: dec!(1e20) },
@@ -956,6 +968,7 @@ fn legacy_plan(code: &str, interval: Interval, fee: Decimal, timing: FeeTiming) 
         fee_timing: timing,
         trial_days: 0,
         minimum_commitment: None,
+        progressive_billing: None,
         charges: Vec::new(),
     }
 }
@@ -1172,6 +1185,7 @@ mod alerts;
 mod coupons;
 mod credit_notes;
 mod input_rules;
+mod progressive;
 mod wallets;
 
 /// A retry is recognised before anything that depends on the event being new: after its period

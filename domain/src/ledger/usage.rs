@@ -125,6 +125,8 @@ impl Ledger {
                 let position = next_position + events.len() as u64;
                 let fired = self.fire_alerts(&sub_id, period_start, ctx.now, position);
                 events.extend(fired);
+                let position = next_position + events.len() as u64;
+                events.extend(self.bill_progressively(&sub_id, period_start, ctx.now, position));
                 Ok(UsageOutcome::Accepted(events))
             }
         }

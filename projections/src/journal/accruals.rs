@@ -30,6 +30,10 @@ struct AccrualState {
     days: BTreeMap<Date, DayAccrual>,
     /// Metrics whose accruals an invoice line has taken over.
     invoiced: BTreeSet<String>,
+    /// Per metric and day, what of its accruals progressive invoice lines took over, before
+    /// coupons (docs/decisions/0037); the closing line takes the rest, day by day.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    taken: BTreeMap<String, BTreeMap<Date, Decimal>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -52,6 +56,56 @@ impl AccrualState {
             }
         }
         Some(totals)
+    }
+
+    /// Σ accrued per metric that no invoice line took over yet: [`AccrualState::totals`] less
+    /// what progressive lines took; `None` if a sum overflows.
+    fn untaken(&self) -> Option<BTreeMap<String, Decimal>> {
+        let mut totals = self.totals()?;
+        for (metric, days) in &self.taken {
+            if let Some(total) = totals.get_mut(metric) {
+                *total = total.checked_sub(checked_sum(days.values().copied())?)?;
+            }
+        }
+        Some(totals)
+    }
+
+    /// What of the metric's accruals no progressive line took, per day (a day can be
+    /// negative: the rated amount fell below what was billed); `None` if a sum overflows.
+    fn rest(&self, metric: &str) -> Option<Entries> {
+        let taken = self.taken.get(metric);
+        let mut entries = Vec::new();
+        for (d, day) in &self.days {
+            let accrued = day.amounts.get(metric).copied().unwrap_or_default();
+            let took = taken.and_then(|t| t.get(d)).copied().unwrap_or_default();
+            let share = accrued.checked_sub(took)?;
+            if !share.is_zero() {
+                entries.push((*d, share));
+            }
+        }
+        Some(entries)
+    }
+
+    /// The metric's accruals per day that lie, cumulated in date order, between `from` and
+    /// `to` (unbounded: `None`): each day's share of that band. A decrease of the rated amount
+    /// (a negative day) gives back what the band held. `None` if a sum overflows.
+    fn band(&self, metric: &str, from: Decimal, to: Option<Decimal>) -> Option<Entries> {
+        let clamp = |c: Decimal| {
+            let c = c.max(from);
+            to.map_or(c, |to| c.min(to))
+        };
+        let mut cumulative = Decimal::ZERO;
+        let mut entries = Vec::new();
+        for (d, day) in &self.days {
+            let Some(amount) = day.amounts.get(metric) else { continue };
+            let after = cumulative.checked_add(*amount)?;
+            let share = clamp(after).checked_sub(clamp(cumulative))?;
+            if !share.is_zero() {
+                entries.push((*d, share));
+            }
+            cumulative = after;
+        }
+        Some(entries)
     }
 }
 
@@ -121,22 +175,46 @@ impl Journal<'_, '_> {
     }
 
     /// The accruals of a usage line's metric and period, per day; the line takes them over.
+    /// A progressive line (`progressive`) takes the next band of them as large as the line
+    /// before coupons, and the metric goes on accruing; a closing line takes all that is left,
+    /// and the metric accrues no more.
     pub(super) fn take_accrued(
         &mut self,
         subscription_id: &str,
         line: &InvoiceLine,
+        progressive: bool,
     ) -> Result<Entries> {
         let Some(metric) = line.metric_code.as_deref() else { return Ok(Vec::new()) };
         let start = line.service_period.start;
         let mut state = self.load_accruals(subscription_id, start)?;
-        if state.days.is_empty() || !state.invoiced.insert(metric.to_string()) {
+        if state.days.is_empty() || state.invoiced.contains(metric) {
             return Ok(Vec::new());
         }
-        let days = state.days.iter().filter_map(|(d, day)| Some((*d, *day.amounts.get(metric)?)));
-        let accrued: Entries = days.collect();
+        let position = self.position;
+        let what = || format!("usage accruals of subscription {subscription_id}, metric {metric}");
+        let taken = match progressive {
+            true => {
+                let took = state.taken.entry(metric.to_string()).or_default();
+                let from = checked_sum(took.values().copied());
+                let gross = line.amount.checked_add(line.discount);
+                let to = gross.and_then(|g| from?.checked_add(g));
+                let band = from.zip(to).and_then(|(f, t)| state.band(metric, f, Some(t)));
+                let band = band.ok_or_else(|| overflow(position, what()))?;
+                let took = state.taken.entry(metric.to_string()).or_default();
+                for (d, a) in &band {
+                    let day = took.entry(*d).or_default();
+                    *day = plus(*day, *a, position, what)?;
+                }
+                band
+            }
+            false => {
+                state.invoiced.insert(metric.to_string());
+                state.rest(metric).ok_or_else(|| overflow(position, what()))?
+            }
+        };
         let bytes = serde_json::to_vec(&state).expect("accruals serialize");
         self.w.put(accrual_key(subscription_id, start), bytes);
-        Ok(accrued)
+        Ok(taken)
     }
 
     /// When a period closes: reverses, on its last day, what metrics no invoice line took
@@ -148,7 +226,7 @@ impl Journal<'_, '_> {
         let state: AccrualState = json(&bytes, "accruals")?;
         self.w.delete(accrual_key(subscription_id, period.start));
         let what = || format!("usage accruals of subscription {subscription_id} left at close");
-        let left = state.totals().and_then(|t| checked_sum(t.into_values()));
+        let left = state.untaken().and_then(|t| checked_sum(t.into_values()));
         let left = left.ok_or_else(|| overflow(self.position, what()))?;
         let Some(currency) = state.currency.filter(|_| !left.is_zero()) else { return Ok(()) };
         let last = period.end.yesterday().unwrap_or(period.end).max(period.start);

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use domain::accounting::{self, recognition_source};
 use domain::calendar::{local_date, Period};
 use domain::credit_note::{CreditDestination, CreditNote};
-use domain::invoice::{Invoice, InvoiceLine, InvoiceStatus, LineKind};
+use domain::invoice::{Invoice, InvoiceLine, InvoiceStatus, IssueReason, LineKind};
 use domain::money::{checked_sum, Currency};
 use domain::recognition::{self, RevenueType};
 use domain::wallet::Taken;
@@ -246,12 +246,18 @@ impl Journal<'_, '_> {
                 continue;
             }
             let this = LineRef { invoice_id: inv.invoice_id.clone(), line_index: i };
+            let progressive = inv.reason == IssueReason::Progressive;
             let accrued = match line.kind {
-                LineKind::Usage => self.take_accrued(&inv.subscription_id, line)?,
+                LineKind::Usage => self.take_accrued(&inv.subscription_id, line, progressive)?,
                 _ => Vec::new(),
             };
-            let (entries, revenue_type, credited_line) =
-                self.schedule(line, cur, issue_date, &sub_lines, &accrued)?;
+            let (entries, revenue_type, credited_line) = match line.kind {
+                LineKind::Usage if progressive => {
+                    let s = self.progressive_schedule(line, cur, issue_date, &accrued)?;
+                    (s, RevenueType::Usage, None)
+                }
+                _ => self.schedule(line, cur, issue_date, &sub_lines, &accrued)?,
+            };
             let sum = checked_sum(entries.iter().map(|(_, a)| *a));
             let sum = sum.ok_or_else(|| overflow(position, format!("{} schedule", what())))?;
             if sum != line.amount {
@@ -386,6 +392,32 @@ impl Journal<'_, '_> {
                 }
             },
         })
+    }
+
+    /// A progressive invoice's usage line (docs/decisions/0037): the accruals it took, as
+    /// they were recognized, plus what differs from its amount (a coupon's discount, or usage
+    /// the journal had not accrued) on the issue day (within the period), so no later day
+    /// carries a negative deferral. Sums exactly to the line's amount.
+    fn progressive_schedule(
+        &self,
+        line: &InvoiceLine,
+        cur: Currency,
+        issue_date: Date,
+        accrued: &[(Date, Decimal)],
+    ) -> Result<Entries> {
+        let p = line.service_period;
+        let what = || format!("progressive usage of line {:?}", line.description);
+        let taken = checked_sum(accrued.iter().map(|(_, a)| *a));
+        let residue = taken.and_then(|t| line.amount.checked_sub(t));
+        let residue = residue.ok_or_else(|| overflow(self.position, what()))?;
+        let last = p.end.yesterday().unwrap_or(p.end).max(p.start);
+        let day = issue_date.clamp(p.start, last);
+        debug_assert_eq!(
+            residue,
+            cur.round(residue),
+            "accruals and lines are at the currency's scale"
+        );
+        merge_nonzero(accrued, &[(day, residue)]).ok_or_else(|| overflow(self.position, what()))
     }
 
     /// The newest base-fee line (not voided) whose service period contains `day`.

@@ -54,6 +54,7 @@ fn plan(code: &str, interval: Interval, fee: &str, trial_days: u32) -> Event {
         fee_timing: FeeTiming::Advance,
         trial_days,
         minimum_commitment: None,
+        progressive_billing: None,
         charges: vec![],
     })
 }

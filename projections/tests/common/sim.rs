@@ -95,7 +95,22 @@ pub fn usd() -> Currency {
     Currency::parse("USD").unwrap()
 }
 
-fn plan(code: &str, fee: Decimal, timing: FeeTiming) -> Plan {
+/// Ops that only start, use, change, cancel and bill (no payments, credit notes, coupons,
+/// wallets or alerts): the same ops billed progressively or only at close bill the same.
+pub fn billing_op() -> impl Strategy<Value = Op> {
+    op().prop_filter("billing only", |o| {
+        matches!(
+            o,
+            Op::Start { .. }
+                | Op::Usage { .. }
+                | Op::Change { .. }
+                | Op::Cancel { .. }
+                | Op::Days(_)
+        )
+    })
+}
+
+fn plan(code: &str, fee: Decimal, timing: FeeTiming, progressive: bool) -> Plan {
     let model = ChargeModel::Standard { unit_price: dec!(0.01) };
     Plan {
         code: code.into(),
@@ -107,12 +122,22 @@ fn plan(code: &str, fee: Decimal, timing: FeeTiming) -> Plan {
         fee_timing: timing,
         trial_days: 0,
         minimum_commitment: None,
+        // At 0.01 a call (≤ 5.00 an event): several progressive invoices in most periods.
+        progressive_billing: progressive.then(|| domain::progressive::ProgressiveBilling {
+            thresholds: vec![dec!(1.00), dec!(3.00)],
+            every: Some(dec!(2.50)),
+        }),
         charges: vec![Charge { metric_code: "calls".into(), model, pay_in_advance: false }],
     }
 }
 
 /// Runs the ops through the domain; returns every event it decided.
 pub fn simulate(ops: &[Op], arrears: bool) -> Vec<Event> {
+    simulate_billing(ops, arrears, false)
+}
+
+/// [`simulate`], with plans that bill progressively when `progressive`.
+pub fn simulate_billing(ops: &[Op], arrears: bool, progressive: bool) -> Vec<Event> {
     let mut ledger = Ledger::default();
     let mut events = Vec::new();
     let mut now: Timestamp = "2025-01-01T12:00:00Z".parse().unwrap();
@@ -125,8 +150,8 @@ pub fn simulate(ops: &[Op], arrears: bool) -> Vec<Event> {
             property: Some("n".into()),
             allow_negative: false,
         }),
-        Command::PublishPlan(plan("basic", dec!(30), timing)),
-        Command::PublishPlan(plan("pro", dec!(62), FeeTiming::Advance)),
+        Command::PublishPlan(plan("basic", dec!(30), timing, progressive)),
+        Command::PublishPlan(plan("pro", dec!(62), FeeTiming::Advance, progressive)),
     ];
     let coupon = |code: &str, kind: CouponKind, frequency: Frequency| {
         Command::DefineCoupon(Coupon {

@@ -1,0 +1,177 @@
+//! Progressive billing through the ledger (docs/decisions/0037): invoices issued as usage
+//! crosses the plan's thresholds, the closing invoice net of them, and the same totals as the
+//! twin subscription billed only at close (with a minimum commitment and a coupon too).
+
+use super::*;
+use crate::coupon::{Coupon, CouponKind, Frequency};
+use crate::invoice::IssueReason;
+use crate::progressive::ProgressiveBilling;
+
+/// 1.00 per call in arrears, 10.00 base fee in arrears; thresholds at 50 and 120, then every 100.
+fn publish(w: &mut World, code: &str, progressive: bool, minimum: Option<Decimal>) {
+    let plan = Plan {
+        code: code.into(),
+        version: 0,
+        name: code.into(),
+        currency: Currency::parse("USD").unwrap(),
+        interval: Interval::Monthly,
+        base_fee: dec!(10.00),
+        fee_timing: FeeTiming::Arrears,
+        trial_days: 0,
+        minimum_commitment: minimum,
+        progressive_billing: progressive.then(|| ProgressiveBilling {
+            thresholds: vec![dec!(50), dec!(120)],
+            every: Some(dec!(100)),
+        }),
+        charges: vec![Charge {
+            metric_code: "calls".into(),
+            model: ChargeModel::Standard { unit_price: dec!(1.00) },
+            pay_in_advance: false,
+        }],
+    };
+    w.run(Command::PublishPlan(plan), "2025-01-01T00:00:00Z").unwrap();
+}
+
+/// Usage of January, each with the progressive invoice it brings: (calls, usage billed).
+const JANUARY: [(&str, Option<Decimal>); 7] = [
+    ("30", None),
+    // 55 reaches 50: all 55 so far.
+    ("25", Some(dec!(55.00))),
+    // 95: the next threshold above the 55 billed is 120.
+    ("40", None),
+    ("30", Some(dec!(70.00))),
+    // 225 reaches 220 (120 + 100): the 100 not billed yet.
+    ("100", Some(dec!(100.00))),
+    // 235: the next is 320.
+    ("10", None),
+    // Usage that adds nothing brings no invoice.
+    ("0", None),
+];
+
+fn world(progressive: bool, minimum: Option<Decimal>) -> World {
+    let mut w = World::new(dec!(10));
+    publish(&mut w, "p", progressive, minimum);
+    w.start("p", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    w
+}
+
+fn january(w: &mut World) -> Vec<Invoice> {
+    let mut issued = Vec::new();
+    for (i, (calls, _)) in JANUARY.iter().enumerate() {
+        let day = format!("2025-01-{:02}T12:00:00Z", i + 2);
+        issued.extend(invoices(&w.usage(&format!("t{i}"), calls, &day, &day).unwrap()));
+    }
+    issued
+}
+
+#[test]
+fn thresholds_invoice_the_usage_so_far_and_the_close_bills_the_rest() {
+    let mut w = world(true, None);
+    let progressive = january(&mut w);
+    let want: Vec<Decimal> = JANUARY.iter().filter_map(|(_, billed)| *billed).collect();
+    let got: Vec<Decimal> = progressive.iter().map(|i| i.subtotal).collect();
+    assert_eq!(got, want);
+    for inv in &progressive {
+        assert_eq!(inv.reason, IssueReason::Progressive);
+        assert_eq!(inv.period.start, date(2025, 1, 1));
+        assert_eq!(inv.tax, inv.subtotal * dec!(0.10), "taxed like any invoice");
+        assert!(inv.lines.iter().all(|l| l.kind == LineKind::Usage));
+    }
+    // The draft shows what the close will bill: usage net of the 225.00 already billed.
+    let draft = w.ledger.draft_invoice("s1", at("2025-01-20T00:00:00Z")).unwrap().unwrap();
+    let closing = w.bill("2025-02-01T00:00:00Z");
+    assert_eq!(closing.len(), 1);
+    let close = &closing[0];
+    assert_eq!(close.reason, IssueReason::PeriodClose);
+    let usage = close.lines.iter().find(|l| l.kind == LineKind::Usage).unwrap();
+    assert_eq!(usage.amount, dec!(10.00), "235 rated less 225 billed");
+    assert_eq!(usage.units, Some(dec!(235)));
+    assert!(usage.description.contains("less 225.00 billed progressively"), "{usage:?}");
+    assert_eq!(close.subtotal, dec!(20.00), "base fee 10.00 + usage 10.00");
+    assert_eq!(draft.subtotal, close.subtotal);
+    // The next period starts with nothing billed progressively.
+    assert!(w.ledger.subscriptions["s1"].progressive_billed.is_empty());
+}
+
+/// The same usage with and without thresholds bills the same in all: Σ subtotals per line kind,
+/// also with a minimum commitment above the usage and with a 10 % coupon.
+#[test]
+fn progressive_and_close_only_bill_the_same_table() {
+    let cases = [(None, false), (Some(dec!(300)), false), (None, true), (Some(dec!(300)), true)];
+    for (minimum, coupon) in cases {
+        let totals = |progressive: bool| {
+            let mut w = world(progressive, minimum);
+            if coupon {
+                let c = Coupon {
+                    code: "ten".into(),
+                    kind: CouponKind::Percentage { percent: dec!(10) },
+                    frequency: Frequency::Forever,
+                    plan_codes: vec![],
+                    metric_codes: vec![],
+                    applies_to_add_ons: false,
+                    expires_on: None,
+                };
+                w.run(Command::DefineCoupon(c), "2025-01-01T11:00:00Z").unwrap();
+                let apply =
+                    Command::ApplyCoupon { customer_id: "acme".into(), coupon_code: "ten".into() };
+                w.run(apply, "2025-01-01T11:00:00Z").unwrap();
+            }
+            let mut all = january(&mut w);
+            all.extend(w.bill("2025-02-01T00:00:00Z"));
+            let mut by_kind: BTreeMap<&'static str, Decimal> = BTreeMap::new();
+            for line in all.iter().flat_map(|i| &i.lines) {
+                *by_kind.entry(line.kind.as_str()).or_default() += line.amount + line.discount;
+            }
+            let discount: Decimal = all.iter().flat_map(|i| &i.lines).map(|l| l.discount).sum();
+            let subtotal: Decimal = all.iter().map(|i| i.subtotal).sum();
+            (by_kind, discount, subtotal, all.len())
+        };
+        let (with, without) = (totals(true), totals(false));
+        assert_eq!(
+            (&with.0, with.1, with.2),
+            (&without.0, without.1, without.2),
+            "{minimum:?} {coupon}"
+        );
+        assert_eq!((with.3, without.3), (4, 1), "three progressive invoices and the close");
+    }
+}
+
+/// A voided progressive invoice is billed again: by the next progressive invoice, or at close.
+#[test]
+fn a_voided_progressive_invoice_is_billed_again() {
+    let mut w = world(true, None);
+    let progressive = january(&mut w);
+    let second = &progressive[1];
+    let void = Command::VoidInvoice { invoice_id: second.invoice_id.clone(), reason: "x".into() };
+    w.run(void, "2025-01-20T00:00:00Z").unwrap();
+    let billed = &w.ledger.subscriptions["s1"].progressive_billed[&date(2025, 1, 1)];
+    assert_eq!(billed["calls"], dec!(155.00), "225 less the 70 voided");
+    // 236 rated, 155 billed: the next threshold above 155 is 220, so it bills 81.00 at once.
+    let events = w.usage("t9", "1", "2025-01-21T00:00:00Z", "2025-01-21T00:00:00Z").unwrap();
+    let again = invoices(&events);
+    assert_eq!(again.iter().map(|i| i.subtotal).collect::<Vec<_>>(), [dec!(81.00)]);
+    let close = w.bill("2025-02-01T00:00:00Z");
+    let usage = close[0].lines.iter().find(|l| l.kind == LineKind::Usage).unwrap();
+    assert_eq!(usage.amount, dec!(0.00), "236 rated, all billed progressively");
+}
+
+/// Folding the log into a fresh ledger gives the same progressive state and draft: it is
+/// decided once, and replayed from the invoices.
+#[test]
+fn progressive_state_replays_from_the_log() {
+    let mut w = world(true, None);
+    january(&mut w);
+    let mut replayed = Ledger::default();
+    for (position, event) in w.log.iter().enumerate() {
+        replayed.evolve(event, position as u64);
+    }
+    let (live, folded) = (&w.ledger.subscriptions["s1"], &replayed.subscriptions["s1"]);
+    assert_eq!(live.progressive_billed, folded.progressive_billed);
+    assert_eq!(live.billed_by_period, folded.billed_by_period);
+    assert_eq!(live.progressive_billed[&date(2025, 1, 1)]["calls"], dec!(225.00));
+    let at_ = at("2025-01-20T00:00:00Z");
+    assert_eq!(
+        w.ledger.draft_invoice("s1", at_).unwrap(),
+        replayed.draft_invoice("s1", at_).unwrap()
+    );
+}
