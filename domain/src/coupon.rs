@@ -173,6 +173,19 @@ impl HeldCoupon {
     }
 }
 
+/// Whether an invoice issued for `reason` uses up what its coupons gave (a `once` fixed
+/// coupon's amount, a recurring coupon's period). A progressive invoice (docs/decisions/0037)
+/// takes only percentage coupons and uses none up: the period's closing invoice counts the
+/// period, as when nothing is billed before the close.
+pub fn uses_up_coupons(reason: crate::invoice::IssueReason) -> bool {
+    reason != crate::invoice::IssueReason::Progressive
+}
+
+/// Whether `held` may discount an invoice issued for `reason` (see [`uses_up_coupons`]).
+pub fn applies_to_reason(held: &HeldCoupon, reason: crate::invoice::IssueReason) -> bool {
+    uses_up_coupons(reason) || matches!(held.coupon.kind, CouponKind::Percentage { .. })
+}
+
 /// What the discount needs to know of a line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineToDiscount {

@@ -20,7 +20,7 @@ use crate::commands::{Command, Context, PaymentOutcome};
 use crate::credit_note;
 use crate::error::{DomainError, Violations, PLAN_OUT_OF_BOUNDS};
 use crate::events::Event;
-use crate::invoice::{Invoice, InvoiceAccount, InvoiceStatus};
+use crate::invoice::{Invoice, InvoiceAccount, InvoiceStatus, IssueReason};
 use crate::rating::{is_rating_overflow, Aggregation, ChargeModel};
 use crate::subscription::Subscription;
 
@@ -474,6 +474,16 @@ impl Ledger {
                 format!(
                     "invoice {id} has credit notes ({}): correct it with another credit note",
                     inv.credits.credit_note_ids.join(", ")
+                ),
+            ));
+        }
+        if inv.invoice.reason == IssueReason::Progressive {
+            return Err(DomainError::precondition(
+                "INVOICE_NOT_VOIDABLE",
+                format!("invoice-{id}"),
+                format!(
+                    "invoice {id} billed usage progressively; its usage is already recognized \
+                     and deducted from the period's close: correct it with a credit note"
                 ),
             ));
         }

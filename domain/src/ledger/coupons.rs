@@ -5,7 +5,9 @@
 use super::{CustomerState, Ledger};
 use crate::calendar::local_date;
 use crate::commands::Context;
-use crate::coupon::{discount, Coupon, CouponKind, CouponUse, LineToDiscount};
+use crate::coupon::{
+    applies_to_reason, discount, Coupon, CouponKind, CouponUse, HeldCoupon, LineToDiscount,
+};
 use crate::error::DomainError;
 use crate::events::Event;
 use crate::invoice::{with_discounts, Invoice, LineKind};
@@ -92,7 +94,9 @@ impl Ledger {
         plan_code: Option<&str>,
         invoice: Invoice,
     ) -> Result<Invoice, DomainError> {
-        if customer.coupons.is_empty() {
+        let coupons: Vec<&HeldCoupon> =
+            customer.coupons.iter().filter(|h| applies_to_reason(h, invoice.reason)).collect();
+        if coupons.is_empty() {
             return Ok(invoice);
         }
         let lines: Vec<LineToDiscount> = invoice
@@ -108,9 +112,9 @@ impl Ledger {
                 add_on: l.kind == LineKind::AddOn,
             })
             .collect();
-        let d = discount(&customer.coupons, &lines, invoice.currency);
-        let uses = customer
-            .coupons
+        let coupons: Vec<HeldCoupon> = coupons.into_iter().cloned().collect();
+        let d = discount(&coupons, &lines, invoice.currency);
+        let uses = coupons
             .iter()
             .zip(&d.given)
             .map(|(h, amount)| CouponUse { coupon_code: h.coupon.code.clone(), amount: *amount })

@@ -72,9 +72,6 @@ impl Ledger {
                     customer.credit_balance += invoice.credit_applied;
                 }
                 self.evolve_wallet_void(&invoice);
-                if invoice.reason == IssueReason::Progressive {
-                    self.evolve_progressive(&invoice, Decimal::NEGATIVE_ONE);
-                }
             }
             Event::WalletOpened(_)
             | Event::WalletToppedUp(_)
@@ -139,7 +136,7 @@ impl Ledger {
     }
 
     fn evolve_invoice(&mut self, inv: &Invoice) {
-        if !inv.coupons.is_empty() {
+        if !inv.coupons.is_empty() && crate::coupon::uses_up_coupons(inv.reason) {
             self.evolve_coupon_uses(&inv.customer_id, &inv.coupons);
         }
         if !inv.wallet_applied.is_empty() {
@@ -184,7 +181,7 @@ impl Ledger {
             }
         }
         if inv.reason == IssueReason::Progressive {
-            self.evolve_progressive(inv, Decimal::ONE);
+            self.evolve_progressive(inv);
         }
         let previous =
             self.invoices.insert(inv.invoice_id.clone(), InvoiceAccount::issued(inv.clone()));

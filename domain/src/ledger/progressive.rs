@@ -30,6 +30,12 @@ impl Ledger {
         now: Timestamp,
         position: u64,
     ) -> Vec<Event> {
+        // The ingest hot path: a subscription none of whose plans bills progressively pays
+        // only these lookups.
+        let sub = &self.subscriptions[subscription_id];
+        if sub.plans.iter().all(|(_, r)| self.plan(r).progressive_billing.is_none()) {
+            return Vec::new();
+        }
         let Ok(Some(invoice)) = self.progressive_invoice(subscription_id, period_start, now) else {
             return Vec::new();
         };
@@ -75,7 +81,9 @@ impl Ledger {
         }
         let mut lines = Vec::with_capacity(usage.len());
         for mut line in net_of_progressive(sub, &p, usage, plan.currency)? {
-            if line.unrounded.is_zero() {
+            // A metric whose rated amount fell since it was billed waits for the close: a
+            // progressive line only bills usage, it never gives any back.
+            if line.unrounded <= Decimal::ZERO {
                 continue;
             }
             line.description = format!("{}, usage to date", line.description);
@@ -85,18 +93,15 @@ impl Ledger {
     }
 
     /// Keeps what a progressive invoice billed, before coupons, per period and metric (the
-    /// closing invoice deducts it, the minimum commitment counts it); a void gives it back.
-    pub(super) fn evolve_progressive(&mut self, inv: &Invoice, sign: Decimal) {
+    /// closing invoice deducts it, the minimum commitment counts it). It is never voided.
+    pub(super) fn evolve_progressive(&mut self, inv: &Invoice) {
         let sub = self.sub_mut(&inv.subscription_id);
-        if sub.next_close.is_none_or(|n| inv.period.start < n.start) {
-            return; // The period is closed: nothing of it is billed again.
-        }
         let billed = sub.progressive_billed.entry(inv.period.start).or_default();
         let mut gross_total = Decimal::ZERO;
         for line in inv.lines.iter().filter(|l| l.kind == LineKind::Usage) {
             let metric = line.metric_code.clone().unwrap_or_default();
             // Saturating, as `billed_by_period`: in range for every log the bounds allow.
-            let gross = line.amount.saturating_add(line.discount).saturating_mul(sign);
+            let gross = line.amount.saturating_add(line.discount);
             let amount = billed.entry(metric).or_default();
             *amount = amount.saturating_add(gross);
             gross_total = gross_total.saturating_add(gross);

@@ -62,10 +62,9 @@ impl AccrualState {
     /// what progressive lines took; `None` if a sum overflows.
     fn untaken(&self) -> Option<BTreeMap<String, Decimal>> {
         let mut totals = self.totals()?;
-        for (metric, days) in &self.taken {
-            if let Some(total) = totals.get_mut(metric) {
-                *total = total.checked_sub(checked_sum(days.values().copied())?)?;
-            }
+        for (metric, days) in self.taken.iter().filter(|(m, _)| !self.invoiced.contains(*m)) {
+            let total = totals.entry(metric.clone()).or_default();
+            *total = total.checked_sub(checked_sum(days.values().copied())?)?;
         }
         Some(totals)
     }

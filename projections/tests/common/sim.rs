@@ -15,7 +15,7 @@ use domain::events::{Event, Usage};
 use domain::invoice::{InvoiceAccount, InvoiceStatus};
 use domain::ledger::Ledger;
 use domain::money::Currency;
-use domain::rating::{Aggregation, ChargeModel};
+use domain::rating::{Aggregation, ChargeModel, Tier};
 use domain::wallet::{CreditKind, OpenWallet, TopUpRequest};
 use event_store::MemoryStore;
 use jiff::{SignedDuration, Timestamp};
@@ -111,7 +111,17 @@ pub fn billing_op() -> impl Strategy<Value = Op> {
 }
 
 fn plan(code: &str, fee: Decimal, timing: FeeTiming, progressive: bool) -> Plan {
-    let model = ChargeModel::Standard { unit_price: dec!(0.01) };
+    // Pro prices calls by volume: past 600 calls all of them cost less, so its rated amount
+    // falls (a reversal of accrued usage revenue; with progressive billing, after it was billed).
+    let model = match code {
+        "pro" => ChargeModel::Volume {
+            tiers: vec![
+                Tier { up_to: Some(dec!(600)), unit_price: dec!(0.01), flat_fee: dec!(0) },
+                Tier { up_to: None, unit_price: dec!(0.004), flat_fee: dec!(0) },
+            ],
+        },
+        _ => ChargeModel::Standard { unit_price: dec!(0.01) },
+    };
     Plan {
         code: code.into(),
         version: 0,

@@ -97,15 +97,27 @@ fn thresholds_invoice_the_usage_so_far_and_the_close_bills_the_rest() {
 /// also with a minimum commitment above the usage and with a 10 % coupon.
 #[test]
 fn progressive_and_close_only_bill_the_same_table() {
-    let cases = [(None, false), (Some(dec!(300)), false), (None, true), (Some(dec!(300)), true)];
+    let percent = |p: Decimal| CouponKind::Percentage { percent: p };
+    let fixed =
+        CouponKind::FixedAmount { amount: dec!(10), currency: Currency::parse("USD").unwrap() };
+    let cases = [
+        (None, None),
+        (Some(dec!(300)), None),
+        (None, Some((percent(dec!(10)), Frequency::Forever))),
+        (Some(dec!(300)), Some((percent(dec!(10)), Frequency::Forever))),
+        (None, Some((percent(dec!(20)), Frequency::Recurring { periods: 1 }))),
+        (None, Some((percent(dec!(20)), Frequency::Once))),
+        (None, Some((fixed.clone(), Frequency::Forever))),
+        (None, Some((fixed.clone(), Frequency::Once))),
+    ];
     for (minimum, coupon) in cases {
         let totals = |progressive: bool| {
             let mut w = world(progressive, minimum);
-            if coupon {
+            if let Some((kind, frequency)) = coupon.clone() {
                 let c = Coupon {
                     code: "ten".into(),
-                    kind: CouponKind::Percentage { percent: dec!(10) },
-                    frequency: Frequency::Forever,
+                    kind,
+                    frequency,
                     plan_codes: vec![],
                     metric_codes: vec![],
                     applies_to_add_ons: false,
@@ -130,29 +142,79 @@ fn progressive_and_close_only_bill_the_same_table() {
         assert_eq!(
             (&with.0, with.1, with.2),
             (&without.0, without.1, without.2),
-            "{minimum:?} {coupon}"
+            "{minimum:?} {coupon:?}"
         );
         assert_eq!((with.3, without.3), (4, 1), "three progressive invoices and the close");
     }
 }
 
-/// A voided progressive invoice is billed again: by the next progressive invoice, or at close.
+/// A progressive invoice is never voided (its usage is recognized and deducted from the close):
+/// it is corrected by a credit note; the refusal changes nothing.
 #[test]
-fn a_voided_progressive_invoice_is_billed_again() {
+fn a_progressive_invoice_is_not_voided() {
     let mut w = world(true, None);
     let progressive = january(&mut w);
-    let second = &progressive[1];
-    let void = Command::VoidInvoice { invoice_id: second.invoice_id.clone(), reason: "x".into() };
-    w.run(void, "2025-01-20T00:00:00Z").unwrap();
+    let void =
+        Command::VoidInvoice { invoice_id: progressive[1].invoice_id.clone(), reason: "x".into() };
+    match w.run(void, "2025-01-20T00:00:00Z") {
+        Err(DomainError::Precondition { kind, .. }) => assert_eq!(kind, "INVOICE_NOT_VOIDABLE"),
+        other => panic!("{other:?}"),
+    }
     let billed = &w.ledger.subscriptions["s1"].progressive_billed[&date(2025, 1, 1)];
-    assert_eq!(billed["calls"], dec!(155.00), "225 less the 70 voided");
-    // 236 rated, 155 billed: the next threshold above 155 is 220, so it bills 81.00 at once.
-    let events = w.usage("t9", "1", "2025-01-21T00:00:00Z", "2025-01-21T00:00:00Z").unwrap();
-    let again = invoices(&events);
-    assert_eq!(again.iter().map(|i| i.subtotal).collect::<Vec<_>>(), [dec!(81.00)]);
+    assert_eq!(billed["calls"], dec!(225.00));
+}
+
+/// A metric whose rated amount fell since it was billed is not given back by a progressive
+/// invoice (its lines only bill): the close nets it. Volume pricing of a second metric: its
+/// rated amount falls when a higher tier's lower price applies to all units.
+#[test]
+fn progressive_lines_only_bill_and_the_close_nets_what_fell() {
+    let mut w = World::new(dec!(10));
+    let storage = Metric {
+        code: "gb".into(),
+        name: "Storage".into(),
+        aggregation: Aggregation::Sum,
+        property: Some("n".into()),
+        allow_negative: false,
+    };
+    w.run(Command::DefineMetric(storage), "2025-01-01T00:00:00Z").unwrap();
+    let tiers = vec![
+        Tier { up_to: Some(dec!(100)), unit_price: dec!(1.00), flat_fee: dec!(0) },
+        Tier { up_to: None, unit_price: dec!(0.10), flat_fee: dec!(0) },
+    ];
+    publish(&mut w, "p", true, None);
+    let mut plan = w.ledger.plans["p"][0].clone();
+    plan.code = "p2".into();
+    plan.charges.push(Charge {
+        metric_code: "gb".into(),
+        model: ChargeModel::Volume { tiers },
+        pay_in_advance: false,
+    });
+    w.run(Command::PublishPlan(plan), "2025-01-01T00:00:00Z").unwrap();
+    w.start("p2", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
+    let gb = |w: &mut World, tx: &str, n: &str, day: &str| {
+        let mut u = s1_usage(tx, n, day);
+        u.metric_code = "gb".into();
+        invoices(&w.run(Command::RecordUsage(u), day).unwrap())
+    };
+    // 90 GB: 90.00 ≥ 50, billed. Then 20 GB more: 110 GB at 0.10 = 11.00, below the 90.00
+    // billed. Then 200 calls: 211.00 rated ≥ 120: only the calls are billed (200.00).
+    let first = gb(&mut w, "g1", "90", "2025-01-03T00:00:00Z");
+    assert_eq!(first.iter().map(|i| i.subtotal).collect::<Vec<_>>(), [dec!(90.00)]);
+    assert!(gb(&mut w, "g2", "20", "2025-01-04T00:00:00Z").is_empty());
+    let day = "2025-01-05T00:00:00Z";
+    let calls = invoices(&w.usage("c1", "200", day, day).unwrap());
+    let lines: Vec<(Option<&str>, Decimal)> =
+        calls[0].lines.iter().map(|l| (l.metric_code.as_deref(), l.amount)).collect();
+    assert_eq!(lines, [(Some("calls"), dec!(200.00))]);
     let close = w.bill("2025-02-01T00:00:00Z");
-    let usage = close[0].lines.iter().find(|l| l.kind == LineKind::Usage).unwrap();
-    assert_eq!(usage.amount, dec!(0.00), "236 rated, all billed progressively");
+    let usage: Vec<(Option<&str>, Decimal)> = close[0]
+        .lines
+        .iter()
+        .filter(|l| l.kind == LineKind::Usage)
+        .map(|l| (l.metric_code.as_deref(), l.amount))
+        .collect();
+    assert_eq!(usage, [(Some("calls"), dec!(0.00)), (Some("gb"), dec!(-79.00))]);
 }
 
 /// Folding the log into a fresh ledger gives the same progressive state and draft: it is
