@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::sim::{billing_op, op, simulate, simulate_billing, store_of, usd};
+use common::sim::{billing_op, mrr_op, op, simulate, simulate_billing, store_of, usd};
 use domain::events::Event;
 use domain::invoice::{IssueReason, LineKind};
 use domain::wallet::CreditKind;
@@ -162,6 +162,19 @@ fn books_per_day(events: Vec<Event>) -> Vec<Day> {
     })
 }
 
+/// MRR at each month end of 2025 and 2026, and the movements over them.
+fn mrr_series(events: Vec<Event>) -> (Vec<Decimal>, Decimal) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let (_dir, _, series) = projected(&events).await;
+        let ends = (0..24i16).map(|m| date(2025 + m / 12, (m % 12 + 1) as i8, 1).last_of_month());
+        let mrr = ends.map(|d| series.mrr_at(d, usd()).unwrap()).collect();
+        let (from, to) = (date(2025, 1, 1), date(2026, 12, 31));
+        let moves = series.movements(from, to, Granularity::Month, usd()).unwrap();
+        (mrr, moves.iter().map(|b| b.net).sum())
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
@@ -180,5 +193,14 @@ proptest! {
         prop_assume!(count(&progressive) > 0);
         check(progressive.clone())?;
         prop_assert_eq!(books_per_day(progressive), books_per_day(at_close));
+    }
+
+    /// Progressive invoices use up no coupon period, so MRR (coupons included) is the same
+    /// billed progressively or at close.
+    #[test]
+    fn progressive_billing_leaves_mrr_as_it_is(ops in proptest::collection::vec(mrr_op(), 1..80), arrears in any::<bool>()) {
+        let progressive = simulate_billing(&ops, arrears, true);
+        let at_close = simulate_billing(&ops, arrears, false);
+        prop_assert_eq!(mrr_series(progressive), mrr_series(at_close));
     }
 }

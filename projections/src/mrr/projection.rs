@@ -248,8 +248,12 @@ fn remove_coupon(
 /// What an issued invoice's coupons gave comes off what the customer holds (the domain's
 /// `record_use`). A recurring coupon whose last period this invoice used stops discounting at
 /// the end of what the invoice discounted: the latest service-period end of its discounted
-/// lines (the invoice's period if none shows a discount).
+/// lines (the invoice's period if none shows a discount). A progressive invoice uses none up
+/// (`domain::coupon::uses_up_coupons`, decision 0037).
 fn use_coupons(w: &mut Writes<'_>, invoice: &Invoice, pos: Position) -> Result<()> {
+    if !domain::coupon::uses_up_coupons(invoice.reason) {
+        return Ok(());
+    }
     let mut uses = Vec::new();
     for u in &invoice.coupons {
         if coupon_affects_mrr(&load_coupon(w, &u.coupon_code, pos)?) {
