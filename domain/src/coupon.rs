@@ -132,6 +132,10 @@ pub struct HeldCoupon {
     pub amount_left: Decimal,
     /// A recurring coupon: the invoices it may still discount.
     pub periods_left: u32,
+    /// It discounted a progressive invoice (docs/decisions/0037), which counts no period: the
+    /// next invoice that uses up coupons counts that period, even if it gives nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub period_pending: bool,
 }
 
 impl HeldCoupon {
@@ -146,12 +150,32 @@ impl HeldCoupon {
             Frequency::Recurring { periods } => periods,
             Frequency::Forever => u32::MAX,
         };
-        HeldCoupon { coupon, amount_left, periods_left }
+        HeldCoupon { coupon, amount_left, periods_left, period_pending: false }
     }
 
-    /// Records that it gave `amount` on an invoice: a fixed `once` coupon has that much less
-    /// left; a recurring one, one period less when it gave anything.
-    pub fn record_use(&mut self, amount: Decimal) {
+    /// Records that it gave `amount` on an invoice issued for `reason`: a fixed `once` coupon
+    /// has that much less left; a recurring one, one period less when it gave anything, or when
+    /// a progressive invoice it discounted left that period pending. A progressive invoice
+    /// ([`uses_up_coupons`]) uses nothing up; what it was given leaves the period pending.
+    pub fn record_use(&mut self, amount: Decimal, reason: crate::invoice::IssueReason) {
+        if !uses_up_coupons(reason) {
+            let counted = !matches!(self.coupon.frequency, Frequency::Forever);
+            self.period_pending |= counted && !amount.is_zero();
+            return;
+        }
+        if self.period_pending {
+            self.period_pending = false;
+            if self.periods_left > 0 && !matches!(self.coupon.kind, CouponKind::FixedAmount { .. })
+            {
+                self.periods_left -= 1;
+                return;
+            }
+        }
+        self.count_use(amount);
+    }
+
+    /// [`HeldCoupon::record_use`] of an invoice that uses coupons up, without a pending period.
+    fn count_use(&mut self, amount: Decimal) {
         match (&self.coupon.kind, self.coupon.frequency) {
             (CouponKind::FixedAmount { .. }, Frequency::Once) => {
                 self.amount_left -= amount;
@@ -260,7 +284,7 @@ pub fn discount(held: &[HeldCoupon], lines: &[LineToDiscount], currency: Currenc
             per_line[*i] += *cut;
             total += *cut;
         }
-        h.record_use(total);
+        h.count_use(total);
         given.push(total);
         after.push(h);
     }

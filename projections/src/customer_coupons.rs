@@ -65,7 +65,7 @@ pub(crate) fn apply(w: &mut Writes<'_>, event: &Event, position: Position) -> Re
 
 /// What an issued invoice's coupons gave comes off what the customer holds.
 pub(crate) fn used(w: &mut Writes<'_>, invoice: &Invoice, position: Position) -> Result<()> {
-    if invoice.coupons.is_empty() || !domain::coupon::uses_up_coupons(invoice.reason) {
+    if invoice.coupons.is_empty() {
         return Ok(());
     }
     let mut held = load_held(w, &invoice.customer_id)?;
@@ -86,7 +86,7 @@ pub(crate) fn used(w: &mut Writes<'_>, invoice: &Invoice, position: Position) ->
             );
             return Err(inconsistent(position, detail));
         }
-        h.record_use(u.amount);
+        h.record_use(u.amount, invoice.reason);
     }
     store_held(w, &invoice.customer_id, &held);
     Ok(())

@@ -6,7 +6,8 @@ use super::{CustomerState, Ledger};
 use crate::calendar::local_date;
 use crate::commands::Context;
 use crate::coupon::{
-    applies_to_reason, discount, Coupon, CouponKind, CouponUse, HeldCoupon, LineToDiscount,
+    applies_to_reason, discount, uses_up_coupons, Coupon, CouponKind, CouponUse, HeldCoupon,
+    LineToDiscount,
 };
 use crate::error::DomainError;
 use crate::events::Event;
@@ -114,12 +115,30 @@ impl Ledger {
             .collect();
         let coupons: Vec<HeldCoupon> = coupons.into_iter().cloned().collect();
         let d = discount(&coupons, &lines, invoice.currency);
-        let uses = coupons
+        let uses: Vec<CouponUse> = coupons
             .iter()
             .zip(&d.given)
             .map(|(h, amount)| CouponUse { coupon_code: h.coupon.code.clone(), amount: *amount })
             .collect();
-        with_discounts(invoice, &d.per_line, uses)
+        // A coupon whose period a progressive invoice left pending is recorded even when it
+        // gives nothing here, so this invoice counts that period (decision 0037).
+        let pending: Vec<CouponUse> = match uses_up_coupons(invoice.reason) {
+            true => coupons
+                .iter()
+                .zip(&uses)
+                .filter(|(h, _)| h.period_pending)
+                .map(|(_, u)| u.clone())
+                .collect(),
+            false => Vec::new(),
+        };
+        let mut invoice = with_discounts(invoice, &d.per_line, uses.clone())?;
+        if !pending.is_empty() {
+            let kept = |u: &CouponUse| {
+                !u.amount.is_zero() || pending.iter().any(|p| p.coupon_code == u.coupon_code)
+            };
+            invoice.coupons = uses.into_iter().filter(kept).collect();
+        }
+        Ok(invoice)
     }
 
     pub(super) fn evolve_coupon_applied(&mut self, customer_id: &str, code: &str) {
@@ -135,11 +154,11 @@ impl Ledger {
     }
 
     /// What an issued invoice's coupons gave comes off what the customer holds.
-    pub(super) fn evolve_coupon_uses(&mut self, customer_id: &str, uses: &[CouponUse]) {
-        let customer = self.customers.get_mut(customer_id).expect("customer exists");
-        for u in uses {
+    pub(super) fn evolve_coupon_uses(&mut self, inv: &crate::invoice::Invoice) {
+        let customer = self.customers.get_mut(&inv.customer_id).expect("customer exists");
+        for u in &inv.coupons {
             let held = customer.coupons.iter_mut().find(|h| h.coupon.code == u.coupon_code);
-            held.expect("an invoice's coupon is held").record_use(u.amount);
+            held.expect("an invoice's coupon is held").record_use(u.amount, inv.reason);
         }
     }
 }

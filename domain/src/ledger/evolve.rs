@@ -136,8 +136,8 @@ impl Ledger {
     }
 
     fn evolve_invoice(&mut self, inv: &Invoice) {
-        if !inv.coupons.is_empty() && crate::coupon::uses_up_coupons(inv.reason) {
-            self.evolve_coupon_uses(&inv.customer_id, &inv.coupons);
+        if !inv.coupons.is_empty() {
+            self.evolve_coupon_uses(inv);
         }
         if !inv.wallet_applied.is_empty() {
             self.evolve_wallet_uses(&inv.wallet_applied);

@@ -249,11 +249,8 @@ fn remove_coupon(
 /// `record_use`). A recurring coupon whose last period this invoice used stops discounting at
 /// the end of what the invoice discounted: the latest service-period end of its discounted
 /// lines (the invoice's period if none shows a discount). A progressive invoice uses none up
-/// (`domain::coupon::uses_up_coupons`, decision 0037).
+/// (`HeldCoupon::record_use`, decision 0037).
 fn use_coupons(w: &mut Writes<'_>, invoice: &Invoice, pos: Position) -> Result<()> {
-    if !domain::coupon::uses_up_coupons(invoice.reason) {
-        return Ok(());
-    }
     let mut uses = Vec::new();
     for u in &invoice.coupons {
         if coupon_affects_mrr(&load_coupon(w, &u.coupon_code, pos)?) {
@@ -274,7 +271,7 @@ fn use_coupons(w: &mut Writes<'_>, invoice: &Invoice, pos: Position) -> Result<(
                 let detail = format!("invoice {} uses unheld coupon {code}", invoice.invoice_id);
                 return Err(inconsistent(pos, detail));
             };
-            span.held.record_use(u.amount);
+            span.held.record_use(u.amount, invoice.reason);
             if span.held.is_used_up() {
                 span.end(end);
             }
