@@ -127,10 +127,7 @@ async fn a_one_off_invoice_of_add_ons_is_issued_taxed_recognized_and_rebuilt() {
     assert_eq!(usd.recognized_revenue["add_on"], "393.33");
     assert_eq!(usd.deferred_revenue, "966.67");
     let trial = q.get_trial_balance(as_of).await.unwrap().into_inner();
-    let total = |f: fn(&pb::TrialBalanceRow) -> &str| -> rust_decimal::Decimal {
-        trial.rows.iter().map(|r| f(r).parse::<rust_decimal::Decimal>().unwrap()).sum()
-    };
-    assert_eq!(total(|r| &r.debit), total(|r| &r.credit), "the trial balance balances");
+    common::assert_balanced(&trial);
     assert!(trial.rows.iter().any(|r| r.account == "revenue:add_on"));
 
     assert!(server.terminate().await.success());

@@ -107,10 +107,7 @@ async fn a_fixed_coupon_discounts_the_next_invoice_before_tax_and_revenue_is_net
     let usd = q.get_balances(as_of.clone()).await.unwrap().into_inner().balances.remove(0);
     assert_eq!(usd.total_recognized_revenue, "55.00");
     let trial = q.get_trial_balance(as_of).await.unwrap().into_inner();
-    let total = |f: fn(&pb::TrialBalanceRow) -> &str| -> rust_decimal::Decimal {
-        trial.rows.iter().map(|r| f(r).parse::<rust_decimal::Decimal>().unwrap()).sum()
-    };
-    assert_eq!(total(|r| &r.debit), total(|r| &r.credit), "the trial balance balances");
+    common::assert_balanced(&trial);
 
     // The customer's coupons: welcome used up; a recurring one held, then removed.
     let loyal = pb::DefineCouponRequest {

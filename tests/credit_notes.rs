@@ -181,10 +181,7 @@ async fn credit_notes_credit_an_invoice_without_changing_it_and_keep_the_books_b
     // Revenue: 70.00 billed, less the 30.00 credited (all recognized before the notes).
     assert_eq!(usd.total_recognized_revenue, "40.00");
     let trial = q.get_trial_balance(as_of).await.unwrap().into_inner();
-    let sum = |f: fn(&pb::TrialBalanceRow) -> &str| -> rust_decimal::Decimal {
-        trial.rows.iter().map(|r| f(r).parse::<rust_decimal::Decimal>().unwrap()).sum()
-    };
-    assert_eq!(sum(|r| &r.debit), sum(|r| &r.credit), "the trial balance balances");
+    common::assert_balanced(&trial);
     let entries = pb::ListJournalEntriesRequest { min_position: at, ..Default::default() };
     let entries = q.list_journal_entries(entries).await.unwrap().into_inner().entries;
     let notes: Vec<&str> = entries

@@ -16,7 +16,6 @@ use proto::v1 as pb;
 use proto::v1::command_service_client::CommandServiceClient;
 use proto::v1::feed_service_client::FeedServiceClient;
 use proto::v1::query_service_client::QueryServiceClient;
-use rust_decimal::Decimal;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -149,10 +148,7 @@ async fn usage_is_invoiced_at_thresholds_and_the_close_bills_the_rest() {
     assert_eq!(usd.unbilled_receivable, "0.00", "{usd:?}");
     assert_eq!(usd.accounts_receivable, "159.50", "{usd:?}");
     let trial = q.get_trial_balance(as_of).await.unwrap().into_inner();
-    let total = |f: fn(&pb::TrialBalanceRow) -> &str| -> Decimal {
-        trial.rows.iter().map(|r| f(r).parse::<Decimal>().unwrap()).sum()
-    };
-    assert_eq!(total(|r| &r.debit), total(|r| &r.credit), "the trial balance balances");
+    common::assert_balanced(&trial);
 
     assert!(server.terminate().await.success());
     replay_verify_at(dir.path(), head);

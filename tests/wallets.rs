@@ -12,7 +12,6 @@ use common::{
 };
 use proto::v1 as pb;
 use proto::v1::query_service_client::QueryServiceClient;
-use rust_decimal::Decimal;
 use tonic::Code;
 
 fn now() -> prost_types::Timestamp {
@@ -173,10 +172,7 @@ async fn wallet_credits_pay_invoices_after_tax_and_the_books_carry_them() {
     assert_eq!((usd.prepaid_credits.as_str(), usd.discounts.as_str()), ("33.00", "10.00"));
     assert_eq!(usd.cash, "100.00", "only the purchase was paid in money");
     let trial = q.get_trial_balance(as_of).await.unwrap().into_inner();
-    let total = |f: fn(&pb::TrialBalanceRow) -> &str| -> Decimal {
-        trial.rows.iter().map(|r| f(r).parse::<Decimal>().unwrap()).sum()
-    };
-    assert_eq!(total(|r| &r.debit), total(|r| &r.credit), "the trial balance balances");
+    common::assert_balanced(&trial);
     assert!(trial.rows.iter().any(|r| r.account == "prepaid_credits"), "{trial:?}");
 
     assert!(server.terminate().await.success());

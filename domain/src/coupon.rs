@@ -132,10 +132,11 @@ pub struct HeldCoupon {
     pub amount_left: Decimal,
     /// A recurring coupon: the invoices it may still discount.
     pub periods_left: u32,
-    /// It discounted a progressive invoice (docs/decisions/0037), which counts no period: the
-    /// next invoice that uses up coupons counts that period, even if it gives nothing.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub period_pending: bool,
+    /// Subscriptions whose progressive invoice it discounted (docs/decisions/0037), which
+    /// counts no period: that subscription's next invoice that uses coupons up counts the
+    /// period, even if it gives nothing.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub pending_periods: std::collections::BTreeSet<String>,
 }
 
 impl HeldCoupon {
@@ -150,26 +151,32 @@ impl HeldCoupon {
             Frequency::Recurring { periods } => periods,
             Frequency::Forever => u32::MAX,
         };
-        HeldCoupon { coupon, amount_left, periods_left, period_pending: false }
+        HeldCoupon { coupon, amount_left, periods_left, pending_periods: Default::default() }
     }
 
-    /// Records that it gave `amount` on an invoice issued for `reason`: a fixed `once` coupon
-    /// has that much less left; a recurring one, one period less when it gave anything, or when
-    /// a progressive invoice it discounted left that period pending. A progressive invoice
-    /// ([`uses_up_coupons`]) uses nothing up; what it was given leaves the period pending.
-    pub fn record_use(&mut self, amount: Decimal, reason: crate::invoice::IssueReason) {
+    /// Records that it gave `amount` on an invoice of `subscription_id` issued for `reason`: a
+    /// fixed `once` coupon has that much less left; a recurring one, one period less when it
+    /// gave anything, or when a progressive invoice of that subscription it discounted left the
+    /// period pending. A progressive invoice ([`uses_up_coupons`]) uses nothing up; what it was
+    /// given leaves its subscription's period pending.
+    pub fn record_use(
+        &mut self,
+        amount: Decimal,
+        reason: crate::invoice::IssueReason,
+        subscription_id: &str,
+    ) {
         if !uses_up_coupons(reason) {
             let counted = !matches!(self.coupon.frequency, Frequency::Forever);
-            self.period_pending |= counted && !amount.is_zero();
+            if counted && !amount.is_zero() {
+                self.pending_periods.insert(subscription_id.to_string());
+            }
             return;
         }
-        if self.period_pending {
-            self.period_pending = false;
-            if self.periods_left > 0 && !matches!(self.coupon.kind, CouponKind::FixedAmount { .. })
-            {
-                self.periods_left -= 1;
-                return;
-            }
+        // The pending period is dropped in any case; it counts when periods are left.
+        let fixed = matches!(self.coupon.kind, CouponKind::FixedAmount { .. });
+        if self.pending_periods.remove(subscription_id) && self.periods_left > 0 && !fixed {
+            self.periods_left -= 1;
+            return;
         }
         self.count_use(amount);
     }

@@ -86,7 +86,7 @@ pub(crate) fn used(w: &mut Writes<'_>, invoice: &Invoice, position: Position) ->
             );
             return Err(inconsistent(position, detail));
         }
-        h.record_use(u.amount, invoice.reason);
+        h.record_use(u.amount, invoice.reason, &invoice.subscription_id);
     }
     store_held(w, &invoice.customer_id, &held);
     Ok(())

@@ -309,3 +309,11 @@ pub fn bad_fields<T: std::fmt::Debug>(what: &str, reply: Result<T, tonic::Status
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{what}: {status:?}");
     violation_fields(&status)
 }
+
+/// Asserts that a trial balance balances: Σ debits = Σ credits over its rows.
+pub fn assert_balanced(trial: &pb::TrialBalanceResponse) {
+    let total = |f: fn(&pb::TrialBalanceRow) -> &str| -> rust_decimal::Decimal {
+        trial.rows.iter().map(|r| f(r).parse::<rust_decimal::Decimal>().unwrap()).sum()
+    };
+    assert_eq!(total(|r| &r.debit), total(|r| &r.credit), "the trial balance balances");
+}

@@ -172,8 +172,7 @@ impl Ledger {
         let rating_plan = self.plan(sub.plan_at(last_day));
         let plan_of = |r: &PlanRef| self.plan(r).clone();
         let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of)?;
-        let usage = self.usage_lines(sub, rating_plan, &p)?;
-        lines.extend(net_of_progressive(sub, &p, usage, rating_plan.currency)?);
+        lines.extend(self.closing_usage_lines(sub, rating_plan, &p)?);
         let cut_short = sub
             .ends_on
             .is_some_and(|e| e < sub.cycle.period_containing(p.start).expect("in service").end);
@@ -226,8 +225,7 @@ impl Ledger {
         let rating_plan = self.plan(sub.plan_at(last_day));
         let plan_of = |r: &PlanRef| self.plan(r).clone();
         let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of)?;
-        let usage = self.usage_lines(sub, rating_plan, &p)?;
-        lines.extend(net_of_progressive(sub, &p, usage, rating_plan.currency)?);
+        lines.extend(self.closing_usage_lines(sub, rating_plan, &p)?);
         lines.extend(self.true_up_line(sub, rating_plan, &p, &lines)?);
         // A draft consumes nothing and shows usage at its rating, as the journal accrues it:
         // coupons and the credit balance apply when the invoice is issued.
@@ -246,13 +244,7 @@ impl Ledger {
         period_start: Date,
     ) -> Result<Option<RatedUsage>, DomainError> {
         let sub = self.subscription(subscription_id)?;
-        let open = sub.next_close.is_some_and(|n| n.start <= period_start);
-        let Some(p) = sub.period_of(period_start).filter(|p| open && p.start == period_start)
-        else {
-            return Ok(None);
-        };
-        let last_day = p.end.yesterday().unwrap_or(p.end).max(p.start);
-        let plan = self.plan(sub.plan_at(last_day));
+        let Some((p, plan)) = self.open_period_rated(sub, period_start) else { return Ok(None) };
         let amounts = self
             .usage_lines(sub, plan, &p)?
             .into_iter()
@@ -260,6 +252,30 @@ impl Ledger {
             .map(|l| (l.metric_code.unwrap_or_default(), plan.currency_round(l.unrounded)))
             .collect();
         Ok(Some(RatedUsage { period: p, currency: plan.currency, amounts }))
+    }
+
+    /// What a close of `p` bills for usage: its usage lines less what progressive invoices
+    /// already billed of each metric.
+    fn closing_usage_lines(
+        &self,
+        sub: &Subscription,
+        plan: &Plan,
+        p: &Period,
+    ) -> Result<Vec<LineDraft>, DomainError> {
+        net_of_progressive(sub, p, self.usage_lines(sub, plan, p)?, plan.currency)
+    }
+
+    /// The open period of `sub` starting `period_start`, with the plan that rates its usage
+    /// (the plan of its last day); `None` when no open period starts there.
+    pub(super) fn open_period_rated(
+        &self,
+        sub: &Subscription,
+        period_start: Date,
+    ) -> Option<(Period, &Plan)> {
+        let open = sub.next_close.is_some_and(|n| n.start <= period_start);
+        let p = sub.period_of(period_start).filter(|p| open && p.start == period_start)?;
+        let last_day = p.end.yesterday().unwrap_or(p.end).max(p.start);
+        Some((p, self.plan(sub.plan_at(last_day))))
     }
 
     pub(super) fn usage_lines(

@@ -95,8 +95,12 @@ impl Ledger {
         plan_code: Option<&str>,
         invoice: Invoice,
     ) -> Result<Invoice, DomainError> {
-        let coupons: Vec<&HeldCoupon> =
-            customer.coupons.iter().filter(|h| applies_to_reason(h, invoice.reason)).collect();
+        let coupons: Vec<HeldCoupon> = customer
+            .coupons
+            .iter()
+            .filter(|h| applies_to_reason(h, invoice.reason))
+            .cloned()
+            .collect();
         if coupons.is_empty() {
             return Ok(invoice);
         }
@@ -113,30 +117,21 @@ impl Ledger {
                 add_on: l.kind == LineKind::AddOn,
             })
             .collect();
-        let coupons: Vec<HeldCoupon> = coupons.into_iter().cloned().collect();
         let d = discount(&coupons, &lines, invoice.currency);
         let uses: Vec<CouponUse> = coupons
             .iter()
             .zip(&d.given)
             .map(|(h, amount)| CouponUse { coupon_code: h.coupon.code.clone(), amount: *amount })
             .collect();
+        let counts_pending = uses_up_coupons(invoice.reason);
+        let mut invoice = with_discounts(invoice, &d.per_line, uses.clone())?;
         // A coupon whose period a progressive invoice left pending is recorded even when it
         // gives nothing here, so this invoice counts that period (decision 0037).
-        let pending: Vec<CouponUse> = match uses_up_coupons(invoice.reason) {
-            true => coupons
-                .iter()
-                .zip(&uses)
-                .filter(|(h, _)| h.period_pending)
-                .map(|(_, u)| u.clone())
-                .collect(),
-            false => Vec::new(),
-        };
-        let mut invoice = with_discounts(invoice, &d.per_line, uses.clone())?;
-        if !pending.is_empty() {
-            let kept = |u: &CouponUse| {
-                !u.amount.is_zero() || pending.iter().any(|p| p.coupon_code == u.coupon_code)
-            };
-            invoice.coupons = uses.into_iter().filter(kept).collect();
+        let pending = |h: &HeldCoupon| h.pending_periods.contains(&invoice.subscription_id);
+        if counts_pending && coupons.iter().any(pending) {
+            let recorded = coupons.iter().zip(uses);
+            let recorded = recorded.filter(|(h, u)| pending(h) || !u.amount.is_zero());
+            invoice.coupons = recorded.map(|(_, u)| u).collect();
         }
         Ok(invoice)
     }
@@ -158,7 +153,11 @@ impl Ledger {
         let customer = self.customers.get_mut(&inv.customer_id).expect("customer exists");
         for u in &inv.coupons {
             let held = customer.coupons.iter_mut().find(|h| h.coupon.code == u.coupon_code);
-            held.expect("an invoice's coupon is held").record_use(u.amount, inv.reason);
+            held.expect("an invoice's coupon is held").record_use(
+                u.amount,
+                inv.reason,
+                &inv.subscription_id,
+            );
         }
     }
 }

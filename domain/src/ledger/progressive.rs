@@ -56,13 +56,7 @@ impl Ledger {
         now: Timestamp,
     ) -> Result<Option<Invoice>, DomainError> {
         let sub = self.subscription(subscription_id)?;
-        let open = sub.next_close.is_some_and(|n| n.start <= period_start);
-        let Some(p) = sub.period_of(period_start).filter(|p| open && p.start == period_start)
-        else {
-            return Ok(None);
-        };
-        let last_day = p.end.yesterday().unwrap_or(p.end).max(p.start);
-        let plan = self.plan(sub.plan_at(last_day));
+        let Some((p, plan)) = self.open_period_rated(sub, period_start) else { return Ok(None) };
         let Some(rule) = &plan.progressive_billing else { return Ok(None) };
         let overflow = |what: &str| DomainError::overflow(sub.subject(), what);
         let billed = sub.progressive_billed.get(&p.start);
@@ -105,10 +99,6 @@ impl Ledger {
             let amount = billed.entry(metric).or_default();
             *amount = amount.saturating_add(gross);
             gross_total = gross_total.saturating_add(gross);
-        }
-        billed.retain(|_, a| !a.is_zero());
-        if billed.is_empty() {
-            sub.progressive_billed.remove(&inv.period.start);
         }
         let key = inv.period.start;
         let counted = sub.billed_by_period.entry(key).or_default();

@@ -193,10 +193,10 @@ impl Journal<'_, '_> {
         let what = || format!("usage accruals of subscription {subscription_id}, metric {metric}");
         let taken = match progressive {
             true => {
-                let took = state.taken.entry(metric.to_string()).or_default();
-                let from = checked_sum(took.values().copied());
+                let took = state.taken.get(metric).map(|t| checked_sum(t.values().copied()));
+                let from = took.unwrap_or(Some(Decimal::ZERO));
                 let gross = line.amount.checked_add(line.discount);
-                let to = gross.and_then(|g| from?.checked_add(g));
+                let to = from.zip(gross).and_then(|(f, g)| f.checked_add(g));
                 let band = from.zip(to).and_then(|(f, t)| state.band(metric, f, Some(t)));
                 let band = band.ok_or_else(|| overflow(position, what()))?;
                 let took = state.taken.entry(metric.to_string()).or_default();

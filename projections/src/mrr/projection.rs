@@ -271,7 +271,7 @@ fn use_coupons(w: &mut Writes<'_>, invoice: &Invoice, pos: Position) -> Result<(
                 let detail = format!("invoice {} uses unheld coupon {code}", invoice.invoice_id);
                 return Err(inconsistent(pos, detail));
             };
-            span.held.record_use(u.amount, invoice.reason);
+            span.held.record_use(u.amount, invoice.reason, &invoice.subscription_id);
             if span.held.is_used_up() {
                 span.end(end);
             }

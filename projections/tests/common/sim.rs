@@ -95,32 +95,29 @@ pub fn usd() -> Currency {
     Currency::parse("USD").unwrap()
 }
 
-/// Ops that only start, use, change, cancel and bill (no payments, credit notes, coupons,
-/// wallets or alerts): the same ops billed progressively or only at close bill the same.
-pub fn billing_op() -> impl Strategy<Value = Op> {
-    op().prop_filter("billing only", |o| {
-        matches!(
-            o,
-            Op::Start { .. }
-                | Op::Usage { .. }
-                | Op::Change { .. }
-                | Op::Cancel { .. }
-                | Op::Days(_)
-        )
-    })
+/// Whether `o` only starts, uses, changes, cancels or bills (no payments, credit notes,
+/// coupons, wallets or alerts).
+fn bills_only(o: &Op) -> bool {
+    matches!(
+        o,
+        Op::Start { .. } | Op::Usage { .. } | Op::Change { .. } | Op::Cancel { .. } | Op::Days(_)
+    )
 }
 
-/// [`billing_op`] and coupons: what MRR reads.
+/// Ops that only bill ([`bills_only`]): the same ops billed progressively or only at close
+/// bill the same.
+pub fn billing_op() -> impl Strategy<Value = Op> {
+    op().prop_filter("billing only", bills_only)
+}
+
+/// [`billing_op`] and the `once` and `forever` coupons: what MRR reads. Not the recurring one:
+/// its periods are counted per invoice across all of a customer's subscriptions, so when a
+/// progressive invoice takes a discount earlier than the close would have (another
+/// subscription's close then finds fewer periods left), or bills usage before the coupon is
+/// applied, the period counts legitimately differ (docs/decisions/0037).
 pub fn mrr_op() -> impl Strategy<Value = Op> {
     op().prop_filter("billing and coupons", |o| {
-        matches!(
-            o,
-            Op::Start { .. }
-                | Op::Usage { .. }
-                | Op::Change { .. }
-                | Op::Cancel { .. }
-                | Op::Days(_)
-        ) || matches!(o, Op::Coupon { .. })
+        bills_only(o) || matches!(o, Op::Coupon { which, .. } if which % 3 != 1)
     })
 }
 

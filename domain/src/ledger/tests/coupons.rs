@@ -6,7 +6,7 @@ use super::*;
 use crate::coupon::{Coupon, CouponKind, Frequency};
 use crate::credit_note::{CreditDestination, CreditLineRequest, CreditNoteRequest};
 
-fn coupon(code: &str, kind: CouponKind, frequency: Frequency) -> Coupon {
+pub(super) fn coupon(code: &str, kind: CouponKind, frequency: Frequency) -> Coupon {
     Coupon {
         code: code.into(),
         kind,
@@ -22,7 +22,7 @@ fn usd_off(amount: Decimal) -> CouponKind {
     CouponKind::FixedAmount { amount, currency: Currency::parse("USD").unwrap() }
 }
 
-fn apply(w: &mut World, code: &str, now: &str) -> Result<Vec<Event>, DomainError> {
+pub(super) fn apply(w: &mut World, code: &str, now: &str) -> Result<Vec<Event>, DomainError> {
     let cmd = Command::ApplyCoupon { customer_id: "acme".into(), coupon_code: code.into() };
     w.run(cmd, now)
 }

@@ -2,8 +2,9 @@
 //! crosses the plan's thresholds, the closing invoice net of them, and the same totals as the
 //! twin subscription billed only at close (with a minimum commitment and a coupon too).
 
+use super::coupons;
 use super::*;
-use crate::coupon::{Coupon, CouponKind, Frequency};
+use crate::coupon::{CouponKind, Frequency};
 use crate::invoice::IssueReason;
 use crate::progressive::ProgressiveBilling;
 
@@ -114,19 +115,9 @@ fn progressive_and_close_only_bill_the_same_table() {
         let totals = |progressive: bool| {
             let mut w = world(progressive, minimum);
             if let Some((kind, frequency)) = coupon.clone() {
-                let c = Coupon {
-                    code: "ten".into(),
-                    kind,
-                    frequency,
-                    plan_codes: vec![],
-                    metric_codes: vec![],
-                    applies_to_add_ons: false,
-                    expires_on: None,
-                };
+                let c = coupons::coupon("ten", kind, frequency);
                 w.run(Command::DefineCoupon(c), "2025-01-01T11:00:00Z").unwrap();
-                let apply =
-                    Command::ApplyCoupon { customer_id: "acme".into(), coupon_code: "ten".into() };
-                w.run(apply, "2025-01-01T11:00:00Z").unwrap();
+                coupons::apply(&mut w, "ten", "2025-01-01T11:00:00Z").unwrap();
             }
             let mut all = january(&mut w);
             all.extend(w.bill("2025-02-01T00:00:00Z"));
@@ -215,6 +206,34 @@ fn progressive_lines_only_bill_and_the_close_nets_what_fell() {
         .map(|l| (l.metric_code.as_deref(), l.amount))
         .collect();
     assert_eq!(usage, [(Some("calls"), dec!(0.00)), (Some("gb"), dec!(-79.00))]);
+}
+
+/// A recurring coupon that discounted a progressive invoice counts that period at the
+/// subscription's close even when the close gives it nothing to discount (here: a coupon on
+/// calls only, all billed progressively), as billing only at close would have.
+#[test]
+fn a_recurring_coupon_counts_the_period_a_progressive_invoice_used() {
+    for progressive in [true, false] {
+        let mut w = world(progressive, None);
+        let mut c = coupons::coupon(
+            "calls-20",
+            CouponKind::Percentage { percent: dec!(20) },
+            Frequency::Recurring { periods: 1 },
+        );
+        c.metric_codes = vec!["calls".into()];
+        w.run(Command::DefineCoupon(c), "2025-01-01T11:00:00Z").unwrap();
+        coupons::apply(&mut w, "calls-20", "2025-01-01T11:00:00Z").unwrap();
+        let day = "2025-01-02T12:00:00Z";
+        let billed = invoices(&w.usage("t1", "60", day, day).unwrap());
+        assert_eq!(billed.len(), usize::from(progressive));
+        let close = w.bill("2025-02-01T00:00:00Z");
+        let given: Vec<Decimal> = close[0].coupons.iter().map(|u| u.amount).collect();
+        let want = if progressive { dec!(0.00) } else { dec!(12.00) };
+        assert_eq!(given, [want], "progressive: {progressive}");
+        let held = &w.ledger.customers["acme"].coupons[0];
+        assert_eq!(held.periods_left, 0, "progressive: {progressive}");
+        assert!(held.pending_periods.is_empty());
+    }
 }
 
 /// Folding the log into a fresh ledger gives the same progressive state and draft: it is
