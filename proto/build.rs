@@ -3,12 +3,13 @@
 
 /// Messages reachable from `FeedEvent` (the public event's JSON).
 /// (A message's attribute reaches its nested types, `FeedEvent.data` too.)
-const PUBLIC_JSON_TYPES: [&str; 14] = [
+const PUBLIC_JSON_TYPES: [&str; 15] = [
     ".accrual.v1.FeedEvent",
     ".accrual.v1.Invoice",
     ".accrual.v1.InvoiceLine",
     ".accrual.v1.CouponUse",
     ".accrual.v1.WalletUse",
+    ".accrual.v1.AnomalyFlag",
     ".accrual.v1.CreditNote",
     ".accrual.v1.CreditNoteLine",
     ".accrual.v1.UsageEvent",

@@ -7,6 +7,7 @@
 //! `accrual bench soak`: a bounded run of mixed commands and queries against the whole server
 //! (see [`soak`]); prints throughput, p50/p99 per kind of call, errors and RSS over time.
 
+mod anomalies;
 mod feed;
 mod scale;
 mod soak;
@@ -42,6 +43,9 @@ pub enum BenchCommand {
     Feed(feed::FeedArgs),
     /// Webhook deliveries per second to a fast local receiver (issue 14).
     Webhooks(webhooks::WebhooksArgs),
+    /// Precision and recall of the invoice anomaly flags on a seeded company with injected
+    /// spikes, months without usage and wrong plans (issue 15).
+    Anomalies(anomalies::AnomaliesArgs),
 }
 
 #[derive(Args, Clone)]
@@ -145,6 +149,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Scale(args) => scale::run(args).await,
         BenchCommand::Feed(args) => feed::run(args).await,
         BenchCommand::Webhooks(args) => webhooks::run(args).await,
+        BenchCommand::Anomalies(args) => anomalies::run(args).await,
     }
 }
 

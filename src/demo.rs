@@ -140,8 +140,8 @@ fn micros_at(day: Date) -> anyhow::Result<i64> {
 }
 
 /// Starts store, engine, projections and the gRPC server on 127.0.0.1:0 with the shared clock
-/// (over TLS with `tls`).
-async fn start_service(
+/// (over TLS with `tls`); `accrual bench anomalies` drives the same service.
+pub(crate) async fn start_service(
     dir: &std::path::Path,
     clock: Arc<AtomicI64>,
     stop: watch::Receiver<bool>,
@@ -175,6 +175,11 @@ async fn start_service(
         Ok(())
     });
     Ok((addr, task))
+}
+
+/// The simulated clock's microseconds on the wire (whole seconds).
+pub(crate) fn timestamp(us: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: us / 1_000_000, nanos: 0 }
 }
 
 fn key(parts: std::fmt::Arguments) -> String {
@@ -211,8 +216,7 @@ impl Sim {
     }
 
     fn now(&self) -> prost_types::Timestamp {
-        let us = self.clock.load(Ordering::SeqCst);
-        prost_types::Timestamp { seconds: us / 1_000_000, nanos: 0 }
+        timestamp(self.clock.load(Ordering::SeqCst))
     }
 
     fn ack(&mut self, ack: Option<&pb::CommandAck>) {

@@ -6,15 +6,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{
     append_probe, growth_plan, in_first_period, register_acme_and_api_calls, replay_verify_at,
     start_sub_1_backdated, Server,
 };
 use proto::v1 as pb;
 use proto::v1::command_service_client::CommandServiceClient;
-use proto::v1::feed_service_client::FeedServiceClient;
 use proto::v1::query_service_client::QueryServiceClient;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -75,14 +72,7 @@ async fn usage_is_invoiced_at_thresholds_and_the_close_bills_the_rest() {
 
     c.publish_plan(progressive_plan()).await.unwrap();
     start_sub_1_backdated(&mut c, "growth").await;
-    let mut f = FeedServiceClient::new(server.serving("accrual.v1.FeedService").await);
-    let feed = pb::SubscribeEventsRequest {
-        from_now: true,
-        types: vec!["invoice.issued".into()],
-        heartbeat_ms: 200,
-        ..Default::default()
-    };
-    let mut feed = f.subscribe_events(feed).await.unwrap().into_inner();
+    let mut feed = common::invoice_issued_feed(&server).await;
 
     // (calls, the progressive invoice's subtotal): 40 → 40.00; +20 → 60.00 reaches 50;
     // +70 → 115.00 (130 calls); +20 → 125.00 reaches 120: the 65.00 not billed yet.
@@ -108,15 +98,7 @@ async fn usage_is_invoiced_at_thresholds_and_the_close_bills_the_rest() {
         assert!(inv.lines[0].description.ends_with("usage to date"), "{:?}", inv.lines[0]);
     }
     for (id, _, _) in &issued {
-        let next = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                let m = feed.message().await.unwrap().expect("the feed is open");
-                if let Some(pb::feed_message::Kind::Event(e)) = m.kind {
-                    return e;
-                }
-            }
-        });
-        let e = next.await.expect("an invoice.issued within 10 s");
+        let e = common::next_feed_event(&mut feed).await;
         assert_eq!((e.r#type.as_str(), &e.invoice_id), ("invoice.issued", id));
         let Some(pb::feed_event::Data::Invoice(inv)) = e.data else { panic!("{e:?}") };
         assert_eq!(inv.reason, "progressive");

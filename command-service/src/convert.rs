@@ -606,6 +606,19 @@ pub fn invoice(acc: &InvoiceAccount) -> pb::Invoice {
             })
             .collect(),
         credit_note_ids: acc.credits.credit_note_ids.clone(),
+        anomalies: i
+            .anomalies
+            .iter()
+            .map(|f| pb::AnomalyFlag {
+                kind: f.kind.as_str().to_string(),
+                subject: f.subject.clone(),
+                amount: m(f.amount),
+                typical: m(f.typical),
+                score: format!("{:.2}", f.score),
+                baseline_size: f.baseline_size,
+                reason: f.reason(),
+            })
+            .collect(),
     }
 }
 

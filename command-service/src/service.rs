@@ -665,7 +665,10 @@ impl CommandService for CommandApi {
         let id = &request.get_ref().subscription_id;
         bounded_ids(|v| check_id(v, "subscription_id", id))?;
         let now = self.engine.now();
-        let draft = self.engine.read_durable(|l| l.draft_invoice(id, now)).await?;
+        let draft = self
+            .engine
+            .read_durable(|l| l.draft_invoice(id, now, domain::anomaly::Completeness::PeriodSoFar))
+            .await?;
         let draft = draft.map_err(from_domain)?;
         let draft = draft.ok_or_else(|| {
             from_domain(domain::DomainError::precondition(

@@ -40,7 +40,7 @@ pub const CHECK_INTERVAL_MS: u64 = 1_000;
 const MAGIC: &[u8; 8] = b"ACRLWMS1";
 /// Format of the header and payload. Bump it when either changes (or the model's serde shape
 /// changes incompatibly): an unknown version is ignored and the model rebuilt.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 const HEADER_BYTES: usize = 8 + 4 + 8 + 32 + 8 + 32;
 
 /// Makes everything else the snapshot relies on durable through a position before a snapshot

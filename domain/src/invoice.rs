@@ -128,6 +128,10 @@ pub struct Invoice {
     /// per lot, in the order taken; `credit_applied + Σ ≤ max(total, 0)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wallet_applied: Vec<WalletUse>,
+    /// Why the invoice looks unusual against the subscription's history (`crate::anomaly`):
+    /// notes for a person, decided before issue; they never change an amount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anomalies: Vec<crate::anomaly::AnomalyFlag>,
 }
 
 impl Invoice {
@@ -185,6 +189,7 @@ pub fn build_invoice(h: InvoiceHeader, drafts: Vec<LineDraft>) -> Result<Invoice
         credit_applied: Decimal::ZERO,
         coupons: Vec::new(),
         wallet_applied: Vec::new(),
+        anomalies: Vec::new(),
     })
 }
 

@@ -26,6 +26,7 @@ use crate::subscription::Subscription;
 
 mod add_ons;
 mod alerts;
+mod anomalies;
 mod billing;
 mod coupons;
 mod evolve;
@@ -126,6 +127,10 @@ pub struct Ledger {
     /// Prepaid wallets by id (SPEC §8.1); ordered, so expiry events come in a fixed order.
     #[serde(default)]
     pub wallets: BTreeMap<String, crate::wallet::WalletAccount>,
+    /// The newest closing totals per plan code (at most `anomaly::PLAN_TOTALS_MAX`, oldest
+    /// first): what a subscription's first invoice on the plan is compared with.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub plan_totals: HashMap<String, Vec<Decimal>>,
 }
 
 /// The rated amounts of a subscription's open period so far (see [`Ledger::rated_usage`]).

@@ -8,6 +8,7 @@
 pub mod accounting;
 pub mod add_on;
 pub mod alert;
+pub mod anomaly;
 pub mod calendar;
 pub mod catalog;
 pub mod commands;

@@ -69,6 +69,10 @@ pub struct Subscription {
     /// the closing invoice deducts it. Entries of closed periods are dropped.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub progressive_billed: BTreeMap<Date, BTreeMap<String, Decimal>>,
+    /// The newest closed periods' charges (at most `anomaly::HISTORY_PERIODS_MAX`, oldest
+    /// first): the baseline its next invoices are checked against for anomalies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub billed_history: Vec<crate::anomaly::PeriodCharges>,
 }
 
 /// A usage alert and what it fired.

@@ -8,7 +8,8 @@
 //!
 //! Keys (see the crate docs): `inv/<invoice_id>` → [`InvoiceRecord`] JSON, and index keys
 //! `idx/all/<pos>`, `idx/c/<customer>/<pos>`, `idx/s/<status>/<pos>`,
-//! `idx/cs/<customer>/<status>/<pos>` → invoice id, `<pos>` = issue position in 16 hex digits.
+//! `idx/cs/<customer>/<status>/<pos>`, and `idx/f/<pos>` for an invoice with anomaly flags
+//! (`domain::anomaly`) → invoice id, `<pos>` = issue position in 16 hex digits.
 //! The service-period filter of a listing has no index: it is checked on each invoice the
 //! customer/status index yields, a bounded number per page ([`PERIOD_SCAN_MAX`]).
 
@@ -185,16 +186,19 @@ fn position_token(position: Position) -> String {
     format!("{position:016x}")
 }
 
-fn index_keys(r: &InvoiceRecord) -> [Vec<u8>; 4] {
+fn index_keys(r: &InvoiceRecord) -> Vec<Vec<u8>> {
     let pos = position_token(r.issued_position);
     let (customer, status) = (&r.invoice.customer_id, r.status.as_str());
-    [
+    let mut keys = vec![
         format!("idx/all/{pos}"),
         format!("idx/c/{customer}/{pos}"),
         format!("idx/s/{status}/{pos}"),
         format!("idx/cs/{customer}/{status}/{pos}"),
-    ]
-    .map(String::into_bytes)
+    ];
+    if !r.invoice.anomalies.is_empty() {
+        keys.push(format!("idx/f/{pos}"));
+    }
+    keys.into_iter().map(String::into_bytes).collect()
 }
 
 /// The `invoices` projection.
@@ -399,6 +403,9 @@ pub struct InvoiceFilter {
     /// when its own period or any line's service period shares a day with them.
     pub period_from: Option<Date>,
     pub period_to: Option<Date>,
+    /// Only invoices with anomaly flags: their own index when no customer or status is
+    /// given, else checked on each invoice of that index like the period bounds.
+    pub flagged: bool,
 }
 
 impl InvoiceFilter {
@@ -417,6 +424,7 @@ impl InvoiceFilter {
         }
         let status = self.status.map(|s| s.as_str());
         Ok(match (&self.customer_id, status) {
+            (None, None) if self.flagged => "idx/f/".to_string(),
             (None, None) => "idx/all/".to_string(),
             (Some(c), None) => format!("idx/c/{c}/"),
             (None, Some(s)) => format!("idx/s/{s}/"),
@@ -424,14 +432,19 @@ impl InvoiceFilter {
         })
     }
 
-    fn has_period(&self) -> bool {
-        self.period_from.is_some() || self.period_to.is_some()
+    /// Whether a page checks invoices one by one (the index does not select them all).
+    fn checks_each(&self) -> bool {
+        let flagged_unindexed =
+            self.flagged && (self.customer_id.is_some() || self.status.is_some());
+        self.period_from.is_some() || self.period_to.is_some() || flagged_unindexed
     }
 
-    /// Whether the invoice matches the period bounds (the index prefix did the rest).
-    fn matches_period(&self, invoice: &Invoice) -> bool {
+    /// Whether the invoice matches the period bounds and the flagged filter (the index prefix
+    /// did the rest).
+    fn matches(&self, invoice: &Invoice) -> bool {
         let lines = invoice.lines.iter().map(|l| &l.service_period);
-        std::iter::once(&invoice.period).chain(lines).any(|p| self.overlaps(p))
+        let in_period = std::iter::once(&invoice.period).chain(lines).any(|p| self.overlaps(p));
+        in_period && (!self.flagged || !invoice.anomalies.is_empty())
     }
 
     /// Whether `[p.start, p.end)` (an empty period: its start day) shares a day with the bounds.
@@ -489,7 +502,7 @@ impl InvoiceReader {
         let prefix = filter.prefix()?;
         let after = page_token.map(parse_page_token).transpose()?;
         let size = if page_size == 0 { PAGE_SIZE_DEFAULT } else { page_size.min(PAGE_SIZE_MAX) };
-        let budget = if filter.has_period() { PERIOD_SCAN_MAX } else { size };
+        let budget = if filter.checks_each() { PERIOD_SCAN_MAX } else { size };
         self.model
             .read(|snap| Listing { snap, filter, prefix: &prefix, size, budget }.collect(after))
     }
@@ -586,7 +599,7 @@ impl Listing<'_, '_> {
                 let missing =
                     || corrupt(NAME, format!("index key {key:?} names a missing invoice"));
                 let record = load(self.snap, id)?.ok_or_else(missing)?;
-                if self.filter.matches_period(&record.invoice) {
+                if self.filter.matches(&record.invoice) {
                     invoices.push(record);
                 }
             }

@@ -34,6 +34,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use domain::anomaly::Completeness;
 use domain::calendar::{local_date, Period};
 use domain::events::Event;
 use domain::invoice::Invoice;
@@ -43,7 +44,7 @@ use jiff::civil::Date;
 
 /// Layout of [`UsageMeter::encode`]'s output. Bump it when the encoding or the ledger's serde
 /// shape changes: a snapshot of another version is ignored and the meter folded from the log.
-pub const METER_FORMAT_VERSION: u32 = 1;
+pub const METER_FORMAT_VERSION: u32 = 2;
 /// LZ4 expands at most this much: a longer length prefix is refused before allocating.
 const LZ4_RATIO_MAX: usize = 255;
 
@@ -197,7 +198,7 @@ impl UsageMeter {
     /// The current-usage drafts of the subscription's open periods, oldest first (none once
     /// service has ended and everything is invoiced; more than one while usage of a new period
     /// arrives before the previous one is billed). Each is dated at its period's start, so they
-    /// depend on the subscription's state only.
+    /// depend on the subscription's state only (so do their anomaly checks: see below).
     pub fn drafts(&self, subscription_id: &str) -> Vec<Invoice> {
         let Some(sub) = self.ledger.subscriptions.get(subscription_id) else { return Vec::new() };
         let Some(oldest) = sub.next_close else { return Vec::new() };
@@ -205,8 +206,17 @@ impl UsageMeter {
             sub.open.keys().copied().filter(|s| *s > oldest.start).collect();
         starts.insert(oldest.start);
         let at = |p: Period| p.start_instant(&sub.time_zone);
+        let newest = starts.last().copied();
         let periods = starts.into_iter().filter_map(|s| sub.period_of(s));
-        let drafts = periods.filter_map(|p| self.ledger.draft_invoice(subscription_id, at(p)).ok());
+        // A period older than one with usage has ended (it waits for its close, in the grace
+        // time): its draft is checked whole. The newest may still run: usage so far.
+        let completeness = |p: Period| match Some(p.start) == newest {
+            true => Completeness::PeriodSoFar,
+            false => Completeness::WholePeriod,
+        };
+        let drafts = periods.filter_map(|p| {
+            self.ledger.draft_invoice(subscription_id, at(p), completeness(p)).ok()
+        });
         drafts.flatten().collect()
     }
 

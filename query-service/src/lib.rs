@@ -211,6 +211,7 @@ fn invoice_listing(r: &pb::ListInvoicesRequest) -> Result<(InvoiceFilter, usize)
         status: checked(status)?,
         period_from: checked(period_from)?,
         period_to: checked(period_to)?,
+        flagged: r.flagged,
     };
     Ok((filter, page_size))
 }

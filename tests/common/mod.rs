@@ -317,3 +317,29 @@ pub fn assert_balanced(trial: &pb::TrialBalanceResponse) {
     };
     assert_eq!(total(|r| &r.debit), total(|r| &r.credit), "the trial balance balances");
 }
+
+/// The feed's `invoice.issued` events from now on (heartbeats every 200 ms).
+pub async fn invoice_issued_feed(server: &Server) -> tonic::Streaming<pb::FeedMessage> {
+    let channel = server.serving("accrual.v1.FeedService").await;
+    let mut f = proto::v1::feed_service_client::FeedServiceClient::new(channel);
+    let req = pb::SubscribeEventsRequest {
+        from_now: true,
+        types: vec!["invoice.issued".into()],
+        heartbeat_ms: 200,
+        ..Default::default()
+    };
+    f.subscribe_events(req).await.unwrap().into_inner()
+}
+
+/// The next event of `feed` (heartbeats skipped), within 10 s.
+pub async fn next_feed_event(feed: &mut tonic::Streaming<pb::FeedMessage>) -> pb::FeedEvent {
+    let next = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let m = feed.message().await.unwrap().expect("the feed is open");
+            if let Some(pb::feed_message::Kind::Event(e)) = m.kind {
+                return e;
+            }
+        }
+    });
+    next.await.expect("a feed event within 10 s")
+}

@@ -15,6 +15,7 @@ use super::usage::check_amounts_kept;
 use super::{
     check_not_future, rules, stored_plan_error, CustomerState, Ledger, RatedUsage, DATE_MAX,
 };
+use crate::anomaly::Completeness;
 use crate::calendar::{local_date, Period};
 use crate::catalog::{FeeTiming, Plan, PlanRef};
 use crate::commands::Context;
@@ -197,7 +198,9 @@ impl Ledger {
             }
         }
         let reason = if cut_short { IssueReason::Cancellation } else { IssueReason::PeriodClose };
-        events.push(Event::InvoiceIssued(self.invoice_for(sub, p, reason, lines, ctx.now)?));
+        let mut invoice = self.invoice_for(sub, p, reason, lines, ctx.now)?;
+        invoice.anomalies = self.anomaly_flags(sub, &invoice, Completeness::WholePeriod);
+        events.push(Event::InvoiceIssued(invoice));
         events.push(Event::BillingPeriodClosed {
             subscription_id: sub.subscription_id.clone(),
             period: p,
@@ -208,11 +211,14 @@ impl Ledger {
 
     /// The current-usage draft of a subscription's open period containing `at`: what closing it
     /// now would invoice for it (arrears base fee, usage charges, commitment true-up), without
-    /// the next period's in-advance fee. `None` when no open period contains `at`.
+    /// the next period's in-advance fee, with its anomaly flags checked as `completeness` says
+    /// (a period known to have ended is whole; a running one has only its usage so far). `None`
+    /// when no open period contains `at`.
     pub fn draft_invoice(
         &self,
         subscription_id: &str,
         at: Timestamp,
+        completeness: Completeness,
     ) -> Result<Option<Invoice>, DomainError> {
         let sub = self.subscription(subscription_id)?;
         let date = local_date(at, &sub.time_zone).max(sub.start_date());
@@ -231,6 +237,7 @@ impl Ledger {
         // coupons and the credit balance apply when the invoice is issued.
         let mut draft = self.undiscounted_invoice(sub, p, IssueReason::PeriodClose, lines, at)?;
         draft.invoice_id = format!("draft-{subscription_id}-{}", p.start);
+        draft.anomalies = self.anomaly_flags(sub, &draft, completeness);
         Ok(Some(draft))
     }
 

@@ -183,6 +183,7 @@ impl Ledger {
         if inv.reason == IssueReason::Progressive {
             self.evolve_progressive(inv);
         }
+        self.evolve_billed_history(inv);
         let previous =
             self.invoices.insert(inv.invoice_id.clone(), InvoiceAccount::issued(inv.clone()));
         assert!(previous.is_none(), "invoice ids are unique");

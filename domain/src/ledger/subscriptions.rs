@@ -241,6 +241,7 @@ pub(super) fn preview_subscription(ledger: &Ledger, started: &Event) -> Subscrip
         invoice_ids: Vec::new(),
         alerts: Vec::new(),
         progressive_billed: BTreeMap::new(),
+        billed_history: Vec::new(),
     }
 }
 
@@ -278,6 +279,7 @@ impl Subscription {
             invoice_ids: self.invoice_ids.clone(),
             alerts: self.alerts.clone(),
             progressive_billed: self.progressive_billed.clone(),
+            billed_history: self.billed_history.clone(),
         }
     }
 }

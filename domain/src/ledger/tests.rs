@@ -573,7 +573,11 @@ fn pay_in_advance_charges_invoice_each_event_and_skip_the_close() {
     let third =
         invoices(&w.usage("t3", "18", "2025-01-04T00:00:00Z", "2025-01-04T00:00:00Z").unwrap());
     assert_eq!(amounts(&third[0]), vec![(LineKind::UsageInAdvance, dec!(8.00))]);
-    let draft = w.ledger.draft_invoice("s1", at("2025-01-05T00:00:00Z")).unwrap().unwrap();
+    let draft = w
+        .ledger
+        .draft_invoice("s1", at("2025-01-05T00:00:00Z"), crate::anomaly::Completeness::PeriodSoFar)
+        .unwrap()
+        .unwrap();
     assert!(draft.lines.is_empty(), "in-advance charges are not billed again at close");
     let close = &w.bill("2025-02-01T00:00:00Z")[0];
     assert_eq!(close.total, dec!(0));
@@ -585,7 +589,11 @@ fn the_current_usage_draft_prices_the_open_period() {
     w.plan("metered", dec!(10.00), FeeTiming::Arrears, 0, vec![graduated_spec_charge()], None);
     w.start("metered", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
     w.usage("t1", "250", "2025-01-05T00:00:00Z", "2025-01-05T00:00:00Z").unwrap();
-    let draft = w.ledger.draft_invoice("s1", at("2025-01-06T00:00:00Z")).unwrap().unwrap();
+    let draft = w
+        .ledger
+        .draft_invoice("s1", at("2025-01-06T00:00:00Z"), crate::anomaly::Completeness::PeriodSoFar)
+        .unwrap()
+        .unwrap();
     assert_eq!(
         amounts(&draft),
         vec![(LineKind::BaseFee, dec!(10.00)), (LineKind::Usage, dec!(180.00))]
@@ -1182,6 +1190,7 @@ fn commands_that_would_issue_an_overflowing_invoice_are_refused_and_change_nothi
 }
 
 mod alerts;
+mod anomalies;
 mod coupons;
 mod credit_notes;
 mod input_rules;
