@@ -143,7 +143,7 @@ impl Tokens {
     }
 
     /// The role of a presented token, if configured.
-    fn role_of(&self, token: &str) -> Option<Role> {
+    pub fn role_of(&self, token: &str) -> Option<Role> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.by_hash.get(&hash).copied()
     }

@@ -8,6 +8,7 @@
 //! (see [`soak`]); prints throughput, p50/p99 per kind of call, errors and RSS over time.
 
 mod anomalies;
+mod dashboard;
 mod feed;
 mod scale;
 mod soak;
@@ -46,6 +47,8 @@ pub enum BenchCommand {
     /// Precision and recall of the invoice anomaly flags on a seeded company with injected
     /// spikes, months without usage and wrong plans (issue 15).
     Anomalies(anomalies::AnomaliesArgs),
+    /// Dashboard page load times on the demo's data (issue 15: < 200 ms).
+    Dashboard(dashboard::DashboardArgs),
 }
 
 #[derive(Args, Clone)]
@@ -150,6 +153,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Feed(args) => feed::run(args).await,
         BenchCommand::Webhooks(args) => webhooks::run(args).await,
         BenchCommand::Anomalies(args) => anomalies::run(args).await,
+        BenchCommand::Dashboard(args) => dashboard::run(args).await,
     }
 }
 

@@ -68,7 +68,8 @@ impl fmt::Display for Roles {
 pub struct ServeArgs {
     /// TOML file with any of: role, read_only, auth_tokens, data_dir, store, listen, log_format,
     /// log_level, grace_period_secs, scheduler_interval_secs, max_payment_attempts, tls_cert,
-    /// tls_key, tls_client_ca, allow_plaintext, metrics_listen, and a `[limits]` table (keys:
+    /// tls_key, tls_client_ca, allow_plaintext, metrics_listen, dashboard_listen, dashboard
+    /// (false: none), and a `[limits]` table (keys:
     /// the limit flags' names with `_`). Flags and env vars override it.
     #[arg(long, env = "ACCRUAL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -152,6 +153,14 @@ pub struct ServeArgs {
     /// Webhooks: allow endpoints on loopback addresses (tests, local receivers)
     #[arg(long, env = "ACCRUAL_WEBHOOKS_ALLOW_LOOPBACK")]
     pub webhooks_allow_loopback: bool,
+    /// The analysts' dashboard (HTTP) listens here; a non-loopback address needs auth tokens
+    /// and --allow-plaintext (put a TLS proxy in front) [default: 127.0.0.1:8080; if that port
+    /// is taken the service runs without it and logs why]
+    #[arg(long, env = "ACCRUAL_DASHBOARD_LISTEN")]
+    pub dashboard_listen: Option<SocketAddr>,
+    /// Serve no dashboard
+    #[arg(long, env = "ACCRUAL_NO_DASHBOARD", conflicts_with = "dashboard_listen")]
+    pub no_dashboard: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +190,9 @@ struct FileConfig {
     webhook_backoff_ms: Option<u64>,
     webhook_disable_after: Option<u32>,
     webhooks_allow_loopback: Option<bool>,
+    dashboard_listen: Option<SocketAddr>,
+    /// false: no dashboard.
+    dashboard: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -208,6 +220,10 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub feed: crate::feed::FeedOptions,
     pub webhooks: crate::webhooks::dispatch::DeliveryOptions,
+    /// The dashboard's listener (`None`: no dashboard), and whether it was asked for
+    /// explicitly (then a failure to bind it stops the serve; the default only logs).
+    pub dashboard_listen: Option<SocketAddr>,
+    pub dashboard_listen_explicit: bool,
 }
 
 impl Settings {
@@ -287,6 +303,11 @@ impl Settings {
                 args.webhook_disable_after.or(file.webhook_disable_after),
                 args.webhooks_allow_loopback || file.webhooks_allow_loopback.unwrap_or(false),
             )?,
+            dashboard_listen: crate::dashboard::listen_address(
+                args.dashboard_listen.or(file.dashboard_listen),
+                args.no_dashboard || file.dashboard == Some(false),
+            ),
+            dashboard_listen_explicit: args.dashboard_listen.or(file.dashboard_listen).is_some(),
         };
         anyhow::ensure!(
             !settings.read_only
@@ -314,6 +335,19 @@ impl Settings {
             "--metrics-listen {} is the gRPC listen address: metrics need a port of their own",
             settings.listen
         );
+        if let Some(d) = settings.dashboard_listen {
+            anyhow::ensure!(
+                d != settings.listen && Some(d) != settings.metrics_listen,
+                "--dashboard-listen {d} is taken by gRPC or metrics: the dashboard needs a port \
+                 of its own"
+            );
+            anyhow::ensure!(
+                d.ip().is_loopback() || (settings.auth.is_some() && settings.allow_plaintext),
+                "refusing to serve the dashboard on {d}: off loopback it needs auth tokens and \
+                 --allow-plaintext (it speaks plain HTTP: put a TLS proxy in front), or give \
+                 --no-dashboard"
+            );
+        }
         anyhow::ensure!(settings.grace_period_secs >= 0, "grace_period_secs must not be negative");
         anyhow::ensure!(
             settings.max_payment_attempts >= 1,

@@ -6,6 +6,7 @@ mod audit_service;
 mod auth;
 mod bench;
 mod config;
+mod dashboard;
 mod demo;
 mod export;
 mod feed;

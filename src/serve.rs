@@ -209,7 +209,7 @@ pub(crate) fn open_projections(
 }
 
 /// [`open_projections`] on the read-model database `db`, already open.
-fn open_projections_on(
+pub(crate) fn open_projections_on(
     db: &sled::Db,
     store: Option<Arc<dyn EventStore>>,
 ) -> anyhow::Result<ReadModels> {
@@ -274,6 +274,15 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let models = models.filter(|_| roles.query);
     // The audit side and the event feed need the log, which this process has open, and the
     // query role's models.
+    let dashboard = match (&models, s.dashboard_listen) {
+        (Some(m), Some(addr)) => {
+            let api = QueryApi::new(m.clone());
+            let board = crate::dashboard::Dashboard::new(api, s.auth.clone(), Some(store.clone()));
+            bind_dashboard(board, addr, s.dashboard_listen_explicit, stop_rx.clone()).await?
+        }
+        _ => None,
+    };
+    tasks.extend(dashboard);
     let log_services = match &models {
         Some(models) => {
             let invoices = &models.invoices;
@@ -318,6 +327,33 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         Ok(e) => Err(e.into()),
         Err(_) => Ok(()),
     }
+}
+
+/// Starts the dashboard on `addr` until `stop`. A default address that is taken (another
+/// serve on this machine) is logged and skipped; an explicit one is an error.
+async fn bind_dashboard(
+    board: crate::dashboard::Dashboard,
+    addr: std::net::SocketAddr,
+    explicit: bool,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if !explicit => {
+            tracing::error!(dashboard = %addr, error = %e, "dashboard not started: its default address is taken (give --dashboard-listen ADDR or --no-dashboard)");
+            return Ok(None);
+        }
+        Err(e) => return Err(anyhow::anyhow!("binding the dashboard to {addr}: {e}")),
+    };
+    tracing::info!(dashboard = %listener.local_addr()?, "dashboard serving (HTTP)");
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = board.serve(listener, shutdown).await {
+            tracing::error!(error = %e, "dashboard stopped");
+        }
+    })))
 }
 
 /// Reads the whole read-model database `db` (at `path`) on the blocking pool while the server

@@ -10,6 +10,7 @@
 // tonic::Status is this crate's error type; boxing it everywhere would only add noise.
 #![allow(clippy::result_large_err)]
 
+mod aging;
 mod check;
 mod ledger;
 mod schedule;
@@ -40,6 +41,8 @@ pub const WAIT_MS_MAX: u64 = 10_000;
 /// OUT_OF_RANGE: a process that follows a log written elsewhere learns of appends a little
 /// after they are acknowledged; a writer's own process knows its head at once.
 pub const HEAD_WAIT_MS_MAX: u64 = 1_000;
+
+pub use aging::{AGE_BUCKETS, DUNNING_STATES};
 
 /// A read model's reader with its runner's progress (for `min_position` waits).
 #[derive(Clone)]
@@ -543,6 +546,33 @@ impl QueryService for QueryApi {
             invoices: page.invoices.into_iter().map(invoice).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
             position: page.position,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_receivables_aging(
+        &self,
+        request: Request<pb::ReceivablesAgingRequest>,
+    ) -> Result<Response<pb::ReceivablesAgingResponse>, Status> {
+        let view = &self.models.invoices;
+        let r = request.get_ref();
+        let (cur, at) = currency_date(&r.currency, "as_of", &r.as_of, "")?;
+        if r.terms_days > 3_660 {
+            return Err(bad_field("terms_days", format!("{} is over 3660 days", r.terms_days)));
+        }
+        catch_up(&[&view.progress], &request, r.min_position).await?;
+        let position = position(view.reader.model())?;
+        let a = aging::aging(&view.reader, cur, at, r.terms_days).map_err(read_error("as_of"))?;
+        let cell = |name: &str, c: aging::Cell| pb::ReceivablesCell {
+            name: name.to_string(),
+            invoices: c.invoices,
+            amount: money(cur, c.amount),
+        };
+        Ok(Response::new(pb::ReceivablesAgingResponse {
+            buckets: AGE_BUCKETS.iter().zip(a.buckets).map(|((n, _, _), c)| cell(n, c)).collect(),
+            dunning: DUNNING_STATES.iter().zip(a.dunning).map(|(n, c)| cell(n, c)).collect(),
+            total: Some(cell("total", a.total)),
+            position,
         }))
     }
 
