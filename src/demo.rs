@@ -656,7 +656,10 @@ impl Sim {
         let largest = invoice.lines.iter().enumerate().max_by_key(|(_, l)| dec(&l.amount));
         let Some((index, line)) = largest else { return Ok(()) };
         let tenth = (dec(&line.amount) / Decimal::TEN).round_dp(currency.minor_units());
-        if tenth <= Decimal::ZERO {
+        // An offset may not exceed what is due (credit balance and wallet credits may have
+        // paid most of the invoice): the note's total is the amount plus its tax.
+        let rate = dec(&invoice.tax_rate) / Decimal::ONE_HUNDRED;
+        if tenth <= Decimal::ZERO || tenth * (Decimal::ONE + rate) > dec(&invoice.amount_due) {
             return Ok(());
         }
         let req = pb::IssueCreditNoteRequest {

@@ -340,7 +340,7 @@ async fn bind_dashboard(
     let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) if !explicit => {
-            tracing::error!(dashboard = %addr, error = %e, "dashboard not started: its default address is taken (give --dashboard-listen ADDR or --no-dashboard)");
+            tracing::warn!(dashboard = %addr, error = %e, "dashboard not started: its default address is taken (give --dashboard-listen ADDR or --no-dashboard)");
             return Ok(None);
         }
         Err(e) => return Err(anyhow::anyhow!("binding the dashboard to {addr}: {e}")),

@@ -237,7 +237,7 @@ async fn off_by_default_and_on_its_own_port_when_asked() {
     let metrics_port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_accrual"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--scheduler-interval-secs", "0", "--log-level", "warn"])
+        .args(["--scheduler-interval-secs", "0", "--log-level", "warn", "--no-dashboard"])
         .arg("--data-dir")
         .arg(dir.path())
         .env("ACCRUAL_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))

@@ -52,7 +52,8 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
     for round in 0..=args.rounds {
         for (i, path) in pages.clone().iter().enumerate() {
             let start = Instant::now();
-            let body = http.get(format!("{base}{path}")).send().await?.error_for_status()?.text().await?;
+            let body =
+                http.get(format!("{base}{path}")).send().await?.error_for_status()?.text().await?;
             let ms = start.elapsed().as_secs_f64() * 1e3;
             if round == 0 {
                 if path == "/invoices" {

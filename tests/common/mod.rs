@@ -36,6 +36,11 @@ impl Server {
                 "0",
             ])
             .args(extra)
+            // The dashboard's default port is one for all: a test that wants it names a port.
+            .args(
+                (!extra.iter().any(|a| a.starts_with("--dashboard") || *a == "--no-dashboard"))
+                    .then_some("--no-dashboard"),
+            )
             .arg("--data-dir")
             .arg(data_dir)
             .env("ACCRUAL_LOG_LEVEL", "warn")
