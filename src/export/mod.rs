@@ -417,19 +417,18 @@ fn write_rows<W: Write + Send>(
     out: W,
 ) -> anyhow::Result<Written> {
     let window = Window { from: spec.from, to: spec.effective };
-    let format = output;
     let mut note = None;
     let (mut out, rows) = match spec.kind {
-        ExportKind::Invoices => kinds::invoices(&InvoiceReader::new(model), window, format, out)?,
+        ExportKind::Invoices => kinds::invoices(&InvoiceReader::new(model), window, output, out)?,
         ExportKind::InvoiceLines => {
-            kinds::invoice_lines(&InvoiceReader::new(model), window, format, out)?
+            kinds::invoice_lines(&InvoiceReader::new(model), window, output, out)?
         }
         ExportKind::CreditNotes => {
-            kinds::credit_notes(&InvoiceReader::new(model), window, format, out)?
+            kinds::credit_notes(&InvoiceReader::new(model), window, output, out)?
         }
-        ExportKind::Journal => kinds::journal(&JournalReader::new(model), window, format, out)?,
+        ExportKind::Journal => kinds::journal(&JournalReader::new(model), window, output, out)?,
         ExportKind::UsageDaily => {
-            kinds::usage_daily(&JournalReader::new(model), window, format, out)?
+            kinds::usage_daily(&JournalReader::new(model), window, output, out)?
         }
         ExportKind::TrialBalance => {
             let reader = JournalReader::new(model);
@@ -443,16 +442,16 @@ fn write_rows<W: Write + Send>(
                     None => "the journal is empty: no trial balance rows".to_string(),
                 });
             }
-            kinds::trial_balance(&reader, as_of, format, out)?
+            kinds::trial_balance(&reader, as_of, output, out)?
         }
         ExportKind::RevenueWaterfall => {
-            kinds::revenue_waterfall(&JournalReader::new(model), window, format, out)?
+            kinds::revenue_waterfall(&JournalReader::new(model), window, output, out)?
         }
         ExportKind::MrrMovements => {
             let reader = MrrReader::new(model);
             match spec.granularity {
-                None => kinds::mrr_movements(&reader, window, format, out)?,
-                Some(g) => kinds::mrr_bridge(&reader, window, g, format, out)?,
+                None => kinds::mrr_movements(&reader, window, output, out)?,
+                Some(g) => kinds::mrr_bridge(&reader, window, g, output, out)?,
             }
         }
     };
