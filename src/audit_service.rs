@@ -676,8 +676,8 @@ impl AuditService for AuditApi {
             check.bad(
                 "kind",
                 format!(
-                    "{:?} is not invoices, credit-notes, journal, trial-balance, \
-                     revenue-waterfall or mrr-movements",
+                    "{:?} is not invoices, invoice-lines, credit-notes, journal, trial-balance, \
+                     revenue-waterfall, mrr-movements or usage-daily",
                     r.kind
                 ),
             );
@@ -687,7 +687,7 @@ impl AuditService for AuditApi {
             f => ExportFormat::parse(f),
         };
         if format.is_none() {
-            check.bad("format", format!("{:?} is not csv or json", r.format));
+            check.bad("format", format!("{:?} is not csv, json or parquet", r.format));
         }
         let from = check.opt_date("from", &r.from);
         let effective = check.opt_date("effective", &r.effective);
@@ -700,10 +700,20 @@ impl AuditService for AuditApi {
                 None
             }
         };
+        let currency = match r.currency.as_str() {
+            "" => None,
+            code => match domain::money::Currency::parse(code) {
+                Ok(c) => Some(c),
+                Err(_) => {
+                    check.bad("currency", format!("{code:?} is not an ISO 4217 currency code"));
+                    None
+                }
+            },
+        };
         let cutoff = check.cutoff(r.cutoff.map(WireCutoff::from), false);
         let spec = match (kind, format) {
             (Some(kind), Some(format)) => {
-                let spec = Spec { kind, format, from, effective, granularity };
+                let spec = Spec { kind, format, from, effective, granularity, currency };
                 for p in spec.problems(str::to_string) {
                     check.bad(p.field, p.message);
                 }

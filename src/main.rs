@@ -55,8 +55,8 @@ enum Commands {
     /// Walk the log's hash chain (`audit verify`) or print its head (`audit digest`).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Export invoices, the journal, a trial balance, the revenue waterfall or MRR movements
-    /// as CSV or JSON.
+    /// Export invoices, invoice lines, credit notes, the journal, a trial balance, the revenue
+    /// waterfall, MRR movements or usage per day as CSV, JSON or Parquet.
     #[command(after_long_help = export::HELP)]
     Export(export::ExportArgs),
     /// Bearer tokens for the gRPC services (`token new --role R`).

@@ -85,6 +85,15 @@ fn bad_fields(status: &tonic::Status, code: Code) -> Vec<String> {
 /// Streams an export; checks every chunk is at most 64 KiB. Returns the text and the position
 /// in the `accrual-position` header.
 async fn export(a: &mut AuditServiceClient<Channel>, req: pb::ExportRequest) -> (String, u64) {
+    let (data, position) = export_bytes(a, req).await;
+    (String::from_utf8(data).expect("utf-8"), position)
+}
+
+/// The concatenated chunks of an export and its position header.
+async fn export_bytes(
+    a: &mut AuditServiceClient<Channel>,
+    req: pb::ExportRequest,
+) -> (Vec<u8>, u64) {
     let response = a.export(req).await.unwrap();
     let position = response.metadata().get("accrual-position").expect("a position header");
     let position = position.to_str().unwrap().parse().unwrap();
@@ -94,7 +103,7 @@ async fn export(a: &mut AuditServiceClient<Channel>, req: pb::ExportRequest) -> 
         assert!(!chunk.data.is_empty() && chunk.data.len() <= 64 * 1024, "{}", chunk.data.len());
         data.extend(chunk.data);
     }
-    (String::from_utf8(data).expect("utf-8"), position)
+    (data, position)
 }
 
 fn dec(s: &str) -> Decimal {
@@ -265,9 +274,20 @@ async fn audit_service_over_the_live_log() {
         cutoff: Some(pb::export_request::Cutoff::Position(half)),
         ..journal.clone()
     };
-    let (csv, position) = export(&mut a, at_half).await;
+    let (csv, position) = export(&mut a, at_half.clone()).await;
     assert_eq!(position, half);
     assert!(check_journal_csv(&csv).iter().all(|p| *p < half), "only events before the cutoff");
+    // The same export as Parquet (one currency's rows, as --currency): the CSV's row count.
+    let parquet = pb::ExportRequest { format: "parquet".into(), currency: "USD".into(), ..at_half };
+    let (bytes, position) = export_bytes(&mut a, parquet).await;
+    assert_eq!(position, half);
+    assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"), "a Parquet file");
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, &bytes).unwrap();
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let rows = reader.metadata().file_metadata().num_rows();
+    assert_eq!(rows as usize, csv.lines().count() - 1, "the CSV's rows");
     let tb = pb::ExportRequest {
         kind: "trial-balance".into(),
         format: "json".into(),
@@ -326,13 +346,21 @@ async fn audit_service_over_the_live_log() {
         format: "xlsx".into(),
         from: "2025-02-30".into(),
         granularity: "week".into(),
+        currency: "usd".into(),
         ..Default::default()
     };
     let status = a.export(bad).await.unwrap_err();
     assert_eq!(
         bad_fields(&status, Code::InvalidArgument),
-        ["kind", "format", "from", "granularity"]
+        ["kind", "format", "from", "granularity", "currency"]
     );
+    let bad = pb::ExportRequest {
+        kind: "usage-daily".into(),
+        currency: "USD".into(),
+        ..Default::default()
+    };
+    let status = a.export(bad).await.unwrap_err();
+    assert_eq!(bad_fields(&status, Code::InvalidArgument), ["currency"]);
     let bad = pb::ExportRequest {
         kind: "trial-balance".into(),
         from: "2025-01-01".into(),

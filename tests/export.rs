@@ -1,8 +1,9 @@
-//! `accrual export`: real demo data exported as every kind in both formats, checked for shape
+//! `accrual export`: real demo data exported as every kind in CSV and JSON, checked for shape
 //! (header, field counts, JSON records = CSV rows) and for the books' own rules (the trial
-//! balance balances, invoice total = subtotal + tax, journal entries balance, waterfall totals);
-//! `--as-of-recorded` before the first event exports headers only; a replay output is a source;
-//! bad arguments fail clearly.
+//! balance balances, invoice total = subtotal + tax, journal entries balance, waterfall totals,
+//! invoice lines sum to their invoice's subtotal, usage per day in key order); `--currency`
+//! keeps one currency's rows; `--as-of-recorded` before the first event exports headers only; a
+//! replay output is a source; bad arguments fail clearly. Parquet: tests/export_parquet.rs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,8 +13,16 @@ use std::sync::Arc;
 use event_store::{EventStore, SledConfig, SledStore};
 use rust_decimal::Decimal;
 
-const KINDS: [&str; 6] =
-    ["invoices", "credit-notes", "journal", "trial-balance", "revenue-waterfall", "mrr-movements"];
+const KINDS: [&str; 8] = [
+    "invoices",
+    "invoice-lines",
+    "credit-notes",
+    "journal",
+    "trial-balance",
+    "revenue-waterfall",
+    "mrr-movements",
+    "usage-daily",
+];
 
 fn accrual(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_accrual"))
@@ -200,6 +209,65 @@ fn check_journal(csv: &Csv) {
     assert!(dates.windows(2).all(|w| w[0] <= w[1]), "date order");
 }
 
+/// One row per line of the exported invoices, in their order then line order; Σ amount of an
+/// invoice's lines is its subtotal, Σ discount its discount.
+fn check_invoice_lines(csv: &Csv, invoices: &Csv) {
+    columns(
+        csv,
+        &[
+            "invoice_id",
+            "line_index",
+            "customer_id",
+            "subscription_id",
+            "currency",
+            "issued_at",
+            "kind",
+            "description",
+            "metric_code",
+            "charge_model",
+            "units",
+            "service_period_start",
+            "service_period_end_exclusive",
+            "amount",
+            "discount",
+        ],
+    );
+    let mut rows = csv.rows.iter().peekable();
+    for invoice in &invoices.rows {
+        let (mut amount, mut discount, mut count) = (Decimal::ZERO, Decimal::ZERO, 0u64);
+        while let Some(line) = rows.next_if(|l| l["invoice_id"] == invoice["invoice_id"]) {
+            assert_eq!(line["line_index"], count.to_string(), "lines in order: {line:?}");
+            for column in ["customer_id", "subscription_id", "currency", "issued_at"] {
+                assert_eq!(line[column], invoice[column], "{column}: {line:?}");
+            }
+            amount += usd(&line["amount"]);
+            discount += usd(&line["discount"]);
+            count += 1;
+        }
+        assert_eq!(count.to_string(), invoice["line_count"], "{invoice:?}");
+        assert_eq!(amount, usd(&invoice["subtotal"]), "Σ line amounts = subtotal: {invoice:?}");
+        assert_eq!(discount, usd(&invoice["discount"]), "Σ line discounts: {invoice:?}");
+    }
+    assert!(rows.next().is_none(), "every line belongs to an exported invoice, in issue order");
+}
+
+/// One row per (date, subscription, metric), in that order, with usage.
+fn check_usage_daily(csv: &Csv) {
+    columns(csv, &["date", "customer_id", "subscription_id", "metric_code", "units", "events"]);
+    assert!(!csv.rows.is_empty(), "the demo records usage");
+    let keys: Vec<(&str, &str, &str)> = csv
+        .rows
+        .iter()
+        .map(|r| (r["date"].as_str(), r["subscription_id"].as_str(), r["metric_code"].as_str()))
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "date, subscription, metric order, no repeat");
+    for r in &csv.rows {
+        assert!(r["events"].parse::<u64>().unwrap() > 0, "{r:?}");
+        dec(&r["units"]);
+        assert!(!r["customer_id"].is_empty(), "{r:?}");
+    }
+}
+
 fn check_trial_balance(csv: &Csv) {
     columns(csv, &["as_of", "currency", "account", "debit", "credit"]);
     let mut sums: BTreeMap<&str, (Decimal, Decimal)> = BTreeMap::new();
@@ -254,13 +322,18 @@ fn check_all(dir: &Path) {
         let csv = Csv::parse(&export(dir, kind, "csv", &[]));
         match kind {
             "invoices" => check_invoices(&csv),
+            "invoice-lines" => {
+                check_invoice_lines(&csv, &Csv::parse(&export(dir, "invoices", "csv", &[])))
+            }
+            "usage-daily" => check_usage_daily(&csv),
             "credit-notes" => {
                 check_credit_notes(&csv, &Csv::parse(&export(dir, "invoices", "csv", &[])))
             }
             "journal" => check_journal(&csv),
             "trial-balance" => check_trial_balance(&csv),
             "revenue-waterfall" => check_waterfall(&csv),
-            _ => check_movements(&csv),
+            "mrr-movements" => check_movements(&csv),
+            other => panic!("no check for {other}"),
         }
         let json: serde_json::Value =
             serde_json::from_str(&export(dir, kind, "json", &[])).expect("the JSON parses");
@@ -329,6 +402,22 @@ fn exports_of_demo_data() {
         assert_eq!(usd(&r["mrr_end"]), usd(&r["mrr_start"]) + usd(&r["net"]));
     }
 
+    // --currency keeps one currency's rows: all of the demo's in USD, none in EUR (headers).
+    for kind in KINDS.into_iter().filter(|k| *k != "usage-daily") {
+        let all = export(&dir, kind, "csv", &[]);
+        assert_eq!(export(&dir, kind, "csv", &["--currency", "USD"]), all, "{kind}");
+        let none = Csv::parse(&export(&dir, kind, "csv", &["--currency", "EUR"]));
+        assert!(none.rows.is_empty(), "{kind}: no EUR rows");
+        assert_eq!(none.header, Csv::parse(&all).header, "{kind}");
+    }
+    // usage-daily by date narrows as the journal does.
+    let usage = Csv::parse(&export(&dir, "usage-daily", "csv", &[]));
+    let jan = Csv::parse(&export(&dir, "usage-daily", "csv", &["--effective", "2025-01-31"]));
+    let feb = Csv::parse(&export(&dir, "usage-daily", "csv", &["--from", "2025-02-01"]));
+    assert!(!jan.rows.is_empty() && !feb.rows.is_empty());
+    assert_eq!(jan.rows.len() + feb.rows.len(), usage.rows.len());
+    assert!(jan.rows.iter().all(|r| r["date"].as_str() <= "2025-01-31"));
+
     // Before the first event was recorded (the demo's clock starts 2025-01-01T12:00Z): headers
     // only, and `[]`.
     for kind in KINDS {
@@ -393,6 +482,9 @@ async fn a_replay_output_is_a_source_and_bad_arguments_fail_clearly() {
     fails(&["export", "journal", "--data-dir", d, "--as-of-recorded", "2025-01-20"], "RFC 3339");
     fails(&["export", "trial-balance", "--data-dir", d, "--from", "2025-01-01"], "--effective");
     fails(&["export", "journal", "--data-dir", d, "--granularity", "day"], "mrr-movements only");
+    fails(&["export", "usage-daily", "--data-dir", d, "--currency", "USD"], "no currency column");
+    fails(&["export", "journal", "--data-dir", d, "--currency", "XYZ"], "ISO 4217");
+    fails(&["export", "journal", "--data-dir", d, "--currency", "usd"], "ISO 4217");
     let reversed = ["--from", "2025-02-01", "--effective", "2025-01-01"];
     fails(&[&["export", "journal", "--data-dir", d][..], &reversed[..]].concat(), "after");
     let nowhere = temp.path().join("nowhere");

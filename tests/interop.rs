@@ -6,9 +6,9 @@
 //! bearer token, which the client sends as gRPC call credentials).
 //!
 //! The Python packages (tests/interop/requirements.txt, pinned) go into a virtualenv under
-//! CARGO_TARGET_TMPDIR, reused while the requirements and the interpreter stay the same. Without
-//! python3 (or without a virtualenv / PyPI) the test says on stderr that it is skipped and why;
-//! with ACCRUAL_REQUIRE_INTEROP=1 (set by .ci/run) it fails instead.
+//! CARGO_TARGET_TMPDIR (`common::python`), reused while the requirements and the interpreter
+//! stay the same. Without python3 (or without a virtualenv / PyPI) the test says on stderr that
+//! it is skipped and why; with ACCRUAL_REQUIRE_INTEROP=1 (set by .ci/run) it fails instead.
 
 mod common;
 
@@ -24,97 +24,21 @@ use sha2::{Digest, Sha256};
 use common::process::run_bounded;
 use common::{free_port, Server};
 
-/// "1": a missing Python environment fails the test instead of skipping it.
-const REQUIRE_ENV: &str = "ACCRUAL_REQUIRE_INTEROP";
-/// The interpreter to use instead of `python3` (then `python`) from PATH.
-const PYTHON_ENV: &str = "ACCRUAL_PYTHON";
-const VENV_CREATE_TIMEOUT_MS: u64 = 120_000;
-const PIP_INSTALL_TIMEOUT_MS: u64 = 600_000;
 const CLIENT_TIMEOUT_MS: u64 = 180_000;
-const PROBE_TIMEOUT_MS: u64 = 30_000;
 /// The Python client's checks (tests/interop/client.py): fewer means one was dropped.
 const CLIENT_CHECKS_MIN: u64 = 32;
-/// Written into the virtualenv once every requirement is installed.
-const READY_STAMP: &str = ".accrual-interop-ready";
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("interop")
 }
 
-/// The first interpreter that runs and is Python ≥ 3.9 (what grpcio supports): its path and
-/// `sys.version`.
-fn find_python(logs: &Path) -> Result<(PathBuf, String), String> {
-    let candidates: Vec<PathBuf> = match std::env::var_os(PYTHON_ENV) {
-        Some(path) => vec![path.into()],
-        None => vec!["python3".into(), "python".into()],
-    };
-    let probe = "import sys; print(sys.version); sys.exit(sys.version_info < (3, 9))";
-    let mut reasons = Vec::new();
-    for python in candidates {
-        let mut cmd = Command::new(&python);
-        cmd.args(["-c", probe]);
-        match run_bounded(&mut cmd, &logs.join("python-version.log"), PROBE_TIMEOUT_MS) {
-            Ok(version) => return Ok((python, version.trim().to_string())),
-            Err(reason) => reasons.push(reason),
-        }
-    }
-    Err(format!("no python3 ≥ 3.9 ({})", reasons.join("; ")))
-}
-
-/// The virtualenv's interpreter.
-fn venv_python(venv: &Path) -> PathBuf {
-    if cfg!(windows) {
-        venv.join("Scripts").join("python.exe")
-    } else {
-        venv.join("bin").join("python")
-    }
-}
-
-/// A virtualenv with tests/interop/requirements.txt installed, keyed by the requirements and
-/// the interpreter's version; reused when its ready stamp is there. Returns its interpreter.
+/// The interop virtualenv (tests/interop/requirements.txt): its interpreter.
 fn python_env() -> Result<PathBuf, String> {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
-    let (python, version) = find_python(root)?;
-    let requirements = interop_dir().join("requirements.txt");
-    let pinned = std::fs::read(&requirements).map_err(|e| format!("read requirements: {e}"))?;
-    let key = Sha256::new().chain_update(&pinned).chain_update(version.as_bytes()).finalize();
-    let venv = root.join(format!("interop-venv-{}", &hex::encode(key)[..16]));
-    if !venv.join(READY_STAMP).exists() {
-        let _ = std::fs::remove_dir_all(&venv);
-        create_venv(&python, &venv, &requirements, root)?;
-        std::fs::write(venv.join(READY_STAMP), version).map_err(|e| format!("stamp: {e}"))?;
-    }
-    Ok(venv_python(&venv))
+    common::python::python_env("interop", &interop_dir().join("requirements.txt"))
 }
 
-/// `python -m venv`, then pip installs the pinned requirements (wheels only), each bounded.
-fn create_venv(python: &Path, venv: &Path, requirements: &Path, logs: &Path) -> Result<(), String> {
-    let mut create = Command::new(python);
-    create.args(["-m", "venv"]).arg(venv);
-    run_bounded(&mut create, &logs.join("interop-venv.log"), VENV_CREATE_TIMEOUT_MS)
-        .map_err(|e| format!("python -m venv failed (Debian: apt install python3-venv): {e}"))?;
-    let mut install = Command::new(venv_python(venv));
-    install
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"])
-        .args(["--only-binary=:all:", "--timeout", "60", "--retries", "2", "-r"])
-        .arg(requirements);
-    run_bounded(&mut install, &logs.join("interop-pip.log"), PIP_INSTALL_TIMEOUT_MS)
-        .map_err(|e| format!("pip install of {} failed: {e}", requirements.display()))?;
-    Ok(())
-}
-
-/// Says on the real stderr (not captured by the test harness, so never silent) that the test
-/// is skipped and why, or fails when ACCRUAL_REQUIRE_INTEROP=1.
 fn skip_or_fail(reason: &str) {
-    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
-        panic!("interop test required ({REQUIRE_ENV}=1) but its Python environment is missing: {reason}");
-    }
-    let line = format!(
-        "interop test skipped: {reason}\n  (install python3 ≥ 3.9 with venv and reach PyPI, or set \
-         {REQUIRE_ENV}=1 to make this a failure)\n"
-    );
-    let _ = std::io::stderr().write_all(line.as_bytes());
+    common::python::skip_or_fail("interop", reason)
 }
 
 /// What the Python client reports on its `RESULT {json}` line.

@@ -36,11 +36,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use domain::anomaly::Completeness;
 use domain::calendar::{local_date, Period};
-use domain::events::Event;
+use domain::events::{Event, Usage};
 use domain::invoice::Invoice;
-use domain::ledger::{Ledger, RatedUsage};
+use domain::ledger::{usage_value, Ledger, RatedUsage};
 use event_store::Position;
 use jiff::civil::Date;
+use rust_decimal::Decimal;
 
 /// Layout of [`UsageMeter::encode`]'s output. Bump it when the encoding or the ledger's serde
 /// shape changes: a snapshot of another version is ignored and the meter folded from the log.
@@ -176,6 +177,21 @@ impl UsageMeter {
             let day = effective.clamp(period.start, last_day(&period));
             self.sub_runs(sub).insert(period.start, Run { day, first });
         }
+    }
+
+    /// For a usage event the ledger knows, between [`UsageMeter::before`] and
+    /// [`UsageMeter::after`]: its local (business) day, its customer, and its quantity (the
+    /// value its metric reads; 1 for count and unique_count, whose values are not additive).
+    pub fn usage_quantity(&self, u: &Usage) -> Option<(Date, &str, Decimal)> {
+        let (_, day) = self.seen.and_then(|(known, run)| run.filter(|_| known))?;
+        let sub = self.ledger.subscriptions.get(&u.subscription_id)?;
+        let metric = self.ledger.metrics.get(&u.metric_code)?;
+        let quantity = if metric.aggregation.is_numeric() {
+            usage_value(metric, u).ok()?
+        } else {
+            Decimal::ONE
+        };
+        Some((day, sub.customer_id.as_str(), quantity))
     }
 
     fn sub_runs(&mut self, sub: &str) -> &mut BTreeMap<Date, Run> {

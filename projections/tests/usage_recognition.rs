@@ -282,3 +282,56 @@ async fn each_open_period_has_its_draft() {
     assert_eq!((usage_of(0), usage_of(1)), (vec![dec!(5.00)], vec![dec!(2.50)]));
     assert_eq!(books.current_usage("s1").unwrap().unwrap().period.start, date(2025, 2, 1));
 }
+
+/// Every row of `usage_days(from, to)`, read in pages of `page_size`.
+fn usage_days(
+    books: &JournalReader,
+    from: Date,
+    to: Date,
+    page_size: usize,
+) -> Vec<(Date, String, String, Decimal, u64)> {
+    let mut rows = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..1_000 {
+        let page = books.usage_days(from, to, token.as_deref(), page_size).unwrap();
+        assert!(page.rows.len() <= page_size.max(1));
+        for r in page.rows {
+            assert_eq!(r.usage.customer_id, "c1");
+            rows.push((r.date, r.subscription_id, r.metric_code, r.usage.units, r.usage.events));
+        }
+        match page.next_page_token {
+            Some(t) => token = Some(t),
+            None => return rows,
+        }
+    }
+    panic!("more than 1,000 pages")
+}
+
+#[tokio::test]
+async fn usage_per_day_sums_each_business_days_events_whatever_the_batches_and_pages() {
+    let row = |d: Date, units: Decimal, events: u64| {
+        (d, "s1".to_string(), "calls".to_string(), units, events)
+    };
+    let all = vec![
+        row(date(2025, 1, 3), dec!(50), 1),
+        row(date(2025, 1, 10), dec!(130), 2),
+        row(date(2025, 1, 20), dec!(100), 1),
+        row(date(2025, 2, 5), dec!(200), 1),
+    ];
+    let events = events();
+    for batch in [1, 2, 3, 1_000] {
+        let (_dir, books) = journal(&events, batch).await;
+        for page_size in [1, 2, 3, 1_000] {
+            let got = usage_days(&books, Date::MIN, Date::MAX, page_size);
+            assert_eq!(got, all, "batches of {batch}, pages of {page_size}");
+        }
+        let window = usage_days(&books, date(2025, 1, 10), date(2025, 2, 4), 1);
+        assert_eq!(window, all[1..3].to_vec(), "batches of {batch}: Jan 10 to Feb 4");
+        assert!(usage_days(&books, date(2025, 2, 6), Date::MAX, 2).is_empty());
+    }
+    let (_dir, books) = journal(&events, 1_000).await;
+    for bad in ["", "2025-01-10", "2025-13-01/s1/calls", "2025-01-10/s1", "2025-01-10//calls"] {
+        let err = books.usage_days(Date::MIN, Date::MAX, Some(bad), 10).unwrap_err();
+        assert!(err.to_string().contains("page token"), "{bad:?}: {err}");
+    }
+}

@@ -5,14 +5,15 @@ use std::io::Write;
 use domain::money::Currency;
 use jiff::civil::Date;
 use projections::invoices::{
-    CreditNotesOf, InvoiceFilter, InvoiceReader, PAGE_SIZE_MAX as INVOICE_PAGE,
+    CreditNotesOf, InvoiceFilter, InvoiceReader, InvoiceRecord, PAGE_SIZE_MAX as INVOICE_PAGE,
 };
 use projections::journal::{entry_id, JournalReader, PAGE_SIZE_MAX as JOURNAL_PAGE};
 use projections::mrr::{Granularity, MrrReader, PAGE_SIZE_MAX as MRR_PAGE};
 use rust_decimal::Decimal;
 
-use super::format::{amount, date, Cell, Sink};
-use super::ExportFormat;
+use super::format::{amount, col, date, named, opt, Cell, Column, ColumnType, Output, Sink};
+
+use ColumnType::{Amount, Date as DateCol, Decimal as Dec, Int, Text, Timestamp as Instant};
 
 /// The effective-date window of an export (both ends inclusive, either open).
 #[derive(Clone, Copy, Debug, Default)]
@@ -21,34 +22,34 @@ pub struct Window {
     pub to: Option<Date>,
 }
 
-fn columns(names: &[&str]) -> Vec<String> {
-    names.iter().map(|s| s.to_string()).collect()
+fn columns(columns: &[Column]) -> Vec<Column> {
+    columns.to_vec()
 }
 
 /// Invoice header columns (lines are in the JSON export only).
-pub const INVOICE_COLUMNS: [&str; 22] = [
-    "invoice_id",
-    "customer_id",
-    "subscription_id",
-    "currency",
-    "period_start",
-    "period_end_exclusive",
-    "issued_at",
-    "reason",
-    "status",
-    "subtotal",
-    "tax_rate_percent",
-    "tax",
-    "total",
-    "amount_paid",
-    "amount_due",
-    "failed_attempts",
-    "line_count",
-    "amount_credited",
-    "amount_offset",
-    "credit_applied",
-    "discount",
-    "wallet_applied",
+pub const INVOICE_COLUMNS: [Column; 22] = [
+    col("invoice_id", Text),
+    col("customer_id", Text),
+    col("subscription_id", Text),
+    col("currency", Text),
+    col("period_start", DateCol),
+    col("period_end_exclusive", DateCol),
+    col("issued_at", Instant),
+    col("reason", Text),
+    col("status", Text),
+    col("subtotal", Amount),
+    col("tax_rate_percent", Dec),
+    col("tax", Amount),
+    col("total", Amount),
+    col("amount_paid", Amount),
+    col("amount_due", Amount),
+    col("failed_attempts", Int),
+    col("line_count", Int),
+    col("amount_credited", Amount),
+    col("amount_offset", Amount),
+    col("credit_applied", Amount),
+    col("discount", Amount),
+    col("wallet_applied", Amount),
 ];
 
 /// An invoice line in the JSON export (fields in this order).
@@ -68,19 +69,19 @@ struct LineJson<'a> {
 }
 
 /// Credit note columns (lines are in the JSON export only).
-pub const CREDIT_NOTE_COLUMNS: [&str; 12] = [
-    "credit_note_id",
-    "number",
-    "customer_id",
-    "invoice_id",
-    "currency",
-    "issued_at",
-    "destination",
-    "reason",
-    "subtotal",
-    "tax",
-    "total",
-    "line_count",
+pub const CREDIT_NOTE_COLUMNS: [Column; 12] = [
+    col("credit_note_id", Text),
+    col("number", Int),
+    col("customer_id", Text),
+    col("invoice_id", Text),
+    col("currency", Text),
+    col("issued_at", Instant),
+    col("destination", Text),
+    col("reason", Text),
+    col("subtotal", Amount),
+    col("tax", Amount),
+    col("total", Amount),
+    col("line_count", Int),
 ];
 
 /// A credit note line in the JSON export (fields in this order).
@@ -92,13 +93,13 @@ struct CreditLineJson<'a> {
 }
 
 /// One row per credit note in issue order, issued (UTC date of `issued_at`) within `window`.
-pub fn credit_notes<W: Write>(
+pub fn credit_notes<W: Write + Send>(
     reader: &InvoiceReader,
     window: Window,
-    format: ExportFormat,
+    output: &Output,
     out: W,
 ) -> anyhow::Result<(W, u64)> {
-    let mut sink = Sink::new(format, out, columns(&CREDIT_NOTE_COLUMNS))?;
+    let mut sink = Sink::new(output, out, columns(&CREDIT_NOTE_COLUMNS))?;
     let (from, to) = (window.from, window.to);
     let mut after = None;
     loop {
@@ -142,14 +143,13 @@ pub fn credit_notes<W: Write>(
     }
 }
 
-/// One row per invoice in issue order, issued (UTC date of `issued_at`) within `window`.
-pub fn invoices<W: Write>(
+/// Calls `f` with every invoice in issue order issued (UTC date of `issued_at`) within
+/// `window`, page by page.
+fn each_invoice(
     reader: &InvoiceReader,
     window: Window,
-    format: ExportFormat,
-    out: W,
-) -> anyhow::Result<(W, u64)> {
-    let mut sink = Sink::new(format, out, columns(&INVOICE_COLUMNS))?;
+    mut f: impl FnMut(&InvoiceRecord) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let from = window.from.map(|d| d.to_zoned(jiff::tz::TimeZone::UTC)).transpose()?;
     let to = window.to.map(|d| d.tomorrow()).transpose()?;
     let to = to.map(|d| d.to_zoned(jiff::tz::TimeZone::UTC)).transpose()?;
@@ -163,78 +163,152 @@ pub fn invoices<W: Write>(
             if from.is_some_and(|f| i.issued_at < f) || to.is_some_and(|t| i.issued_at >= t) {
                 continue;
             }
-            let cur = i.currency;
-            let cells = [
-                Cell::from(i.invoice_id.as_str()),
-                Cell::from(i.customer_id.as_str()),
-                Cell::from(i.subscription_id.as_str()),
-                Cell::from(cur.code()),
-                Cell::from(date(i.period.start)),
-                Cell::from(date(i.period.end)),
-                Cell::from(i.issued_at.to_string()),
-                Cell::from(i.reason.as_str()),
-                Cell::from(r.status.as_str()),
-                Cell::from(amount(i.subtotal, cur)?),
-                Cell::from(i.tax_rate.normalize().to_string()),
-                Cell::from(amount(i.tax, cur)?),
-                Cell::from(amount(i.total, cur)?),
-                Cell::from(amount(r.amount_paid, cur)?),
-                Cell::from(amount(r.amount_due, cur)?),
-                Cell::from(u64::from(r.failed_attempts)),
-                Cell::from(i.lines.len() as u64),
-                Cell::from(amount(r.credits.total(), cur)?),
-                Cell::from(amount(r.credits.offset, cur)?),
-                Cell::from(amount(i.credit_applied, cur)?),
-                Cell::from(amount(i.lines.iter().map(|l| l.discount).sum(), cur)?),
-                Cell::from(amount(i.wallet_total(), cur)?),
-            ];
-            let mut lines = Vec::with_capacity(i.lines.len());
-            for (index, l) in i.lines.iter().enumerate() {
-                lines.push(LineJson {
-                    line_index: index,
-                    kind: l.kind.as_str(),
-                    description: &l.description,
-                    metric_code: l.metric_code.as_deref(),
-                    charge_model: l.charge_model.as_deref(),
-                    units: l.units.map(|u| u.normalize().to_string()),
-                    service_period_start: date(l.service_period.start),
-                    service_period_end_exclusive: date(l.service_period.end),
-                    amount: amount(l.amount, cur)?,
-                    discount: amount(l.discount, cur)?,
-                });
-            }
-            sink.row(&cells, &[("lines", serde_json::to_string(&lines)?)])?;
+            f(r)?;
         }
         match page.next_page_token {
             Some(t) => token = Some(t),
-            None => return sink.finish(),
+            None => return Ok(()),
         }
     }
 }
 
-pub const JOURNAL_COLUMNS: [&str; 12] = [
-    "entry",
-    "date",
-    "kind",
-    "invoice_id",
-    "subscription_id",
-    "currency",
-    "account",
-    "debit",
-    "credit",
-    "log_position",
-    "credit_note_id",
-    "wallet_id",
+/// One row per invoice in issue order, issued (UTC date of `issued_at`) within `window`.
+pub fn invoices<W: Write + Send>(
+    reader: &InvoiceReader,
+    window: Window,
+    output: &Output,
+    out: W,
+) -> anyhow::Result<(W, u64)> {
+    let mut sink = Sink::new(output, out, columns(&INVOICE_COLUMNS))?;
+    each_invoice(reader, window, |r| {
+        let i = &r.invoice;
+        let cur = i.currency;
+        let cells = [
+            Cell::from(i.invoice_id.as_str()),
+            Cell::from(i.customer_id.as_str()),
+            Cell::from(i.subscription_id.as_str()),
+            Cell::from(cur.code()),
+            Cell::from(date(i.period.start)),
+            Cell::from(date(i.period.end)),
+            Cell::from(i.issued_at.to_string()),
+            Cell::from(i.reason.as_str()),
+            Cell::from(r.status.as_str()),
+            Cell::from(amount(i.subtotal, cur)?),
+            Cell::from(i.tax_rate.normalize().to_string()),
+            Cell::from(amount(i.tax, cur)?),
+            Cell::from(amount(i.total, cur)?),
+            Cell::from(amount(r.amount_paid, cur)?),
+            Cell::from(amount(r.amount_due, cur)?),
+            Cell::from(u64::from(r.failed_attempts)),
+            Cell::from(i.lines.len() as u64),
+            Cell::from(amount(r.credits.total(), cur)?),
+            Cell::from(amount(r.credits.offset, cur)?),
+            Cell::from(amount(i.credit_applied, cur)?),
+            Cell::from(amount(i.lines.iter().map(|l| l.discount).sum(), cur)?),
+            Cell::from(amount(i.wallet_total(), cur)?),
+        ];
+        let mut lines = Vec::with_capacity(i.lines.len());
+        for (index, l) in i.lines.iter().enumerate() {
+            lines.push(LineJson {
+                line_index: index,
+                kind: l.kind.as_str(),
+                description: &l.description,
+                metric_code: l.metric_code.as_deref(),
+                charge_model: l.charge_model.as_deref(),
+                units: l.units.map(|u| u.normalize().to_string()),
+                service_period_start: date(l.service_period.start),
+                service_period_end_exclusive: date(l.service_period.end),
+                amount: amount(l.amount, cur)?,
+                discount: amount(l.discount, cur)?,
+            });
+        }
+        sink.row(&cells, &[("lines", serde_json::to_string(&lines)?)])
+    })?;
+    sink.finish()
+}
+
+/// Invoice line columns: the line's invoice and its place, then the line's fields (as the
+/// invoices JSON export's `lines`).
+pub const INVOICE_LINE_COLUMNS: [Column; 15] = [
+    col("invoice_id", Text),
+    col("line_index", Int),
+    col("customer_id", Text),
+    col("subscription_id", Text),
+    col("currency", Text),
+    col("issued_at", Instant),
+    col("kind", Text),
+    col("description", Text),
+    opt("metric_code", Text),
+    opt("charge_model", Text),
+    opt("units", Dec),
+    col("service_period_start", DateCol),
+    col("service_period_end_exclusive", DateCol),
+    col("amount", Amount),
+    col("discount", Amount),
+];
+
+/// One row per invoice line, invoices in issue order (issued within `window`, as
+/// [`invoices`]) then lines in order. `amount` is net of `discount`: Σ amount of an invoice's
+/// lines is its subtotal.
+pub fn invoice_lines<W: Write + Send>(
+    reader: &InvoiceReader,
+    window: Window,
+    output: &Output,
+    out: W,
+) -> anyhow::Result<(W, u64)> {
+    let mut sink = Sink::new(output, out, columns(&INVOICE_LINE_COLUMNS))?;
+    each_invoice(reader, window, |r| {
+        let i = &r.invoice;
+        let cur = i.currency;
+        let issued_at = i.issued_at.to_string();
+        for (index, l) in i.lines.iter().enumerate() {
+            let cells = [
+                Cell::from(i.invoice_id.as_str()),
+                Cell::from(index as u64),
+                Cell::from(i.customer_id.as_str()),
+                Cell::from(i.subscription_id.as_str()),
+                Cell::from(cur.code()),
+                Cell::from(issued_at.as_str()),
+                Cell::from(l.kind.as_str()),
+                Cell::from(l.description.as_str()),
+                Cell::from(l.metric_code.clone()),
+                Cell::from(l.charge_model.clone()),
+                Cell::from(l.units.map(|u| u.normalize().to_string())),
+                Cell::from(date(l.service_period.start)),
+                Cell::from(date(l.service_period.end)),
+                Cell::from(amount(l.amount, cur)?),
+                Cell::from(amount(l.discount, cur)?),
+            ];
+            sink.row(&cells, &[])?;
+        }
+        Ok(())
+    })?;
+    sink.finish()
+}
+
+pub const JOURNAL_COLUMNS: [Column; 12] = [
+    col("entry", Text),
+    col("date", DateCol),
+    col("kind", Text),
+    col("invoice_id", Text),
+    col("subscription_id", Text),
+    col("currency", Text),
+    col("account", Text),
+    col("debit", Amount),
+    col("credit", Amount),
+    col("log_position", Int),
+    col("credit_note_id", Text),
+    col("wallet_id", Text),
 ];
 
 /// One row per posting, entries in date then posting order, dated within `window`.
-pub fn journal<W: Write>(
+pub fn journal<W: Write + Send>(
     reader: &JournalReader,
     window: Window,
-    format: ExportFormat,
+    output: &Output,
     out: W,
 ) -> anyhow::Result<(W, u64)> {
-    let mut sink = Sink::new(format, out, columns(&JOURNAL_COLUMNS))?;
+    let mut sink = Sink::new(output, out, columns(&JOURNAL_COLUMNS))?;
     // Start right after the last possible entry of the day before `from`.
     let mut token = match window.from.map(|d| d.yesterday()) {
         Some(Ok(day_before)) => Some(format!("{}/{:016x}", date(day_before), u64::MAX)),
@@ -274,19 +348,25 @@ pub fn journal<W: Write>(
     }
 }
 
-pub const TRIAL_BALANCE_COLUMNS: [&str; 5] = ["as_of", "currency", "account", "debit", "credit"];
+pub const TRIAL_BALANCE_COLUMNS: [Column; 5] = [
+    col("as_of", DateCol),
+    col("currency", Text),
+    col("account", Text),
+    col("debit", Amount),
+    col("credit", Amount),
+];
 /// The `account` of the totals row closing each currency.
 pub const TOTAL_ACCOUNT: &str = "TOTAL";
 
 /// Every account with a balance at the end of `as_of`, per currency, each currency closed by a
 /// `TOTAL` row. No rows when `as_of` is `None` (an empty journal).
-pub fn trial_balance<W: Write>(
+pub fn trial_balance<W: Write + Send>(
     reader: &JournalReader,
     as_of: Option<Date>,
-    format: ExportFormat,
+    output: &Output,
     out: W,
 ) -> anyhow::Result<(W, u64)> {
-    let mut sink = Sink::new(format, out, columns(&TRIAL_BALANCE_COLUMNS))?;
+    let mut sink = Sink::new(output, out, columns(&TRIAL_BALANCE_COLUMNS))?;
     let Some(as_of) = as_of else {
         return sink.finish();
     };
@@ -333,14 +413,19 @@ pub fn trial_balance<W: Write>(
 
 /// The fixed leading columns of the waterfall; one `YYYY-MM` column per month and `total`
 /// follow.
-pub const WATERFALL_COLUMNS: [&str; 4] = ["invoice_id", "line_index", "currency", "revenue_type"];
+pub const WATERFALL_COLUMNS: [Column; 4] = [
+    col("invoice_id", Text),
+    col("line_index", Int),
+    col("currency", Text),
+    col("revenue_type", Text),
+];
 
 /// One row per invoice line with revenue in the months of `window` (default: the first to the
 /// last month with recognized revenue), one column per month.
-pub fn revenue_waterfall<W: Write>(
+pub fn revenue_waterfall<W: Write + Send>(
     reader: &JournalReader,
     window: Window,
-    format: ExportFormat,
+    output: &Output,
     out: W,
 ) -> anyhow::Result<(W, u64)> {
     let (from, to) = match (window.from, window.to) {
@@ -361,9 +446,9 @@ pub fn revenue_waterfall<W: Write>(
         }
     }
     let mut names = columns(&WATERFALL_COLUMNS);
-    names.extend(labels.iter().cloned());
-    names.push("total".into());
-    let mut sink = Sink::new(format, out, names)?;
+    names.extend(labels.iter().map(|m| named(m.clone(), Amount)));
+    names.push(col("total", Amount));
+    let mut sink = Sink::new(output, out, names)?;
     let (Some(from), Some(to)) = (from, to) else {
         return sink.finish();
     };
@@ -406,17 +491,64 @@ fn month(d: Date) -> String {
     format!("{:04}-{:02}", d.year(), d.month())
 }
 
-pub const MOVEMENT_COLUMNS: [&str; 7] =
-    ["date", "customer_id", "currency", "kind", "amount", "mrr_before", "mrr_after"];
+pub const USAGE_DAILY_COLUMNS: [Column; 6] = [
+    col("date", DateCol),
+    col("customer_id", Text),
+    col("subscription_id", Text),
+    col("metric_code", Text),
+    col("units", Dec),
+    col("events", Int),
+];
 
-/// One row per customer movement, per currency (code order) then date then customer.
-pub fn mrr_movements<W: Write>(
-    reader: &MrrReader,
+/// One row per (business date, subscription, metric) with usage dated within `window`, in
+/// that order: Σ of the quantities the metric reads and the number of events.
+pub fn usage_daily<W: Write + Send>(
+    reader: &JournalReader,
     window: Window,
-    format: ExportFormat,
+    output: &Output,
     out: W,
 ) -> anyhow::Result<(W, u64)> {
-    let mut sink = Sink::new(format, out, columns(&MOVEMENT_COLUMNS))?;
+    let mut sink = Sink::new(output, out, columns(&USAGE_DAILY_COLUMNS))?;
+    let (from, to) = (window.from.unwrap_or(Date::MIN), window.to.unwrap_or(Date::MAX));
+    let mut token: Option<String> = None;
+    loop {
+        let page = reader.usage_days(from, to, token.as_deref(), JOURNAL_PAGE)?;
+        for r in &page.rows {
+            let cells = [
+                Cell::from(date(r.date)),
+                Cell::from(r.usage.customer_id.as_str()),
+                Cell::from(r.subscription_id.as_str()),
+                Cell::from(r.metric_code.as_str()),
+                Cell::from(r.usage.units.normalize().to_string()),
+                Cell::from(r.usage.events),
+            ];
+            sink.row(&cells, &[])?;
+        }
+        match page.next_page_token {
+            Some(t) => token = Some(t),
+            None => return sink.finish(),
+        }
+    }
+}
+
+pub const MOVEMENT_COLUMNS: [Column; 7] = [
+    col("date", DateCol),
+    col("customer_id", Text),
+    col("currency", Text),
+    col("kind", Text),
+    col("amount", Amount),
+    col("mrr_before", Amount),
+    col("mrr_after", Amount),
+];
+
+/// One row per customer movement, per currency (code order) then date then customer.
+pub fn mrr_movements<W: Write + Send>(
+    reader: &MrrReader,
+    window: Window,
+    output: &Output,
+    out: W,
+) -> anyhow::Result<(W, u64)> {
+    let mut sink = Sink::new(output, out, columns(&MOVEMENT_COLUMNS))?;
     let (from, to) = (window.from.unwrap_or(Date::MIN), window.to.unwrap_or(Date::MAX));
     for cur in reader.movement_currencies()? {
         let mut token: Option<String> = None;
@@ -444,31 +576,31 @@ pub fn mrr_movements<W: Write>(
     sink.finish()
 }
 
-pub const BRIDGE_COLUMNS: [&str; 11] = [
-    "period_start",
-    "currency",
-    "mrr_start",
-    "new",
-    "expansion",
-    "contraction",
-    "churn",
-    "reactivation",
-    "net",
-    "mrr_end",
-    "movements",
+pub const BRIDGE_COLUMNS: [Column; 11] = [
+    col("period_start", DateCol),
+    col("currency", Text),
+    col("mrr_start", Amount),
+    col("new", Amount),
+    col("expansion", Amount),
+    col("contraction", Amount),
+    col("churn", Amount),
+    col("reactivation", Amount),
+    col("net", Amount),
+    col("mrr_end", Amount),
+    col("movements", Int),
 ];
 
 /// An MRR bridge: per currency, one row per day or month with movements: MRR before the
 /// period, the amount of each movement kind, the net change, MRR at its end, and how many
 /// customer movements it holds.
-pub fn mrr_bridge<W: Write>(
+pub fn mrr_bridge<W: Write + Send>(
     reader: &MrrReader,
     window: Window,
     granularity: Granularity,
-    format: ExportFormat,
+    output: &Output,
     out: W,
 ) -> anyhow::Result<(W, u64)> {
-    let mut sink = Sink::new(format, out, columns(&BRIDGE_COLUMNS))?;
+    let mut sink = Sink::new(output, out, columns(&BRIDGE_COLUMNS))?;
     let (from, to) = (window.from.unwrap_or(Date::MIN), window.to.unwrap_or(Date::MAX));
     for cur in reader.movement_currencies()? {
         let buckets = reader.movements(from, to, granularity, cur)?;

@@ -1,4 +1,4 @@
-//! `accrual export`: read models as CSV or JSON for analysts and auditors (SPEC §6).
+//! `accrual export`: read models as CSV, JSON or Parquet for analysts and auditors (SPEC §6).
 //!
 //! The source is a data directory nobody writes meanwhile: a stopped `accrual serve`'s, or the
 //! output of `accrual replay`. Read models are opened as they are on disk
@@ -7,12 +7,18 @@
 //! events recorded at or before T, into a temporary directory and exports that. Rows are read
 //! page by page and written as they come, so memory does not grow with the export.
 //!
-//! [`write`] is the export itself: a [`Spec`] (kind, format, effective dates) over an open
-//! [`ReadModel`] into any [`Write`]. The CLI writes to stdout or a file; the AuditService's
+//! [`write`] is the export itself: a [`Spec`] (kind, format, effective dates, currency) over an
+//! open [`ReadModel`] into any [`Write`]. The CLI writes to stdout or a file; the AuditService's
 //! `Export` (`crate::audit_service`) streams it over gRPC from the live read models.
+//!
+//! Every format is written from the same cells (`kinds` builds the rows once per pass, `format`
+//! writes them). Parquet reads the rows twice: a first pass finds each decimal column's scale
+//! (the schema comes before the rows), the second writes them; so a Parquet export costs two
+//! reads of the model and the memory of one row group (docs/decisions/0038-parquet-exports.md).
 
 mod format;
 mod kinds;
+mod parquet;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +26,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use domain::money::Currency;
 use event_store::{EventStore, SledConfig, SledStore};
 use jiff::civil::Date;
 use jiff::Timestamp;
@@ -29,6 +36,7 @@ use projections::mrr::{Granularity, MrrReader};
 use projections::ReadModel;
 use replay::{Cutoff, Kind};
 
+use format::Output;
 use kinds::Window;
 
 /// The long help of `accrual export` (after the options).
@@ -49,8 +57,10 @@ SOURCE
 EFFECTIVE DATES (--from, --effective: YYYY-MM-DD, both inclusive)
   invoices           issued on those days (the UTC date of issued_at). Status, payments and
                      amount due are as of the log's end (or T), not as of --effective.
+  invoice-lines      the lines of the invoices issued on those days (as invoices).
   credit-notes       issued on those days (the UTC date of issued_at).
   journal            entries dated on those days (business dates: the customer's local date).
+  usage-daily        usage dated on those days (business dates: the customer's local date).
   trial-balance      balances at the end of --effective. Default: the date of the last journal
                      entry (recognition is posted ahead, so this includes scheduled revenue);
                      give --effective for the books at a date. --from is refused.
@@ -61,13 +71,24 @@ EFFECTIVE DATES (--from, --effective: YYYY-MM-DD, both inclusive)
                      row per customer movement.
 
 FORMATS
-  csv   RFC 4180: one header row, comma-separated, CRLF line ends, fields quoted only when
-        needed, UTF-8 without BOM.
-  json  one JSON array, one record (object) per line, keys in the CSV's column order; `[]`
-        when empty. Amounts, dates and ids are strings; counts and log positions are numbers;
-        an absent value is null (an empty CSV field).
+  csv      RFC 4180: one header row, comma-separated, CRLF line ends, fields quoted only when
+           needed, UTF-8 without BOM.
+  json     one JSON array, one record (object) per line, keys in the CSV's column order; `[]`
+           when empty. Amounts, dates and ids are strings; counts and log positions are
+           numbers; an absent value is null (an empty CSV field).
+  parquet  the CSV's columns and rows, typed: amounts and other decimals decimal128(38, s),
+           s = the most fractional digits of the column's values in the file (a one-currency
+           file: the currency's minor unit, USD 2, JPY 0, KWD 3; several currencies: the
+           largest of theirs, every value exact); dates date32; instants timestamp(µs, UTC)
+           (sub-microsecond digits cut); counts and positions int64; ids and names utf8; an
+           empty CSV field is null. Row groups of at most 65,536 rows, snappy; file metadata
+           accrual.export_kind and accrual.log_position. The rows are read twice (the first
+           pass finds the scales). A value that needs more than 38 digits is an error, never
+           rounded. JSON-only nested lines are not in it: export invoice-lines.
   Amounts are decimal strings with exactly the currency's minor-unit digits (USD 12.50, JPY
   1250, KWD 1.250), never rounded. Dates are YYYY-MM-DD; instants RFC 3339 in UTC.
+  --currency CODE keeps the rows whose currency column is CODE, in every format (not for
+  usage-daily, which has no currency).
 
 COLUMNS
   invoices           one row per invoice, in issue order: invoice_id, customer_id,
@@ -83,7 +104,13 @@ COLUMNS
                      subtracts it too). JSON adds `lines`
                      (line_index,
                      kind, description, metric_code, charge_model, units, service_period_start,
-                     service_period_end_exclusive, amount, discount); CSV has no lines.
+                     service_period_end_exclusive, amount, discount); CSV and Parquet have no
+                     lines (export invoice-lines).
+  invoice-lines      one row per invoice line, invoices in issue order then lines in order:
+                     invoice_id, line_index, customer_id, subscription_id, currency, issued_at,
+                     kind, description, metric_code, charge_model, units,
+                     service_period_start, service_period_end_exclusive, amount (net of
+                     discount: Σ amount of an invoice's lines = its subtotal), discount.
   credit-notes       one row per credit note, in issue order: credit_note_id, number,
                      customer_id, invoice_id, currency, issued_at, destination, reason,
                      subtotal, tax, total, line_count. JSON adds `lines` (line_index,
@@ -93,6 +120,11 @@ COLUMNS
                      log_position, credit_note_id (its credit note's entries), wallet_id
                      (wallet_expiry entries). `entry` is the posting counter, or A<n> for a usage
                      accrual (numbered apart; n = log position of the day's first event).
+  usage-daily        one row per business date, subscription and metric with usage, in that
+                     order: date, customer_id, subscription_id, metric_code, units (Σ of the
+                     value the metric reads from each event: its property for sum, max, min,
+                     latest and weighted_sum, 1 per event for count and unique_count; the
+                     day's raw quantity, not the billed units), events (count).
   trial-balance      as_of, currency, account, debit, credit: each account with a balance, then
                      a TOTAL row per currency (Σ debit = Σ credit).
   revenue-waterfall  invoice_id, line_index, currency, revenue_type, one column per month
@@ -108,11 +140,13 @@ and renamed into place when complete).";
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum ExportKind {
     Invoices,
+    InvoiceLines,
     CreditNotes,
     Journal,
     TrialBalance,
     RevenueWaterfall,
     MrrMovements,
+    UsageDaily,
 }
 
 impl ExportKind {
@@ -124,10 +158,13 @@ impl ExportKind {
     /// The read model the export reads.
     pub fn source(self) -> Kind {
         match self {
-            ExportKind::Invoices | ExportKind::CreditNotes => Kind::Invoices,
-            ExportKind::Journal | ExportKind::TrialBalance | ExportKind::RevenueWaterfall => {
-                Kind::Journal
+            ExportKind::Invoices | ExportKind::InvoiceLines | ExportKind::CreditNotes => {
+                Kind::Invoices
             }
+            ExportKind::Journal
+            | ExportKind::TrialBalance
+            | ExportKind::RevenueWaterfall
+            | ExportKind::UsageDaily => Kind::Journal,
             ExportKind::MrrMovements => Kind::Mrr,
         }
     }
@@ -135,11 +172,13 @@ impl ExportKind {
     pub fn name(self) -> &'static str {
         match self {
             ExportKind::Invoices => "invoices",
+            ExportKind::InvoiceLines => "invoice-lines",
             ExportKind::CreditNotes => "credit-notes",
             ExportKind::Journal => "journal",
             ExportKind::TrialBalance => "trial-balance",
             ExportKind::RevenueWaterfall => "revenue-waterfall",
             ExportKind::MrrMovements => "mrr-movements",
+            ExportKind::UsageDaily => "usage-daily",
         }
     }
 }
@@ -148,10 +187,11 @@ impl ExportKind {
 pub enum ExportFormat {
     Csv,
     Json,
+    Parquet,
 }
 
 impl ExportFormat {
-    /// `csv` or `json`.
+    /// `csv`, `json` or `parquet`.
     pub fn parse(name: &str) -> Option<ExportFormat> {
         <ExportFormat as ValueEnum>::from_str(name, false).ok()
     }
@@ -160,6 +200,7 @@ impl ExportFormat {
         match self {
             ExportFormat::Csv => "csv",
             ExportFormat::Json => "json",
+            ExportFormat::Parquet => "parquet",
         }
     }
 }
@@ -176,7 +217,8 @@ pub struct ExportArgs {
     /// What to export.
     #[arg(value_enum)]
     pub kind: ExportKind,
-    /// csv (RFC 4180, header row) or json (an array, one record per line).
+    /// csv (RFC 4180, header row), json (an array, one record per line) or parquet (typed
+    /// columns; see --help).
     #[arg(long, value_enum, default_value = "csv")]
     pub format: ExportFormat,
     /// Data directory of a stopped `accrual serve`, or the output of `accrual replay`.
@@ -196,6 +238,10 @@ pub struct ExportArgs {
     /// mrr-movements only: an MRR bridge per day or month instead of one row per movement.
     #[arg(long, value_enum)]
     pub granularity: Option<GranularityArg>,
+    /// Only the rows in this currency (ISO 4217 code, e.g. USD), in any format; not for
+    /// usage-daily.
+    #[arg(long, value_name = "CODE", value_parser = parse_currency)]
+    pub currency: Option<Currency>,
     /// Write the export to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -207,6 +253,10 @@ fn parse_date(s: &str) -> Result<Date, String> {
         return Err(wrong());
     }
     s.parse::<Date>().map_err(|e| format!("{}: {e}", wrong()))
+}
+
+fn parse_currency(s: &str) -> Result<Currency, String> {
+    Currency::parse(s).map_err(|_| format!("{s:?} is not an ISO 4217 currency code (e.g. USD)"))
 }
 
 fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
@@ -225,6 +275,8 @@ pub struct Spec {
     pub effective: Option<Date>,
     /// `mrr-movements` only: a bridge per day or month.
     pub granularity: Option<Granularity>,
+    /// Only the rows in this currency (not for `usage-daily`).
+    pub currency: Option<Currency>,
 }
 
 /// An option combination an export refuses: the option (`granularity`, `from`, `effective`)
@@ -251,6 +303,11 @@ impl Spec {
                 name("from")
             );
             problems.push(Problem { field: "from", message });
+        }
+        if self.currency.is_some() && self.kind == ExportKind::UsageDaily {
+            let message =
+                format!("usage-daily has no currency column: leave out {}", name("currency"));
+            problems.push(Problem { field: "currency", message });
         }
         if let (Some(from), Some(to)) = (self.from, self.effective) {
             if from > to {
@@ -281,6 +338,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
             GranularityArg::Day => Granularity::Day,
             GranularityArg::Month => Granularity::Month,
         }),
+        currency: args.currency,
     };
     if let Some(problem) = spec.problems(|option| format!("--{option}")).into_iter().next() {
         anyhow::bail!(problem.message);
@@ -291,7 +349,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
     let position = model.checkpoint()?;
     let (written, written_to) = match &args.out {
         None => {
-            let stdout = std::io::stdout().lock();
+            let stdout = std::io::stdout();
             let written = match write(&spec, model, std::io::BufWriter::new(stdout)) {
                 Err(e) if is_broken_pipe(&e) => return Ok(()),
                 other => other?,
@@ -331,17 +389,47 @@ fn export_to_file(spec: &Spec, model: ReadModel, path: &Path) -> anyhow::Result<
 
 /// Writes the export `spec` of `model` (the read model `spec.kind.source()`, open) to `out`,
 /// row by row as the pages are read, then flushes `out`. The caller checks
-/// [`Spec::problems`] first.
-pub fn write<W: Write>(spec: &Spec, model: ReadModel, out: W) -> anyhow::Result<Written> {
+/// [`Spec::problems`] first. Parquet reads the rows twice (see the module documentation).
+pub fn write<W: Write + Send>(spec: &Spec, model: ReadModel, out: W) -> anyhow::Result<Written> {
+    let output = match spec.format {
+        ExportFormat::Csv => Output::new(format::Target::Csv, spec.currency),
+        ExportFormat::Json => Output::new(format::Target::Json, spec.currency),
+        ExportFormat::Parquet => {
+            let position = model.checkpoint()?;
+            let (scan, scales) = Output::scan(spec.currency);
+            write_rows(spec, model.clone(), &scan, std::io::sink())?;
+            let scales = scales.borrow().clone();
+            let metadata = vec![
+                ("accrual.export_kind".to_string(), spec.kind.name().to_string()),
+                ("accrual.log_position".to_string(), position.to_string()),
+            ];
+            Output::parquet(scales, metadata, spec.currency)
+        }
+    };
+    write_rows(spec, model, &output, out)
+}
+
+/// One pass over the rows of `spec` into `output`.
+fn write_rows<W: Write + Send>(
+    spec: &Spec,
+    model: ReadModel,
+    output: &Output,
+    out: W,
+) -> anyhow::Result<Written> {
     let window = Window { from: spec.from, to: spec.effective };
-    let format = spec.format;
     let mut note = None;
     let (mut out, rows) = match spec.kind {
-        ExportKind::Invoices => kinds::invoices(&InvoiceReader::new(model), window, format, out)?,
-        ExportKind::CreditNotes => {
-            kinds::credit_notes(&InvoiceReader::new(model), window, format, out)?
+        ExportKind::Invoices => kinds::invoices(&InvoiceReader::new(model), window, output, out)?,
+        ExportKind::InvoiceLines => {
+            kinds::invoice_lines(&InvoiceReader::new(model), window, output, out)?
         }
-        ExportKind::Journal => kinds::journal(&JournalReader::new(model), window, format, out)?,
+        ExportKind::CreditNotes => {
+            kinds::credit_notes(&InvoiceReader::new(model), window, output, out)?
+        }
+        ExportKind::Journal => kinds::journal(&JournalReader::new(model), window, output, out)?,
+        ExportKind::UsageDaily => {
+            kinds::usage_daily(&JournalReader::new(model), window, output, out)?
+        }
         ExportKind::TrialBalance => {
             let reader = JournalReader::new(model);
             let as_of = match spec.effective {
@@ -354,16 +442,16 @@ pub fn write<W: Write>(spec: &Spec, model: ReadModel, out: W) -> anyhow::Result<
                     None => "the journal is empty: no trial balance rows".to_string(),
                 });
             }
-            kinds::trial_balance(&reader, as_of, format, out)?
+            kinds::trial_balance(&reader, as_of, output, out)?
         }
         ExportKind::RevenueWaterfall => {
-            kinds::revenue_waterfall(&JournalReader::new(model), window, format, out)?
+            kinds::revenue_waterfall(&JournalReader::new(model), window, output, out)?
         }
         ExportKind::MrrMovements => {
             let reader = MrrReader::new(model);
             match spec.granularity {
-                None => kinds::mrr_movements(&reader, window, format, out)?,
-                Some(g) => kinds::mrr_bridge(&reader, window, g, format, out)?,
+                None => kinds::mrr_movements(&reader, window, output, out)?,
+                Some(g) => kinds::mrr_bridge(&reader, window, g, output, out)?,
             }
         }
     };

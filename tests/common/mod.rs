@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod python;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -75,6 +75,9 @@
 //! * `draft/<subscription_id>` → the current-usage draft [`Invoice`]s of its open periods,
 //!   oldest first
 //!   (rewritten at the end of every batch that touches the subscription).
+//! * `ud/<YYYY-MM-DD>/<subscription_id>/<metric_code>` → [`UsageDay`]: that business date's
+//!   usage of the metric (customer, Σ quantity, event count), summed per batch in memory
+//!   ([`crate::store::Writes::memo`]) and written once per key and batch.
 //!
 //! # Limitations
 //!
@@ -122,9 +125,10 @@ pub use accounts::{
 };
 pub use projection::{JournalProjection, METER_SNAPSHOT_INTERVAL_EVENTS_DEFAULT};
 pub use reader::{
-    EntryPage, InvoiceSchedules, JournalReader, UsageRevenueBucket, WaterfallPage, WaterfallRow,
+    EntryPage, InvoiceSchedules, JournalReader, UsageDayPage, UsageRevenueBucket, WaterfallPage,
+    WaterfallRow,
 };
-pub use records::{LineRef, LineSchedule, WaterfallCell};
+pub use records::{LineRef, LineSchedule, UsageDay, UsageDayRow, WaterfallCell};
 
 /// The projection's name (tree `projection/journal`).
 pub const NAME: &str = "journal";

@@ -7,8 +7,8 @@ use domain::events::Event;
 use event_store::{Position, RecordedEvent};
 
 use super::posting::Journal;
-use super::records::{customer_key, draft_key};
-use super::NAME;
+use super::records::{customer_key, draft_key, json, usage_day_key, UsageDay};
+use super::{overflow, NAME};
 use crate::store::Writes;
 use crate::usage_meter::UsageMeter;
 use crate::{Projection, Result};
@@ -56,7 +56,8 @@ impl Projection for JournalProjection {
     }
 
     fn version(&self) -> u32 {
-        3
+        // 4: usage per day (`ud/` keys).
+        4
     }
 
     fn apply(&mut self, w: &mut Writes<'_>, event: &RecordedEvent, decoded: &Event) -> Result<()> {
@@ -65,6 +66,21 @@ impl Projection for JournalProjection {
             j.accrue(&accrual)?;
         }
         match decoded {
+            Event::UsageRecorded(u) => {
+                if let Some((day, customer_id, quantity)) = self.meter.usage_quantity(u) {
+                    let key = usage_day_key(day, &u.subscription_id, &u.metric_code);
+                    let day = j.w.memo::<UsageDay>().entry(key).or_insert_with(|| UsageDay {
+                        customer_id: customer_id.to_string(),
+                        units: rust_decimal::Decimal::ZERO,
+                        events: 0,
+                    });
+                    day.units = day
+                        .units
+                        .checked_add(quantity)
+                        .ok_or_else(|| overflow(event.position, "usage of the day"))?;
+                    day.events += 1;
+                }
+            }
             Event::CustomerRegistered(c) => {
                 j.w.put(customer_key(&c.customer_id), c.time_zone.as_bytes());
             }
@@ -92,6 +108,24 @@ impl Projection for JournalProjection {
     }
 
     fn finish_batch(&mut self, w: &mut Writes<'_>) -> Result<()> {
+        // Usage per day: the batch's sums, added to what is stored, one write per key.
+        let days = std::mem::take(w.memo::<UsageDay>());
+        for (key, batch) in days {
+            let day = match w.get(&key)? {
+                None => batch,
+                Some(stored) => {
+                    let stored: UsageDay = json(&stored, "usage day")?;
+                    let units = stored.units.checked_add(batch.units);
+                    let units = units.ok_or_else(|| overflow(0, "usage of the day"))?;
+                    UsageDay {
+                        customer_id: stored.customer_id,
+                        units,
+                        events: stored.events + batch.events,
+                    }
+                }
+            };
+            w.put(key, serde_json::to_vec(&day).expect("usage days serialize"));
+        }
         let (accruals, touched) = self.meter.finish();
         let mut j = Journal { w, position: 0 };
         for accrual in &accruals {

@@ -17,8 +17,9 @@ use rust_decimal::Decimal;
 
 use super::accounts::{Account, Balances, JournalEntry, TrialBalanceRow, ACCOUNTS};
 use super::records::{
-    customer_key, day_key, draft_key, invoice_key, json, month_key, parse_decimal, InvoiceState,
-    LineRef, LineSchedule, WaterfallCell,
+    customer_key, day_key, draft_key, invoice_key, json, month_key, parse_decimal,
+    parse_usage_day_key, InvoiceState, LineRef, LineSchedule, UsageDay, UsageDayRow, WaterfallCell,
+    USAGE_DAY_PREFIX,
 };
 use super::{
     sum_overflow, NAME, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, WATERFALL_MONTHS_MAX,
@@ -40,6 +41,14 @@ pub struct EntryPage {
     pub next_page_token: Option<String>,
     /// The read model's checkpoint the page was read at.
     pub position: Position,
+}
+
+/// One page of usage per day, in date, subscription then metric order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageDayPage {
+    pub rows: Vec<UsageDayRow>,
+    /// Present when more rows may follow; pass it back to get the next page.
+    pub next_page_token: Option<String>,
 }
 
 /// The recognized revenue of one line per month.
@@ -167,6 +176,56 @@ impl JournalReader {
                 _ => None,
             };
             Ok(EntryPage { entries, next_page_token, position: snap.checkpoint()? })
+        })
+    }
+
+    /// Up to `page_size` rows (0 = [`PAGE_SIZE_DEFAULT`], at most [`PAGE_SIZE_MAX`]) of usage
+    /// per (business date, subscription, metric) dated `from..=to`, in that order, after
+    /// `page_token`, read from one consistent view.
+    pub fn usage_days(
+        &self,
+        from: Date,
+        to: Date,
+        page_token: Option<&str>,
+        page_size: usize,
+    ) -> Result<UsageDayPage> {
+        let invalid =
+            |t: &str| ProjectionError::InvalidArgument(format!("invalid page token {t:?}"));
+        if let Some(t) = page_token {
+            parse_usage_day_key(t).ok_or_else(|| invalid(t))?;
+        }
+        let size = if page_size == 0 { PAGE_SIZE_DEFAULT } else { page_size.min(PAGE_SIZE_MAX) };
+        // A bare date sorts before every key of that day: the scan starts at `from`'s first.
+        let start = day_key(from);
+        let after = match page_token {
+            Some(t) if t > start.as_str() => t,
+            _ => start.as_str(),
+        };
+        self.model.read(|snap| {
+            let hits = snap.scan(USAGE_DAY_PREFIX.as_bytes(), Some(after.as_bytes()), size + 1)?;
+            let mut rows = Vec::with_capacity(size.min(hits.len()));
+            for (key, value) in hits.iter().take(size) {
+                let rest = std::str::from_utf8(&key[USAGE_DAY_PREFIX.len()..]).ok();
+                let parsed = rest.and_then(parse_usage_day_key);
+                let (date, sub, metric) =
+                    parsed.ok_or_else(|| corrupt(NAME, format!("usage day key {key:?}")))?;
+                if date > to {
+                    return Ok(UsageDayPage { rows, next_page_token: None });
+                }
+                rows.push(UsageDayRow {
+                    date,
+                    subscription_id: sub.to_string(),
+                    metric_code: metric.to_string(),
+                    usage: json::<UsageDay>(value, "usage day")?,
+                });
+            }
+            let next_page_token = match hits.len() > size {
+                true => hits.get(size - 1).map(|(k, _)| {
+                    String::from_utf8_lossy(&k[USAGE_DAY_PREFIX.len()..]).into_owned()
+                }),
+                false => None,
+            };
+            Ok(UsageDayPage { rows, next_page_token })
         })
     }
 

@@ -1,5 +1,5 @@
 //! What the journal stores besides its entries, and where: the key layout (`j/`, `b/`, `inv/`,
-//! `sub/`, `cust/`, `acc/`, `draft/`, `w/`, see the module doc of [`super`]), the per-invoice
+//! `sub/`, `cust/`, `acc/`, `draft/`, `w/`, `ud/`, see the module doc of [`super`]), the per-invoice
 //! state ([`InvoiceState`] with its [`LineSchedule`]s), the waterfall cells and the decoding
 //! of stored values. It only names and (de)serializes records: it never writes the read
 //! model and never decides what an event posts.
@@ -93,6 +93,43 @@ pub struct WaterfallCell {
     pub currency: Currency,
     pub revenue_type: RevenueType,
     pub amount: Decimal,
+}
+
+/// Usage of one subscription's metric on one business date (the customer's local date), the
+/// value of a `ud/<YYYY-MM-DD>/<subscription_id>/<metric_code>` key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageDay {
+    pub customer_id: String,
+    /// Σ of the value the metric reads from each event (its property for sum, max, min,
+    /// latest and weighted_sum; 1 per event for count and unique_count): the day's raw
+    /// quantity, not the period's billable units (a max or a distinct count is not additive).
+    pub units: Decimal,
+    /// Number of usage events.
+    pub events: u64,
+}
+
+/// A [`UsageDay`] with its key: one row of [`super::JournalReader::usage_days`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageDayRow {
+    pub date: Date,
+    pub subscription_id: String,
+    pub metric_code: String,
+    pub usage: UsageDay,
+}
+
+pub(super) const USAGE_DAY_PREFIX: &str = "ud/";
+
+pub(super) fn usage_day_key(d: Date, subscription_id: &str, metric_code: &str) -> Vec<u8> {
+    format!("{USAGE_DAY_PREFIX}{}/{subscription_id}/{metric_code}", day_key(d)).into_bytes()
+}
+
+/// The (date, subscription, metric) of a `ud/` key without its prefix (ids hold no `/`).
+pub(super) fn parse_usage_day_key(rest: &str) -> Option<(Date, &str, &str)> {
+    let (day, rest) = rest.split_once('/')?;
+    let (sub, metric) = rest.split_once('/')?;
+    let date = day.parse::<Date>().ok().filter(|_| day.len() == 10)?;
+    let ok = |s: &str| !s.is_empty() && !s.contains('/');
+    (ok(sub) && ok(metric)).then_some((date, sub, metric))
 }
 
 pub(super) fn day_key(d: Date) -> String {
