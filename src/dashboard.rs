@@ -91,7 +91,18 @@ impl Dashboard {
     /// Admits a request with an analyst, auditor or admin token (header or cookie), or any
     /// request when no tokens are configured.
     fn admits(&self, headers: &HeaderMap) -> Result<(), String> {
-        let Some(tokens) = &self.tokens else { return Ok(()) };
+        let Some(tokens) = &self.tokens else {
+            // Without tokens the listener is on loopback; a page elsewhere that rebinds a name
+            // of its own to 127.0.0.1 still sends its own Host: refused.
+            let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
+            return match name {
+                "127.0.0.1" | "localhost" | "[::1]" => Ok(()),
+                other => {
+                    Err(format!("host {other:?} is not a loopback name (no tokens configured)"))
+                }
+            };
+        };
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -120,6 +131,9 @@ impl Dashboard {
         let at: Timestamp = t.parse().map_err(|e| {
             bad(format!("as_of_recorded {t:?} is not an RFC 3339 time (2025-06-30T00:00:00Z): {e}"))
         })?;
+        if at > Timestamp::now() {
+            return Err(bad(format!("as_of_recorded {at} is in the future: the books are as now")));
+        }
         let store = self
             .store
             .clone()

@@ -80,7 +80,7 @@ fn strip_tags(s: &str) -> String {
 /// A ratio as the pages print it ("–" for an empty cohort's).
 fn percent(ratio: &str) -> String {
     match ratio.parse::<Decimal>() {
-        Ok(r) => format!("{:.1} %", r * Decimal::ONE_HUNDRED),
+        Ok(r) => format!("{:.1} %", (r * Decimal::ONE_HUNDRED).round_dp(1)),
         Err(_) => "–".into(),
     }
 }
@@ -368,11 +368,17 @@ async fn every_page_shows_what_the_query_api_says_in_a_real_browser() {
     assert!(by_id(&body, "asof").is_some(), "the page says which books it shows");
     assert!(table(&body, "invoices").is_empty(), "no invoice was recorded by 2000");
     let later =
-        format!("/mrr?currency=USD&from={FROM}&to={TO}&as_of_recorded=2100-01-01T00:00:00Z");
+        format!("/mrr?currency=USD&from={FROM}&to={TO}&as_of_recorded=2026-01-01T00:00:00Z");
     let html = site.page(&later).await;
     check_page(&format!("/mrr?currency=USD&from={FROM}&to={TO}"), &html, &want, "as_of_recorded");
     let (status, body) = site.get("/mrr?as_of_recorded=yesterday").await;
     assert_eq!(status, 400, "{body}");
+    let (status, body) = site.get("/mrr?as_of_recorded=2999-01-01T00:00:00Z").await;
+    assert_eq!(status, 400, "the future is refused, never cached: {body}");
+    let (status, _) = site.get("/mrr?to=9999-12").await;
+    assert_eq!(status, 200, "the last month of the calendar is no error");
+    let foreign = site.http.get(format!("{}/mrr", site.base)).header("host", "evil.example:8080");
+    assert_eq!(foreign.send().await.unwrap().status().as_u16(), 401, "a rebound name is refused");
 
     // A real browser: the DOM Chromium rendered carries the same numbers, no page is wider
     // than a phone, and each page is photographed at both sizes.

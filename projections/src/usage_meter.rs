@@ -214,7 +214,7 @@ impl UsageMeter {
     /// The current-usage drafts of the subscription's open periods, oldest first (none once
     /// service has ended and everything is invoiced; more than one while usage of a new period
     /// arrives before the previous one is billed). Each is dated at its period's start, so they
-    /// depend on the subscription's state only (so do their anomaly checks: see below).
+    /// depend on the subscription's state only (so do the anomaly flags they keep: see below).
     pub fn drafts(&self, subscription_id: &str) -> Vec<Invoice> {
         let Some(sub) = self.ledger.subscriptions.get(subscription_id) else { return Vec::new() };
         let Some(oldest) = sub.next_close else { return Vec::new() };
@@ -233,7 +233,15 @@ impl UsageMeter {
         let drafts = periods.filter_map(|p| {
             self.ledger.draft_invoice(subscription_id, at(p), completeness(p)).ok()
         });
-        drafts.flatten().collect()
+        // A stored draft is rewritten only when its subscription is touched, so it keeps only
+        // flags of the subscription's own history: `first_invoice_high` reads the plan's
+        // totals, which other subscriptions' closes change (the command side's GetCurrentUsage
+        // and the issued invoice carry it).
+        let mut drafts: Vec<Invoice> = drafts.flatten().collect();
+        for d in &mut drafts {
+            d.anomalies.retain(|f| f.kind != domain::anomaly::AnomalyKind::FirstInvoiceHigh);
+        }
+        drafts
     }
 
     fn accrual(&self, sub: &str, period_start: Date, run: Run) -> Option<Accrual> {

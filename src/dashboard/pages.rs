@@ -54,6 +54,14 @@ fn dec(s: &str) -> Decimal {
     s.parse().unwrap_or_default()
 }
 
+/// An amount as the API writes money: exactly the currency's minor-unit digits.
+fn money(cur: &str, d: Decimal) -> String {
+    match domain::money::Currency::parse(cur) {
+        Ok(c) => c.format(d).unwrap_or_else(|exact| exact),
+        Err(_) => d.to_string(),
+    }
+}
+
 fn month_label(d: Date) -> String {
     format!("{:04}-{:02}", d.year(), d.month())
 }
@@ -66,8 +74,12 @@ fn parse_month(s: &str, field: &str) -> Result<Date, Status> {
 fn months_between(from: Date, to: Date) -> Result<Vec<Date>, Status> {
     let mut out = Vec::new();
     let mut m = from.first_of_month();
-    while m <= to && out.len() < MONTHS_MAX {
+    let last = to.first_of_month();
+    while m <= last && out.len() < MONTHS_MAX {
         out.push(m);
+        if m == last {
+            break;
+        }
         m = m.checked_add(jiff::Span::new().months(1)).map_err(internal)?;
     }
     if out.is_empty() {
@@ -176,17 +188,17 @@ pub async fn mrr(api: &QueryApi, p: &Params) -> Result<Page, Status> {
             let t = bucket.and_then(|b| b.totals.iter().find(|t| t.kind == kind));
             t.map_or(Decimal::ZERO, |t| dec(&t.amount))
         };
-        let mut row: Vec<Cell> = vec![month_label(*m).into(), format!("{start:.2}").into()];
+        let mut row: Vec<Cell> = vec![month_label(*m).into(), money(&cur, start).into()];
         for (i, kind) in KINDS.iter().enumerate() {
             by_kind[i].push(amount(kind));
-            row.push(format!("{:.2}", amount(kind)).into());
+            row.push(money(&cur, amount(kind)).into());
         }
         if let Some(b) = bucket {
             mrr = dec(&b.mrr);
         }
         let net = bucket.map_or(Decimal::ZERO, |b| dec(&b.net));
-        row.push(format!("{net:.2}").into());
-        row.push(bucket.map_or_else(|| format!("{mrr:.2}"), |b| b.mrr.clone()).into());
+        row.push(money(&cur, net).into());
+        row.push(bucket.map_or_else(|| money(&cur, mrr), |b| b.mrr.clone()).into());
         mrr_series.push(mrr);
         rows.push(row);
     }
@@ -230,7 +242,7 @@ pub async fn mrr(api: &QueryApi, p: &Params) -> Result<Page, Status> {
 
 fn percent(ratio: &str) -> String {
     match ratio.parse::<Decimal>() {
-        Ok(r) => format!("{:.1} %", r * Decimal::ONE_HUNDRED),
+        Ok(r) => format!("{:.1} %", (r * Decimal::ONE_HUNDRED).round_dp(1)),
         Err(_) => "–".to_string(),
     }
 }
@@ -325,9 +337,9 @@ pub async fn revenue(api: &QueryApi, p: &Params) -> Result<Page, Status> {
             let v = recognized(&b, t) - recognized(&previous, t);
             month_total += v;
             by_type[i].push(v);
-            row.push(format!("{v:.2}").into());
+            row.push(money(&cur, v).into());
         }
-        row.push(format!("{month_total:.2}").into());
+        row.push(money(&cur, month_total).into());
         for (series, value) in [
             (&mut deferred, &b.deferred_revenue),
             (&mut unbilled, &b.unbilled_receivable),

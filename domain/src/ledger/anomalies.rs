@@ -66,7 +66,14 @@ impl Ledger {
         let candidate = period_charges(sub, invoice, plan_code);
         let totals = self.plan_totals.get(plan_code).map_or(&[][..], Vec::as_slice);
         let minor_unit = Decimal::new(1, invoice.currency.minor_units());
-        anomaly::flags(&candidate, &sub.billed_history, totals, minor_unit, completeness)
+        let mut flags =
+            anomaly::flags(&candidate, &sub.billed_history, totals, minor_unit, completeness);
+        // A median of an even count can fall between two cents: shown as money, it is rounded
+        // to the currency (the score used the exact median).
+        for f in &mut flags {
+            f.typical = invoice.currency.round(f.typical);
+        }
+        flags
     }
 
     /// Records an issued period-close invoice in its subscription's history and its plan's
