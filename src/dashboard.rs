@@ -39,10 +39,24 @@ const COOKIE: &str = "accrual_token";
 /// Rebuilt books kept for `as_of_recorded` (each a temporary directory of read models).
 pub const AS_OF_BOOKS_KEPT_MAX: usize = 4;
 
+/// One set of books: the query API over read models, and the models themselves for the
+/// export downloads (`export::write`, as the AuditService's `Export` streams them).
+#[derive(Clone)]
+struct Books {
+    api: Arc<QueryApi>,
+    models: query_service::ReadModels,
+}
+
+impl Books {
+    fn new(models: query_service::ReadModels) -> Books {
+        Books { api: Arc::new(QueryApi::new(models.clone())), models }
+    }
+}
+
 /// What the dashboard serves from.
 #[derive(Clone)]
 pub struct Dashboard {
-    live: Arc<QueryApi>,
+    live: Books,
     tokens: Option<Arc<Tokens>>,
     /// The log, for `as_of_recorded` rebuilds (`None`: not offered).
     store: Option<Arc<dyn EventStore>>,
@@ -52,17 +66,17 @@ pub struct Dashboard {
 /// The read models rebuilt as recorded at `at`, newest last.
 struct PastBooks {
     at: Timestamp,
-    api: Arc<QueryApi>,
+    books: Books,
     _dir: tempfile::TempDir,
 }
 
 impl Dashboard {
     pub fn new(
-        live: QueryApi,
+        live: query_service::ReadModels,
         tokens: Option<Arc<Tokens>>,
         store: Option<Arc<dyn EventStore>>,
     ) -> Dashboard {
-        Dashboard { live: Arc::new(live), tokens, store, past: Arc::default() }
+        Dashboard { live: Books::new(live), tokens, store, past: Arc::default() }
     }
 
     pub fn router(self) -> Router {
@@ -75,6 +89,8 @@ impl Dashboard {
             .route("/receivables", get(page_receivables))
             .route("/invoices", get(page_invoices))
             .route("/invoices/:id", get(page_invoice))
+            .route("/exports", get(page_exports))
+            .route("/exports/:file", get(export_file))
             .with_state(self)
     }
 
@@ -123,7 +139,7 @@ impl Dashboard {
     }
 
     /// The query API to read: the live one, or the books as recorded at `as_of_recorded`.
-    async fn api(&self, p: &Params) -> Result<Arc<QueryApi>, (StatusCode, String)> {
+    async fn books(&self, p: &Params) -> Result<Books, (StatusCode, String)> {
         let Some(t) = p.as_of_recorded.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
             return Ok(self.live.clone());
         };
@@ -140,7 +156,7 @@ impl Dashboard {
             .ok_or_else(|| bad("this process has no log to rebuild past books from".to_string()))?;
         let mut past = self.past.lock().await;
         if let Some(b) = past.iter().find(|b| b.at == at) {
-            return Ok(b.api.clone());
+            return Ok(b.books.clone());
         }
         let dir = tempfile::Builder::new()
             .prefix("accrual-dashboard-")
@@ -153,12 +169,12 @@ impl Dashboard {
             .map_err(|e| bad(format!("rebuilding the books as recorded at {at}: {e}")))?;
         let models = crate::serve::open_projections_on(&rebuilt.read_models, None)
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let api = Arc::new(QueryApi::new(models));
+        let books = Books::new(models);
         if past.len() == AS_OF_BOOKS_KEPT_MAX {
             past.remove(0);
         }
-        past.push(PastBooks { at, api: api.clone(), _dir: dir });
-        Ok(api)
+        past.push(PastBooks { at, books: books.clone(), _dir: dir });
+        Ok(books)
     }
 }
 
@@ -226,8 +242,8 @@ where
     if let Err(why) = d.admits(headers) {
         return html(StatusCode::UNAUTHORIZED, view::login(Some(&why)));
     }
-    let api = match d.api(&p).await {
-        Ok(api) => api,
+    let api = match d.books(&p).await {
+        Ok(books) => books.api,
         Err((status, message)) => return html(status, view::error(status.as_u16(), &message)),
     };
     let csv = p.csv.clone();
@@ -307,4 +323,78 @@ pub fn listen_address(listen: Option<SocketAddr>, disabled: bool) -> Option<Sock
         return None;
     }
     Some(listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a valid address")))
+}
+
+/// The export downloads: every `accrual export` kind in CSV, JSON and Parquet.
+async fn page_exports(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Query(p): Query<Params>,
+) -> Response {
+    let raw = uri.query().unwrap_or("").to_string();
+    let suffix = match p.as_of_recorded.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(t) => format!("?as_of_recorded={}", view::urlencode(t)),
+        None => String::new(),
+    };
+    answer(&d, &headers, &raw, p, |_, _| async move { Ok(pages::exports(&suffix)) }).await
+}
+
+/// One export (`<kind>.<csv|json|parquet>`), written whole by `export::write` from the books
+/// the page shows (`?as_of_recorded`), as `accrual export` writes it.
+async fn export_file(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(file): Path<String>,
+    Query(p): Query<Params>,
+) -> Response {
+    if let Err(why) = d.admits(&headers) {
+        return html(StatusCode::UNAUTHORIZED, view::login(Some(&why)));
+    }
+    let parsed = file.rsplit_once('.').and_then(|(kind, format)| {
+        Some((crate::export::ExportKind::parse(kind)?, crate::export::ExportFormat::parse(format)?))
+    });
+    let Some((kind, format)) = parsed else {
+        let message = format!("no export {file:?}: see /exports");
+        return html(StatusCode::NOT_FOUND, view::error(404, &message));
+    };
+    let books = match d.books(&p).await {
+        Ok(books) => books,
+        Err((status, message)) => return html(status, view::error(status.as_u16(), &message)),
+    };
+    let model = match kind.source() {
+        replay::Kind::Invoices => books.models.invoices.reader.model().clone(),
+        replay::Kind::Mrr => books.models.mrr.reader.model().clone(),
+        replay::Kind::Journal => books.models.journal.reader.model().clone(),
+    };
+    let spec = crate::export::Spec {
+        kind,
+        format,
+        from: None,
+        effective: None,
+        granularity: None,
+        currency: None,
+    };
+    let written = tokio::task::spawn_blocking(move || {
+        let mut body = Vec::new();
+        crate::export::write(&spec, model, &mut body).map(|_| body)
+    })
+    .await;
+    match written {
+        Ok(Ok(body)) => {
+            let content_type = match format {
+                crate::export::ExportFormat::Csv => "text/csv; charset=utf-8",
+                crate::export::ExportFormat::Json => "application/json",
+                crate::export::ExportFormat::Parquet => "application/vnd.apache.parquet",
+            };
+            let disposition = format!("attachment; filename=\"{file}\"");
+            let headers = [
+                (header::CONTENT_TYPE, content_type.to_string()),
+                (header::CONTENT_DISPOSITION, disposition),
+            ];
+            (StatusCode::OK, headers, body).into_response()
+        }
+        Ok(Err(e)) => html(StatusCode::INTERNAL_SERVER_ERROR, view::error(500, &format!("{e:#}"))),
+        Err(e) => html(StatusCode::INTERNAL_SERVER_ERROR, view::error(500, &e.to_string())),
+    }
 }

@@ -276,8 +276,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     // query role's models.
     let dashboard = match (&models, s.dashboard_listen) {
         (Some(m), Some(addr)) => {
-            let api = QueryApi::new(m.clone());
-            let board = crate::dashboard::Dashboard::new(api, s.auth.clone(), Some(store.clone()));
+            let board =
+                crate::dashboard::Dashboard::new(m.clone(), s.auth.clone(), Some(store.clone()));
             bind_dashboard(board, addr, s.dashboard_listen_explicit, stop_rx.clone()).await?
         }
         _ => None,

@@ -361,6 +361,67 @@ async fn every_page_shows_what_the_query_api_says_in_a_real_browser() {
     let (status, _) = site.get("/revenue?currency=USD&csv=nope").await;
     assert_eq!(status, 404);
 
+    // The export downloads: the invoices as CSV list every invoice the query API lists, and
+    // the same export as Parquet is read by pyarrow (the Parquet test's reader) with as many
+    // rows.
+    let exports = site.page("/exports").await;
+    assert_eq!(table(&exports, "exports").len(), 8, "every export kind is offered");
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let req = pb::ListInvoicesRequest {
+            page_size: 1000,
+            page_token: token.clone(),
+            ..Default::default()
+        };
+        let page = q.list_invoices(req).await.unwrap().into_inner();
+        listed.extend(page.invoices.into_iter().map(|i| i.invoice_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let (status, csv_body) = site.get("/exports/invoices.csv").await;
+    assert_eq!(status, 200);
+    let mut reader = csv::Reader::from_reader(csv_body.as_bytes());
+    let ids: Vec<String> = reader.records().map(|r| r.unwrap()[0].to_string()).collect();
+    assert_eq!(ids, listed, "the CSV download is every invoice, in issue order");
+    let parquet =
+        site.http.get(format!("{}/exports/invoices.parquet", site.base)).send().await.unwrap();
+    assert_eq!(parquet.status().as_u16(), 200);
+    let bytes = parquet.bytes().await.unwrap();
+    assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"), "a Parquet file");
+    let file = dir.path().join("invoices.parquet");
+    std::fs::write(&file, &bytes).unwrap();
+    let requirements =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/export_parquet/requirements.txt");
+    match common::python::python_env("export-parquet", &requirements) {
+        Ok(python) => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/export_parquet/read.py");
+            let log = dir.path().join("read.log");
+            common::process::run_bounded(
+                Command::new(python).arg(script).arg(&file),
+                &log,
+                120_000,
+            )
+            .unwrap_or_else(|e| panic!("read.py: {e}"));
+            let text = std::fs::read_to_string(&log).unwrap();
+            let result: serde_json::Value = text
+                .lines()
+                .find_map(|l| l.strip_prefix("RESULT "))
+                .map(|l| serde_json::from_str(l).unwrap())
+                .unwrap_or_else(|| panic!("no RESULT line: {text}"));
+            assert_eq!(
+                result["rows"].as_u64(),
+                Some(listed.len() as u64),
+                "pyarrow reads every invoice"
+            );
+        }
+        Err(reason) => common::python::skip_or_fail("dashboard Parquet download", &reason),
+    }
+    let (status, _) = site.get("/exports/nothing.csv").await;
+    assert_eq!(status, 404);
+
     // The books as they stood: before the first event nothing was billed; long after, the
     // same as now.
     let (status, body) = site.get("/invoices?as_of_recorded=2000-01-01T00:00:00Z").await;

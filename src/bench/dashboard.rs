@@ -38,7 +38,7 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
     anyhow::ensure!(demo.success(), "accrual demo failed: {demo}");
     let db = projections::open_db(data.join(replay::READ_MODELS_DIR))?;
     let models = crate::serve::open_projections_on(&db, None)?;
-    let board = crate::dashboard::Dashboard::new(query_service::QueryApi::new(models), None, None);
+    let board = crate::dashboard::Dashboard::new(models, None, None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

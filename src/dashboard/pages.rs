@@ -702,3 +702,46 @@ pub async fn invoice(api: &QueryApi, id: &str) -> Result<Page, Status> {
         sections,
     })
 }
+
+/// The export downloads, `suffix` (`?as_of_recorded=…` or empty) kept on each link.
+pub fn exports(suffix: &str) -> Page {
+    let kinds = [
+        "invoices",
+        "invoice-lines",
+        "credit-notes",
+        "journal",
+        "trial-balance",
+        "revenue-waterfall",
+        "mrr-movements",
+        "usage-daily",
+    ];
+    let rows = kinds
+        .iter()
+        .map(|k| {
+            let mut row = vec![Cell::from(*k)];
+            for f in ["csv", "json", "parquet"] {
+                row.push(Cell::link(format!("{k}.{f}"), format!("/exports/{k}.{f}{suffix}")));
+            }
+            row
+        })
+        .collect();
+    Page {
+        title: "Exports".into(),
+        nav: "/exports",
+        form: Vec::new(),
+        sections: vec![
+            Section::Note(
+                "The read models as `accrual export` writes them, for BI tools: Parquet with \
+                 typed columns (decimals at the currency's scale, dates as dates), CSV and JSON. \
+                 Columns and effective-date options: `accrual export --help`."
+                    .into(),
+            ),
+            Section::Table(Table {
+                id: "exports",
+                title: "Downloads".into(),
+                columns: ["export", "csv", "json", "parquet"].map(String::from).to_vec(),
+                rows,
+            }),
+        ],
+    }
+}

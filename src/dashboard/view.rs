@@ -5,12 +5,13 @@
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 /// The pages, in the navigation's order: (path, title).
-pub const NAV: [(&str, &str); 5] = [
+pub const NAV: [(&str, &str); 6] = [
     ("/mrr", "MRR"),
     ("/retention", "Retention"),
     ("/revenue", "Revenue"),
     ("/receivables", "Receivables"),
     ("/invoices", "Invoices"),
+    ("/exports", "Exports"),
 ];
 
 /// A table: `id` names it in the page (the DOM id) and in its CSV download (`?csv=<id>`).
