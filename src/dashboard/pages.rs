@@ -705,20 +705,13 @@ pub async fn invoice(api: &QueryApi, id: &str) -> Result<Page, Status> {
 
 /// The export downloads, `suffix` (`?as_of_recorded=…` or empty) kept on each link.
 pub fn exports(suffix: &str) -> Page {
-    let kinds = [
-        "invoices",
-        "invoice-lines",
-        "credit-notes",
-        "journal",
-        "trial-balance",
-        "revenue-waterfall",
-        "mrr-movements",
-        "usage-daily",
-    ];
+    // Every kind `accrual export` has, named as on its command line.
+    let kinds = <crate::export::ExportKind as clap::ValueEnum>::value_variants();
     let rows = kinds
         .iter()
         .map(|k| {
-            let mut row = vec![Cell::from(*k)];
+            let k = k.name();
+            let mut row = vec![Cell::from(k)];
             for f in ["csv", "json", "parquet"] {
                 row.push(Cell::link(format!("{k}.{f}"), format!("/exports/{k}.{f}{suffix}")));
             }
