@@ -129,6 +129,12 @@ pub struct Period {
 }
 
 impl Period {
+    /// The last day of the period (its start for an empty one): the day whose plan rates the
+    /// period's usage.
+    pub fn last_day(&self) -> Date {
+        self.end.yesterday().unwrap_or(self.end).max(self.start)
+    }
+
     /// Whole local days in the period (independent of DST).
     pub fn days(&self) -> i32 {
         days_between(self.start, self.end)

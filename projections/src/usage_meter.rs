@@ -174,7 +174,7 @@ impl UsageMeter {
         }
         let Some(effective) = effective_date(event) else { return };
         for period in self.open_periods(sub) {
-            let day = effective.clamp(period.start, last_day(&period));
+            let day = effective.clamp(period.start, period.last_day());
             self.sub_runs(sub).insert(period.start, Run { day, first });
         }
     }
@@ -319,8 +319,4 @@ fn effective_date(event: &Event) -> Option<Date> {
         | Event::SubscriptionCanceled { effective_date, .. } => Some(*effective_date),
         _ => None,
     }
-}
-
-fn last_day(p: &Period) -> Date {
-    p.end.yesterday().unwrap_or(p.end).max(p.start)
 }

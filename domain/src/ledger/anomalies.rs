@@ -5,7 +5,6 @@
 //! ends, upgrades and progressive invoices are partial by design (a progressive invoice's
 //! amounts count in its period's close).
 
-use jiff::civil::Date;
 use rust_decimal::Decimal;
 
 use super::Ledger;
@@ -13,14 +12,8 @@ use crate::anomaly::{
     self, push_bounded, AnomalyFlag, Completeness, PeriodCharges, HISTORY_PERIODS_MAX,
     PLAN_TOTALS_MAX,
 };
-use crate::calendar::Period;
 use crate::invoice::{Invoice, IssueReason, LineKind};
 use crate::subscription::Subscription;
-
-/// The last day of `p` (its start for an empty period): the day whose plan rates its usage.
-fn last_day(p: &Period) -> Date {
-    p.end.yesterday().unwrap_or(p.end).max(p.start)
-}
 
 /// What `invoice` (of `sub`'s period `invoice.period`, rated with plan `plan_code`) is
 /// compared as: its lines before coupons, per usage metric of the period and in total, plus
@@ -62,7 +55,7 @@ impl Ledger {
         if invoice.reason != IssueReason::PeriodClose {
             return Vec::new();
         }
-        let plan_code = &sub.plan_at(last_day(&invoice.period)).code;
+        let plan_code = &sub.plan_at(invoice.period.last_day()).code;
         let candidate = period_charges(sub, invoice, plan_code);
         let totals = self.plan_totals.get(plan_code).map_or(&[][..], Vec::as_slice);
         let minor_unit = Decimal::new(1, invoice.currency.minor_units());
@@ -84,7 +77,7 @@ impl Ledger {
             return;
         }
         let sub = self.sub_mut(&inv.subscription_id);
-        let plan_code = sub.plan_at(last_day(&inv.period)).code.clone();
+        let plan_code = sub.plan_at(inv.period.last_day()).code.clone();
         let charges = period_charges(sub, inv, &plan_code);
         let total = charges.total;
         push_bounded(&mut sub.billed_history, charges, HISTORY_PERIODS_MAX);

@@ -169,7 +169,7 @@ impl Ledger {
                 events.push(change);
             }
         }
-        let last_day = p.end.yesterday().unwrap_or(p.end).max(p.start);
+        let last_day = p.last_day();
         let rating_plan = self.plan(sub.plan_at(last_day));
         let plan_of = |r: &PlanRef| self.plan(r).clone();
         let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of)?;
@@ -227,7 +227,7 @@ impl Ledger {
         else {
             return Ok(None);
         };
-        let last_day = p.end.yesterday().unwrap_or(p.end).max(p.start);
+        let last_day = p.last_day();
         let rating_plan = self.plan(sub.plan_at(last_day));
         let plan_of = |r: &PlanRef| self.plan(r).clone();
         let mut lines = segment_lines(sub, &p, (p.start, p.end), FeeTiming::Arrears, plan_of)?;
@@ -281,7 +281,7 @@ impl Ledger {
     ) -> Option<(Period, &Plan)> {
         let open = sub.next_close.is_some_and(|n| n.start <= period_start);
         let p = sub.period_of(period_start).filter(|p| open && p.start == period_start)?;
-        let last_day = p.end.yesterday().unwrap_or(p.end).max(p.start);
+        let last_day = p.last_day();
         Some((p, self.plan(sub.plan_at(last_day))))
     }
 

@@ -168,7 +168,7 @@ impl Ledger {
         day: Date,
         period: &Period,
     ) -> Result<(), DomainError> {
-        let last_day = period.end.yesterday().unwrap_or(period.end).max(period.start);
+        let last_day = period.last_day();
         let plans = [self.plan(sub.plan_at(day)), self.plan(sub.plan_at(last_day))];
         if plans.iter().any(|p| p.charges.iter().any(|c| c.metric_code == u.metric_code)) {
             return Ok(());

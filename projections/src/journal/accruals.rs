@@ -228,7 +228,7 @@ impl Journal<'_, '_> {
         let left = state.untaken().and_then(|t| checked_sum(t.into_values()));
         let left = left.ok_or_else(|| overflow(self.position, what()))?;
         let Some(currency) = state.currency.filter(|_| !left.is_zero()) else { return Ok(()) };
-        let last = period.end.yesterday().unwrap_or(period.end).max(period.start);
+        let last = period.last_day();
         self.check_date(last)?;
         let r = EntryRef { date: last, seq: self.next_seq()? };
         self.write_entry(&usage_entry(r, subscription_id, currency, -left, self.position)?)

@@ -410,7 +410,7 @@ impl Journal<'_, '_> {
         let taken = checked_sum(accrued.iter().map(|(_, a)| *a));
         let residue = taken.and_then(|t| line.amount.checked_sub(t));
         let residue = residue.ok_or_else(|| overflow(self.position, what()))?;
-        let last = p.end.yesterday().unwrap_or(p.end).max(p.start);
+        let last = p.last_day();
         let day = issue_date.clamp(p.start, last);
         debug_assert_eq!(
             residue,
