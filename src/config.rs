@@ -67,7 +67,8 @@ impl fmt::Display for Roles {
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// TOML file with any of: role, read_only, auth_tokens, data_dir, store, listen, log_format,
-    /// log_level, grace_period_secs, scheduler_interval_secs, max_payment_attempts, tls_cert,
+    /// log_level, grace_period_secs, backdate_days_max, scheduler_interval_secs,
+    /// max_payment_attempts, tls_cert,
     /// tls_key, tls_client_ca, allow_plaintext, metrics_listen, dashboard_listen, dashboard
     /// (false: none), and a `[limits]` table (keys:
     /// the limit flags' names with `_`). Flags and env vars override it.
@@ -108,6 +109,10 @@ pub struct ServeArgs {
     /// Seconds after a period's end before a billing run closes it [default: 0]
     #[arg(long, env = "ACCRUAL_GRACE_PERIOD_SECS")]
     pub grace_period_secs: Option<i64>,
+    /// Days before today a subscription may start, or a plan change or cancellation take
+    /// effect (the back-dating horizon; docs/effective-dates.md) [default: 366, at most 3660]
+    #[arg(long, env = "ACCRUAL_BACKDATE_DAYS_MAX")]
+    pub backdate_days_max: Option<u32>,
     /// Seconds between scheduled billing runs; 0 disables the scheduler [default: 60]
     #[arg(long, env = "ACCRUAL_SCHEDULER_INTERVAL_SECS")]
     pub scheduler_interval_secs: Option<u64>,
@@ -176,6 +181,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     grace_period_secs: Option<i64>,
+    backdate_days_max: Option<u32>,
     scheduler_interval_secs: Option<u64>,
     max_payment_attempts: Option<u32>,
     tls_cert: Option<PathBuf>,
@@ -208,6 +214,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub grace_period_secs: i64,
+    pub backdate_days_max: u32,
     pub scheduler_interval_secs: u64,
     pub max_payment_attempts: u32,
     /// `None`: plaintext.
@@ -280,6 +287,10 @@ impl Settings {
             log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Pretty),
             log_level: args.log_level.or(file.log_level).unwrap_or_else(|| "info".to_string()),
             grace_period_secs: args.grace_period_secs.or(file.grace_period_secs).unwrap_or(0),
+            backdate_days_max: args
+                .backdate_days_max
+                .or(file.backdate_days_max)
+                .unwrap_or(domain::ledger::BACKDATE_DAYS_MAX),
             scheduler_interval_secs: args
                 .scheduler_interval_secs
                 .or(file.scheduler_interval_secs)
@@ -349,6 +360,11 @@ impl Settings {
             );
         }
         anyhow::ensure!(settings.grace_period_secs >= 0, "grace_period_secs must not be negative");
+        anyhow::ensure!(
+            settings.backdate_days_max <= domain::ledger::BACKDATE_DAYS_LIMIT,
+            "backdate_days_max must be at most {} (ten years)",
+            domain::ledger::BACKDATE_DAYS_LIMIT
+        );
         anyhow::ensure!(
             settings.max_payment_attempts >= 1,
             "max_payment_attempts must be at least 1"

@@ -226,6 +226,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let policy = Policy {
         max_payment_attempts: s.max_payment_attempts,
         grace_period_secs: s.grace_period_secs,
+        backdate_days_max: s.backdate_days_max,
         ..Policy::default()
     };
     let roles = s.roles;

@@ -290,6 +290,29 @@ pub fn start_subscription(r: &pb::StartSubscriptionRequest) -> Parsed<Command> {
     })
 }
 
+pub fn change_plan(r: &pb::ChangePlanRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let effective_date = date(&mut v, "effective_date", &r.effective_date);
+    v.into_result()?;
+    Ok(Command::ChangePlan {
+        subscription_id: r.subscription_id.clone(),
+        plan_code: r.plan_code.clone(),
+        plan_version: (r.plan_version > 0).then_some(r.plan_version),
+        effective_date,
+    })
+}
+
+pub fn cancel_subscription(r: &pb::CancelSubscriptionRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let effective_date = date(&mut v, "effective_date", &r.effective_date);
+    v.into_result()?;
+    Ok(Command::CancelSubscription {
+        subscription_id: r.subscription_id.clone(),
+        immediately: r.immediately,
+        effective_date,
+    })
+}
+
 pub fn usage(r: pb::UsageEvent) -> Parsed<Usage> {
     Ok(Usage {
         occurred_at: timestamp("occurred_at", r.occurred_at.as_ref())?,

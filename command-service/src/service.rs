@@ -363,13 +363,9 @@ impl CommandService for CommandApi {
             check_id(v, "subscription_id", &r.subscription_id);
             check_id(v, "plan_code", &r.plan_code);
         })?;
-        let cmd = Command::ChangePlan {
-            subscription_id: r.subscription_id.clone(),
-            plan_code: r.plan_code.clone(),
-            plan_version: (r.plan_version > 0).then_some(r.plan_version),
-        };
+        let cmd = convert::change_plan(&r);
         let guard = r.expected_version.map(|v| (format!("subscription-{}", r.subscription_id), v));
-        let done = self.run("ChangePlan", &r, &key, Ok(cmd), guard).await?;
+        let done = self.run("ChangePlan", &r, &key, cmd, guard).await?;
         self.subscription_reply(&r.subscription_id, done).await
     }
 
@@ -380,12 +376,9 @@ impl CommandService for CommandApi {
     ) -> Result<Response<pb::SubscriptionResponse>, Status> {
         let (r, key) = without_key!(request.get_ref());
         bounded_ids(|v| check_id(v, "subscription_id", &r.subscription_id))?;
-        let cmd = Command::CancelSubscription {
-            subscription_id: r.subscription_id.clone(),
-            immediately: r.immediately,
-        };
+        let cmd = convert::cancel_subscription(&r);
         let guard = r.expected_version.map(|v| (format!("subscription-{}", r.subscription_id), v));
-        let done = self.run("CancelSubscription", &r, &key, Ok(cmd), guard).await?;
+        let done = self.run("CancelSubscription", &r, &key, cmd, guard).await?;
         self.subscription_reply(&r.subscription_id, done).await
     }
 

@@ -20,6 +20,9 @@ pub struct Policy {
     pub usage_future_tolerance_secs: i64,
     /// Bound on billing steps (trial ends, period closes) one subscription takes in one run.
     pub billing_steps_max: u32,
+    /// How many days before today a subscription may start, or a plan change or cancellation
+    /// take effect (a back-dated command; see docs/effective-dates.md).
+    pub backdate_days_max: u32,
 }
 
 impl Default for Policy {
@@ -29,6 +32,7 @@ impl Default for Policy {
             grace_period_secs: 0,
             usage_future_tolerance_secs: 300,
             billing_steps_max: 1_000,
+            backdate_days_max: crate::ledger::BACKDATE_DAYS_MAX,
         }
     }
 }
@@ -71,10 +75,18 @@ pub enum Command {
         subscription_id: String,
         plan_code: String,
         plan_version: Option<u32>,
+        /// The first day on the new plan (customer-local). `None`: an upgrade today, a
+        /// downgrade at the end of the current period. Past (within `backdate_days_max`, after
+        /// the subscription's last plan change), today or future.
+        effective_date: Option<Date>,
     },
     CancelSubscription {
         subscription_id: String,
+        /// Service ends at the end of today (prorated).
         immediately: bool,
+        /// The first day without service (customer-local), past or future; exclusive of
+        /// `immediately`. `None` with `immediately` false: the end of the current period.
+        effective_date: Option<Date>,
     },
     RecordUsage(Usage),
     RunBilling {

@@ -56,6 +56,12 @@ pub enum IssueReason {
     /// A period's usage so far, when it reached a progressive-billing threshold of the plan
     /// (`crate::progressive`); the period's closing invoice bills only what is left.
     Progressive,
+    /// A downgrade with an effective date inside an open period: the in-advance fee credited
+    /// from that date, the new plan's days charged.
+    PlanDowngrade,
+    /// A plan change or cancellation dated back into closed (invoiced) periods: their base
+    /// fees corrected by credit and charge lines, the issued invoices untouched.
+    Correction,
 }
 
 impl IssueReason {
@@ -70,6 +76,8 @@ impl IssueReason {
             IssueReason::OneOff => "one_off",
             IssueReason::WalletTopUp => "wallet_top_up",
             IssueReason::Progressive => "progressive",
+            IssueReason::PlanDowngrade => "plan_downgrade",
+            IssueReason::Correction => "correction",
         }
     }
 }

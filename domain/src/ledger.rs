@@ -29,6 +29,7 @@ mod alerts;
 mod anomalies;
 mod billing;
 mod coupons;
+mod effective_dates;
 mod evolve;
 mod progressive;
 mod rules;
@@ -36,6 +37,9 @@ mod subscriptions;
 mod usage;
 mod wallets;
 pub use billing::check_billing_time;
+pub use effective_dates::{
+    BACKDATE_DAYS_LIMIT, CORRECTED_PERIODS_MAX, PLAN_CHANGED_LATER, USAGE_AFTER_END,
+};
 pub use rules::{
     check_not_future, latest_accepted, rated_units, METRIC_NOT_ON_PLAN, PAYMENT_BEFORE_ISSUE,
 };
@@ -201,11 +205,17 @@ impl Ledger {
             Command::DefineMetric(m) => self.decide_define_metric(m),
             Command::PublishPlan(p) => self.decide_publish_plan(p),
             Command::StartSubscription { .. } => self.decide_start(cmd, ctx),
-            Command::ChangePlan { subscription_id, plan_code, plan_version } => {
-                self.decide_change_plan(subscription_id, plan_code, *plan_version, ctx)
+            Command::ChangePlan { subscription_id, plan_code, plan_version, effective_date } => {
+                self.decide_change_plan(
+                    subscription_id,
+                    plan_code,
+                    *plan_version,
+                    *effective_date,
+                    ctx,
+                )
             }
-            Command::CancelSubscription { subscription_id, immediately } => {
-                self.decide_cancel(subscription_id, *immediately, ctx)
+            Command::CancelSubscription { subscription_id, immediately, effective_date } => {
+                self.decide_cancel(subscription_id, *immediately, *effective_date, ctx)
             }
             Command::RecordUsage(u) => match self.decide_usage(u, ctx, None)? {
                 UsageOutcome::Accepted(events) => Ok(events),
@@ -268,16 +278,22 @@ impl Ledger {
                 check_billing_time(*as_of, ctx)?;
                 self.execute_billing(*as_of, ctx, next_position)
             }
-            Command::CancelSubscription { subscription_id, immediately: true } => {
+            Command::CancelSubscription { subscription_id, .. } => {
                 let mut events = self.decide(cmd, ctx)?;
                 self.apply_all(&events, next_position);
-                let more = self.run_subscription(
-                    subscription_id,
-                    Timestamp::MAX,
-                    ctx,
-                    next_position + events.len() as u64,
-                );
-                events.extend(more);
+                // Service that has ended (or ends tonight) is billed at once: the periods up to
+                // the end of service close now.
+                let sub = &self.subscriptions[subscription_id];
+                let tomorrow = crate::calendar::local_date(ctx.now, &sub.time_zone).tomorrow();
+                if sub.ends_on.zip(tomorrow.ok()).is_some_and(|(end, t)| end <= t) {
+                    let more = self.run_subscription(
+                        subscription_id,
+                        Timestamp::MAX,
+                        ctx,
+                        next_position + events.len() as u64,
+                    );
+                    events.extend(more);
+                }
                 Ok(events)
             }
             Command::RecordUsage(u) => {

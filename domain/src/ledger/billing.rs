@@ -111,6 +111,14 @@ impl Ledger {
                 return self.trial_end_events(sub, t, ctx).map(Some);
             }
         }
+        let as_of_date = if as_of == Timestamp::MAX {
+            DATE_MAX
+        } else {
+            local_date(as_of, tz)
+        };
+        if let Some(events) = self.scheduled_change_step(sub, &next, as_of_date, ctx)? {
+            return Ok(Some(events));
+        }
         let grace = jiff::SignedDuration::from_secs(ctx.policy.grace_period_secs);
         let cutoff = if as_of == Timestamp::MAX {
             as_of

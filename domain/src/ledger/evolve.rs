@@ -173,6 +173,10 @@ impl Ledger {
                     .cycle
                     .period_containing(line.service_period.start)
                     .map_or(line.service_period.start, |p| p.start);
+                // A correction of a closed period (reason `correction`): nothing closes it again.
+                if sub.next_close.is_some_and(|n| key < n.start) {
+                    continue;
+                }
                 // Saturating: several in-range invoices for one period could still sum past
                 // Decimal (a pre-bounds log); the true-up then errs on the safe side (no
                 // true-up when saturated up, an overflow error when saturated down).

@@ -15,13 +15,14 @@ use crate::calendar::{local_date, Cycle, Period};
 use crate::catalog::{check_id, FeeTiming, Plan, PlanRef};
 use crate::commands::{Command, Context};
 use crate::error::{DomainError, Violations};
-use crate::events::{Event, PlanChangeKind};
+use crate::events::Event;
 use crate::invoice::IssueReason;
-use crate::subscription::{base_fee_line, credit_line, segment_lines, Subscription};
+use crate::subscription::{segment_lines, Subscription};
 
-/// How far before today a subscription may start (a backdated start, e.g. a customer moved
-/// from another system): its ended periods are billed by the next billing run.
-pub const BACKDATE_DAYS_MAX: i64 = 366;
+/// How far before today a subscription may start, or a plan change or cancellation take
+/// effect, unless the operator sets `Policy::backdate_days_max` (a backdated start, e.g. a
+/// customer moved from another system: its ended periods are billed by the next billing run).
+pub const BACKDATE_DAYS_MAX: u32 = 366;
 
 impl Ledger {
     pub(super) fn decide_start(
@@ -54,13 +55,17 @@ impl Ledger {
         check_currency(customer, plan)?;
         let today = local_date(ctx.now, &customer.time_zone);
         let start = start_date.unwrap_or(today);
+        let horizon = ctx.policy.backdate_days_max;
         let earliest = today
-            .checked_sub(jiff::Span::new().days(BACKDATE_DAYS_MAX))
+            .checked_sub(jiff::Span::new().days(i64::from(horizon)))
             .unwrap_or(jiff::civil::Date::MIN);
         if start < earliest || start >= DATE_MAX {
             return Err(DomainError::invalid(
                 "start_date",
-                format!("must be from {BACKDATE_DAYS_MAX} days ago to before {DATE_MAX}"),
+                format!(
+                    "must be from {earliest} ({horizon} days before today, the back-dating \
+                     horizon) to before {DATE_MAX}"
+                ),
             ));
         }
         let trial_end = (plan.trial_days > 0)
@@ -100,6 +105,7 @@ impl Ledger {
         id: &str,
         plan_code: &str,
         plan_version: Option<u32>,
+        effective_date: Option<Date>,
         ctx: &Context,
     ) -> Result<Vec<Event>, DomainError> {
         let sub = self.subscription(id)?;
@@ -121,6 +127,9 @@ impl Ledger {
             return Err(precondition(sub, "INTERVAL_CHANGE", "changing the billing interval is not supported; cancel and start a new subscription"));
         }
         self.check_percentage_rateable(sub, new_plan)?;
+        if let Some(date) = effective_date {
+            return self.decide_dated_change(sub, new_plan, date, ctx);
+        }
         let date = today.max(sub.start_date());
         if monthly_fee(sub, new_plan)? < monthly_fee(sub, old_plan)? {
             let period = sub.period_of(date).expect("in service");
@@ -131,34 +140,7 @@ impl Ledger {
                 occurred_at: ctx.now,
             }]);
         }
-        let mut events = vec![Event::PlanChanged {
-            subscription_id: id.to_string(),
-            plan: new_plan.plan_ref(),
-            kind: PlanChangeKind::Upgrade,
-            effective_date: date,
-        }];
-        let period = sub.period_of(date).expect("in service");
-        let mut lines = Vec::new();
-        // Only if this period's in-advance billing has happened (at start, at the close of the
-        // previous period, at trial end); otherwise that billing prices each plan's days itself.
-        if advance_billing_done(sub, &period) {
-            if old_plan.fee_timing == FeeTiming::Advance && sub.fee_billed_until >= period.end {
-                lines.extend(credit_line(sub, old_plan, &period, date, period.end)?);
-            }
-            if new_plan.fee_timing == FeeTiming::Advance {
-                lines.extend(base_fee_line(sub, new_plan, &period, date, period.end)?);
-            }
-        }
-        if !lines.is_empty() {
-            events.push(Event::InvoiceIssued(self.invoice_for(
-                sub,
-                period,
-                IssueReason::PlanUpgrade,
-                lines,
-                ctx.now,
-            )?));
-        }
-        Ok(events)
+        self.plan_change_events(sub, new_plan, date, ctx)
     }
 
     /// Refuses a move to `plan` when one of its percentage charges would rate an open period
@@ -184,11 +166,21 @@ impl Ledger {
         &self,
         id: &str,
         immediately: bool,
+        effective_date: Option<Date>,
         ctx: &Context,
     ) -> Result<Vec<Event>, DomainError> {
         let sub = self.subscription(id)?;
         let today = local_date(ctx.now, &sub.time_zone);
         check_not_canceled(self, sub, today)?;
+        if let Some(date) = effective_date {
+            if immediately {
+                return Err(DomainError::invalid(
+                    "effective_date",
+                    "give either immediately or an effective date, not both",
+                ));
+            }
+            return self.decide_dated_cancel(sub, date, ctx);
+        }
         let date = today.max(sub.start_date());
         // Immediately: service ends at the end of today (today is a used day); a subscription
         // that has not started yet ends before it starts.
@@ -285,7 +277,7 @@ impl Subscription {
 }
 
 /// `plan`'s monthly fee; an overflow is an error of `sub` naming the plan.
-fn monthly_fee(sub: &Subscription, plan: &Plan) -> Result<Decimal, DomainError> {
+pub(super) fn monthly_fee(sub: &Subscription, plan: &Plan) -> Result<Decimal, DomainError> {
     plan.monthly_fee().ok_or_else(|| {
         let what = format!("monthly base fee of plan {} v{}", plan.code, plan.version);
         DomainError::overflow(sub.subject(), what)
@@ -330,7 +322,7 @@ fn check_no_pending_change(sub: &Subscription) -> Result<(), DomainError> {
 
 /// Whether period `p`'s in-advance base fee has been invoiced already (or never will be, being
 /// all trial): `p` is the oldest open period and any trial has been processed.
-fn advance_billing_done(sub: &Subscription, p: &Period) -> bool {
+pub(super) fn advance_billing_done(sub: &Subscription, p: &Period) -> bool {
     let oldest_open = sub.next_close.is_some_and(|n| p.start <= n.start);
     let trial_done = sub.trial_end.is_none_or(|t| sub.trial_ended || t >= p.end);
     oldest_open && trial_done
