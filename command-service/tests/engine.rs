@@ -527,7 +527,11 @@ async fn a_decision_on_a_model_another_node_changed_never_lands() {
     lagging.held_head.store(head, std::sync::atomic::Ordering::SeqCst);
     wait_for(&*store_a, head).await;
     let a_later = engine(store_a.clone(), "2025-01-12T00:00:00Z").await;
-    let cancel = Command::CancelSubscription { subscription_id: "s1".into(), immediately: true };
+    let cancel = Command::CancelSubscription {
+        subscription_id: "s1".into(),
+        immediately: true,
+        effective_date: None,
+    };
     a_later.execute(cancel, None, None).await.unwrap();
     wait_for(&*store_b, head + 1).await;
     let late = b.record_usage(vec![Ok(usage("u1"))]).await.unwrap();

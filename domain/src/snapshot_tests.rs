@@ -169,10 +169,13 @@ fn command(o: &Op, ledger: &Ledger, now: &mut Timestamp, n: usize) -> Option<Com
             subscription_id: format!("s{sub}"),
             plan_code: if to_pro { "pro" } else { "basic" }.into(),
             plan_version: None,
+            effective_date: None,
         },
-        Op::Cancel { sub, immediately } => {
-            Command::CancelSubscription { subscription_id: format!("s{sub}"), immediately }
-        }
+        Op::Cancel { sub, immediately } => Command::CancelSubscription {
+            subscription_id: format!("s{sub}"),
+            immediately,
+            effective_date: None,
+        },
         Op::Bill => Command::RunBilling { as_of: *now },
         Op::Pay { fail } => {
             let id = ledger.invoices.keys().max()?.clone();

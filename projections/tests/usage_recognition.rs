@@ -117,6 +117,7 @@ fn commands() -> Vec<(Timestamp, Command)> {
             subscription_id: "s1".into(),
             plan_code: "pro".into(),
             plan_version: None,
+            effective_date: None,
         },
     ));
     commands

@@ -111,11 +111,7 @@ impl Ledger {
                 return self.trial_end_events(sub, t, ctx).map(Some);
             }
         }
-        let as_of_date = if as_of == Timestamp::MAX {
-            DATE_MAX
-        } else {
-            local_date(as_of, tz)
-        };
+        let as_of_date = if as_of == Timestamp::MAX { DATE_MAX } else { local_date(as_of, tz) };
         if let Some(events) = self.scheduled_change_step(sub, &next, as_of_date, ctx)? {
             return Ok(Some(events));
         }

@@ -177,6 +177,7 @@ fn spec_upgrade_example_credits_and_charges_by_days() {
         subscription_id: "s1".into(),
         plan_code: "pro".into(),
         plan_version: None,
+        effective_date: None,
     };
     let upgrade = invoices(&w.run(cmd, "2025-01-16T09:00:00Z").unwrap());
     assert_eq!(
@@ -331,7 +332,11 @@ fn immediate_cancel_credits_unused_days_and_closes_the_period() {
     w.plan("basic", dec!(31.00), FeeTiming::Advance, 0, vec![graduated_spec_charge()], None);
     w.start("basic", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T10:00:00Z");
     w.usage("t1", "10", "2025-01-03T00:00:00Z", "2025-01-03T00:00:00Z").unwrap();
-    let cmd = Command::CancelSubscription { subscription_id: "s1".into(), immediately: true };
+    let cmd = Command::CancelSubscription {
+        subscription_id: "s1".into(),
+        immediately: true,
+        effective_date: None,
+    };
     let events = w.run(cmd, "2025-01-11T12:00:00Z").unwrap();
     let inv = &invoices(&events)[0];
     // Service ends at the end of Jan 11. Usage 10 × 1.00 + 5 flat = 15.00;
@@ -346,7 +351,11 @@ fn immediate_cancel_credits_unused_days_and_closes_the_period() {
         "canceled"
     );
     assert!(w.bill("2025-03-01T00:00:00Z").is_empty(), "nothing more after cancellation");
-    let again = Command::CancelSubscription { subscription_id: "s1".into(), immediately: true };
+    let again = Command::CancelSubscription {
+        subscription_id: "s1".into(),
+        immediately: true,
+        effective_date: None,
+    };
     assert!(matches!(
         w.run(again, "2025-01-12T00:00:00Z"),
         Err(DomainError::Precondition { kind: "SUBSCRIPTION_CANCELED", .. })
@@ -389,6 +398,7 @@ fn downgrade_waits_for_the_period_end() {
         subscription_id: "s1".into(),
         plan_code: "basic".into(),
         plan_version: None,
+        effective_date: None,
     };
     let events = w.run(cmd, "2025-01-10T00:00:00Z").unwrap();
     assert!(
@@ -487,6 +497,7 @@ fn arrears_to_advance_upgrade_charges_the_new_plan_at_once() {
         subscription_id: "s1".into(),
         plan_code: "pro".into(),
         plan_version: None,
+        effective_date: None,
     };
     let up = invoices(&w.run(cmd, "2025-01-16T09:00:00Z").unwrap());
     assert_eq!(amounts(&up[0]), vec![(LineKind::BaseFee, dec!(32.00))], "16 of 31 days of pro");
@@ -509,6 +520,7 @@ fn upgrade_while_the_previous_period_is_in_grace_is_billed_at_its_close() {
         subscription_id: "s1".into(),
         plan_code: "pro".into(),
         plan_version: None,
+        effective_date: None,
     };
     assert!(
         invoices(&w.run(cmd, "2025-02-02T09:00:00Z").unwrap()).is_empty(),
@@ -532,18 +544,24 @@ fn cancel_on_the_upgrade_day_credits_the_new_plan_and_a_pending_downgrade_does_n
         subscription_id: "s1".into(),
         plan_code: "pro".into(),
         plan_version: None,
+        effective_date: None,
     };
     w.run(up, "2025-01-16T09:00:00Z").unwrap();
     let down = Command::ChangePlan {
         subscription_id: "s1".into(),
         plan_code: "basic".into(),
         plan_version: None,
+        effective_date: None,
     };
     assert!(matches!(
         w.run(down, "2025-01-16T10:00:00Z").unwrap()[..],
         [Event::PlanChangeScheduled { .. }]
     ));
-    let cancel = Command::CancelSubscription { subscription_id: "s1".into(), immediately: true };
+    let cancel = Command::CancelSubscription {
+        subscription_id: "s1".into(),
+        immediately: true,
+        effective_date: None,
+    };
     let inv = &invoices(&w.run(cancel, "2025-01-16T11:00:00Z").unwrap())[0];
     // pro was charged for Jan 16..Feb 1; service ends after Jan 16: Jan 17..Feb 1 = 15 days of pro
     assert_eq!(amounts(inv), vec![(LineKind::Credit, dec!(-30.00))]);
@@ -717,8 +735,8 @@ mod replay_equivalence {
                             properties: BTreeMap::from([("n".to_string(), calls.to_string())]),
                         })
                     }
-                    Op::Change { to_pro } => Command::ChangePlan { subscription_id: "s1".into(), plan_code: if to_pro { "pro" } else { "basic" }.into(), plan_version: None },
-                    Op::Cancel { immediately } => Command::CancelSubscription { subscription_id: "s1".into(), immediately },
+                    Op::Change { to_pro } => Command::ChangePlan { subscription_id: "s1".into(), plan_code: if to_pro { "pro" } else { "basic" }.into(), plan_version: None, effective_date: None },
+                    Op::Cancel { immediately } => Command::CancelSubscription { subscription_id: "s1".into(), immediately, effective_date: None },
                     Op::Bill => Command::RunBilling { as_of: now },
                     Op::Pay { fail } => {
                         let Some(id) = w.ledger.subscriptions["s1"].invoice_ids.last().cloned() else { continue };
@@ -1164,6 +1182,7 @@ fn commands_that_would_issue_an_overflowing_invoice_are_refused_and_change_nothi
         subscription_id: "s2".into(),
         plan_code: "weekly-huge".into(),
         plan_version: None,
+        effective_date: None,
     };
     // (command, subject, what overflows)
     let cases = [
@@ -1193,6 +1212,7 @@ mod alerts;
 mod anomalies;
 mod coupons;
 mod credit_notes;
+mod effective_dates;
 mod input_rules;
 mod progressive;
 mod wallets;
@@ -1217,7 +1237,11 @@ fn a_known_transaction_is_a_duplicate_or_a_conflict_before_period_and_service_ch
     let other = Usage { occurred_at: at("2025-01-06T00:00:00Z"), ..u.clone() };
     assert!(matches!(w.ledger.decide_usage(&other, &c, prior), Err(DomainError::Conflict(_))));
     // After the service ended (out of service), still a duplicate; and record_usage agrees.
-    let cancel = Command::CancelSubscription { subscription_id: "s1".into(), immediately: true };
+    let cancel = Command::CancelSubscription {
+        subscription_id: "s1".into(),
+        immediately: true,
+        effective_date: None,
+    };
     w.run(cancel, "2025-02-02T00:00:00Z").unwrap();
     let late = ctx("2025-03-02T00:00:00Z");
     let before = w.position;
@@ -1271,6 +1295,7 @@ fn per_event_amounts_are_kept_only_for_metrics_priced_by_percentage() {
         subscription_id: "s1".into(),
         plan_code: "payments".into(),
         plan_version: None,
+        effective_date: None,
     };
     let before = format!("{:?}", w.ledger.subscriptions["s1"].plans);
     let refused = w.run(change.clone(), "2025-01-07T00:00:00Z");

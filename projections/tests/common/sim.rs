@@ -247,10 +247,12 @@ pub fn simulate_billing(ops: &[Op], arrears: bool, progressive: bool) -> Vec<Eve
                 subscription_id: sub(customer, &generation),
                 plan_code: if *pro { "pro" } else { "basic" }.into(),
                 plan_version: None,
+                effective_date: None,
             },
             Op::Cancel { customer, immediately } => Command::CancelSubscription {
                 subscription_id: sub(customer, &generation),
                 immediately: *immediately,
+                effective_date: None,
             },
             Op::Pay { fail } => {
                 let Some(inv) = ledger
