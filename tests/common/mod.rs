@@ -192,14 +192,18 @@ pub fn free_port() -> u16 {
 /// (the sum of the `calls` property): what the end-to-end books start with.
 pub async fn register_acme_and_api_calls(c: &mut CommandServiceClient<Channel>) {
     c.register_customer(acme_request()).await.unwrap();
-    let metric = pb::DefineMetricRequest {
+    c.define_metric(api_calls_metric()).await.unwrap();
+}
+
+/// The metric `api_calls`: the sum of the `calls` property.
+pub fn api_calls_metric() -> pb::DefineMetricRequest {
+    pb::DefineMetricRequest {
         code: "api_calls".into(),
         name: "API calls".into(),
         aggregation: "sum".into(),
         property: "calls".into(),
         ..Default::default()
-    };
-    c.define_metric(metric).await.unwrap();
+    }
 }
 
 /// Customer `acme` (USD, Europe/Berlin, 10 % tax) under the idempotency key `cust-acme`.
