@@ -11,6 +11,7 @@ mod demo;
 mod export;
 mod feed;
 mod grpc_metrics;
+mod import;
 mod limits;
 mod prometheus;
 mod replay_cmd;
@@ -62,6 +63,10 @@ enum Commands {
     /// Bearer tokens for the gRPC services (`token new --role R`).
     #[command(subcommand)]
     Token(auth::TokenCommand),
+    /// Load a company's history (customers, plans, subscriptions with past starts and plan
+    /// changes, usage, billing runs) from JSON Lines or a usage CSV into a running service:
+    /// validated first, idempotent, resumable (docs/import.md).
+    Import(import::ImportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Commands::Demo(args) => with_ring(|| runtime.block_on(demo::run(args))),
         Commands::Replay(args) => with_ring(|| runtime.block_on(replay_cmd::run(args))),
         Commands::Audit(cmd) => with_ring(|| runtime.block_on(audit::run(cmd))),
+        Commands::Import(args) => with_ring(|| runtime.block_on(import::run(args))),
         Commands::Export(args) => with_ring(|| runtime.block_on(export::run(args))),
         Commands::Token(cmd) => with_ring(|| auth::run(cmd)),
     }

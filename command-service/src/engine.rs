@@ -45,7 +45,9 @@ use crate::dedup::DedupIndex;
 use crate::snapshot::SnapshotOptions;
 use crate::status::{from_domain, from_store, unavailable};
 
+mod dry_run;
 mod snapshotting;
+pub use dry_run::{DryOutcome, DryRun};
 mod usage;
 use usage::dedup_entry;
 

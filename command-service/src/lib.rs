@@ -2,6 +2,7 @@
 //!
 //! - [`convert`]: wire ⇄ domain (the proto boundary);
 //! - [`engine`]: the write model, decide/evolve under one lock, group-committed appends;
+//! - [`import`]: the `Import` stream (a history loaded record by record, or validated on a copy);
 //! - [`service`]: the gRPC handlers and per-call limits;
 //! - [`snapshot`]: write-model snapshots at a log position (restart folds only the tail);
 //! - [`status`]: the SPEC §3 error contract.
@@ -14,6 +15,7 @@
 pub mod convert;
 pub mod dedup;
 pub mod engine;
+pub mod import;
 pub mod service;
 pub mod snapshot;
 pub mod status;

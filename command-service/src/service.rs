@@ -49,7 +49,7 @@ impl Default for Limits {
 }
 
 pub struct CommandApi {
-    engine: Arc<Engine>,
+    pub(crate) engine: Arc<Engine>,
     limits: Limits,
 }
 
@@ -127,7 +127,7 @@ impl CommandApi {
         Ok(Response::new(ack(&done)))
     }
 
-    async fn usage_chunk(
+    pub(crate) async fn usage_chunk(
         &self,
         events: Vec<pb::UsageEvent>,
     ) -> Result<pb::UsageBatchResult, Status> {
@@ -190,7 +190,7 @@ impl CommandApi {
 }
 
 /// The idempotency key with the SHA-256 of the method and the request without its key.
-fn idempotency<R: Message + Clone>(
+pub(crate) fn idempotency<R: Message + Clone>(
     method: &str,
     req: &R,
     key: &str,
@@ -285,6 +285,7 @@ fn batch_result(items: Vec<UsageItem>) -> pb::UsageBatchResult {
 }
 
 type IngestStream = Pin<Box<dyn Stream<Item = Result<pb::UsageBatchResult, Status>> + Send>>;
+type ImportStream = Pin<Box<dyn Stream<Item = Result<pb::ImportReply, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl CommandService for CommandApi {
@@ -443,6 +444,20 @@ impl CommandService for CommandApi {
         let (tx, rx) = mpsc::channel(self.limits.ingest_replies_max);
         let api = CommandApi { engine: self.engine.clone(), limits: self.limits.clone() };
         tokio::spawn(async move { api.ingest(inbound, tx).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ImportStream = ImportStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn import(
+        &self,
+        request: Request<Streaming<pb::ImportRequest>>,
+    ) -> Result<Response<ImportStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(self.limits.ingest_replies_max);
+        let api = CommandApi { engine: self.engine.clone(), limits: self.limits.clone() };
+        tokio::spawn(async move { api.import(inbound, tx).await });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
