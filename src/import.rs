@@ -126,35 +126,37 @@ pub async fn pass(
     let started = Instant::now();
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(lines) };
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg:>10} [{bar:40}] {pos}/{len} lines {per_sec} eta {eta}",
-        )?
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} lines {per_sec} eta {eta}")?
+            .progress_chars("=> "),
     );
     bar.set_message(if validate_only { "validating" } else { "importing" });
     let (tx, rx) = mpsc::channel::<pb::ImportRequest>(SEND_QUEUE_MAX);
     let path = args.file.clone();
     let skip = skip.clone();
     // The reader runs on a blocking thread: parsing is CPU work and the file is read as it goes.
-    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(u64, String, String)>> {
-        let mut local_errors = Vec::new();
-        for item in records::read(&path, format)? {
-            let (line, record) = item?;
-            if skip.contains(&line) {
-                continue;
-            }
-            match record {
-                Ok(record) => {
-                    let request = pb::ImportRequest { validate_only, line, record: Some(record) };
-                    if tx.blocking_send(request).is_err() {
-                        break;
+    let reader =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(u64, String, String)>> {
+            let mut local_errors = Vec::new();
+            for item in records::read(&path, format)? {
+                let (line, record) = item?;
+                if skip.contains(&line) {
+                    continue;
+                }
+                match record {
+                    Ok(record) => {
+                        let request =
+                            pb::ImportRequest { validate_only, line, record: Some(record) };
+                        if tx.blocking_send(request).is_err() {
+                            break;
+                        }
+                    }
+                    Err(message) => {
+                        local_errors.push((line, "InvalidArgument".to_string(), message))
                     }
                 }
-                Err(message) => local_errors.push((line, "InvalidArgument".to_string(), message)),
             }
-        }
-        Ok(local_errors)
-    });
+            Ok(local_errors)
+        });
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(t) = &client.token {
         request.metadata_mut().insert("authorization", t.clone());

@@ -12,7 +12,9 @@
 use std::time::Duration;
 
 use domain::commands::Command;
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use proto::v1 as pb;
 use proto::v1::command_service_server::CommandService;
 use proto::v1::import_request::Record;
@@ -33,6 +35,12 @@ pub const IMPORT_DURATION_MS_MAX: u64 = 3_600_000;
 pub const IMPORT_USAGE_BATCH_MAX: usize = 1_000;
 /// A progress reply after this many records.
 pub const IMPORT_PROGRESS_EVERY: u64 = 10_000;
+/// Usage batches appended concurrently (each waits for its fsync while the next is decided;
+/// the engine's lock is fair, so they are decided in stream order).
+pub const IMPORT_USAGE_BATCHES_IN_FLIGHT_MAX: usize = 4;
+
+/// A usage batch being appended: its records' lines and the engine's answer.
+type InFlight<'a> = FuturesOrdered<BoxFuture<'a, (Vec<u64>, Result<pb::UsageBatchResult, Status>)>>;
 
 /// Where an import stands.
 #[derive(Default)]
@@ -67,11 +75,11 @@ impl CommandApi {
         mut inbound: Streaming<pb::ImportRequest>,
         tx: mpsc::Sender<Result<pb::ImportReply, Status>>,
     ) {
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(IMPORT_DURATION_MS_MAX);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(IMPORT_DURATION_MS_MAX);
         let mut tally = Tally::default();
         let mut mode: Option<Mode> = None;
         let mut usage: Vec<(u64, pb::UsageEvent)> = Vec::new();
+        let mut in_flight: InFlight<'_> = FuturesOrdered::new();
         loop {
             let next = match tokio::time::timeout_at(deadline, inbound.next()).await {
                 Ok(next) => next,
@@ -112,11 +120,12 @@ impl CommandApi {
                 Some(Record::Usage(u)) => {
                     usage.push((line, u));
                     if usage.len() >= IMPORT_USAGE_BATCH_MAX {
-                        self.flush_usage(mode, &mut usage, &mut tally).await;
+                        self.flush_usage(mode, &mut usage, &mut in_flight, &mut tally).await;
                     }
                 }
                 Some(record) => {
-                    self.flush_usage(mode, &mut usage, &mut tally).await;
+                    self.flush_usage(mode, &mut usage, &mut in_flight, &mut tally).await;
+                    settle_all(&mut in_flight, &mut tally).await;
                     match self.run_record(mode, record).await {
                         Ok(0) => tally.records_unchanged += 1,
                         Ok(n) => tally.events_appended += n,
@@ -124,27 +133,34 @@ impl CommandApi {
                     }
                 }
             }
-            if tally.records.is_multiple_of(IMPORT_PROGRESS_EVERY) || !tally.errors.is_empty() {
-                if tx.send(Ok(tally.reply(false))).await.is_err() {
-                    return;
-                }
+            let due =
+                tally.records.is_multiple_of(IMPORT_PROGRESS_EVERY) || !tally.errors.is_empty();
+            if due && tx.send(Ok(tally.reply(false))).await.is_err() {
+                return;
             }
         }
         if let Some(mode) = &mut mode {
-            self.flush_usage(mode, &mut usage, &mut tally).await;
+            self.flush_usage(mode, &mut usage, &mut in_flight, &mut tally).await;
         }
+        settle_all(&mut in_flight, &mut tally).await;
         let _ = tx.send(Ok(tally.reply(true))).await;
     }
 
     async fn mode(&self, validate_only: bool) -> Result<Mode, Status> {
-        Ok(if validate_only { Mode::Validate(Box::new(self.engine.dry_run().await?)) } else { Mode::Apply })
+        Ok(if validate_only {
+            Mode::Validate(Box::new(self.engine.dry_run().await?))
+        } else {
+            Mode::Apply
+        })
     }
 
-    /// Runs or validates the usage gathered so far, as one batch.
-    async fn flush_usage(
-        &self,
+    /// Validates the usage gathered so far, or starts appending it as one batch (settling
+    /// the oldest batch in flight first when [`IMPORT_USAGE_BATCHES_IN_FLIGHT_MAX`] are).
+    async fn flush_usage<'a>(
+        &'a self,
         mode: &mut Mode,
         usage: &mut Vec<(u64, pb::UsageEvent)>,
+        in_flight: &mut InFlight<'a>,
         tally: &mut Tally,
     ) {
         if usage.is_empty() {
@@ -163,24 +179,11 @@ impl CommandApi {
                 }
             }
             Mode::Apply => {
-                let lines: Vec<u64> = batch.iter().map(|(l, _)| *l).collect();
-                let events = batch.into_iter().map(|(_, u)| u).collect();
-                match self.usage_chunk(events).await {
-                    Ok(result) => {
-                        for (line, r) in lines.iter().zip(&result.results) {
-                            match r.status.as_str() {
-                                "accepted" => tally.events_appended += 1,
-                                "duplicate" => tally.records_unchanged += 1,
-                                _ => tally.errors.push(pb::ImportLineError {
-                                    line: *line,
-                                    code: format!("{:?}", tonic::Code::from(r.code)),
-                                    message: r.message.clone(),
-                                }),
-                            }
-                        }
-                    }
-                    Err(status) => lines.iter().for_each(|l| tally.fail(*l, &status)),
+                if in_flight.len() >= IMPORT_USAGE_BATCHES_IN_FLIGHT_MAX {
+                    settle_one(in_flight, tally).await;
                 }
+                let (lines, events): (Vec<u64>, Vec<pb::UsageEvent>) = batch.into_iter().unzip();
+                in_flight.push_back(async move { (lines, self.usage_chunk(events).await) }.boxed());
             }
         }
     }
@@ -201,16 +204,21 @@ impl CommandApi {
         let ack = match record {
             Record::Customer(r) => self.register_customer(Request::new(r)).await?.into_inner(),
             Record::Metric(r) => self.define_metric(Request::new(r)).await?.into_inner(),
-            Record::Plan(r) => self.publish_plan(Request::new(r)).await?.into_inner().ack.unwrap_or_default(),
+            Record::Plan(r) => {
+                self.publish_plan(Request::new(r)).await?.into_inner().ack.unwrap_or_default()
+            }
             Record::Subscription(r) => {
                 self.start_subscription(Request::new(r)).await?.into_inner().ack.unwrap_or_default()
             }
             Record::PlanChange(r) => {
                 self.change_plan(Request::new(r)).await?.into_inner().ack.unwrap_or_default()
             }
-            Record::Cancellation(r) => {
-                self.cancel_subscription(Request::new(r)).await?.into_inner().ack.unwrap_or_default()
-            }
+            Record::Cancellation(r) => self
+                .cancel_subscription(Request::new(r))
+                .await?
+                .into_inner()
+                .ack
+                .unwrap_or_default(),
             Record::BillingRun(r) => {
                 self.run_billing(Request::new(r)).await?.into_inner().ack.unwrap_or_default()
             }
@@ -220,10 +228,41 @@ impl CommandApi {
     }
 }
 
+/// An idempotency key with the digest of its request.
+type Key = (String, [u8; 32]);
+
 /// How the stream's records are run: appended, or decided on a copy.
 enum Mode {
     Apply,
     Validate(Box<DryRun>),
+}
+
+/// Waits for the oldest usage batch in flight and counts its results.
+async fn settle_one(in_flight: &mut InFlight<'_>, tally: &mut Tally) {
+    let Some((lines, result)) = in_flight.next().await else { return };
+    match result {
+        Ok(result) => {
+            for (line, r) in lines.iter().zip(&result.results) {
+                match r.status.as_str() {
+                    "accepted" => tally.events_appended += 1,
+                    "duplicate" => tally.records_unchanged += 1,
+                    _ => tally.errors.push(pb::ImportLineError {
+                        line: *line,
+                        code: format!("{:?}", tonic::Code::from(r.code)),
+                        message: r.message.clone(),
+                    }),
+                }
+            }
+        }
+        Err(status) => lines.iter().for_each(|l| tally.fail(*l, &status)),
+    }
+}
+
+/// Waits for every usage batch in flight (before a record that must follow them).
+async fn settle_all(in_flight: &mut InFlight<'_>, tally: &mut Tally) {
+    while !in_flight.is_empty() {
+        settle_one(in_flight, tally).await;
+    }
 }
 
 fn count(tally: &mut Tally, line: u64, outcome: Result<DryOutcome, Status>) {
@@ -264,7 +303,7 @@ fn with_derived_key(record: Record) -> Result<Record, Status> {
 
 /// The command a record runs and its idempotency key with the request digest, as the
 /// record's own handler computes them.
-fn command_of(record: &Record) -> Result<(Command, Option<(String, [u8; 32])>), Status> {
+fn command_of(record: &Record) -> Result<(Command, Option<Key>), Status> {
     macro_rules! keyed {
         ($method:expr, $r:expr, $convert:expr) => {{
             let mut r = $r.clone();

@@ -263,18 +263,24 @@ impl Line {
                 expected_version: None,
                 effective_date,
             }),
-            Line::Cancellation { subscription_id, immediately, effective_date, idempotency_key } => {
-                Record::Cancellation(pb::CancelSubscriptionRequest {
-                    idempotency_key,
-                    subscription_id,
-                    immediately,
-                    expected_version: None,
-                    effective_date,
-                })
-            }
+            Line::Cancellation {
+                subscription_id,
+                immediately,
+                effective_date,
+                idempotency_key,
+            } => Record::Cancellation(pb::CancelSubscriptionRequest {
+                idempotency_key,
+                subscription_id,
+                immediately,
+                expected_version: None,
+                effective_date,
+            }),
             Line::Usage(u) => u.into_record()?,
             Line::BillingRun { as_of, idempotency_key } => {
-                Record::BillingRun(pb::RunBillingRequest { idempotency_key, as_of: Some(instant(&as_of)?) })
+                Record::BillingRun(pb::RunBillingRequest {
+                    idempotency_key,
+                    as_of: Some(instant(&as_of)?),
+                })
             }
         })
     }
@@ -308,7 +314,8 @@ impl Plan {
             "" | "arrears" => false,
             other => return Err(format!("fee_timing: advance or arrears, not {other:?}")),
         };
-        let charges = self.charges.into_iter().map(Charge::into_charge).collect::<Result<_, _>>()?;
+        let charges =
+            self.charges.into_iter().map(Charge::into_charge).collect::<Result<_, _>>()?;
         Ok(pb::PublishPlanRequest {
             code: self.code,
             name: self.name,

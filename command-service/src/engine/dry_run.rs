@@ -67,8 +67,7 @@ impl Engine {
                     .map(|h| PriorUsage { digest: h.entry.digest, position: h.entry.position }),
             };
             let position = run.next_position;
-            let outcome =
-                run.ledger.record_usage(u, &ctx, position, prior).map_err(from_domain)?;
+            let outcome = run.ledger.record_usage(u, &ctx, position, prior).map_err(from_domain)?;
             return Ok(match outcome {
                 UsageOutcome::Accepted(events) => {
                     if let Some(Event::UsageRecorded(u)) = events.first() {
