@@ -24,10 +24,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Form, Router};
-use event_store::EventStore;
+
 use jiff::Timestamp;
-use query_service::QueryApi;
-use tokio::sync::Mutex;
+use query_service::{PastBooks, QueryApi};
 
 use crate::auth::{Role, Tokens};
 use pages::Params;
@@ -36,8 +35,6 @@ use pages::Params;
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
 /// The cookie the token is kept in after `/login`.
 const COOKIE: &str = "accrual_token";
-/// Rebuilt books kept for `as_of_recorded` (each a temporary directory of read models).
-pub const AS_OF_BOOKS_KEPT_MAX: usize = 4;
 
 /// One set of books: the query API over read models, and the models themselves for the
 /// export downloads (`export::write`, as the AuditService's `Export` streams them).
@@ -58,25 +55,17 @@ impl Books {
 pub struct Dashboard {
     live: Books,
     tokens: Option<Arc<Tokens>>,
-    /// The log, for `as_of_recorded` rebuilds (`None`: not offered).
-    store: Option<Arc<dyn EventStore>>,
-    past: Arc<Mutex<Vec<PastBooks>>>,
-}
-
-/// The read models rebuilt as recorded at `at`, newest last.
-struct PastBooks {
-    at: Timestamp,
-    books: Books,
-    _dir: tempfile::TempDir,
+    /// The books as recorded at a time, for `as_of_recorded` (`None`: not offered).
+    past: Option<Arc<dyn PastBooks>>,
 }
 
 impl Dashboard {
     pub fn new(
         live: query_service::ReadModels,
         tokens: Option<Arc<Tokens>>,
-        store: Option<Arc<dyn EventStore>>,
+        past: Option<Arc<dyn PastBooks>>,
     ) -> Dashboard {
-        Dashboard { live: Books::new(live), tokens, store, past: Arc::default() }
+        Dashboard { live: Books::new(live), tokens, past }
     }
 
     pub fn router(self) -> Router {
@@ -150,31 +139,15 @@ impl Dashboard {
         if at > Timestamp::now() {
             return Err(bad(format!("as_of_recorded {at} is in the future: the books are as now")));
         }
-        let store = self
-            .store
-            .clone()
+        let past = self
+            .past
+            .as_ref()
             .ok_or_else(|| bad("this process has no log to rebuild past books from".to_string()))?;
-        let mut past = self.past.lock().await;
-        if let Some(b) = past.iter().find(|b| b.at == at) {
-            return Ok(b.books.clone());
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("accrual-dashboard-")
-            .tempdir()
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let out = dir.path().join("replay");
-        let cutoff = replay::Cutoff::RecordedAt(at);
-        let rebuilt = replay::rebuild(store, cutoff, &replay::Kind::ALL, &out, &|_, _| {})
-            .await
-            .map_err(|e| bad(format!("rebuilding the books as recorded at {at}: {e}")))?;
-        let models = crate::serve::open_projections_on(&rebuilt.read_models, None)
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let books = Books::new(models);
-        if past.len() == AS_OF_BOOKS_KEPT_MAX {
-            past.remove(0);
-        }
-        past.push(PastBooks { at, books: books.clone(), _dir: dir });
-        Ok(books)
+        let models = past.at(at).await.map_err(|e| match e.code() {
+            tonic::Code::InvalidArgument => bad(e.message().to_string()),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()),
+        })?;
+        Ok(Books::new(models))
     }
 }
 

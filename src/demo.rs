@@ -848,6 +848,7 @@ async fn mrr_report(
 ) -> anyhow::Result<()> {
     let last = *ends.last().expect("one month at least");
     let req = pb::MrrMovementsRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         from: start.to_string(),
         to: last.to_string(),
@@ -963,7 +964,7 @@ async fn wallet_report(
             t.kind, t.credit_kind, t.amount, t.balance_after, t.invoice_id
         );
     }
-    let req = pb::AsOfRequest { as_of: last.to_string(), min_position: pos };
+    let req = pb::AsOfRequest { as_recorded_at: None, as_of: last.to_string(), min_position: pos };
     let r = q.get_balances(req).await?.into_inner();
     if let Some(b) = r.balances.iter().find(|b| b.currency == "USD") {
         let breakage =
@@ -992,7 +993,8 @@ async fn balances_report(q: &mut Query, ends: &[Date], pos: Option<u64>) -> anyh
     );
     let (mut total_before, mut usage_before) = (Decimal::ZERO, Decimal::ZERO);
     for day in ends {
-        let req = pb::AsOfRequest { as_of: day.to_string(), min_position: pos };
+        let req =
+            pb::AsOfRequest { as_recorded_at: None, as_of: day.to_string(), min_position: pos };
         let r = q.get_balances(req).await?.into_inner();
         let Some(b) = r.balances.iter().find(|b| b.currency == "USD") else { continue };
         let total = dec(&b.total_recognized_revenue);
@@ -1015,7 +1017,7 @@ async fn balances_report(q: &mut Query, ends: &[Date], pos: Option<u64>) -> anyh
 
 async fn trial_balance(q: &mut Query, ends: &[Date], pos: Option<u64>) -> anyhow::Result<bool> {
     let last = *ends.last().expect("one month at least");
-    let req = pb::AsOfRequest { as_of: last.to_string(), min_position: pos };
+    let req = pb::AsOfRequest { as_recorded_at: None, as_of: last.to_string(), min_position: pos };
     let r = q.get_trial_balance(req).await?.into_inner();
     println!("\nTrial balance as of {last}");
     let mut sums: BTreeMap<String, (Decimal, Decimal)> = BTreeMap::new();
@@ -1047,7 +1049,7 @@ async fn trial_balance(q: &mut Query, ends: &[Date], pos: Option<u64>) -> anyhow
 }
 
 async fn invoice_report(q: &mut Query, id: &str, pos: Option<u64>) -> anyhow::Result<()> {
-    let req = pb::InvoiceQuery { invoice_id: id.into(), min_position: pos };
+    let req = pb::InvoiceQuery { as_recorded_at: None, invoice_id: id.into(), min_position: pos };
     let Some(inv) = q.get_invoice(req).await?.into_inner().invoice else { return Ok(()) };
     println!(
         "\nSample invoice {} ({}, {}), period {} .. {}, status {}",

@@ -13,6 +13,7 @@ mod feed;
 mod grpc_metrics;
 mod import;
 mod limits;
+mod past_books;
 mod prometheus;
 mod replay_cmd;
 mod serve;

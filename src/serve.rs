@@ -275,10 +275,13 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let models = models.filter(|_| roles.query);
     // The audit side and the event feed need the log, which this process has open, and the
     // query role's models.
+    // Bitemporal queries and the dashboard's past books rebuild from this process's log.
+    let past: Arc<dyn query_service::PastBooks> =
+        crate::past_books::RebuiltBooks::new(store.clone());
     let dashboard = match (&models, s.dashboard_listen) {
         (Some(m), Some(addr)) => {
             let board =
-                crate::dashboard::Dashboard::new(m.clone(), s.auth.clone(), Some(store.clone()));
+                crate::dashboard::Dashboard::new(m.clone(), s.auth.clone(), Some(past.clone()));
             bind_dashboard(board, addr, s.dashboard_listen_explicit, stop_rx.clone()).await?
         }
         _ => None,
@@ -302,7 +305,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let query = models.map(QueryApi::new);
+    let query = models.map(|m| QueryApi::new(m).with_past_books(past));
     if let Some(engine) = &engine {
         let interval = s.scheduler_interval_secs;
         tasks.push(tokio::spawn(scheduler(engine.clone(), interval, stop_rx.clone())));

@@ -121,7 +121,11 @@ async fn a_one_off_invoice_of_add_ons_is_issued_taxed_recognized_and_rebuilt() {
     let listed = q.list_invoices(list).await.unwrap().into_inner().invoices;
     let ids: Vec<&str> = listed.iter().map(|i| i.invoice_id.as_str()).collect();
     assert_eq!(ids, ["inv-acme-o1", "inv-acme-o2"]);
-    let as_of = pb::AsOfRequest { as_of: today.to_string(), min_position: Some(head) };
+    let as_of = pb::AsOfRequest {
+        as_recorded_at: None,
+        as_of: today.to_string(),
+        min_position: Some(head),
+    };
     let usd = q.get_balances(as_of.clone()).await.unwrap().into_inner().balances.remove(0);
     // Today: setup 100.00 - 40.00 refunded + 300.00 (o2), and 1 of 30 training days: 33.33.
     assert_eq!(usd.recognized_revenue["add_on"], "393.33");

@@ -117,7 +117,11 @@ async fn a_stop_and_a_spike_are_flagged_everywhere_and_change_no_amount() {
 
     // The query API: the invoice, and the flagged listing (exactly these two).
     let mut q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
-    let query = pb::InvoiceQuery { invoice_id: spike.invoice_id.clone(), min_position: Some(head) };
+    let query = pb::InvoiceQuery {
+        as_recorded_at: None,
+        invoice_id: spike.invoice_id.clone(),
+        min_position: Some(head),
+    };
     let got = q.get_invoice(query).await.unwrap().into_inner().invoice.unwrap();
     assert_eq!(got.anomalies, spike.anomalies);
     let list =

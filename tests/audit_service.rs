@@ -264,7 +264,11 @@ async fn audit_service_over_the_live_log() {
     // Exports: the live journal balances entry by entry; at a cutoff only earlier events. A live
     // export reads the read model as it stands, so first wait until it includes the whole log.
     let mut live = QueryServiceClient::new(channel.clone());
-    let caught_up = pb::AsOfRequest { as_of: "2099-12-31".into(), min_position: Some(head) };
+    let caught_up = pb::AsOfRequest {
+        as_recorded_at: None,
+        as_of: "2099-12-31".into(),
+        min_position: Some(head),
+    };
     live.get_trial_balance(caught_up).await.unwrap();
     let journal = pb::ExportRequest { kind: "journal".into(), ..Default::default() };
     let (csv, position) = export(&mut a, journal.clone()).await;
@@ -378,7 +382,8 @@ async fn audit_service_over_the_live_log() {
     let past = Server::start_with(replayed, free_port(), &["--role", "query", "--read-only"]);
     let past_channel = past.serving(QUERY).await;
     let mut q = QueryServiceClient::new(past_channel.clone());
-    let as_of = pb::AsOfRequest { as_of: "2099-12-31".into(), min_position: None };
+    let as_of =
+        pb::AsOfRequest { as_recorded_at: None, as_of: "2099-12-31".into(), min_position: None };
     let tb = q.get_trial_balance(as_of).await.unwrap().into_inner();
     assert_eq!(tb.position, half, "the replay states its cutoff");
     let status = health(past_channel.clone(), AUDIT).await.unwrap_err();

@@ -96,14 +96,18 @@ async fn a_fixed_coupon_discounts_the_next_invoice_before_tax_and_revenue_is_net
 
     // Revenue: 55.00, net of the discount; the trial balance balances.
     let mut q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
-    let read = pb::InvoiceQuery { invoice_id: inv.invoice_id.clone(), min_position: Some(head) };
+    let read = pb::InvoiceQuery {
+        as_recorded_at: None,
+        invoice_id: inv.invoice_id.clone(),
+        min_position: Some(head),
+    };
     let read = q.get_invoice(read).await.unwrap().into_inner().invoice.unwrap();
     assert_eq!(read.lines, inv.lines);
     let today = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap())
         .date()
         .to_string();
-    let as_of = pb::AsOfRequest { as_of: today, min_position: Some(head) };
+    let as_of = pb::AsOfRequest { as_recorded_at: None, as_of: today, min_position: Some(head) };
     let usd = q.get_balances(as_of.clone()).await.unwrap().into_inner().balances.remove(0);
     assert_eq!(usd.total_recognized_revenue, "55.00");
     let trial = q.get_trial_balance(as_of).await.unwrap().into_inner();

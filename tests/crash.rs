@@ -551,7 +551,8 @@ async fn read_models_include(
         ..Default::default()
     };
     q.get_mrr(mrr).await?;
-    let journal = pb::AsOfRequest { as_of: "2100-01-01".into(), min_position: seen };
+    let journal =
+        pb::AsOfRequest { as_recorded_at: None, as_of: "2100-01-01".into(), min_position: seen };
     q.get_trial_balance(journal).await?;
     Ok(())
 }

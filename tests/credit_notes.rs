@@ -164,7 +164,11 @@ async fn credit_notes_credit_an_invoice_without_changing_it_and_keep_the_books_b
     let balance = pb::CustomerCreditQuery { customer_id: "acme".into(), min_position: at };
     let balance = q.get_customer_credit(balance).await.unwrap().into_inner();
     assert_eq!((balance.currency.as_str(), balance.balance.as_str()), ("USD", "22.00"));
-    let read = pb::InvoiceQuery { invoice_id: "inv-sub-1-1".into(), min_position: at };
+    let read = pb::InvoiceQuery {
+        as_recorded_at: None,
+        invoice_id: "inv-sub-1-1".into(),
+        min_position: at,
+    };
     let read = q.get_invoice(read).await.unwrap().into_inner().invoice.unwrap();
     assert_eq!(
         (read.status.as_str(), read.amount_due.as_str(), read.amount_credited.as_str()),
@@ -173,7 +177,7 @@ async fn credit_notes_credit_an_invoice_without_changing_it_and_keep_the_books_b
     assert_eq!(read.credit_note_ids, ["cn-acme-1", "cn-acme-2"]);
 
     // The journal: tax payable 7.00 - 1.00 - 2.00, customer credit 22.00, trial balance even.
-    let as_of = pb::AsOfRequest { as_of: today(), min_position: at };
+    let as_of = pb::AsOfRequest { as_recorded_at: None, as_of: today(), min_position: at };
     let balances = q.get_balances(as_of.clone()).await.unwrap().into_inner();
     let usd = &balances.balances[0];
     assert_eq!((usd.tax_payable.as_str(), usd.customer_credit.as_str()), ("4.00", "22.00"));

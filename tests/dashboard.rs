@@ -127,6 +127,7 @@ async fn expected(q: &mut QueryServiceClient<Channel>) -> Expected {
     figures.entry(path.clone()).or_default().insert("mrr-end".into(), end);
     figures.entry(path.clone()).or_default().insert("mrr-start".into(), before);
     let moves = pb::MrrMovementsRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         from: format!("{FROM}-01"),
         to: WINDOW_END.into(),
@@ -172,7 +173,8 @@ async fn expected(q: &mut QueryServiceClient<Channel>) -> Expected {
 
     // Revenue: recognized in each month = the difference of cumulative balances; and the
     // balances at each month end.
-    let balances = |d: &str| pb::AsOfRequest { as_of: d.into(), min_position: None };
+    let balances =
+        |d: &str| pb::AsOfRequest { as_recorded_at: None, as_of: d.into(), min_position: None };
     let before = q.get_balances(balances("2025-01-31")).await.unwrap().into_inner();
     let usd = before.balances.iter().find(|b| b.currency == "USD").cloned().unwrap_or_default();
     let mut previous: Decimal = usd.total_recognized_revenue.parse().unwrap_or_default();

@@ -68,6 +68,7 @@ async fn analytics(q: &mut QueryServiceClient<Channel>, seen: u64) {
     };
     assert_eq!(dec(&q.get_mrr(mrr).await.unwrap().into_inner().mrr), dec("20"));
     let moves = pb::MrrMovementsRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         from: date_in(-40),
         to: date_in(1),
@@ -82,7 +83,8 @@ async fn analytics(q: &mut QueryServiceClient<Channel>, seen: u64) {
     }
     assert_eq!(mrr, dec(&moves.mrr_at_to), "the series is the sum of movements");
     assert_eq!(mrr, dec("20"));
-    let as_of = pb::AsOfRequest { as_of: date_in(70), min_position: Some(seen) };
+    let as_of =
+        pb::AsOfRequest { as_recorded_at: None, as_of: date_in(70), min_position: Some(seen) };
     let rows = q.get_trial_balance(as_of.clone()).await.unwrap().into_inner().rows;
     let debits: rust_decimal::Decimal = rows.iter().map(|r| dec(&r.debit)).sum();
     let credits: rust_decimal::Decimal = rows.iter().map(|r| dec(&r.credit)).sum();
@@ -632,8 +634,11 @@ async fn write_side_end_to_end_with_kill_and_restart() {
     );
     let mut q = query_client(port).await;
     let id = invoice.invoice_id.clone();
-    let after_payments =
-        pb::InvoiceQuery { invoice_id: id.clone(), min_position: Some(last_payment) };
+    let after_payments = pb::InvoiceQuery {
+        as_recorded_at: None,
+        invoice_id: id.clone(),
+        min_position: Some(last_payment),
+    };
     let read = q.get_invoice(after_payments).await.unwrap().into_inner().invoice.unwrap();
     assert_eq!(
         (read.status.as_str(), read.amount_due.as_str(), read.failed_attempts),
@@ -643,7 +648,8 @@ async fn write_side_end_to_end_with_kill_and_restart() {
     revenue_schedules(&mut q, invoice, last_payment).await;
     ledger_views(&mut q, invoice, last_payment).await;
     // Beyond the log's head: it cannot be reached, OUT_OF_RANGE at once (tests/wire_replies.rs).
-    let never = pb::InvoiceQuery { invoice_id: id, min_position: Some(1_000_000) };
+    let never =
+        pb::InvoiceQuery { as_recorded_at: None, invoice_id: id, min_position: Some(1_000_000) };
     let mut request = tonic::Request::new(never);
     request.set_timeout(Duration::from_millis(3_000));
     assert_code(q.get_invoice(request).await, Code::OutOfRange);

@@ -173,7 +173,11 @@ async fn spec_examples_run_through_back_dated_commands_on_a_live_server() {
     {
         assert_eq!(mrr(&mut q, date, at).await, expected, "MRR on {date}");
     }
-    let trial = pb::AsOfRequest { as_of: "2025-03-01".into(), min_position: Some(at) };
+    let trial = pb::AsOfRequest {
+        as_recorded_at: None,
+        as_of: "2025-03-01".into(),
+        min_position: Some(at),
+    };
     assert_balanced(&q.get_trial_balance(trial).await.unwrap().into_inner());
     drop(c);
     drop(q);
@@ -239,4 +243,108 @@ async fn list(q: &mut QueryServiceClient<Channel>, at: u64) -> Vec<pb::Invoice> 
     };
     let page = q.list_invoices(req).await.unwrap().into_inner();
     page.invoices
+}
+
+/// The recognized revenue of the books at `as_of`, as they stood at `recorded` (None: now).
+async fn recognized(
+    q: &mut QueryServiceClient<Channel>,
+    as_of: &str,
+    recorded: Option<prost_types::Timestamp>,
+    at: u64,
+) -> String {
+    let req =
+        pb::AsOfRequest { as_of: as_of.into(), min_position: Some(at), as_recorded_at: recorded };
+    let balances = q.get_balances(req).await.unwrap().into_inner().balances;
+    balances.into_iter().find(|b| b.currency == "USD").unwrap().total_recognized_revenue
+}
+
+#[tokio::test]
+async fn bitemporal_queries_show_the_books_before_and_after_a_back_dated_correction() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        Server::start_with(dir.path(), common::free_port(), &["--backdate-days-max", "3660"]);
+    let mut c = server.client().await;
+    let customer = pb::RegisterCustomerRequest {
+        time_zone: "UTC".into(),
+        tax_rate: "0".into(),
+        ..common::acme_request()
+    };
+    c.register_customer(customer).await.unwrap();
+    c.publish_plan(plan("basic", "30.00", "advance", vec![])).await.unwrap();
+    c.publish_plan(plan("pro", "62.00", "advance", vec![])).await.unwrap();
+    start(&mut c, "sub-1", "basic", "2025-01-01").await;
+    bill(&mut c, "2025-02-01T00:00:00Z").await;
+    // The books as they stood before the correction: recorded up to now.
+    let before = common::append_probe(&mut c).await;
+    let t = jiff::Timestamp::now();
+    let stood =
+        Some(prost_types::Timestamp { seconds: t.as_second(), nanos: t.subsec_nanosecond() });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // The correction, recorded later, dated back to Jan 16 (inside invoiced January).
+    let upgrade = pb::ChangePlanRequest {
+        subscription_id: "sub-1".into(),
+        plan_code: "pro".into(),
+        effective_date: "2025-01-16".into(),
+        ..Default::default()
+    };
+    let corrected = c.change_plan(upgrade).await.unwrap().into_inner();
+    assert_eq!(corrected.invoices[0].reason, "correction");
+    let at = common::append_probe(&mut c).await;
+    assert!(at > before);
+    let mut q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
+
+    // January's revenue: 30.00 as the books stood; 15 days of basic + 16 of pro now
+    // (14.52 + 32.00).
+    assert_eq!(recognized(&mut q, "2025-01-31", stood, at).await, "30.00");
+    assert_eq!(recognized(&mut q, "2025-01-31", None, at).await, "46.52");
+    // MRR on Jan 20: basic then, pro now.
+    let mrr_at = |recorded| pb::MrrRequest {
+        currency: "USD".into(),
+        date: "2025-01-20".into(),
+        min_position: Some(at),
+        as_recorded_at: recorded,
+        ..Default::default()
+    };
+    assert_eq!(q.get_mrr(mrr_at(stood)).await.unwrap().into_inner().mrr, "30.00");
+    assert_eq!(q.get_mrr(mrr_at(None)).await.unwrap().into_inner().mrr, "62.00");
+    // The invoices: the correction is not in the books as they stood.
+    let listing = |recorded| pb::ListInvoicesRequest {
+        customer_id: "acme".into(),
+        min_position: Some(at),
+        as_recorded_at: recorded,
+        ..Default::default()
+    };
+    let then = q.list_invoices(listing(stood)).await.unwrap().into_inner();
+    let now = q.list_invoices(listing(None)).await.unwrap().into_inner();
+    assert_eq!((then.invoices.len(), now.invoices.len()), (2, 3));
+    assert_eq!(then.position, before, "the past books end where the log stood");
+    let correction = pb::InvoiceQuery {
+        invoice_id: corrected.invoices[0].invoice_id.clone(),
+        as_recorded_at: stood,
+        ..Default::default()
+    };
+    assert_eq!(q.get_invoice(correction).await.unwrap_err().code(), Code::NotFound);
+    // The revenue waterfall for January agrees with the balances, both ways.
+    let waterfall = |recorded| pb::RevenueWaterfallRequest {
+        from_month: "2025-01".into(),
+        to_month: "2025-01".into(),
+        currency: "USD".into(),
+        min_position: Some(at),
+        as_recorded_at: recorded,
+        ..Default::default()
+    };
+    let total = |r: pb::RevenueWaterfallResponse| {
+        r.rows
+            .iter()
+            .map(|row| row.total.parse::<rust_decimal::Decimal>().unwrap())
+            .sum::<rust_decimal::Decimal>()
+    };
+    let then = total(q.get_revenue_waterfall(waterfall(stood)).await.unwrap().into_inner());
+    let now = total(q.get_revenue_waterfall(waterfall(None)).await.unwrap().into_inner());
+    assert_eq!((then.to_string(), now.to_string()), ("30.00".into(), "46.52".into()));
+    // A recorded time in the future is refused.
+    let future = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    let future = Some(prost_types::Timestamp { seconds: future.as_second(), nanos: 0 });
+    let refused = q.get_mrr(mrr_at(future)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 }

@@ -340,9 +340,12 @@ async fn seed_three_currencies(dir: &Path) {
     // them at the log's head.
     let mut q = QueryServiceClient::new(channel);
     let invoice_id = run.invoices[0].invoice_id.clone();
-    q.get_invoice(pb::InvoiceQuery { invoice_id, min_position: Some(head) }).await.unwrap();
+    q.get_invoice(pb::InvoiceQuery { as_recorded_at: None, invoice_id, min_position: Some(head) })
+        .await
+        .unwrap();
     let as_of = now.to_zoned(jiff::tz::TimeZone::UTC).date().to_string();
-    let tb = pb::AsOfRequest { as_of: as_of.clone(), min_position: Some(head) };
+    let tb =
+        pb::AsOfRequest { as_recorded_at: None, as_of: as_of.clone(), min_position: Some(head) };
     q.get_trial_balance(tb).await.unwrap();
     let mrr = pb::MrrRequest {
         currency: "USD".into(),

@@ -171,10 +171,7 @@ async fn a_usage_csv_imports_and_reports_bad_rows_with_skip_invalid() {
     assert!(stdout.contains("imported: 3 records"), "{stdout}");
     let mut q = QueryServiceClient::new(srv.serving("accrual.v1.QueryService").await);
     let head = common::append_probe(&mut c).await;
-    let usage = pb::CurrentUsageQuery {
-        subscription_id: "sub-1".into(),
-        min_position: Some(head),
-    };
+    let usage = pb::CurrentUsageQuery { subscription_id: "sub-1".into(), min_position: Some(head) };
     let draft = q.get_current_usage(usage).await.unwrap().into_inner().invoice.unwrap();
     let units: Vec<&str> =
         draft.lines.iter().filter(|l| l.kind == "usage").map(|l| l.units.as_str()).collect();
@@ -301,7 +298,11 @@ async fn books(q: &mut QueryServiceClient<Channel>, at: u64) -> (Vec<String>, St
             )
         })
         .collect();
-    let balances = pb::AsOfRequest { as_of: "2025-04-30".into(), min_position: Some(at) };
+    let balances = pb::AsOfRequest {
+        as_recorded_at: None,
+        as_of: "2025-04-30".into(),
+        min_position: Some(at),
+    };
     let balances = q.get_balances(balances).await.unwrap().into_inner();
     (invoices, format!("{:?}", balances.balances))
 }

@@ -90,6 +90,7 @@ async fn verify_server_side(server: &Server, port: u16, token: &str, result: &se
     let url = format!("http://127.0.0.1:{port}");
     let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
     let request = pb::InvoiceQuery {
+        as_recorded_at: None,
         invoice_id: result["invoice_id"].as_str().expect("invoice_id").into(),
         min_position: Some(last),
     };

@@ -49,7 +49,11 @@ async fn stream_usage(c: &mut CommandServiceClient<Channel>, first: u64) -> u64 
 /// The journal's trial balance once it includes `[0, head)` (its rows, balanced and not empty).
 async fn books(server: &Server, head: u64) -> Vec<(String, String, String)> {
     let mut q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
-    let tb = pb::AsOfRequest { as_of: "2100-01-01".into(), min_position: Some(head) };
+    let tb = pb::AsOfRequest {
+        as_recorded_at: None,
+        as_of: "2100-01-01".into(),
+        min_position: Some(head),
+    };
     let tb = tokio::time::timeout(Duration::from_secs(60), q.get_trial_balance(tb)).await;
     let tb = tb.expect("in time").expect("the journal reaches the head").into_inner();
     assert!(tb.position >= head);

@@ -72,6 +72,7 @@ type Bucket = (String, Vec<(String, u64, String)>, String);
 
 async fn mrr(q: &mut QueryServiceClient<Channel>, customer: &str, on: Date, at: u64) -> String {
     let req = pb::MrrRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         date: on.to_string(),
         customer_id: customer.into(),
@@ -140,6 +141,7 @@ async fn forever_and_recurring_coupons_lower_mrr_while_they_apply() {
     assert_eq!(mrr(&mut q, "", week_after, head).await, "146.00");
 
     let moves = pb::MrrMovementsRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         from: beta_start.to_string(),
         to: week_after.to_string(),

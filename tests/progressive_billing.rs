@@ -91,7 +91,11 @@ async fn usage_is_invoiced_at_thresholds_and_the_close_bills_the_rest() {
     let head = issued.last().unwrap().1;
     let mut q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
     for (id, _, subtotal) in &issued {
-        let query = pb::InvoiceQuery { invoice_id: id.clone(), min_position: Some(head) };
+        let query = pb::InvoiceQuery {
+            as_recorded_at: None,
+            invoice_id: id.clone(),
+            min_position: Some(head),
+        };
         let inv = q.get_invoice(query).await.unwrap().into_inner().invoice.unwrap();
         assert_eq!((inv.reason.as_str(), inv.subtotal.as_str()), ("progressive", *subtotal));
         assert_eq!(inv.lines.len(), 1);
@@ -124,7 +128,7 @@ async fn usage_is_invoiced_at_thresholds_and_the_close_bills_the_rest() {
         .to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap())
         .date()
         .to_string();
-    let as_of = pb::AsOfRequest { as_of: today, min_position: Some(head) };
+    let as_of = pb::AsOfRequest { as_recorded_at: None, as_of: today, min_position: Some(head) };
     let usd = q.get_balances(as_of.clone()).await.unwrap().into_inner().balances.remove(0);
     assert_eq!(usd.recognized_revenue.get("usage").map(String::as_str), Some("125.00"), "{usd:?}");
     assert_eq!(usd.unbilled_receivable, "0.00", "{usd:?}");

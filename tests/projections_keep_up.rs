@@ -80,7 +80,7 @@ async fn positions(q: &mut QueryServiceClient<Channel>, head: u64) -> [u64; 3] {
         ..Default::default()
     };
     let mrr = q.get_mrr(mrr).await.expect("MRR reaches the head");
-    let tb = pb::AsOfRequest { as_of: "2100-01-01".into(), min_position };
+    let tb = pb::AsOfRequest { as_recorded_at: None, as_of: "2100-01-01".into(), min_position };
     let tb = q.get_trial_balance(tb).await.expect("journal reaches the head").into_inner();
     let debits: rust_decimal::Decimal =
         tb.rows.iter().map(|r| r.debit.parse::<rust_decimal::Decimal>().unwrap()).sum();

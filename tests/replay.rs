@@ -51,7 +51,8 @@ async fn read_only(data_dir: &Path) -> (Server, QueryServiceClient<Channel>) {
 
 /// The trial balance as of a late date: its position, and whether debits equal credits.
 async fn trial_balance(q: &mut QueryServiceClient<Channel>) -> (u64, bool, usize) {
-    let req = pb::AsOfRequest { as_of: "2030-01-01".into(), min_position: None };
+    let req =
+        pb::AsOfRequest { as_recorded_at: None, as_of: "2030-01-01".into(), min_position: None };
     let tb = q.get_trial_balance(req).await.expect("trial balance").into_inner();
     let sum = |f: fn(&pb::TrialBalanceRow) -> &str| -> rust_decimal::Decimal {
         tb.rows.iter().map(|r| f(r).parse::<rust_decimal::Decimal>().unwrap()).sum()

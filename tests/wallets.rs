@@ -167,7 +167,7 @@ async fn wallet_credits_pay_invoices_after_tax_and_the_books_carry_them() {
         .to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap())
         .date()
         .to_string();
-    let as_of = pb::AsOfRequest { as_of: today, min_position: Some(head) };
+    let as_of = pb::AsOfRequest { as_recorded_at: None, as_of: today, min_position: Some(head) };
     let usd = q.get_balances(as_of.clone()).await.unwrap().into_inner().balances.remove(0);
     assert_eq!((usd.prepaid_credits.as_str(), usd.discounts.as_str()), ("33.00", "10.00"));
     assert_eq!(usd.cash, "100.00", "only the purchase was paid in money");

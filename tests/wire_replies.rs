@@ -92,13 +92,14 @@ async fn a_one_megabyte_id_gets_its_real_status_on_every_call() {
     invalid_field(c.start_subscription(start).await, "plan_code", "StartSubscription");
 
     let mut q = QueryServiceClient::new(server.serving(QUERY).await);
-    let get = pb::InvoiceQuery { invoice_id: id(), min_position: None };
+    let get = pb::InvoiceQuery { as_recorded_at: None, invoice_id: id(), min_position: None };
     invalid_field(q.get_invoice(get).await, "invoice_id", "query GetInvoice");
     let usage = pb::CurrentUsageQuery { subscription_id: id(), min_position: None };
     invalid_field(q.get_current_usage(usage).await, "subscription_id", "query GetCurrentUsage");
     let list = pb::ListInvoicesRequest { customer_id: id(), ..Default::default() };
     invalid_field(q.list_invoices(list).await, "customer_id", "ListInvoices");
     let mrr = pb::MrrRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         date: today(),
         customer_id: id(),
@@ -108,7 +109,7 @@ async fn a_one_megabyte_id_gets_its_real_status_on_every_call() {
     let schedule = pb::RevenueScheduleRequest { invoice_id: id(), ..Default::default() };
     invalid_field(q.get_revenue_schedule(schedule).await, "invoice_id", "GetRevenueSchedule");
     // Not an id, but caller input all the same: only a prefix comes back.
-    let as_of = pb::AsOfRequest { as_of: id(), min_position: None };
+    let as_of = pb::AsOfRequest { as_recorded_at: None, as_of: id(), min_position: None };
     invalid_field(q.get_balances(as_of).await, "as_of", "GetBalances");
 
     let mut a = AuditServiceClient::new(server.serving(AUDIT).await);
@@ -253,7 +254,11 @@ async fn a_commands_position_is_exactly_what_a_query_accepts() {
     at_once("the reply's own position", q.get_current_usage(within_3s(again))).await.unwrap();
 
     for beyond in [head + 1, 1 << 63, u64::MAX] {
-        let far = pb::InvoiceQuery { invoice_id: "inv-sub-1-1".into(), min_position: Some(beyond) };
+        let far = pb::InvoiceQuery {
+            as_recorded_at: None,
+            invoice_id: "inv-sub-1-1".into(),
+            min_position: Some(beyond),
+        };
         let reply = at_once("beyond the head", q.get_invoice(within_3s(far))).await;
         let status = refused(reply, Code::OutOfRange, "a min_position beyond the head");
         let request = status.get_details_bad_request().expect("a BadRequest");
@@ -406,6 +411,7 @@ async fn money_has_the_currencys_minor_unit_digits_in_every_reply() {
     }
     for (currency, digits, five, _) in table {
         let mrr = pb::MrrRequest {
+            as_recorded_at: None,
             currency: currency.into(),
             date: today(),
             customer_id: String::new(),
@@ -413,6 +419,7 @@ async fn money_has_the_currencys_minor_unit_digits_in_every_reply() {
         };
         assert_eq!(q.get_mrr(mrr).await.unwrap().into_inner().mrr, five, "{currency} MRR");
         let movements = pb::MrrMovementsRequest {
+            as_recorded_at: None,
             currency: currency.into(),
             from: today(),
             to: today(),
@@ -438,7 +445,11 @@ async fn money_has_the_currencys_minor_unit_digits_in_every_reply() {
         assert_money(&u.total, digits, &format!("{currency} usage revenue"));
         u.buckets.iter().for_each(|b| assert_money(&b.amount, digits, "usage bucket"));
     }
-    let as_of = pb::AsOfRequest { as_of: "2999-12-31".into(), min_position: Some(last) };
+    let as_of = pb::AsOfRequest {
+        as_recorded_at: None,
+        as_of: "2999-12-31".into(),
+        min_position: Some(last),
+    };
     let balances = q.get_balances(as_of.clone()).await.unwrap().into_inner();
     assert_eq!(balances.balances.len(), 3);
     for b in &balances.balances {
@@ -500,6 +511,7 @@ async fn an_unknown_customer_is_not_found_and_a_known_one_without_invoices_is_em
     assert_eq!((info.resource_type.as_str(), info.resource_name.as_str()), ("customer", "ghost"));
     assert!(status.message().contains("ghost"), "{status:?}");
     let mrr = |customer: &str| pb::MrrRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         date: today(),
         customer_id: customer.into(),

@@ -16,6 +16,7 @@ mod ledger;
 mod schedule;
 mod wallets;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use check::{checked, not_found, read_error, Check};
@@ -59,13 +60,72 @@ pub struct ReadModels {
     pub journal: View<JournalReader>,
 }
 
+/// The read models as the books stood at a recorded time: what a query with `as_recorded_at`
+/// reads (bitemporal queries). Implemented by the shell that has the log open.
+#[async_trait::async_trait]
+pub trait PastBooks: Send + Sync {
+    /// The read models of every event recorded at or before `at` (not in the future).
+    async fn at(&self, at: jiff::Timestamp) -> Result<ReadModels, Status>;
+}
+
 pub struct QueryApi {
     models: ReadModels,
+    past: Option<Arc<dyn PastBooks>>,
+}
+
+/// The read models one query reads: live, or past books (fixed: nothing to wait for).
+struct Books {
+    models: ReadModels,
+    past: bool,
+}
+
+impl Books {
+    /// The `min_position` to wait for: none on past books, which never move.
+    fn min_position(&self, given: Option<u64>) -> Option<u64> {
+        if self.past {
+            None
+        } else {
+            given
+        }
+    }
 }
 
 impl QueryApi {
     pub fn new(models: ReadModels) -> Self {
-        QueryApi { models }
+        QueryApi { models, past: None }
+    }
+
+    /// Answers `as_recorded_at` from `past` (without it such a query is FAILED_PRECONDITION).
+    pub fn with_past_books(mut self, past: Arc<dyn PastBooks>) -> Self {
+        self.past = Some(past);
+        self
+    }
+
+    /// The books a query with `as_recorded_at` reads.
+    async fn books(
+        &self,
+        as_recorded_at: Option<&prost_types::Timestamp>,
+    ) -> Result<Books, Status> {
+        let Some(t) = as_recorded_at else {
+            return Ok(Books { models: self.models.clone(), past: false });
+        };
+        let at = u32::try_from(t.nanos)
+            .ok()
+            .and_then(|n| jiff::Timestamp::new(t.seconds, n as i32).ok())
+            .ok_or_else(|| bad_field("as_recorded_at", "not a valid timestamp"))?;
+        if at > jiff::Timestamp::now() {
+            return Err(bad_field(
+                "as_recorded_at",
+                format!("{at} is in the future: the books as known now are the live ones"),
+            ));
+        }
+        let past = self.past.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node has no log to rebuild past books from (a --read-only node): ask a \
+                 node that runs the query role with the log open",
+            )
+        })?;
+        Ok(Books { models: past.at(at).await?, past: true })
     }
 }
 
@@ -271,12 +331,14 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::InvoiceQuery>,
     ) -> Result<Response<pb::InvoiceView>, Status> {
-        let view = &self.models.invoices;
         let id = &request.get_ref().invoice_id;
         let mut c = Check::default();
         c.invoice_id("invoice_id", id);
         c.done()?;
-        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let books = self.books(request.get_ref().as_recorded_at.as_ref()).await?;
+        let view = &books.models.invoices;
+        let min_position = books.min_position(request.get_ref().min_position);
+        catch_up(&[&view.progress], &request, min_position).await?;
         let position = position(view.reader.model())?;
         let record = view.reader.get(id).map_err(read_error("invoice_id"))?;
         let record = record.ok_or_else(|| not_found("invoice", id))?;
@@ -529,13 +591,14 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::ListInvoicesRequest>,
     ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
-        let (view, journal) = (&self.models.invoices, &self.models.journal);
         let r = request.get_ref();
         let (filter, page_size) = invoice_listing(r)?;
+        let books = self.books(r.as_recorded_at.as_ref()).await?;
+        let (view, journal) = (&books.models.invoices, &books.models.journal);
         // A customer's listing also waits for the journal, which knows every customer.
         let both = [&view.progress, &journal.progress];
         let models = if filter.customer_id.is_some() { &both[..] } else { &both[..1] };
-        catch_up(models, &request, r.min_position).await?;
+        catch_up(models, &request, books.min_position(r.min_position)).await?;
         let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
         let page = view.reader.list(&filter, token, page_size).map_err(read_error("page_token"))?;
         if let (Some(customer), true, None) = (&filter.customer_id, page.invoices.is_empty(), token)
@@ -581,12 +644,13 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::MrrRequest>,
     ) -> Result<Response<pb::MrrResponse>, Status> {
-        let (view, journal) = (&self.models.mrr, &self.models.journal);
         let r = request.get_ref();
         let (cur, at) = currency_date(&r.currency, "date", &r.date, &r.customer_id)?;
+        let books = self.books(r.as_recorded_at.as_ref()).await?;
+        let (view, journal) = (&books.models.mrr, &books.models.journal);
         let both = [&view.progress, &journal.progress];
         let models = if r.customer_id.is_empty() { &both[..1] } else { &both[..] };
-        catch_up(models, &request, r.min_position).await?;
+        catch_up(models, &request, books.min_position(r.min_position)).await?;
         let position = position(view.reader.model())?;
         let mrr = match r.customer_id.as_str() {
             "" => view.reader.mrr_at(at, cur),
@@ -628,8 +692,10 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::AsOfRequest>,
     ) -> Result<Response<pb::TrialBalanceResponse>, Status> {
-        let view = &self.models.journal;
-        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let books = self.books(request.get_ref().as_recorded_at.as_ref()).await?;
+        let view = &books.models.journal;
+        let min_position = books.min_position(request.get_ref().min_position);
+        catch_up(&[&view.progress], &request, min_position).await?;
         let as_of = as_of(request.get_ref())?;
         let position = position(view.reader.model())?;
         let rows = view.reader.trial_balance(as_of).map_err(read_error("as_of"))?;
@@ -677,8 +743,10 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::RevenueWaterfallRequest>,
     ) -> Result<Response<pb::RevenueWaterfallResponse>, Status> {
-        let view = &self.models.journal;
-        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let books = self.books(request.get_ref().as_recorded_at.as_ref()).await?;
+        let view = &books.models.journal;
+        let min_position = books.min_position(request.get_ref().min_position);
+        catch_up(&[&view.progress], &request, min_position).await?;
         let args = ledger::parse_waterfall(request.get_ref())?;
         let position = position(view.reader.model())?;
         let rows =
@@ -720,8 +788,10 @@ impl QueryApi {
         &self,
         request: Request<pb::MrrMovementsRequest>,
     ) -> Result<pb::MrrMovementsResponse, Status> {
-        let view = &self.models.mrr;
-        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let books = self.books(request.get_ref().as_recorded_at.as_ref()).await?;
+        let view = &books.models.mrr;
+        let min_position = books.min_position(request.get_ref().min_position);
+        catch_up(&[&view.progress], &request, min_position).await?;
         let r = request.get_ref();
         let (cur, from, to, granularity) = series(&r.currency, &r.from, &r.to, &r.granularity)?;
         let before = from.yesterday().map_err(|_| bad_field("from", "out of range"))?;
@@ -781,8 +851,10 @@ impl QueryApi {
         &self,
         request: Request<pb::AsOfRequest>,
     ) -> Result<pb::BalancesResponse, Status> {
-        let view = &self.models.journal;
-        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let books = self.books(request.get_ref().as_recorded_at.as_ref()).await?;
+        let view = &books.models.journal;
+        let min_position = books.min_position(request.get_ref().min_position);
+        catch_up(&[&view.progress], &request, min_position).await?;
         let as_of = as_of(request.get_ref())?;
         let position = position(view.reader.model())?;
         let balances = view.reader.balances(as_of).map_err(read_error("as_of"))?;

@@ -610,6 +610,7 @@ async fn usage_revenue_beside_mrr_and_the_mrr_of_each_bucket() {
 
     // MRR: s1 new +20 on Jan 1, s2 new +20 on Jan 10, s2 churn −20 on Jan 11.
     let moves = |from: &str, g: &str| pb::MrrMovementsRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         from: from.into(),
         to: "2025-01-31".into(),
@@ -658,7 +659,8 @@ async fn invoices_by_service_period_and_refusals() {
     assert_eq!(bad_fields(f.invoices(bad).await), ["status", "period_to", "page_size"]);
     let token = pb::ListInvoicesRequest { page_token: "zz".into(), ..Default::default() };
     assert_eq!(bad_fields(f.invoices(token).await), ["page_token"]);
-    let unknown = pb::InvoiceQuery { invoice_id: "inv-9".into(), min_position: None };
+    let unknown =
+        pb::InvoiceQuery { as_recorded_at: None, invoice_id: "inv-9".into(), min_position: None };
     assert_eq!(not_found(f.api.get_invoice(Request::new(unknown)).await), "inv-9");
     let mrr =
         pb::MrrRequest { currency: "US".into(), date: "2025-01-32".into(), ..Default::default() };

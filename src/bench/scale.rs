@@ -213,7 +213,11 @@ async fn positions(channel: &Channel) -> anyhow::Result<[u64; 3]> {
         .into_inner()
         .position;
     let journal = q
-        .get_trial_balance(pb::AsOfRequest { as_of: today(), min_position: None })
+        .get_trial_balance(pb::AsOfRequest {
+            as_recorded_at: None,
+            as_of: today(),
+            min_position: None,
+        })
         .await?
         .into_inner()
         .position;

@@ -101,7 +101,8 @@ async fn currency(api: &QueryApi, p: &Params) -> Result<String, Status> {
     if let Some(c) = given(&p.currency) {
         return Ok(c.to_uppercase());
     }
-    let req = pb::AsOfRequest { as_of: "9000-01-01".into(), min_position: None };
+    let req =
+        pb::AsOfRequest { as_recorded_at: None, as_of: "9000-01-01".into(), min_position: None };
     let balances = api.get_balances(Request::new(req)).await?.into_inner();
     Ok(balances.balances.first().map_or("USD".to_string(), |b| b.currency.clone()))
 }
@@ -113,6 +114,7 @@ async fn window(api: &QueryApi, p: &Params, cur: &str) -> Result<Vec<Date>, Stat
         Some(s) => parse_month(s, "to")?,
         None => {
             let req = pb::MrrMovementsRequest {
+                as_recorded_at: None,
                 currency: cur.into(),
                 from: "2000-01-01".into(),
                 to: "9000-01-01".into(),
@@ -170,6 +172,7 @@ pub async fn mrr(api: &QueryApi, p: &Params) -> Result<Page, Status> {
     let months = window(api, p, &cur).await?;
     let last = *months.last().expect("a month");
     let req = pb::MrrMovementsRequest {
+        as_recorded_at: None,
         currency: cur.clone(),
         from: months[0].to_string(),
         to: month_end(last).to_string(),
@@ -317,7 +320,8 @@ pub async fn revenue(api: &QueryApi, p: &Params) -> Result<Page, Status> {
     let months = window(api, p, &cur).await?;
     let before = months[0].yesterday().map_err(internal)?;
     let balances_at = |d: Date| {
-        let req = pb::AsOfRequest { as_of: d.to_string(), min_position: None };
+        let req =
+            pb::AsOfRequest { as_recorded_at: None, as_of: d.to_string(), min_position: None };
         api.get_balances(Request::new(req))
     };
     let pick = |r: pb::BalancesResponse| r.balances.into_iter().find(|b| b.currency == cur);
@@ -365,6 +369,7 @@ pub async fn revenue(api: &QueryApi, p: &Params) -> Result<Page, Status> {
             .map(String::from),
     );
     let waterfall = pb::RevenueWaterfallRequest {
+        as_recorded_at: None,
         from_month: month_label(months[0]),
         to_month: month_label(*months.last().expect("a month")),
         currency: cur.clone(),
@@ -496,6 +501,7 @@ pub async fn receivables(api: &QueryApi, p: &Params) -> Result<Page, Status> {
 pub async fn invoices(api: &QueryApi, p: &Params) -> Result<Page, Status> {
     let flagged = given(&p.flagged).is_some_and(|f| f == "true" || f == "on" || f == "1");
     let req = pb::ListInvoicesRequest {
+        as_recorded_at: None,
         customer_id: given(&p.customer_id).unwrap_or_default().to_string(),
         status: given(&p.status).unwrap_or_default().to_string(),
         page_size: 100,
@@ -588,7 +594,8 @@ pub async fn invoices(api: &QueryApi, p: &Params) -> Result<Page, Status> {
 
 /// One invoice: totals, lines, coupons and wallet credits, payments, credit notes, flags.
 pub async fn invoice(api: &QueryApi, id: &str) -> Result<Page, Status> {
-    let req = pb::InvoiceQuery { invoice_id: id.to_string(), min_position: None };
+    let req =
+        pb::InvoiceQuery { as_recorded_at: None, invoice_id: id.to_string(), min_position: None };
     let view = api.get_invoice(Request::new(req)).await?.into_inner();
     let i = view.invoice.ok_or_else(|| Status::internal("an invoice view without its invoice"))?;
     let lines = i
