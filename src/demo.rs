@@ -894,6 +894,7 @@ async fn retention_report(
     let last = *ends.last().expect("one month at least");
     let from = last.checked_sub(jiff::Span::new().months(12))?.max(start);
     let req = pb::RetentionRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         start: from.to_string(),
         end: last.to_string(),

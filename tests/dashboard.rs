@@ -158,6 +158,7 @@ async fn expected(q: &mut QueryServiceClient<Channel>) -> Expected {
 
     // Retention over the window.
     let r = pb::RetentionRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         start: format!("{FROM}-01"),
         end: WINDOW_END.into(),
@@ -196,6 +197,7 @@ async fn expected(q: &mut QueryServiceClient<Channel>) -> Expected {
 
     // Receivables at the window's end.
     let aging = pb::ReceivablesAgingRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         as_of: WINDOW_END.into(),
         terms_days: 30,

@@ -268,6 +268,7 @@ async fn waterfall(q: &mut QueryServiceClient<Channel>, invoice: &pb::Invoice, s
 /// Usage revenue is recognized on the day the usage was consumed (its journal accrual's date).
 async fn usage_revenue(q: &mut QueryServiceClient<Channel>, accrued_on: &str, seen: u64) {
     let request = pb::UsageRevenueRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         from: date_in(-40),
         to: date_in(70),

@@ -342,6 +342,18 @@ async fn bitemporal_queries_show_the_books_before_and_after_a_back_dated_correct
     let then = total(q.get_revenue_waterfall(waterfall(stood)).await.unwrap().into_inner());
     let now = total(q.get_revenue_waterfall(waterfall(None)).await.unwrap().into_inner());
     assert_eq!((then.to_string(), now.to_string()), ("30.00".into(), "46.52".into()));
+    // The journal: the correction's entries are not in the books as they stood.
+    let entries = |recorded| pb::ListJournalEntriesRequest {
+        from: "2025-01-01".into(),
+        to: "2025-12-31".into(),
+        page_size: 1000,
+        min_position: Some(at),
+        as_recorded_at: recorded,
+        ..Default::default()
+    };
+    let then = q.list_journal_entries(entries(stood)).await.unwrap().into_inner().entries.len();
+    let now = q.list_journal_entries(entries(None)).await.unwrap().into_inner().entries.len();
+    assert!(then > 0 && now > then, "{then} entries then, {now} now");
     // A recorded time in the future is refused.
     let future = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
     let future = Some(prost_types::Timestamp { seconds: future.as_second(), nanos: 0 });

@@ -435,6 +435,7 @@ async fn money_has_the_currencys_minor_unit_digits_in_every_reply() {
             b.totals.iter().for_each(|t| assert_money(&t.amount, digits, "movement"));
         }
         let usage = pb::UsageRevenueRequest {
+            as_recorded_at: None,
             currency: currency.into(),
             from: today(),
             to: today(),

@@ -617,13 +617,14 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::ReceivablesAgingRequest>,
     ) -> Result<Response<pb::ReceivablesAgingResponse>, Status> {
-        let view = &self.models.invoices;
         let r = request.get_ref();
         let (cur, at) = currency_date(&r.currency, "as_of", &r.as_of, "")?;
         if r.terms_days > 3_660 {
             return Err(bad_field("terms_days", format!("{} is over 3660 days", r.terms_days)));
         }
-        catch_up(&[&view.progress], &request, r.min_position).await?;
+        let books = self.books(r.as_recorded_at.as_ref()).await?;
+        let view = &books.models.invoices;
+        catch_up(&[&view.progress], &request, books.min_position(r.min_position)).await?;
         let position = position(view.reader.model())?;
         let a = aging::aging(&view.reader, cur, at, r.terms_days).map_err(read_error("as_of"))?;
         let cell = |name: &str, c: aging::Cell| pb::ReceivablesCell {
@@ -724,8 +725,10 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::ListJournalEntriesRequest>,
     ) -> Result<Response<pb::ListJournalEntriesResponse>, Status> {
-        let view = &self.models.journal;
-        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let books = self.books(request.get_ref().as_recorded_at.as_ref()).await?;
+        let view = &books.models.journal;
+        let min_position = books.min_position(request.get_ref().min_position);
+        catch_up(&[&view.progress], &request, min_position).await?;
         let a = ledger::parse_entries(request.get_ref())?;
         let page = view
             .reader
@@ -762,8 +765,10 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::UsageRevenueRequest>,
     ) -> Result<Response<pb::UsageRevenueResponse>, Status> {
-        let view = &self.models.journal;
-        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let books = self.books(request.get_ref().as_recorded_at.as_ref()).await?;
+        let view = &books.models.journal;
+        let min_position = books.min_position(request.get_ref().min_position);
+        catch_up(&[&view.progress], &request, min_position).await?;
         let r = request.get_ref();
         let (cur, from, to, granularity) = series(&r.currency, &r.from, &r.to, &r.granularity)?;
         let position = position(view.reader.model())?;
@@ -819,8 +824,10 @@ impl QueryApi {
         &self,
         request: Request<pb::RetentionRequest>,
     ) -> Result<pb::RetentionResponse, Status> {
-        let view = &self.models.mrr;
-        catch_up(&[&view.progress], &request, request.get_ref().min_position).await?;
+        let books = self.books(request.get_ref().as_recorded_at.as_ref()).await?;
+        let view = &books.models.mrr;
+        let min_position = books.min_position(request.get_ref().min_position);
+        catch_up(&[&view.progress], &request, min_position).await?;
         let r = request.get_ref();
         let (cur, start) = currency_date(&r.currency, "start", &r.start, "")?;
         let end = match r.end.as_str() {
@@ -888,9 +895,10 @@ impl QueryApi {
         &self,
         request: Request<pb::RevenueScheduleRequest>,
     ) -> Result<pb::RevenueScheduleResponse, Status> {
-        let (invoices, journal) = (&self.models.invoices, &self.models.journal);
         let args = schedule::parse(request.get_ref())?;
-        let min = request.get_ref().min_position;
+        let books = self.books(request.get_ref().as_recorded_at.as_ref()).await?;
+        let (invoices, journal) = (&books.models.invoices, &books.models.journal);
+        let min = books.min_position(request.get_ref().min_position);
         let (ids, position) = match &args.scope {
             Scope::Line { invoice_id, .. } | Scope::Invoice { invoice_id } => {
                 catch_up(&[&journal.progress], &request, min).await?;

@@ -586,6 +586,7 @@ async fn waterfall_per_line_and_month_with_totals() {
 async fn usage_revenue_beside_mrr_and_the_mrr_of_each_bucket() {
     let f = fixture().await;
     let usage = |g: &str| pb::UsageRevenueRequest {
+        as_recorded_at: None,
         currency: "USD".into(),
         from: "2025-01-01".into(),
         to: "2025-02-28".into(),

@@ -257,6 +257,7 @@ pub async fn retention(api: &QueryApi, p: &Params) -> Result<Page, Status> {
     let (first, last) = (months[0], *months.last().expect("a month"));
     let end = month_end(last);
     let ask = |start: Date, end: Date| pb::RetentionRequest {
+        as_recorded_at: None,
         currency: cur.clone(),
         start: start.to_string(),
         end: end.to_string(),
@@ -445,6 +446,7 @@ pub async fn receivables(api: &QueryApi, p: &Params) -> Result<Page, Status> {
         .parse()
         .map_err(|_| Status::invalid_argument(format!("terms_days: {terms:?} is not a number")))?;
     let req = pb::ReceivablesAgingRequest {
+        as_recorded_at: None,
         currency: cur.clone(),
         as_of: as_of.clone(),
         terms_days,
