@@ -10,6 +10,7 @@
 mod anomalies;
 mod dashboard;
 mod feed;
+mod migration;
 mod scale;
 mod soak;
 mod webhooks;
@@ -49,6 +50,10 @@ pub enum BenchCommand {
     Anomalies(anomalies::AnomaliesArgs),
     /// Dashboard page load times on the demo's data (issue 15: < 200 ms).
     Dashboard(dashboard::DashboardArgs),
+    /// A generated company's history imported (`accrual import`) and sent call by call into
+    /// two servers: throughput of each, and whether the books are equal (issue 16; unequal
+    /// books exit 1).
+    Migration(migration::MigrationArgs),
 }
 
 #[derive(Args, Clone)]
@@ -154,6 +159,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Webhooks(args) => webhooks::run(args).await,
         BenchCommand::Anomalies(args) => anomalies::run(args).await,
         BenchCommand::Dashboard(args) => dashboard::run(args).await,
+        BenchCommand::Migration(args) => migration::run(args).await,
     }
 }
 

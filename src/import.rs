@@ -20,10 +20,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
-mod records;
+pub(crate) mod records;
 
-/// Requests buffered between the file reader and the stream.
-const SEND_QUEUE_MAX: usize = 4_096;
+/// Requests (batches) buffered between the file reader and the stream.
+const SEND_QUEUE_MAX: usize = 16;
+/// Records per `Import` message: one record per message makes HTTP/2 DATA frames so small that
+/// the server's h2 ends the connection ("too_many_data_frames", ENHANCE_YOUR_CALM).
+const BATCH_RECORDS_MAX: usize = 1_000;
+/// Encoded bytes per `Import` message (the server takes up to 16 MiB by default).
+const BATCH_BYTES_MAX: usize = 1 << 20;
 /// Bad records printed in full (the rest are counted).
 const ERRORS_PRINTED_MAX: usize = 100;
 
@@ -135,28 +140,7 @@ pub async fn pass(
     let skip = skip.clone();
     // The reader runs on a blocking thread: parsing is CPU work and the file is read as it goes.
     let reader =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(u64, String, String)>> {
-            let mut local_errors = Vec::new();
-            for item in records::read(&path, format)? {
-                let (line, record) = item?;
-                if skip.contains(&line) {
-                    continue;
-                }
-                match record {
-                    Ok(record) => {
-                        let request =
-                            pb::ImportRequest { validate_only, line, record: Some(record) };
-                        if tx.blocking_send(request).is_err() {
-                            break;
-                        }
-                    }
-                    Err(message) => {
-                        local_errors.push((line, "InvalidArgument".to_string(), message))
-                    }
-                }
-            }
-            Ok(local_errors)
-        });
+        tokio::task::spawn_blocking(move || read_batches(&path, format, &skip, validate_only, &tx));
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(t) = &client.token {
         request.metadata_mut().insert("authorization", t.clone());
@@ -183,6 +167,43 @@ pub async fn pass(
     bar.finish_and_clear();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Reads the file and sends its records in batches; returns the lines that are not records.
+fn read_batches(
+    path: &Path,
+    format: Format,
+    skip: &BTreeSet<u64>,
+    validate_only: bool,
+    tx: &mpsc::Sender<pb::ImportRequest>,
+) -> anyhow::Result<Vec<(u64, String, String)>> {
+    let mut local_errors = Vec::new();
+    let mut batch = Vec::with_capacity(BATCH_RECORDS_MAX);
+    let mut batch_bytes: usize = 0;
+    for item in records::read(path, format)? {
+        let (line, record) = item?;
+        if skip.contains(&line) {
+            continue;
+        }
+        match record {
+            Ok(record) => {
+                let record = pb::ImportRecord { line, record: Some(record) };
+                batch_bytes += prost::Message::encoded_len(&record);
+                batch.push(record);
+                if batch.len() == BATCH_RECORDS_MAX || batch_bytes >= BATCH_BYTES_MAX {
+                    let records = std::mem::take(&mut batch);
+                    batch_bytes = 0;
+                    if tx.blocking_send(pb::ImportRequest { validate_only, records }).is_err() {
+                        return Ok(local_errors);
+                    }
+                }
+            }
+            Err(message) => local_errors.push((line, "InvalidArgument".to_string(), message)),
+        }
+    }
+    // Always a last message, so that even a file of bad lines tells the server the mode.
+    let _ = tx.blocking_send(pb::ImportRequest { validate_only, records: batch });
+    Ok(local_errors)
 }
 
 fn print_report(what: &str, r: &PassReport) {

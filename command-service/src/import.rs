@@ -17,7 +17,7 @@ use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use proto::v1 as pb;
 use proto::v1::command_service_server::CommandService;
-use proto::v1::import_request::Record;
+use proto::v1::import_record::Record;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::{Request, Status, Streaming};
@@ -96,13 +96,6 @@ impl CommandApi {
                     return;
                 }
             };
-            if tally.records >= IMPORT_RECORDS_MAX {
-                let status = Status::resource_exhausted(format!(
-                    "an Import stream takes at most {IMPORT_RECORDS_MAX} records; split the file"
-                ));
-                let _ = tx.send(Err(status)).await;
-                return;
-            }
             let mode = match &mut mode {
                 Some(m) => m,
                 None => match self.mode(request.validate_only).await {
@@ -113,28 +106,39 @@ impl CommandApi {
                     }
                 },
             };
-            tally.records += 1;
-            let line = request.line;
-            match request.record {
-                None => tally.fail(line, &Status::invalid_argument("the record is empty")),
-                Some(Record::Usage(u)) => {
-                    usage.push((line, u));
-                    if usage.len() >= IMPORT_USAGE_BATCH_MAX {
-                        self.flush_usage(mode, &mut usage, &mut in_flight, &mut tally).await;
+            let records = request.records.len() as u64;
+            if tally.records.saturating_add(records) > IMPORT_RECORDS_MAX {
+                let status = Status::resource_exhausted(format!(
+                    "an Import stream takes at most {IMPORT_RECORDS_MAX} records; split the file"
+                ));
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+            let progress_before = tally.records / IMPORT_PROGRESS_EVERY;
+            for item in request.records {
+                tally.records += 1;
+                let line = item.line;
+                match item.record {
+                    None => tally.fail(line, &Status::invalid_argument("the record is empty")),
+                    Some(Record::Usage(u)) => {
+                        usage.push((line, u));
+                        if usage.len() >= IMPORT_USAGE_BATCH_MAX {
+                            self.flush_usage(mode, &mut usage, &mut in_flight, &mut tally).await;
+                        }
                     }
-                }
-                Some(record) => {
-                    self.flush_usage(mode, &mut usage, &mut in_flight, &mut tally).await;
-                    settle_all(&mut in_flight, &mut tally).await;
-                    match self.run_record(mode, record).await {
-                        Ok(0) => tally.records_unchanged += 1,
-                        Ok(n) => tally.events_appended += n,
-                        Err(status) => tally.fail(line, &status),
+                    Some(record) => {
+                        self.flush_usage(mode, &mut usage, &mut in_flight, &mut tally).await;
+                        settle_all(&mut in_flight, &mut tally).await;
+                        match self.run_record(mode, record).await {
+                            Ok(0) => tally.records_unchanged += 1,
+                            Ok(n) => tally.events_appended += n,
+                            Err(status) => tally.fail(line, &status),
+                        }
                     }
                 }
             }
             let due =
-                tally.records.is_multiple_of(IMPORT_PROGRESS_EVERY) || !tally.errors.is_empty();
+                tally.records / IMPORT_PROGRESS_EVERY > progress_before || !tally.errors.is_empty();
             if due && tx.send(Ok(tally.reply(false))).await.is_err() {
                 return;
             }

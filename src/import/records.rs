@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use proto::v1 as pb;
-use proto::v1::import_request::Record;
+use proto::v1::import_record::Record;
 use serde::Deserialize;
 
 use super::Format;
