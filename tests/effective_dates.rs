@@ -360,3 +360,171 @@ async fn bitemporal_queries_show_the_books_before_and_after_a_back_dated_correct
     let refused = q.get_mrr(mrr_at(future)).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 }
+
+/// One row of the charge-model table (SPEC §4's rules; `domain/src/rating/charge_model.rs`
+/// rates the same cases at the unit level): a plan with one charge, the January usage of a
+/// subscription started on 2025-01-01, and the usage line the billing run as of Feb 1 issues.
+struct ChargeCase {
+    name: &'static str,
+    metric: &'static str,
+    charge: serde_json::Value,
+    usage: &'static [&'static str],
+    line: &'static str,
+}
+
+/// One row of the MRR normalization table (SPEC §5): a plan's base fee per interval and its
+/// monthly recurring revenue.
+struct MrrCase {
+    interval: &'static str,
+    fee: &'static str,
+    mrr: &'static str,
+}
+
+#[tokio::test]
+async fn the_charge_model_and_mrr_tables_hold_through_back_dated_commands() {
+    use serde_json::json;
+    let tiers = json!([{"up_to": "100", "unit_price": "1.00", "flat_fee": "5"},
+                       {"up_to": "1000", "unit_price": "0.50"}, {"unit_price": "0.10"}]);
+    let charges = [
+        ChargeCase {
+            name: "standard",
+            metric: "calls",
+            charge: json!({"model": "standard", "unit_price": "1.50"}),
+            usage: &["4"],
+            line: "6.00",
+        },
+        ChargeCase {
+            name: "graduated (SPEC 250)",
+            metric: "calls",
+            charge: json!({"model": "graduated", "tiers": tiers}),
+            usage: &["200", "50"],
+            line: "180.00",
+        },
+        ChargeCase {
+            name: "graduated at zero: first flat fee",
+            metric: "calls",
+            charge: json!({"model": "graduated", "tiers": tiers}),
+            usage: &["0"],
+            line: "5.00",
+        },
+        ChargeCase {
+            name: "volume 250",
+            metric: "calls",
+            charge: json!({"model": "volume", "tiers": tiers}),
+            usage: &["250"],
+            line: "125.00",
+        },
+        ChargeCase {
+            name: "volume 1001",
+            metric: "calls",
+            charge: json!({"model": "volume", "tiers": tiers}),
+            usage: &["1001"],
+            line: "100.10",
+        },
+        ChargeCase {
+            name: "package past free",
+            metric: "calls",
+            charge: json!({"model": "package", "package_size": "10", "package_price": "5", "free_units": "20"}),
+            usage: &["30"],
+            line: "5.00",
+        },
+        ChargeCase {
+            name: "package 100",
+            metric: "calls",
+            charge: json!({"model": "package", "package_size": "10", "package_price": "5", "free_units": "20"}),
+            usage: &["60", "40"],
+            line: "40.00",
+        },
+        ChargeCase {
+            name: "percentage 2 % + 0.30",
+            metric: "payments",
+            charge: json!({"model": "percentage", "rate": "2", "fixed_amount": "0.30"}),
+            usage: &["100", "50"],
+            line: "3.60",
+        },
+        ChargeCase {
+            name: "graduated percentage",
+            metric: "payments",
+            charge: json!({"model": "graduated_percentage", "tiers": [{"up_to": "1000", "unit_price": "2", "flat_fee": "1"}, {"unit_price": "1", "flat_fee": "10"}]}),
+            usage: &["500", "800"],
+            line: "34.00",
+        },
+    ];
+    let intervals = [
+        MrrCase { interval: "weekly", fee: "12.00", mrr: "52.00" },
+        MrrCase { interval: "monthly", fee: "30.00", mrr: "30.00" },
+        MrrCase { interval: "quarterly", fee: "90.00", mrr: "30.00" },
+        MrrCase { interval: "semiannual", fee: "60.00", mrr: "10.00" },
+        MrrCase { interval: "yearly", fee: "120.00", mrr: "10.00" },
+    ];
+    let mut lines = vec![
+        json!({"type": "metric", "code": "calls", "name": "Calls", "aggregation": "sum", "property": "n"}),
+        json!({"type": "metric", "code": "payments", "name": "Payments", "aggregation": "sum", "property": "amount"}),
+    ];
+    let record = |name: &str, plan: serde_json::Value| -> Vec<serde_json::Value> {
+        vec![
+            plan,
+            json!({"type": "customer", "customer_id": name, "name": name, "currency": "USD", "time_zone": "UTC"}),
+            json!({"type": "subscription", "subscription_id": name, "customer_id": name, "plan_code": name, "start_date": "2025-01-01"}),
+        ]
+    };
+    for (i, case) in charges.iter().enumerate() {
+        let mut charge = case.charge.clone();
+        charge["metric_code"] = json!(case.metric);
+        let plan = json!({"type": "plan", "code": format!("c{i}"), "name": case.name, "currency": "USD",
+                          "interval": "monthly", "base_fee": "0", "charges": [charge]});
+        lines.extend(record(&format!("c{i}"), plan));
+        for (k, value) in case.usage.iter().enumerate() {
+            let property = if case.metric == "calls" { "n" } else { "amount" };
+            lines.push(json!({"type": "usage", "subscription_id": format!("c{i}"), "transaction_id": format!("t{k}"),
+                              "metric_code": case.metric, "occurred_at": format!("2025-01-{:02}T12:00:00Z", 5 + k),
+                              "properties": {property: value}}));
+        }
+    }
+    for (i, case) in intervals.iter().enumerate() {
+        let plan = json!({"type": "plan", "code": format!("m{i}"), "name": case.interval, "currency": "USD",
+                          "interval": case.interval, "base_fee": case.fee, "fee_timing": "advance"});
+        lines.extend(record(&format!("m{i}"), plan));
+    }
+    lines.push(json!({"type": "billing_run", "as_of": "2025-02-01T00:00:00Z"}));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tables.jsonl");
+    std::fs::write(&file, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let port = common::free_port();
+    let server =
+        Server::start_with(&dir.path().join("data"), port, &["--backdate-days-max", "3660"]);
+    let mut c = server.client().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accrual"))
+        .args(["import", "--quiet", "--addr", &format!("http://127.0.0.1:{port}")])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let at = common::append_probe(&mut c).await;
+    let mut q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
+    for (i, case) in charges.iter().enumerate() {
+        let req = pb::ListInvoicesRequest {
+            customer_id: format!("c{i}"),
+            min_position: Some(at),
+            ..Default::default()
+        };
+        let invoices = q.list_invoices(req).await.unwrap().into_inner().invoices;
+        let usage: Vec<&str> = invoices
+            .iter()
+            .flat_map(|inv| inv.lines.iter())
+            .filter(|l| l.kind == "usage")
+            .map(|l| l.amount.as_str())
+            .collect();
+        assert_eq!(usage, [case.line], "{}", case.name);
+    }
+    for (i, case) in intervals.iter().enumerate() {
+        let req = pb::MrrRequest {
+            currency: "USD".into(),
+            date: "2025-01-15".into(),
+            customer_id: format!("m{i}"),
+            min_position: Some(at),
+            ..Default::default()
+        };
+        assert_eq!(q.get_mrr(req).await.unwrap().into_inner().mrr, case.mrr, "{}", case.interval);
+    }
+}

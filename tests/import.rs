@@ -347,3 +347,32 @@ async fn a_lago_export_converts_imports_and_bills() {
     // 5000 amount_cents in JPY (no minor unit) is ¥5000, in arrears.
     assert_eq!(lines("sub_kk"), pairs(&[("base_fee", "5000")]));
 }
+
+/// The migration check of issue 16 (`accrual bench migration`, whose full size is 1,000
+/// customers, 12 months and 5M usage events; BENCHMARKS.md) at a size for CI: a generated
+/// company of 60 customers over 12 months with 30,000 usage events, dated plan changes and
+/// cancellations and month-end billing runs, imported into one server and sent call by call
+/// into another: every invoice, the balances and MRR at each month start are equal.
+#[test]
+fn a_generated_twelve_month_company_imports_to_the_same_books_as_sent_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_accrual"))
+        .args(["bench", "migration", "--customers", "60", "--months", "12", "--events", "30000"])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run accrual bench migration");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("books equal: yes"), "{stdout}");
+    let compared = stdout.lines().find(|l| l.starts_with("compared")).expect("a comparison line");
+    let invoices: usize = compared
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the number of invoices compared");
+    // 60 start invoices and 12 closes each, less the cancelled months.
+    assert!(invoices >= 60 * 12, "{compared}");
+    assert!(compared.contains("MRR on 13 month starts"), "{compared}");
+}

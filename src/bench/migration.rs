@@ -55,7 +55,7 @@ pub async fn run(args: MigrationArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let records = write_history(&file, &args, first)?;
     println!(
-        "history: {} customers, {} months from {first}, {} usage events, {records} records, {:.1} MB, written in {:.1} s",
+        "history: {} customers, {} months from {first}, {records} records (usage: {} events less those of customers who left), {:.1} MB, written in {:.1} s",
         args.customers,
         args.months,
         args.events,
@@ -184,11 +184,17 @@ fn write_history(path: &Path, args: &MigrationArgs, first: Date) -> anyhow::Resu
         )?;
     }
     let per_month = args.events / u64::from(args.months);
+    // One customer in 25 leaves on the 20th of the eighth month (or the last): no usage after.
+    let cancel_month = 7.min(args.months - 1);
+    let left = |c: u64, m: u32| c % 25 == 2 && m > cancel_month;
     for m in 0..args.months {
         let month = first.checked_add(jiff::Span::new().months(m))?;
         let days = u64::from(month.days_in_month() as u8);
         for i in 0..per_month {
             let c = i % u64::from(args.customers);
+            if left(c, m) {
+                continue;
+            }
             let day = (i / u64::from(args.customers)) % days;
             let at = month.checked_add(jiff::Span::new().days(day as i64))?;
             let second = (i * 7919) % 86_400;
@@ -197,8 +203,9 @@ fn write_history(path: &Path, args: &MigrationArgs, first: Date) -> anyhow::Resu
                        "occurred_at": format!("{at}T{:02}:{:02}:{:02}Z", second / 3600, second / 60 % 60, second % 60),
                        "properties": {"calls": (i * 31 + u64::from(m)) % 50}}))?;
         }
-        // Dated changes inside the month, while it is open: one customer in six (on basic) upgrades to pro
-        // on the 16th of the third month, one in 25 leaves on the 20th of the eighth.
+        // Dated changes inside the month, while it is open: one customer in six (on basic)
+        // upgrades to pro on the 16th of the third month, one in 25 leaves on the 20th of the
+        // eighth.
         if m == 2 {
             for c in (0..args.customers).filter(|c| c % 6 == 0) {
                 put(
@@ -207,7 +214,7 @@ fn write_history(path: &Path, args: &MigrationArgs, first: Date) -> anyhow::Resu
                 )?;
             }
         }
-        if m == 7.min(args.months - 1) {
+        if m == cancel_month {
             for c in (0..args.customers).filter(|c| c % 25 == 2) {
                 put(json!({"type": "cancellation", "subscription_id": format!("s{c}"),
                            "effective_date": month.checked_add(jiff::Span::new().days(19))?.to_string()}))?;
@@ -221,16 +228,13 @@ fn write_history(path: &Path, args: &MigrationArgs, first: Date) -> anyhow::Resu
     Ok(n)
 }
 
-/// Sends every record of `file` through its own call, usage on one `IngestUsage` stream in
+/// Sends every record of `file` through its own call, usage on `IngestUsage` streams in
 /// batches (each acknowledged before the next record that is not usage).
 async fn send_live(channel: &Channel, file: &Path) -> anyhow::Result<u64> {
     let mut c = CommandServiceClient::new(channel.clone());
+    let mut usage = LiveUsage::new(channel.clone());
     let mut batch: Vec<pb::UsageEvent> = Vec::with_capacity(LIVE_BATCH_EVENTS);
     let mut sent: u64 = 0;
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::UsageBatch>(8);
-    let mut acks =
-        c.ingest_usage(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-    let mut in_flight: u64 = 0;
     for item in crate::import::records::read(file, crate::import::Format::Jsonl)? {
         let (line, record) = item?;
         let record = record.map_err(|e| anyhow::anyhow!("line {line}: {e}"))?;
@@ -238,24 +242,14 @@ async fn send_live(channel: &Channel, file: &Path) -> anyhow::Result<u64> {
         if let Record::Usage(u) = record {
             batch.push(u);
             if batch.len() == LIVE_BATCH_EVENTS {
-                tx.send(pb::UsageBatch { events: std::mem::take(&mut batch) }).await?;
-                in_flight += 1;
+                usage.send(std::mem::take(&mut batch)).await?;
             }
             continue;
         }
         if !batch.is_empty() {
-            tx.send(pb::UsageBatch { events: std::mem::take(&mut batch) }).await?;
-            in_flight += 1;
+            usage.send(std::mem::take(&mut batch)).await?;
         }
-        while in_flight > 0 {
-            let ack = acks.next().await.context("the IngestUsage stream ended")??;
-            anyhow::ensure!(
-                ack.rejected == 0,
-                "usage rejected: {:?}",
-                ack.results.iter().find(|r| r.status == "rejected")
-            );
-            in_flight -= 1;
-        }
+        usage.settle().await?;
         match record {
             Record::Customer(r) => drop(c.register_customer(r).await?),
             Record::Metric(r) => drop(c.define_metric(r).await?),
@@ -268,15 +262,70 @@ async fn send_live(channel: &Channel, file: &Path) -> anyhow::Result<u64> {
         }
     }
     if !batch.is_empty() {
-        tx.send(pb::UsageBatch { events: batch }).await?;
-        in_flight += 1;
+        usage.send(batch).await?;
     }
-    while in_flight > 0 {
-        let ack = acks.next().await.context("the IngestUsage stream ended")??;
-        anyhow::ensure!(ack.rejected == 0, "usage rejected");
-        in_flight -= 1;
-    }
+    usage.settle().await?;
     Ok(sent)
+}
+
+/// Usage batches sent on `IngestUsage` as a client would: a few in flight, a new stream
+/// before the server's per-stream bound (1M events by default).
+struct LiveUsage {
+    channel: Channel,
+    stream:
+        Option<(tokio::sync::mpsc::Sender<pb::UsageBatch>, tonic::Streaming<pb::UsageBatchResult>)>,
+    events_in_stream: usize,
+    in_flight: usize,
+}
+
+/// Batches awaiting their acknowledgement on the live side.
+const LIVE_BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Events sent on one `IngestUsage` stream before a new one is opened.
+const LIVE_STREAM_EVENTS_MAX: usize = 500_000;
+
+impl LiveUsage {
+    fn new(channel: Channel) -> LiveUsage {
+        LiveUsage { channel, stream: None, events_in_stream: 0, in_flight: 0 }
+    }
+
+    async fn send(&mut self, events: Vec<pb::UsageEvent>) -> anyhow::Result<()> {
+        if self.events_in_stream + events.len() > LIVE_STREAM_EVENTS_MAX {
+            self.settle().await?;
+            self.stream = None;
+        }
+        if self.stream.is_none() {
+            let (tx, rx) = tokio::sync::mpsc::channel(LIVE_BATCHES_IN_FLIGHT_MAX);
+            let mut c = CommandServiceClient::new(self.channel.clone());
+            let acks = c.ingest_usage(tokio_stream::wrappers::ReceiverStream::new(rx)).await?;
+            self.stream = Some((tx, acks.into_inner()));
+            self.events_in_stream = 0;
+        }
+        if self.in_flight == LIVE_BATCHES_IN_FLIGHT_MAX {
+            self.ack().await?;
+        }
+        self.events_in_stream += events.len();
+        let (tx, _) = self.stream.as_ref().expect("opened above");
+        tx.send(pb::UsageBatch { events }).await?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    async fn ack(&mut self) -> anyhow::Result<()> {
+        let (_, acks) = self.stream.as_mut().expect("a batch in flight has a stream");
+        let ack = acks.next().await.context("the IngestUsage stream ended")??;
+        let rejected = ack.results.iter().find(|r| r.status == "rejected");
+        anyhow::ensure!(ack.rejected == 0, "usage rejected: {rejected:?}");
+        self.in_flight -= 1;
+        Ok(())
+    }
+
+    /// Waits for every batch in flight.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        while self.in_flight > 0 {
+            self.ack().await?;
+        }
+        Ok(())
+    }
 }
 
 /// What the comparison reads.
