@@ -229,7 +229,11 @@ impl Ledger {
             Event::SubscriptionCanceled { subscription_id, effective_date, .. } => {
                 let sub = self.sub_mut(subscription_id);
                 sub.ends_on = Some(*effective_date);
-                sub.pending_change = None;
+                // A scheduled change from before the end of service still happens (a dated
+                // change; an undated downgrade is due at the period end, never before an end).
+                if sub.pending_change.as_ref().is_some_and(|(_, on)| on >= effective_date) {
+                    sub.pending_change = None;
+                }
                 sub.next_close = sub.next_close.map(|p| sub.truncate(p));
             }
             Event::BillingPeriodClosed { subscription_id, period, .. } => {

@@ -197,12 +197,20 @@ fn future_dates_are_applied_by_the_billing_run_on_that_day() {
     assert!(matches!(scheduled.unwrap()[..], [Event::PlanChangeScheduled { .. }]));
     assert!(ahead.bill("2025-01-19T23:00:00Z").is_empty(), "not before its day");
     assert_eq!(ahead.ledger.subscriptions["s1"].current_plan().code, "basic");
+    // A cancellation dated later does not drop the change due before it.
+    ahead.run(cancel(false, Some(date(2025, 3, 1))), "2025-01-12T09:00:00Z").unwrap();
     let applied = ahead.bill("2025-01-20T00:00:00Z");
     assert_eq!(applied.len(), 1);
     assert_eq!(ahead.ledger.subscriptions["s1"].current_plan().code, "pro");
     ahead.bill("2025-02-01T00:00:00Z");
     let lines = |w: &World| invoices(&w.log).iter().map(amounts).collect::<Vec<_>>();
     assert_eq!(lines(&ahead), lines(&live));
+    // A cancellation dated before a scheduled change drops it.
+    let mut w = world(FeeTiming::Advance);
+    w.start("basic", Anchor::Anniversary, date(2025, 1, 1), "2025-01-01T08:00:00Z");
+    w.run(change("pro", Some(date(2025, 1, 25))), "2025-01-10T09:00:00Z").unwrap();
+    w.run(cancel(false, Some(date(2025, 1, 20))), "2025-01-11T09:00:00Z").unwrap();
+    assert_eq!(w.ledger.subscriptions["s1"].pending_change, None);
 
     // A cancellation effective Mar 15, sent in January: February bills as usual, March is
     // cut at the 15th (a downgrade is a dated change as well: lite from Feb 1 is applied by
