@@ -488,20 +488,7 @@ async fn the_charge_model_and_mrr_tables_hold_through_back_dated_commands() {
     }
     lines.push(json!({"type": "billing_run", "as_of": "2025-02-01T00:00:00Z"}));
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tables.jsonl");
-    std::fs::write(&file, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-    let port = common::free_port();
-    let server =
-        Server::start_with(&dir.path().join("data"), port, &["--backdate-days-max", "3660"]);
-    let mut c = server.client().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accrual"))
-        .args(["import", "--quiet", "--addr", &format!("http://127.0.0.1:{port}")])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let at = common::append_probe(&mut c).await;
-    let mut q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
+    let (_server, mut q, at) = imported(dir.path(), &lines).await;
     for (i, case) in charges.iter().enumerate() {
         let req = pb::ListInvoicesRequest {
             customer_id: format!("c{i}"),
@@ -646,20 +633,7 @@ async fn the_recognition_table_holds_through_back_dated_commands() {
         },
     ];
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("recognition.jsonl");
-    std::fs::write(&file, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-    let port = common::free_port();
-    let server =
-        Server::start_with(&dir.path().join("data"), port, &["--backdate-days-max", "3660"]);
-    let mut c = server.client().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accrual"))
-        .args(["import", "--quiet", "--addr", &format!("http://127.0.0.1:{port}")])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let at = common::append_probe(&mut c).await;
-    let mut q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
+    let (_server, mut q, at) = imported(dir.path(), &lines).await;
     for case in cases {
         let req = pb::RevenueScheduleRequest {
             invoice_id: case.invoice.into(),
@@ -671,4 +645,26 @@ async fn the_recognition_table_holds_through_back_dated_commands() {
         let schedule = q.get_revenue_schedule(req).await.unwrap().into_inner();
         assert_eq!(schedule.recognized, case.recognized, "{}", case.why);
     }
+}
+
+/// A server with a ten-year back-dating horizon into which `lines` (JSON Lines records) were
+/// imported with `accrual import`: the server, a query client and the log position after them.
+async fn imported(
+    dir: &std::path::Path,
+    lines: &[serde_json::Value],
+) -> (Server, QueryServiceClient<Channel>, u64) {
+    let file = dir.join("history.jsonl");
+    std::fs::write(&file, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let port = common::free_port();
+    let server = Server::start_with(&dir.join("data"), port, &["--backdate-days-max", "3660"]);
+    let mut c = server.client().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_accrual"))
+        .args(["import", "--quiet", "--addr", &format!("http://127.0.0.1:{port}")])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let at = common::append_probe(&mut c).await;
+    let q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
+    (server, q, at)
 }
