@@ -376,3 +376,179 @@ fn a_generated_twelve_month_company_imports_to_the_same_books_as_sent_live() {
     assert!(invoices >= 60 * 12, "{compared}");
     assert!(compared.contains("MRR on 13 month starts"), "{compared}");
 }
+
+/// April's usage and the May 1 billing run, after the cutover.
+fn after_cutover() -> Vec<Value> {
+    let mut h = Vec::new();
+    for c in 0..CUSTOMERS {
+        for day in [6u32, 21] {
+            h.push(json!({"type": "usage", "subscription_id": format!("s{c}"),
+                          "transaction_id": format!("t-{c}-4-{day}"), "metric_code": "api_calls",
+                          "occurred_at": format!("2025-04-{day:02}T10:00:00Z"),
+                          "properties": {"calls": (c * 53 + day) % 500}}));
+        }
+    }
+    h.push(json!({"type": "billing_run", "as_of": "2025-05-01T00:00:00Z"}));
+    h
+}
+
+/// An issued invoice as the `invoice` record a converter writes for the previous biller's.
+fn invoice_record(i: &pb::Invoice) -> Value {
+    let t = i.issued_at.as_ref().unwrap();
+    let issued_at = jiff::Timestamp::new(t.seconds, t.nanos).unwrap();
+    let lines: Vec<Value> = i
+        .lines
+        .iter()
+        .map(|l| {
+            json!({"kind": l.kind, "description": l.description, "metric_code": l.metric_code,
+                   "charge_model": l.charge_model, "units": l.units,
+                   "service_start": l.service_start, "service_end": l.service_end,
+                   "amount": l.amount})
+        })
+        .collect();
+    json!({"type": "invoice", "invoice_id": format!("prev-{}", i.invoice_id),
+           "customer_id": i.customer_id, "subscription_id": i.subscription_id,
+           "currency": i.currency, "period_start": i.period_start, "period_end": i.period_end,
+           "issued_at": issued_at.to_string(), "lines": lines, "tax_rate": i.tax_rate,
+           "tax": i.tax, "total": i.total})
+}
+
+/// Issue 16's "already-issued invoices imported as facts": a company billed live for three
+/// months, then the same company imported with a cutover on April 1, its plan history, the
+/// previous biller's invoices (own numbers, not re-rated) and a payment. From the cutover on
+/// the two servers bill the same invoices, and the books agree: balances at May 31 and MRR on
+/// every month start.
+#[tokio::test]
+async fn issued_invoices_import_as_facts_and_billing_continues_from_the_cutover() {
+    let work = tempfile::tempdir().unwrap();
+    // The history without the back-dated cancellation: a subscription that ended before its
+    // cutover is not imported as one (decision 0044).
+    let before: Vec<Value> =
+        history().into_iter().filter(|r| r["type"] != "cancellation").collect();
+    let live_port = common::free_port();
+    let live = server(&work.path().join("live"), live_port);
+    let mut l = live.client().await;
+    for record in &before {
+        send_live(&mut l, record).await;
+    }
+    let first = pb::GetInvoiceRequest { invoice_id: "inv-s0-1".into() };
+    let total = l.get_invoice(first).await.unwrap().into_inner().total;
+    let paid = pb::RecordPaymentRequest {
+        invoice_id: "inv-s0-1".into(),
+        succeeded: true,
+        amount: total.clone(),
+        ..Default::default()
+    };
+    let reply = l.record_payment(paid).await.unwrap().into_inner();
+    assert_eq!(reply.invoice.unwrap().status, "paid");
+    let at = common::append_probe(&mut l).await;
+    let mut ql = QueryServiceClient::new(live.serving("accrual.v1.QueryService").await);
+    let req =
+        pb::ListInvoicesRequest { page_size: 1000, min_position: Some(at), ..Default::default() };
+    let issued = ql.list_invoices(req).await.unwrap().into_inner().invoices;
+    assert!(issued.len() >= CUSTOMERS as usize * 4, "{} invoices before the cutover", issued.len());
+
+    // The import file a converter writes: catalog, customers, subscriptions with their cutover,
+    // the plan history, the invoices as facts, the payment, then the open period as usual.
+    let mut file: Vec<Value> = Vec::new();
+    for r in &before {
+        match r["type"].as_str().unwrap() {
+            "metric" | "plan" | "customer" | "plan_change" => file.push(r.clone()),
+            "subscription" => {
+                let mut r = r.clone();
+                r["billed_until"] = json!("2025-04-01");
+                file.push(r);
+            }
+            _ => {}
+        }
+    }
+    file.extend(issued.iter().map(invoice_record));
+    file.push(json!({"type": "payment", "invoice_id": "prev-inv-s0-1", "amount": total}));
+    file.extend(after_cutover());
+    let path = work.path().join("with-invoices.jsonl");
+    write_jsonl(&path, &file);
+    let port = common::free_port();
+    let imported = server(&work.path().join("imported"), port);
+    let mut c = imported.client().await;
+    let (ok, stdout, stderr) = import(port, &path, &[]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.lines().any(|l| l.starts_with("imported:") && l.ends_with("0 bad")), "{stdout}");
+    let (ok, stdout, stderr) = import(port, &path, &[]);
+    assert!(
+        ok && stdout.contains(" 0 events appended"),
+        "a re-run appends nothing: {stdout}{stderr}"
+    );
+
+    for record in after_cutover() {
+        send_live(&mut l, &record).await;
+    }
+    let at_live = common::append_probe(&mut l).await;
+    let at_imported = common::append_probe(&mut c).await;
+    let mut qi = QueryServiceClient::new(imported.serving("accrual.v1.QueryService").await);
+    let req = |at| pb::ListInvoicesRequest {
+        page_size: 1000,
+        min_position: Some(at),
+        ..Default::default()
+    };
+    let all_imported = qi.list_invoices(req(at_imported)).await.unwrap().into_inner().invoices;
+    let all_live = ql.list_invoices(req(at_live)).await.unwrap().into_inner().invoices;
+
+    // The previous biller's invoices, as they were.
+    let facts: Vec<&pb::Invoice> = all_imported.iter().filter(|i| i.reason == "imported").collect();
+    assert_eq!(facts.len(), issued.len());
+    for (fact, was) in facts.iter().zip(&issued) {
+        assert_eq!(fact.invoice_id, format!("prev-{}", was.invoice_id));
+        assert_eq!((&fact.lines, &fact.tax, &fact.total), (&was.lines, &was.tax, &was.total));
+    }
+    let first = facts.iter().find(|i| i.invoice_id == "prev-inv-s0-1").unwrap();
+    assert_eq!((first.status.as_str(), first.amount_due.as_str()), ("paid", "0.00"));
+
+    // From the cutover on: the same invoices, numbered after the imported ones.
+    let from_cutover = |all: &[pb::Invoice]| -> Vec<String> {
+        let mut v: Vec<String> = all
+            .iter()
+            .filter(|i| i.period_start.as_str() >= "2025-04-01" && i.reason != "imported")
+            .map(|i| {
+                let lines: Vec<_> = i
+                    .lines
+                    .iter()
+                    .map(|l| format!("{}:{}:{}", l.kind, l.units, l.amount))
+                    .collect();
+                format!(
+                    "{} {} {} {:?} {} {}",
+                    i.invoice_id, i.reason, i.period_start, lines, i.tax, i.total
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (got, want) = (from_cutover(&all_imported), from_cutover(&all_live));
+    assert_eq!(got.len(), CUSTOMERS as usize, "{got:?}");
+    assert_eq!(got, want);
+
+    // The books: balances at May 31 and MRR on every month start.
+    let today = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).date().to_string();
+    for date in ["2025-02-28", "2025-05-31", today.as_str()] {
+        let balances = |at| pb::AsOfRequest {
+            as_recorded_at: None,
+            as_of: date.into(),
+            min_position: Some(at),
+        };
+        let bi = qi.get_balances(balances(at_imported)).await.unwrap().into_inner().balances;
+        let bl = ql.get_balances(balances(at_live)).await.unwrap().into_inner().balances;
+        assert!(!bl.is_empty());
+        assert_eq!(format!("{bi:?}"), format!("{bl:?}"), "balances at {date}");
+    }
+    for month in ["2025-01-15", "2025-02-01", "2025-03-01", "2025-04-01", "2025-05-01"] {
+        let mrr = |at| pb::MrrRequest {
+            currency: "USD".into(),
+            date: month.into(),
+            min_position: Some(at),
+            ..Default::default()
+        };
+        let mi = qi.get_mrr(mrr(at_imported)).await.unwrap().into_inner().mrr;
+        let ml = ql.get_mrr(mrr(at_live)).await.unwrap().into_inner().mrr;
+        assert_eq!(mi, ml, "MRR on {month}");
+    }
+}

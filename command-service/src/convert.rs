@@ -5,14 +5,15 @@ use std::str::FromStr;
 
 use domain::add_on::{AddOn, OneOffLine, OneOffRequest};
 use domain::alert::{AlertOn, UsageAlert};
-use domain::calendar::{Anchor, Interval};
+use domain::calendar::{Anchor, Interval, Period};
 use domain::catalog::{Charge, Customer, FeeTiming, Metric, Plan};
 use domain::commands::{Command, PaymentOutcome};
 use domain::coupon::{Coupon, CouponKind, Frequency};
 use domain::credit_note::{CreditDestination, CreditLineRequest, CreditNote, CreditNoteRequest};
 use domain::error::{DomainError, Violations};
 use domain::events::Usage;
-use domain::invoice::InvoiceAccount;
+use domain::imported_invoice::{ImportedInvoice, ImportedLine};
+use domain::invoice::{InvoiceAccount, LineKind};
 use domain::money::Currency;
 use domain::rating::{Aggregation, ChargeModel, PercentTier, Tier};
 use domain::wallet::{CreditKind, OpenWallet, TopUpRequest};
@@ -279,6 +280,7 @@ pub fn start_subscription(r: &pb::StartSubscriptionRequest) -> Parsed<Command> {
         s => parse_enum(&mut v, Anchor::parse(s)),
     };
     let start_date = date(&mut v, "start_date", &r.start_date);
+    let billed_until = date(&mut v, "billed_until", &r.billed_until);
     v.into_result()?;
     Ok(Command::StartSubscription {
         subscription_id: r.subscription_id.clone(),
@@ -287,7 +289,64 @@ pub fn start_subscription(r: &pb::StartSubscriptionRequest) -> Parsed<Command> {
         plan_version: (r.plan_version > 0).then_some(r.plan_version),
         anchor: anchor.expect("checked"),
         start_date,
+        billed_until,
     })
+}
+
+/// An `ImportInvoice` request as a command: every field parsed, the invoice's own consistency
+/// left to `ImportedInvoice::validate`.
+pub fn import_invoice(r: &pb::ImportInvoiceRequest) -> Parsed<Command> {
+    let mut v = Violations::default();
+    let currency = parse_enum(&mut v, Currency::parse(&r.currency));
+    let invoice_period = period(&mut v, "period", &r.period_start, &r.period_end);
+    let issued_at = parse_enum(&mut v, timestamp("issued_at", r.issued_at.as_ref()));
+    let lines: Vec<_> = r
+        .lines
+        .iter()
+        .take(domain::imported_invoice::IMPORTED_LINES_MAX + 1)
+        .enumerate()
+        .map(|(i, l)| {
+            let f = |name: &str| format!("lines[{i}].{name}");
+            Some(ImportedLine {
+                kind: parse_enum(&mut v, LineKind::parse(&f("kind"), &l.kind))?,
+                description: l.description.clone(),
+                metric_code: (!l.metric_code.is_empty()).then(|| l.metric_code.clone()),
+                charge_model: (!l.charge_model.is_empty()).then(|| l.charge_model.clone()),
+                units: dec(&mut v, &f("units"), &l.units, false),
+                service_period: period(&mut v, &f("service"), &l.service_start, &l.service_end)?,
+                amount: dec(&mut v, &f("amount"), &l.amount, true)?,
+            })
+        })
+        .collect();
+    let tax_rate = dec_or_zero(&mut v, "tax_rate", &r.tax_rate);
+    let tax = dec_or_zero(&mut v, "tax", &r.tax);
+    let total = dec_required(&mut v, "total", &r.total);
+    v.into_result()?;
+    Ok(Command::ImportInvoice(ImportedInvoice {
+        invoice_id: r.invoice_id.clone(),
+        customer_id: r.customer_id.clone(),
+        subscription_id: (!r.subscription_id.is_empty()).then(|| r.subscription_id.clone()),
+        currency: currency.expect("checked"),
+        period: invoice_period.expect("checked"),
+        issued_at: issued_at.expect("checked"),
+        lines: lines.into_iter().map(|l| l.expect("checked")).collect(),
+        tax_rate,
+        tax,
+        total,
+    }))
+}
+
+/// A period from two local dates `<prefix>_start` and `<prefix>_end`, both required.
+fn period(v: &mut Violations, prefix: &str, start: &str, end: &str) -> Option<Period> {
+    let (start_field, end_field) = (format!("{prefix}_start"), format!("{prefix}_end"));
+    for (field, s) in [(&start_field, start), (&end_field, end)] {
+        if s.is_empty() {
+            v.push(field.as_str(), "is required (a date YYYY-MM-DD)");
+        }
+    }
+    let start = date(v, &start_field, start)?;
+    let end = date(v, &end_field, end)?;
+    Some(Period { start, end })
 }
 
 pub fn change_plan(r: &pb::ChangePlanRequest) -> Parsed<Command> {

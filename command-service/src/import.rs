@@ -196,7 +196,7 @@ impl CommandApi {
     async fn run_record(&self, mode: &mut Mode, record: Record) -> Result<u64, Status> {
         let record = with_derived_key(record)?;
         let Mode::Validate(run) = mode else { return self.apply(record).await };
-        let (cmd, key) = command_of(&record)?;
+        let (cmd, key) = command_of(&record, self.engine.now())?;
         match self.engine.dry_execute(run, cmd, key).await? {
             DryOutcome::Appends(n) => Ok(n),
             DryOutcome::Unchanged => Ok(0),
@@ -225,6 +225,12 @@ impl CommandApi {
                 .unwrap_or_default(),
             Record::BillingRun(r) => {
                 self.run_billing(Request::new(r)).await?.into_inner().ack.unwrap_or_default()
+            }
+            Record::Invoice(r) => {
+                self.import_invoice(Request::new(r)).await?.into_inner().ack.unwrap_or_default()
+            }
+            Record::Payment(r) => {
+                self.record_payment(Request::new(r)).await?.into_inner().ack.unwrap_or_default()
             }
             Record::Usage(u) => return Ok(u64::from(self.usage_chunk(vec![u]).await?.accepted)),
         };
@@ -301,13 +307,21 @@ fn with_derived_key(record: Record) -> Result<Record, Status> {
             r.idempotency_key = derive("billing_run", r.encode_to_vec());
             Record::BillingRun(r)
         }
+        Record::Invoice(mut r) if r.idempotency_key.is_empty() => {
+            r.idempotency_key = derive("invoice", r.encode_to_vec());
+            Record::Invoice(r)
+        }
+        Record::Payment(mut r) if r.idempotency_key.is_empty() => {
+            r.idempotency_key = derive("payment", r.encode_to_vec());
+            Record::Payment(r)
+        }
         other => other,
     })
 }
 
 /// The command a record runs and its idempotency key with the request digest, as the
 /// record's own handler computes them.
-fn command_of(record: &Record) -> Result<(Command, Option<Key>), Status> {
+fn command_of(record: &Record, now: jiff::Timestamp) -> Result<(Command, Option<Key>), Status> {
     macro_rules! keyed {
         ($method:expr, $r:expr, $convert:expr) => {{
             let mut r = $r.clone();
@@ -325,6 +339,10 @@ fn command_of(record: &Record) -> Result<(Command, Option<Key>), Status> {
         Record::Cancellation(r) => keyed!("CancelSubscription", r, convert::cancel_subscription),
         Record::BillingRun(r) => keyed!("RunBilling", r, |r: &pb::RunBillingRequest| {
             convert::timestamp("as_of", r.as_of.as_ref()).map(|as_of| Command::RunBilling { as_of })
+        }),
+        Record::Invoice(r) => keyed!("ImportInvoice", r, convert::import_invoice),
+        Record::Payment(r) => keyed!("RecordPayment", r, |r: &pb::RecordPaymentRequest| {
+            convert::record_payment(r, now)
         }),
         Record::Usage(u) => {
             (Command::RecordUsage(convert::usage(u.clone()).map_err(from_domain)?), None)

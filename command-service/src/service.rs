@@ -494,6 +494,18 @@ impl CommandService for CommandApi {
     }
 
     #[tracing::instrument(skip_all, fields(invoice_id = %echo(&request.get_ref().invoice_id)))]
+    async fn import_invoice(
+        &self,
+        request: Request<pb::ImportInvoiceRequest>,
+    ) -> Result<Response<pb::InvoiceResponse>, Status> {
+        let (r, key) = without_key!(request.get_ref());
+        bounded_ids(|v| check_invoice_id(v, "invoice_id", &r.invoice_id))?;
+        let cmd = convert::import_invoice(&r);
+        let done = self.run("ImportInvoice", &r, &key, cmd, None).await?;
+        self.invoice_reply(&r.invoice_id, done).await
+    }
+
+    #[tracing::instrument(skip_all, fields(invoice_id = %echo(&request.get_ref().invoice_id)))]
     async fn void_invoice(
         &self,
         request: Request<pb::VoidInvoiceRequest>,

@@ -198,6 +198,7 @@ async fn books_with(options: EngineOptions) -> (Arc<GatedStore>, Arc<Engine>) {
         plan_version: None,
         anchor: Anchor::Anniversary,
         start_date: None,
+        billed_until: None,
     };
     e.execute(start, None, None).await.unwrap();
     (store, Arc::new(e))
@@ -383,6 +384,7 @@ async fn on_a_shared_log_a_decision_waits_for_the_appends_in_flight() {
         plan_version: None,
         anchor: Anchor::Anniversary,
         start_date: None,
+        billed_until: None,
     };
     let e2 = e.clone();
     let started =

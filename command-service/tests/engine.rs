@@ -69,6 +69,7 @@ async fn a_large_billing_run_is_split_into_bounded_appends_and_rebuilds_identica
             anchor: Anchor::Anniversary,
             // Backdated one month: the run at the clock's time closes the first period.
             start_date: Some("2024-12-01".parse().unwrap()),
+            billed_until: None,
         };
         e.execute(start, None, None).await.unwrap();
     }
@@ -408,6 +409,7 @@ async fn an_overflowing_subscription_does_not_stop_billing_or_append_anything() 
             anchor: Anchor::Anniversary,
             // Backdated one month: the run at the clock's time closes the first period.
             start_date: Some("2024-12-05".parse().unwrap()),
+            billed_until: None,
         };
         e.execute(start, None, None).await.unwrap();
     }
@@ -509,6 +511,7 @@ async fn a_decision_on_a_model_another_node_changed_never_lands() {
         plan_version: None,
         anchor: Anchor::Anniversary,
         start_date: None,
+        billed_until: None,
     };
     a.execute(start, None, None).await.unwrap();
     wait_for(&*store_b, 4).await;

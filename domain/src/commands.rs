@@ -70,6 +70,11 @@ pub enum Command {
         anchor: Anchor,
         /// `None` = today in the customer's time zone.
         start_date: Option<Date>,
+        /// An imported subscription's cutover: a period boundary after `start_date`, today or
+        /// earlier. The previous biller invoiced every period before it (with an in-advance
+        /// plan, also the fee of the period starting on it); Accrual bills from it on. Its
+        /// invoices can be imported as facts (`Command::ImportInvoice`).
+        billed_until: Option<Date>,
     },
     ChangePlan {
         subscription_id: String,
@@ -120,4 +125,6 @@ pub enum Command {
         subscription_id: String,
         alert_id: String,
     },
+    /// An invoice another biller issued, recorded as a fact (its own number and amounts).
+    ImportInvoice(crate::imported_invoice::ImportedInvoice),
 }

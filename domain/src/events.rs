@@ -91,6 +91,11 @@ pub enum Event {
         start_date: Date,
         trial_end: Option<Date>,
         occurred_at: Timestamp,
+        /// An imported subscription's cutover (`docs/import.md`): the previous biller invoiced
+        /// every period before this date, and Accrual bills from it on. Absent otherwise (and
+        /// not written, so every other start encodes as it always did).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        billed_until: Option<Date>,
     },
     TrialEnded {
         subscription_id: String,

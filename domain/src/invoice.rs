@@ -27,6 +27,24 @@ pub enum LineKind {
 }
 
 impl LineKind {
+    pub const ALL: [LineKind; 7] = [
+        LineKind::BaseFee,
+        LineKind::Usage,
+        LineKind::UsageInAdvance,
+        LineKind::MinimumCommitmentTrueUp,
+        LineKind::Credit,
+        LineKind::AddOn,
+        LineKind::PrepaidCredits,
+    ];
+
+    /// The kind named `s` (as [`LineKind::as_str`] writes it); INVALID_ARGUMENT on `field`.
+    pub fn parse(field: &str, s: &str) -> Result<LineKind, DomainError> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
+            DomainError::invalid(field, format!("{s:?} is not one of {}", names.join(", ")))
+        })
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             LineKind::BaseFee => "base_fee",
@@ -62,6 +80,8 @@ pub enum IssueReason {
     /// A plan change or cancellation dated back into closed (invoiced) periods: their base
     /// fees corrected by credit and charge lines, the issued invoices untouched.
     Correction,
+    /// An invoice another biller issued, imported as a fact (`crate::imported_invoice`).
+    Imported,
 }
 
 impl IssueReason {
@@ -78,6 +98,7 @@ impl IssueReason {
             IssueReason::Progressive => "progressive",
             IssueReason::PlanDowngrade => "plan_downgrade",
             IssueReason::Correction => "correction",
+            IssueReason::Imported => "imported",
         }
     }
 }

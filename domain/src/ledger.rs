@@ -31,6 +31,8 @@ mod billing;
 mod coupons;
 mod effective_dates;
 mod evolve;
+mod imported_invoices;
+pub use imported_invoices::BILLED_HERE;
 mod progressive;
 mod rules;
 mod subscriptions;
@@ -38,7 +40,8 @@ mod usage;
 mod wallets;
 pub use billing::check_billing_time;
 pub use effective_dates::{
-    BACKDATE_DAYS_LIMIT, CORRECTED_PERIODS_MAX, PLAN_CHANGED_LATER, USAGE_AFTER_END,
+    BACKDATE_DAYS_LIMIT, BILLED_ELSEWHERE, CORRECTED_PERIODS_MAX, PLAN_CHANGED_LATER,
+    USAGE_AFTER_END,
 };
 pub use rules::{
     check_not_future, latest_accepted, rated_units, METRIC_NOT_ON_PLAN, PAYMENT_BEFORE_ISSUE,
@@ -249,6 +252,7 @@ impl Ledger {
             Command::OpenWallet(w) => self.decide_open_wallet(w, ctx),
             Command::TopUpWallet(req) => self.decide_top_up(req, ctx),
             Command::CreateUsageAlert(alert) => self.decide_create_alert(alert, ctx),
+            Command::ImportInvoice(inv) => self.decide_import_invoice(inv, ctx),
             Command::DeleteUsageAlert { subscription_id, alert_id } => {
                 self.decide_delete_alert(subscription_id, alert_id, ctx)
             }

@@ -16,6 +16,7 @@ pub mod coupon;
 pub mod credit_note;
 pub mod error;
 pub mod events;
+pub mod imported_invoice;
 pub mod invoice;
 pub mod ledger;
 pub mod money;

@@ -128,6 +128,7 @@ fn world(start: Timestamp) -> (Ledger, u64) {
             plan_version: None,
             anchor: if i % 3 == 0 { Anchor::Calendar } else { Anchor::Anniversary },
             start_date: Some(date(2025, 1, 1 + i8::try_from(i).unwrap())),
+            billed_until: None,
         };
         run(&mut ledger, cmd);
     }

@@ -56,6 +56,11 @@ pub struct Subscription {
     pub next_close: Option<Period>,
     /// Base fee is invoiced for every day before this date.
     pub fee_billed_until: Date,
+    /// An imported subscription's cutover: the previous biller invoiced every period before
+    /// this date. Plan changes dated before it are history only (no invoice); its imported
+    /// invoices end on or before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billed_elsewhere_until: Option<Date>,
     /// Amounts invoiced ahead of close per period start (base fee in advance, credits, in-advance
     /// usage fees), counted against the minimum commitment.
     pub billed_by_period: BTreeMap<Date, Decimal>,

@@ -97,6 +97,7 @@ fn one_of_each() -> Vec<Event> {
             start_date: date(2025, 1, 1),
             trial_end: Some(date(2025, 1, 15)),
             occurred_at: at("2025-01-01T09:00:00Z"),
+            billed_until: None,
         },
         Event::TrialEnded { subscription_id: "sub-1".into(), date: date(2025, 1, 15) },
         Event::PlanChangeScheduled {

@@ -86,6 +86,7 @@ fn fixture() -> &'static Ledger {
             plan_version: None,
             anchor: Anchor::Anniversary,
             start_date: None,
+            billed_until: None,
         };
         let commands = [
             customer,

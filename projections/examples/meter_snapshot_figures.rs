@@ -77,6 +77,7 @@ fn events(subscriptions: u64, usage_events: u64) -> Vec<Event> {
             plan_version: None,
             anchor: domain::calendar::Anchor::Anniversary,
             start_date: None,
+            billed_until: None,
         };
         run(&mut ledger, start, &mut out);
     }

@@ -84,6 +84,7 @@ fn start(sub: &str) -> Event {
         start_date: date(2025, 1, 1),
         trial_end: None,
         occurred_at: common::at(0),
+        billed_until: None,
     }
 }
 

@@ -99,6 +99,7 @@ fn commands() -> Vec<(Timestamp, Command)> {
             plan_version: None,
             anchor: Anchor::Calendar,
             start_date: None,
+            billed_until: None,
         },
     ];
     let mut commands: Vec<(Timestamp, Command)> =

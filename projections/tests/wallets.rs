@@ -82,6 +82,7 @@ fn events() -> Vec<Event> {
         plan_version: None,
         anchor: Anchor::Anniversary,
         start_date: Some(date(2025, 1, 1)),
+        billed_until: None,
     };
     run(start, "2025-01-01T10:00:00Z");
     let as_of = "2025-01-20T00:00:00Z";

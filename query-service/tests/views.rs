@@ -82,6 +82,7 @@ fn start(sub: &str, cust: &str, on: Date) -> Event {
         start_date: on,
         trial_end: None,
         occurred_at: ts("2025-01-01T00:00:00Z"),
+        billed_until: None,
     }
 }
 

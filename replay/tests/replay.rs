@@ -102,6 +102,7 @@ async fn q1_with_april_correction() -> Books {
         plan_version: None,
         anchor: Anchor::Calendar,
         start_date: None,
+        billed_until: None,
     };
     b.run("2025-01-01", start).await;
     b.run("2025-01-05", pay(b.invoice_issued_on(date(2025, 1, 1)), dec!(100), "2025-01-05")).await;

@@ -258,6 +258,8 @@ async fn send_live(channel: &Channel, file: &Path) -> anyhow::Result<u64> {
             Record::PlanChange(r) => drop(c.change_plan(r).await?),
             Record::Cancellation(r) => drop(c.cancel_subscription(r).await?),
             Record::BillingRun(r) => drop(c.run_billing(r).await?),
+            Record::Invoice(r) => drop(c.import_invoice(r).await?),
+            Record::Payment(r) => drop(c.record_payment(r).await?),
             Record::Usage(_) => unreachable!("usage is batched above"),
         }
     }

@@ -1,5 +1,6 @@
 //! The import file formats (docs/import.md): JSON Lines, one record per line with a `type`
-//! (customer, metric, plan, subscription, plan_change, cancellation, usage, billing_run), and
+//! (customer, metric, plan, subscription, plan_change, cancellation, usage, billing_run,
+//! invoice, payment), and
 //! CSV of usage (`subscription_id,transaction_id,metric_code,occurred_at`, then one column
 //! per property). Each line becomes the `Import` record its own gRPC call would take; money
 //! and dates stay strings for the server to check, as on every call.
@@ -114,6 +115,9 @@ enum Line {
         billing_anchor: String,
         #[serde(default)]
         start_date: String,
+        /// An imported subscription's cutover (docs/import.md).
+        #[serde(default)]
+        billed_until: String,
     },
     PlanChange {
         subscription_id: String,
@@ -140,6 +144,53 @@ enum Line {
         #[serde(default)]
         idempotency_key: String,
     },
+    Invoice(Box<Invoice>),
+    Payment {
+        invoice_id: String,
+        amount: String,
+        /// RFC 3339, when the previous biller recorded it; absent: when imported.
+        #[serde(default)]
+        occurred_at: String,
+        #[serde(default)]
+        idempotency_key: String,
+    },
+}
+
+/// Another biller's invoice, imported as a fact (`ImportInvoiceRequest`).
+#[derive(Deserialize)]
+struct Invoice {
+    invoice_id: String,
+    customer_id: String,
+    #[serde(default)]
+    subscription_id: String,
+    currency: String,
+    period_start: String,
+    period_end: String,
+    /// RFC 3339.
+    issued_at: String,
+    lines: Vec<InvoiceLine>,
+    #[serde(default)]
+    tax_rate: String,
+    #[serde(default)]
+    tax: String,
+    total: String,
+    #[serde(default)]
+    idempotency_key: String,
+}
+
+#[derive(Deserialize)]
+struct InvoiceLine {
+    kind: String,
+    description: String,
+    #[serde(default)]
+    metric_code: String,
+    #[serde(default)]
+    charge_model: String,
+    #[serde(default)]
+    units: String,
+    service_start: String,
+    service_end: String,
+    amount: String,
 }
 
 #[derive(Deserialize)]
@@ -240,6 +291,7 @@ impl Line {
                 plan_version,
                 billing_anchor,
                 start_date,
+                billed_until,
             } => Record::Subscription(pb::StartSubscriptionRequest {
                 idempotency_key: String::new(),
                 subscription_id,
@@ -248,6 +300,7 @@ impl Line {
                 plan_version,
                 billing_anchor,
                 start_date,
+                billed_until,
             }),
             Line::PlanChange {
                 subscription_id,
@@ -282,6 +335,53 @@ impl Line {
                     as_of: Some(instant(&as_of)?),
                 })
             }
+            Line::Invoice(i) => Record::Invoice(i.into_request()?),
+            Line::Payment { invoice_id, amount, occurred_at, idempotency_key } => {
+                Record::Payment(pb::RecordPaymentRequest {
+                    idempotency_key,
+                    invoice_id,
+                    succeeded: true,
+                    amount,
+                    reason: String::new(),
+                    occurred_at: if occurred_at.is_empty() {
+                        None
+                    } else {
+                        Some(instant(&occurred_at)?)
+                    },
+                })
+            }
+        })
+    }
+}
+
+impl Invoice {
+    fn into_request(self) -> Result<pb::ImportInvoiceRequest, String> {
+        Ok(pb::ImportInvoiceRequest {
+            idempotency_key: self.idempotency_key,
+            invoice_id: self.invoice_id,
+            customer_id: self.customer_id,
+            subscription_id: self.subscription_id,
+            currency: self.currency,
+            period_start: self.period_start,
+            period_end: self.period_end,
+            issued_at: Some(instant(&self.issued_at)?),
+            lines: self
+                .lines
+                .into_iter()
+                .map(|l| pb::ImportedInvoiceLine {
+                    kind: l.kind,
+                    description: l.description,
+                    metric_code: l.metric_code,
+                    charge_model: l.charge_model,
+                    units: l.units,
+                    service_start: l.service_start,
+                    service_end: l.service_end,
+                    amount: l.amount,
+                })
+                .collect(),
+            tax_rate: self.tax_rate,
+            tax: self.tax,
+            total: self.total,
         })
     }
 }

@@ -58,6 +58,7 @@ pub async fn catalog(e: &Engine, subscriptions: u64, metrics: &[(&str, Aggregati
             plan_version: None,
             anchor: Anchor::Anniversary,
             start_date: Some("2025-01-01".parse().unwrap()),
+            billed_until: None,
         };
         let key = Some((format!("start-{i}"), [i as u8; 32]));
         e.execute(start, key, None).await.unwrap();

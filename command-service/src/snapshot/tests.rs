@@ -92,6 +92,7 @@ async fn reopen_equals_rebuild(store: &Arc<MemoryStore>, path: &Path) -> Positio
         plan_version: None,
         anchor: Anchor::Anniversary,
         start_date: Some("2025-01-01".parse().unwrap()),
+        billed_until: None,
     };
     let replay = reopened.execute(start, Some(("start-1".into(), [1; 32])), None).await.unwrap();
     assert!(replay.duplicate, "the key is known from the snapshot");

@@ -12,6 +12,7 @@ use crate::anomaly::{
     self, push_bounded, AnomalyFlag, Completeness, PeriodCharges, HISTORY_PERIODS_MAX,
     PLAN_TOTALS_MAX,
 };
+use crate::calendar::local_date;
 use crate::invoice::{Invoice, IssueReason, LineKind};
 use crate::subscription::Subscription;
 
@@ -73,10 +74,20 @@ impl Ledger {
     /// totals (before the subscription's `BillingPeriodClosed` drops the period's progressive
     /// amounts).
     pub(super) fn evolve_billed_history(&mut self, inv: &Invoice) {
-        if inv.reason != IssueReason::PeriodClose || inv.subscription_id.is_empty() {
+        if inv.subscription_id.is_empty() {
             return;
         }
         let sub = self.sub_mut(&inv.subscription_id);
+        // Another biller's invoice is a period's closing one when it was issued once the
+        // period had ended (a start, upgrade or trial-end invoice is issued inside it).
+        let closing = match inv.reason {
+            IssueReason::PeriodClose => true,
+            IssueReason::Imported => local_date(inv.issued_at, &sub.time_zone) >= inv.period.end,
+            _ => false,
+        };
+        if !closing {
+            return;
+        }
         let plan_code = sub.plan_at(inv.period.last_day()).code.clone();
         let charges = period_charges(sub, inv, &plan_code);
         let total = charges.total;

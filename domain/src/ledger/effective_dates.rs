@@ -35,6 +35,8 @@ pub const CORRECTED_PERIODS_MAX: usize = 530;
 pub const BACKDATE_DAYS_LIMIT: u32 = 3_660;
 /// A usage event recorded in an open period after a back-dated end of service.
 pub const USAGE_AFTER_END: &str = "USAGE_AFTER_END";
+/// A cancellation dated before an imported subscription's cutover (`billed_until`).
+pub const BILLED_ELSEWHERE: &str = "BILLED_ELSEWHERE";
 /// A dated plan change on or before the subscription's latest plan change.
 pub const PLAN_CHANGED_LATER: &str = "PLAN_CHANGED_LATER";
 
@@ -90,6 +92,11 @@ impl Ledger {
                 ),
             ));
         }
+        if sub.billed_elsewhere_until.is_some_and(|cutover| date < cutover) {
+            // History from before an imported subscription's cutover: the previous biller
+            // invoiced it (its invoices are imported as they were), so only the plan changes.
+            return Ok(vec![self.plan_changed(sub, new_plan, date)?]);
+        }
         let today = local_date(ctx.now, &sub.time_zone);
         if date > today {
             return Ok(vec![Event::PlanChangeScheduled {
@@ -131,17 +138,9 @@ impl Ledger {
         ctx: &Context,
     ) -> Result<Vec<Event>, DomainError> {
         let old_plan = self.plan(sub.current_plan());
-        let kind = if monthly_fee(sub, new_plan)? < monthly_fee(sub, old_plan)? {
-            PlanChangeKind::Downgrade
-        } else {
-            PlanChangeKind::Upgrade
-        };
-        let mut events = vec![Event::PlanChanged {
-            subscription_id: sub.subscription_id.clone(),
-            plan: new_plan.plan_ref(),
-            kind,
-            effective_date: date,
-        }];
+        let changed = self.plan_changed(sub, new_plan, date)?;
+        let Event::PlanChanged { kind, .. } = changed else { unreachable!("a PlanChanged") };
+        let mut events = vec![changed];
         let first_open = sub.next_close.expect("a subscription in service has an open period");
         let (mut lines, corrected) =
             self.closed_period_lines(sub, date, first_open.start, |p, a| {
@@ -175,6 +174,28 @@ impl Ledger {
         Ok(events)
     }
 
+    /// `PlanChanged` to `new_plan` on `date`: an upgrade unless the new plan's monthly fee is
+    /// lower.
+    fn plan_changed(
+        &self,
+        sub: &Subscription,
+        new_plan: &Plan,
+        date: Date,
+    ) -> Result<Event, DomainError> {
+        let old_plan = self.plan(sub.current_plan());
+        let kind = if monthly_fee(sub, new_plan)? < monthly_fee(sub, old_plan)? {
+            PlanChangeKind::Downgrade
+        } else {
+            PlanChangeKind::Upgrade
+        };
+        Ok(Event::PlanChanged {
+            subscription_id: sub.subscription_id.clone(),
+            plan: new_plan.plan_ref(),
+            kind,
+            effective_date: date,
+        })
+    }
+
     /// A cancellation whose first day without service is `date` (past, today or future).
     /// Before the oldest open period, the closed days' base fees are credited on a correction
     /// invoice, and the open periods close at once (the caller runs billing).
@@ -185,6 +206,17 @@ impl Ledger {
         ctx: &Context,
     ) -> Result<Vec<Event>, DomainError> {
         check_effective_date(sub, "effective_date", date, ctx)?;
+        if let Some(cutover) = sub.billed_elsewhere_until.filter(|c| date < *c) {
+            return Err(precondition(
+                sub,
+                BILLED_ELSEWHERE,
+                format!(
+                    "the previous biller invoiced this subscription before {cutover} (its \
+                     cutover); a service that ended before it is history: import its invoices \
+                     and a subscription that ends on or after {cutover}"
+                ),
+            ));
+        }
         let first_open = sub.next_close.expect("a subscription in service has an open period");
         check_no_usage_after(sub, first_open.start, date)?;
         let mut events = Vec::new();

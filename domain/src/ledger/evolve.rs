@@ -136,6 +136,19 @@ impl Ledger {
     }
 
     fn evolve_invoice(&mut self, inv: &Invoice) {
+        if inv.reason == IssueReason::Imported {
+            // Another biller's fact: numbered with its subscription's invoices (so Accrual's
+            // next one follows it), no billing state, nothing applied at issue.
+            if let Some(sub) = self.subscriptions.get_mut(&inv.subscription_id) {
+                sub.invoice_ids.push(inv.invoice_id.clone());
+            }
+            // Its period's charges join the anomaly baseline, as a closing invoice's do.
+            self.evolve_billed_history(inv);
+            let previous =
+                self.invoices.insert(inv.invoice_id.clone(), InvoiceAccount::issued(inv.clone()));
+            assert!(previous.is_none(), "invoice ids are unique");
+            return;
+        }
         if !inv.coupons.is_empty() {
             self.evolve_coupon_uses(inv);
         }

@@ -219,6 +219,7 @@ impl Ledger {
                 plan_version,
                 anchor,
                 start_date,
+                billed_until,
             } => {
                 let sub = self.subscriptions.get(subscription_id)?;
                 let (first_day, first_plan) = sub.plans.first()?;
@@ -227,7 +228,8 @@ impl Ledger {
                     && first_plan.code == *plan_code
                     && plan_version.is_none_or(|v| v == first_plan.version)
                     && sub.cycle.anchor == *anchor
-                    && start_date.unwrap_or(today) == *first_day;
+                    && start_date.unwrap_or(today) == *first_day
+                    && sub.billed_elsewhere_until == *billed_until;
                 same.then(|| format!("subscription-{subscription_id}"))?
             }
             _ => return None,

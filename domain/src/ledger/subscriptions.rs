@@ -37,6 +37,7 @@ impl Ledger {
             plan_version,
             anchor,
             start_date,
+            billed_until,
         } = cmd
         else {
             unreachable!("called with StartSubscription")
@@ -80,7 +81,13 @@ impl Ledger {
             start_date: start,
             trial_end,
             occurred_at: ctx.now,
+            billed_until: *billed_until,
         }];
+        if let Some(cutover) = billed_until {
+            let cycle = Cycle { interval: plan.interval, anchor: *anchor, start_date: start };
+            check_cutover(&cycle, *cutover, today)?;
+            return Ok(events);
+        }
         if plan.fee_timing == FeeTiming::Advance && trial_end.is_none() {
             let sub = preview_subscription(self, &events[0]);
             let first = sub.cycle.first();
@@ -201,6 +208,31 @@ impl Ledger {
 }
 
 /// The subscription a `SubscriptionStarted` event creates.
+/// Refuses an imported subscription's cutover unless it is a period boundary after the start,
+/// today or earlier.
+fn check_cutover(cycle: &Cycle, cutover: Date, today: Date) -> Result<(), DomainError> {
+    if cutover <= cycle.start_date || cutover > today {
+        return Err(DomainError::invalid(
+            "billed_until",
+            format!(
+                "must be after the start date {} and at most today ({today})",
+                cycle.start_date
+            ),
+        ));
+    }
+    let period = cycle.period_containing(cutover).expect("after the start");
+    if period.start != cutover {
+        return Err(DomainError::invalid(
+            "billed_until",
+            format!(
+                "must be a billing period boundary: {cutover} is inside the period from {} to {}",
+                period.start, period.end
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn preview_subscription(ledger: &Ledger, started: &Event) -> Subscription {
     let Event::SubscriptionStarted {
         subscription_id,
@@ -209,25 +241,45 @@ pub(super) fn preview_subscription(ledger: &Ledger, started: &Event) -> Subscrip
         anchor,
         start_date,
         trial_end,
+        billed_until,
         ..
     } = started
     else {
         unreachable!("called with SubscriptionStarted")
     };
-    let interval = ledger.plan(plan).interval;
+    let plan_in_force = ledger.plan(plan);
+    let interval = plan_in_force.interval;
     let cycle = Cycle { interval, anchor: *anchor, start_date: *start_date };
+    // An imported subscription starts billing at its cutover: the period starting there is the
+    // oldest open one, the trial is over if it ended by then, and an in-advance fee of that
+    // period was the previous biller's (unless still in trial).
+    let (next_close, trial_ended, fee_billed_until) = match billed_until {
+        None => (cycle.first(), false, *start_date),
+        Some(cutover) => {
+            let open = cycle.period_containing(*cutover).expect("validated at decide");
+            debug_assert_eq!(open.start, *cutover, "a cutover is a period boundary");
+            let trial_over = trial_end.is_none_or(|t| t <= *cutover);
+            let fee_paid_ahead = plan_in_force.fee_timing == FeeTiming::Advance && trial_over;
+            (
+                open,
+                trial_end.is_some_and(|t| t <= *cutover),
+                if fee_paid_ahead { open.end } else { *cutover },
+            )
+        }
+    };
     Subscription {
         subscription_id: subscription_id.clone(),
         customer_id: customer_id.clone(),
         time_zone: ledger.customers[customer_id].time_zone.clone(),
-        next_close: Some(cycle.first()),
+        next_close: Some(next_close),
         cycle,
         plans: vec![(*start_date, plan.clone())],
         trial_end: *trial_end,
-        trial_ended: false,
+        trial_ended,
         pending_change: None,
         ends_on: None,
-        fee_billed_until: *start_date,
+        fee_billed_until,
+        billed_elsewhere_until: *billed_until,
         billed_by_period: BTreeMap::new(),
         open: BTreeMap::new(),
         invoice_ids: Vec::new(),
@@ -266,6 +318,7 @@ impl Subscription {
             ends_on: self.ends_on,
             next_close: self.next_close,
             fee_billed_until: self.fee_billed_until,
+            billed_elsewhere_until: self.billed_elsewhere_until,
             billed_by_period: self.billed_by_period.clone(),
             open: BTreeMap::new(),
             invoice_ids: self.invoice_ids.clone(),

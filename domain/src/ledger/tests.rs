@@ -111,6 +111,7 @@ impl World {
             plan_version: None,
             anchor,
             start_date: Some(start),
+            billed_until: None,
         };
         self.run(cmd, now).unwrap()
     }
@@ -459,6 +460,7 @@ fn errors_change_nothing() {
         plan_version: None,
         anchor: Anchor::Anniversary,
         start_date: None,
+        billed_until: None,
     };
     assert!(matches!(
         w.run(start, "2025-01-01T00:00:00Z"),
@@ -1014,6 +1016,7 @@ impl World {
             plan_version: None,
             anchor,
             start_date: Some(date(2025, 1, day)),
+            billed_until: None,
         };
         self.run(cmd, "2025-01-01T10:00:00Z").unwrap();
     }
@@ -1177,6 +1180,7 @@ fn commands_that_would_issue_an_overflowing_invoice_are_refused_and_change_nothi
         plan_version: None,
         anchor: Anchor::Anniversary,
         start_date: None,
+        billed_until: None,
     };
     let change = Command::ChangePlan {
         subscription_id: "s2".into(),
@@ -1213,6 +1217,7 @@ mod anomalies;
 mod coupons;
 mod credit_notes;
 mod effective_dates;
+mod imported_invoices;
 mod input_rules;
 mod progressive;
 mod wallets;

@@ -72,6 +72,7 @@ fn start(sub: &str, cust: &str, plan: &str, on: Date, trial_end: Option<Date>) -
         start_date: on,
         trial_end,
         occurred_at: at(0),
+        billed_until: None,
     }
 }
 

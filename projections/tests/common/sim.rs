@@ -234,6 +234,7 @@ pub fn simulate_billing(ops: &[Op], arrears: bool, progressive: bool) -> Vec<Eve
                     plan_version: None,
                     anchor: if customer % 2 == 0 { Anchor::Anniversary } else { Anchor::Calendar },
                     start_date: None,
+                    billed_until: None,
                 }
             }
             Op::Usage { customer, calls } => Command::RecordUsage(Usage {

@@ -106,6 +106,7 @@ fn a_first_invoice_far_above_the_plans_typical_one_is_flagged() {
             plan_version: None,
             anchor: Anchor::Calendar,
             start_date: Some(date(2025, 1, 1)),
+            billed_until: None,
         };
         w.run(cmd, "2025-01-01T10:00:00Z").unwrap();
         let mut u = s1_usage(&format!("u{i}"), calls, "2025-01-10T12:00:00Z");

@@ -295,6 +295,7 @@ fn a_backdated_start_is_billed_by_the_next_run() {
         plan_version: None,
         anchor: Anchor::Anniversary,
         start_date: Some(date(2024, 3, 13)),
+        billed_until: None,
     };
     assert_eq!(kind_of(&w.run(too_early, now).unwrap_err()), "start_date");
     w.start("m", Anchor::Anniversary, date(2025, 1, 1), now);
