@@ -647,6 +647,224 @@ async fn the_recognition_table_holds_through_back_dated_commands() {
     }
 }
 
+/// What a proration row does after its back-dated start, dated into its open period (no
+/// billing run has closed anything yet).
+enum Dated {
+    Nothing,
+    /// To a plan with this base fee (same interval and timing), first day on it.
+    Upgrade(&'static str, &'static str),
+    /// First day without service.
+    Cancel(&'static str),
+}
+
+/// One row of the proration table (SPEC §4; `domain/src/calendar.rs` and
+/// `domain/src/ledger/tests.rs` prorate the same cases): a plan (interval, base fee, fee
+/// timing, trial days), a subscription started back-dated on `start` with `anchor`, a dated
+/// command, then billing runs as of Feb 1 and Mar 1 2025: the (kind, amount) lines of every
+/// invoice of the subscription, in the order issued.
+struct ProrationCase {
+    name: &'static str,
+    plan: (&'static str, &'static str, &'static str, u32),
+    anchor: &'static str,
+    start: &'static str,
+    then: Dated,
+    invoices: &'static [&'static [(&'static str, &'static str)]],
+}
+
+#[tokio::test]
+async fn the_proration_table_holds_through_back_dated_commands() {
+    use Dated::*;
+    const FEE: &str = "base_fee";
+    let cases = [
+        ProrationCase {
+            name: "calendar, mid-January, in advance",
+            plan: ("monthly", "31.00", "advance", 0),
+            anchor: "calendar",
+            start: "2025-01-10",
+            then: Nothing,
+            // Jan 10..Feb 1: 31.00 × 22/31 = 22.00; then February and March in full.
+            invoices: &[&[(FEE, "22.00")], &[(FEE, "31.00")], &[(FEE, "31.00")]],
+        },
+        ProrationCase {
+            name: "calendar, mid-January, in arrears (calendar_anchor_prorates_the_first_period)",
+            plan: ("monthly", "31.00", "arrears", 0),
+            anchor: "calendar",
+            start: "2025-01-16",
+            then: Nothing,
+            // Jan 16..Feb 1: 31.00 × 16/31 = 16.00 at January's close; February in full.
+            invoices: &[&[(FEE, "16.00")], &[(FEE, "31.00")]],
+        },
+        ProrationCase {
+            name: "anniversary, mid-January: not prorated",
+            plan: ("monthly", "31.00", "advance", 0),
+            anchor: "anniversary",
+            start: "2025-01-10",
+            then: Nothing,
+            // Jan 10..Feb 10 in full; Feb 10..Mar 10 in full when the first closes.
+            invoices: &[&[(FEE, "31.00")], &[(FEE, "31.00")]],
+        },
+        ProrationCase {
+            name: "calendar, February (28 days): a half cent rounds away from zero",
+            plan: ("monthly", "10.50", "advance", 0),
+            anchor: "calendar",
+            start: "2025-02-14",
+            then: Nothing,
+            // Feb 14..Mar 1: 10.50 × 15/28 = 5.625 → 5.63; March in full.
+            invoices: &[&[(FEE, "5.63")], &[(FEE, "10.50")]],
+        },
+        ProrationCase {
+            name: "calendar, on the 1st of February: not prorated",
+            plan: ("monthly", "31.00", "advance", 0),
+            anchor: "calendar",
+            start: "2025-02-01",
+            then: Nothing,
+            // A whole period, 28 days at the full fee (not 31.00 × 28/31); March in full.
+            invoices: &[&[(FEE, "31.00")], &[(FEE, "31.00")]],
+        },
+        ProrationCase {
+            name: "14-day trial, in advance (trial_then_in_advance_fee_for_the_rest_of_the_period)",
+            plan: ("monthly", "31.00", "advance", 14),
+            anchor: "anniversary",
+            start: "2025-01-01",
+            then: Nothing,
+            // No start invoice; trial ends Jan 15: 31.00 × 17/31 = 17.00 (Jan 15..Feb 1);
+            // February and March in full.
+            invoices: &[&[(FEE, "17.00")], &[(FEE, "31.00")], &[(FEE, "31.00")]],
+        },
+        ProrationCase {
+            name: "cancellation dated Jan 12, in advance (immediate_cancel_credits_unused_days…)",
+            plan: ("monthly", "31.00", "advance", 0),
+            anchor: "anniversary",
+            start: "2025-01-01",
+            then: Cancel("2025-01-12"),
+            // January in advance; unused Jan 12..Feb 1: −31.00 × 20/31 = −20.00; nothing more.
+            invoices: &[&[(FEE, "31.00")], &[("credit", "-20.00")]],
+        },
+        ProrationCase {
+            name: "cancellation dated Jan 10, in arrears",
+            plan: ("monthly", "30.00", "arrears", 0),
+            anchor: "anniversary",
+            start: "2025-01-01",
+            then: Cancel("2025-01-10"),
+            // Jan 1..Jan 10: 30.00 × 9/31 = 8.709… → 8.71 on the final invoice.
+            invoices: &[&[(FEE, "8.71")]],
+        },
+        ProrationCase {
+            name: "upgrade dated Feb 15, in advance",
+            plan: ("monthly", "30.00", "advance", 0),
+            anchor: "anniversary",
+            start: "2025-02-01",
+            then: Upgrade("62.00", "2025-02-15"),
+            // February on 30.00; Feb 15..Mar 1 is 14 of 28 days: −30.00 × 14/28 = −15.00,
+            // +62.00 × 14/28 = 31.00; March in full on 62.00.
+            invoices: &[
+                &[(FEE, "30.00")],
+                &[("credit", "-15.00"), (FEE, "31.00")],
+                &[(FEE, "62.00")],
+            ],
+        },
+        ProrationCase {
+            name: "upgrade dated Feb 11, in arrears",
+            plan: ("monthly", "30.00", "arrears", 0),
+            anchor: "anniversary",
+            start: "2025-02-01",
+            then: Upgrade("62.00", "2025-02-11"),
+            // At February's close, by plan days: 30.00 × 10/28 = 10.714… → 10.71 (Feb 1..11),
+            // 62.00 × 18/28 = 39.857… → 39.86 (Feb 11..Mar 1).
+            invoices: &[&[(FEE, "10.71"), (FEE, "39.86")]],
+        },
+        ProrationCase {
+            name: "weekly, calendar, on a Wednesday",
+            plan: ("weekly", "10.00", "advance", 0),
+            anchor: "calendar",
+            start: "2025-02-26",
+            then: Nothing,
+            // Weeks start on Mondays: Wed Feb 26..Mon Mar 3: 10.00 × 5/7 = 7.142… → 7.14.
+            invoices: &[&[(FEE, "7.14")]],
+        },
+        ProrationCase {
+            name: "yearly, calendar, on July 1",
+            plan: ("yearly", "120.00", "advance", 0),
+            anchor: "calendar",
+            start: "2025-07-01",
+            then: Nothing,
+            // Jul 1..Jan 1 2026, 184 of 2025's 365 days: 120.00 × 184/365 = 60.493… → 60.49.
+            invoices: &[&[(FEE, "60.49")]],
+        },
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut c) = ten_year_horizon_with_acme(dir.path()).await;
+    for (i, case) in cases.iter().enumerate() {
+        let (interval, fee, timing, trial_days) = case.plan;
+        let id = format!("p{i}");
+        let customer = pb::RegisterCustomerRequest {
+            customer_id: id.clone(),
+            name: case.name.into(),
+            currency: "USD".into(),
+            time_zone: "UTC".into(),
+            tax_rate: "0".into(),
+            ..Default::default()
+        };
+        c.register_customer(customer).await.unwrap();
+        let publish = |code: &str, fee: &str| pb::PublishPlanRequest {
+            interval: interval.into(),
+            trial_days,
+            ..plan(code, fee, timing, vec![])
+        };
+        c.publish_plan(publish(&id, fee)).await.unwrap();
+        let start = pb::StartSubscriptionRequest {
+            subscription_id: id.clone(),
+            customer_id: id.clone(),
+            plan_code: id.clone(),
+            billing_anchor: case.anchor.into(),
+            start_date: case.start.into(),
+            ..Default::default()
+        };
+        c.start_subscription(start).await.unwrap();
+        match case.then {
+            Nothing => {}
+            Upgrade(fee, on) => {
+                c.publish_plan(publish(&format!("{id}-up"), fee)).await.unwrap();
+                let change = pb::ChangePlanRequest {
+                    subscription_id: id.clone(),
+                    plan_code: format!("{id}-up"),
+                    effective_date: on.into(),
+                    ..Default::default()
+                };
+                c.change_plan(change).await.unwrap();
+            }
+            Cancel(on) => {
+                let cancel = pb::CancelSubscriptionRequest {
+                    subscription_id: id.clone(),
+                    effective_date: on.into(),
+                    ..Default::default()
+                };
+                c.cancel_subscription(cancel).await.unwrap();
+            }
+        }
+    }
+    // The billing runs close, for every row at once, the periods that ended by their as_of.
+    bill(&mut c, "2025-02-01T00:00:00Z").await;
+    bill(&mut c, "2025-03-01T00:00:00Z").await;
+    let at = common::append_probe(&mut c).await;
+    let mut q = QueryServiceClient::new(server.serving("accrual.v1.QueryService").await);
+    let mut wrong = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let req = pb::ListInvoicesRequest {
+            customer_id: format!("p{i}"),
+            min_position: Some(at),
+            ..Default::default()
+        };
+        let issued = q.list_invoices(req).await.unwrap().into_inner().invoices;
+        let got: Vec<_> = issued.iter().map(lines).collect();
+        let want: Vec<_> = case.invoices.iter().map(|inv| pairs(inv)).collect();
+        if got != want {
+            wrong.push(format!("{}:\n  got  {got:?}\n  want {want:?}", case.name));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 /// A server with a ten-year back-dating horizon into which `lines` (JSON Lines records) were
 /// imported with `accrual import`: the server, a query client and the log position after them.
 async fn imported(
