@@ -11,6 +11,7 @@ mod anomalies;
 mod dashboard;
 mod feed;
 mod migration;
+mod past_books;
 mod scale;
 mod soak;
 mod webhooks;
@@ -54,6 +55,9 @@ pub enum BenchCommand {
     /// two servers: throughput of each, and whether the books are equal (issue 16; unequal
     /// books exit 1).
     Migration(migration::MigrationArgs),
+    /// Bitemporal queries (`as_recorded_at`) on a generated history: a new recorded time from
+    /// the whole log prefix, from the kept books before it, a kept one, and the live books.
+    PastBooks(past_books::PastBooksArgs),
 }
 
 #[derive(Args, Clone)]
@@ -160,6 +164,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Anomalies(args) => anomalies::run(args).await,
         BenchCommand::Dashboard(args) => dashboard::run(args).await,
         BenchCommand::Migration(args) => migration::run(args).await,
+        BenchCommand::PastBooks(args) => past_books::run(args).await,
     }
 }
 

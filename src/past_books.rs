@@ -1,11 +1,13 @@
 //! The books as they stood at a recorded time, for bitemporal queries (`as_recorded_at` on the
 //! QueryService) and the dashboard's `?as_of_recorded`: the read models rebuilt from the log up
-//! to that time (`replay::rebuild`), kept for the next query at the same log position. A
-//! rebuild goes into a fresh temporary directory, in memory (`/dev/shm`) where the machine has
-//! one, never into the live read models and never as a replay output; it is removed when the
-//! books are evicted.
+//! to that time, kept for the next query at the same log position. A rebuild starts from a
+//! copy of the newest kept books recorded before that time, if any, and folds only the events
+//! between (`replay::advance`): an auditor stepping forward through time pays for each step,
+//! not for the whole prefix again. It goes into a fresh temporary directory, in memory
+//! (`/dev/shm`) where the machine has one, never into the live read models and never as a
+//! replay output; it is removed when the books are evicted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use event_store::{EventStore, Position};
@@ -28,7 +30,8 @@ struct Kept {
     /// The log prefix `[0, end)` the books hold.
     end: Position,
     models: ReadModels,
-    _dir: tempfile::TempDir,
+    db: sled::Db,
+    dir: tempfile::TempDir,
 }
 
 impl RebuiltBooks {
@@ -48,6 +51,29 @@ fn scratch_dir() -> PathBuf {
     }
 }
 
+/// The read models' directory inside a kept rebuild's directory.
+const MODELS_DIR: &str = "read-models";
+/// Directories a sled database holds (it has one level: `blobs/`); a deeper tree is refused.
+const COPY_DEPTH_MAX: u32 = 4;
+
+/// Copies a flushed, idle sled database directory (what a crash would leave: sled recovers it).
+fn copy_dir(from: &Path, to: &Path, depth: u32) -> std::io::Result<()> {
+    if depth > COPY_DEPTH_MAX {
+        return Err(std::io::Error::other(format!("{} is nested too deep", from.display())));
+    }
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target, depth + 1)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl PastBooks for RebuiltBooks {
     async fn at(&self, at: Timestamp) -> Result<ReadModels, Status> {
@@ -56,29 +82,38 @@ impl PastBooks for RebuiltBooks {
             Status::internal(format!("finding the log position recorded at {at}: {e}"))
         })?;
         let mut kept = self.kept.lock().await;
-        if let Some(books) = kept.iter().find(|b| b.end == end) {
-            return Ok(books.models.clone());
+        if let Some(i) = kept.iter().position(|b| b.end == end) {
+            // Most recently used last: the least recently used is evicted first.
+            let books = kept.remove(i);
+            let models = books.models.clone();
+            kept.push(books);
+            return Ok(models);
         }
+        let internal = |what: &str, e: &dyn std::fmt::Display| {
+            Status::internal(format!("{what} the books as recorded at {at}: {e}"))
+        };
         let dir = tempfile::Builder::new()
             .prefix("accrual-past-books-")
             .tempdir_in(scratch_dir())
-            .map_err(|e| Status::internal(format!("a directory for past books: {e}")))?;
-        let out = dir.path().join("replay");
-        let rebuilt = replay::rebuild(
-            self.store.clone(),
-            replay::Cutoff::Position(end),
-            &replay::Kind::ALL,
-            &out,
-            &|_, _| {},
-        )
-        .await
-        .map_err(|e| Status::internal(format!("rebuilding the books as recorded at {at}: {e}")))?;
-        let models = crate::serve::open_projections_on(&rebuilt.read_models, None)
-            .map_err(|e| Status::internal(format!("opening the books as recorded at {at}: {e}")))?;
+            .map_err(|e| internal("a directory for", &e))?;
+        let path = dir.path().join(MODELS_DIR);
+        // Start from the newest kept books before `end` (a copy: they stay as they are for
+        // the queries reading them), so only the events between are folded.
+        if let Some(base) = kept.iter().filter(|b| b.end < end).max_by_key(|b| b.end) {
+            base.db.flush_async().await.map_err(|e| internal("flushing the books before", &e))?;
+            copy_dir(&base.dir.path().join(MODELS_DIR), &path, 0)
+                .map_err(|e| internal("copying the books before", &e))?;
+        }
+        let db = projections::open_db(&path).map_err(|e| internal("opening", &e))?;
+        replay::advance(self.store.clone(), end, &db)
+            .await
+            .map_err(|e| internal("rebuilding", &e))?;
+        let models =
+            crate::serve::open_projections_on(&db, None).map_err(|e| internal("opening", &e))?;
         if kept.len() == PAST_BOOKS_KEPT_MAX {
             kept.remove(0);
         }
-        kept.push(Kept { end, models: models.clone(), _dir: dir });
+        kept.push(Kept { end, models: models.clone(), db, dir });
         Ok(models)
     }
 }

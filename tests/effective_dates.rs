@@ -354,6 +354,19 @@ async fn bitemporal_queries_show_the_books_before_and_after_a_back_dated_correct
     let then = q.list_journal_entries(entries(stood)).await.unwrap().into_inner().entries.len();
     let now = q.list_journal_entries(entries(None)).await.unwrap().into_inner().entries.len();
     assert!(then > 0 && now > then, "{then} entries then, {now} now");
+    // A recorded time after the correction: built from a copy of the kept books as they stood
+    // (only the events between folded), they are the books as known now.
+    let t = jiff::Timestamp::now();
+    let later =
+        Some(prost_types::Timestamp { seconds: t.as_second(), nanos: t.subsec_nanosecond() });
+    assert_eq!(recognized(&mut q, "2025-01-31", later, at).await, "46.52");
+    assert_eq!(q.get_mrr(mrr_at(later)).await.unwrap().into_inner().mrr, "62.00");
+    let later_list = q.list_invoices(listing(later)).await.unwrap().into_inner();
+    assert_eq!(
+        later_list.invoices,
+        q.list_invoices(listing(None)).await.unwrap().into_inner().invoices
+    );
+    assert_eq!(recognized(&mut q, "2025-01-31", stood, at).await, "30.00", "kept as they stood");
     // A recorded time in the future is refused.
     let future = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
     let future = Some(prost_types::Timestamp { seconds: future.as_second(), nanos: 0 });

@@ -25,7 +25,7 @@ mod verify;
 pub use capped::CappedStore;
 pub use cutoff::{chain_head, resolve, Cutoff};
 pub use rebuild::{
-    rebuild, Kind, Manifest, ProjectionDigest, Rebuild, MANIFEST_FILE, READ_MODELS_DIR,
+    advance, rebuild, Kind, Manifest, ProjectionDigest, Rebuild, MANIFEST_FILE, READ_MODELS_DIR,
 };
 pub use verify::{verify, Verdict};
 

@@ -181,7 +181,7 @@ pub async fn rebuild(
         feeds.push(feed(&db, &store, end, *kind).await?);
     }
     let started = Instant::now();
-    let (feeds, last_hash) = replay_loop(&store, end, kinds, feeds, progress).await?;
+    let (feeds, last_hash) = replay_loop(&store, 0, end, kinds, feeds, progress).await?;
     let secs = started.elapsed().as_secs_f64();
     db.flush_async().await?;
     let mut digests = Vec::with_capacity(kinds.len());
@@ -201,6 +201,33 @@ pub async fn rebuild(
     std::fs::write(out.join(MANIFEST_FILE), json)?;
     drop(feeds);
     Ok(Rebuild { manifest, events: end, secs, read_models: db })
+}
+
+/// Brings the read models in `db` (every kind, all at one position: empty, or an earlier
+/// `advance`'s) forward to `end`, reading only the events after their position. Read models
+/// for queries at a past log position (bitemporal queries): no manifest, no digests. Refuses
+/// models already past `end`.
+pub async fn advance(store: Log, end: Position, db: &sled::Db) -> Result<()> {
+    let kinds = Kind::ALL;
+    // Checked before the runners open: the journal's warm-up reads up to its checkpoint.
+    let mut at: Vec<Position> = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        let model = ReadModel::open_existing(db, kind.name(), kind.version())?;
+        at.push(model.map(|m| m.checkpoint()).transpose()?.unwrap_or(0));
+    }
+    let start = at[0];
+    if at.iter().any(|p| *p != start) || start > end {
+        return Err(ReplayError::Projection(projections::ProjectionError::InvalidArgument(
+            format!("read models at positions {at:?} cannot be advanced to {end}"),
+        )));
+    }
+    let mut feeds = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        feeds.push(feed(db, &store, end, kind).await?);
+    }
+    replay_loop(&store, start, end, &kinds, feeds, &|_, _| {}).await?;
+    db.flush_async().await?;
+    Ok(())
 }
 
 /// The event types any of the rebuilt projections reads (only those are decoded).
@@ -248,11 +275,12 @@ async fn read_batch(
     Ok(decode.await.expect("decoding does not panic")?)
 }
 
-/// Reads `[0, end)` once, in batches, decoding each batch once; while one batch is applied
+/// Reads `[start, end)` once, in batches, decoding each batch once; while one batch is applied
 /// (one thread per model) the next is read and decoded. Returns the feeds and the stored hash
 /// of the last event.
 async fn replay_loop(
     store: &Log,
+    start: Position,
     end: Position,
     kinds: &[Kind],
     mut feeds: Vec<Box<dyn Feed>>,
@@ -261,9 +289,9 @@ async fn replay_loop(
     let capped = CappedStore::new(store.clone(), end);
     let wanted = Arc::new(Wanted::new(kinds));
     let mut last_hash = event_store::GENESIS_HASH;
-    let mut next: Position = 0;
-    let mut batch = read_batch(&capped, 0, &wanted).await?;
-    let rounds = end.div_ceil(REPLAY_BATCH_EVENTS_MAX as u64) + 1;
+    let mut next: Position = start;
+    let mut batch = read_batch(&capped, start, &wanted).await?;
+    let rounds = (end - start).div_ceil(REPLAY_BATCH_EVENTS_MAX as u64) + 1;
     for _ in 0..rounds {
         if batch.0.is_empty() {
             break;

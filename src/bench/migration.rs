@@ -138,12 +138,12 @@ pub async fn run(args: MigrationArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Writes the history as JSON Lines; returns the number of records.
-fn write_history(path: &Path, args: &MigrationArgs, first: Date) -> anyhow::Result<u64> {
+pub(super) fn write_history(path: &Path, args: &MigrationArgs, first: Date) -> anyhow::Result<u64> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut n: u64 = 0;
     let mut put = |v: Value| -> anyhow::Result<()> {
@@ -340,37 +340,8 @@ struct Books {
 
 /// The books once the projections reach the log's head.
 async fn books(channel: &Channel, first: Date, end: Date) -> anyhow::Result<Books> {
-    let mut c = CommandServiceClient::new(channel.clone());
-    let probe = pb::DefineMetricRequest {
-        code: format!("probe-{}", std::process::id()),
-        name: "probe".into(),
-        aggregation: "count".into(),
-        ..Default::default()
-    };
-    let head = c.define_metric(probe).await?.into_inner().position;
+    let head = caught_up(channel, end).await?;
     let mut q = QueryServiceClient::new(channel.clone());
-    let deadline = Instant::now() + Duration::from_secs(CATCH_UP_S_MAX);
-    // The first query waits for every model to reach the head (retried while they catch up).
-    loop {
-        let req = pb::AsOfRequest {
-            as_of: end.to_string(),
-            min_position: Some(head),
-            as_recorded_at: None,
-        };
-        match q.get_trial_balance(req).await {
-            Ok(_) => break,
-            Err(e)
-                if Instant::now() < deadline
-                    && matches!(
-                        e.code(),
-                        tonic::Code::DeadlineExceeded | tonic::Code::Unavailable
-                    ) =>
-            {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
     let mut invoices = Vec::new();
     let mut token = String::new();
     loop {
@@ -427,4 +398,43 @@ async fn books(channel: &Channel, first: Date, end: Date) -> anyhow::Result<Book
         month = month.checked_add(jiff::Span::new().months(1))?;
     }
     Ok(Books { invoices, balances, mrr })
+}
+
+/// Appends a probe and waits until every read model of the server includes it (retried while
+/// they catch up): the log position the models then hold.
+pub(super) async fn caught_up(channel: &Channel, end: Date) -> anyhow::Result<u64> {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut c = CommandServiceClient::new(channel.clone());
+    let probe = pb::DefineMetricRequest {
+        code: format!("probe-{}-{n}", std::process::id()),
+        name: "probe".into(),
+        aggregation: "count".into(),
+        ..Default::default()
+    };
+    let head = c.define_metric(probe).await?.into_inner().position;
+    let mut q = QueryServiceClient::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(CATCH_UP_S_MAX);
+    // The first query waits for every model to reach the head (retried while they catch up).
+    loop {
+        let req = pb::AsOfRequest {
+            as_of: end.to_string(),
+            min_position: Some(head),
+            as_recorded_at: None,
+        };
+        match q.get_trial_balance(req).await {
+            Ok(_) => break,
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(
+                        e.code(),
+                        tonic::Code::DeadlineExceeded | tonic::Code::Unavailable
+                    ) =>
+            {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(head)
 }
