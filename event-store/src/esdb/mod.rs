@@ -38,6 +38,8 @@ mod log;
 mod mapping;
 mod memory_log;
 mod mirror;
+#[cfg(feature = "nats")]
+pub mod nats_log;
 pub mod testkit;
 
 use std::collections::HashMap;
