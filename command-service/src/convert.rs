@@ -12,8 +12,8 @@ use domain::coupon::{Coupon, CouponKind, Frequency};
 use domain::credit_note::{CreditDestination, CreditLineRequest, CreditNote, CreditNoteRequest};
 use domain::error::{DomainError, Violations};
 use domain::events::Usage;
-use domain::imported_invoice::{ImportedInvoice, ImportedLine};
-use domain::invoice::{InvoiceAccount, LineKind};
+use domain::imported_invoice::ImportedInvoice;
+use domain::invoice::{InvoiceAccount, InvoiceLine, LineKind};
 use domain::money::Currency;
 use domain::rating::{Aggregation, ChargeModel, PercentTier, Tier};
 use domain::wallet::{CreditKind, OpenWallet, TopUpRequest};
@@ -307,7 +307,7 @@ pub fn import_invoice(r: &pb::ImportInvoiceRequest) -> Parsed<Command> {
         .enumerate()
         .map(|(i, l)| {
             let f = |name: &str| format!("lines[{i}].{name}");
-            Some(ImportedLine {
+            Some(InvoiceLine {
                 kind: parse_enum(&mut v, LineKind::parse(&f("kind"), &l.kind))?,
                 description: l.description.clone(),
                 metric_code: (!l.metric_code.is_empty()).then(|| l.metric_code.clone()),
@@ -315,6 +315,7 @@ pub fn import_invoice(r: &pb::ImportInvoiceRequest) -> Parsed<Command> {
                 units: dec(&mut v, &f("units"), &l.units, false),
                 service_period: period(&mut v, &f("service"), &l.service_start, &l.service_end)?,
                 amount: dec(&mut v, &f("amount"), &l.amount, true)?,
+                discount: Decimal::ZERO,
             })
         })
         .collect();

@@ -30,25 +30,13 @@ pub struct ImportedInvoice {
     /// The billing period it closed (or, for a one-off invoice, the span its lines serve).
     pub period: Period,
     pub issued_at: Timestamp,
-    pub lines: Vec<ImportedLine>,
+    /// As they were billed: amounts net of any discount of that biller's (`discount` zero).
+    pub lines: Vec<InvoiceLine>,
     /// Percent, as the previous biller applied it.
     pub tax_rate: Decimal,
     pub tax: Decimal,
     /// Must equal Σ line amounts + tax.
     pub total: Decimal,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImportedLine {
-    pub kind: LineKind,
-    pub description: String,
-    pub metric_code: Option<String>,
-    /// The charge model's name as the previous biller gave it (free text), if any.
-    pub charge_model: Option<String>,
-    pub units: Option<Decimal>,
-    pub service_period: Period,
-    /// At the currency's minor unit; negative only for a `credit` line.
-    pub amount: Decimal,
 }
 
 impl ImportedInvoice {
@@ -96,7 +84,9 @@ impl ImportedInvoice {
         Ok(())
     }
 
-    fn check_line(&self, v: &mut Violations, i: usize, line: &ImportedLine) {
+    /// A line: amount at the currency's minor unit, negative only for a `credit` line; the
+    /// charge model, if any, is the previous biller's name for it (free text).
+    fn check_line(&self, v: &mut Violations, i: usize, line: &InvoiceLine) {
         let field = |name: &str| format!("lines[{i}].{name}");
         if line.kind == LineKind::PrepaidCredits {
             v.push(
@@ -120,6 +110,12 @@ impl ImportedInvoice {
             v.push(field("service_period"), "must start before it ends");
         }
         self.check_money(v, &field("amount"), line.amount, line.kind == LineKind::Credit);
+        if !line.discount.is_zero() {
+            v.push(
+                field("discount"),
+                "must be zero: the previous biller's discounts are inside its amounts",
+            );
+        }
     }
 
     /// An amount at the currency's minor unit, |amount| ≤ 10 × [`AMOUNT_MAX`] (a bound no real
@@ -150,20 +146,7 @@ impl ImportedInvoice {
             period: self.period,
             issued_at: self.issued_at,
             reason: IssueReason::Imported,
-            lines: self
-                .lines
-                .iter()
-                .map(|l| InvoiceLine {
-                    kind: l.kind,
-                    description: l.description.clone(),
-                    metric_code: l.metric_code.clone(),
-                    charge_model: l.charge_model.clone(),
-                    units: l.units,
-                    service_period: l.service_period,
-                    amount: l.amount,
-                    discount: Decimal::ZERO,
-                })
-                .collect(),
+            lines: self.lines.clone(),
             subtotal: self.subtotal(),
             tax_rate: self.tax_rate,
             tax: self.tax,

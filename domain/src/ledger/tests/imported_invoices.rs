@@ -3,7 +3,8 @@
 //! cutover on exactly as the same history billed live; every refusal changes nothing.
 
 use super::*;
-use crate::imported_invoice::{ImportedInvoice, ImportedLine};
+use crate::imported_invoice::ImportedInvoice;
+use crate::invoice::InvoiceLine;
 
 const CUTOVER: &str = "2025-04-01";
 /// When the import runs: after the cutover, before the period it opens ends.
@@ -56,19 +57,7 @@ fn imported(inv: &Invoice) -> ImportedInvoice {
         currency: inv.currency,
         period: inv.period,
         issued_at: inv.issued_at,
-        lines: inv
-            .lines
-            .iter()
-            .map(|l| ImportedLine {
-                kind: l.kind,
-                description: l.description.clone(),
-                metric_code: l.metric_code.clone(),
-                charge_model: l.charge_model.clone(),
-                units: l.units,
-                service_period: l.service_period,
-                amount: l.amount,
-            })
-            .collect(),
+        lines: inv.lines.clone(),
         tax_rate: inv.tax_rate,
         tax: inv.tax,
         total: inv.total,
@@ -185,7 +174,7 @@ fn fee_invoice(id: &str, month: i8) -> ImportedInvoice {
         currency: Currency::parse("USD").unwrap(),
         period,
         issued_at: at("2025-03-01T00:00:00Z"),
-        lines: vec![ImportedLine {
+        lines: vec![InvoiceLine {
             kind: LineKind::BaseFee,
             description: "Base fee".into(),
             metric_code: None,
@@ -193,6 +182,7 @@ fn fee_invoice(id: &str, month: i8) -> ImportedInvoice {
             units: None,
             service_period: period,
             amount: dec!(30.00),
+            discount: Decimal::ZERO,
         }],
         tax_rate: dec!(10),
         tax: dec!(3.00),
@@ -227,6 +217,11 @@ fn bad_imports_are_refused_and_change_nothing() {
         ),
         ("a negative fee", |i| i.lines[0].amount = dec!(-30.00), "invalid lines[0].amount"),
         ("no lines", |i| i.lines.clear(), "invalid lines"),
+        (
+            "a discount beside the amount",
+            |i| i.lines[0].discount = dec!(1.00),
+            "invalid lines[0].discount",
+        ),
         (
             "prepaid credits",
             |i| i.lines[0].kind = LineKind::PrepaidCredits,
