@@ -144,9 +144,7 @@ impl Ledger {
             }
             // Its period's charges join the anomaly baseline, as a closing invoice's do.
             self.evolve_billed_history(inv);
-            let previous =
-                self.invoices.insert(inv.invoice_id.clone(), InvoiceAccount::issued(inv.clone()));
-            assert!(previous.is_none(), "invoice ids are unique");
+            self.record_issued(inv);
             return;
         }
         if !inv.coupons.is_empty() {
@@ -163,9 +161,7 @@ impl Ledger {
         if inv.subscription_id.is_empty() {
             let customer = self.customers.get_mut(&inv.customer_id).expect("customer exists");
             customer.one_off_invoices += 1;
-            let previous =
-                self.invoices.insert(inv.invoice_id.clone(), InvoiceAccount::issued(inv.clone()));
-            assert!(previous.is_none(), "invoice ids are unique");
+            self.record_issued(inv);
             return;
         }
         let sub = self.subscriptions.get_mut(&inv.subscription_id).expect("subscription exists");
@@ -201,6 +197,11 @@ impl Ledger {
             self.evolve_progressive(inv);
         }
         self.evolve_billed_history(inv);
+        self.record_issued(inv);
+    }
+
+    /// Keeps an issued invoice's account (its payments, credits and status follow).
+    fn record_issued(&mut self, inv: &Invoice) {
         let previous =
             self.invoices.insert(inv.invoice_id.clone(), InvoiceAccount::issued(inv.clone()));
         assert!(previous.is_none(), "invoice ids are unique");

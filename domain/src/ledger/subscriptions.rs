@@ -207,7 +207,6 @@ impl Ledger {
     }
 }
 
-/// The subscription a `SubscriptionStarted` event creates.
 /// Refuses an imported subscription's cutover unless it is a period boundary after the start,
 /// today or earlier.
 fn check_cutover(cycle: &Cycle, cutover: Date, today: Date) -> Result<(), DomainError> {
@@ -233,6 +232,7 @@ fn check_cutover(cycle: &Cycle, cutover: Date, today: Date) -> Result<(), Domain
     Ok(())
 }
 
+/// The subscription a `SubscriptionStarted` event creates.
 pub(super) fn preview_subscription(ledger: &Ledger, started: &Event) -> Subscription {
     let Event::SubscriptionStarted {
         subscription_id,
