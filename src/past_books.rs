@@ -51,8 +51,6 @@ fn scratch_dir() -> PathBuf {
     }
 }
 
-/// The read models' directory inside a kept rebuild's directory.
-const MODELS_DIR: &str = "read-models";
 /// Directories a sled database holds (it has one level: `blobs/`); a deeper tree is refused.
 const COPY_DEPTH_MAX: u32 = 4;
 
@@ -96,12 +94,17 @@ impl PastBooks for RebuiltBooks {
             .prefix("accrual-past-books-")
             .tempdir_in(scratch_dir())
             .map_err(|e| internal("a directory for", &e))?;
-        let path = dir.path().join(MODELS_DIR);
+        let path = dir.path().join(replay::READ_MODELS_DIR);
         // Start from the newest kept books before `end` (a copy: they stay as they are for
         // the queries reading them), so only the events between are folded.
         if let Some(base) = kept.iter().filter(|b| b.end < end).max_by_key(|b| b.end) {
             base.db.flush_async().await.map_err(|e| internal("flushing the books before", &e))?;
-            copy_dir(&base.dir.path().join(MODELS_DIR), &path, 0)
+            // A blocking copy of up to the whole read models: off the async workers.
+            let from = base.dir.path().join(replay::READ_MODELS_DIR);
+            let to = path.clone();
+            tokio::task::spawn_blocking(move || copy_dir(&from, &to, 0))
+                .await
+                .map_err(|e| internal("copying the books before", &e))?
                 .map_err(|e| internal("copying the books before", &e))?;
         }
         let db = projections::open_db(&path).map_err(|e| internal("opening", &e))?;
