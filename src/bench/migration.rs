@@ -72,26 +72,9 @@ pub async fn run(args: MigrationArgs) -> anyhow::Result<()> {
         ServerProcess::start(&dir.join("imported"), port, &dir.join("imported.log"), &flags)?;
     let url = format!("http://127.0.0.1:{port}");
     let channel = imported.serving(&url, 60).await?;
-    let import_args = crate::import::ImportArgs {
-        file: file.clone(),
-        addr: url.clone(),
-        token: None,
-        format: Some(crate::import::Format::Jsonl),
-        skip_invalid: false,
-        validate_only: false,
-        quiet: true,
-    };
-    let fresh = Channel::from_shared(url.clone())?.connect().await?;
-    let client = crate::import::Client { channel: fresh, token: None };
-    let fmt = crate::import::Format::Jsonl;
-    let none = Default::default();
-    let validated = crate::import::pass(&client, &import_args, fmt, records, true, &none)
-        .await
-        .context("the validate pass")?;
+    let validated = import_pass(&url, &file, records, true).await.context("the validate pass")?;
     anyhow::ensure!(validated.errors.is_empty(), "bad records: {:?}", &validated.errors[..1]);
-    let done = crate::import::pass(&client, &import_args, fmt, records, false, &none)
-        .await
-        .context("the import pass")?;
+    let done = import_pass(&url, &file, records, false).await.context("the import pass")?;
     anyhow::ensure!(done.errors.is_empty(), "failed records: {:?}", &done.errors[..1]);
     println!(
         "import: validate {:.1} s ({:.0} records/s), import {:.1} s ({:.0} records/s), {} events appended",
@@ -136,6 +119,29 @@ pub async fn run(args: MigrationArgs) -> anyhow::Result<()> {
     }
     println!("books equal: yes");
     Ok(())
+}
+
+/// One pass of `accrual import` over a JSON Lines `file` of `records` lines, quietly, to the
+/// server at `url`: validate only, or import.
+pub(super) async fn import_pass(
+    url: &str,
+    file: &Path,
+    records: u64,
+    validate_only: bool,
+) -> anyhow::Result<crate::import::PassReport> {
+    let args = crate::import::ImportArgs {
+        file: file.to_path_buf(),
+        addr: url.to_string(),
+        token: None,
+        format: Some(crate::import::Format::Jsonl),
+        skip_invalid: false,
+        validate_only: false,
+        quiet: true,
+    };
+    let channel = Channel::from_shared(url.to_string())?.connect().await?;
+    let client = crate::import::Client { channel, token: None };
+    let fmt = crate::import::Format::Jsonl;
+    crate::import::pass(&client, &args, fmt, records, validate_only, &Default::default()).await
 }
 
 pub(super) fn free_port() -> anyhow::Result<u16> {

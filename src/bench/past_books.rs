@@ -20,7 +20,7 @@ use proto::v1 as pb;
 use proto::v1::query_service_client::QueryServiceClient;
 use tonic::transport::Channel;
 
-use super::migration::{caught_up, free_port, write_history, MigrationArgs};
+use super::migration::{caught_up, free_port, import_pass, write_history, MigrationArgs};
 use super::scale::ServerProcess;
 
 #[derive(Args, Clone, Debug)]
@@ -74,7 +74,10 @@ pub async fn run(args: PastBooksArgs) -> anyhow::Result<()> {
     server.serving(&url, 60).await?;
     let mut times = Vec::with_capacity(PARTS);
     for (path, lines) in &parts {
-        import(&url, path, *lines).await?;
+        let done = import_pass(&url, path, *lines, false)
+            .await
+            .with_context(|| format!("importing {}", path.display()))?;
+        anyhow::ensure!(done.errors.is_empty(), "failed records: {:?}", &done.errors[..1]);
         times.push(Timestamp::now());
         // Events recorded after this instant belong to the next part.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -147,28 +150,6 @@ fn split(file: &Path, records: u64, dir: &Path) -> anyhow::Result<Vec<(std::path
         w.flush()?;
     }
     Ok(parts)
-}
-
-/// Imports one part with the `Import` stream (validate, then import).
-async fn import(url: &str, path: &Path, lines: u64) -> anyhow::Result<()> {
-    let args = crate::import::ImportArgs {
-        file: path.to_path_buf(),
-        addr: url.to_string(),
-        token: None,
-        format: Some(crate::import::Format::Jsonl),
-        skip_invalid: false,
-        validate_only: false,
-        quiet: true,
-    };
-    let channel = Channel::from_shared(url.to_string())?.connect().await?;
-    let client = crate::import::Client { channel, token: None };
-    let fmt = crate::import::Format::Jsonl;
-    let none = Default::default();
-    let done = crate::import::pass(&client, &args, fmt, lines, false, &none)
-        .await
-        .with_context(|| format!("importing {}", path.display()))?;
-    anyhow::ensure!(done.errors.is_empty(), "failed records: {:?}", &done.errors[..1]);
-    Ok(())
 }
 
 /// One `GetBalances` at `as_of`, as recorded at `at` (the live books when `None`): its time.
