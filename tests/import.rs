@@ -282,22 +282,19 @@ async fn send_live(c: &mut CommandServiceClient<Channel>, r: &Value) {
     }
 }
 
+/// An invoice as text: id, reason, period start, lines (kind, units, amount), tax and total.
+fn invoice_text(i: &pb::Invoice) -> String {
+    let lines: Vec<_> =
+        i.lines.iter().map(|l| format!("{}:{}:{}", l.kind, l.units, l.amount)).collect();
+    format!("{} {} {} {:?} {} {}", i.invoice_id, i.reason, i.period_start, lines, i.tax, i.total)
+}
+
 /// Every invoice (id, reason, lines and totals) and the balances at 2025-04-30, as text.
 async fn books(q: &mut QueryServiceClient<Channel>, at: u64) -> (Vec<String>, String) {
     let req =
         pb::ListInvoicesRequest { page_size: 1000, min_position: Some(at), ..Default::default() };
     let invoices = q.list_invoices(req).await.unwrap().into_inner().invoices;
-    let invoices = invoices
-        .iter()
-        .map(|i| {
-            let lines: Vec<_> =
-                i.lines.iter().map(|l| format!("{}:{}:{}", l.kind, l.units, l.amount)).collect();
-            format!(
-                "{} {} {} {:?} {} {}",
-                i.invoice_id, i.reason, i.period_start, lines, i.tax, i.total
-            )
-        })
-        .collect();
+    let invoices = invoices.iter().map(invoice_text).collect();
     let balances = pb::AsOfRequest {
         as_recorded_at: None,
         as_of: "2025-04-30".into(),
@@ -508,17 +505,7 @@ async fn issued_invoices_import_as_facts_and_billing_continues_from_the_cutover(
         let mut v: Vec<String> = all
             .iter()
             .filter(|i| i.period_start.as_str() >= "2025-04-01" && i.reason != "imported")
-            .map(|i| {
-                let lines: Vec<_> = i
-                    .lines
-                    .iter()
-                    .map(|l| format!("{}:{}:{}", l.kind, l.units, l.amount))
-                    .collect();
-                format!(
-                    "{} {} {} {:?} {} {}",
-                    i.invoice_id, i.reason, i.period_start, lines, i.tax, i.total
-                )
-            })
+            .map(invoice_text)
             .collect();
         v.sort();
         v
