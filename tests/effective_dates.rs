@@ -15,6 +15,12 @@ use proto::v1::query_service_client::QueryServiceClient;
 use tonic::transport::Channel;
 use tonic::Code;
 
+/// The service clock's now as a recorded-time cutoff (`as_recorded_at`).
+fn recorded_now() -> Option<prost_types::Timestamp> {
+    let t = jiff::Timestamp::now();
+    Some(prost_types::Timestamp { seconds: t.as_second(), nanos: t.subsec_nanosecond() })
+}
+
 fn utc(s: &str) -> Option<prost_types::Timestamp> {
     let t: jiff::Timestamp = s.parse().unwrap();
     Some(prost_types::Timestamp { seconds: t.as_second(), nanos: 0 })
@@ -276,9 +282,7 @@ async fn bitemporal_queries_show_the_books_before_and_after_a_back_dated_correct
     bill(&mut c, "2025-02-01T00:00:00Z").await;
     // The books as they stood before the correction: recorded up to now.
     let before = common::append_probe(&mut c).await;
-    let t = jiff::Timestamp::now();
-    let stood =
-        Some(prost_types::Timestamp { seconds: t.as_second(), nanos: t.subsec_nanosecond() });
+    let stood = recorded_now();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     // The correction, recorded later, dated back to Jan 16 (inside invoiced January).
     let upgrade = pb::ChangePlanRequest {
@@ -356,9 +360,7 @@ async fn bitemporal_queries_show_the_books_before_and_after_a_back_dated_correct
     assert!(then > 0 && now > then, "{then} entries then, {now} now");
     // A recorded time after the correction: built from a copy of the kept books as they stood
     // (only the events between folded), they are the books as known now.
-    let t = jiff::Timestamp::now();
-    let later =
-        Some(prost_types::Timestamp { seconds: t.as_second(), nanos: t.subsec_nanosecond() });
+    let later = recorded_now();
     assert_eq!(recognized(&mut q, "2025-01-31", later, at).await, "46.52");
     assert_eq!(q.get_mrr(mrr_at(later)).await.unwrap().into_inner().mrr, "62.00");
     let later_list = q.list_invoices(listing(later)).await.unwrap().into_inner();
