@@ -114,6 +114,8 @@ mod sled_store;
 pub use chain::{verify_chain, BreakKind, ChainBreak, ChainVerifier};
 pub use contain::contain_panic;
 pub use envelope::{canonical_bytes, compute_hash, GENESIS_HASH};
+#[cfg(feature = "nats")]
+pub use esdb::NatsConfig;
 #[cfg(feature = "esdb")]
 pub use esdb::{EsdbConfig, EsdbStore};
 pub use log_scan::{LogScan, ScanEvents};

@@ -39,6 +39,10 @@ mod mapping;
 mod memory_log;
 mod mirror;
 #[cfg(feature = "nats")]
+pub mod nats_cluster;
+#[cfg(feature = "nats")]
+mod nats_config;
+#[cfg(feature = "nats")]
 pub mod nats_log;
 pub mod testkit;
 
@@ -60,6 +64,8 @@ pub use mapping::{
 };
 pub use memory_log::MemoryLog;
 pub use mirror::{Ingest, Mirror, RECENT_BYTES_MAX, RECENT_CHUNKS_MAX};
+#[cfg(feature = "nats")]
+pub use nats_config::{NatsConfig, DEFAULT_NATS_STREAM};
 
 use crate::group::Planner;
 use crate::index::{read_slices, ChunkLog as IndexChunks};
@@ -131,6 +137,16 @@ impl EsdbStore {
         let mut options = EsdbOptions::new(&config.log_stream);
         options.commit_events_max = config.commit_events_max;
         tracing::info!(url = %config.redacted(), stream = %config.log_stream, "opening the EventStoreDB log");
+        EsdbStore::open_on(Arc::new(log), options).await
+    }
+
+    /// Connects to the JetStream servers of `config` and opens the log on its stream.
+    #[cfg(feature = "nats")]
+    pub async fn open_nats(config: &NatsConfig) -> Result<EsdbStore, StoreError> {
+        tracing::info!(servers = %config.redacted(), stream = %config.stream, replicas = config.replicas, "opening the NATS JetStream log");
+        let log = nats_log::NatsLog::open(config).await.map_err(Failure::into_store_error)?;
+        let mut options = EsdbOptions::new(&config.stream);
+        options.commit_events_max = config.commit_events_max;
         EsdbStore::open_on(Arc::new(log), options).await
     }
 

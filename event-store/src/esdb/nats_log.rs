@@ -1,18 +1,21 @@
-//! WORK IN PROGRESS (issue 17, decision 0045): the log stream on a NATS JetStream stream, as
-//! one more [`ChunkLog`] under the same backend (`EsdbStore::open_on`).
+//! The log stream on a NATS JetStream stream: one more [`ChunkLog`] under the same backend
+//! ([`super::EsdbStore::open_nats`]), decision 0045.
 //!
-//! - chunk revision `r` is stream sequence `r + 1`; the stream holds nothing else (one
-//!   subject, `<stream>.chunks`);
-//! - an append publishes each chunk with `Nats-Expected-Last-Sequence` (the compare-and-swap)
-//!   and `Nats-Msg-Id` = the chunk's event id (dedup of a retried publish);
-//! - a read fetches messages by sequence; follow is an ordered pull consumer.
-//!
-//! NOT ATOMIC YET: an append of several chunks is several publishes, so a crash between them
-//! leaves part of a group commit in the log. Decision 0045 lists the two ways out (atomic batch
-//! publish on nats-server 2.12+, or one message per append). Until one is built this backend
-//! must not hold real books.
+//! - chunk revision `r` is stream sequence `r + 1`; the stream holds nothing else (one subject,
+//!   `<stream>.chunks`), and it is created with `deny_delete` and `deny_purge`, so the
+//!   JetStream API cannot remove a chunk from under the hash chain;
+//! - an append is one **atomic batch** (nats-server 2.12+, `allow_atomic` on the stream): every
+//!   chunk carries `Nats-Batch-Id` and `Nats-Batch-Sequence`, the first carries
+//!   `Nats-Expected-Last-Sequence` (the compare-and-swap over the whole log), the last
+//!   `Nats-Batch-Commit: 1`, and only that one is acknowledged: the server stores all of the
+//!   batch's chunks or none. Each chunk also carries `Nats-Msg-Id` = its chunk id, so a
+//!   retried publish inside the dedup window is recognised by the server;
+//! - a read asks the stream leader for messages by sequence (`STREAM.MSG.GET`, a few in
+//!   flight), never a follower that may lag behind what this node already knows;
+//! - follow is an ordered pull consumer from a sequence.
 
 use async_nats::jetstream;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -21,6 +24,15 @@ use uuid::Uuid;
 use super::errors::Failure;
 use super::log::{ChunkLog, OutChunk, StoredChunk, READ_PAGE_CHUNKS_MAX};
 use super::mapping::{Expected, LogPosition};
+use super::nats_config::NatsConfig;
+
+/// Message gets one read keeps in flight.
+const READ_GETS_IN_FLIGHT_MAX: usize = 32;
+/// JetStream's bound on the messages of one atomic batch (the server refuses larger ones); a
+/// group commit is at most `GROUP_BYTES_MAX` / 96 KiB chunks, far below it.
+const BATCH_CHUNKS_MAX: usize = 1_000;
+/// How long a connect attempt waits for a server before it counts as failed.
+const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 /// The log stream on a JetStream stream.
 pub struct NatsLog {
@@ -30,27 +42,87 @@ pub struct NatsLog {
 }
 
 impl NatsLog {
-    /// Connects to `url` (`nats://host:port[,...]`) and opens (or creates) the stream `name`
-    /// with `replicas` copies.
+    /// Connects to the servers of `config` and opens (or creates) its stream.
+    pub async fn open(config: &NatsConfig) -> Result<NatsLog, Failure> {
+        NatsLog::connect_to(&config.servers, &config.stream, config.replicas).await
+    }
+
+    /// Connects to `url` (`nats://host:port[,nats://host:port...]`) and opens (or creates) the
+    /// stream `name` with `replicas` copies.
     pub async fn connect(url: &str, name: &str, replicas: usize) -> Result<NatsLog, Failure> {
-        let client = async_nats::connect(url)
+        let servers: Vec<String> = url.split(',').map(|s| s.trim().to_owned()).collect();
+        NatsLog::connect_to(&servers, name, replicas).await
+    }
+
+    async fn connect_to(
+        servers: &[String],
+        name: &str,
+        replicas: usize,
+    ) -> Result<NatsLog, Failure> {
+        let shown = servers.iter().map(|s| super::redact(s)).collect::<Vec<_>>().join(",");
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(std::time::Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .retry_on_initial_connect()
+            .max_reconnects(Some(3))
+            .connect(servers)
             .await
-            .map_err(|e| Failure::Transient(format!("connecting to {url}: {e}")))?;
+            .map_err(|e| Failure::Transient(format!("connecting to {shown}: {e}")))?;
+        if !client.server_info().jetstream {
+            return Err(Failure::Permanent(format!(
+                "{shown}: JetStream is not enabled on this server (start it with -js)"
+            )));
+        }
         let context = jetstream::new(client);
         let subject = format!("{name}.chunks");
-        let config = jetstream::stream::Config {
+        let wanted = jetstream::stream::Config {
             name: name.to_owned(),
             subjects: vec![subject.clone()],
             num_replicas: replicas,
-            allow_direct: true,
+            allow_atomic_publish: true,
+            deny_delete: true,
+            deny_purge: true,
             ..Default::default()
         };
-        let stream = context
-            .get_or_create_stream(config)
+        let mut stream = context
+            .get_or_create_stream(wanted.clone())
             .await
-            .map_err(|e| Failure::Transient(format!("opening stream {name}: {e}")))?;
+            .map_err(|e| Failure::Transient(format!("opening stream {name} on {shown}: {e}")))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| Failure::Transient(format!("stream {name} info: {e}")))?
+            .config
+            .clone();
+        check_existing(&info, &wanted)?;
         Ok(NatsLog { stream, context, subject })
     }
+}
+
+/// An existing stream must be the one this backend would have created.
+fn check_existing(
+    found: &jetstream::stream::Config,
+    wanted: &jetstream::stream::Config,
+) -> Result<(), Failure> {
+    let name = &wanted.name;
+    if found.subjects != wanted.subjects {
+        return Err(Failure::Permanent(format!(
+            "stream {name} takes subjects {:?}, not just {:?}: it is not an Accrual log",
+            found.subjects, wanted.subjects
+        )));
+    }
+    if found.num_replicas != wanted.num_replicas {
+        return Err(Failure::Permanent(format!(
+            "stream {name} has {} replicas but the store URL says replicas={}; change one of them",
+            found.num_replicas, wanted.num_replicas
+        )));
+    }
+    if !found.allow_atomic_publish {
+        return Err(Failure::Permanent(format!(
+            "stream {name} does not allow atomic batch publish (allow_atomic); Accrual needs it \
+             so that an append is all or nothing (nats-server 2.12 or newer)"
+        )));
+    }
+    Ok(())
 }
 
 fn stored(sequence: u64, headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> StoredChunk {
@@ -66,6 +138,16 @@ fn stored(sequence: u64, headers: Option<&async_nats::HeaderMap>, payload: &[u8]
     }
 }
 
+fn publish_failure(e: jetstream::context::PublishError) -> Failure {
+    match e.kind() {
+        PublishErrorKind::WrongLastSequence => Failure::Conflict { current: None },
+        PublishErrorKind::MaxPayloadExceeded => Failure::TooLarge(format!(
+            "{e}; raise the servers' max_payload (8MB holds any Accrual request)"
+        )),
+        _ => Failure::Transient(format!("publishing: {e}")),
+    }
+}
+
 #[async_trait]
 impl ChunkLog for NatsLog {
     async fn append(
@@ -73,29 +155,65 @@ impl ChunkLog for NatsLog {
         expected: Expected,
         chunks: &[OutChunk],
     ) -> Result<Option<LogPosition>, Failure> {
-        let mut last = None;
+        assert!(!chunks.is_empty() && chunks.len() <= BATCH_CHUNKS_MAX, "batch of 1..=1000");
+        let batch_id = Uuid::new_v4().simple().to_string();
+        let last = chunks.len() - 1;
+        let client = self.context.client();
         for (i, chunk) in chunks.iter().enumerate() {
-            // Sequence of the message before this chunk = this chunk's revision.
-            let before = expected.next_revision() + i as u64;
+            let mut headers = async_nats::HeaderMap::new();
+            headers
+                .insert(async_nats::header::NATS_MESSAGE_ID, chunk.event_id.to_string().as_str());
+            if i == 0 {
+                // The sequence of the message before the first chunk = that chunk's revision.
+                let before = expected.next_revision().to_string();
+                headers.insert(async_nats::header::NATS_EXPECTED_LAST_SEQUENCE, before.as_str());
+            }
+            if chunks.len() > 1 {
+                headers.insert(async_nats::header::NATS_BATCH_ID, batch_id.as_str());
+                headers
+                    .insert(async_nats::header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+            }
+            if i < last {
+                // Staged by the server, not acknowledged: only the commit is.
+                client
+                    .publish_with_headers(self.subject.clone(), headers, chunk.bytes.clone().into())
+                    .await
+                    .map_err(|e| Failure::Transient(format!("publishing a batch: {e}")))?;
+                continue;
+            }
+            if chunks.len() > 1 {
+                headers.insert(
+                    async_nats::header::NATS_BATCH_COMMIT,
+                    async_nats::header::NATS_BATCH_COMMIT_FINAL,
+                );
+            }
             let message = jetstream::message::PublishMessage::build()
                 .payload(chunk.bytes.clone().into())
-                .message_id(chunk.event_id.to_string())
-                .expected_last_sequence(before);
+                .headers(headers);
             let ack = self
                 .context
                 .send_publish(self.subject.clone(), message)
                 .await
-                .map_err(|e| Failure::Transient(format!("publishing: {e}")))?
-                .await;
-            match ack {
-                Ok(ack) => last = Some(LogPosition { commit: ack.sequence, prepare: ack.sequence }),
-                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                    return Err(Failure::Conflict { current: None })
-                }
-                Err(e) => return Err(Failure::Transient(format!("publish ack: {e}"))),
+                .map_err(publish_failure)?
+                .await
+                .map_err(publish_failure)?;
+            if ack.duplicate {
+                // Stored by an earlier attempt whose reply was lost: the writer reads the log
+                // and finds its chunks at the revision it aimed for (a conflict is not retried).
+                return Err(Failure::Conflict { current: None });
             }
+            let first_sequence = expected.next_revision() + 1;
+            if ack.sequence != first_sequence + last as u64 {
+                return Err(Failure::Permanent(format!(
+                    "JetStream stored an append of {} chunks after sequence {} at sequence {}",
+                    chunks.len(),
+                    first_sequence - 1,
+                    ack.sequence
+                )));
+            }
+            return Ok(Some(LogPosition { commit: ack.sequence, prepare: ack.sequence }));
         }
-        Ok(last)
+        unreachable!("the loop returns at the last chunk")
     }
 
     async fn read(
@@ -104,11 +222,20 @@ impl ChunkLog for NatsLog {
         max_count: usize,
     ) -> Result<Vec<StoredChunk>, Failure> {
         let max_count = max_count.min(READ_PAGE_CHUNKS_MAX);
+        let gets = (from_revision + 1..).take(max_count).map(|sequence| {
+            let stream = &self.stream;
+            async move { (sequence, stream.get_raw_message(sequence).await) }
+        });
+        let mut replies = futures::stream::iter(gets).buffered(READ_GETS_IN_FLIGHT_MAX);
         let mut out = Vec::with_capacity(max_count);
-        for sequence in (from_revision + 1..).take(max_count) {
-            match self.stream.direct_get(sequence).await {
+        while let Some((sequence, reply)) = replies.next().await {
+            match reply {
                 Ok(m) => out.push(stored(m.sequence, Some(&m.headers), &m.payload)),
-                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => break,
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    break
+                }
                 Err(e) => return Err(Failure::Transient(format!("reading {sequence}: {e}"))),
             }
         }
