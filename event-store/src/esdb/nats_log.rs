@@ -31,8 +31,13 @@ const READ_GETS_IN_FLIGHT_MAX: usize = 32;
 /// JetStream's bound on the messages of one atomic batch (the server refuses larger ones); a
 /// group commit is at most `GROUP_BYTES_MAX` / 96 KiB chunks, far below it.
 const BATCH_CHUNKS_MAX: usize = 1_000;
-/// How long a connect attempt waits for a server before it counts as failed.
+/// How long a connect attempt waits for a server before it counts as failed. The first
+/// connect fails at once (a clear startup error); once connected, the client reconnects to
+/// any server of the cluster for as long as it runs.
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Pings to the server: two unanswered ones (a frozen or partitioned server) make the client
+/// move to another server of the cluster, so a stuck server costs seconds, not minutes.
+const PING_INTERVAL_MS: u64 = 2_000;
 
 /// The log stream on a JetStream stream.
 pub struct NatsLog {
@@ -62,8 +67,8 @@ impl NatsLog {
         let shown = servers.iter().map(|s| super::redact(s)).collect::<Vec<_>>().join(",");
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(std::time::Duration::from_millis(CONNECT_TIMEOUT_MS))
-            .retry_on_initial_connect()
-            .max_reconnects(Some(3))
+            .ping_interval(std::time::Duration::from_millis(PING_INTERVAL_MS))
+            .max_reconnects(None)
             .connect(servers)
             .await
             .map_err(|e| Failure::Transient(format!("connecting to {shown}: {e}")))?;
