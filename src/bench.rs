@@ -8,6 +8,7 @@
 //! (see [`soak`]); prints throughput, p50/p99 per kind of call, errors and RSS over time.
 
 mod anomalies;
+mod cluster;
 mod dashboard;
 mod feed;
 mod migration;
@@ -58,6 +59,10 @@ pub enum BenchCommand {
     /// Bitemporal queries (`as_recorded_at`) on a generated history: a new recorded time from
     /// the whole log prefix, from the kept books before it, a kept one, and the live books.
     PastBooks(past_books::PastBooksArgs),
+    /// Accrual on a real 3-node NATS JetStream cluster: ingest against sled, projection lag,
+    /// and a seeded schedule of node faults with the books checked after each (issue 17;
+    /// a broken check exits 1).
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Args, Clone)]
@@ -165,6 +170,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Dashboard(args) => dashboard::run(args).await,
         BenchCommand::Migration(args) => migration::run(args).await,
         BenchCommand::PastBooks(args) => past_books::run(args).await,
+        BenchCommand::Cluster(args) => cluster::run(args).await,
     }
 }
 

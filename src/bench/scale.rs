@@ -200,7 +200,7 @@ fn head_next(head: &AtomicU64) -> u64 {
 }
 
 /// The log position each read model reflects (a reply's `position`: every event below it).
-async fn positions(channel: &Channel) -> anyhow::Result<[u64; 3]> {
+pub(super) async fn positions(channel: &Channel) -> anyhow::Result<[u64; 3]> {
     let mut q = QueryServiceClient::new(channel.clone());
     let invoices = q
         .list_invoices(pb::ListInvoicesRequest { page_size: 1, ..Default::default() })
@@ -381,21 +381,41 @@ impl ServerProcess {
 
     /// A channel once health reports the command and query services SERVING.
     pub(super) async fn serving(&mut self, url: &str, limit_s: u64) -> anyhow::Result<Channel> {
+        let services = ["accrual.v1.CommandService", "accrual.v1.QueryService"];
+        self.serving_services(url, &services, limit_s).await
+    }
+
+    /// A channel once health reports every one of `services` SERVING.
+    pub(super) async fn serving_services(
+        &mut self,
+        url: &str,
+        services: &[&str],
+        limit_s: u64,
+    ) -> anyhow::Result<Channel> {
         let deadline = Instant::now() + Duration::from_secs(limit_s);
         loop {
             if let Some(status) = self.child.try_wait()? {
                 anyhow::bail!("the server exited while starting: {status}");
             }
             if let Ok(channel) = Channel::from_shared(url.to_string())?.connect().await {
-                if serving(&channel, "accrual.v1.CommandService").await
-                    && serving(&channel, "accrual.v1.QueryService").await
-                {
+                let mut all = true;
+                for service in services {
+                    all = all && serving(&channel, service).await;
+                }
+                if all {
                     return Ok(channel);
                 }
             }
             anyhow::ensure!(Instant::now() < deadline, "the server did not serve in {limit_s} s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// kill -9 (no graceful stop) and wait for the exit.
+    pub(super) fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().context("kill -9")?;
+        self.child.wait()?;
+        Ok(())
     }
 
     pub(super) fn rss_mib(&self) -> f64 {
