@@ -1,9 +1,13 @@
 //! `accrual audit`: walk the log's hash chain (`verify`) and print its head (`digest`).
 //!
-//! Both read the raw log (`<data-dir>/log`) through [`LogScan`], never through
-//! [`event_store::SledStore`]: the store's open refuses a log whose links are broken, and an
-//! audit must still say where they break. Every event is checked by [`ChainVerifier`], which
-//! recomputes its hash. The server must be stopped (sled allows one process per data dir).
+//! On a data dir (or `--store sled:PATH`) both read the raw sled log through [`LogScan`], never
+//! through [`event_store::SledStore`]: the store's open refuses a log whose links are broken,
+//! and an audit must still say where they break. The server must be stopped (sled allows one
+//! process per data dir). With `--store esdb://...` or `--store nats://...` the log is read
+//! through the [`EventStore`] trait, in pages from position 0 to the head at open, while the
+//! nodes keep running; that store's open already refuses a log whose links are broken, so a
+//! break there is an open error rather than a located break. Either way every event is checked
+//! by [`ChainVerifier`], which recomputes its hash.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -11,14 +15,19 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use event_store::{
-    BreakKind, ChainBreak, ChainVerifier, LogScan, Position, StoreError, GENESIS_HASH,
+    BreakKind, ChainBreak, ChainVerifier, EventStore, LogScan, Position, RecordedEvent, StoreError,
+    GENESIS_HASH,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::StoreSpec;
 
 /// Logs at least this long get a progress bar (on a terminal).
 const PROGRESS_EVENTS_MIN: u64 = 100_000;
 /// Events between two progress updates.
 const PROGRESS_STEP: u64 = 4_096;
+/// Most events one read of a store's log asks for.
+const PAGE_EVENTS_MAX: usize = 4_096;
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
@@ -28,11 +37,23 @@ pub enum AuditCommand {
     Digest(DigestArgs),
 }
 
+/// Where the log to audit is.
 #[derive(Args, Debug)]
-pub struct VerifyArgs {
-    /// Data directory of a stopped `accrual serve` (the log is `<dir>/log`).
+pub struct LogArgs {
+    /// Data directory of a stopped `accrual serve` (the log is `<dir>/log`); not read when
+    /// `--store` is given.
     #[arg(long, env = "ACCRUAL_DATA_DIR", default_value = "accrual-data")]
     pub data_dir: PathBuf,
+    /// The log itself, as `accrual serve --store` takes it: `esdb://...`, `nats://...` (read
+    /// while the nodes run) or `sled:PATH` (a stopped server's log directory).
+    #[arg(long, env = "ACCRUAL_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub log: LogArgs,
     /// A head hash kept earlier (`audit digest`, 64 hex digits): the chain must still have it
     /// at `--position`.
     #[arg(long, requires = "position", value_parser = parse_hash)]
@@ -44,9 +65,8 @@ pub struct VerifyArgs {
 
 #[derive(Args, Debug)]
 pub struct DigestArgs {
-    /// Data directory of a stopped `accrual serve` (the log is `<dir>/log`).
-    #[arg(long, env = "ACCRUAL_DATA_DIR", default_value = "accrual-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub log: LogArgs,
     /// Events `[0, N)`: prints the hash of event N-1 (the genesis hash, all zeros, for 0);
     /// default: the whole log.
     #[arg(long)]
@@ -60,20 +80,40 @@ fn parse_hash(s: &str) -> Result<[u8; 32], String> {
 }
 
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
-    // The walk is blocking I/O and hashing: keep it off the async workers.
-    tokio::task::spawn_blocking(move || match cmd {
-        AuditCommand::Verify(args) => verify(&args),
-        AuditCommand::Digest(args) => digest(&args),
-    })
-    .await
-    .context("audit task failed")?
+    match cmd {
+        AuditCommand::Verify(args) => {
+            let started = Instant::now();
+            let walk = walk_log(&args.log, None, args.position).await?;
+            verify(&args, &walk, started.elapsed())
+        }
+        AuditCommand::Digest(args) => {
+            let walk = walk_log(&args.log, args.position, args.position).await?;
+            digest(&args, &walk)
+        }
+    }
 }
 
-fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
-    let scan = open(&args.data_dir)?;
-    let started = Instant::now();
-    let walk = walk(&scan, None, args.position)?;
-    let elapsed = started.elapsed();
+/// Walks the log `log` names (see [`Walker`] for `stop` and `watch`).
+async fn walk_log(
+    log: &LogArgs,
+    stop: Option<Position>,
+    watch: Option<Position>,
+) -> anyhow::Result<Walk> {
+    let path = match &log.store {
+        None => log.data_dir.join("log"),
+        Some(url) => match StoreSpec::parse(url)? {
+            StoreSpec::Sled(path) => path,
+            spec => return walk_store(&spec, stop, watch).await,
+        },
+    };
+    // The raw walk is blocking I/O and hashing: keep it off the async workers.
+    tokio::task::spawn_blocking(move || walk_scan(&open(&path)?, stop, watch))
+        .await
+        .context("audit task failed")?
+}
+
+/// Reports a finished walk: `chain ok ...` or the break, then the kept digest if any.
+fn verify(args: &VerifyArgs, walk: &Walk, elapsed: std::time::Duration) -> anyhow::Result<()> {
     let mut failed = None;
     match &walk.broken {
         None => {
@@ -86,7 +126,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
             );
         }
         Some(broken) => {
-            print_break(broken, &walk);
+            print_break(broken, walk);
             failed = Some(format!("hash chain broken at position {}", broken.position));
         }
     }
@@ -121,11 +161,10 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     }
 }
 
-fn digest(args: &DigestArgs) -> anyhow::Result<()> {
-    let scan = open(&args.data_dir)?;
-    let walk = walk(&scan, args.position, args.position)?;
+/// Prints the head of a finished walk at `--position` (or the whole log's).
+fn digest(args: &DigestArgs, walk: &Walk) -> anyhow::Result<()> {
     if let Some(broken) = &walk.broken {
-        print_break(broken, &walk);
+        print_break(broken, walk);
         anyhow::bail!(
             "hash chain broken at position {}: no digest printed (run `accrual audit verify`)",
             broken.position
@@ -143,9 +182,9 @@ fn beyond_head(position: Position, events: u64) -> String {
     format!("position {position} is beyond the head: the log holds {events} events")
 }
 
-fn open(data_dir: &Path) -> anyhow::Result<LogScan> {
-    let path = data_dir.join("log");
-    LogScan::open(&path).with_context(|| format!("cannot audit {}", path.display()))
+/// The raw sled log in the directory `path`.
+fn open(path: &Path) -> anyhow::Result<LogScan> {
+    LogScan::open(path).with_context(|| format!("cannot audit {}", path.display()))
 }
 
 /// The first broken link: a failed chain check, or an event that does not decode.
@@ -177,44 +216,134 @@ struct Walk {
     broken: Option<Broken>,
 }
 
-/// Walks the chain from position 0, recomputing every hash, until the end of the log, the first
-/// break, or `stop` events. Errors are storage failures only; a bad log is a [`Walk::broken`].
-fn walk(scan: &LogScan, stop: Option<Position>, watch: Option<Position>) -> anyhow::Result<Walk> {
-    let bar = progress(scan.claimed_end()?.map(|end| stop.map_or(end, |s| s.min(end))));
-    let mut verifier = ChainVerifier::new(Some(0), GENESIS_HASH);
-    let mut walk = Walk { events: 0, head: GENESIS_HASH, at_watched: None, broken: None };
-    if watch == Some(0) {
-        walk.at_watched = Some(GENESIS_HASH);
-    }
-    for item in scan.events() {
-        if stop.is_some_and(|stop| walk.events >= stop) {
-            break;
+/// A walk of the chain from position 0, fed one event at a time: recomputes every hash, stops
+/// at the first break, or after `stop` events; notes the head after `watch` events.
+struct Walker {
+    verifier: ChainVerifier,
+    walk: Walk,
+    stop: Option<Position>,
+    watch: Option<Position>,
+    bar: ProgressBar,
+}
+
+impl Walker {
+    /// `len`: the events expected, if known (for the progress bar).
+    fn new(stop: Option<Position>, watch: Option<Position>, len: Option<u64>) -> Walker {
+        let mut walk = Walk { events: 0, head: GENESIS_HASH, at_watched: None, broken: None };
+        if watch == Some(0) {
+            walk.at_watched = Some(GENESIS_HASH);
         }
-        let expected = verifier.next_position().unwrap_or(0);
+        let bar = progress(len.map(|end| stop.map_or(end, |s| s.min(end))));
+        let verifier = ChainVerifier::new(Some(0), GENESIS_HASH);
+        Walker { verifier, walk, stop, watch, bar }
+    }
+
+    /// Whether the walk wants another event (no break, `stop` not reached).
+    fn wants_more(&self) -> bool {
+        self.walk.broken.is_none() && self.stop.is_none_or(|stop| self.walk.events < stop)
+    }
+
+    /// Checks the next event read (or the read's failure). Errors are storage failures only;
+    /// undecodable bytes and a failed check are a [`Walk::broken`].
+    fn push(&mut self, item: Result<RecordedEvent, StoreError>) -> anyhow::Result<()> {
+        let expected = self.verifier.next_position().unwrap_or(0);
         let event = match item {
             Ok(event) => event,
             Err(StoreError::Corrupt { position: at, detail }) => {
                 let what = What::Undecodable { at, detail };
-                walk.broken = Some(Broken { position: expected.min(at), what });
-                break;
+                self.walk.broken = Some(Broken { position: expected.min(at), what });
+                return Ok(());
             }
             Err(e) => return Err(e).context("reading the log"),
         };
-        if let Err(ChainBreak { position, kind }) = verifier.push(&event) {
-            walk.broken = Some(Broken { position, what: What::Chain(kind) });
-            break;
+        if let Err(ChainBreak { position, kind }) = self.verifier.push(&event) {
+            self.walk.broken = Some(Broken { position, what: What::Chain(kind) });
+            return Ok(());
         }
-        walk.events += 1;
-        walk.head = verifier.head_hash();
-        if watch == Some(walk.events) {
-            walk.at_watched = Some(walk.head);
+        self.walk.events += 1;
+        self.walk.head = self.verifier.head_hash();
+        if self.watch == Some(self.walk.events) {
+            self.walk.at_watched = Some(self.walk.head);
         }
-        if walk.events % PROGRESS_STEP == 0 {
-            bar.set_position(walk.events);
+        if self.walk.events % PROGRESS_STEP == 0 {
+            self.bar.set_position(self.walk.events);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Walk {
+        self.bar.finish_and_clear();
+        self.walk
+    }
+}
+
+/// Walks the raw sled log until its end, the first break, or `stop` events.
+fn walk_scan(
+    scan: &LogScan,
+    stop: Option<Position>,
+    watch: Option<Position>,
+) -> anyhow::Result<Walk> {
+    let mut walker = Walker::new(stop, watch, scan.claimed_end()?);
+    let mut events = scan.events();
+    while walker.wants_more() {
+        let Some(item) = events.next() else { break };
+        walker.push(item)?;
+    }
+    Ok(walker.finish())
+}
+
+/// Opens the shared log `spec` (EventStoreDB, NATS), walks it, and closes it.
+async fn walk_store(
+    spec: &StoreSpec,
+    stop: Option<Position>,
+    watch: Option<Position>,
+) -> anyhow::Result<Walk> {
+    let store = crate::serve::open_configured_store(spec).await?;
+    if store.head() == 0 {
+        // Opening a shared log creates its stream when missing: a misspelt stream= is empty.
+        eprintln!("warning: {spec} holds no events (a new log, or another stream= than meant?)");
+    }
+    let walked = walk_events(store.as_ref(), stop, watch).await;
+    let closed = store.close().await.with_context(|| format!("closing {spec}"));
+    let walk = walked?;
+    closed?;
+    Ok(walk)
+}
+
+/// Walks a store's log through [`EventStore::read_all`], in pages of at most
+/// [`PAGE_EVENTS_MAX`], from position 0 to its head at the start, the first break, or `stop`
+/// events.
+async fn walk_events(
+    store: &dyn EventStore,
+    stop: Option<Position>,
+    watch: Option<Position>,
+) -> anyhow::Result<Walk> {
+    let head = store.head();
+    let end = stop.map_or(head, |stop| stop.min(head));
+    let mut walker = Walker::new(stop, watch, Some(head));
+    // Every page moves the walk forward by at least one event, or ends it.
+    while walker.wants_more() && walker.walk.events < end {
+        let from = walker.walk.events;
+        let count = usize::try_from(end - from).unwrap_or(usize::MAX).min(PAGE_EVENTS_MAX);
+        let page = match store.read_all(from, count).await {
+            Ok(page) => page,
+            Err(e) => {
+                walker.push(Err(e))?;
+                break;
+            }
+        };
+        anyhow::ensure!(
+            !page.is_empty(),
+            "reading the log: no events from position {from}, though its head is {head}"
+        );
+        for event in page {
+            if !walker.wants_more() {
+                break;
+            }
+            walker.push(Ok(event))?;
         }
     }
-    bar.finish_and_clear();
-    Ok(walk)
+    Ok(walker.finish())
 }
 
 fn progress(len: Option<u64>) -> ProgressBar {

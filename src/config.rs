@@ -89,9 +89,11 @@ pub struct ServeArgs {
     /// listens on a loopback address.
     #[arg(long, env = "ACCRUAL_AUTH_TOKENS", hide_env_values = true)]
     pub auth_tokens: Option<String>,
-    /// The event log: `sled:PATH` (embedded, the default: `sled:<data-dir>/log`) or an
+    /// The event log: `sled:PATH` (embedded, the default: `sled:<data-dir>/log`), an
     /// EventStoreDB / KurrentDB connection string, e.g. `esdb://HOST:2113?tls=false`
-    /// (`&stream=NAME` picks the log stream, default accrual-log). Read models stay in the data dir.
+    /// (`&stream=NAME` picks the log stream, default accrual-log), or NATS JetStream servers,
+    /// e.g. `nats://HOST:4222,HOST:4222?replicas=3` (`stream=NAME`, default accrual-log;
+    /// `replicas=N`, default 1 for one server and 3 for several). Read models stay in the data dir.
     #[arg(long, env = "ACCRUAL_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// Directory of the embedded sled store [default: ./accrual-data]
@@ -380,10 +382,12 @@ pub enum StoreSpec {
     Sled(PathBuf),
     /// A log stream on an EventStoreDB / KurrentDB server.
     Esdb(event_store::EsdbConfig),
+    /// A JetStream stream on a NATS server or cluster.
+    Nats(event_store::NatsConfig),
 }
 
 impl StoreSpec {
-    /// `sled:PATH` or `esdb://...` / `esdb+discover://...`.
+    /// `sled:PATH`, `esdb://...` / `esdb+discover://...` or `nats://...`.
     pub fn parse(value: &str) -> anyhow::Result<StoreSpec> {
         if let Some(path) = value.strip_prefix("sled:") {
             anyhow::ensure!(!path.is_empty(), "--store sled:PATH needs a directory");
@@ -392,10 +396,20 @@ impl StoreSpec {
         if value.starts_with("esdb://") || value.starts_with("esdb+discover://") {
             return Ok(StoreSpec::Esdb(event_store::EsdbConfig::parse(value)?));
         }
+        if value.starts_with("nats://") {
+            return Ok(StoreSpec::Nats(event_store::NatsConfig::parse(value)?));
+        }
         anyhow::bail!(
-            "--store {:?}: expected sled:PATH or esdb://HOST:PORT?tls=false (or esdb+discover://)",
+            "--store {:?}: expected sled:PATH, esdb://HOST:PORT?tls=false (or esdb+discover://) \
+             or nats://HOST:PORT[,HOST:PORT...][?stream=NAME&replicas=N]",
             event_store::esdb::redact(value)
         )
+    }
+
+    /// Whether several processes share this log (EventStoreDB, NATS): then any number of
+    /// command nodes may append to it, and each must expect to lose races to the others.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, StoreSpec::Esdb(_) | StoreSpec::Nats(_))
     }
 }
 
@@ -404,6 +418,9 @@ impl fmt::Display for StoreSpec {
         match self {
             StoreSpec::Sled(path) => write!(f, "sled:{}", path.display()),
             StoreSpec::Esdb(c) => write!(f, "{} (stream {})", c.redacted(), c.log_stream),
+            StoreSpec::Nats(c) => {
+                write!(f, "{} (stream {}, replicas {})", c.redacted(), c.stream, c.replicas)
+            }
         }
     }
 }
@@ -523,11 +540,38 @@ mod tests {
     }
 
     #[test]
+    fn store_takes_nats_urls_from_the_flag_and_the_file() {
+        let url = "nats://n1:4222,n2:4222,n3:4222?stream=eu_log&replicas=3";
+        let nats = ServeArgs { store: Some(url.into()), ..Default::default() };
+        let store = Settings::resolve(nats).unwrap().store;
+        match &store {
+            StoreSpec::Nats(c) => {
+                let servers = ["nats://n1:4222", "nats://n2:4222", "nats://n3:4222"];
+                assert_eq!(c.servers, servers);
+                assert_eq!((c.stream.as_str(), c.replicas), ("eu_log", 3));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(store.is_shared());
+        assert!(!StoreSpec::Sled("/d/log".into()).is_shared());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accrual.toml");
+        std::fs::write(&path, "store = \"nats://u:hunter2@127.0.0.1:4222\"\n").unwrap();
+        let from_file = Settings::resolve(ServeArgs { config: Some(path), ..Default::default() });
+        let shown = from_file.unwrap().store.to_string();
+        assert_eq!(shown, "nats://u:***@127.0.0.1:4222 (stream accrual-log, replicas 1)");
+    }
+
+    #[test]
     fn bad_store_values_are_refused_with_the_reason() {
         for (value, says) in [
             ("sled:", "needs a directory"),
-            ("postgres://x", "expected sled:PATH or esdb://"),
+            ("postgres://x", "expected sled:PATH, esdb://"),
+            ("postgres://x", "or nats://HOST:PORT"),
             ("esdb://u:secret@h:2113?stream=$all", "system streams"),
+            ("nats://u:secret@h:4222?replicas=9", "replicas=\"9\""),
+            ("nats://u:secret@h:4222?stream=a.b", "letters, digits"),
+            ("nats://u:secret@h", "HOST:PORT"),
         ] {
             let args = ServeArgs { store: Some(value.into()), ..Default::default() };
             let error = format!("{:#}", Settings::resolve(args).unwrap_err());

@@ -1,10 +1,15 @@
 //! `accrual replay`: rebuild read models from the log up to a cutoff into a fresh directory
 //! (servable with `accrual serve --role query --read-only --data-dir OUT`), and `replay verify`:
 //! rebuild every live read model up to its checkpoint and compare digests.
+//!
+//! The log is `<data-dir>/log` of a stopped server, or `--store` (`esdb://...`, `nats://...`,
+//! read while the nodes run, or `sled:PATH`); the live read models of `replay verify` are always
+//! `<data-dir>/read-models` (on a shared log: a stopped query node's data dir).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use event_store::{EventStore, SledConfig, SledStore};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -28,9 +33,14 @@ pub enum ReplayCommand {
 
 #[derive(Args, Debug)]
 pub struct RebuildArgs {
-    /// Data directory of a stopped `accrual serve` (the log is `<dir>/log`).
+    /// Data directory of a stopped `accrual serve` (the log is `<dir>/log`); not read when
+    /// `--store` is given.
     #[arg(long, env = "ACCRUAL_DATA_DIR", default_value = "accrual-data")]
     pub data_dir: PathBuf,
+    /// The log, as `accrual serve --store` takes it: `esdb://...`, `nats://...` or `sled:PATH`
+    /// [default: `<data-dir>/log`]
+    #[arg(long, env = "ACCRUAL_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// Replay the events before this log position.
     #[arg(long, conflicts_with = "as_of_recorded", required_unless_present = "as_of_recorded")]
     pub position: Option<u64>,
@@ -48,22 +58,53 @@ pub struct RebuildArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Data directory of a stopped `accrual serve`.
+    /// Data directory of a stopped `accrual serve` (or query node): the live read models are
+    /// `<dir>/read-models`, the log `<dir>/log` unless `--store` is given.
     #[arg(long, env = "ACCRUAL_DATA_DIR", default_value = "accrual-data")]
     pub data_dir: PathBuf,
+    /// The log, as `accrual serve --store` takes it: `esdb://...`, `nats://...` or `sled:PATH`
+    /// [default: `<data-dir>/log`]
+    #[arg(long, env = "ACCRUAL_STORE", hide_env_values = true)]
+    pub store: Option<String>,
 }
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     match args.command {
-        Some(ReplayCommand::Verify(v)) => verify(&v.data_dir).await,
+        Some(ReplayCommand::Verify(v)) => {
+            let store = open_log(&v.data_dir, v.store.as_deref()).await?;
+            closing(store.clone(), verify(store, &v.data_dir).await).await
+        }
         None => rebuild(args.rebuild).await,
     }
 }
 
-fn open_log(data_dir: &Path) -> anyhow::Result<Arc<dyn EventStore>> {
-    let path = data_dir.join("log");
+/// Closes `store` after a command, then returns the command's outcome (or the close's error).
+async fn closing<T, E>(store: Arc<dyn EventStore>, outcome: Result<T, E>) -> anyhow::Result<T>
+where
+    anyhow::Error: From<E>,
+{
+    let closed = store.close().await.context("closing the log");
+    let value = outcome?;
+    closed?;
+    Ok(value)
+}
+
+/// The log `store` names (`--store`), or else `<data_dir>/log`.
+async fn open_log(data_dir: &Path, store: Option<&str>) -> anyhow::Result<Arc<dyn EventStore>> {
+    let spec = match store {
+        Some(url) => crate::config::StoreSpec::parse(url)?,
+        None => crate::config::StoreSpec::Sled(data_dir.join("log")),
+    };
+    match spec {
+        crate::config::StoreSpec::Sled(path) => open_sled(&path),
+        shared => crate::serve::open_configured_store(&shared).await,
+    }
+}
+
+/// The sled log in the directory `path`, of a stopped server.
+fn open_sled(path: &Path) -> anyhow::Result<Arc<dyn EventStore>> {
     anyhow::ensure!(path.exists(), "no event log at {}", path.display());
-    let store = SledStore::open(SledConfig::new(&path)).map_err(|e| {
+    let store = SledStore::open(SledConfig::new(path)).map_err(|e| {
         // A held lock is sled's "could not acquire lock"; a damaged log says so itself.
         let hint = if e.to_string().contains("lock") {
             " (is `accrual serve` still running on it?)"
@@ -100,6 +141,7 @@ fn progress_bar(len: u64) -> ProgressBar {
     bar
 }
 
+/// Rebuilds the read models from the log up to the cutoff into `--out`.
 async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     let cutoff = match (args.position, args.as_of_recorded) {
         (Some(p), _) => Cutoff::Position(p),
@@ -108,15 +150,15 @@ async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     };
     let out = args.out.expect("clap requires --out");
     let kinds = kinds(&args.projections)?;
-    let store = open_log(&args.data_dir)?;
+    let store = open_log(&args.data_dir, args.store.as_deref()).await?;
     let bar = progress_bar(0);
     let progress = |applied: u64, end: u64| {
         bar.set_length(end);
         bar.set_position(applied);
     };
-    let done = replay::rebuild(store.clone(), cutoff, &kinds, &out, &progress).await?;
+    let done = replay::rebuild(store.clone(), cutoff, &kinds, &out, &progress).await;
     bar.finish_and_clear();
-    store.close().await?;
+    let done = closing(store, done).await?;
     for p in &done.manifest.projections {
         println!("{:<9} digest={} position={}", p.projection.name(), p.sha256, p.position);
     }
@@ -134,14 +176,13 @@ async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn verify(data_dir: &Path) -> anyhow::Result<()> {
-    let store = open_log(data_dir)?;
+/// Compares every live read model of `data_dir` with its rebuild from `store`.
+async fn verify(store: Arc<dyn EventStore>, data_dir: &Path) -> anyhow::Result<()> {
     let live_path = data_dir.join("read-models");
     anyhow::ensure!(live_path.exists(), "no read models at {}", live_path.display());
     let live = projections::open_db(&live_path)?;
     let scratch = tempfile::tempdir()?;
-    let verdicts = replay::verify(store.clone(), &live, &scratch.path().join("verify")).await?;
-    store.close().await?;
+    let verdicts = replay::verify(store, &live, &scratch.path().join("verify")).await?;
     let mut first_bad = None;
     for v in &verdicts {
         match v {

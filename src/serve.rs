@@ -7,9 +7,9 @@
 //! this process has open). A query role without the projector serves the read models as they
 //! are on disk. sled is single-process (one process locks `log/` and `read-models/`), so a role
 //! not run here cannot run in another process on the same data dir. With `--store esdb://...`
-//! (the EventStoreDB backend) the log is shared: any number of `--role command` processes and of
-//! `--role projector,query` processes (each with its own data dir for its read models) run on
-//! one log stream.
+//! (the EventStoreDB backend) or `--store nats://...` (a NATS JetStream stream) the log is
+//! shared: any number of `--role command` processes and of `--role projector,query` processes
+//! (each with its own data dir for its read models) run on one log stream.
 //!
 //! `--read-only` (with `--role query` only) serves the read models of a directory without
 //! opening its log: a stopped server's data dir, or the output of `accrual replay` (the books
@@ -48,8 +48,8 @@ pub fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn EventSto
     Ok(Arc::new(store))
 }
 
-/// Opens the event log `--store` names: sled (the default, `<data-dir>/log`) or a log stream
-/// on EventStoreDB (read until its end, then followed).
+/// Opens the event log `--store` names: sled (the default, `<data-dir>/log`), or a log stream
+/// on EventStoreDB or NATS JetStream (read until its end, then followed).
 pub async fn open_configured_store(
     spec: &crate::config::StoreSpec,
 ) -> anyhow::Result<Arc<dyn EventStore>> {
@@ -63,10 +63,16 @@ pub async fn open_configured_store(
                 .map_err(|e| anyhow::anyhow!("EventStoreDB {}: {e}", config.redacted()))?;
             Ok(Arc::new(store))
         }
+        crate::config::StoreSpec::Nats(config) => {
+            let store = event_store::EsdbStore::open_nats(config)
+                .await
+                .map_err(|e| anyhow::anyhow!("NATS JetStream {}: {e}", config.redacted()))?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
-/// Folds the log into the write engine. On a shared log (EventStoreDB) the engine keeps a
+/// Folds the log into the write engine. On a shared log (EventStoreDB, NATS) the engine keeps a
 /// recovery copy of its model, since appends lost to another command node are routine there.
 /// `snapshots_in`: the command node's data dir, where the write-model snapshot is kept
 /// (`<data-dir>/write-model.snapshot`, on either backend): loaded at open, written at shutdown
@@ -243,7 +249,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let store = open_configured_store(&s.store).await?;
     let engine = match roles.command {
         true => {
-            let shared_log = matches!(s.store, crate::config::StoreSpec::Esdb(_));
+            let shared_log = s.store.is_shared();
             Some(
                 engine_on(store.clone(), policy, shared_log, Some(&s.data_dir), &s.data_dir)
                     .await?,
