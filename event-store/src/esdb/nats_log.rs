@@ -35,6 +35,10 @@ const BATCH_CHUNKS_MAX: usize = 1_000;
 /// connect fails at once (a clear startup error); once connected, the client reconnects to
 /// any server of the cluster for as long as it runs.
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How long a publish waits for its ack (and an API call for its reply) before it counts as
+/// failed and is retried. A publish in flight to a server that dies is never answered; the
+/// retry goes to the server the client reconnected to (and finds its chunks if they landed).
+const REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// Pings to the server: two unanswered ones (a frozen or partitioned server) make the client
 /// move to another server of the cluster, so a stuck server costs seconds, not minutes.
 const PING_INTERVAL_MS: u64 = 2_000;
@@ -77,7 +81,8 @@ impl NatsLog {
                 "{shown}: JetStream is not enabled on this server (start it with -js)"
             )));
         }
-        let context = jetstream::new(client);
+        let mut context = jetstream::new(client);
+        context.set_timeout(std::time::Duration::from_millis(REQUEST_TIMEOUT_MS));
         let subject = format!("{name}.chunks");
         let wanted = jetstream::stream::Config {
             name: name.to_owned(),
