@@ -37,6 +37,16 @@ pub enum AuditCommand {
     Digest(DigestArgs),
 }
 
+impl AuditCommand {
+    /// The `--store` given, if any.
+    pub fn store(&self) -> Option<String> {
+        match self {
+            AuditCommand::Verify(a) => a.log.store.clone(),
+            AuditCommand::Digest(a) => a.log.store.clone(),
+        }
+    }
+}
+
 /// Where the log to audit is.
 #[derive(Args, Debug)]
 pub struct LogArgs {
@@ -101,7 +111,7 @@ async fn walk_log(
 ) -> anyhow::Result<Walk> {
     let path = match &log.store {
         None => log.data_dir.join("log"),
-        Some(url) => match StoreSpec::parse(url)? {
+        Some(url) => match StoreSpec::parse_for_reading(url)? {
             StoreSpec::Sled(path) => path,
             spec => return walk_store(&spec, stop, watch).await,
         },
@@ -300,7 +310,8 @@ async fn walk_store(
 ) -> anyhow::Result<Walk> {
     let store = crate::serve::open_configured_store(spec).await?;
     if store.head() == 0 {
-        // Opening a shared log creates its stream when missing: a misspelt stream= is empty.
+        // An EventStoreDB stream that does not exist reads as empty (a JetStream one is an
+        // error): a misspelt stream= would otherwise pass as an empty, unbroken chain.
         eprintln!("warning: {spec} holds no events (a new log, or another stream= than meant?)");
     }
     let walked = walk_events(store.as_ref(), stop, watch).await;

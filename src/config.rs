@@ -387,6 +387,16 @@ pub enum StoreSpec {
 }
 
 impl StoreSpec {
+    /// [`StoreSpec::parse`] for a tool that only reads the log (`audit`, `replay`): a JetStream
+    /// stream that does not exist is an error, not created empty.
+    pub fn parse_for_reading(value: &str) -> anyhow::Result<StoreSpec> {
+        let mut spec = StoreSpec::parse(value)?;
+        if let StoreSpec::Nats(config) = &mut spec {
+            config.create_stream = false;
+        }
+        Ok(spec)
+    }
+
     /// `sled:PATH`, `esdb://...` / `esdb+discover://...` or `nats://...`.
     pub fn parse(value: &str) -> anyhow::Result<StoreSpec> {
         if let Some(path) = value.strip_prefix("sled:") {

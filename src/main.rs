@@ -82,11 +82,25 @@ fn main() -> anyhow::Result<()> {
         }
         Commands::Bench(cmd) => with_ring(|| runtime.block_on(bench::run(cmd))),
         Commands::Demo(args) => with_ring(|| runtime.block_on(demo::run(args))),
-        Commands::Replay(args) => with_ring(|| runtime.block_on(replay_cmd::run(args))),
-        Commands::Audit(cmd) => with_ring(|| runtime.block_on(audit::run(cmd))),
+        Commands::Replay(args) => {
+            ring_unless_esdb(args.store().as_deref());
+            runtime.block_on(replay_cmd::run(args))
+        }
+        Commands::Audit(cmd) => {
+            ring_unless_esdb(cmd.store().as_deref());
+            runtime.block_on(audit::run(cmd))
+        }
         Commands::Import(args) => with_ring(|| runtime.block_on(import::run(args))),
         Commands::Export(args) => with_ring(|| runtime.block_on(export::run(args))),
         Commands::Token(cmd) => with_ring(|| auth::run(cmd)),
+    }
+}
+
+/// For the tools that read a `--store`: ring as the rustls provider, except on EventStoreDB,
+/// whose client installs its own and fails when one is already there (as for `serve`).
+fn ring_unless_esdb(store: Option<&str>) {
+    if !store.is_some_and(|s| s.starts_with("esdb")) {
+        tls::install_crypto_provider();
     }
 }
 

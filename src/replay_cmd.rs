@@ -68,6 +68,16 @@ pub struct VerifyArgs {
     pub store: Option<String>,
 }
 
+impl ReplayArgs {
+    /// The `--store` given, if any.
+    pub fn store(&self) -> Option<String> {
+        match &self.command {
+            Some(ReplayCommand::Verify(v)) => v.store.clone(),
+            None => self.rebuild.store.clone(),
+        }
+    }
+}
+
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     match args.command {
         Some(ReplayCommand::Verify(v)) => {
@@ -92,7 +102,7 @@ where
 /// The log `store` names (`--store`), or else `<data_dir>/log`.
 async fn open_log(data_dir: &Path, store: Option<&str>) -> anyhow::Result<Arc<dyn EventStore>> {
     let spec = match store {
-        Some(url) => crate::config::StoreSpec::parse(url)?,
+        Some(url) => crate::config::StoreSpec::parse_for_reading(url)?,
         None => crate::config::StoreSpec::Sled(data_dir.join("log")),
     };
     match spec {

@@ -26,15 +26,15 @@ impl Failure {
     pub fn into_store_error(self) -> StoreError {
         match self {
             Failure::Conflict { current } => StoreError::Unavailable(format!(
-                "EventStoreDB log stream moved on concurrently (now at {current:?}) too often"
+                "the shared log moved on concurrently (now at {current:?}) too often"
             )),
             Failure::Transient(m) => {
-                StoreError::Unavailable(format!("EventStoreDB unreachable after retries: {m}"))
+                StoreError::Unavailable(format!("log server unreachable after retries: {m}"))
             }
-            Failure::Permanent(m) => StoreError::Unavailable(format!("EventStoreDB: {m}")),
+            Failure::Permanent(m) => StoreError::Unavailable(format!("log server: {m}")),
             Failure::TooLarge(m) => StoreError::Invalid(format!(
-                "the request's events do not fit one EventStoreDB append ({m}); the server's \
-                 MaxAppendSize must be raised to accept it"
+                "the request's events do not fit one append to the log server ({m}); the server's \
+                 limit (EventStoreDB MaxAppendSize, NATS max_payload) must be raised to accept it"
             )),
         }
     }

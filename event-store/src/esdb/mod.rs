@@ -144,7 +144,10 @@ impl EsdbStore {
     #[cfg(feature = "nats")]
     pub async fn open_nats(config: &NatsConfig) -> Result<EsdbStore, StoreError> {
         tracing::info!(servers = %config.redacted(), stream = %config.stream, replicas = config.replicas, "opening the NATS JetStream log");
-        let log = nats_log::NatsLog::open(config).await.map_err(Failure::into_store_error)?;
+        let log = nats_log::NatsLog::open(config).await.map_err(|f| match f {
+            Failure::Transient(m) | Failure::Permanent(m) => StoreError::Unavailable(m),
+            other => other.into_store_error(),
+        })?;
         let mut options = EsdbOptions::new(&config.stream);
         options.commit_events_max = config.commit_events_max;
         EsdbStore::open_on(Arc::new(log), options).await
@@ -169,7 +172,7 @@ impl EsdbStore {
             events = shared.mirror.read().head(),
             chunks = shared.mirror.read().next_revision(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "event store index rebuilt from the EventStoreDB log stream"
+            "event store index rebuilt from the shared log (EventStoreDB or JetStream stream)"
         );
         let (tx, rx) = mpsc::channel(QUEUE_REQUESTS_MAX);
         let writer = tokio::spawn(writer_loop(shared.clone(), rx));
@@ -259,7 +262,7 @@ impl Shared {
         loop {
             match call().await {
                 Err(Failure::Transient(m)) if attempt + 1 < policy.attempts_max => {
-                    tracing::warn!(attempt, error = %m, "EventStoreDB {what} failed; retrying");
+                    tracing::warn!(attempt, error = %m, "log server {what} failed; retrying");
                     tokio::time::sleep(policy.backoff(attempt)).await;
                     attempt += 1;
                 }
@@ -344,7 +347,7 @@ impl Shared {
     fn fail(&self, detail: String) -> StoreError {
         let position = self.mirror.read().head();
         let err = StoreError::Corrupt { position, detail };
-        tracing::error!(error = %err, "the EventStoreDB log stream does not continue the log");
+        tracing::error!(error = %err, "the shared log stream does not continue the log");
         *self.failed.lock() = Some(err.to_string());
         err
     }
@@ -545,7 +548,7 @@ async fn follow_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                         }
                     }
                     Some(Err(f)) => {
-                        tracing::warn!(error = ?f, "following the EventStoreDB log stream failed; resubscribing");
+                        tracing::warn!(error = ?f, "following the shared log stream failed; resubscribing");
                         break;
                     }
                     None => break,

@@ -26,6 +26,10 @@ pub struct NatsConfig {
     pub replicas: usize,
     /// Bound of events per group commit (and per request).
     pub commit_events_max: usize,
+    /// Whether opening creates the stream when it does not exist: true for `serve`, false for
+    /// the tools that only read (`audit`, `replay`), so a misspelt `stream=` is an error there
+    /// rather than a new empty log.
+    pub create_stream: bool,
 }
 
 impl NatsConfig {
@@ -43,7 +47,12 @@ impl NatsConfig {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
-        let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+        // Later servers may repeat the scheme (`nats://a:4222,nats://b:4222`).
+        let hosts: Vec<&str> = hosts
+            .split(',')
+            .map(|h| h.trim())
+            .map(|h| h.strip_prefix("nats://").unwrap_or(h))
+            .collect();
         if hosts.iter().any(|h| h.is_empty()) || hosts.len() > SERVERS_MAX {
             return Err(invalid(format!("list 1 to {SERVERS_MAX} servers as HOST:PORT,HOST:PORT")));
         }
@@ -76,6 +85,7 @@ impl NatsConfig {
             stream,
             replicas,
             commit_events_max: crate::DEFAULT_COMMIT_EVENTS_MAX,
+            create_stream: true,
         })
     }
 
@@ -123,6 +133,9 @@ mod tests {
         let c = NatsConfig::parse("nats://a:4222,b:4223,c:4224?stream=billing_eu").unwrap();
         assert_eq!(c.servers, vec!["nats://a:4222", "nats://b:4223", "nats://c:4224"]);
         assert_eq!((c.stream.as_str(), c.replicas), ("billing_eu", 3));
+        let again =
+            NatsConfig::parse("nats://a:4222,nats://b:4223,nats://c:4224?stream=billing_eu");
+        assert_eq!(again.unwrap(), c, "later servers may repeat the scheme");
         let c = NatsConfig::parse("nats://a:4222,b:4223?Replicas=5&stream=x").unwrap();
         assert_eq!(c.replicas, 5);
     }

@@ -39,6 +39,10 @@ const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// failed and is retried. A publish in flight to a server that dies is never answered; the
 /// retry goes to the server the client reconnected to (and finds its chunks if they landed).
 const REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// How long opening waits for a new stream's leader before it goes on (the reads retry).
+const LEADER_WAIT_MS: u64 = 30_000;
+/// JetStream's API error code for "not found".
+const NOT_FOUND_STATUS: usize = 404;
 /// Pings to the server: two unanswered ones (a frozen or partitioned server) make the client
 /// move to another server of the cluster, so a stuck server costs seconds, not minutes.
 const PING_INTERVAL_MS: u64 = 2_000;
@@ -53,20 +57,22 @@ pub struct NatsLog {
 impl NatsLog {
     /// Connects to the servers of `config` and opens (or creates) its stream.
     pub async fn open(config: &NatsConfig) -> Result<NatsLog, Failure> {
-        NatsLog::connect_to(&config.servers, &config.stream, config.replicas).await
+        let (servers, name) = (&config.servers, &config.stream);
+        NatsLog::connect_to(servers, name, config.replicas, config.create_stream).await
     }
 
     /// Connects to `url` (`nats://host:port[,nats://host:port...]`) and opens (or creates) the
     /// stream `name` with `replicas` copies.
     pub async fn connect(url: &str, name: &str, replicas: usize) -> Result<NatsLog, Failure> {
         let servers: Vec<String> = url.split(',').map(|s| s.trim().to_owned()).collect();
-        NatsLog::connect_to(&servers, name, replicas).await
+        NatsLog::connect_to(&servers, name, replicas, true).await
     }
 
     async fn connect_to(
         servers: &[String],
         name: &str,
         replicas: usize,
+        create: bool,
     ) -> Result<NatsLog, Failure> {
         let shown = servers.iter().map(|s| super::redact(s)).collect::<Vec<_>>().join(",");
         let client = async_nats::ConnectOptions::new()
@@ -93,17 +99,34 @@ impl NatsLog {
             deny_purge: true,
             ..Default::default()
         };
-        let mut stream = context
-            .get_or_create_stream(wanted.clone())
-            .await
+        let opened = match create {
+            true => context.get_or_create_stream(wanted.clone()).await.map_err(|e| e.to_string()),
+            false => context.get_stream(name).await.map_err(|e| match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.code() == NOT_FOUND_STATUS =>
+                {
+                    format!("there is no stream {name} (check stream= in the store URL)")
+                }
+                _ => e.to_string(),
+            }),
+        };
+        let mut stream = opened
             .map_err(|e| Failure::Transient(format!("opening stream {name} on {shown}: {e}")))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| Failure::Transient(format!("stream {name} info: {e}")))?
-            .config
-            .clone();
-        check_existing(&info, &wanted)?;
+        // A stream just created (or a cluster just started) has no leader for a moment, and
+        // reads and appends go to the leader: wait for one, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LEADER_WAIT_MS);
+        loop {
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| Failure::Transient(format!("stream {name} info: {e}")))?;
+            check_existing(&info.config, &wanted)?;
+            let led = info.cluster.as_ref().is_none_or(|c| c.leader.is_some());
+            if led || std::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         Ok(NatsLog { stream, context, subject })
     }
 }
