@@ -228,3 +228,41 @@ fn seats_metric() -> pb::DefineMetricRequest {
         ..Default::default()
     }
 }
+
+/// Longest the short fault schedule may take (it takes about a minute here).
+const BENCH_TIMEOUT_MS: u64 = 600_000;
+
+/// A short seeded `accrual bench cluster` run (the schedule of 20 is a benchmark command): one
+/// fault of each kind on a 3-node cluster under streaming ingest through two command nodes and
+/// a query node, each healed and then checked (every acknowledged event once, audit verify,
+/// replay verify on the query node). The command exits non-zero on any broken check.
+#[test]
+fn a_short_seeded_fault_schedule_keeps_the_books() {
+    let Some(binary) = nats_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("bench.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_accrual"));
+    cmd.args(["bench", "cluster", "--faults", "5", "--seed", "17", "--ingest-events", "2000"])
+        .args(["--runs", "1", "--phase-ms", "1000", "--pause-ms", "8000", "--nats-server"])
+        .arg(&binary)
+        .arg("--dir")
+        .arg(dir.path().join("bench"))
+        .env("ACCRUAL_LOG_LEVEL", "warn");
+    let started = Instant::now();
+    run_bounded(&mut cmd, &log, BENCH_TIMEOUT_MS).unwrap_or_else(|e| panic!("{e}"));
+    let out = std::fs::read_to_string(&log).unwrap();
+    let faults: Vec<&str> = out.lines().filter(|l| l.starts_with("fault ")).collect();
+    assert_eq!(faults.len(), 5, "{out}");
+    for kind in [
+        "kill-9-stream-leader",
+        "kill-9-follower",
+        "kill-9-active-command-node",
+        "sigstop-server",
+        "kill-9-query-node",
+    ] {
+        assert!(faults.iter().any(|l| l.contains(kind)), "no {kind} fault: {out}");
+    }
+    assert!(faults.iter().all(|l| l.ends_with("once=ok audit=ok replay=ok")), "{out}");
+    assert!(out.contains("each in the log exactly once"), "{out}");
+    eprintln!("{}\n(took {:?})", faults.join("\n"), started.elapsed());
+}
