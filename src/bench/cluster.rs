@@ -54,6 +54,10 @@ pub struct ClusterArgs {
     /// How long the client streams before and after each fault.
     #[arg(long, default_value_t = 2_000)]
     pub phase_ms: u64,
+    /// Usage events per second the fault-schedule client streams at most (the log, and so
+    /// each check after a fault, grows with it).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub fault_events_per_s: u64,
     /// How long a paused server stays paused (past JetStream's Raft election timeout).
     #[arg(long, default_value_t = 10_000)]
     pub pause_ms: u64,
@@ -156,7 +160,14 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let faults = schedule(args.faults, args.seed);
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     super::setup(nodes.command_client(0), &run, FAULT_SUBSCRIPTIONS).await?;
-    let client = Arc::new(Client::new(&nodes, &run)?);
+    let batch_ms_min = FAULT_BATCH_EVENTS * 1_000 / args.fault_events_per_s;
+    let client = Arc::new(Client::new(&nodes, &run, batch_ms_min)?);
+    println!(
+        "faults: {} (seed {}); one client streams batches of {FAULT_BATCH_EVENTS} usage events \
+         at most every {batch_ms_min} ms (a resume time includes up to that wait)",
+        faults.len(),
+        args.seed
+    );
     let streaming = tokio::spawn(client.clone().stream());
     let mut resumes: Vec<(Fault, u64)> = Vec::new();
     for (i, fault) in faults.iter().copied().enumerate() {
@@ -399,6 +410,8 @@ struct Client {
     acked: AtomicU64,
     /// The start of the last acknowledged attempt and when its ack came.
     last_ack: std::sync::Mutex<Option<(Instant, Instant)>>,
+    /// Least time between the starts of two batches (the client's rate bound).
+    batch_ms_min: u64,
     calls_failed: AtomicU64,
     switches: AtomicU64,
     paused: tokio::sync::watch::Sender<bool>,
@@ -407,13 +420,14 @@ struct Client {
 }
 
 impl Client {
-    fn new(nodes: &Nodes, run: &str) -> anyhow::Result<Client> {
+    fn new(nodes: &Nodes, run: &str, batch_ms_min: u64) -> anyhow::Result<Client> {
         Ok(Client {
             nodes: [nodes.command_client(0), nodes.command_client(1)],
             active: nodes.active.clone(),
             run: run.to_owned(),
             acked: AtomicU64::new(0),
             last_ack: std::sync::Mutex::new(None),
+            batch_ms_min,
             calls_failed: AtomicU64::new(0),
             switches: AtomicU64::new(0),
             paused: tokio::sync::watch::channel(false).0,
@@ -478,6 +492,8 @@ impl Client {
             }
             n += FAULT_BATCH_EVENTS;
             self.acked.store(n, Ordering::SeqCst);
+            let period = Duration::from_millis(self.batch_ms_min);
+            tokio::time::sleep(period.saturating_sub(first_try.elapsed())).await;
         }
     }
 

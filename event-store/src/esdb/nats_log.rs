@@ -39,6 +39,9 @@ const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// failed and is retried. A publish in flight to a server that dies is never answered; the
 /// retry goes to the server the client reconnected to (and finds its chunks if they landed).
 const REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// Least `max_payload` a server should allow: one event may be 1 MiB, and a chunk holds it
+/// whole with its envelope and hash (the guide's `max_payload: 8MB` leaves room).
+const PAYLOAD_BYTES_WANTED: usize = 2 << 20;
 /// How long opening waits for a new stream's leader before it goes on (the reads retry).
 const LEADER_WAIT_MS: u64 = 30_000;
 /// JetStream's API error code for "not found".
@@ -86,6 +89,15 @@ impl NatsLog {
             return Err(Failure::Permanent(format!(
                 "{shown}: JetStream is not enabled on this server (start it with -js)"
             )));
+        }
+        let max_payload = client.server_info().max_payload;
+        if max_payload < PAYLOAD_BYTES_WANTED {
+            tracing::warn!(
+                max_payload,
+                wanted = PAYLOAD_BYTES_WANTED,
+                "the NATS server's max_payload is below what one Accrual request may need; \
+                 such requests will be refused (set max_payload: 8MB)"
+            );
         }
         let mut context = jetstream::new(client);
         context.set_timeout(std::time::Duration::from_millis(REQUEST_TIMEOUT_MS));
