@@ -24,6 +24,9 @@ pub struct NatsConfig {
     pub stream: String,
     /// Copies JetStream keeps of the stream (1, 3 or 5 in practice; Raft needs a majority).
     pub replicas: usize,
+    /// Whether the URL said `replicas=`: then an existing stream must have that many; without
+    /// it, `replicas` is only what a new stream gets, and an existing one is taken as it is.
+    pub replicas_given: bool,
     /// Bound of events per group commit (and per request).
     pub commit_events_max: usize,
     /// Whether opening creates the stream when it does not exist: true for `serve`, false for
@@ -35,7 +38,8 @@ pub struct NatsConfig {
 impl NatsConfig {
     /// Parses `nats://HOST:PORT[,HOST:PORT...][?stream=NAME&replicas=N]`. Credentials go in the
     /// authority (`nats://user:password@host:4222`) and apply to every listed server. Without
-    /// `replicas=` the stream gets 1 copy when one server is listed and 3 when several are.
+    /// `replicas=` a new stream gets 1 copy when one server is listed and 3 when several are,
+    /// and an existing stream is taken with the copies it has.
     pub fn parse(url: &str) -> Result<NatsConfig, StoreError> {
         let invalid = |m: String| StoreError::Invalid(format!("store URL {}: {m}", redact(url)));
         let Some(rest) = url.strip_prefix("nats://") else {
@@ -78,12 +82,12 @@ impl NatsConfig {
         }
         let stream = stream.unwrap_or_else(|| DEFAULT_NATS_STREAM.to_owned());
         check_stream_name(&stream).map_err(invalid)?;
-        let replicas = replicas.unwrap_or(if hosts.len() > 1 { 3 } else { 1 });
         let prefix = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
         Ok(NatsConfig {
             servers: hosts.iter().map(|h| format!("nats://{prefix}{h}")).collect(),
             stream,
-            replicas,
+            replicas_given: replicas.is_some(),
+            replicas: replicas.unwrap_or(if hosts.len() > 1 { 3 } else { 1 }),
             commit_events_max: crate::DEFAULT_COMMIT_EVENTS_MAX,
             create_stream: true,
         })
@@ -126,6 +130,8 @@ mod tests {
         let c = NatsConfig::parse("nats://127.0.0.1:4222").unwrap();
         assert_eq!(c.servers, vec!["nats://127.0.0.1:4222"]);
         assert_eq!((c.stream.as_str(), c.replicas), (DEFAULT_NATS_STREAM, 1));
+        assert!(!c.replicas_given, "an existing stream is then taken with the copies it has");
+        assert!(NatsConfig::parse("nats://h:4222?replicas=1").unwrap().replicas_given);
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //!   flight), never a follower that may lag behind what this node already knows;
 //! - follow is an ordered pull consumer from a sequence.
 
+use std::time::{Duration, Instant};
+
 use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_trait::async_trait;
@@ -42,8 +44,11 @@ const REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// Least `max_payload` a server should allow: one event may be 1 MiB, and a chunk holds it
 /// whole with its envelope and hash (the guide's `max_payload: 8MB` leaves room).
 const PAYLOAD_BYTES_WANTED: usize = 2 << 20;
-/// How long opening waits for a new stream's leader before it goes on (the reads retry).
-const LEADER_WAIT_MS: u64 = 30_000;
+/// How long opening waits for JetStream to answer and for a new stream's leader (after that
+/// a missing leader is left to the reads, which retry).
+const OPEN_WAIT_MS: u64 = 30_000;
+/// Pause between two tries while opening.
+const OPEN_RETRY_MS: u64 = 200;
 /// JetStream's API error code for "not found".
 const NOT_FOUND_STATUS: usize = 404;
 /// Pings to the server: two unanswered ones (a frozen or partitioned server) make the client
@@ -58,31 +63,31 @@ pub struct NatsLog {
 }
 
 impl NatsLog {
-    /// Connects to the servers of `config` and opens (or creates) its stream.
-    pub async fn open(config: &NatsConfig) -> Result<NatsLog, Failure> {
-        let (servers, name) = (&config.servers, &config.stream);
-        NatsLog::connect_to(servers, name, config.replicas, config.create_stream).await
-    }
-
     /// Connects to `url` (`nats://host:port[,nats://host:port...]`) and opens (or creates) the
     /// stream `name` with `replicas` copies.
     pub async fn connect(url: &str, name: &str, replicas: usize) -> Result<NatsLog, Failure> {
-        let servers: Vec<String> = url.split(',').map(|s| s.trim().to_owned()).collect();
-        NatsLog::connect_to(&servers, name, replicas, true).await
+        let config = NatsConfig {
+            servers: url.split(',').map(|s| s.trim().to_owned()).collect(),
+            stream: name.to_owned(),
+            replicas,
+            replicas_given: true,
+            commit_events_max: crate::DEFAULT_COMMIT_EVENTS_MAX,
+            create_stream: true,
+        };
+        NatsLog::open(&config).await
     }
 
-    async fn connect_to(
-        servers: &[String],
-        name: &str,
-        replicas: usize,
-        create: bool,
-    ) -> Result<NatsLog, Failure> {
-        let shown = servers.iter().map(|s| super::redact(s)).collect::<Vec<_>>().join(",");
+    /// Connects to the servers of `config` and opens (or, if `config.create_stream`, creates)
+    /// its stream. A cluster that has only just started answers JetStream requests after a
+    /// moment, and a new stream has no leader at first: both are waited for, bounded.
+    pub async fn open(config: &NatsConfig) -> Result<NatsLog, Failure> {
+        let (servers, name) = (&config.servers, &config.stream);
+        let shown = config.redacted();
         let client = async_nats::ConnectOptions::new()
-            .connection_timeout(std::time::Duration::from_millis(CONNECT_TIMEOUT_MS))
-            .ping_interval(std::time::Duration::from_millis(PING_INTERVAL_MS))
+            .connection_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .ping_interval(Duration::from_millis(PING_INTERVAL_MS))
             .max_reconnects(None)
-            .connect(servers)
+            .connect(servers.as_slice())
             .await
             .map_err(|e| Failure::Transient(format!("connecting to {shown}: {e}")))?;
         if !client.server_info().jetstream {
@@ -100,53 +105,73 @@ impl NatsLog {
             );
         }
         let mut context = jetstream::new(client);
-        context.set_timeout(std::time::Duration::from_millis(REQUEST_TIMEOUT_MS));
+        context.set_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
         let subject = format!("{name}.chunks");
         let wanted = jetstream::stream::Config {
             name: name.to_owned(),
             subjects: vec![subject.clone()],
-            num_replicas: replicas,
+            num_replicas: config.replicas,
             allow_atomic_publish: true,
             deny_delete: true,
             deny_purge: true,
             ..Default::default()
         };
-        let opened = match create {
-            true => context.get_or_create_stream(wanted.clone()).await.map_err(|e| e.to_string()),
-            false => context.get_stream(name).await.map_err(|e| match e.kind() {
-                jetstream::context::GetStreamErrorKind::JetStream(j)
-                    if j.code() == NOT_FOUND_STATUS =>
-                {
-                    format!("there is no stream {name} (check stream= in the store URL)")
+        let deadline = Instant::now() + Duration::from_millis(OPEN_WAIT_MS);
+        let mut stream = loop {
+            let opened = match config.create_stream {
+                true => context
+                    .get_or_create_stream(wanted.clone())
+                    .await
+                    .map_err(|e| (false, e.to_string())),
+                false => context.get_stream(name).await.map_err(|e| match e.kind() {
+                    jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.code() == NOT_FOUND_STATUS =>
+                    {
+                        (
+                            true,
+                            format!("there is no stream {name} (check stream= in the store URL)"),
+                        )
+                    }
+                    _ => (false, e.to_string()),
+                }),
+            };
+            match opened {
+                Ok(stream) => break stream,
+                // Not there (when not creating): final. Anything else (no JetStream leader yet,
+                // a timeout, another node creating the same stream): again, until the deadline.
+                Err((final_, e)) if final_ || Instant::now() >= deadline => {
+                    return Err(Failure::Transient(format!(
+                        "opening stream {name} on {shown}: {e}"
+                    )))
                 }
-                _ => e.to_string(),
-            }),
+                Err((_, e)) => {
+                    tracing::debug!(error = %e, "opening the JetStream stream; retrying");
+                    tokio::time::sleep(Duration::from_millis(OPEN_RETRY_MS)).await;
+                }
+            }
         };
-        let mut stream = opened
-            .map_err(|e| Failure::Transient(format!("opening stream {name} on {shown}: {e}")))?;
-        // A stream just created (or a cluster just started) has no leader for a moment, and
-        // reads and appends go to the leader: wait for one, bounded.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LEADER_WAIT_MS);
         loop {
             let info = stream
                 .info()
                 .await
                 .map_err(|e| Failure::Transient(format!("stream {name} info: {e}")))?;
-            check_existing(&info.config, &wanted)?;
+            check_existing(&info.config, &wanted, config.replicas_given)?;
             let led = info.cluster.as_ref().is_none_or(|c| c.leader.is_some());
-            if led || std::time::Instant::now() >= deadline {
+            if led || Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(OPEN_RETRY_MS)).await;
         }
         Ok(NatsLog { stream, context, subject })
     }
 }
 
 /// An existing stream must be the one this backend would have created.
+/// Its replicas are compared only when the URL named them (`replicas_given`).
 fn check_existing(
     found: &jetstream::stream::Config,
     wanted: &jetstream::stream::Config,
+    replicas_given: bool,
 ) -> Result<(), Failure> {
     let name = &wanted.name;
     if found.subjects != wanted.subjects {
@@ -155,7 +180,7 @@ fn check_existing(
             found.subjects, wanted.subjects
         )));
     }
-    if found.num_replicas != wanted.num_replicas {
+    if replicas_given && found.num_replicas != wanted.num_replicas {
         return Err(Failure::Permanent(format!(
             "stream {name} has {} replicas but the store URL says replicas={}; change one of them",
             found.num_replicas, wanted.num_replicas
