@@ -60,13 +60,7 @@ async fn two_command_nodes_and_a_query_node_share_a_log_on_a_three_node_jetstrea
     // Read-your-writes on the query node, for a write made on b.
     let channel = q.serving("accrual.v1.QueryService").await;
     let mut query = QueryServiceClient::new(channel);
-    let mrr = pb::MrrRequest {
-        currency: "USD".into(),
-        date: "2030-01-01".into(),
-        min_position: Some(ack.position),
-        ..Default::default()
-    };
-    let reply = query.get_mrr(mrr).await.unwrap().into_inner();
+    let reply = query.get_mrr(mrr_after(ack.position)).await.unwrap().into_inner();
     assert!(reply.position >= ack.position, "the query node has read b's write");
     assert_eq!(reply.mrr.parse::<rust_decimal::Decimal>().unwrap(), rust_decimal::Decimal::ZERO);
 
@@ -77,13 +71,7 @@ async fn two_command_nodes_and_a_query_node_share_a_log_on_a_three_node_jetstrea
     assert!(ca.register_customer(globex()).await.unwrap().into_inner().duplicate);
     assert!(ca.register_customer(acme_request()).await.unwrap().into_inner().duplicate);
     let last = ca.define_metric(seats_metric()).await.unwrap().into_inner();
-    let mrr = pb::MrrRequest {
-        currency: "USD".into(),
-        date: "2030-01-01".into(),
-        min_position: Some(last.position),
-        ..Default::default()
-    };
-    let reply = query.get_mrr(mrr).await.unwrap().into_inner();
+    let reply = query.get_mrr(mrr_after(last.position)).await.unwrap().into_inner();
     assert!(reply.position >= last.position, "the query node follows the restarted node");
     drop(query);
     for server in [a, b, q] {
@@ -174,6 +162,16 @@ fn client_url(cluster_url: &str) -> String {
     let hosts: Vec<&str> =
         cluster_url.split(',').map(|s| s.trim().trim_start_matches("nats://")).collect();
     format!("nats://{}", hosts.join(","))
+}
+
+/// MRR on a date with no subscriptions yet, read once the query node has `min_position`.
+fn mrr_after(min_position: u64) -> pb::MrrRequest {
+    pb::MrrRequest {
+        currency: "USD".into(),
+        date: "2030-01-01".into(),
+        min_position: Some(min_position),
+        ..Default::default()
+    }
 }
 
 /// `accrual serve --store STORE --role ROLE` with its data in `dir`.

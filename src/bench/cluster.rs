@@ -18,7 +18,8 @@
 //! Any broken check ends the run with a non-zero exit.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering::{self, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,7 +156,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let config = event_store::NatsConfig::parse(&store)?;
     let reader = event_store::EsdbStore::open_nats(&config).await?;
     if args.ingest_events > 0 {
-        figures(&args, &dir, &mut nodes, &reader).await?;
+        figures(&args, &dir, &nodes, &reader).await?;
     }
     let faults = schedule(args.faults, args.seed);
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
@@ -229,9 +230,15 @@ impl Node {
     }
 
     async fn start(&mut self, store: &str) -> anyhow::Result<Channel> {
-        let flags = ["--role", self.role, "--store", store, "--scheduler-interval-secs", "0"];
-        let mut flags = flags.to_vec();
-        flags.push("--no-dashboard");
+        let flags = [
+            "--role",
+            self.role,
+            "--store",
+            store,
+            "--scheduler-interval-secs",
+            "0",
+            "--no-dashboard",
+        ];
         let mut process = ServerProcess::start(&self.dir, self.port, &self.log, &flags)?;
         let url = self.url();
         let channel = process
@@ -295,7 +302,7 @@ fn lazy_channel(url: &str) -> Channel {
 async fn figures(
     args: &ClusterArgs,
     dir: &Path,
-    nodes: &mut Nodes,
+    nodes: &Nodes,
     reader: &event_store::EsdbStore,
 ) -> anyhow::Result<()> {
     let ingest = IngestArgs {
@@ -554,8 +561,6 @@ impl Client {
     }
 }
 
-use Ordering::SeqCst;
-
 // ---------------------------------------------------------------- faults
 
 /// Injects `fault`, waits for ingest to resume, heals it; returns what was hit and the
@@ -642,33 +647,31 @@ async fn check(
         ours == acked,
         "the log holds {ours} usage events of the run, {acked} were acknowledged"
     );
-    let exe = std::env::current_exe()?;
-    let audit = std::process::Command::new(&exe)
-        .args(["audit", "verify", "--store", store])
-        .output()
-        .context("running accrual audit verify")?;
-    let audit_out = String::from_utf8_lossy(&audit.stdout);
-    anyhow::ensure!(
-        audit.status.success() && audit_out.contains("chain ok"),
-        "audit verify: {audit_out}{}",
-        String::from_utf8_lossy(&audit.stderr)
-    );
+    accrual_tool(&["audit", "verify", "--store", store], "chain ok")?;
     let query = lazy_channel(&nodes.query.url());
     wait_position(&query, head).await?;
     nodes.query.process.as_mut().context("query node is down")?.stop()?;
-    let replay = std::process::Command::new(&exe)
-        .args(["replay", "verify", "--store", store, "--data-dir"])
-        .arg(&nodes.query.dir)
-        .output()
-        .context("running accrual replay verify")?;
-    let replay_out = String::from_utf8_lossy(&replay.stdout);
-    anyhow::ensure!(
-        replay.status.success() && replay_out.contains("every read model equals its rebuild"),
-        "replay verify: {replay_out}{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
+    let data_dir = nodes.query.dir.to_string_lossy();
+    let replay = ["replay", "verify", "--store", store, "--data-dir", &data_dir];
+    accrual_tool(&replay, "every read model equals its rebuild")?;
     nodes.query.start(&nodes.store.clone()).await?;
     Ok("once=ok audit=ok replay=ok".to_owned())
+}
+
+/// Runs `accrual ARGS` (this executable) to its end; Ok when it exits 0 and prints `expect`.
+fn accrual_tool(args: &[&str], expect: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .output()
+        .with_context(|| format!("running accrual {}", args[..2].join(" ")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success() && stdout.contains(expect),
+        "accrual {}: {stdout}{}",
+        args[..2].join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 /// Usage events of the client's run in the log `[0, head)`, and how many of them repeat a
