@@ -93,7 +93,8 @@ pub struct ServeArgs {
     /// EventStoreDB / KurrentDB connection string, e.g. `esdb://HOST:2113?tls=false`
     /// (`&stream=NAME` picks the log stream, default accrual-log), or NATS JetStream servers,
     /// e.g. `nats://HOST:4222,HOST:4222?replicas=3` (`stream=NAME`, default accrual-log;
-    /// `replicas=N`, default 1 for one server and 3 for several). Read models stay in the data dir.
+    /// `replicas=N`: without it a new stream gets 1 copy for one server and 3 for several, and
+    /// an existing stream is taken as it is). Read models stay in the data dir.
     #[arg(long, env = "ACCRUAL_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// Directory of the embedded sled store [default: ./accrual-data]
